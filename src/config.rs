@@ -1,0 +1,754 @@
+//! Typed, documented settings, loaded in layers and validated once at start-up.
+//!
+//! Precedence, lowest first: built-in defaults < TOML file (`--config FILE`) < environment
+//! (`SNOWPLOW_RELAY_<SECTION>__<KEY>`, e.g. `SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE=100`;
+//! lists comma-separated) < command-line flags. Unknown keys are errors, so a typo never
+//! silently falls back to a default. `config/snowplow-relay.toml` documents every key with
+//! its default; keep it in step with the doc comments here.
+//!
+//! [`Config::load`] returns a [`Config`] whose method-dependent defaults (`buffer_size`,
+//! `byte_limit`, `dead_letter_key`) are filled in and whose values were all checked, so
+//! the rest of the program never re-validates.
+
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+
+/// Environment variable prefix; sections and keys are joined with `__`.
+pub const ENV_PREFIX: &str = "SNOWPLOW_RELAY";
+
+/// POST bodies above 1 MiB are turned into bad rows by the collector (while it still
+/// answers 200), so the byte limit may not exceed this.
+pub const MAX_POST_BYTES: usize = 1024 * 1024;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where events come from.
+    pub redis: RedisConfig,
+    /// Where events go.
+    pub collector: CollectorConfig,
+    /// What counts as a relayable event.
+    pub events: EventsConfig,
+    /// How much the relay holds at once and how it stops.
+    pub worker: WorkerConfig,
+    /// Log output.
+    pub log: LogConfig,
+}
+
+/// The Redis side.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Redis URL, `redis://[:password@]host[:port][/db]`. The password is masked in logs.
+    pub url: String,
+    /// The list producers RPUSH events onto.
+    pub key: String,
+    /// The dead-letter list. Default: `{<key>}:dead`, in the list's Redis Cluster slot.
+    pub dead_letter_key: Option<String>,
+    /// Events claimed per Redis round trip (at most 8000, a Lua stack limit).
+    pub claim_batch_size: NonZeroUsize,
+    /// How long one Redis command may take before it counts as failed, in milliseconds.
+    pub command_timeout_ms: u64,
+    /// Lifetime of this relay's lease, renewed every third of it. When a relay dies, its
+    /// claimed events return to the list once its lease runs out, so this bounds how long
+    /// a crash delays them. 30 s outlasts a Redis failover or a long pause without
+    /// mistaking a live relay for a dead one.
+    pub lease_ttl_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            key: "snowplow".into(),
+            dead_letter_key: None,
+            claim_batch_size: NonZeroUsize::new(500).unwrap(),
+            command_timeout_ms: 5_000,
+            lease_ttl_ms: 30_000,
+        }
+    }
+}
+
+/// `http` or `https`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Protocol {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS, verified against the system's trust store.
+    Https,
+}
+
+/// How events are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Method {
+    /// `GET /i?…`, one event per request.
+    Get,
+    /// `POST <post_path>` with a `payload_data` body of up to `buffer_size` events.
+    Post,
+}
+
+/// The collector side, named as the trackers' `Emitter` names it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// The collector as one URL, e.g. `https://collector.example.com` or
+    /// `http://127.0.0.1:8080/prefix`. Use this or `endpoint`, not both.
+    pub url: Option<String>,
+    /// Collector host name, without scheme (the trackers' `endpoint`).
+    pub endpoint: Option<String>,
+    /// `http` or `https`, used with `endpoint`.
+    pub protocol: Protocol,
+    /// Port, used with `endpoint`. Default: the protocol's.
+    pub port: Option<u16>,
+    /// `get` or `post`.
+    pub method: Method,
+    /// Path of POST requests.
+    pub post_path: String,
+    /// Events per POST request. Default: 10 for POST; GET always sends one per request.
+    pub buffer_size: Option<NonZeroUsize>,
+    /// Upper bound in bytes for one POST body, or for one GET request's URL.
+    /// Default: 1,000,000 for POST (the collector turns bodies above 1 MiB into bad rows,
+    /// so at most 1,048,576), 16,000 for GET (collectors refuse request lines of ~20 KB).
+    pub byte_limit: Option<NonZeroUsize>,
+    /// Requests on the wire at once.
+    pub max_requests_in_flight: NonZeroUsize,
+    /// Time allowed for one request, connect to last byte, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// HTTP statuses that are never retried: the batch goes to the dead-letter list.
+    /// Every other non-2xx status, a timeout or a connection error is retried.
+    pub no_retry_statuses: Vec<u16>,
+    /// First retry delay in milliseconds; doubled per attempt, with full jitter.
+    pub retry_initial_backoff_ms: u64,
+    /// Longest retry delay in milliseconds.
+    pub retry_max_backoff_ms: u64,
+    /// Send `SP-Anonymous: *`, so the collector neither reads nor sets its cookie and
+    /// drops the IP address.
+    pub anonymous: bool,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            url: None,
+            endpoint: None,
+            protocol: Protocol::Https,
+            port: None,
+            method: Method::Post,
+            post_path: "/com.snowplowanalytics.snowplow/tp2".into(),
+            buffer_size: None,
+            byte_limit: None,
+            max_requests_in_flight: NonZeroUsize::new(16).unwrap(),
+            request_timeout_ms: 5_000,
+            no_retry_statuses: vec![400, 401, 403, 410, 422],
+            retry_initial_backoff_ms: 500,
+            retry_max_backoff_ms: 30_000,
+            anonymous: false,
+        }
+    }
+}
+
+/// Which elements are relayed; everything else goes to the dead-letter list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Relay field names that `payload_data` 1-0-4 does not list. Off by default: one
+    /// unknown name makes the collector's enrichment reject the whole POST batch.
+    pub allow_unknown_fields: bool,
+    /// Elements larger than this many bytes go to the dead-letter list.
+    pub max_element_bytes: NonZeroUsize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            allow_unknown_fields: false,
+            max_element_bytes: NonZeroUsize::new(MAX_POST_BYTES).unwrap(),
+        }
+    }
+}
+
+/// The relay's own bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Most events claimed from Redis and not yet acknowledged. This bounds memory: with
+    /// the collector down the relay holds at most this many events and the backlog stays
+    /// in Redis.
+    pub max_claimed_events: NonZeroUsize,
+    /// On SIGINT/SIGTERM/SIGQUIT, how long in-flight requests may finish before the
+    /// undelivered events go back to the head of the list, in milliseconds. Keep it
+    /// below Docker's 10 s stop grace and systemd's stop timeout.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            max_claimed_events: NonZeroUsize::new(10_000).unwrap(),
+            drain_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a `tracing` filter directive such as
+    /// `snowplow_relay=debug,warn`. `RUST_LOG`, when set, takes precedence.
+    pub level: String,
+    /// `text` (human-readable) or `json` (one object per line).
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Values given on the command line; each overrides the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `(key path, value)` pairs, e.g. `("redis.url", "redis://…")`.
+    pub values: Vec<(&'static str, String)>,
+}
+
+impl Overrides {
+    /// Adds `key = value` when the flag was given.
+    pub fn set(&mut self, key: &'static str, value: Option<impl ToString>) {
+        if let Some(value) = value {
+            self.values.push((key, value.to_string()));
+        }
+    }
+}
+
+/// Why the configuration was refused. Start-up stops with exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read, or a value has the wrong type or an unknown key.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value has the right type but is out of range or inconsistent.
+    #[error("configuration: invalid `{key}`: {expected}")]
+    Invalid {
+        /// Dotted key path, e.g. `collector.byte_limit`.
+        key: &'static str,
+        /// What is expected instead.
+        expected: String,
+    },
+}
+
+fn invalid(key: &'static str, expected: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        expected: expected.into(),
+    }
+}
+
+impl Config {
+    /// Loads defaults < `file` < environment < `overrides`, then validates and fills in
+    /// derived defaults.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, overrides, None)
+    }
+
+    /// As [`Config::load`], reading the environment from `env` instead of the process when
+    /// given (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(
+                config::File::from(file)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("collector.no_retry_statuses")
+                .source(env),
+        );
+        for (key, value) in &overrides.values {
+            builder = builder.set_override(*key, value.as_str())?;
+        }
+        let mut config: Config = builder.build()?.try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and consistency and fills in the method-dependent defaults.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let redis = &mut self.redis;
+        let redis_url = Url::parse(&redis.url)
+            .map_err(|e| invalid("redis.url", format!("a redis:// URL ({e})")))?;
+        if !matches!(redis_url.scheme(), "redis" | "rediss") {
+            return Err(invalid(
+                "redis.url",
+                "a URL starting with redis:// (rediss:// comes with TLS support)",
+            ));
+        }
+        if redis_url.scheme() == "rediss" {
+            return Err(invalid(
+                "redis.url",
+                "redis:// (TLS to Redis, rediss://, is not supported yet)",
+            ));
+        }
+        if redis.key.is_empty() {
+            return Err(invalid("redis.key", "a non-empty list name"));
+        }
+        if redis.key.contains(['{', '}']) {
+            return Err(invalid(
+                "redis.key",
+                "a list name without `{` or `}` (the relay wraps it in a Redis Cluster hash tag)",
+            ));
+        }
+        if redis.dead_letter_key.as_deref() == Some("") {
+            return Err(invalid("redis.dead_letter_key", "a non-empty list name"));
+        }
+        redis
+            .dead_letter_key
+            .get_or_insert_with(|| format!("{{{}}}:dead", redis.key));
+        if redis.claim_batch_size.get() > 8000 {
+            return Err(invalid("redis.claim_batch_size", "a number from 1 to 8000"));
+        }
+        if redis.command_timeout_ms == 0 {
+            return Err(invalid(
+                "redis.command_timeout_ms",
+                "at least 1 millisecond",
+            ));
+        }
+        if redis.lease_ttl_ms < 1_000 {
+            return Err(invalid("redis.lease_ttl_ms", "at least 1000 milliseconds"));
+        }
+
+        let collector = &mut self.collector;
+        match (&collector.url, &collector.endpoint) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "collector.url",
+                    "either collector.url or collector.endpoint, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "collector.url",
+                    "a collector, as collector.url (e.g. https://collector.example.com) or \
+                     collector.endpoint (a host name); --collector URL on the command line",
+                ));
+            }
+            _ => {}
+        }
+        collector.base_url()?;
+        if !collector.post_path.starts_with('/') {
+            return Err(invalid("collector.post_path", "a path starting with `/`"));
+        }
+        match collector.method {
+            Method::Get => {
+                if collector.buffer_size.is_some_and(|n| n.get() != 1) {
+                    return Err(invalid(
+                        "collector.buffer_size",
+                        "1 or unset: GET sends one event per request (use method = \"post\" \
+                         to batch)",
+                    ));
+                }
+                collector.buffer_size = NonZeroUsize::new(1);
+                collector
+                    .byte_limit
+                    .get_or_insert(NonZeroUsize::new(16_000).unwrap());
+            }
+            Method::Post => {
+                collector
+                    .buffer_size
+                    .get_or_insert(NonZeroUsize::new(10).unwrap());
+                let limit = *collector
+                    .byte_limit
+                    .get_or_insert(NonZeroUsize::new(1_000_000).unwrap());
+                if limit.get() > MAX_POST_BYTES {
+                    return Err(invalid(
+                        "collector.byte_limit",
+                        format!(
+                            "at most {MAX_POST_BYTES} bytes for POST: the collector turns \
+                             larger bodies into bad rows"
+                        ),
+                    ));
+                }
+                if limit.get() < 1024 {
+                    return Err(invalid("collector.byte_limit", "at least 1024 bytes"));
+                }
+            }
+        }
+        if collector.request_timeout_ms == 0 {
+            return Err(invalid(
+                "collector.request_timeout_ms",
+                "at least 1 millisecond",
+            ));
+        }
+        if let Some(bad) = collector
+            .no_retry_statuses
+            .iter()
+            .find(|s| !(300..=599).contains(*s))
+        {
+            return Err(invalid(
+                "collector.no_retry_statuses",
+                format!("HTTP statuses from 300 to 599 (found {bad})"),
+            ));
+        }
+        if collector.retry_initial_backoff_ms == 0 {
+            return Err(invalid(
+                "collector.retry_initial_backoff_ms",
+                "at least 1 millisecond",
+            ));
+        }
+        if collector.retry_max_backoff_ms < collector.retry_initial_backoff_ms {
+            return Err(invalid(
+                "collector.retry_max_backoff_ms",
+                "at least collector.retry_initial_backoff_ms",
+            ));
+        }
+
+        if self.worker.max_claimed_events.get() < self.redis.claim_batch_size.get() {
+            return Err(invalid(
+                "worker.max_claimed_events",
+                format!(
+                    "at least redis.claim_batch_size ({})",
+                    self.redis.claim_batch_size
+                ),
+            ));
+        }
+        let level = self.log.level.trim();
+        let is_level_word = matches!(
+            level.to_ascii_lowercase().as_str(),
+            "off" | "error" | "warn" | "info" | "debug" | "trace"
+        );
+        let is_directive = level.contains('=') || level.contains(',');
+        if !is_level_word
+            && !(is_directive && tracing_subscriber::EnvFilter::try_new(level).is_ok())
+        {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "error, warn, info, debug, trace, or a filter directive such as \
+                     snowplow_relay=debug,warn (found `{level}`)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, with the Redis password masked: what `check` prints and
+    /// what the start-up log line shows.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.redis.url = mask_password(&shown.redis.url);
+        toml::to_string(&shown).expect("the configuration serialises to TOML")
+    }
+
+    /// The dead-letter list (filled in by [`Config::validate`]).
+    pub fn dead_letter_key(&self) -> &str {
+        self.redis
+            .dead_letter_key
+            .as_deref()
+            .expect("validate() fills in dead_letter_key")
+    }
+}
+
+impl CollectorConfig {
+    /// The collector's base URL (scheme, host, port and any path prefix).
+    pub fn base_url(&self) -> Result<Url, ConfigError> {
+        let url = match (&self.url, &self.endpoint) {
+            (Some(url), _) => {
+                let url = Url::parse(url).map_err(|e| {
+                    invalid(
+                        "collector.url",
+                        format!("a URL such as https://collector.example.com ({e})"),
+                    )
+                })?;
+                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                    return Err(invalid(
+                        "collector.url",
+                        "an http:// or https:// URL with a host",
+                    ));
+                }
+                if url.query().is_some() || url.fragment().is_some() {
+                    return Err(invalid(
+                        "collector.url",
+                        "a URL without ?query or #fragment",
+                    ));
+                }
+                url
+            }
+            (None, Some(endpoint)) => {
+                if endpoint.contains("://") || endpoint.contains('/') || endpoint.is_empty() {
+                    return Err(invalid(
+                        "collector.endpoint",
+                        "a host name without scheme or path, e.g. collector.example.com \
+                         (or set collector.url instead)",
+                    ));
+                }
+                let scheme = match self.protocol {
+                    Protocol::Http => "http",
+                    Protocol::Https => "https",
+                };
+                let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+                Url::parse(&format!("{scheme}://{endpoint}{port}")).map_err(|e| {
+                    invalid("collector.endpoint", format!("a valid host name ({e})"))
+                })?
+            }
+            (None, None) => return Err(invalid("collector.url", "a collector URL")),
+        };
+        Ok(url)
+    }
+
+    /// The URL requests go to: `…/i` for GET, `…<post_path>` for POST.
+    pub fn request_url(&self) -> Result<Url, ConfigError> {
+        let base = self.base_url()?;
+        let path = match self.method {
+            Method::Get => "/i",
+            Method::Post => self.post_path.as_str(),
+        };
+        let joined = format!("{}{}", base.as_str().trim_end_matches('/'), path);
+        Url::parse(&joined).map_err(|e| invalid("collector.post_path", format!("a URL path ({e})")))
+    }
+
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Replaces the password of a URL with `****`; anything unparsable is shown as-is.
+pub fn mask_password(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("****"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(
+        toml: &str,
+        env: &[(&str, &str)],
+        flags: &[(&'static str, &str)],
+    ) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, toml).unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut overrides = Overrides::default();
+        for (key, value) in flags {
+            overrides.set(key, Some(value));
+        }
+        Config::load_with_env(Some(&path), &overrides, Some(env))
+    }
+
+    const MINIMAL: &str = "[collector]\nurl = \"http://127.0.0.1:9090\"\n";
+
+    #[test]
+    fn defaults_follow_the_method() {
+        let post = load(MINIMAL, &[], &[]).unwrap();
+        assert_eq!(post.collector.buffer_size.unwrap().get(), 10);
+        assert_eq!(post.collector.byte_limit.unwrap().get(), 1_000_000);
+        assert_eq!(post.dead_letter_key(), "{snowplow}:dead");
+        assert_eq!(
+            post.collector.request_url().unwrap().as_str(),
+            "http://127.0.0.1:9090/com.snowplowanalytics.snowplow/tp2"
+        );
+        let get = load(MINIMAL, &[], &[("collector.method", "get")]).unwrap();
+        assert_eq!(get.collector.buffer_size.unwrap().get(), 1);
+        assert_eq!(
+            get.collector.request_url().unwrap().as_str(),
+            "http://127.0.0.1:9090/i"
+        );
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
+        let toml = format!("{MINIMAL}buffer_size = 5\n[redis]\nkey = \"file\"\n");
+        let env = [
+            ("SNOWPLOW_RELAY_REDIS__KEY", "env"),
+            ("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "6"),
+            ("SNOWPLOW_RELAY_COLLECTOR__NO_RETRY_STATUSES", "400,418"),
+        ];
+        let config = load(&toml, &env, &[]).unwrap();
+        assert_eq!(config.redis.key, "env");
+        assert_eq!(config.collector.buffer_size.unwrap().get(), 6);
+        assert_eq!(config.collector.no_retry_statuses, vec![400, 418]);
+        let config = load(
+            &toml,
+            &env,
+            &[("redis.key", "flag"), ("collector.buffer_size", "7")],
+        )
+        .unwrap();
+        assert_eq!(config.redis.key, "flag");
+        assert_eq!(config.collector.buffer_size.unwrap().get(), 7);
+    }
+
+    #[test]
+    fn endpoint_protocol_and_port_build_the_url() {
+        let toml = "[collector]\nendpoint = \"c.example.com\"\nprotocol = \"http\"\nport = 8080\n";
+        let config = load(toml, &[], &[]).unwrap();
+        assert_eq!(
+            config.collector.request_url().unwrap().as_str(),
+            "http://c.example.com:8080/com.snowplowanalytics.snowplow/tp2"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_what_is_expected() {
+        let cases: &[(&str, &[(&'static str, &str)], &str, &str)] = &[
+            (
+                MINIMAL,
+                &[("collector.buffer_size", "0")],
+                "buffer_size",
+                "nonzero",
+            ),
+            (
+                MINIMAL,
+                &[("collector.buffer_size", "ten")],
+                "buffer_size",
+                "integer",
+            ),
+            (
+                MINIMAL,
+                &[("collector.method", "put")],
+                "collector.method",
+                "expected one of `get`, `post`",
+            ),
+            (
+                MINIMAL,
+                &[("collector.byte_limit", "2000000")],
+                "collector.byte_limit",
+                "at most 1048576",
+            ),
+            (
+                MINIMAL,
+                &[("collector.url", "ftp://x")],
+                "collector.url",
+                "http://",
+            ),
+            (
+                MINIMAL,
+                &[("redis.url", "nonsense")],
+                "redis.url",
+                "redis://",
+            ),
+            (
+                MINIMAL,
+                &[("log.level", "loud!")],
+                "log.level",
+                "error, warn",
+            ),
+            (
+                MINIMAL,
+                &[("log.format", "xml")],
+                "log.format",
+                "`text`, `json`",
+            ),
+            (
+                "[collector]\nbufer_size = 3\nurl = \"http://x\"\n",
+                &[],
+                "bufer_size",
+                "unknown field",
+            ),
+            ("[colector]\n", &[], "colector", "unknown field"),
+            ("", &[], "collector.url", "a collector"),
+            (
+                MINIMAL,
+                &[("collector.method", "get"), ("collector.buffer_size", "10")],
+                "collector.buffer_size",
+                "one event per request",
+            ),
+            (
+                "[collector]\nurl = \"http://x\"\nno_retry_statuses = [400, 200]\n",
+                &[],
+                "no_retry_statuses",
+                "300 to 599 (found 200)",
+            ),
+            (
+                MINIMAL,
+                &[("redis.claim_batch_size", "9000")],
+                "redis.claim_batch_size",
+                "1 to 8000",
+            ),
+        ];
+        for (toml, flags, key, expected) in cases {
+            let err = load(toml, &[], flags).expect_err(key).to_string();
+            assert!(err.contains(key), "`{err}` should name `{key}`");
+            assert!(err.contains(expected), "`{err}` should say `{expected}`");
+        }
+    }
+
+    #[test]
+    fn password_is_masked() {
+        let config = load(
+            MINIMAL,
+            &[],
+            &[("redis.url", "redis://:s3cret@10.0.0.1:6379/0")],
+        )
+        .unwrap();
+        let shown = config.to_masked_toml();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("redis://:****@10.0.0.1:6379/0"), "{shown}");
+    }
+}
+
+/// Implements `TryFrom<String>` for a lowercase-named enum, with an error that lists the
+/// accepted words (serde's own message for enums names Rust variants).
+macro_rules! words_enum {
+    ($name:ident { $($word:literal => $variant:ident),+ }) => {
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(word: String) -> Result<Self, String> {
+                match word.to_ascii_lowercase().as_str() {
+                    $($word => Ok($name::$variant),)+
+                    _ => Err(format!(
+                        "expected one of {}, found `{word}`",
+                        [$(concat!("`", $word, "`")),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+words_enum!(Protocol { "http" => Http, "https" => Https });
+words_enum!(Method { "get" => Get, "post" => Post });
+words_enum!(LogFormat { "text" => Text, "json" => Json });

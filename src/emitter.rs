@@ -1,0 +1,483 @@
+//! The collector side: grouping events into requests (by count and by bytes), sending them
+//! over keep-alive connections, and deciding what a failed request means.
+//!
+//! Two questions are kept apart, as Snowplow's trackers and Vector keep them:
+//! - *should* a response be retried: [`classify`] (2xx accepted; the configured
+//!   no-retry statuses rejected; everything else, timeouts and connection errors retried);
+//! - *when*: [`Backoff`] (capped exponential, with jitter).
+//!
+//! [`Emitter::send`] retries one batch until it is accepted, rejected, or the caller gives
+//! up (shutdown deadline); it never drops a batch on its own. While any request is
+//! failing, [`Emitter::healthy`] reports `false`, which the worker uses to stop claiming
+//! more events: the backlog stays in Redis.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::Url;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CollectorConfig, Method};
+use crate::event::{self, Event, POST_BODY_OVERHEAD};
+
+/// The `User-Agent` the relay sends.
+pub const USER_AGENT: &str = concat!(
+    "snowplow-relay/",
+    env!("CARGO_PKG_VERSION"),
+    " (+https://github.com/snowplow-relay)"
+);
+
+/// What the collector's answer means for a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// 2xx: the events are delivered.
+    Accepted,
+    /// A no-retry status: the events go to the dead-letter list.
+    Rejected,
+    /// Anything else: try again later.
+    Retry,
+}
+
+/// Classifies an HTTP status (retry decisions only; see [`Backoff`] for timing).
+pub fn classify(status: u16, no_retry: &[u16]) -> Disposition {
+    if (200..300).contains(&status) {
+        Disposition::Accepted
+    } else if no_retry.contains(&status) {
+        Disposition::Rejected
+    } else {
+        Disposition::Retry
+    }
+}
+
+/// Capped exponential backoff with jitter: attempt `n` waits between half and all of
+/// `min(max, initial * 2^(n-1))`, so retries spread out but never hammer the collector.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Delay ceiling of the first retry.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .initial
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.max);
+        let half = ceiling / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Events bound for one request, with their positions in the claim order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Claim positions (see the worker), parallel to `events`.
+    pub positions: Vec<u64>,
+    /// The events.
+    pub events: Vec<Event>,
+    /// Size of the POST body these events make.
+    pub body_bytes: usize,
+}
+
+impl Batch {
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether the batch holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+/// Why an event cannot join any batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the event needs {needed} bytes in a request, more than collector.byte_limit ({limit})")]
+pub struct TooLargeForRequest {
+    /// Bytes the event alone needs.
+    pub needed: usize,
+    /// The configured limit.
+    pub limit: usize,
+}
+
+/// Fills batches up to `buffer_size` events and `byte_limit` bytes.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    max_events: usize,
+    byte_limit: usize,
+    method: Method,
+    current: Batch,
+}
+
+impl BatchBuilder {
+    /// A builder for `method` with the given limits.
+    pub fn new(method: Method, max_events: NonZeroUsize, byte_limit: NonZeroUsize) -> Self {
+        BatchBuilder {
+            max_events: max_events.get(),
+            byte_limit: byte_limit.get(),
+            method,
+            current: Batch::default(),
+        }
+    }
+
+    /// Adds an event. Returns a batch that is ready to send, if adding this one filled it
+    /// or would have overflowed it.
+    pub fn push(
+        &mut self,
+        position: u64,
+        event: Event,
+    ) -> Result<Option<Batch>, (Event, TooLargeForRequest)> {
+        let item = match self.method {
+            Method::Post => event.post_item_len(),
+            // GET checks the real URL length at send time; one event per request.
+            Method::Get => 0,
+        };
+        if POST_BODY_OVERHEAD + item > self.byte_limit {
+            let error = TooLargeForRequest {
+                needed: POST_BODY_OVERHEAD + item,
+                limit: self.byte_limit,
+            };
+            return Err((event, error));
+        }
+        // Close the current batch first if this event would push it over the limit.
+        let mut ready = None;
+        if !self.current.is_empty() && self.current.body_bytes + 1 + item > self.byte_limit {
+            ready = self.take();
+        }
+        self.current.body_bytes = if self.current.is_empty() {
+            POST_BODY_OVERHEAD + item
+        } else {
+            self.current.body_bytes + 1 + item
+        };
+        self.current.positions.push(position);
+        self.current.events.push(event);
+        if self.current.len() >= self.max_events {
+            // A batch closed by bytes leaves one event behind, which fills a batch only
+            // when max_events is 1; but then the batch was empty and nothing was closed.
+            debug_assert!(ready.is_none());
+            return Ok(self.take());
+        }
+        Ok(ready)
+    }
+
+    /// Takes the batch being filled, if it holds anything.
+    pub fn take(&mut self) -> Option<Batch> {
+        (!self.current.is_empty()).then(|| std::mem::take(&mut self.current))
+    }
+}
+
+/// How a batch ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The collector accepted it (2xx).
+    Delivered,
+    /// The collector refused it for good, or it cannot be sent at all.
+    Rejected {
+        /// The collector's status, if it answered.
+        status: Option<u16>,
+        /// What to store in the dead-letter entry.
+        reason: String,
+    },
+    /// The caller gave up (shutdown deadline) before it was accepted.
+    Abandoned,
+}
+
+/// Why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("collector answered {0}")]
+    Status(u16),
+    #[error("request failed: {0}")]
+    Transport(#[source] reqwest::Error),
+    #[error("{0}")]
+    Unsendable(String),
+}
+
+/// Sends batches to the collector.
+pub struct Emitter {
+    client: reqwest::Client,
+    url: Url,
+    method: Method,
+    byte_limit: usize,
+    no_retry: Vec<u16>,
+    backoff: Backoff,
+    healthy: watch::Sender<bool>,
+}
+
+impl Emitter {
+    /// Builds the HTTP client: keep-alive pool sized to the requests in flight, request
+    /// timeout, no cookie store, an honest `User-Agent`, and `SP-Anonymous` if asked.
+    pub fn new(config: &CollectorConfig) -> Result<Arc<Emitter>, crate::Error> {
+        // reqwest is built without a bundled crypto provider; use ring's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut headers = HeaderMap::new();
+        if config.anonymous {
+            headers.insert("SP-Anonymous", HeaderValue::from_static("*"));
+        }
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .default_headers(headers)
+            .timeout(config.request_timeout())
+            .connect_timeout(config.request_timeout())
+            .pool_max_idle_per_host(config.max_requests_in_flight.get())
+            .tcp_nodelay(true)
+            .build()
+            .map_err(crate::Error::HttpClient)?;
+        Ok(Arc::new(Emitter {
+            client,
+            url: config.request_url()?,
+            method: config.method,
+            byte_limit: config.byte_limit.map_or(usize::MAX, NonZeroUsize::get),
+            no_retry: config.no_retry_statuses.clone(),
+            backoff: Backoff {
+                initial: Duration::from_millis(config.retry_initial_backoff_ms),
+                max: Duration::from_millis(config.retry_max_backoff_ms),
+            },
+            healthy: watch::channel(true).0,
+        }))
+    }
+
+    /// Where requests go.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Follows whether the collector currently accepts requests (`false` while a request
+    /// is failing and being retried).
+    pub fn healthy(&self) -> watch::Receiver<bool> {
+        self.healthy.subscribe()
+    }
+
+    fn set_healthy(&self, healthy: bool) {
+        self.healthy.send_if_modified(|current| {
+            let changed = *current != healthy;
+            *current = healthy;
+            changed
+        });
+    }
+
+    /// Sends one batch, retrying transient failures with backoff, until the collector
+    /// accepts or rejects it, or `give_up` is cancelled.
+    pub async fn send(&self, batch: &Batch, give_up: &CancellationToken) -> Outcome {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let result = tokio::select! {
+                result = self.attempt(batch) => result,
+                () = give_up.cancelled() => return Outcome::Abandoned,
+            };
+            let error = match result {
+                Ok(()) => {
+                    self.set_healthy(true);
+                    tracing::debug!(
+                        events = batch.len(),
+                        bytes = batch.body_bytes,
+                        attempt,
+                        "batch delivered"
+                    );
+                    return Outcome::Delivered;
+                }
+                Err(AttemptError::Status(status))
+                    if classify(status, &self.no_retry) == Disposition::Rejected =>
+                {
+                    self.set_healthy(true);
+                    tracing::warn!(
+                        events = batch.len(),
+                        status,
+                        "collector rejected the batch; dead-lettering it"
+                    );
+                    return Outcome::Rejected {
+                        status: Some(status),
+                        reason: format!("collector answered {status}, which is not retried"),
+                    };
+                }
+                Err(AttemptError::Unsendable(reason)) => {
+                    tracing::warn!(events = batch.len(), %reason, "cannot send; dead-lettering");
+                    return Outcome::Rejected {
+                        status: None,
+                        reason,
+                    };
+                }
+                Err(error) => error,
+            };
+            self.set_healthy(false);
+            let delay = self.backoff.delay(attempt);
+            tracing::warn!(
+                events = batch.len(),
+                attempt,
+                retry_in_ms = delay.as_millis() as u64,
+                error = %error,
+                "collector request failed; will retry"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = give_up.cancelled() => return Outcome::Abandoned,
+            }
+        }
+    }
+
+    async fn attempt(&self, batch: &Batch) -> Result<(), AttemptError> {
+        let stm = epoch_millis();
+        let request = match self.method {
+            Method::Post => {
+                let mut body = Vec::with_capacity(batch.body_bytes + 16);
+                event::write_post_body(&batch.events, &stm, &mut body);
+                self.client
+                    .post(self.url.clone())
+                    .header(CONTENT_TYPE, "application/json; charset=utf-8")
+                    .body(body)
+            }
+            Method::Get => {
+                let event = batch.events.first().expect("batches are never empty");
+                let mut url = self.url.clone();
+                url.set_query(Some(&event::get_query(event, &stm)));
+                if url.as_str().len() > self.byte_limit {
+                    return Err(AttemptError::Unsendable(format!(
+                        "the GET request URL is {} bytes, more than collector.byte_limit ({}); \
+                         send it with method = \"post\"",
+                        url.as_str().len(),
+                        self.byte_limit
+                    )));
+                }
+                self.client.get(url)
+            }
+        };
+        let response = request.send().await.map_err(AttemptError::Transport)?;
+        let status = response.status().as_u16();
+        // Read the (small) body so the connection goes back to the pool.
+        let _ = response.bytes().await;
+        match classify(status, &self.no_retry) {
+            Disposition::Accepted => Ok(()),
+            _ => Err(AttemptError::Status(status)),
+        }
+    }
+}
+
+/// The current time in epoch milliseconds, as the tracker protocol writes it.
+pub fn epoch_millis() -> String {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ParseOptions;
+    use bytes::Bytes;
+
+    #[test]
+    fn every_status_has_one_disposition() {
+        let no_retry = [400, 401, 403, 410, 422];
+        for status in 0..=599u16 {
+            let expected = match status {
+                200..=299 => Disposition::Accepted,
+                400 | 401 | 403 | 410 | 422 => Disposition::Rejected,
+                _ => Disposition::Retry,
+            };
+            assert_eq!(classify(status, &no_retry), expected, "status {status}");
+        }
+        assert_eq!(classify(429, &no_retry), Disposition::Retry);
+        assert_eq!(classify(503, &no_retry), Disposition::Retry);
+        assert_eq!(classify(418, &[418]), Disposition::Rejected);
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        };
+        for attempt in 1..=40 {
+            let ceiling = Duration::from_millis(100 * 2u64.pow(attempt.min(20) - 1))
+                .min(Duration::from_secs(5));
+            let delays: Vec<Duration> = (0..50).map(|_| backoff.delay(attempt)).collect();
+            for delay in &delays {
+                assert!(
+                    *delay >= ceiling / 2 && *delay <= ceiling,
+                    "{attempt}: {delay:?}"
+                );
+            }
+            assert!(
+                delays.iter().any(|d| *d != delays[0]),
+                "jitter at attempt {attempt}"
+            );
+        }
+    }
+
+    fn event(size: usize) -> Event {
+        let text = format!(
+            r#"{{"e":"pv","tv":"t","p":"pc","url":"{}"}}"#,
+            "x".repeat(size)
+        );
+        Event::parse(
+            Bytes::from(text),
+            ParseOptions {
+                allow_unknown_fields: false,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn batches_close_at_the_event_count() {
+        let mut builder = BatchBuilder::new(
+            Method::Post,
+            NonZeroUsize::new(3).unwrap(),
+            NonZeroUsize::new(100_000).unwrap(),
+        );
+        let mut ready = Vec::new();
+        for position in 0..7 {
+            ready.extend(builder.push(position, event(10)).unwrap());
+        }
+        ready.extend(builder.take());
+        let sizes: Vec<usize> = ready.iter().map(Batch::len).collect();
+        assert_eq!(sizes, vec![3, 3, 1]);
+        let positions: Vec<u64> = ready.iter().flat_map(|b| b.positions.clone()).collect();
+        assert_eq!(positions, (0..7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn batches_close_before_the_byte_limit_and_the_estimate_is_exact() {
+        let limit = 2_000;
+        let mut builder = BatchBuilder::new(
+            Method::Post,
+            NonZeroUsize::new(100).unwrap(),
+            NonZeroUsize::new(limit).unwrap(),
+        );
+        let mut ready = Vec::new();
+        for position in 0..20 {
+            ready.extend(builder.push(position, event(300)).unwrap());
+        }
+        ready.extend(builder.take());
+        assert!(ready.len() > 1);
+        for batch in &ready {
+            let mut body = Vec::new();
+            event::write_post_body(&batch.events, &epoch_millis(), &mut body);
+            assert_eq!(body.len(), batch.body_bytes);
+            assert!(body.len() <= limit, "{} > {limit}", body.len());
+        }
+        assert_eq!(ready.iter().map(Batch::len).sum::<usize>(), 20);
+    }
+
+    #[test]
+    fn an_event_larger_than_the_limit_is_refused() {
+        let mut builder = BatchBuilder::new(
+            Method::Post,
+            NonZeroUsize::new(10).unwrap(),
+            NonZeroUsize::new(1_024).unwrap(),
+        );
+        let (_, error) = builder.push(0, event(2_000)).unwrap_err();
+        assert_eq!(error.limit, 1_024);
+        assert!(builder.take().is_none());
+    }
+}

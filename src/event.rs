@@ -1,0 +1,566 @@
+//! One Snowplow event as it sits in the Redis list: parsing, validation and the two wire
+//! encodings (a GET query string and a POST `payload_data` item).
+//!
+//! An [`Event`] keeps the element's original bytes and, beside them, the byte ranges of
+//! each name and value. Encoding copies those ranges straight into the request buffer, so
+//! no value tree is built and no string is re-escaped: a JSON string literal from the
+//! producer is already a valid JSON string literal in the POST body. Numbers and booleans
+//! (0.4.0-era producers write `dtm`, `tid`, `tr_tt` … as JSON numbers) are wrapped in
+//! quotes, because `payload_data` 1-0-4 requires every value to be a string.
+//!
+//! What is accepted (anything else is [`BadEvent`] and goes to the dead-letter list):
+//! - a UTF-8 JSON object with at least one field;
+//! - values that are strings, numbers or booleans; `null` values are left out, as the
+//!   trackers themselves leave out empty fields;
+//! - field names from `payload_data` 1-0-4 unless unknown names are allowed (a single
+//!   unknown name makes the collector's enrichment reject the *whole* POST batch);
+//! - the fields that schema requires: `e`, `p` and `tv`.
+//!
+//! `stm` (the send time) is never copied from the element: the emitter writes a fresh one
+//! on every attempt.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+use std::ops::Range;
+
+use bytes::Bytes;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// The field names that `payload_data` 1-0-4 allows (`additionalProperties: false`).
+pub const PAYLOAD_DATA_FIELDS: &[&str] = &[
+    "ad_ad", "ad_ba", "ad_ca", "ad_uid", "aid", "cd", "co", "cookie", "cs", "ctype", "cx", "ds",
+    "dtm", "duid", "e", "eid", "f_ag", "f_dir", "f_fla", "f_gears", "f_java", "f_pdf", "f_qt",
+    "f_realp", "f_wma", "fp", "ip", "lang", "mac", "nuid", "p", "page", "pp_max", "pp_may",
+    "pp_mix", "pp_miy", "refr", "res", "sa", "se_ac", "se_ca", "se_la", "se_pr", "se_va", "sid",
+    "sn", "sp", "st", "stm", "ti_ca", "ti_cu", "ti_id", "ti_na", "ti_nm", "ti_pr", "ti_qu",
+    "ti_sk", "tid", "tna", "tnuid", "tr_af", "tr_ci", "tr_co", "tr_cu", "tr_id", "tr_sh", "tr_st",
+    "tr_tt", "tr_tx", "ttm", "tv", "tz", "ua", "ue_na", "ue_pr", "ue_px", "uid", "url", "vid",
+    "vp",
+];
+
+/// The fields `payload_data` 1-0-4 requires in every event.
+pub const REQUIRED_FIELDS: &[&str] = &["e", "p", "tv"];
+
+/// The self-describing schema of a POST body.
+pub const PAYLOAD_DATA_SCHEMA: &str =
+    "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4";
+
+/// How strictly [`Event::parse`] checks field names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Accept field names that `payload_data` 1-0-4 does not list.
+    pub allow_unknown_fields: bool,
+}
+
+/// Why an element cannot be relayed. Its `Display` is the reason stored in the
+/// dead-letter entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadEvent {
+    /// The element is not valid UTF-8 JSON.
+    #[error("not valid JSON: {0}")]
+    NotJson(String),
+    /// The element is JSON, but not an object of name/value pairs.
+    #[error("not a JSON object of name/value pairs (found {0})")]
+    NotAnObject(&'static str),
+    /// The element is `{}` (or holds only `null` values).
+    #[error("empty event: the object has no fields")]
+    Empty,
+    /// A value is an array or an object; tracker-protocol values are strings or numbers.
+    #[error("field `{0}` holds {1}; tracker-protocol values must be strings or numbers")]
+    NestedValue(String, &'static str),
+    /// A field name is not part of `payload_data` 1-0-4.
+    #[error(
+        "field `{0}` is not in payload_data 1-0-4; the collector would reject the whole batch \
+         (set events.allow_unknown_fields = true to relay it anyway)"
+    )]
+    UnknownField(String),
+    /// A field name uses JSON escape sequences, which no tracker field name needs.
+    #[error("a field name contains escape sequences")]
+    EscapedFieldName,
+    /// A field the schema requires is missing.
+    #[error("required field `{0}` is missing")]
+    MissingField(&'static str),
+    /// A field appears twice.
+    #[error("field `{0}` appears twice")]
+    DuplicateField(String),
+    /// The element is larger than the configured limit.
+    #[error("element is {size} bytes, larger than the {limit}-byte limit")]
+    TooLarge {
+        /// Size of the element in bytes.
+        size: usize,
+        /// The limit it exceeds.
+        limit: usize,
+    },
+}
+
+/// The JSON type of one value, as far as encoding cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueKind {
+    /// A JSON string literal, quotes included.
+    String,
+    /// A JSON number or `true`/`false`: raw text without quotes.
+    Bare,
+}
+
+/// One name/value pair, as byte ranges into [`Event::raw`].
+#[derive(Debug, Clone)]
+struct Field {
+    /// The name without its quotes (never escaped; see [`BadEvent::EscapedFieldName`]).
+    name: Range<u32>,
+    /// The value's raw JSON text.
+    value: Range<u32>,
+    kind: ValueKind,
+}
+
+/// A parsed, validated event that still owns its original bytes.
+#[derive(Debug, Clone)]
+pub struct Event {
+    raw: Bytes,
+    fields: Vec<Field>,
+}
+
+impl Event {
+    /// Parses and validates one list element.
+    pub fn parse(raw: Bytes, options: ParseOptions) -> Result<Event, BadEvent> {
+        let text = std::str::from_utf8(&raw).map_err(|e| BadEvent::NotJson(e.to_string()))?;
+        let fields = parse_fields(text)?;
+        let event = Event { raw, fields };
+        event.validate(options)?;
+        Ok(event)
+    }
+
+    /// The element exactly as it was read from Redis.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The value of a field as text (numbers as written, strings unescaped), if present.
+    pub fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.fields
+            .iter()
+            .find(|f| self.slice(&f.name) == name)
+            .map(|f| self.value_text(f))
+    }
+
+    /// The number of bytes [`Event::write_post_item`] appends, give or take the `stm`
+    /// field, whose length is fixed ([`STM_ITEM_BYTES`]).
+    pub fn post_item_len(&self) -> usize {
+        // `{` + `}` + per field: `"name":` + value (+2 quotes when bare) + `,`
+        let mut len = 2 + STM_ITEM_BYTES;
+        for f in &self.fields {
+            len += (f.name.end - f.name.start) as usize + 3;
+            len += (f.value.end - f.value.start) as usize + 1;
+            if f.kind == ValueKind::Bare {
+                len += 2;
+            }
+        }
+        len
+    }
+
+    /// Appends this event as one `payload_data` item: every value a JSON string, plus
+    /// `stm` (send time, epoch milliseconds).
+    pub fn write_post_item(&self, out: &mut Vec<u8>, stm_millis: &str) {
+        out.push(b'{');
+        for f in &self.fields {
+            out.push(b'"');
+            out.extend_from_slice(self.bytes(&f.name));
+            out.extend_from_slice(b"\":");
+            match f.kind {
+                ValueKind::String => out.extend_from_slice(self.bytes(&f.value)),
+                ValueKind::Bare => {
+                    out.push(b'"');
+                    out.extend_from_slice(self.bytes(&f.value));
+                    out.push(b'"');
+                }
+            }
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"stm\":\"");
+        out.extend_from_slice(stm_millis.as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
+
+    /// Appends this event's pairs, URL-encoded, plus `stm`, to a GET query string.
+    pub fn write_query(
+        &self,
+        query: &mut form_urlencoded::Serializer<'_, String>,
+        stm_millis: &str,
+    ) {
+        for f in &self.fields {
+            query.append_pair(self.slice(&f.name), &self.value_text(f));
+        }
+        query.append_pair("stm", stm_millis);
+    }
+
+    fn validate(&self, options: ParseOptions) -> Result<(), BadEvent> {
+        if self.fields.is_empty() {
+            return Err(BadEvent::Empty);
+        }
+        // One bit per payload_data field: duplicates and required fields in O(1) each.
+        let mut seen: u128 = 0;
+        for (i, f) in self.fields.iter().enumerate() {
+            let name = self.slice(&f.name);
+            match PAYLOAD_DATA_FIELDS.binary_search(&name) {
+                Ok(index) => {
+                    if seen & (1 << index) != 0 {
+                        return Err(BadEvent::DuplicateField(name.to_owned()));
+                    }
+                    seen |= 1 << index;
+                }
+                Err(_) if !options.allow_unknown_fields => {
+                    return Err(BadEvent::UnknownField(name.to_owned()));
+                }
+                Err(_) => {
+                    if self.fields[..i].iter().any(|g| self.slice(&g.name) == name) {
+                        return Err(BadEvent::DuplicateField(name.to_owned()));
+                    }
+                }
+            }
+        }
+        for required in REQUIRED_FIELDS {
+            let index = PAYLOAD_DATA_FIELDS
+                .binary_search(required)
+                .expect("required fields are payload_data fields");
+            if seen & (1 << index) == 0 {
+                return Err(BadEvent::MissingField(required));
+            }
+        }
+        Ok(())
+    }
+
+    fn bytes(&self, range: &Range<u32>) -> &[u8] {
+        &self.raw[range.start as usize..range.end as usize]
+    }
+
+    fn slice(&self, range: &Range<u32>) -> &str {
+        // The whole element was checked to be UTF-8 and ranges fall on token boundaries.
+        std::str::from_utf8(self.bytes(range)).expect("field ranges are UTF-8")
+    }
+
+    fn value_text(&self, f: &Field) -> Cow<'_, str> {
+        let raw = self.slice(&f.value);
+        match f.kind {
+            ValueKind::Bare => Cow::Borrowed(raw),
+            ValueKind::String => {
+                // Only strings with escapes allocate.
+                serde_json::from_str::<Cow<'_, str>>(raw).expect("a validated JSON string")
+            }
+        }
+    }
+}
+
+/// Length of `,"stm":"1234567890123"` minus the leading comma accounted per field: the
+/// send time is 13 digits of epoch milliseconds until the year 2286.
+pub const STM_ITEM_BYTES: usize = r#""stm":"1234567890123""#.len();
+
+/// Walks the top-level object once, recording byte ranges; values stay unparsed.
+fn parse_fields(text: &str) -> Result<Vec<Field>, BadEvent> {
+    let found = Cell::new(None);
+    let visitor = TopLevel {
+        base: text.as_ptr() as usize,
+        bad: &found,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = (&mut de).deserialize_any(visitor).and_then(|fields| {
+        de.end()?;
+        Ok(fields)
+    });
+    // A problem the visitor named beats serde's generic message.
+    parsed.map_err(|e| {
+        found
+            .take()
+            .unwrap_or_else(|| BadEvent::NotJson(e.to_string()))
+    })
+}
+
+/// Records byte ranges of the top-level object's names and values; a [`BadEvent`] it
+/// finds is left in `bad` (serde's error type cannot carry it).
+struct TopLevel<'a> {
+    base: usize,
+    bad: &'a Cell<Option<BadEvent>>,
+}
+
+impl TopLevel<'_> {
+    fn reject<T, E: de::Error>(&self, bad: BadEvent) -> Result<T, E> {
+        let message = bad.to_string();
+        self.bad.set(Some(bad));
+        Err(E::custom(message))
+    }
+
+    fn not_an_object<T, E: de::Error>(&self, found: &'static str) -> Result<T, E> {
+        self.reject(BadEvent::NotAnObject(found))
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_> {
+    type Value = Vec<Field>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Field>, A::Error> {
+        let mut fields = Vec::with_capacity(24);
+        while let Some(name) = map.next_key::<FieldName<'de>>()? {
+            let FieldName::Borrowed(name) = name else {
+                return self.reject(BadEvent::EscapedFieldName);
+            };
+            let value: &'de RawValue = map.next_value()?;
+            if name == "stm" {
+                continue; // the send time is written afresh on every attempt
+            }
+            let text = value.get();
+            let kind = match text.as_bytes().first() {
+                Some(b'"') => ValueKind::String,
+                Some(b'n') => continue, // null: left out, as trackers leave out empty fields
+                Some(b'{') => {
+                    return self.reject(BadEvent::NestedValue(name.to_owned(), "an object"));
+                }
+                Some(b'[') => {
+                    return self.reject(BadEvent::NestedValue(name.to_owned(), "an array"));
+                }
+                _ => ValueKind::Bare,
+            };
+            fields.push(Field {
+                name: self.range(name),
+                value: self.range(text),
+                kind,
+            });
+        }
+        Ok(fields)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Vec<Field>, A::Error> {
+        self.not_an_object("an array")
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Vec<Field>, E> {
+        self.not_an_object("a string")
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Vec<Field>, E> {
+        self.not_an_object("a number")
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Vec<Field>, E> {
+        self.not_an_object("a number")
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Vec<Field>, E> {
+        self.not_an_object("a number")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Vec<Field>, E> {
+        self.not_an_object("a boolean")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Vec<Field>, E> {
+        self.not_an_object("null")
+    }
+}
+
+/// A field name borrowed from the input, or a note that it had escapes (serde's `Cow`
+/// always allocates, so it cannot tell the two apart).
+enum FieldName<'de> {
+    Borrowed(&'de str),
+    Escaped,
+}
+
+impl<'de> de::Deserialize<'de> for FieldName<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = FieldName<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(FieldName::Borrowed(v))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(FieldName::Escaped)
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
+
+impl TopLevel<'_> {
+    fn range(&self, part: &str) -> Range<u32> {
+        let start = (part.as_ptr() as usize - self.base) as u32;
+        start..start + part.len() as u32
+    }
+}
+
+/// Writes a complete POST body for `events`: the `payload_data` envelope with one item
+/// per event, each stamped with the same `stm`.
+pub fn write_post_body<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+    stm_millis: &str,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(POST_BODY_PREFIX.as_bytes());
+    let mut first = true;
+    for event in events {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        event.write_post_item(out, stm_millis);
+    }
+    out.extend_from_slice(POST_BODY_SUFFIX.as_bytes());
+}
+
+const POST_BODY_PREFIX: &str = concat!(
+    r#"{"schema":"iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4","#,
+    r#""data":["#
+);
+const POST_BODY_SUFFIX: &str = "]}";
+
+/// Bytes a POST body takes besides its items (envelope and no separators).
+pub const POST_BODY_OVERHEAD: usize = POST_BODY_PREFIX.len() + POST_BODY_SUFFIX.len();
+
+/// The query string (without `?`) for a GET request carrying `event`.
+pub fn get_query(event: &Event, stm_millis: &str) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::with_capacity(event.raw.len() * 2));
+    event.write_query(&mut query, stm_millis);
+    query.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STRICT: ParseOptions = ParseOptions {
+        allow_unknown_fields: false,
+    };
+
+    fn parse(text: &str) -> Result<Event, BadEvent> {
+        Event::parse(Bytes::copy_from_slice(text.as_bytes()), STRICT)
+    }
+
+    #[test]
+    fn post_item_turns_every_value_into_a_string_and_adds_stm() {
+        let event = parse(
+            r#"{"e":"pv","tv":"py-0.4.0","p":"pc","dtm":1402358400000,"tr_tt":49.95,"url":"http://x/\u00e9?a=\"b\"","f_pdf":true,"page":null}"#,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        event.write_post_item(&mut out, "1700000000000");
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "e": "pv", "tv": "py-0.4.0", "p": "pc", "dtm": "1402358400000",
+                "tr_tt": "49.95", "url": "http://x/\u{e9}?a=\"b\"", "f_pdf": "true",
+                "stm": "1700000000000"
+            })
+        );
+        assert_eq!(
+            out.len(),
+            event.post_item_len(),
+            "the size estimate is exact"
+        );
+    }
+
+    #[test]
+    fn stm_from_the_producer_is_replaced() {
+        let event = parse(r#"{"e":"pv","tv":"t","p":"pc","stm":"1"}"#).unwrap();
+        let mut out = Vec::new();
+        event.write_post_item(&mut out, "1700000000000");
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["stm"], "1700000000000");
+        assert_eq!(String::from_utf8(out).unwrap().matches("stm").count(), 1);
+    }
+
+    #[test]
+    fn query_decodes_json_strings_then_url_encodes() {
+        let event = parse(r#"{"e":"pv","tv":"t","p":"pc","url":"http://a/b?c=d e\u00e9","cd":24}"#)
+            .unwrap();
+        let query = get_query(&event, "1700000000000");
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        assert!(pairs.contains(&("url".into(), "http://a/b?c=d e\u{e9}".into())));
+        assert!(pairs.contains(&("cd".into(), "24".into())));
+        assert!(pairs.contains(&("stm".into(), "1700000000000".into())));
+        assert!(!query.contains(' '), "{query}");
+    }
+
+    #[test]
+    fn bad_elements_are_named() {
+        let cases: &[(&str, fn(&BadEvent) -> bool)] = &[
+            ("not json", |e| matches!(e, BadEvent::NotJson(_))),
+            (r#"{"e":"pv""#, |e| matches!(e, BadEvent::NotJson(_))),
+            (r#"{"e":"pv","tv":"t","p":"pc"} trailing"#, |e| {
+                matches!(e, BadEvent::NotJson(_))
+            }),
+            ("[1,2]", |e| *e == BadEvent::NotAnObject("an array")),
+            (r#""text""#, |e| *e == BadEvent::NotAnObject("a string")),
+            ("42", |e| *e == BadEvent::NotAnObject("a number")),
+            ("null", |e| *e == BadEvent::NotAnObject("null")),
+            ("{}", |e| *e == BadEvent::Empty),
+            (r#"{"page":null}"#, |e| *e == BadEvent::Empty),
+            (r#"{"e":"pv","tv":"t","p":"pc","co":{"a":1}}"#, |e| {
+                *e == BadEvent::NestedValue("co".into(), "an object")
+            }),
+            (r#"{"e":"pv","tv":"t","p":"pc","co":[1]}"#, |e| {
+                *e == BadEvent::NestedValue("co".into(), "an array")
+            }),
+            (r#"{"e":"pv","tv":"t","p":"pc","foo":"x"}"#, |e| {
+                *e == BadEvent::UnknownField("foo".into())
+            }),
+            (r#"{"e":"pv","tv":"t","p":"pc","\u0065id":"x"}"#, |e| {
+                *e == BadEvent::EscapedFieldName
+            }),
+            (r#"{"e":"pv","tv":"t"}"#, |e| {
+                *e == BadEvent::MissingField("p")
+            }),
+            (r#"{"e":"pv","tv":"t","p":"pc","e":"se"}"#, |e| {
+                *e == BadEvent::DuplicateField("e".into())
+            }),
+        ];
+        for (input, check) in cases {
+            let err = parse(input).expect_err(input);
+            assert!(check(&err), "{input}: got {err:?}");
+            assert!(!err.to_string().is_empty());
+        }
+        let invalid_utf8 = Event::parse(Bytes::from_static(b"{\"e\":\"\xff\"}"), STRICT);
+        assert!(matches!(invalid_utf8, Err(BadEvent::NotJson(_))));
+    }
+
+    #[test]
+    fn unknown_fields_pass_when_allowed() {
+        let lenient = ParseOptions {
+            allow_unknown_fields: true,
+        };
+        let event = Event::parse(
+            Bytes::from_static(br#"{"e":"pv","tv":"t","p":"pc","foo":"x"}"#),
+            lenient,
+        )
+        .unwrap();
+        assert_eq!(event.get("foo").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn every_fixture_event_parses_and_keeps_every_field() {
+        for file in [
+            include_str!("../tests/fixtures/python-tracker-0.15.0.jsonl"),
+            include_str!("../tests/fixtures/python-tracker-0.4.0-shape.jsonl"),
+        ] {
+            for line in file.lines() {
+                let event = parse(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                let original: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(line).unwrap();
+                let mut item = Vec::new();
+                event.write_post_item(&mut item, "1700000000000");
+                let encoded: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(&item).unwrap();
+                assert_eq!(encoded.len(), original.len() + 1);
+                for (name, value) in &original {
+                    let expected = match value {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    assert_eq!(encoded[name], serde_json::Value::String(expected));
+                }
+            }
+        }
+    }
+}

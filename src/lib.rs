@@ -1,0 +1,140 @@
+//! snowplow-relay moves Snowplow tracker-protocol events from a Redis list to a Snowplow
+//! collector, at least once: an event leaves Redis only after the collector accepted it
+//! (or it was dead-lettered with a reason), even if the relay is killed with `kill -9`.
+//!
+//! Module map, in the order an event travels:
+//! - [`config`]: typed settings, loaded from TOML < environment < flags, validated once.
+//! - [`queue`]: the Redis side; claim, acknowledge, release, recover, dead-letter. The
+//!   Lua scripts and the key layout live there.
+//! - [`event`]: one element: parse, validate, and encode as GET query or POST item.
+//! - [`emitter`]: the collector side; batching by count and bytes, HTTP, retry policy.
+//! - [`worker`]: the tasks joining queue and emitter, and the graceful drain.
+//! - [`telemetry`]: log set-up.
+//!
+//! [`run`] is the whole daemon; `main.rs` only parses flags, sets up logging and hands
+//! `run` the signals as futures. Tests and embedders pass their own futures.
+
+pub mod config;
+pub mod emitter;
+pub mod event;
+pub mod queue;
+pub mod telemetry;
+pub mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::Config;
+pub use worker::Summary;
+
+use crate::emitter::{Backoff, Emitter};
+use crate::queue::{Queue, QueueError};
+
+/// Why the relay stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration was refused (exit code 2).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    /// Redis failed in a way the relay cannot work around.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Shutdown could not return the undelivered events to the list: they are safe in the
+    /// in-flight list and come back when the lease expires.
+    #[error(
+        "could not return undelivered events to the list ({source}); they are kept in \
+         `{inflight_key}` and go back to the list {lease_ttl_secs} s after this relay's \
+         lease expires, as soon as any relay runs"
+    )]
+    Unreleased {
+        /// The in-flight list still holding them.
+        inflight_key: String,
+        /// The lease lifetime.
+        lease_ttl_secs: u64,
+        /// The last Redis error.
+        #[source]
+        source: QueueError,
+    },
+}
+
+/// Runs the relay until `shutdown` resolves, then stops claiming, drains for up to
+/// `worker.drain_timeout_ms` (cut short when `force` resolves) and returns every
+/// undelivered event to the head of the list.
+///
+/// If Redis cannot be reached at start-up, it keeps trying with capped backoff until it
+/// can or `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    force: impl Future<Output = ()>,
+) -> Result<Summary, Error> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        settings = %config.to_masked_toml().replace('\n', " "),
+        "snowplow-relay starting"
+    );
+    let emitter = Emitter::new(&config.collector)?;
+    tokio::pin!(shutdown);
+    let queue = tokio::select! {
+        queue = connect(&config) => Arc::new(queue),
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested before Redis was reachable; nothing was claimed");
+            return Ok(Summary::default());
+        }
+    };
+    tracing::info!(
+        instance = queue.instance(),
+        list = %queue.keys().list,
+        dead_letter_list = %queue.keys().dead,
+        collector = %emitter.url(),
+        method = ?config.collector.method,
+        "connected; relaying"
+    );
+    worker::run(&config, queue, emitter, shutdown, force).await
+}
+
+/// Connects to Redis, recovers the events of relays whose lease expired and registers
+/// this instance, retrying with capped backoff for as long as it takes.
+async fn connect(config: &Config) -> Queue {
+    let backoff = Backoff {
+        initial: Duration::from_millis(200),
+        max: Duration::from_secs(30),
+    };
+    let url = config::mask_password(&config.redis.url);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_connect(config).await {
+            Ok(queue) => return queue,
+            Err(error) => {
+                let delay = backoff.delay(attempt);
+                tracing::warn!(
+                    redis = %url,
+                    %error,
+                    attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot reach Redis; is it running and is redis.url right?"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn try_connect(config: &Config) -> Result<Queue, QueueError> {
+    let queue = Queue::connect(&config.redis, config.dead_letter_key()).await?;
+    let recovered = queue.recover_expired().await?;
+    if recovered.instances > 0 {
+        tracing::info!(
+            instances = recovered.instances,
+            events = recovered.events,
+            "returned the in-flight events of relays whose lease expired"
+        );
+    }
+    queue.register().await?;
+    Ok(queue)
+}

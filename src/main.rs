@@ -1,0 +1,140 @@
+//! The `snowplow-relay` command: flags, logging, signals; everything else is the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use snowplow_relay::config::{LogFormat, Method, Overrides};
+use snowplow_relay::{Config, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// Relays Snowplow events from a Redis list to a Snowplow collector, at least once.
+///
+/// Settings come from the TOML file, then SNOWPLOW_RELAY_<SECTION>__<KEY> environment
+/// variables, then these flags, each overriding the one before. Exit codes: 0 stopped
+/// cleanly, 1 failed while running, 2 invalid configuration.
+#[derive(Debug, Parser)]
+#[command(name = "snowplow-relay", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// TOML configuration file (see config/snowplow-relay.toml).
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Redis URL (redis.url), e.g. redis://:password@127.0.0.1:6379/0.
+    #[arg(long, global = true, value_name = "URL")]
+    redis_url: Option<String>,
+    /// The Redis list to relay (redis.key).
+    #[arg(long, global = true, value_name = "NAME")]
+    key: Option<String>,
+    /// Collector URL (collector.url), e.g. https://collector.example.com.
+    #[arg(long, global = true, value_name = "URL")]
+    collector: Option<String>,
+    /// get: one event per request; post: batches (collector.method).
+    #[arg(long, global = true, value_enum)]
+    method: Option<Method>,
+    /// Events per POST request (collector.buffer_size).
+    #[arg(long, global = true, value_name = "N")]
+    buffer_size: Option<u64>,
+    /// Largest POST body or GET URL in bytes (collector.byte_limit).
+    #[arg(long, global = true, value_name = "BYTES")]
+    byte_limit: Option<u64>,
+    /// error, warn, info, debug, trace or a filter directive (log.level).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// text or json (log.format).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Relay events until SIGINT, SIGTERM or SIGQUIT (the default).
+    Run,
+    /// Validate the configuration and print it, with secrets masked.
+    Check,
+}
+
+impl Cli {
+    fn overrides(&self) -> Overrides {
+        let mut overrides = Overrides::default();
+        overrides.set("redis.url", self.redis_url.as_ref());
+        overrides.set("redis.key", self.key.as_ref());
+        overrides.set("collector.url", self.collector.as_ref());
+        overrides.set(
+            "collector.method",
+            self.method.map(|m| format!("{m:?}").to_lowercase()),
+        );
+        overrides.set("collector.buffer_size", self.buffer_size);
+        overrides.set("collector.byte_limit", self.byte_limit);
+        overrides.set("log.level", self.log_level.as_ref());
+        overrides.set(
+            "log.format",
+            self.log_format.map(|f| format!("{f:?}").to_lowercase()),
+        );
+        overrides
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), &cli.overrides()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("snowplow-relay: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            print!("{}", config.to_masked_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            telemetry::init(&config.log);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("cannot start the async runtime");
+            runtime.block_on(async {
+                let (shutdown, force) = signals();
+                match snowplow_relay::run(
+                    config,
+                    shutdown.cancelled_owned(),
+                    force.cancelled_owned(),
+                )
+                .await
+                {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(error) => {
+                        tracing::error!(%error, "snowplow-relay failed");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+/// The first SIGINT, SIGTERM or SIGQUIT cancels the first token (graceful shutdown);
+/// a second one cancels the second (stop draining, requeue now).
+fn signals() -> (CancellationToken, CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let shutdown = CancellationToken::new();
+    let force = CancellationToken::new();
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
+    let (first, second) = (shutdown.clone(), force.clone());
+    tokio::spawn(async move {
+        for token in [first, second] {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+                _ = quit.recv() => {}
+            }
+            token.cancel();
+        }
+    });
+    (shutdown, force)
+}

@@ -1,0 +1,536 @@
+//! The Redis side: claiming events, acknowledging them, returning them, the dead-letter
+//! list, and the leases that let any relay recover a dead relay's events.
+//!
+//! # Keys
+//! For a list `snowplow` and a relay instance `I` (all companions carry the hash tag
+//! `{snowplow}`, so in Redis Cluster they share the list's slot and one script can touch
+//! them all):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `snowplow` | list | events, pushed by producers (RPUSH) and taken from the head |
+//! | `{snowplow}:inflight:I` | list | events `I` claimed and has not acknowledged, in claim order |
+//! | `{snowplow}:instance:I` | hash | `acked`: how many events `I` acknowledged so far |
+//! | `{snowplow}:lease:I` | string with TTL | present while `I` is alive (heartbeat) |
+//! | `{snowplow}:instances` | set | every instance that may own an in-flight list |
+//! | `{snowplow}:dead` | list | dead-letter entries (see [`DeadLetter`]) |
+//!
+//! # Protocol
+//! Every step is one Lua script, so each is atomic and costs one round trip whatever the
+//! number of events:
+//! - **claim**: move up to N events from the head of the list to the tail of the in-flight
+//!   list and return every in-flight event from the position the caller expects. A claim
+//!   whose reply was lost is therefore returned again by the next claim, never orphaned.
+//! - **ack**: trim the first K events off the in-flight list once they are resolved
+//!   (delivered or dead-lettered) and write their dead-letter entries. It carries the
+//!   absolute count acknowledged so far, so retrying an ack whose reply was lost does
+//!   nothing twice.
+//! - **release** (graceful shutdown): put every unresolved in-flight event back at the
+//!   head of the list in its original order, taken from Redis's own copy, then remove the
+//!   instance.
+//! - **recover**: for each registered instance whose lease expired, put its in-flight
+//!   events back at the head of the list and remove it. Scripts run one at a time, so two
+//!   relays recovering at once never both move the same events.
+//!
+//! Every script first checks that the instance is still registered; if another relay
+//! recovered it (its lease had expired), the script fails with [`QueueError::LeaseLost`]
+//! and changes nothing: the events it held are already back in the list.
+//!
+//! Waiting for an empty list uses `BLMOVE list list LEFT LEFT`, which blocks until the
+//! list has an element and then leaves it where it was. It changes nothing, so it can be
+//! abandoned at any moment (shutdown) without a trace.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+
+use crate::config::RedisConfig;
+
+/// What can go wrong talking to Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Redis could not be reached or answered with an error; worth retrying.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// Another relay recovered this instance's in-flight events after its lease expired.
+    #[error(
+        "this relay's lease expired and another relay took back its in-flight events; \
+         restart to register again"
+    )]
+    LeaseLost,
+}
+
+impl QueueError {
+    fn from_script(e: RedisError) -> QueueError {
+        if e.to_string().contains("LEASE_LOST") {
+            QueueError::LeaseLost
+        } else {
+            QueueError::Redis(e)
+        }
+    }
+}
+
+/// The key names for one list and one instance.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// The list producers push onto.
+    pub list: String,
+    /// The dead-letter list.
+    pub dead: String,
+    /// The set of registered instances.
+    pub instances: String,
+    /// Prefix of every companion key: `{list}:`.
+    pub prefix: String,
+}
+
+impl Keys {
+    /// Key names for `list`, with dead-letter list `dead`.
+    pub fn new(list: &str, dead: &str) -> Keys {
+        let prefix = format!("{{{list}}}:");
+        Keys {
+            list: list.to_owned(),
+            dead: dead.to_owned(),
+            instances: format!("{prefix}instances"),
+            prefix,
+        }
+    }
+
+    /// The in-flight list of `instance`.
+    pub fn inflight(&self, instance: &str) -> String {
+        format!("{}inflight:{instance}", self.prefix)
+    }
+
+    /// The bookkeeping hash of `instance`.
+    pub fn meta(&self, instance: &str) -> String {
+        format!("{}instance:{instance}", self.prefix)
+    }
+
+    /// The lease (heartbeat) key of `instance`.
+    pub fn lease(&self, instance: &str) -> String {
+        format!("{}lease:{instance}", self.prefix)
+    }
+}
+
+/// Pushes ARGV[from..] onto a list in chunks (Lua's unpack has a stack limit).
+const LUA_HELPERS: &str = r#"
+local function push_all(cmd, key, items, from)
+  local n = #items
+  local i = from
+  while i <= n do
+    local last = math.min(i + 999, n)
+    redis.call(cmd, key, unpack(items, i, last))
+    i = last + 1
+  end
+end
+-- Puts items back at the head of a list so that items[1] ends up first.
+local function push_to_head(key, items)
+  local i = #items
+  while i >= 1 do
+    local first = math.max(i - 999, 1)
+    local chunk = {}
+    for j = i, first, -1 do chunk[#chunk + 1] = items[j] end
+    redis.call('LPUSH', key, unpack(chunk))
+    i = first - 1
+  end
+end
+local function check_lease(instances, id)
+  if redis.call('SISMEMBER', instances, id) == 0 then
+    return redis.error_reply('LEASE_LOST instance ' .. id .. ' was recovered by another relay')
+  end
+end
+"#;
+
+/// KEYS: list, inflight, meta, instances. ARGV: instance, expected position, max count.
+const CLAIM: &str = r#"
+local lost = check_lease(KEYS[4], ARGV[1]); if lost then return lost end
+local moved = redis.call('LPOP', KEYS[1], tonumber(ARGV[3]))
+if moved then push_all('RPUSH', KEYS[2], moved, 1) end
+local acked = tonumber(redis.call('HGET', KEYS[3], 'acked') or '0')
+return redis.call('LRANGE', KEYS[2], tonumber(ARGV[2]) - acked, -1)
+"#;
+
+/// KEYS: inflight, meta, instances, dead. ARGV: instance, acknowledged total, entries…
+const ACK: &str = r#"
+local lost = check_lease(KEYS[3], ARGV[1]); if lost then return lost end
+local acked = tonumber(redis.call('HGET', KEYS[2], 'acked') or '0')
+local target = tonumber(ARGV[2])
+if target > acked then
+  redis.call('LTRIM', KEYS[1], target - acked, -1)
+  redis.call('HSET', KEYS[2], 'acked', target)
+  push_all('RPUSH', KEYS[4], ARGV, 3)
+end
+return target
+"#;
+
+/// KEYS: list, inflight, meta, instances, dead, lease.
+/// ARGV: instance, window start, resolved flags ('1' per resolved position), entries…
+const RELEASE: &str = r#"
+local lost = check_lease(KEYS[4], ARGV[1]); if lost then return lost end
+local acked = tonumber(redis.call('HGET', KEYS[3], 'acked') or '0')
+local base = tonumber(ARGV[2])
+local flags = ARGV[3]
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+local back = {}
+for i, item in ipairs(items) do
+  local offset = acked + i - base
+  if offset < 1 or string.sub(flags, offset, offset) ~= '1' then back[#back + 1] = item end
+end
+push_to_head(KEYS[1], back)
+push_all('RPUSH', KEYS[5], ARGV, 4)
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[6])
+redis.call('SREM', KEYS[4], ARGV[1])
+return #back
+"#;
+
+/// KEYS: list, instances. ARGV: key prefix. Returns {instances, events} recovered.
+const RECOVER: &str = r#"
+local instances, events = 0, 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('EXISTS', ARGV[1] .. 'lease:' .. id) == 0 then
+    local inflight = ARGV[1] .. 'inflight:' .. id
+    local items = redis.call('LRANGE', inflight, 0, -1)
+    push_to_head(KEYS[1], items)
+    redis.call('DEL', inflight, ARGV[1] .. 'instance:' .. id)
+    redis.call('SREM', KEYS[2], id)
+    instances = instances + 1
+    events = events + #items
+  end
+end
+return {instances, events}
+"#;
+
+/// KEYS: instances, meta, lease. ARGV: instance, lease ttl ms, host, pid, started.
+const REGISTER: &str = r#"
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'acked', 0, 'host', ARGV[3], 'pid', ARGV[4], 'started', ARGV[5])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+return 1
+"#;
+
+/// KEYS: instances, lease. ARGV: instance, lease ttl ms.
+const HEARTBEAT: &str = r#"
+local lost = check_lease(KEYS[1], ARGV[1]); if lost then return lost end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+return 1
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{LUA_HELPERS}{body}"))
+}
+
+/// Events recovered from relays whose lease expired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Dead instances cleaned up.
+    pub instances: u64,
+    /// Events put back at the head of the list.
+    pub events: u64,
+}
+
+/// One relay instance's handle on the list.
+pub struct Queue {
+    client: Client,
+    conn: ConnectionManager,
+    keys: Keys,
+    instance: String,
+    lease_ttl: Duration,
+    command_timeout: Duration,
+    claim_script: Script,
+    ack_script: Script,
+    release_script: Script,
+    recover_script: Script,
+    register_script: Script,
+    heartbeat_script: Script,
+}
+
+impl Queue {
+    /// Connects (one attempt; the caller decides how to retry) and names this instance.
+    /// Call [`Queue::register`] before claiming.
+    pub async fn connect(config: &RedisConfig, dead_letter_key: &str) -> Result<Queue, QueueError> {
+        let client = Client::open(config.url.as_str())?;
+        let command_timeout = Duration::from_millis(config.command_timeout_ms);
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(command_timeout))
+            .set_response_timeout(Some(command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
+        Ok(Queue {
+            client,
+            conn,
+            keys: Keys::new(&config.key, dead_letter_key),
+            instance: instance_id(),
+            lease_ttl: Duration::from_millis(config.lease_ttl_ms),
+            command_timeout,
+            claim_script: script(CLAIM),
+            ack_script: script(ACK),
+            release_script: script(RELEASE),
+            recover_script: script(RECOVER),
+            register_script: script(REGISTER),
+            heartbeat_script: script(HEARTBEAT),
+        })
+    }
+
+    /// This instance's id: `host:pid:random`.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The key names in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// How long the lease lives without a heartbeat.
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    /// Registers this instance and takes its first lease.
+    pub async fn register(&self) -> Result<(), QueueError> {
+        let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        self.register_script
+            .key(&self.keys.instances)
+            .key(self.keys.meta(&self.instance))
+            .key(self.keys.lease(&self.instance))
+            .arg(&self.instance)
+            .arg(self.lease_ttl.as_millis() as u64)
+            .arg(hostname())
+            .arg(std::process::id())
+            .arg(started)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Renews the lease.
+    pub async fn heartbeat(&self) -> Result<(), QueueError> {
+        self.heartbeat_script
+            .key(&self.keys.instances)
+            .key(self.keys.lease(&self.instance))
+            .arg(&self.instance)
+            .arg(self.lease_ttl.as_millis() as u64)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map_err(QueueError::from_script)?;
+        Ok(())
+    }
+
+    /// Returns the in-flight events of every instance whose lease expired to the head of
+    /// the list.
+    pub async fn recover_expired(&self) -> Result<Recovered, QueueError> {
+        let (instances, events): (u64, u64) = self
+            .recover_script
+            .key(&self.keys.list)
+            .key(&self.keys.instances)
+            .arg(&self.keys.prefix)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(Recovered { instances, events })
+    }
+
+    /// Claims up to `max` events. `position` is how many events this instance has claimed
+    /// so far (acknowledged or not); the result holds every in-flight event from that
+    /// position on, oldest first: the new claims, plus any earlier claim whose reply
+    /// never arrived.
+    pub async fn claim(&self, position: u64, max: usize) -> Result<Vec<Bytes>, QueueError> {
+        let items: Vec<Vec<u8>> = self
+            .claim_script
+            .key(&self.keys.list)
+            .key(self.keys.inflight(&self.instance))
+            .key(self.keys.meta(&self.instance))
+            .key(&self.keys.instances)
+            .arg(&self.instance)
+            .arg(position)
+            .arg(max)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(QueueError::from_script)?;
+        Ok(items.into_iter().map(Bytes::from).collect())
+    }
+
+    /// Acknowledges every event before position `acked_total` and appends `dead` entries
+    /// to the dead-letter list, atomically. Safe to retry.
+    pub async fn ack(&self, acked_total: u64, dead: &[&[u8]]) -> Result<(), QueueError> {
+        let mut invocation = self.ack_script.prepare_invoke();
+        invocation
+            .key(self.keys.inflight(&self.instance))
+            .key(self.keys.meta(&self.instance))
+            .key(&self.keys.instances)
+            .key(&self.keys.dead)
+            .arg(&self.instance)
+            .arg(acked_total);
+        for entry in dead {
+            invocation.arg(*entry);
+        }
+        invocation
+            .invoke_async::<u64>(&mut self.conn.clone())
+            .await
+            .map_err(QueueError::from_script)?;
+        Ok(())
+    }
+
+    /// Graceful shutdown: every in-flight event at or after `window_start` whose entry in
+    /// `resolved` is not `true` (and any the relay never saw) goes back to the head of the
+    /// list in its original order; `dead` entries are written; the instance is removed.
+    /// Returns how many events went back.
+    pub async fn release(
+        &self,
+        window_start: u64,
+        resolved: &[bool],
+        dead: &[&[u8]],
+    ) -> Result<u64, QueueError> {
+        let flags: String = resolved
+            .iter()
+            .map(|&r| if r { '1' } else { '0' })
+            .collect();
+        let mut invocation = self.release_script.prepare_invoke();
+        invocation
+            .key(&self.keys.list)
+            .key(self.keys.inflight(&self.instance))
+            .key(self.keys.meta(&self.instance))
+            .key(&self.keys.instances)
+            .key(&self.keys.dead)
+            .key(self.keys.lease(&self.instance))
+            .arg(&self.instance)
+            .arg(window_start)
+            .arg(flags);
+        for entry in dead {
+            invocation.arg(*entry);
+        }
+        invocation
+            .invoke_async::<u64>(&mut self.conn.clone())
+            .await
+            .map_err(QueueError::from_script)
+    }
+
+    /// Opens a connection of its own for [`Queue::wait_for_events`]: a blocking command
+    /// would stall every other command sharing its connection.
+    pub async fn blocking_connection(
+        &self,
+        block: Duration,
+    ) -> Result<MultiplexedConnection, QueueError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.command_timeout))
+            .set_response_timeout(Some(block + self.command_timeout));
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    /// Waits up to `block` for the list to hold an element, without taking it.
+    pub async fn wait_for_events(
+        &self,
+        conn: &mut MultiplexedConnection,
+        block: Duration,
+    ) -> Result<(), QueueError> {
+        redis::cmd("BLMOVE")
+            .arg(&self.keys.list)
+            .arg(&self.keys.list)
+            .arg("LEFT")
+            .arg("LEFT")
+            .arg(block.as_secs_f64())
+            .query_async::<Option<Vec<u8>>>(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// A connection for one-off commands (tools and tests).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+/// An entry of the dead-letter list: one line of JSON metadata, a newline, then the
+/// original element byte for byte (whatever its bytes are).
+///
+/// ```text
+/// {"reason":"collector answered 400","status":400,"failed_at":"2026-11-28T10:00:00.123Z","relay":"host:42:ab12cd"}
+/// {"e":"pv","tv":"py-0.4.0","p":"pc",…}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    /// Why the element could not be delivered.
+    pub reason: String,
+    /// The collector's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// When it was dead-lettered (RFC 3339, UTC).
+    pub failed_at: String,
+    /// The relay instance that dead-lettered it.
+    pub relay: String,
+}
+
+impl DeadLetter {
+    /// A new entry stamped with the current time.
+    pub fn new(reason: impl Into<String>, status: Option<u16>, relay: &str) -> DeadLetter {
+        DeadLetter {
+            reason: reason.into(),
+            status,
+            failed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            relay: relay.to_owned(),
+        }
+    }
+
+    /// The entry as stored in Redis: metadata line, `\n`, original element.
+    pub fn encode(&self, element: &[u8]) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).expect("serialisable");
+        out.push(b'\n');
+        out.extend_from_slice(element);
+        out
+    }
+
+    /// Splits a stored entry into its metadata and the original element.
+    pub fn decode(entry: &[u8]) -> Option<(DeadLetter, &[u8])> {
+        let newline = entry.iter().position(|&b| b == b'\n')?;
+        let meta = serde_json::from_slice(&entry[..newline]).ok()?;
+        Some((meta, &entry[newline + 1..]))
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn instance_id() -> String {
+    format!(
+        "{}:{}:{:08x}",
+        hostname(),
+        std::process::id(),
+        fastrand::u32(..)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_keeps_the_element_byte_for_byte() {
+        let element = b"{\"e\":\"pv\"}\nnot even \xff utf-8";
+        let entry = DeadLetter::new("collector answered 400", Some(400), "h:1:0").encode(element);
+        let (meta, original) = DeadLetter::decode(&entry).unwrap();
+        assert_eq!(original, element);
+        assert_eq!(meta.status, Some(400));
+        assert_eq!(meta.reason, "collector answered 400");
+    }
+
+    #[test]
+    fn companion_keys_share_the_lists_hash_tag() {
+        let keys = Keys::new("snowplow", "{snowplow}:dead");
+        for key in [
+            keys.inflight("i"),
+            keys.meta("i"),
+            keys.lease("i"),
+            keys.instances.clone(),
+        ] {
+            assert!(key.starts_with("{snowplow}:"), "{key}");
+        }
+    }
+}
