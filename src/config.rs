@@ -752,3 +752,48 @@ macro_rules! words_enum {
 words_enum!(Protocol { "http" => Http, "https" => Https });
 words_enum!(Method { "get" => Get, "post" => Post });
 words_enum!(LogFormat { "text" => Text, "json" => Json });
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// `config/snowplow-relay.toml` shows every key with its default: uncommenting every
+    /// `# key = value` line (but `endpoint`/`port`, the alternative to `url`) changes
+    /// nothing, and no key is missing.
+    #[test]
+    fn the_example_file_documents_every_key_with_its_default() {
+        let example = include_str!("../config/snowplow-relay.toml");
+        let mut uncommented = String::new();
+        let mut keys = 0;
+        for line in example.lines() {
+            let code = line.strip_prefix("# ").unwrap_or("");
+            let name = code.split(" = ").next().unwrap_or("");
+            let is_setting =
+                code.contains(" = ") && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            if line.starts_with('[') {
+                uncommented.push_str(line);
+                uncommented.push('\n');
+            } else if is_setting && name != "endpoint" && name != "port" {
+                // endpoint/port are the alternative to url, shown for reference.
+                keys += 1;
+                uncommented.push_str(code);
+                uncommented.push('\n');
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("example.toml");
+        std::fs::write(&path, &uncommented).unwrap();
+        let loaded =
+            Config::load_with_env(Some(&path), &Overrides::default(), Some(Default::default()))
+                .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+
+        let mut defaults = Config::default();
+        defaults.collector.url = Some("https://collector.example.com".into());
+        defaults.validate().unwrap();
+        assert_eq!(loaded.to_masked_toml(), defaults.to_masked_toml());
+        // Every key of the effective configuration appears in the example.
+        let effective = defaults.to_masked_toml();
+        let effective_keys = effective.lines().filter(|l| l.contains(" = ")).count();
+        assert_eq!(keys, effective_keys, "{uncommented}");
+    }
+}

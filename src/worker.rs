@@ -249,6 +249,7 @@ pub(crate) async fn run(
         claim_permits,
         give_up.clone(),
         stop_claiming.clone(),
+        stats.clone(),
     ));
     let heartbeat = tokio::spawn(heartbeat_loop(
         queue.clone(),
@@ -615,6 +616,7 @@ async fn ack_loop(
     claim_permits: Arc<Semaphore>,
     give_up: CancellationToken,
     stop_claiming: CancellationToken,
+    stats: Arc<Stats>,
 ) -> Result<Window, QueueError> {
     let mut window = Window::default();
     while let Some(resolution) = resolved_rx.recv().await {
@@ -649,6 +651,9 @@ async fn ack_loop(
             }
         }
         tracing::debug!(acked = count, dead_lettered = dead.len(), "acknowledged");
+        stats
+            .dead_lettered
+            .fetch_add(dead.len() as u64, Ordering::Relaxed);
         window.advance(count);
         claim_permits.add_permits(count);
     }

@@ -1,0 +1,174 @@
+//! The real binary: configuration errors, `check`, and signals.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_snowplow-relay");
+
+fn relay_command() -> Command {
+    let mut command = Command::new(BIN);
+    // Keep the developer's environment out of the test.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("SNOWPLOW_RELAY_") || name == "RUST_LOG" {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+#[test]
+fn bad_config_values_stop_start_up_with_exit_code_2_and_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    let cases: &[(&str, &[&str], &[(&str, &str)], &str)] = &[
+        (
+            "[collector]\nurl = \"http://x\"\nbuffer_size = 0\n",
+            &[],
+            &[],
+            "collector.buffer_size",
+        ),
+        (
+            "[collector]\nurl = \"http://x\"\nmax_requests_in_flight = -1\n",
+            &[],
+            &[],
+            "collector.max_requests_in_flight",
+        ),
+        (
+            "[collector]\nurl = \"http://x\"\nbufer_size = 5\n",
+            &[],
+            &[],
+            "bufer_size",
+        ),
+        (
+            "",
+            &["--collector", "http://x", "--byte-limit", "5000000"],
+            &[],
+            "collector.byte_limit",
+        ),
+        (
+            "",
+            &["--collector", "http://x"],
+            &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "soon")],
+            "worker.drain_timeout_ms",
+        ),
+        ("", &[], &[], "collector.url"),
+        ("[collector\n", &[], &[], "relay.toml"),
+    ];
+    for (toml, args, env, key) in cases {
+        std::fs::write(&file, toml).unwrap();
+        let output = relay_command()
+            .arg("--config")
+            .arg(&file)
+            .args(*args)
+            .envs(env.iter().copied())
+            .arg("check")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{key}: {stderr}");
+        assert!(stderr.contains(key), "`{stderr}` should name `{key}`");
+    }
+    let output = relay_command()
+        .args(["--method", "put", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "clap rejects a bad flag value"
+    );
+}
+
+#[test]
+fn check_prints_the_effective_configuration_with_the_password_masked() {
+    let output = relay_command()
+        .args([
+            "--redis-url",
+            "redis://:hunter2@127.0.0.1:6380/1",
+            "--collector",
+            "https://c.example.com",
+            "check",
+        ])
+        .env("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "50")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(
+        stdout.contains("redis://:****@127.0.0.1:6380/1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("buffer_size = 50"), "{stdout}");
+    assert!(stdout.contains("byte_limit = 1000000"), "{stdout}");
+    // What `check` prints is itself a valid configuration file that says the same.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("effective.toml");
+    std::fs::write(&file, stdout.replace("****", "hunter2")).unwrap();
+    let again = relay_command()
+        .arg("--config")
+        .arg(&file)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), stdout);
+}
+
+#[tokio::test]
+async fn sigterm_drains_requeues_and_exits_0() {
+    let redis = RedisServer::start();
+    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    redis.rpush("snowplow", &numbered_events(100));
+    let mut child = relay_command()
+        .args([
+            "--redis-url",
+            &redis.url(),
+            "--collector",
+            &collector.url(),
+            "--log-format",
+            "json",
+        ])
+        .env("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the relay tries to send", Duration::from_secs(10), || {
+        !collector.requests().is_empty()
+    })
+    .await;
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    })
+    .await
+    .unwrap();
+    let (status, stderr) = status;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(redis.llen("snowplow"), 100, "every event back in the list");
+    // JSON logs: every line is an object; the start-up line carries the settings.
+    for line in stderr.lines() {
+        let _: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    assert!(stderr.contains("snowplow-relay starting"));
+    assert!(stderr.contains("returned undelivered events"));
+}

@@ -1,0 +1,434 @@
+//! Test harness: a private `redis-server` per test, a recording HTTP collector, and a
+//! relay running in-process with a shutdown the test controls.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use snowplow_relay::config::{Config, Overrides};
+use tokio::sync::oneshot;
+
+/// The events real Python trackers write, one JSON object per line.
+pub const TRACKER_0_15: &str = include_str!("../fixtures/python-tracker-0.15.0.jsonl");
+/// Events in the shape the 0.4.0 tracker wrote them (numbers, plain and base64 contexts).
+pub const TRACKER_0_4: &str = include_str!("../fixtures/python-tracker-0.4.0-shape.jsonl");
+/// The payload_data 1-0-4 schema every POST body must satisfy.
+pub const PAYLOAD_DATA_SCHEMA: &str = include_str!("../fixtures/payload_data-1-0-4.json");
+
+/// Every fixture event.
+pub fn fixture_events() -> Vec<String> {
+    TRACKER_0_15
+        .lines()
+        .chain(TRACKER_0_4.lines())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Gives a fixture event a unique `eid` (the 0.4.0 shape has none), so it can be traced.
+pub fn with_eid(event: &str, eid: &str) -> String {
+    let mut value: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(event).unwrap();
+    value.insert("eid".into(), eid.into());
+    serde_json::to_string(&value).unwrap()
+}
+
+/// `n` distinct events cycling through the fixtures, each with eid `ev-<i>`.
+pub fn numbered_events(n: usize) -> Vec<String> {
+    let fixtures = fixture_events();
+    (0..n)
+        .map(|i| with_eid(&fixtures[i % fixtures.len()], &format!("ev-{i}")))
+        .collect()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private redis-server on a free port, killed by PID when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+    client: redis::Client,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let port = free_port();
+        Self::start_on(port, extra)
+    }
+
+    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut conn) = client.get_connection() {
+                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer {
+            port,
+            child,
+            client,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        self.client.get_connection().unwrap()
+    }
+
+    pub fn rpush(&self, key: &str, items: &[String]) {
+        let mut conn = self.conn();
+        for chunk in items.chunks(1000) {
+            redis::cmd("RPUSH")
+                .arg(key)
+                .arg(chunk)
+                .query::<i64>(&mut conn)
+                .unwrap();
+        }
+    }
+
+    pub fn rpush_bytes(&self, key: &str, item: &[u8]) {
+        redis::cmd("RPUSH")
+            .arg(key)
+            .arg(item)
+            .query::<i64>(&mut self.conn())
+            .unwrap();
+    }
+
+    pub fn lrange(&self, key: &str) -> Vec<Vec<u8>> {
+        redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query(&mut self.conn())
+            .unwrap()
+    }
+
+    pub fn llen(&self, key: &str) -> usize {
+        redis::cmd("LLEN").arg(key).query(&mut self.conn()).unwrap()
+    }
+
+    /// Every key in the database.
+    pub fn keys(&self) -> Vec<String> {
+        redis::cmd("KEYS").arg("*").query(&mut self.conn()).unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One request as the collector saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+    pub status: u16,
+}
+
+impl Received {
+    /// The events this request carried, as name -> value maps.
+    pub fn events(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        if self.method == "GET" {
+            let pairs = form_urlencoded_pairs(self.query.as_deref().unwrap_or(""));
+            vec![
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect(),
+            ]
+        } else {
+            let body: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
+            body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|item| item.as_object().unwrap().clone())
+                .collect()
+        }
+    }
+}
+
+fn form_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// Decides the status of each request; the default answers 200.
+pub type Responder = Box<dyn FnMut(&Received) -> u16 + Send>;
+
+#[derive(Clone)]
+pub struct Collector {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    responder: Arc<Mutex<Responder>>,
+    delay: Arc<Mutex<Duration>>,
+}
+
+impl Collector {
+    pub async fn start() -> Collector {
+        Self::start_with(Box::new(|_| 200)).await
+    }
+
+    /// A collector answering 200 on a given port.
+    pub async fn start_on(port: u16) -> Collector {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        Self::serve(listener, Box::new(|_| 200))
+    }
+
+    /// Answers each request with `responder(request)`.
+    pub async fn start_with(responder: Responder) -> Collector {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, responder)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, responder: Responder) -> Collector {
+        let collector = Collector {
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+            responder: Arc::new(Mutex::new(responder)),
+            delay: Arc::default(),
+        };
+        let state = collector.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(state.handle(request).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        collector
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = request.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut received = Received {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            body,
+            status: 0,
+        };
+        let delay = *self.delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        received.status = (self.responder.lock().unwrap())(&received);
+        let status = received.status;
+        self.received.lock().unwrap().push(received);
+        Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap()
+    }
+
+    /// Changes how requests are answered from now on.
+    pub fn respond_with(&self, responder: Responder) {
+        *self.responder.lock().unwrap() = responder;
+    }
+
+    /// Holds every answer back this long (requests still count when answered).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Events from the requests that were answered 2xx.
+    pub fn delivered(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        self.requests()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .flat_map(Received::events)
+            .collect()
+    }
+
+    /// eids of delivered events.
+    pub fn delivered_eids(&self) -> Vec<String> {
+        self.delivered()
+            .iter()
+            .map(|e| e["eid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// A configuration pointing at `redis` and `collector`, with fast retries for tests.
+pub fn config(
+    redis: &RedisServer,
+    collector: &Collector,
+    extra: &[(&'static str, &str)],
+) -> Config {
+    let mut overrides = Overrides::default();
+    overrides.set("redis.url", Some(redis.url()));
+    overrides.set("collector.url", Some(collector.url()));
+    overrides.set("collector.retry_initial_backoff_ms", Some("20"));
+    overrides.set("collector.retry_max_backoff_ms", Some("200"));
+    for (key, value) in extra {
+        overrides.set(key, Some(value));
+    }
+    Config::load_with_env(None, &overrides, Some(Default::default())).unwrap()
+}
+
+/// A relay running in this process until [`Relay::stop`].
+pub struct Relay {
+    shutdown: Option<oneshot::Sender<()>>,
+    force: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<snowplow_relay::Summary, snowplow_relay::Error>>,
+}
+
+impl Relay {
+    pub fn start(config: Config) -> Relay {
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let (force_tx, force_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(snowplow_relay::run(
+            config,
+            async move {
+                let _ = shutdown_rx.await;
+            },
+            async move {
+                if force_rx.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            },
+        ));
+        Relay {
+            shutdown: Some(shutdown_tx),
+            force: Some(force_tx),
+            task,
+        }
+    }
+
+    /// Graceful shutdown; waits for the relay to finish.
+    pub async fn stop(mut self) -> snowplow_relay::Summary {
+        let _ = self.shutdown.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("relay stops within 30 s")
+            .unwrap()
+            .expect("relay stops cleanly")
+    }
+
+    /// Shutdown followed at once by a second signal.
+    pub async fn stop_now(mut self) -> snowplow_relay::Summary {
+        let _ = self.shutdown.take().unwrap().send(());
+        let _ = self.force.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("relay stops within 30 s")
+            .unwrap()
+            .expect("relay stops cleanly")
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Validates a POST body: the self-describing envelope, and its `data` against
+/// payload_data 1-0-4 (the iglu `$schema` and `self` keys removed, as Iglu does).
+pub fn assert_valid_payload_data(body: &[u8]) {
+    let mut schema: serde_json::Value = serde_json::from_str(PAYLOAD_DATA_SCHEMA).unwrap();
+    let object = schema.as_object_mut().unwrap();
+    object.remove("$schema");
+    object.remove("self");
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft4)
+        .build(&schema)
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(body).expect("POST body is JSON");
+    assert_eq!(
+        body["schema"],
+        "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
+    );
+    assert_eq!(body.as_object().unwrap().len(), 2, "only schema and data");
+    let errors: Vec<String> = validator
+        .iter_errors(&body["data"])
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "payload_data violations: {errors:?}");
+}

@@ -1,0 +1,543 @@
+//! End to end: a real redis-server, a real HTTP collector, the relay in-process.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+use snowplow_relay::queue::DeadLetter;
+
+const LIST: &str = "snowplow";
+const DEAD: &str = "{snowplow}:dead";
+
+/// Every key the relay leaves behind besides the main and dead-letter lists.
+fn leftover_keys(redis: &RedisServer) -> Vec<String> {
+    redis
+        .keys()
+        .into_iter()
+        .filter(|k| k != LIST && k != DEAD)
+        .collect()
+}
+
+fn by_eid(events: &[String]) -> HashMap<String, serde_json::Map<String, serde_json::Value>> {
+    events
+        .iter()
+        .map(|e| {
+            let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(e).unwrap();
+            (map["eid"].as_str().unwrap().to_owned(), map)
+        })
+        .collect()
+}
+
+/// Each delivered event carries every original field as a string, plus `stm`.
+fn assert_same_fields(
+    sent: &serde_json::Map<String, serde_json::Value>,
+    received: &serde_json::Map<String, serde_json::Value>,
+) {
+    for (name, value) in sent {
+        let expected = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(
+            received[name],
+            serde_json::Value::String(expected),
+            "field {name}"
+        );
+    }
+    let stm: u64 = received["stm"].as_str().unwrap().parse().unwrap();
+    assert!(stm > 1_700_000_000_000, "stm is epoch milliseconds");
+    assert_eq!(received.len(), sent.len() + 1, "nothing added but stm");
+}
+
+#[tokio::test]
+async fn post_delivers_every_fixture_event_with_every_field() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    let events = numbered_events(360);
+    redis.rpush(LIST, &events);
+    let relay = Relay::start(config(&redis, &collector, &[]));
+
+    wait_until("all 360 events delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 360
+    })
+    .await;
+    let summary = relay.stop().await;
+
+    let sent = by_eid(&events);
+    let delivered = collector.delivered();
+    assert_eq!(delivered.len(), 360, "no duplicates");
+    for event in &delivered {
+        assert_same_fields(&sent[event["eid"].as_str().unwrap()], event);
+    }
+    for request in collector.requests() {
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.path, "/com.snowplowanalytics.snowplow/tp2");
+        assert_eq!(
+            request.headers["content-type"],
+            "application/json; charset=utf-8"
+        );
+        assert!(
+            request.headers["user-agent"]
+                .to_str()
+                .unwrap()
+                .starts_with("snowplow-relay/")
+        );
+        assert!(request.headers.get("cookie").is_none());
+        assert!(request.headers.get("sp-anonymous").is_none());
+        assert!(
+            request.events().len() <= 10,
+            "default buffer_size is 10 for POST"
+        );
+        assert_valid_payload_data(&request.body);
+    }
+    assert_eq!(summary.delivered, 360);
+    assert_eq!(summary.claimed, 360);
+    assert_eq!(redis.llen(LIST), 0);
+    assert_eq!(redis.llen(DEAD), 0);
+    assert_eq!(
+        leftover_keys(&redis),
+        Vec::<String>::new(),
+        "in-flight keys removed at shutdown"
+    );
+}
+
+#[tokio::test]
+async fn get_delivers_every_event_one_per_request() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    let events = numbered_events(120);
+    redis.rpush(LIST, &events);
+    let relay = Relay::start(config(
+        &redis,
+        &collector,
+        &[("collector.method", "get"), ("collector.anonymous", "true")],
+    ));
+
+    wait_until("all events delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 120
+    })
+    .await;
+    relay.stop().await;
+
+    let sent = by_eid(&events);
+    let requests = collector.requests();
+    assert_eq!(requests.len(), 120, "one request per event, none repeated");
+    for request in &requests {
+        assert_eq!(request.method, "GET");
+        assert_eq!(request.path, "/i");
+        assert_eq!(request.headers["sp-anonymous"], "*");
+        let event = &request.events()[0];
+        assert_same_fields(&sent[event["eid"].as_str().unwrap()], event);
+    }
+}
+
+#[tokio::test]
+async fn batches_split_by_count_and_by_bytes() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    redis.rpush(LIST, &numbered_events(200));
+    let relay = Relay::start(config(
+        &redis,
+        &collector,
+        &[("collector.buffer_size", "7")],
+    ));
+    wait_until("200 delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 200
+    })
+    .await;
+    relay.stop().await;
+    let sizes: Vec<usize> = collector
+        .requests()
+        .iter()
+        .map(|r| r.events().len())
+        .collect();
+    assert!(sizes.iter().all(|&n| n <= 7), "{sizes:?}");
+    assert!(
+        sizes.iter().filter(|&&n| n == 7).count() >= 20,
+        "batches fill up: {sizes:?}"
+    );
+
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    redis.rpush(LIST, &numbered_events(200));
+    let limit = 6_000;
+    let relay = Relay::start(config(
+        &redis,
+        &collector,
+        &[
+            ("collector.buffer_size", "100"),
+            ("collector.byte_limit", "6000"),
+        ],
+    ));
+    wait_until("200 delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 200
+    })
+    .await;
+    relay.stop().await;
+    let requests = collector.requests();
+    for request in &requests {
+        assert!(
+            request.body.len() <= limit,
+            "body of {} bytes",
+            request.body.len()
+        );
+        assert_valid_payload_data(&request.body);
+    }
+    let largest = requests.iter().map(|r| r.body.len()).max().unwrap();
+    assert!(
+        largest > limit / 2,
+        "bodies fill towards the limit ({largest})"
+    );
+    assert!(
+        requests.len() > 10,
+        "the byte limit split 2 batches of 100 into {}",
+        requests.len()
+    );
+}
+
+#[tokio::test]
+async fn a_lone_event_is_sent_at_once() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    let relay = Relay::start(config(
+        &redis,
+        &collector,
+        &[("collector.buffer_size", "100")],
+    ));
+    // Let the relay reach its blocking wait on the empty list.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pushed = Instant::now();
+    redis.rpush(LIST, &numbered_events(1));
+    wait_until("the lone event arrives", Duration::from_secs(5), || {
+        collector.delivered().len() == 1
+    })
+    .await;
+    let latency = pushed.elapsed();
+    relay.stop().await;
+    // A relay that waited for a full batch would never send it; one that polled on a
+    // timer would take its period. Both would fail here.
+    assert!(latency < Duration::from_secs(1), "took {latency:?}");
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_accepted_with_nothing_lost_or_duplicated() {
+    let redis = RedisServer::start();
+    let mut answered = 0;
+    let collector = Collector::start_with(Box::new(move |_| {
+        answered += 1;
+        // Every third request fails until 30 have failed.
+        if answered % 3 != 0 && answered < 45 {
+            503
+        } else {
+            200
+        }
+    }))
+    .await;
+    let events = numbered_events(300);
+    redis.rpush(LIST, &events);
+    let relay = Relay::start(config(&redis, &collector, &[]));
+    wait_until("all delivered", Duration::from_secs(30), || {
+        collector.delivered().len() >= 300
+    })
+    .await;
+    relay.stop().await;
+
+    let eids = collector.delivered_eids();
+    let unique: HashSet<&String> = eids.iter().collect();
+    assert_eq!(eids.len(), 300, "no duplicates");
+    assert_eq!(unique.len(), 300, "every event");
+    assert!(
+        collector
+            .requests()
+            .iter()
+            .filter(|r| r.status == 503)
+            .count()
+            >= 20
+    );
+    assert_eq!(redis.llen(DEAD), 0);
+}
+
+#[tokio::test]
+async fn a_400_sends_the_batch_to_the_dead_letter_list_byte_for_byte() {
+    let redis = RedisServer::start();
+    let collector = Collector::start_with(Box::new(|request| {
+        let body = String::from_utf8_lossy(&request.body);
+        if body.contains("\"ev-7\"") { 400 } else { 200 }
+    }))
+    .await;
+    let events = numbered_events(20);
+    redis.rpush(LIST, &events);
+    let relay = Relay::start(config(
+        &redis,
+        &collector,
+        &[("collector.buffer_size", "1")],
+    ));
+    wait_until("19 delivered, 1 dead", Duration::from_secs(20), || {
+        collector.delivered().len() >= 19 && redis.llen(DEAD) == 1
+    })
+    .await;
+    let summary = relay.stop().await;
+
+    let dead = redis.lrange(DEAD);
+    let (meta, original) = DeadLetter::decode(&dead[0]).unwrap();
+    assert_eq!(
+        original,
+        events[7].as_bytes(),
+        "original element, byte for byte"
+    );
+    assert_eq!(meta.status, Some(400));
+    assert!(meta.reason.contains("400"), "{}", meta.reason);
+    assert!(meta.failed_at.ends_with('Z'));
+    assert_eq!(summary.dead_lettered, 1);
+    assert!(!collector.delivered_eids().contains(&"ev-7".to_owned()));
+    assert_eq!(redis.llen(LIST), 0);
+    assert_eq!(
+        collector
+            .requests()
+            .iter()
+            .filter(|r| r.status == 400)
+            .count(),
+        1,
+        "not retried"
+    );
+}
+
+#[tokio::test]
+async fn malformed_elements_are_dead_lettered_and_the_rest_delivered() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    let good = numbered_events(30);
+    let bad: Vec<(&[u8], &str)> = vec![
+        (b"not json at all", "not valid JSON"),
+        (b"[1,2,3]", "not a JSON object"),
+        (b"{}", "empty event"),
+        (
+            b"{\"e\":\"pv\",\"tv\":\"t\",\"p\":\"pc\",\"url\":\"\xff\"}",
+            "not valid JSON",
+        ),
+        (
+            b"{\"e\":\"pv\",\"tv\":\"t\",\"p\":\"pc\",\"extra\":\"x\"}",
+            "`extra` is not in payload_data",
+        ),
+        (
+            b"{\"e\":\"pv\",\"tv\":\"t\",\"p\":\"pc\",\"co\":{\"schema\":\"x\"}}",
+            "field `co` holds an object",
+        ),
+        (
+            b"{\"e\":\"pv\",\"tv\":\"t\"}",
+            "required field `p` is missing",
+        ),
+    ];
+    for (i, event) in good.iter().enumerate() {
+        redis.rpush(LIST, std::slice::from_ref(event));
+        if let Some((element, _)) = bad.get(i) {
+            redis.rpush_bytes(LIST, element);
+        }
+    }
+    let relay = Relay::start(config(&redis, &collector, &[]));
+    wait_until("good delivered, bad dead", Duration::from_secs(20), || {
+        collector.delivered().len() >= 30 && redis.llen(DEAD) == bad.len()
+    })
+    .await;
+    relay.stop().await;
+
+    assert_eq!(collector.delivered().len(), 30);
+    let dead = redis.lrange(DEAD);
+    for ((element, reason), entry) in bad.iter().zip(&dead) {
+        let (meta, original) = DeadLetter::decode(entry).unwrap();
+        assert_eq!(original, *element);
+        assert!(
+            meta.reason.contains(reason),
+            "`{}` should say `{reason}`",
+            meta.reason
+        );
+        assert_eq!(meta.status, None);
+    }
+    for request in collector.requests() {
+        assert_valid_payload_data(&request.body);
+    }
+}
+
+/// Events still in the list, by eid, in list order.
+fn list_eids(redis: &RedisServer) -> Vec<String> {
+    redis
+        .lrange(LIST)
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(e).unwrap();
+            v["eid"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+fn index_of(eid: &str) -> usize {
+    eid.strip_prefix("ev-").unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn shutdown_mid_stream_delivers_or_returns_every_event_in_order() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    collector.set_delay(Duration::from_millis(50));
+    let events = numbered_events(3000);
+    redis.rpush(LIST, &events);
+    let relay = Relay::start(config(
+        &redis,
+        &collector,
+        &[("worker.drain_timeout_ms", "200")],
+    ));
+    wait_until("some delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 200
+    })
+    .await;
+    // From now on the collector hangs: the drain deadline has to cut requests short.
+    collector.set_delay(Duration::from_secs(3));
+    let summary = relay.stop().await;
+
+    let delivered: HashSet<String> = collector.delivered_eids().into_iter().collect();
+    let remaining = list_eids(&redis);
+    assert!(
+        summary.requeued > 0,
+        "some events were held when the relay stopped"
+    );
+    for eid in &remaining {
+        assert!(
+            !delivered.contains(eid),
+            "{eid} both delivered and requeued"
+        );
+    }
+    let accounted: HashSet<&String> = delivered.iter().chain(&remaining).collect();
+    assert_eq!(
+        accounted.len(),
+        3000,
+        "every event delivered or back in the list"
+    );
+    let order: Vec<usize> = remaining.iter().map(|e| index_of(e)).collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "original order kept at the head"
+    );
+    assert_eq!(leftover_keys(&redis), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn shutdown_during_an_outage_returns_everything_in_order() {
+    let redis = RedisServer::start();
+    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    let events = numbered_events(3000);
+    redis.rpush(LIST, &events);
+    let relay = Relay::start(config(
+        &redis,
+        &collector,
+        &[
+            ("worker.drain_timeout_ms", "300"),
+            ("redis.claim_batch_size", "100"),
+            ("worker.max_claimed_events", "1000"),
+        ],
+    ));
+    wait_until("the relay is retrying", Duration::from_secs(10), || {
+        collector.requests().len() >= 5
+    })
+    .await;
+    let backlog = redis.llen(LIST);
+    assert!(
+        backlog >= 2000,
+        "at most max_claimed_events leave Redis ({backlog} left)"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        redis.llen(LIST),
+        backlog,
+        "no claims while the collector fails"
+    );
+    let summary = relay.stop().await;
+    assert_eq!(summary.delivered, 0);
+    let remaining = list_eids(&redis);
+    let expected: Vec<String> = (0..3000).map(|i| format!("ev-{i}")).collect();
+    assert_eq!(remaining, expected, "all back, in the original order");
+    assert_eq!(redis.lrange(LIST)[0], events[0].as_bytes(), "byte for byte");
+}
+
+#[tokio::test]
+async fn a_second_signal_skips_the_drain() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    collector.set_delay(Duration::from_secs(20));
+    redis.rpush(LIST, &numbered_events(50));
+    let relay = Relay::start(config(
+        &redis,
+        &collector,
+        &[("worker.drain_timeout_ms", "20000")],
+    ));
+    wait_until("requests in flight", Duration::from_secs(10), || {
+        redis.llen(LIST) < 50
+    })
+    .await;
+    let started = Instant::now();
+    let summary = relay.stop_now().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(summary.requeued, summary.claimed);
+    assert_eq!(redis.llen(LIST), 50);
+}
+
+#[tokio::test]
+async fn collector_down_then_up_loses_nothing() {
+    let redis = RedisServer::start();
+    // Reserve a port with nothing listening: connections are refused.
+    let port = free_port();
+    let events = numbered_events(2000);
+    redis.rpush(LIST, &events);
+    let mut overrides = config(
+        &redis,
+        &Collector::start().await,
+        &[
+            ("redis.claim_batch_size", "100"),
+            ("worker.max_claimed_events", "500"),
+        ],
+    );
+    overrides.collector.url = Some(format!("http://127.0.0.1:{port}"));
+    let relay = Relay::start(overrides);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        redis.llen(LIST) > 0,
+        "backlog stays in Redis while the collector is down"
+    );
+    // Bring a collector up on that port.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    drop(listener);
+    let collector = Collector::start_on(port).await;
+    wait_until("all delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 2000
+    })
+    .await;
+    relay.stop().await;
+    let unique: HashSet<String> = collector.delivered_eids().into_iter().collect();
+    assert_eq!(unique.len(), 2000);
+}
+
+#[tokio::test]
+async fn redis_down_at_start_is_waited_for() {
+    let port = free_port();
+    let collector = Collector::start().await;
+    let mut settings = config(&RedisServer::start(), &collector, &[]);
+    settings.redis.url = format!("redis://127.0.0.1:{port}");
+    let relay = Relay::start(settings);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let redis = RedisServer::start_on(port, &[]);
+    redis.rpush(LIST, &numbered_events(10));
+    wait_until(
+        "delivered after Redis came up",
+        Duration::from_secs(40),
+        || collector.delivered().len() >= 10,
+    )
+    .await;
+    relay.stop().await;
+}
