@@ -159,7 +159,12 @@ struct Window {
 
 impl Window {
     fn set(&mut self, position: u64, slot: Slot) {
-        let index = (position - self.start) as usize;
+        // Every position is resolved once, and only resolved positions are acknowledged.
+        debug_assert!(position >= self.start, "position {position} resolved twice");
+        let Some(index) = position.checked_sub(self.start) else {
+            return;
+        };
+        let index = index as usize;
         if index >= self.slots.len() {
             self.slots.resize_with(index + 1, || Slot::Pending);
         }
