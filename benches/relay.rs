@@ -7,7 +7,6 @@
 //! A benchmark, not a test: it prints numbers and fails only if events go missing.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::convert::Infallible;

@@ -280,6 +280,31 @@ impl Config {
         overrides: &Overrides,
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Config, ConfigError> {
+        let mut config = Self::load_unvalidated(file, overrides, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// For commands that only talk to Redis (`dead-letter …`): as [`Config::load`], but a
+    /// missing collector is not an error.
+    pub fn load_for_redis_tools(
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut config = Self::load_unvalidated(file, overrides, None)?;
+        if config.collector.url.is_none() && config.collector.endpoint.is_none() {
+            // Validation needs a collector; the tools never use it.
+            config.collector.endpoint = Some("unused.invalid".into());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn load_unvalidated(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             builder = builder.add_source(
@@ -300,8 +325,7 @@ impl Config {
         for (key, value) in &overrides.values {
             builder = builder.set_override(*key, value.as_str())?;
         }
-        let mut config: Config = builder.build()?.try_deserialize()?;
-        config.validate()?;
+        let config: Config = builder.build()?.try_deserialize()?;
         Ok(config)
     }
 
@@ -450,9 +474,9 @@ impl Config {
             "off" | "error" | "warn" | "info" | "debug" | "trace"
         );
         let is_directive = level.contains('=') || level.contains(',');
-        if !is_level_word
-            && !(is_directive && tracing_subscriber::EnvFilter::try_new(level).is_ok())
-        {
+        let is_valid_directive =
+            is_directive && tracing_subscriber::EnvFilter::try_new(level).is_ok();
+        if !is_level_word && !is_valid_directive {
             return Err(invalid(
                 "log.level",
                 format!(

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use snowplow_relay::config::{LogFormat, Method, Overrides};
+use snowplow_relay::queue::{DeadLetter, Queue, QueueError};
 use snowplow_relay::{Config, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +54,31 @@ enum Command {
     Run,
     /// Validate the configuration and print it, with secrets masked.
     Check,
+    /// Inspect the dead-letter list, or move its entries back to the list once the cause
+    /// is fixed.
+    DeadLetter {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// Print how many entries the dead-letter list holds.
+    Count,
+    /// Print entries, oldest first, one JSON object per line (metadata + element).
+    List {
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move entries, oldest first, back to the tail of the list. Each step of up to 500
+    /// is atomic: an interrupted replay loses and duplicates nothing.
+    Replay {
+        /// At most this many entries (default: all).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
 }
 
 impl Cli {
@@ -78,7 +104,13 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref(), &cli.overrides()) {
+    let loaded = match cli.command {
+        Some(Command::DeadLetter { .. }) => {
+            Config::load_for_redis_tools(cli.config.as_deref(), &cli.overrides())
+        }
+        _ => Config::load(cli.config.as_deref(), &cli.overrides()),
+    };
+    let config = match loaded {
         Ok(config) => config,
         Err(error) => {
             eprintln!("snowplow-relay: {error}");
@@ -89,6 +121,19 @@ fn main() -> ExitCode {
         Command::Check => {
             print!("{}", config.to_masked_toml());
             ExitCode::SUCCESS
+        }
+        Command::DeadLetter { action } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cannot start the async runtime");
+            match runtime.block_on(dead_letter(&config, action)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("snowplow-relay: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Run => {
             telemetry::init(&config.log);
@@ -114,6 +159,44 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+async fn dead_letter(config: &Config, action: DeadLetterAction) -> Result<(), QueueError> {
+    let queue = Queue::connect(&config.redis, config.dead_letter_key()).await?;
+    match action {
+        DeadLetterAction::Count => println!("{}", queue.dead_letter_count().await?),
+        DeadLetterAction::List { limit } => {
+            for entry in queue.dead_letters(limit).await? {
+                let line = match DeadLetter::decode(&entry) {
+                    Some((meta, element)) => serde_json::json!({
+                        "reason": meta.reason,
+                        "status": meta.status,
+                        "failed_at": meta.failed_at,
+                        "relay": meta.relay,
+                        "element": String::from_utf8_lossy(element),
+                    }),
+                    None => serde_json::json!({ "element": String::from_utf8_lossy(&entry) }),
+                };
+                println!("{line}");
+            }
+        }
+        DeadLetterAction::Replay { limit } => {
+            let total = queue.dead_letter_count().await?;
+            let target = limit.map_or(total, |limit| limit.min(total));
+            let mut moved = 0;
+            while moved < target {
+                let step = (target - moved).min(500) as usize;
+                let done = queue.replay_dead_letters(step).await?;
+                if done == 0 {
+                    break;
+                }
+                moved += done;
+                eprintln!("replayed {moved}/{target}");
+            }
+            println!("{moved}");
+        }
+    }
+    Ok(())
 }
 
 /// The first SIGINT, SIGTERM or SIGQUIT cancels the first token (graceful shutdown);

@@ -201,6 +201,21 @@ end
 return {instances, events}
 "#;
 
+/// KEYS: dead, list. ARGV: max count. Moves up to N dead-letter entries (oldest first)
+/// back to the tail of the list, stripped of their metadata line, in one atomic step.
+const REPLAY: &str = r#"
+local entries = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #entries == 0 then return 0 end
+local originals = {}
+for i, entry in ipairs(entries) do
+  local newline = string.find(entry, '\n', 1, true)
+  if newline then originals[i] = string.sub(entry, newline + 1) else originals[i] = entry end
+end
+push_all('RPUSH', KEYS[2], originals, 1)
+redis.call('LTRIM', KEYS[1], #entries, -1)
+return #entries
+"#;
+
 /// KEYS: instances, meta, lease. ARGV: instance, lease ttl ms, host, pid, started.
 const REGISTER: &str = r#"
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -436,6 +451,38 @@ impl Queue {
             .query_async::<Option<Vec<u8>>>(conn)
             .await?;
         Ok(())
+    }
+
+    /// How many entries the dead-letter list holds.
+    pub async fn dead_letter_count(&self) -> Result<u64, QueueError> {
+        Ok(redis::cmd("LLEN")
+            .arg(&self.keys.dead)
+            .query_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// The first `limit` dead-letter entries, oldest first, as stored.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<Vec<u8>>, QueueError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(redis::cmd("LRANGE")
+            .arg(&self.keys.dead)
+            .arg(0)
+            .arg(limit - 1)
+            .query_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// Moves up to `max` of the oldest dead-letter entries back to the tail of the list
+    /// (original bytes only), atomically. Returns how many moved; 0 when none are left.
+    pub async fn replay_dead_letters(&self, max: usize) -> Result<u64, QueueError> {
+        Ok(script(REPLAY)
+            .key(&self.keys.dead)
+            .key(&self.keys.list)
+            .arg(max)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
     }
 
     /// A connection for one-off commands (tools and tests).

@@ -602,10 +602,10 @@ async fn batch_loop(
                 .collect();
             let _ = resolved_tx.send(Resolution::Dead(entries));
         }
-        if claimed.ran_dry {
-            if let Some(batch) = builder.take() {
-                dispatcher.dispatch(batch).await;
-            }
+        if claimed.ran_dry
+            && let Some(batch) = builder.take()
+        {
+            dispatcher.dispatch(batch).await;
         }
     }
     // Claiming stopped: send what is held, then wait for every sender.

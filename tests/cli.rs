@@ -172,3 +172,63 @@ async fn sigterm_drains_requeues_and_exits_0() {
     assert!(stderr.contains("snowplow-relay starting"));
     assert!(stderr.contains("returned undelivered events"));
 }
+
+#[tokio::test]
+async fn dead_letter_count_list_and_replay() {
+    let redis = RedisServer::start();
+    let collector = Collector::start_with(Box::new(|_| 400)).await;
+    let events = numbered_events(5);
+    redis.rpush("snowplow", &events);
+    redis.rpush_bytes("snowplow", b"not json");
+    let relay = Relay::start(config(
+        &redis,
+        &collector,
+        &[("collector.buffer_size", "1")],
+    ));
+    wait_until("all dead-lettered", Duration::from_secs(20), || {
+        redis.llen("{snowplow}:dead") == 6
+    })
+    .await;
+    relay.stop().await;
+
+    let tool = |args: &[&str]| {
+        let output = relay_command()
+            .args(["--redis-url", &redis.url(), "dead-letter"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(tool(&["count"]).trim(), "6");
+    let listed: Vec<serde_json::Value> = tool(&["list", "--limit", "10"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 6);
+    assert!(listed.iter().filter(|e| e["status"] == 400).count() == 5);
+    assert!(
+        listed.iter().any(|e| e["element"] == "not json"
+            && e["reason"].as_str().unwrap().contains("not valid JSON"))
+    );
+
+    // Replay the first two, then the rest: originals, byte for byte, in order.
+    assert_eq!(tool(&["replay", "--limit", "2"]).trim(), "2");
+    assert_eq!(redis.llen("{snowplow}:dead"), 4);
+    assert_eq!(tool(&["replay"]).trim(), "4");
+    let list = redis.lrange("snowplow");
+    let dead_order: Vec<Vec<u8>> = listed
+        .iter()
+        .map(|e| e["element"].as_str().unwrap().as_bytes().to_vec())
+        .collect();
+    assert_eq!(
+        list, dead_order,
+        "replayed in dead-letter order, original bytes"
+    );
+    assert_eq!(redis.llen("{snowplow}:dead"), 0);
+    assert_eq!(tool(&["count"]).trim(), "0");
+}

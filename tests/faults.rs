@@ -14,7 +14,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_snowplow-relay");
 
 fn spawn_relay(redis: &RedisServer, collector: &Collector) -> Child {
     Command::new(BIN)
-        .args(["--redis-url", &redis.url(), "--collector", &collector.url(), "--log-level", "warn"])
+        .args([
+            "--redis-url",
+            &redis.url(),
+            "--collector",
+            &collector.url(),
+            "--log-level",
+            "warn",
+        ])
         .env("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1000")
         .env("SNOWPLOW_RELAY_REDIS__CLAIM_BATCH_SIZE", "200")
         .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "20")
@@ -46,7 +53,12 @@ fn account(collector: &Collector, redis: &RedisServer, total: usize) -> usize {
         .map(|i| format!("ev-{i}"))
         .filter(|eid| !seen.contains_key(eid))
         .collect();
-    assert!(vanished.is_empty(), "{} vanished, e.g. {:?}", vanished.len(), &vanished[..vanished.len().min(5)]);
+    assert!(
+        vanished.is_empty(),
+        "{} vanished, e.g. {:?}",
+        vanished.len(),
+        &vanished[..vanished.len().min(5)]
+    );
     assert_eq!(redis.llen("snowplow"), 0);
     assert_eq!(redis.llen("{snowplow}:dead"), 0);
     seen.values().map(|n| n - 1).sum()
@@ -70,10 +82,18 @@ async fn sigkill_at_random_moments_loses_nothing() {
     }
     let delivered_before_last = collector.delivered().len();
     eprintln!("delivered after each SIGKILL: {progress:?}");
-    assert!(delivered_before_last < total, "the kills landed while events were in flight");
+    assert!(
+        delivered_before_last < total,
+        "the kills landed while events were in flight"
+    );
     let mut relay = spawn_relay(&redis, &collector);
     wait_until("every event delivered", Duration::from_secs(60), || {
-        collector.delivered_eids().into_iter().collect::<HashSet<_>>().len() >= total
+        collector
+            .delivered_eids()
+            .into_iter()
+            .collect::<HashSet<_>>()
+            .len()
+            >= total
     })
     .await;
     // The list is empty once every in-flight list was recovered and acknowledged.
@@ -99,19 +119,32 @@ async fn two_instances_share_the_list_and_one_takes_over_when_the_other_dies() {
     redis.rpush("snowplow", &numbered_events(total));
     let mut first = spawn_relay(&redis, &collector);
     let mut second = spawn_relay(&redis, &collector);
-    wait_until("both working", Duration::from_secs(20), || collector.delivered().len() >= 1000).await;
-    kill9(&mut first);
-    wait_until("every event delivered", Duration::from_secs(60), || {
-        collector.delivered_eids().into_iter().collect::<HashSet<_>>().len() >= total
+    wait_until("both working", Duration::from_secs(20), || {
+        collector.delivered().len() >= 1000
     })
     .await;
-    wait_until("the dead relay's in-flight list recovered", Duration::from_secs(10), || {
-        redis.keys().iter().all(|k| !k.contains("inflight"))
+    kill9(&mut first);
+    wait_until("every event delivered", Duration::from_secs(60), || {
+        collector
+            .delivered_eids()
+            .into_iter()
+            .collect::<HashSet<_>>()
+            .len()
+            >= total
     })
+    .await;
+    wait_until(
+        "the dead relay's in-flight list recovered",
+        Duration::from_secs(10),
+        || redis.keys().iter().all(|k| !k.contains("inflight")),
+    )
     .await;
     sigterm(&mut second);
     let duplicates = account(&collector, &redis, total);
-    eprintln!("two instances, one SIGKILLed: sent {total}, delivered {}, duplicates {duplicates}, vanished 0", collector.delivered().len());
+    eprintln!(
+        "two instances, one SIGKILLed: sent {total}, delivered {}, duplicates {duplicates}, vanished 0",
+        collector.delivered().len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +155,10 @@ async fn two_instances_in_normal_operation_deliver_each_event_once() {
     redis.rpush("snowplow", &numbered_events(total));
     let mut first = spawn_relay(&redis, &collector);
     let mut second = spawn_relay(&redis, &collector);
-    wait_until("every event delivered", Duration::from_secs(60), || collector.delivered().len() >= total).await;
+    wait_until("every event delivered", Duration::from_secs(60), || {
+        collector.delivered().len() >= total
+    })
+    .await;
     sigterm(&mut first);
     sigterm(&mut second);
     let duplicates = account(&collector, &redis, total);

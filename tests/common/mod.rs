@@ -95,10 +95,10 @@ impl RedisServer {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut conn) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                    break;
-                }
+            if let Ok(mut conn) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                break;
             }
             assert!(
                 Instant::now() < deadline,
