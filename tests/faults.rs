@@ -165,3 +165,39 @@ async fn two_instances_in_normal_operation_deliver_each_event_once() {
     assert_eq!(duplicates, 0, "no duplicates without failures");
     assert_eq!(redis.keys(), Vec::<String>::new(), "both relays cleaned up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_stream_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap().to_owned();
+    let persistent = ["--appendonly", "yes", "--dir", dir_arg.as_str()];
+    let port = free_port();
+    let mut redis = RedisServer::start_on(port, &persistent);
+    let collector = Collector::start().await;
+    collector.set_delay(Duration::from_millis(20));
+    let total = 10_000;
+    redis.rpush("snowplow", &numbered_events(total));
+    let mut relay = spawn_relay(&redis, &collector);
+    wait_until("some delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 1000
+    })
+    .await;
+    redis.terminate();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let redis = RedisServer::start_on(port, &persistent);
+    wait_until("every event delivered", Duration::from_secs(60), || {
+        collector
+            .delivered_eids()
+            .into_iter()
+            .collect::<HashSet<_>>()
+            .len()
+            >= total
+    })
+    .await;
+    sigterm(&mut relay);
+    let duplicates = account(&collector, &redis, total);
+    eprintln!(
+        "redis restart: sent {total}, delivered {}, duplicates {duplicates}, vanished 0",
+        collector.delivered().len()
+    );
+}

@@ -158,6 +158,14 @@ impl RedisServer {
         redis::cmd("KEYS").arg("*").query(&mut self.conn()).unwrap()
     }
 
+    /// SIGTERM: Redis writes its append-only file and exits.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
