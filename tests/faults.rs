@@ -43,6 +43,24 @@ fn sigterm(child: &mut Child) {
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
+/// Waits until every eid arrived and no in-flight list is left (every dead relay's
+/// events were recovered and acknowledged).
+async fn wait_until_all_delivered(collector: &Collector, redis: &RedisServer, total: usize) {
+    wait_until("every event delivered", Duration::from_secs(60), || {
+        collector
+            .delivered_eids()
+            .into_iter()
+            .collect::<HashSet<_>>()
+            .len()
+            >= total
+    })
+    .await;
+    wait_until("no in-flight list left", Duration::from_secs(10), || {
+        redis.keys().iter().all(|k| !k.contains("inflight"))
+    })
+    .await;
+}
+
 /// Asserts every event was delivered, and returns how many deliveries were duplicates.
 fn account(collector: &Collector, redis: &RedisServer, total: usize) -> usize {
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -87,20 +105,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
         "the kills landed while events were in flight"
     );
     let mut relay = spawn_relay(&redis, &collector);
-    wait_until("every event delivered", Duration::from_secs(60), || {
-        collector
-            .delivered_eids()
-            .into_iter()
-            .collect::<HashSet<_>>()
-            .len()
-            >= total
-    })
-    .await;
-    // The list is empty once every in-flight list was recovered and acknowledged.
-    wait_until("nothing left in Redis", Duration::from_secs(10), || {
-        redis.keys().iter().all(|k| !k.contains("inflight"))
-    })
-    .await;
+    wait_until_all_delivered(&collector, &redis, total).await;
     sigterm(&mut relay);
     let duplicates = account(&collector, &redis, total);
     eprintln!(
@@ -124,21 +129,7 @@ async fn two_instances_share_the_list_and_one_takes_over_when_the_other_dies() {
     })
     .await;
     kill9(&mut first);
-    wait_until("every event delivered", Duration::from_secs(60), || {
-        collector
-            .delivered_eids()
-            .into_iter()
-            .collect::<HashSet<_>>()
-            .len()
-            >= total
-    })
-    .await;
-    wait_until(
-        "the dead relay's in-flight list recovered",
-        Duration::from_secs(10),
-        || redis.keys().iter().all(|k| !k.contains("inflight")),
-    )
-    .await;
+    wait_until_all_delivered(&collector, &redis, total).await;
     sigterm(&mut second);
     let duplicates = account(&collector, &redis, total);
     eprintln!(
@@ -185,15 +176,7 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
     redis.terminate();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let redis = RedisServer::start_on(port, &persistent);
-    wait_until("every event delivered", Duration::from_secs(60), || {
-        collector
-            .delivered_eids()
-            .into_iter()
-            .collect::<HashSet<_>>()
-            .len()
-            >= total
-    })
-    .await;
+    wait_until_all_delivered(&collector, &redis, total).await;
     sigterm(&mut relay);
     let duplicates = account(&collector, &redis, total);
     eprintln!(
