@@ -124,7 +124,8 @@ pub struct CollectorConfig {
     /// HTTP statuses that are never retried: the batch goes to the dead-letter list.
     /// Every other non-2xx status, a timeout or a connection error is retried.
     pub no_retry_statuses: Vec<u16>,
-    /// First retry delay in milliseconds; doubled per attempt, with full jitter.
+    /// First retry delay in milliseconds; doubled per attempt, each delay jittered between
+    /// half and all of it.
     pub retry_initial_backoff_ms: u64,
     /// Longest retry delay in milliseconds.
     pub retry_max_backoff_ms: u64,

@@ -24,11 +24,7 @@ use crate::config::{CollectorConfig, Method};
 use crate::event::{self, Event, POST_BODY_OVERHEAD};
 
 /// The `User-Agent` the relay sends.
-pub const USER_AGENT: &str = concat!(
-    "snowplow-relay/",
-    env!("CARGO_PKG_VERSION"),
-    " (+https://github.com/snowplow-relay)"
-);
+pub const USER_AGENT: &str = concat!("snowplow-relay/", env!("CARGO_PKG_VERSION"));
 
 /// What the collector's answer means for a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
