@@ -142,13 +142,32 @@ local function check_lease(instances, id)
 end
 "#;
 
-/// KEYS: list, inflight, meta, instances. ARGV: instance, expected position, max count.
+/// KEYS: list, inflight, meta, instances, dead.
+/// ARGV: instance, expected position, max count, max element bytes, time (RFC 3339).
+/// Elements over the size limit go straight to the dead-letter list: they never reach
+/// the relay's memory. Returns {elements diverted, in-flight elements from the position}.
 const CLAIM: &str = r#"
 local lost = check_lease(KEYS[4], ARGV[1]); if lost then return lost end
 local moved = redis.call('LPOP', KEYS[1], tonumber(ARGV[3]))
-if moved then push_all('RPUSH', KEYS[2], moved, 1) end
+local diverted = 0
+if moved then
+  local max_bytes = tonumber(ARGV[4])
+  local keep = {}
+  for _, item in ipairs(moved) do
+    if #item > max_bytes then
+      local meta = cjson.encode({
+        reason = 'element is ' .. #item .. ' bytes, larger than the ' .. max_bytes .. '-byte limit',
+        failed_at = ARGV[5], relay = ARGV[1]})
+      redis.call('RPUSH', KEYS[5], meta .. '\n' .. item)
+      diverted = diverted + 1
+    else
+      keep[#keep + 1] = item
+    end
+  end
+  push_all('RPUSH', KEYS[2], keep, 1)
+end
 local acked = tonumber(redis.call('HGET', KEYS[3], 'acked') or '0')
-return redis.call('LRANGE', KEYS[2], tonumber(ARGV[2]) - acked, -1)
+return {diverted, redis.call('LRANGE', KEYS[2], tonumber(ARGV[2]) - acked, -1)}
 "#;
 
 /// KEYS: inflight, meta, instances, dead. ARGV: instance, acknowledged total, entries…
@@ -242,6 +261,15 @@ pub struct Recovered {
     pub instances: u64,
     /// Events put back at the head of the list.
     pub events: u64,
+}
+
+/// What one claim returned.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// In-flight elements from the requested position on, oldest first.
+    pub elements: Vec<Bytes>,
+    /// Elements over the size limit that went straight to the dead-letter list.
+    pub oversized: u64,
 }
 
 /// One relay instance's handle on the list.
@@ -349,21 +377,34 @@ impl Queue {
     /// Claims up to `max` events. `position` is how many events this instance has claimed
     /// so far (acknowledged or not); the result holds every in-flight event from that
     /// position on, oldest first: the new claims, plus any earlier claim whose reply
-    /// never arrived.
-    pub async fn claim(&self, position: u64, max: usize) -> Result<Vec<Bytes>, QueueError> {
-        let items: Vec<Vec<u8>> = self
+    /// never arrived. Elements larger than `max_element_bytes` are moved to the
+    /// dead-letter list instead.
+    pub async fn claim(
+        &self,
+        position: u64,
+        max: usize,
+        max_element_bytes: usize,
+    ) -> Result<Claim, QueueError> {
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let (oversized, items): (u64, Vec<Vec<u8>>) = self
             .claim_script
             .key(&self.keys.list)
             .key(self.keys.inflight(&self.instance))
             .key(self.keys.meta(&self.instance))
             .key(&self.keys.instances)
+            .key(&self.keys.dead)
             .arg(&self.instance)
             .arg(position)
             .arg(max)
+            .arg(max_element_bytes)
+            .arg(now)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(QueueError::from_script)?;
-        Ok(items.into_iter().map(Bytes::from).collect())
+        Ok(Claim {
+            elements: items.into_iter().map(Bytes::from).collect(),
+            oversized,
+        })
     }
 
     /// Acknowledges every event before position `acked_total` and appends `dead` entries
@@ -503,6 +544,7 @@ pub struct DeadLetter {
     /// Why the element could not be delivered.
     pub reason: String,
     /// The collector's HTTP status, when it answered.
+    #[serde(default)]
     pub status: Option<u16>,
     /// When it was dead-lettered (RFC 3339, UTC).
     pub failed_at: String,

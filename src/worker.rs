@@ -403,10 +403,21 @@ async fn claim_loop(
 
         // Not cancelled by `stop`: a claim that ran in Redis must reach the window (a
         // lost one would still be returned by `release`, which reads Redis's copy).
-        let elements = match queue.claim(position, wanted).await {
-            Ok(elements) => {
+        let (elements, oversized) = match queue
+            .claim(position, wanted, settings.max_element_bytes)
+            .await
+        {
+            Ok(claim) => {
                 failures = 0;
-                elements
+                if claim.oversized > 0 {
+                    stats.dead_lettered.fetch_add(claim.oversized, Ordering::Relaxed);
+                    tracing::warn!(
+                        count = claim.oversized,
+                        limit = settings.max_element_bytes,
+                        "elements over events.max_element_bytes went to the dead-letter list"
+                    );
+                }
+                (claim.elements, claim.oversized as usize)
             }
             Err(QueueError::LeaseLost) => {
                 stop.cancel();
@@ -433,7 +444,7 @@ async fn claim_loop(
             }
             std::cmp::Ordering::Equal => {}
         }
-        let ran_dry = count < wanted;
+        let ran_dry = count + oversized < wanted;
         if count > 0 {
             stats.claimed.fetch_add(count as u64, Ordering::Relaxed);
             let claimed = Claimed {

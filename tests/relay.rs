@@ -541,3 +541,26 @@ async fn redis_down_at_start_is_waited_for() {
     .await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn oversized_elements_go_to_the_dead_letter_list_from_redis() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    let events = numbered_events(10);
+    let huge = format!(r#"{{"e":"pv","tv":"t","p":"pc","url":"{}"}}"#, "x".repeat(50_000));
+    redis.rpush(LIST, &events[..5]);
+    redis.rpush(LIST, std::slice::from_ref(&huge));
+    redis.rpush(LIST, &events[5..]);
+    let relay = Relay::start(config(&redis, &collector, &[("events.max_element_bytes", "20000")]));
+    wait_until("10 delivered, 1 dead", Duration::from_secs(20), || {
+        collector.delivered().len() >= 10 && redis.llen(DEAD) == 1
+    })
+    .await;
+    let summary = relay.stop().await;
+    let dead = redis.lrange(DEAD);
+    let (meta, original) = DeadLetter::decode(&dead[0]).unwrap();
+    assert_eq!(original, huge.as_bytes());
+    assert!(meta.reason.contains("larger than the 20000-byte limit"), "{}", meta.reason);
+    assert_eq!(summary.claimed, 10, "the oversized element never reached the relay");
+    assert_eq!(summary.dead_lettered, 1);
+}
