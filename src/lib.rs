@@ -30,6 +30,7 @@ pub use worker::Summary;
 
 use crate::emitter::{Backoff, Emitter};
 use crate::queue::{Queue, QueueError};
+use tokio_util::sync::CancellationToken;
 
 /// Why the relay stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +67,8 @@ pub enum Error {
 /// undelivered event to the head of the list.
 ///
 /// If Redis cannot be reached at start-up, it keeps trying with capped backoff until it
-/// can or `shutdown` resolves.
+/// can or `shutdown` resolves. If this relay's lease is lost (another relay took its
+/// events back after a long stall), it registers again as a new instance and goes on.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
@@ -78,28 +80,65 @@ pub async fn run(
         "snowplow-relay starting"
     );
     let emitter = Emitter::new(&config.collector)?;
-    tokio::pin!(shutdown);
-    let queue = tokio::select! {
-        queue = connect(&config) => Arc::new(queue),
-        () = &mut shutdown => {
-            tracing::info!("shutdown requested before Redis was reachable; nothing was claimed");
-            return Ok(Summary::default());
+    // The caller's futures become tokens, which every attempt below can wait on.
+    let stop = CancellationToken::new();
+    let hurry = CancellationToken::new();
+    let relay = relay_until_stopped(&config, emitter, stop.clone(), hurry.clone());
+    tokio::pin!(relay, shutdown, force);
+    loop {
+        tokio::select! {
+            result = &mut relay => return result,
+            () = &mut shutdown, if !stop.is_cancelled() => stop.cancel(),
+            () = &mut force, if !hurry.is_cancelled() => hurry.cancel(),
         }
-    };
-    tracing::info!(
-        instance = queue.instance(),
-        list = %queue.keys().list,
-        dead_letter_list = %queue.keys().dead,
-        collector = %emitter.url(),
-        method = ?config.collector.method,
-        "connected; relaying"
-    );
-    worker::run(&config, queue, emitter, shutdown, force).await
+    }
+}
+
+async fn relay_until_stopped(
+    config: &Config,
+    emitter: Arc<Emitter>,
+    stop: CancellationToken,
+    hurry: CancellationToken,
+) -> Result<Summary, Error> {
+    let stats = Arc::new(worker::Stats::default());
+    loop {
+        let queue = tokio::select! {
+            queue = connect(config, &stats) => Arc::new(queue),
+            () = stop.cancelled() => {
+                tracing::info!("shutdown requested before Redis was reachable; nothing was claimed");
+                return Ok(stats.summary());
+            }
+        };
+        tracing::info!(
+            instance = queue.instance(),
+            list = %queue.keys().list,
+            dead_letter_list = %queue.keys().dead,
+            collector = %emitter.url(),
+            method = ?config.collector.method,
+            "connected; relaying"
+        );
+        let result = worker::run(
+            config,
+            queue,
+            emitter.clone(),
+            stats.clone(),
+            stop.cancelled(),
+            hurry.cancelled(),
+        )
+        .await;
+        match result {
+            Err(Error::Queue(QueueError::LeaseLost)) if !stop.is_cancelled() => {
+                // What this instance held is back in the list already.
+                tracing::warn!("registering again as a new instance after losing the lease");
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Connects to Redis, recovers the events of relays whose lease expired and registers
 /// this instance, retrying with capped backoff for as long as it takes.
-async fn connect(config: &Config) -> Queue {
+async fn connect(config: &Config, stats: &worker::Stats) -> Queue {
     let backoff = Backoff {
         initial: Duration::from_millis(200),
         max: Duration::from_secs(30),
@@ -108,7 +147,7 @@ async fn connect(config: &Config) -> Queue {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match try_connect(config).await {
+        match try_connect(config, stats).await {
             Ok(queue) => return queue,
             Err(error) => {
                 let delay = backoff.delay(attempt);
@@ -125,16 +164,9 @@ async fn connect(config: &Config) -> Queue {
     }
 }
 
-async fn try_connect(config: &Config) -> Result<Queue, QueueError> {
+async fn try_connect(config: &Config, stats: &worker::Stats) -> Result<Queue, QueueError> {
     let queue = Queue::connect(&config.redis, config.dead_letter_key()).await?;
-    let recovered = queue.recover_expired().await?;
-    if recovered.instances > 0 {
-        tracing::info!(
-            instances = recovered.instances,
-            events = recovered.events,
-            "returned the in-flight events of relays whose lease expired"
-        );
-    }
+    worker::recover_expired(&queue, stats).await?;
     queue.register().await?;
     Ok(queue)
 }

@@ -65,6 +65,10 @@ pub struct Stats {
     pub requeued: AtomicU64,
     /// HTTP requests that the collector accepted.
     pub requests: AtomicU64,
+    /// Events returned to the list from the in-flight lists of relays whose lease
+    /// expired. Some of them may have reached the collector already: this bounds the
+    /// redeliveries (duplicates) a crash caused.
+    pub redelivered: AtomicU64,
 }
 
 /// What one run did, returned by [`crate::run`].
@@ -78,11 +82,15 @@ pub struct Summary {
     pub dead_lettered: u64,
     /// Events returned to the head of the list at shutdown.
     pub requeued: u64,
+    /// Events this relay returned from dead relays' in-flight lists (possible duplicates).
+    pub redelivered: u64,
 }
 
 impl Stats {
-    fn summary(&self) -> Summary {
+    /// The counters as they stand.
+    pub fn summary(&self) -> Summary {
         Summary {
+            redelivered: self.redelivered.load(Ordering::Relaxed),
             claimed: self.claimed.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
@@ -218,11 +226,11 @@ pub(crate) async fn run(
     config: &Config,
     queue: Arc<Queue>,
     emitter: Arc<Emitter>,
+    stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
     force: impl Future<Output = ()>,
 ) -> Result<Summary, crate::Error> {
     let settings = Settings::from_config(config);
-    let stats = Arc::new(Stats::default());
     let stop_claiming = CancellationToken::new();
     let give_up = CancellationToken::new();
     let stop_heartbeat = CancellationToken::new();
@@ -258,6 +266,7 @@ pub(crate) async fn run(
     ));
     let heartbeat = tokio::spawn(heartbeat_loop(
         queue.clone(),
+        stats.clone(),
         stop_heartbeat.clone(),
         stop_claiming.clone(),
         give_up.clone(),
@@ -320,6 +329,7 @@ pub(crate) async fn run(
         delivered = summary.delivered,
         dead_lettered = summary.dead_lettered,
         requeued = summary.requeued,
+        redelivered = summary.redelivered,
         "relay stopped"
     );
     match (fatal, released) {
@@ -410,7 +420,9 @@ async fn claim_loop(
             Ok(claim) => {
                 failures = 0;
                 if claim.oversized > 0 {
-                    stats.dead_lettered.fetch_add(claim.oversized, Ordering::Relaxed);
+                    stats
+                        .dead_lettered
+                        .fetch_add(claim.oversized, Ordering::Relaxed);
                     tracing::warn!(
                         count = claim.oversized,
                         limit = settings.max_element_bytes,
@@ -678,6 +690,7 @@ async fn ack_loop(
 
 async fn heartbeat_loop(
     queue: Arc<Queue>,
+    stats: Arc<Stats>,
     stop: CancellationToken,
     stop_claiming: CancellationToken,
     give_up: CancellationToken,
@@ -698,16 +711,28 @@ async fn heartbeat_loop(
             }
             Err(error) => tracing::warn!(%error, "cannot renew the lease; retrying"),
         }
-        match queue.recover_expired().await {
-            Ok(recovered) if recovered.instances > 0 => tracing::info!(
-                instances = recovered.instances,
-                events = recovered.events,
-                "returned the in-flight events of relays whose lease expired"
-            ),
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "cannot check for expired relays"),
+        if let Err(error) = recover_expired(&queue, &stats).await {
+            tracing::warn!(%error, "cannot check for expired relays");
         }
     }
+}
+
+/// Returns the in-flight events of relays whose lease expired to the list, and counts
+/// them as redelivered.
+pub(crate) async fn recover_expired(queue: &Queue, stats: &Stats) -> Result<(), QueueError> {
+    let recovered = queue.recover_expired().await?;
+    if recovered.instances > 0 {
+        stats
+            .redelivered
+            .fetch_add(recovered.events, Ordering::Relaxed);
+        tracing::warn!(
+            instances = recovered.instances,
+            events = recovered.events,
+            "returned the in-flight events of relays whose lease expired; \
+             those they had delivered will arrive twice"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

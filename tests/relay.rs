@@ -547,11 +547,18 @@ async fn oversized_elements_go_to_the_dead_letter_list_from_redis() {
     let redis = RedisServer::start();
     let collector = Collector::start().await;
     let events = numbered_events(10);
-    let huge = format!(r#"{{"e":"pv","tv":"t","p":"pc","url":"{}"}}"#, "x".repeat(50_000));
+    let huge = format!(
+        r#"{{"e":"pv","tv":"t","p":"pc","url":"{}"}}"#,
+        "x".repeat(50_000)
+    );
     redis.rpush(LIST, &events[..5]);
     redis.rpush(LIST, std::slice::from_ref(&huge));
     redis.rpush(LIST, &events[5..]);
-    let relay = Relay::start(config(&redis, &collector, &[("events.max_element_bytes", "20000")]));
+    let relay = Relay::start(config(
+        &redis,
+        &collector,
+        &[("events.max_element_bytes", "20000")],
+    ));
     wait_until("10 delivered, 1 dead", Duration::from_secs(20), || {
         collector.delivered().len() >= 10 && redis.llen(DEAD) == 1
     })
@@ -560,7 +567,105 @@ async fn oversized_elements_go_to_the_dead_letter_list_from_redis() {
     let dead = redis.lrange(DEAD);
     let (meta, original) = DeadLetter::decode(&dead[0]).unwrap();
     assert_eq!(original, huge.as_bytes());
-    assert!(meta.reason.contains("larger than the 20000-byte limit"), "{}", meta.reason);
-    assert_eq!(summary.claimed, 10, "the oversized element never reached the relay");
+    assert!(
+        meta.reason.contains("larger than the 20000-byte limit"),
+        "{}",
+        meta.reason
+    );
+    assert_eq!(
+        summary.claimed, 10,
+        "the oversized element never reached the relay"
+    );
     assert_eq!(summary.dead_lettered, 1);
+}
+
+#[tokio::test]
+async fn a_dead_relays_in_flight_events_are_recovered_at_start_up_in_order() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    let events = numbered_events(30);
+    // A relay that died holding ev-0..ev-9: registered, in-flight list, no lease.
+    let mut conn = redis.conn();
+    redis::cmd("SADD")
+        .arg("{snowplow}:instances")
+        .arg("ghost")
+        .query::<i64>(&mut conn)
+        .unwrap();
+    redis.rpush("{snowplow}:inflight:ghost", &events[..10]);
+    redis.rpush(LIST, &events[10..]);
+    // The same, but still alive (its lease runs): its events must stay where they are.
+    redis::cmd("SADD")
+        .arg("{snowplow}:instances")
+        .arg("alive")
+        .query::<i64>(&mut conn)
+        .unwrap();
+    redis::cmd("SET")
+        .arg("{snowplow}:lease:alive")
+        .arg("1")
+        .arg("PX")
+        .arg(60_000)
+        .query::<()>(&mut conn)
+        .unwrap();
+    redis.rpush("{snowplow}:inflight:alive", &numbered_events(35)[30..]);
+
+    let relay = Relay::start(config(
+        &redis,
+        &collector,
+        &[
+            ("collector.buffer_size", "1"),
+            ("collector.max_requests_in_flight", "1"),
+        ],
+    ));
+    wait_until("30 delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 30
+    })
+    .await;
+    let summary = relay.stop().await;
+    assert_eq!(summary.redelivered, 10);
+    let order: Vec<usize> = collector
+        .delivered_eids()
+        .iter()
+        .map(|e| index_of(e))
+        .collect();
+    assert_eq!(
+        order,
+        (0..30).collect::<Vec<_>>(),
+        "recovered events went back to the head, in order"
+    );
+    assert_eq!(
+        redis.llen("{snowplow}:inflight:alive"),
+        5,
+        "a live relay's events are left alone"
+    );
+    assert_eq!(redis.llen("{snowplow}:inflight:ghost"), 0);
+}
+
+#[tokio::test]
+async fn a_relay_whose_lease_was_taken_registers_again_and_goes_on() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    let events = numbered_events(20);
+    redis.rpush(LIST, &events[..10]);
+    let relay = Relay::start(config(&redis, &collector, &[]));
+    wait_until("first 10 delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 10
+    })
+    .await;
+    // As the recover script does when it finds this relay's lease expired (its in-flight
+    // list is empty: everything was delivered).
+    let mut conn = redis.conn();
+    for key in redis.keys() {
+        if key.starts_with("{snowplow}:") && key != DEAD {
+            redis::cmd("DEL").arg(&key).query::<i64>(&mut conn).unwrap();
+        }
+    }
+    redis.rpush(LIST, &events[10..]);
+    wait_until("the rest delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 20
+    })
+    .await;
+    relay.stop().await;
+    let unique: HashSet<String> = collector.delivered_eids().into_iter().collect();
+    assert_eq!(unique.len(), 20);
+    assert_eq!(leftover_keys(&redis), Vec::<String>::new());
 }
