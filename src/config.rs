@@ -59,6 +59,9 @@ pub struct RedisConfig {
     /// a crash delays them. 30 s outlasts a Redis failover or a long pause without
     /// mistaking a live relay for a dead one.
     pub lease_ttl_ms: u64,
+    /// `url` is a node of a Redis Cluster (the others are discovered from it). The
+    /// relay's keys share the list's hash slot, so every script runs on one node.
+    pub cluster: bool,
 }
 
 impl Default for RedisConfig {
@@ -70,6 +73,7 @@ impl Default for RedisConfig {
             claim_batch_size: NonZeroUsize::new(500).unwrap(),
             command_timeout_ms: 5_000,
             lease_ttl_ms: 30_000,
+            cluster: false,
         }
     }
 }

@@ -43,8 +43,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 
 use crate::config::RedisConfig;
 
@@ -272,10 +274,74 @@ pub struct Claim {
     pub oversized: u64,
 }
 
+/// Where Redis is: one server, or a cluster reached through seed nodes.
+#[derive(Clone)]
+enum Server {
+    Single(Client),
+    Cluster(Vec<String>),
+}
+
+/// A connection to either kind of server; both reconnect by themselves after an error.
+#[derive(Clone)]
+pub enum Connection {
+    /// One server (reconnecting `ConnectionManager`).
+    Single(ConnectionManager),
+    /// A Redis Cluster; commands go to the node owning their key's slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(conn) => conn.get_db(),
+            Connection::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// A connection of its own for blocking waits.
+pub enum BlockingConnection {
+    /// One server.
+    Single(redis::aio::MultiplexedConnection),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+fn cluster_client(
+    nodes: &[String],
+    connect: Duration,
+    response: Duration,
+) -> Result<ClusterClient, RedisError> {
+    ClusterClientBuilder::new(nodes.to_vec())
+        .connection_timeout(connect)
+        .response_timeout(response)
+        .retries(2)
+        .build()
+}
+
 /// One relay instance's handle on the list.
 pub struct Queue {
-    client: Client,
-    conn: ConnectionManager,
+    server: Server,
+    conn: Connection,
     keys: Keys,
     instance: String,
     lease_ttl: Duration,
@@ -292,16 +358,24 @@ impl Queue {
     /// Connects (one attempt; the caller decides how to retry) and names this instance.
     /// Call [`Queue::register`] before claiming.
     pub async fn connect(config: &RedisConfig, dead_letter_key: &str) -> Result<Queue, QueueError> {
-        let client = Client::open(config.url.as_str())?;
         let command_timeout = Duration::from_millis(config.command_timeout_ms);
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(command_timeout))
-            .set_response_timeout(Some(command_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
+        let (server, conn) = if config.cluster {
+            let nodes = vec![config.url.clone()];
+            let client = cluster_client(&nodes, command_timeout, command_timeout)?;
+            let conn = client.get_async_connection().await?;
+            (Server::Cluster(nodes), Connection::Cluster(conn))
+        } else {
+            let client = Client::open(config.url.as_str())?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(command_timeout))
+                .set_response_timeout(Some(command_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(1));
+            let conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
+            (Server::Single(client), Connection::Single(conn))
+        };
         Ok(Queue {
-            client,
+            server,
             conn,
             keys: Keys::new(&config.key, dead_letter_key),
             instance: instance_id(),
@@ -467,30 +541,48 @@ impl Queue {
     pub async fn blocking_connection(
         &self,
         block: Duration,
-    ) -> Result<MultiplexedConnection, QueueError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.command_timeout))
-            .set_response_timeout(Some(block + self.command_timeout));
-        Ok(self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+    ) -> Result<BlockingConnection, QueueError> {
+        let response_timeout = block + self.command_timeout;
+        Ok(match &self.server {
+            Server::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.command_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                BlockingConnection::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Server::Cluster(nodes) => BlockingConnection::Cluster(
+                cluster_client(nodes, self.command_timeout, response_timeout)?
+                    .get_async_connection()
+                    .await?,
+            ),
+        })
     }
 
     /// Waits up to `block` for the list to hold an element, without taking it.
     pub async fn wait_for_events(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut BlockingConnection,
         block: Duration,
     ) -> Result<(), QueueError> {
-        redis::cmd("BLMOVE")
+        let mut command = redis::cmd("BLMOVE");
+        command
             .arg(&self.keys.list)
             .arg(&self.keys.list)
             .arg("LEFT")
             .arg("LEFT")
-            .arg(block.as_secs_f64())
-            .query_async::<Option<Vec<u8>>>(conn)
-            .await?;
+            .arg(block.as_secs_f64());
+        match conn {
+            BlockingConnection::Single(conn) => {
+                command.query_async::<Option<Vec<u8>>>(conn).await?
+            }
+            BlockingConnection::Cluster(conn) => {
+                command.query_async::<Option<Vec<u8>>>(conn).await?
+            }
+        };
         Ok(())
     }
 
@@ -527,7 +619,7 @@ impl Queue {
     }
 
     /// A connection for one-off commands (tools and tests).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Connection {
         self.conn.clone()
     }
 }

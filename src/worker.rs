@@ -495,7 +495,7 @@ async fn claim_loop(
 /// Blocks until the list has an element, `BLOCK_FOR` passes, or `stop` fires.
 async fn wait_for_events(
     queue: &Queue,
-    blocking: &mut Option<redis::aio::MultiplexedConnection>,
+    blocking: &mut Option<crate::queue::BlockingConnection>,
     stop: &CancellationToken,
 ) -> Result<(), QueueError> {
     let conn = match blocking {
