@@ -1,18 +1,34 @@
-//! End-to-end throughput: preload N events into a private redis-server, run the release
-//! binary against a counting collector on 127.0.0.1, report events per second.
+//! The relay benchmark: one run, one table.
 //!
-//! `cargo bench --bench relay -- [--events N] [--method get|post] [--buffer-size N]
-//!  [--byte-limit BYTES] [--max-requests-in-flight N]`
+//! Starts a private `redis-server` and a counting HTTP collector on 127.0.0.1, preloads
+//! realistic events (the Python tracker fixtures between 400 and 1,200 bytes: page views,
+//! structured, self-describing and ecommerce events, with and without contexts, numeric
+//! values) and measures, against the release binary:
 //!
-//! A benchmark, not a test: it prints numbers and fails only if events go missing.
+//! - a. raw drain: the relay's own claim + acknowledge scripts with no HTTP (events/s);
+//! - b. end to end, events/s: POST tuned, POST with the default configuration, GET;
+//! - c. latency RPUSH → collector at a steady 1,000 events/s (p50, p99);
+//! - d. peak RSS at full speed, and with a 1,000,000-event backlog while the collector is down;
+//! - e. relay CPU seconds per 100,000 events;
+//! - f. POST tuned / raw drain, and with `--python` the Python tracker's RedisWorker
+//!   (`snowplow-tracker[redis]==0.15.0` in a venv this creates) measured the same way.
+//!
+//! ```text
+//! cargo bench --bench relay -- [--events N] [--backlog N] [--python] [--only NAME]
+//! ```
+//!
+//! Throughput runs start timing when the preloaded events appear under the relay's key
+//! (an atomic RENAME of a staging list), so process start-up is not counted. A benchmark,
+//! not a test: it fails only if events go missing.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,121 +38,362 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-/// Counts events: one `"stm":"` per POST item, one request per GET.
-async fn counting_collector(count: Arc<AtomicU64>) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let count = count.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let count = count.clone();
-                    async move {
-                        let is_get = request.method() == hyper::Method::GET;
-                        let body = request
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let events = if is_get {
-                            1
-                        } else {
-                            body.windows(7).filter(|w| w == b"\"stm\":\"").count() as u64
-                        };
-                        count.fetch_add(events, Ordering::Relaxed);
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                    }
+const LIST: &str = "snowplow";
+const STAGING: &str = "bench-staging";
+const BINARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/snowplow-relay");
+
+/// A collector that only counts: one `"stm":"` per POST item, one event per GET. In
+/// latency mode it also notes when each eid arrived.
+#[derive(Clone, Default)]
+struct CountingCollector {
+    events: Arc<AtomicU64>,
+    status: Arc<AtomicU16>,
+    record_arrivals: Arc<AtomicBool>,
+    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl CountingCollector {
+    async fn start() -> (CountingCollector, String) {
+        let collector = CountingCollector::default();
+        collector.status.store(200, Ordering::Relaxed);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = collector.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(state.handle(request).await) }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            }
+        });
+        (collector, url)
+    }
+
+    async fn handle(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let arrived = Instant::now();
+        let query = request.uri().query().map(str::to_owned);
+        let is_get = request.method() == hyper::Method::GET;
+        let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let status = self.status.load(Ordering::Relaxed);
+        if status == 200 {
+            let count = if is_get {
+                1
+            } else {
+                body.windows(7).filter(|w| w == b"\"stm\":\"").count() as u64
+            };
+            if self.record_arrivals.load(Ordering::Relaxed) {
+                let mut arrivals = self.arrivals.lock().unwrap();
+                if is_get {
+                    let query = query.unwrap_or_default();
+                    if let Some((_, eid)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "eid") {
+                        arrivals.entry(eid.into_owned()).or_insert(arrived);
+                    }
+                } else {
+                    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    for item in value["data"].as_array().unwrap() {
+                        let eid = item["eid"].as_str().unwrap().to_owned();
+                        arrivals.entry(eid).or_insert(arrived);
+                    }
+                }
+            }
+            self.events.fetch_add(count, Ordering::Relaxed);
         }
-    });
-    addr
+        Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap()
+    }
+}
+
+/// Events 400 to 1,200 bytes long, each with a unique eid.
+fn realistic_events(n: usize, prefix: &str) -> Vec<String> {
+    let fixtures: Vec<String> = common::fixture_events()
+        .into_iter()
+        .filter(|e| (400..=1200).contains(&e.len()))
+        .collect();
+    (0..n)
+        .map(|i| common::with_eid(&fixtures[i % fixtures.len()], &format!("{prefix}-{i}")))
+        .collect()
+}
+
+/// Preloads `events` into a staging list; [`publish`] makes them appear at once.
+fn stage(redis: &common::RedisServer, events: &[String]) {
+    let mut conn = redis.conn();
+    redis::cmd("DEL").arg(STAGING).query::<i64>(&mut conn).unwrap();
+    for chunk in events.chunks(2000) {
+        redis::cmd("RPUSH").arg(STAGING).arg(chunk).query::<i64>(&mut conn).unwrap();
+    }
+}
+
+fn publish(redis: &common::RedisServer) {
+    redis::cmd("RENAME").arg(STAGING).arg(LIST).query::<()>(&mut redis.conn()).unwrap();
+}
+
+fn spawn_relay(redis: &common::RedisServer, collector_url: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new(BINARY)
+        .args(["--redis-url", &redis.url(), "--collector", collector_url, "--log-level", "error"])
+        .args(args)
+        .envs(env.iter().copied())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// CPU seconds (user + system) and peak RSS (kB) of a running process.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    // After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (ticks as f64 / clock_ticks_per_second(), peak_kb)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+}
+
+fn terminate(mut child: Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+async fn wait_for_count(counter: &AtomicU64, target: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while counter.load(Ordering::Relaxed) < target {
+        assert!(Instant::now() < deadline, "{what}: only {} of {target} arrived", counter.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// One end-to-end throughput run.
+struct Throughput {
+    events_per_second: f64,
+    cpu_seconds_per_100k: f64,
+    peak_rss_kb: u64,
+}
+
+async fn throughput(
+    redis: &common::RedisServer,
+    collector: &CountingCollector,
+    url: &str,
+    n: usize,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Throughput {
+    stage(redis, &realistic_events(n, "tp"));
+    let relay = spawn_relay(redis, url, args, env);
+    tokio::time::sleep(Duration::from_millis(500)).await; // started and blocked on the empty list
+    let (cpu_before, _) = usage(relay.id());
+    let before = collector.events.load(Ordering::Relaxed);
+    let started = Instant::now();
+    publish(redis);
+    wait_for_count(&collector.events, before + n as u64, "throughput").await;
+    let elapsed = started.elapsed();
+    let (cpu_after, peak_rss_kb) = usage(relay.id());
+    terminate(relay);
+    assert_eq!(redis.llen(LIST), 0);
+    Throughput {
+        events_per_second: n as f64 / elapsed.as_secs_f64(),
+        cpu_seconds_per_100k: (cpu_after - cpu_before) / n as f64 * 100_000.0,
+        peak_rss_kb,
+    }
+}
+
+/// The claim + acknowledge path alone: what Redis and the scripts allow.
+async fn raw_drain(redis: &common::RedisServer, n: usize) -> f64 {
+    stage(redis, &realistic_events(n, "raw"));
+    publish(redis);
+    let mut settings = snowplow_relay::config::RedisConfig::default();
+    settings.url = redis.url();
+    let queue = snowplow_relay::queue::Queue::connect(&settings, "{snowplow}:dead").await.unwrap();
+    queue.register().await.unwrap();
+    let started = Instant::now();
+    let mut position = 0u64;
+    loop {
+        let claim = queue.claim(position, 500, 1 << 20).await.unwrap();
+        if claim.elements.is_empty() {
+            break;
+        }
+        position += claim.elements.len() as u64;
+        queue.ack(position, &[]).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(position as usize, n);
+    queue.release(position, &[], &[]).await.unwrap();
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// p50 and p99 (ms) from RPUSH to arrival, at a steady 1,000 events/s for `seconds`.
+async fn latency(redis: &common::RedisServer, collector: &CountingCollector, url: &str, seconds: u64) -> (f64, f64) {
+    let relay = spawn_relay(redis, url, &[], &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    collector.arrivals.lock().unwrap().clear();
+    collector.record_arrivals.store(true, Ordering::Relaxed);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let events = realistic_events(seconds as usize * 1000, "lat");
+    let mut pushed = HashMap::with_capacity(events.len());
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for (i, event) in events.iter().enumerate() {
+        ticker.tick().await;
+        pushed.insert(format!("lat-{i}"), Instant::now());
+        redis::cmd("RPUSH").arg(LIST).arg(event).query_async::<i64>(&mut conn).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while collector.arrivals.lock().unwrap().len() < events.len() {
+        assert!(Instant::now() < deadline, "latency events missing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    collector.record_arrivals.store(false, Ordering::Relaxed);
+    terminate(relay);
+    let arrivals = collector.arrivals.lock().unwrap();
+    let mut millis: Vec<f64> = pushed
+        .iter()
+        .map(|(eid, at)| arrivals[eid].saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        .collect();
+    millis.sort_by(f64::total_cmp);
+    let pick = |q: f64| millis[((millis.len() as f64 * q) as usize).min(millis.len() - 1)];
+    (pick(0.50), pick(0.99))
+}
+
+/// Peak RSS (kB) with a large backlog while the collector answers 503.
+async fn backlog_rss(redis: &common::RedisServer, collector: &CountingCollector, url: &str, n: usize) -> u64 {
+    stage(redis, &realistic_events(n, "backlog"));
+    publish(redis);
+    collector.status.store(503, Ordering::Relaxed);
+    let relay = spawn_relay(redis, url, &[], &[]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (_, peak_kb) = usage(relay.id());
+    terminate(relay);
+    collector.status.store(200, Ordering::Relaxed);
+    redis::cmd("DEL").arg(LIST).query::<i64>(&mut redis.conn()).unwrap();
+    peak_kb
+}
+
+/// The Python tracker's RedisWorker with an AsyncEmitter, timed the same way.
+async fn python_worker(redis: &common::RedisServer, collector: &CountingCollector, url: &str, n: usize, method: &str, batch: usize) -> f64 {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-python-venv");
+    if !venv.join("bin/python").exists() {
+        let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success()
+            && Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "snowplow-tracker[redis]==0.15.0"])
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "could not create the Python venv");
+    }
+    let port = url.rsplit(':').next().unwrap();
+    let script = format!(
+        r#"
+import redis
+from snowplow_tracker import AsyncEmitter
+from snowplow_tracker.redis import RedisWorker
+emitter = AsyncEmitter("127.0.0.1", protocol="http", port={port}, method="{method}", batch_size={batch})
+RedisWorker(emitter, rdb=redis.StrictRedis(port={redis_port}), key="{LIST}").run()
+"#,
+        redis_port = redis.port
+    );
+    stage(redis, &realistic_events(n, "py"));
+    let mut worker = Command::new(venv.join("bin/python")).args(["-c", &script]).stderr(Stdio::null()).spawn().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = collector.events.load(Ordering::Relaxed);
+    let started = Instant::now();
+    publish(redis);
+    // The worker sleeps 5 s whenever it finds the list empty; give it a while.
+    wait_for_count(&collector.events, before + n as u64, "python").await;
+    let elapsed = started.elapsed();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    n as f64 / elapsed.as_secs_f64()
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let events: usize = arg(&args, "--events").map_or(100_000, |v| v.parse().unwrap());
-    let method = arg(&args, "--method").unwrap_or_else(|| "post".into());
-    let buffer_size = arg(&args, "--buffer-size");
-    let byte_limit = arg(&args, "--byte-limit");
-    let in_flight = arg(&args, "--max-requests-in-flight");
+    let n: usize = arg(&args, "--events").map_or(200_000, |v| v.parse().unwrap());
+    let backlog: usize = arg(&args, "--backlog").map_or(1_000_000, |v| v.parse().unwrap());
+    let python = args.iter().any(|a| a == "--python");
+    let only = arg(&args, "--only");
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
 
-    let status = Command::new("cargo")
-        .args(["build", "--release", "--quiet", "--bin", "snowplow-relay"])
-        .status()
-        .unwrap();
+    let status = Command::new("cargo").args(["build", "--release", "--quiet", "--bin", "snowplow-relay"]).status().unwrap();
     assert!(status.success());
-    let binary = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/snowplow-relay");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     runtime.block_on(async {
         let redis = common::RedisServer::start();
-        let count = Arc::new(AtomicU64::new(0));
-        let collector = counting_collector(count.clone()).await;
-        redis.rpush("snowplow", &common::numbered_events(events));
+        let (collector, url) = CountingCollector::start().await;
+        let mut rows: Vec<(String, String)> = Vec::new();
+        let mut row = |name: &str, value: String| {
+            println!("{name:<58} {value}");
+            rows.push((name.to_owned(), value));
+        };
+        println!("snowplow-relay benchmark: {n} events of 400-1,200 bytes per throughput run; 2 cores shared by Redis, relay and collector");
 
-        let mut command = Command::new(binary);
-        command
-            .args([
-                "--redis-url",
-                &redis.url(),
-                "--collector",
-                &format!("http://{collector}"),
-                "--method",
-                &method,
-            ])
-            .args(["--log-level", "warn"])
-            .stderr(Stdio::inherit());
-        if let Some(n) = &buffer_size {
-            command.args(["--buffer-size", n]);
+        let raw = if wanted("raw") {
+            let rate = raw_drain(&redis, n).await;
+            row("a. raw drain (claim + ack scripts, 500/call), events/s", format!("{rate:.0}"));
+            Some(rate)
+        } else {
+            None
+        };
+        if wanted("post-tuned") {
+            let tuned = ["--buffer-size", "500", "--byte-limit", "1000000"];
+            let t = throughput(&redis, &collector, &url, n, &tuned, &[("SNOWPLOW_RELAY_REDIS__CLAIM_BATCH_SIZE", "2000")]).await;
+            row("b. POST tuned (buffer 500, claim 2000), events/s", format!("{:.0}", t.events_per_second));
+            row("d. peak RSS at full speed (POST tuned), MB", format!("{:.1}", t.peak_rss_kb as f64 / 1024.0));
+            row("e. CPU s per 100,000 events (POST tuned)", format!("{:.3}", t.cpu_seconds_per_100k));
+            if let Some(raw) = raw {
+                row("f. POST tuned / raw drain", format!("{:.2}", t.events_per_second / raw));
+            }
         }
-        if let Some(n) = &byte_limit {
-            command.args(["--byte-limit", n]);
+        if wanted("post-default") {
+            let t = throughput(&redis, &collector, &url, n, &[], &[]).await;
+            row("b. POST default configuration (buffer 10), events/s", format!("{:.0}", t.events_per_second));
+            row("e. CPU s per 100,000 events (POST default)", format!("{:.3}", t.cpu_seconds_per_100k));
+            row("d. peak RSS (POST default), MB", format!("{:.1}", t.peak_rss_kb as f64 / 1024.0));
         }
-        if let Some(n) = &in_flight {
-            command.env("SNOWPLOW_RELAY_COLLECTOR__MAX_REQUESTS_IN_FLIGHT", n);
+        if wanted("get") {
+            let t = throughput(&redis, &collector, &url, n, &["--method", "get"], &[("SNOWPLOW_RELAY_COLLECTOR__MAX_REQUESTS_IN_FLIGHT", "32")]).await;
+            row("b. GET (32 requests in flight), events/s", format!("{:.0}", t.events_per_second));
+            row("e. CPU s per 100,000 events (GET)", format!("{:.3}", t.cpu_seconds_per_100k));
         }
-        let started = Instant::now();
-        let mut child = command.spawn().unwrap();
-        let deadline = started + Duration::from_secs(600);
-        while count.load(Ordering::Relaxed) < events as u64 {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {events} arrived",
-                count.load(Ordering::Relaxed)
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        if wanted("latency") {
+            let (p50, p99) = latency(&redis, &collector, &url, 10).await;
+            row("c. latency RPUSH -> collector at 1,000 ev/s, p50 ms", format!("{p50:.2}"));
+            row("c. latency RPUSH -> collector at 1,000 ev/s, p99 ms", format!("{p99:.2}"));
         }
-        let elapsed = started.elapsed();
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let _ = child.wait();
-        let rate = events as f64 / elapsed.as_secs_f64();
-        println!(
-            "method={method} buffer_size={} events={events} seconds={:.3} events_per_second={:.0}",
-            buffer_size.as_deref().unwrap_or("default"),
-            elapsed.as_secs_f64(),
-            rate
-        );
-        assert_eq!(redis.llen("snowplow"), 0);
+        if wanted("backlog") {
+            let kb = backlog_rss(&redis, &collector, &url, backlog).await;
+            row(&format!("d. peak RSS, {backlog} backlog, collector down, MB"), format!("{:.1}", kb as f64 / 1024.0));
+        }
+        if python {
+            let small = n.min(20_000);
+            let post100 = python_worker(&redis, &collector, &url, small, "post", 100).await;
+            row(&format!("Python RedisWorker POST batch 100 ({small} events), events/s"), format!("{post100:.0}"));
+            let post10 = python_worker(&redis, &collector, &url, small.min(10_000), "post", 10).await;
+            row("Python RedisWorker POST batch 10, events/s", format!("{post10:.0}"));
+        }
+        println!("\n| measure | value |\n|---|---|");
+        for (name, value) in &rows {
+            println!("| {name} | {value} |");
+        }
     });
 }
