@@ -158,13 +158,25 @@ fn publish(redis: &common::RedisServer) {
         .unwrap();
 }
 
+/// `RELAY_WRAPPER="perf record -e cpu-clock -g -o /tmp/perf.data --"` runs the relay
+/// under a profiler (CPU and RSS figures then describe the wrapper, not the relay).
 fn spawn_relay(
     redis: &common::RedisServer,
     collector_url: &str,
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Child {
-    Command::new(BINARY)
+    let wrapper = std::env::var("RELAY_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(BINARY);
+            command
+        }
+        None => Command::new(BINARY),
+    };
+    command
         .args([
             "--redis-url",
             &redis.url(),

@@ -40,6 +40,47 @@ pub const PAYLOAD_DATA_FIELDS: &[&str] = &[
     "vp",
 ];
 
+/// A field name of at most 8 bytes packed into an integer, so that looking it up costs a
+/// few integer comparisons instead of string comparisons (profiling showed the string
+/// binary search at 15 % of the relay's CPU). Longer names are never payload_data fields.
+const fn pack(name: &[u8]) -> Option<u64> {
+    if name.len() > 8 {
+        return None;
+    }
+    let mut packed = [0u8; 8];
+    let mut i = 0;
+    while i < name.len() {
+        if name[i] == 0 {
+            return None; // zero is the padding; no field name contains it
+        }
+        packed[i] = name[i];
+        i += 1;
+    }
+    Some(u64::from_be_bytes(packed))
+}
+
+/// [`PAYLOAD_DATA_FIELDS`] packed; big-endian packing keeps the alphabetical order.
+const PACKED_FIELDS: [u64; PAYLOAD_DATA_FIELDS.len()] = {
+    let mut packed = [0u64; PAYLOAD_DATA_FIELDS.len()];
+    let mut i = 0;
+    while i < PAYLOAD_DATA_FIELDS.len() {
+        packed[i] = match pack(PAYLOAD_DATA_FIELDS[i].as_bytes()) {
+            Some(p) => p,
+            None => panic!("payload_data field names are at most 8 bytes"),
+        };
+        if i > 0 && packed[i] <= packed[i - 1] {
+            panic!("PAYLOAD_DATA_FIELDS must be sorted and unique");
+        }
+        i += 1;
+    }
+    packed
+};
+
+/// The index of `name` in [`PAYLOAD_DATA_FIELDS`], if it is one.
+fn payload_data_index(name: &str) -> Option<usize> {
+    PACKED_FIELDS.binary_search(&pack(name.as_bytes())?).ok()
+}
+
 /// The fields `payload_data` 1-0-4 requires in every event.
 pub const REQUIRED_FIELDS: &[&str] = &["e", "p", "tv"];
 
@@ -202,7 +243,7 @@ impl Event {
         let mut seen: u128 = 0;
         for (i, f) in self.fields.iter().enumerate() {
             let name = self.slice(&f.name);
-            match PAYLOAD_DATA_FIELDS.binary_search(&name) {
+            match payload_data_index(name).ok_or(()) {
                 Ok(index) => {
                     if seen & (1 << index) != 0 {
                         return Err(BadEvent::DuplicateField(name.to_owned()));
@@ -220,9 +261,8 @@ impl Event {
             }
         }
         for required in REQUIRED_FIELDS {
-            let index = PAYLOAD_DATA_FIELDS
-                .binary_search(required)
-                .expect("required fields are payload_data fields");
+            let index =
+                payload_data_index(required).expect("required fields are payload_data fields");
             if seen & (1 << index) == 0 {
                 return Err(BadEvent::MissingField(required));
             }
@@ -523,6 +563,25 @@ mod tests {
         }
         let invalid_utf8 = Event::parse(Bytes::from_static(b"{\"e\":\"\xff\"}"), STRICT);
         assert!(matches!(invalid_utf8, Err(BadEvent::NotJson(_))));
+    }
+
+    #[test]
+    fn packed_lookup_finds_exactly_the_payload_data_fields() {
+        for (index, name) in PAYLOAD_DATA_FIELDS.iter().enumerate() {
+            assert_eq!(payload_data_index(name), Some(index), "{name}");
+        }
+        for other in [
+            "",
+            "E",
+            "ee",
+            "eid2",
+            "url\0",
+            "f_gearsx",
+            "a_very_long_field",
+            "stm ",
+        ] {
+            assert_eq!(payload_data_index(other), None, "{other:?}");
+        }
     }
 
     #[test]
