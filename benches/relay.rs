@@ -278,8 +278,10 @@ async fn throughput(
 async fn raw_drain(redis: &common::RedisServer, n: usize) -> f64 {
     stage(redis, &realistic_events(n, "raw"));
     publish(redis);
-    let mut settings = snowplow_relay::config::RedisConfig::default();
-    settings.url = redis.url();
+    let settings = snowplow_relay::config::RedisConfig {
+        url: redis.url(),
+        ..Default::default()
+    };
     let queue = snowplow_relay::queue::Queue::connect(&settings, "{snowplow}:dead")
         .await
         .unwrap();

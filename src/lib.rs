@@ -48,8 +48,8 @@ pub enum Error {
     /// in-flight list and come back when the lease expires.
     #[error(
         "could not return undelivered events to the list ({source}); they are kept in \
-         `{inflight_key}` and go back to the list {lease_ttl_secs} s after this relay's \
-         lease expires, as soon as any relay runs"
+         `{inflight_key}` and go back to the list once this relay's lease expires (at most \
+         {lease_ttl_secs} s after its last heartbeat), as soon as any relay runs"
     )]
     Unreleased {
         /// The in-flight list still holding them.
