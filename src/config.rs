@@ -17,6 +17,8 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
+use crate::event::{POST_BODY_OVERHEAD, STM_ITEM_BYTES};
+
 /// Environment variable prefix; sections and keys are joined with `__`.
 pub const ENV_PREFIX: &str = "SNOWPLOW_RELAY";
 
@@ -52,6 +54,10 @@ pub struct RedisConfig {
     pub dead_letter_key: Option<String>,
     /// Events claimed per Redis round trip (at most 8000, a Lua stack limit).
     pub claim_batch_size: NonZeroUsize,
+    /// Most bytes of events one claim takes, enforced inside the claim script: it bounds
+    /// what one reply makes Redis build and send, however large the elements are. At
+    /// least `events.max_element_bytes`, so every relayable element can be claimed.
+    pub claim_max_bytes: NonZeroUsize,
     /// How long one Redis command may take before it counts as failed, in milliseconds.
     pub command_timeout_ms: u64,
     /// Lifetime of this relay's lease, renewed every third of it. When a relay dies, its
@@ -71,6 +77,7 @@ impl Default for RedisConfig {
             key: "snowplow".into(),
             dead_letter_key: None,
             claim_batch_size: NonZeroUsize::new(500).unwrap(),
+            claim_max_bytes: NonZeroUsize::new(4 * 1024 * 1024).unwrap(),
             command_timeout_ms: 5_000,
             lease_ttl_ms: 30_000,
             cluster: false,
@@ -121,8 +128,16 @@ pub struct CollectorConfig {
     /// Default: 1,000,000 for POST (the collector turns bodies above 1 MiB into bad rows,
     /// so at most 1,048,576), 16,000 for GET (collectors refuse request lines of ~20 KB).
     pub byte_limit: Option<NonZeroUsize>,
-    /// Requests on the wire at once.
+    /// Requests on the wire at once (at most 1024).
     pub max_requests_in_flight: NonZeroUsize,
+    /// A partial batch waits at most this long for more events before it is sent, in
+    /// milliseconds. (It is also sent as soon as the list runs dry.)
+    pub flush_interval_ms: u64,
+    /// A batch that failed this many times while other requests to the collector
+    /// succeeded is split in halves; a single event is dead-lettered with the status and
+    /// the attempt count. A 413 splits at once. A collector failing every request is an
+    /// outage: nothing is split or dead-lettered, everything is retried.
+    pub isolated_failure_limit: u32,
     /// Time allowed for one request, connect to last byte, in milliseconds.
     pub request_timeout_ms: u64,
     /// HTTP statuses that are never retried: the batch goes to the dead-letter list.
@@ -150,6 +165,8 @@ impl Default for CollectorConfig {
             buffer_size: None,
             byte_limit: None,
             max_requests_in_flight: NonZeroUsize::new(16).unwrap(),
+            flush_interval_ms: 500,
+            isolated_failure_limit: 5,
             request_timeout_ms: 5_000,
             no_retry_statuses: vec![400, 401, 403, 410, 422],
             retry_initial_backoff_ms: 500,
@@ -163,18 +180,23 @@ impl Default for CollectorConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
-    /// Relay field names that `payload_data` 1-0-4 does not list. Off by default: one
-    /// unknown name makes the collector's enrichment reject the whole POST batch.
+    /// POST: relay field names that `payload_data` 1-0-4 does not list. Off by default:
+    /// one unknown name makes the collector's enrichment reject the whole POST batch.
+    /// GET always passes unknown names through (query strings are not validated
+    /// against `payload_data`).
     pub allow_unknown_fields: bool,
-    /// Elements larger than this many bytes go to the dead-letter list.
-    pub max_element_bytes: NonZeroUsize,
+    /// Elements larger than this many bytes go to the dead-letter list, straight from
+    /// Redis. Default (and maximum): the largest element a request can carry, i.e.
+    /// `collector.byte_limit` less the POST envelope and `stm` for POST, the URL limit
+    /// for GET.
+    pub max_element_bytes: Option<NonZeroUsize>,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
             allow_unknown_fields: false,
-            max_element_bytes: NonZeroUsize::new(MAX_POST_BYTES).unwrap(),
+            max_element_bytes: None,
         }
     }
 }
@@ -187,9 +209,13 @@ pub struct WorkerConfig {
     /// the collector down the relay holds at most this many events and the backlog stays
     /// in Redis.
     pub max_claimed_events: NonZeroUsize,
+    /// Most bytes of events claimed and not yet acknowledged: the memory bound in bytes,
+    /// whatever the elements' sizes. At least `redis.claim_max_bytes`.
+    pub max_claimed_bytes: NonZeroUsize,
     /// On SIGINT/SIGTERM/SIGQUIT, how long in-flight requests may finish before the
-    /// undelivered events go back to the head of the list, in milliseconds. Keep it
-    /// below Docker's 10 s stop grace and systemd's stop timeout.
+    /// undelivered events go back to the head of the list, in milliseconds. Returning
+    /// them takes at most [`crate::worker::RELEASE_BUDGET`] (2 s) more, so keep this at
+    /// least that much below Docker's 10 s stop grace and systemd's stop timeout.
     pub drain_timeout_ms: u64,
 }
 
@@ -197,6 +223,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             max_claimed_events: NonZeroUsize::new(10_000).unwrap(),
+            max_claimed_bytes: NonZeroUsize::new(32 * 1024 * 1024).unwrap(),
             drain_timeout_ms: 5_000,
         }
     }
@@ -274,7 +301,7 @@ fn invalid(key: &'static str, expected: impl Into<String>) -> ConfigError {
 impl Config {
     /// Loads defaults < `file` < environment < `overrides`, then validates and fills in
     /// derived defaults.
-    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Valid, ConfigError> {
         Self::load_with_env(file, overrides, None)
     }
 
@@ -284,10 +311,8 @@ impl Config {
         file: Option<&Path>,
         overrides: &Overrides,
         env: Option<std::collections::HashMap<String, String>>,
-    ) -> Result<Config, ConfigError> {
-        let mut config = Self::load_unvalidated(file, overrides, env)?;
-        config.validate()?;
-        Ok(config)
+    ) -> Result<Valid, ConfigError> {
+        Self::load_unvalidated(file, overrides, env)?.validate()
     }
 
     /// For commands that only talk to Redis (`dead-letter …`): as [`Config::load`], but a
@@ -295,14 +320,13 @@ impl Config {
     pub fn load_for_redis_tools(
         file: Option<&Path>,
         overrides: &Overrides,
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<Valid, ConfigError> {
         let mut config = Self::load_unvalidated(file, overrides, None)?;
         if config.collector.url.is_none() && config.collector.endpoint.is_none() {
             // Validation needs a collector; the tools never use it.
             config.collector.endpoint = Some("unused.invalid".into());
         }
-        config.validate()?;
-        Ok(config)
+        config.validate()
     }
 
     fn load_unvalidated(
@@ -334,8 +358,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks ranges and consistency and fills in the method-dependent defaults.
-    pub fn validate(&mut self) -> Result<(), ConfigError> {
+    /// Checks ranges and consistency, fills in the method-dependent defaults and returns
+    /// the only kind of configuration the relay runs with.
+    pub fn validate(mut self) -> Result<Valid, ConfigError> {
         let redis = &mut self.redis;
         let redis_url = Url::parse(&redis.url)
             .map_err(|e| invalid("redis.url", format!("a redis:// URL ({e})")))?;
@@ -369,15 +394,19 @@ impl Config {
         if redis.claim_batch_size.get() > 8000 {
             return Err(invalid("redis.claim_batch_size", "a number from 1 to 8000"));
         }
-        if redis.command_timeout_ms == 0 {
-            return Err(invalid(
-                "redis.command_timeout_ms",
-                "at least 1 millisecond",
-            ));
-        }
-        if redis.lease_ttl_ms < 1_000 {
-            return Err(invalid("redis.lease_ttl_ms", "at least 1000 milliseconds"));
-        }
+        in_range(
+            "redis.command_timeout_ms",
+            redis.command_timeout_ms,
+            1,
+            600_000,
+        )?;
+        in_range("redis.lease_ttl_ms", redis.lease_ttl_ms, 1_000, 86_400_000)?;
+        in_range(
+            "redis.claim_max_bytes",
+            redis.claim_max_bytes.get() as u64,
+            1024,
+            512 * 1024 * 1024,
+        )?;
 
         let collector = &mut self.collector;
         match (&collector.url, &collector.endpoint) {
@@ -435,12 +464,30 @@ impl Config {
                 }
             }
         }
-        if collector.request_timeout_ms == 0 {
-            return Err(invalid(
-                "collector.request_timeout_ms",
-                "at least 1 millisecond",
-            ));
-        }
+        in_range(
+            "collector.max_requests_in_flight",
+            collector.max_requests_in_flight.get() as u64,
+            1,
+            1024,
+        )?;
+        in_range(
+            "collector.request_timeout_ms",
+            collector.request_timeout_ms,
+            1,
+            600_000,
+        )?;
+        in_range(
+            "collector.flush_interval_ms",
+            collector.flush_interval_ms,
+            1,
+            600_000,
+        )?;
+        in_range(
+            "collector.isolated_failure_limit",
+            collector.isolated_failure_limit.into(),
+            1,
+            1_000,
+        )?;
         if let Some(bad) = collector
             .no_retry_statuses
             .iter()
@@ -451,12 +498,18 @@ impl Config {
                 format!("HTTP statuses from 300 to 599 (found {bad})"),
             ));
         }
-        if collector.retry_initial_backoff_ms == 0 {
-            return Err(invalid(
-                "collector.retry_initial_backoff_ms",
-                "at least 1 millisecond",
-            ));
-        }
+        in_range(
+            "collector.retry_initial_backoff_ms",
+            collector.retry_initial_backoff_ms,
+            1,
+            3_600_000,
+        )?;
+        in_range(
+            "collector.retry_max_backoff_ms",
+            collector.retry_max_backoff_ms,
+            1,
+            3_600_000,
+        )?;
         if collector.retry_max_backoff_ms < collector.retry_initial_backoff_ms {
             return Err(invalid(
                 "collector.retry_max_backoff_ms",
@@ -464,12 +517,83 @@ impl Config {
             ));
         }
 
-        if self.worker.max_claimed_events.get() < self.redis.claim_batch_size.get() {
+        let buffer_size = collector.buffer_size.unwrap_or(NonZeroUsize::MIN);
+        let byte_limit = collector.byte_limit.unwrap_or(NonZeroUsize::MIN);
+        // The largest element one request can carry: the POST item adds `stm` and the
+        // envelope; the GET URL is at least as long as the pairs.
+        let sendable = match collector.method {
+            Method::Post => byte_limit
+                .get()
+                .saturating_sub(POST_BODY_OVERHEAD + STM_ITEM_BYTES + 1),
+            Method::Get => byte_limit.get(),
+        };
+        let max_element_bytes = match self.events.max_element_bytes {
+            Some(limit) if limit.get() > sendable => {
+                return Err(invalid(
+                    "events.max_element_bytes",
+                    format!(
+                        "at most {sendable} bytes: with collector.byte_limit = {byte_limit} no larger element can be sent"
+                    ),
+                ));
+            }
+            Some(limit) => limit,
+            None => NonZeroUsize::new(sendable)
+                .ok_or_else(|| invalid("collector.byte_limit", "room for one event"))?,
+        };
+        self.events.max_element_bytes = Some(max_element_bytes);
+        let worker = &self.worker;
+        in_range(
+            "worker.max_claimed_events",
+            worker.max_claimed_events.get() as u64,
+            1,
+            1_000_000,
+        )?;
+        in_range(
+            "worker.max_claimed_bytes",
+            worker.max_claimed_bytes.get() as u64,
+            1024,
+            16 * 1024 * 1024 * 1024,
+        )?;
+        in_range(
+            "worker.drain_timeout_ms",
+            worker.drain_timeout_ms,
+            0,
+            600_000,
+        )?;
+        if worker.max_claimed_events.get() < self.redis.claim_batch_size.get() {
             return Err(invalid(
                 "worker.max_claimed_events",
                 format!(
                     "at least redis.claim_batch_size ({})",
                     self.redis.claim_batch_size
+                ),
+            ));
+        }
+        if worker.max_claimed_events < buffer_size {
+            return Err(invalid(
+                "collector.buffer_size",
+                format!(
+                    "at most worker.max_claimed_events ({}): a batch of {buffer_size} events \
+                     could never fill",
+                    worker.max_claimed_events
+                ),
+            ));
+        }
+        if self.redis.claim_max_bytes < max_element_bytes {
+            return Err(invalid(
+                "redis.claim_max_bytes",
+                format!(
+                    "at least events.max_element_bytes ({max_element_bytes}), so that every \
+                     relayable element can be claimed"
+                ),
+            ));
+        }
+        if worker.max_claimed_bytes < self.redis.claim_max_bytes {
+            return Err(invalid(
+                "worker.max_claimed_bytes",
+                format!(
+                    "at least redis.claim_max_bytes ({})",
+                    self.redis.claim_max_bytes
                 ),
             ));
         }
@@ -490,23 +614,75 @@ impl Config {
                 ),
             ));
         }
-        Ok(())
+        let dead_letter_key = self.redis.dead_letter_key.clone().unwrap_or_default();
+        Ok(Valid {
+            buffer_size,
+            byte_limit,
+            max_element_bytes,
+            dead_letter_key,
+            config: self,
+        })
     }
 
-    /// The configuration as TOML, with the Redis password masked: what `check` prints and
+    /// The configuration as TOML, with credentials in URLs masked: what `check` prints and
     /// what the start-up log line shows.
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
-        shown.redis.url = mask_password(&shown.redis.url);
-        toml::to_string(&shown).expect("the configuration serialises to TOML")
+        shown.redis.url = mask_url(&shown.redis.url);
+        shown.collector.url = shown.collector.url.as_deref().map(mask_url);
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot show the settings: {e}\n"))
+    }
+}
+
+fn in_range(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("a number from {min} to {max} (found {value})"),
+        ))
+    }
+}
+
+/// A configuration that passed [`Config::validate`], with every derived value filled
+/// in. Only validation builds one, so [`crate::run`] can never see an unchecked setting.
+/// It reads as a [`Config`] (`Deref`).
+#[derive(Debug, Clone)]
+pub struct Valid {
+    config: Config,
+    buffer_size: NonZeroUsize,
+    byte_limit: NonZeroUsize,
+    max_element_bytes: NonZeroUsize,
+    dead_letter_key: String,
+}
+
+impl std::ops::Deref for Valid {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl Valid {
+    /// Events per request (always 1 for GET).
+    pub fn buffer_size(&self) -> NonZeroUsize {
+        self.buffer_size
     }
 
-    /// The dead-letter list (filled in by [`Config::validate`]).
+    /// Largest POST body or GET URL, in bytes.
+    pub fn byte_limit(&self) -> NonZeroUsize {
+        self.byte_limit
+    }
+
+    /// Largest element relayed, in bytes.
+    pub fn max_element_bytes(&self) -> NonZeroUsize {
+        self.max_element_bytes
+    }
+
+    /// The dead-letter list.
     pub fn dead_letter_key(&self) -> &str {
-        self.redis
-            .dead_letter_key
-            .as_deref()
-            .expect("validate() fills in dead_letter_key")
+        &self.dead_letter_key
     }
 }
 
@@ -574,14 +750,22 @@ impl CollectorConfig {
     }
 }
 
-/// Replaces the password of a URL with `****`; anything unparsable is shown as-is.
-pub fn mask_password(url: &str) -> String {
+/// A URL fit for a log line: user name and password replaced by `****`, query and
+/// fragment (event data, tokens) dropped. Text that is not a URL is not shown at all.
+pub fn mask_url(url: &str) -> String {
     match Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("****"));
+        Ok(mut parsed) => {
+            if !parsed.username().is_empty() {
+                let _ = parsed.set_username("****");
+            }
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("****"));
+            }
+            parsed.set_query(None);
+            parsed.set_fragment(None);
             parsed.to_string()
         }
-        _ => url.to_owned(),
+        Err(_) => format!("(not a URL, {} bytes)", url.len()),
     }
 }
 
@@ -594,7 +778,7 @@ mod tests {
         toml: &str,
         env: &[(&str, &str)],
         flags: &[(&'static str, &str)],
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<Valid, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.toml");
         std::fs::write(&path, toml).unwrap();
@@ -818,7 +1002,7 @@ mod example_file {
 
         let mut defaults = Config::default();
         defaults.collector.url = Some("https://collector.example.com".into());
-        defaults.validate().unwrap();
+        let defaults = defaults.validate().unwrap();
         assert_eq!(loaded.to_masked_toml(), defaults.to_masked_toml());
         // Every key of the effective configuration appears in the example.
         let effective = defaults.to_masked_toml();

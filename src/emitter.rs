@@ -13,6 +13,7 @@
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::Url;
@@ -82,6 +83,30 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Splits the batch into two halves (first half first), each with its own body size.
+    /// A batch of one event stays whole in the first half.
+    pub fn split(mut self) -> (Batch, Batch) {
+        let middle = self.events.len().div_ceil(2);
+        let events = self.events.split_off(middle);
+        let positions = self.positions.split_off(middle);
+        let body_bytes = |events: &[Event]| {
+            POST_BODY_OVERHEAD
+                + events.iter().map(Event::post_item_len).sum::<usize>()
+                + events.len().saturating_sub(1)
+        };
+        let first = Batch {
+            body_bytes: body_bytes(&self.events),
+            positions: self.positions,
+            events: self.events,
+        };
+        let second = Batch {
+            body_bytes: body_bytes(&events),
+            positions,
+            events,
+        };
+        (first, second)
+    }
+
     /// Number of events.
     pub fn len(&self) -> usize {
         self.events.len()
@@ -163,6 +188,11 @@ impl BatchBuilder {
         Ok(ready)
     }
 
+    /// How many events the batch being filled holds.
+    pub fn pending(&self) -> usize {
+        self.current.len()
+    }
+
     /// Takes the batch being filled, if it holds anything.
     pub fn take(&mut self) -> Option<Batch> {
         (!self.current.is_empty()).then(|| std::mem::take(&mut self.current))
@@ -181,20 +211,46 @@ pub enum Outcome {
         /// What to store in the dead-letter entry.
         reason: String,
     },
+    /// The batch as a whole cannot succeed (413, or it keeps failing while other
+    /// requests succeed), but a part of it may: send each half on its own.
+    Split {
+        /// The status that made the batch split.
+        status: Option<u16>,
+    },
     /// The caller gave up (shutdown deadline) before it was accepted.
     Abandoned,
 }
 
-/// Why one attempt failed.
+/// Why one attempt failed. Its `Display` never holds the request URL's query (event
+/// data) nor credentials.
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
     #[error("collector answered {0}")]
     Status(u16),
+    #[error(
+        "collector answered {status} redirecting to {location}; redirects are not followed \
+         (a POST would be replayed as a GET without its events): point collector.url at \
+         the final address"
+    )]
+    Redirect { status: u16, location: String },
     #[error("request failed: {0}")]
     Transport(#[source] reqwest::Error),
     #[error("{0}")]
     Unsendable(String),
 }
+
+impl AttemptError {
+    fn status(&self) -> Option<u16> {
+        match self {
+            AttemptError::Status(status) | AttemptError::Redirect { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// How much of a collector's response body is read (to let the connection be reused);
+/// a larger body is dropped with its connection.
+const MAX_RESPONSE_BODY_BYTES: usize = 64 * 1024;
 
 /// Sends batches to the collector.
 pub struct Emitter {
@@ -204,15 +260,21 @@ pub struct Emitter {
     byte_limit: usize,
     no_retry: Vec<u16>,
     backoff: Backoff,
+    isolated_failure_limit: u32,
     healthy: watch::Sender<bool>,
+    /// Requests the collector accepted so far: a batch that fails while this grows is
+    /// failing on its own, not because of an outage.
+    successes: AtomicU64,
 }
 
 impl Emitter {
     /// Builds the HTTP client: keep-alive pool sized to the requests in flight, request
-    /// timeout, no cookie store, an honest `User-Agent`, and `SP-Anonymous` if asked.
+    /// timeout, no cookie store, no redirects, an honest `User-Agent`, and `SP-Anonymous`
+    /// if asked.
     pub fn new(config: &CollectorConfig) -> Result<Arc<Emitter>, crate::Error> {
         // reqwest is built without a bundled crypto provider; use ring's.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = config.request_url()?;
         let mut headers = HeaderMap::new();
         if config.anonymous {
             headers.insert("SP-Anonymous", HeaderValue::from_static("*"));
@@ -224,11 +286,16 @@ impl Emitter {
             .connect_timeout(config.request_timeout())
             .pool_max_idle_per_host(config.max_requests_in_flight.get())
             .tcp_nodelay(true)
+            // A followed 301/302 turns a POST into a GET without its body, which a
+            // collector answers 200: the events would count as delivered and be lost.
+            .redirect(reqwest::redirect::Policy::none())
+            // An https collector is never reached over plain http.
+            .https_only(url.scheme() == "https")
             .build()
-            .map_err(crate::Error::HttpClient)?;
+            .map_err(|e| crate::Error::HttpClient(e.without_url()))?;
         Ok(Arc::new(Emitter {
             client,
-            url: config.request_url()?,
+            url,
             method: config.method,
             byte_limit: config.byte_limit.map_or(usize::MAX, NonZeroUsize::get),
             no_retry: config.no_retry_statuses.clone(),
@@ -236,13 +303,20 @@ impl Emitter {
                 initial: Duration::from_millis(config.retry_initial_backoff_ms),
                 max: Duration::from_millis(config.retry_max_backoff_ms),
             },
+            isolated_failure_limit: config.isolated_failure_limit,
             healthy: watch::channel(true).0,
+            successes: AtomicU64::new(0),
         }))
     }
 
-    /// Where requests go.
+    /// Where requests go (may hold credentials: log [`Emitter::shown_url`] instead).
     pub fn url(&self) -> &Url {
         &self.url
+    }
+
+    /// Where requests go, fit for a log line: credentials masked.
+    pub fn shown_url(&self) -> String {
+        crate::config::mask_url(self.url.as_str())
     }
 
     /// Follows whether the collector currently accepts requests (`false` while a request
@@ -251,18 +325,35 @@ impl Emitter {
         self.healthy.subscribe()
     }
 
-    fn set_healthy(&self, healthy: bool) {
-        self.healthy.send_if_modified(|current| {
+    fn set_healthy(&self, healthy: bool, error: Option<&AttemptError>) {
+        let changed = self.healthy.send_if_modified(|current| {
             let changed = *current != healthy;
             *current = healthy;
             changed
         });
+        match (changed, error) {
+            (true, Some(error)) => tracing::warn!(
+                %error,
+                collector = %self.shown_url(),
+                "collector requests are failing; claiming paused, retrying with backoff"
+            ),
+            (true, None) => tracing::info!("collector accepts requests again; claiming resumed"),
+            _ => {}
+        }
     }
 
     /// Sends one batch, retrying transient failures with backoff, until the collector
-    /// accepts or rejects it, or `give_up` is cancelled.
+    /// accepts or rejects it, it has to be split, or `give_up` is cancelled.
+    ///
+    /// A batch is split when the collector answers 413, or when it failed
+    /// `collector.isolated_failure_limit` times while other requests succeeded (its
+    /// content, not an outage, is the likely cause). A single event in either case is
+    /// rejected. A collector that fails every request is an outage: the batch is retried
+    /// for as long as it takes.
     pub async fn send(&self, batch: &Batch, give_up: &CancellationToken) -> Outcome {
         let mut attempt: u32 = 0;
+        let mut isolated_failures: u32 = 0;
+        let mut successes_before = self.successes.load(Ordering::Relaxed);
         loop {
             attempt += 1;
             let result = tokio::select! {
@@ -271,7 +362,8 @@ impl Emitter {
             };
             let error = match result {
                 Ok(()) => {
-                    self.set_healthy(true);
+                    self.successes.fetch_add(1, Ordering::Relaxed);
+                    self.set_healthy(true, None);
                     tracing::debug!(
                         events = batch.len(),
                         bytes = batch.body_bytes,
@@ -283,19 +375,22 @@ impl Emitter {
                 Err(AttemptError::Status(status))
                     if classify(status, &self.no_retry) == Disposition::Rejected =>
                 {
-                    self.set_healthy(true);
-                    tracing::warn!(
-                        events = batch.len(),
-                        status,
-                        "collector rejected the batch; dead-lettering it"
-                    );
                     return Outcome::Rejected {
                         status: Some(status),
                         reason: format!("collector answered {status}, which is not retried"),
                     };
                 }
+                Err(AttemptError::Status(413)) if batch.len() > 1 => {
+                    return Outcome::Split { status: Some(413) };
+                }
+                Err(AttemptError::Status(413)) => {
+                    return Outcome::Rejected {
+                        status: Some(413),
+                        reason: "collector answered 413 (payload too large) to this event alone"
+                            .into(),
+                    };
+                }
                 Err(AttemptError::Unsendable(reason)) => {
-                    tracing::warn!(events = batch.len(), %reason, "cannot send; dead-lettering");
                     return Outcome::Rejected {
                         status: None,
                         reason,
@@ -303,15 +398,39 @@ impl Emitter {
                 }
                 Err(error) => error,
             };
-            self.set_healthy(false);
+            let successes_now = self.successes.load(Ordering::Relaxed);
+            if successes_now > successes_before {
+                isolated_failures += 1;
+            }
+            successes_before = successes_now;
+            if isolated_failures >= self.isolated_failure_limit {
+                if batch.len() > 1 {
+                    return Outcome::Split {
+                        status: error.status(),
+                    };
+                }
+                return Outcome::Rejected {
+                    status: error.status(),
+                    reason: format!(
+                        "{error} on {attempt} attempts, {isolated_failures} of them while other \
+                         requests to the collector succeeded"
+                    ),
+                };
+            }
+            self.set_healthy(false, Some(&error));
             let delay = self.backoff.delay(attempt);
-            tracing::warn!(
-                events = batch.len(),
-                attempt,
-                retry_in_ms = delay.as_millis() as u64,
-                error = %error,
-                "collector request failed; will retry"
-            );
+            if matches!(error, AttemptError::Redirect { .. }) {
+                // A misconfiguration, not a passing fault: say so every time.
+                tracing::warn!(%error, attempt, "collector redirects; not following");
+            } else {
+                tracing::debug!(
+                    events = batch.len(),
+                    attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    error = %error,
+                    "collector request failed; will retry"
+                );
+            }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = give_up.cancelled() => return Outcome::Abandoned,
@@ -331,9 +450,13 @@ impl Emitter {
                     .body(body)
             }
             Method::Get => {
-                let event = batch.events.first().expect("batches are never empty");
+                let Some(event) = batch.events.first() else {
+                    return Ok(());
+                };
+                let query = event::get_query(event, &stm)
+                    .map_err(|bad| AttemptError::Unsendable(bad.to_string()))?;
                 let mut url = self.url.clone();
-                url.set_query(Some(&event::get_query(event, &stm)));
+                url.set_query(Some(&query));
                 if url.as_str().len() > self.byte_limit {
                     return Err(AttemptError::Unsendable(format!(
                         "the GET request URL is {} bytes, more than collector.byte_limit ({}); \
@@ -345,10 +468,27 @@ impl Emitter {
                 self.client.get(url)
             }
         };
-        let response = request.send().await.map_err(AttemptError::Transport)?;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| AttemptError::Transport(e.without_url()))?;
         let status = response.status().as_u16();
-        // Read the (small) body so the connection goes back to the pool.
-        let _ = response.bytes().await;
+        if response.status().is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .map_or_else(|| "(no Location)".to_owned(), crate::config::mask_url);
+            return Err(AttemptError::Redirect { status, location });
+        }
+        // Read a small body so the connection goes back to the pool; never a large one.
+        let mut read = 0;
+        while read <= MAX_RESPONSE_BODY_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
         match classify(status, &self.no_retry) {
             Disposition::Accepted => Ok(()),
             _ => Err(AttemptError::Status(status)),
@@ -419,6 +559,7 @@ mod tests {
             Bytes::from(text),
             ParseOptions {
                 allow_unknown_fields: false,
+                require_decodable_strings: false,
             },
         )
         .unwrap()
@@ -463,6 +604,29 @@ mod tests {
             assert!(body.len() <= limit, "{} > {limit}", body.len());
         }
         assert_eq!(ready.iter().map(Batch::len).sum::<usize>(), 20);
+    }
+
+    #[test]
+    fn a_split_keeps_order_and_exact_sizes() {
+        let mut builder = BatchBuilder::new(
+            Method::Post,
+            NonZeroUsize::new(5).unwrap(),
+            NonZeroUsize::new(100_000).unwrap(),
+        );
+        let mut batch = None;
+        for position in 0..5 {
+            batch = builder
+                .push(position, event(10 * position as usize))
+                .unwrap();
+        }
+        let (first, second) = batch.unwrap().split();
+        assert_eq!(first.positions, vec![0, 1, 2]);
+        assert_eq!(second.positions, vec![3, 4]);
+        for half in [&first, &second] {
+            let mut body = Vec::new();
+            event::write_post_body(&half.events, &epoch_millis(), &mut body);
+            assert_eq!(body.len(), half.body_bytes);
+        }
     }
 
     #[test]

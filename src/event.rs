@@ -88,11 +88,51 @@ pub const REQUIRED_FIELDS: &[&str] = &["e", "p", "tv"];
 pub const PAYLOAD_DATA_SCHEMA: &str =
     "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4";
 
-/// How strictly [`Event::parse`] checks field names.
+/// How strictly [`Event::parse`] checks an element; it depends on how it will be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParseOptions {
     /// Accept field names that `payload_data` 1-0-4 does not list.
     pub allow_unknown_fields: bool,
+    /// Every string value must decode to Unicode text. GET sends decoded text, and a JSON
+    /// string holding a lone UTF-16 surrogate escape (`"\ud800"`, valid JSON that
+    /// Python's `json.dumps` writes) has none; POST forwards the producer's bytes as they
+    /// are, so it does not need this.
+    pub require_decodable_strings: bool,
+}
+
+impl ParseOptions {
+    /// The checks that fit `method`. GET query strings are not validated against
+    /// `payload_data` downstream, so GET passes unknown field names through whatever
+    /// `allow_unknown_fields` says; POST bodies are (`additionalProperties: false`).
+    pub fn for_method(method: crate::config::Method, allow_unknown_fields: bool) -> ParseOptions {
+        match method {
+            crate::config::Method::Get => ParseOptions {
+                allow_unknown_fields: true,
+                require_decodable_strings: true,
+            },
+            crate::config::Method::Post => ParseOptions {
+                allow_unknown_fields,
+                require_decodable_strings: false,
+            },
+        }
+    }
+}
+
+/// How much of a producer's field name a reason repeats: reasons go to the log and the
+/// dead-letter entry, and a name can be a megabyte long.
+pub const REASON_NAME_BYTES: usize = 64;
+
+/// `text` cut to at most [`REASON_NAME_BYTES`] bytes (on a character boundary), with a
+/// note of its full length when it was cut.
+pub fn shorten(text: &str) -> String {
+    if text.len() <= REASON_NAME_BYTES {
+        return text.to_owned();
+    }
+    let mut end = REASON_NAME_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 /// Why an element cannot be relayed. Its `Display` is the reason stored in the
@@ -102,6 +142,10 @@ pub enum BadEvent {
     /// The element is not valid UTF-8 JSON.
     #[error("not valid JSON: {0}")]
     NotJson(String),
+    /// A string value holds an escape that decodes to no Unicode text (a lone UTF-16
+    /// surrogate such as `\ud800`), so it cannot be sent as a GET query.
+    #[error("field `{0}` holds a lone UTF-16 surrogate escape, which GET cannot send (POST can)")]
+    UndecodableString(String),
     /// The element is JSON, but not an object of name/value pairs.
     #[error("not a JSON object of name/value pairs (found {0})")]
     NotAnObject(&'static str),
@@ -143,6 +187,9 @@ enum ValueKind {
     String,
     /// A JSON number or `true`/`false`: raw text without quotes.
     Bare,
+    /// `null`: left out of both encodings, as trackers leave out empty fields, but kept
+    /// for the duplicate check (`{"url":"a","url":null}` is ambiguous).
+    Null,
 }
 
 /// One name/value pair, as byte ranges into [`Event::raw`].
@@ -165,7 +212,8 @@ pub struct Event {
 impl Event {
     /// Parses and validates one list element.
     pub fn parse(raw: Bytes, options: ParseOptions) -> Result<Event, BadEvent> {
-        let text = std::str::from_utf8(&raw).map_err(|e| BadEvent::NotJson(e.to_string()))?;
+        let text =
+            std::str::from_utf8(&raw).map_err(|e| BadEvent::NotJson(shorten(&e.to_string())))?;
         let fields = parse_fields(text)?;
         let event = Event { raw, fields };
         event.validate(options)?;
@@ -177,12 +225,13 @@ impl Event {
         &self.raw
     }
 
-    /// The value of a field as text (numbers as written, strings unescaped), if present.
+    /// The value of a field as text (numbers as written, strings unescaped), if present
+    /// and decodable (see [`ParseOptions::require_decodable_strings`]).
     pub fn get(&self, name: &str) -> Option<Cow<'_, str>> {
         self.fields
             .iter()
-            .find(|f| self.slice(&f.name) == name)
-            .map(|f| self.value_text(f))
+            .find(|f| self.slice(&f.name) == name && f.kind != ValueKind::Null)
+            .and_then(|f| self.value_text(f).ok())
     }
 
     /// The number of bytes [`Event::write_post_item`] appends, give or take the `stm`
@@ -190,7 +239,7 @@ impl Event {
     pub fn post_item_len(&self) -> usize {
         // `{` + `}` + per field: `"name":` + value (+2 quotes when bare) + `,`
         let mut len = 2 + STM_ITEM_BYTES;
-        for f in &self.fields {
+        for f in self.sent_fields() {
             len += (f.name.end - f.name.start) as usize + 3;
             len += (f.value.end - f.value.start) as usize + 1;
             if f.kind == ValueKind::Bare {
@@ -204,12 +253,12 @@ impl Event {
     /// `stm` (send time, epoch milliseconds).
     pub fn write_post_item(&self, out: &mut Vec<u8>, stm_millis: &str) {
         out.push(b'{');
-        for f in &self.fields {
+        for f in self.sent_fields() {
             out.push(b'"');
             out.extend_from_slice(self.bytes(&f.name));
             out.extend_from_slice(b"\":");
             match f.kind {
-                ValueKind::String => out.extend_from_slice(self.bytes(&f.value)),
+                ValueKind::String | ValueKind::Null => out.extend_from_slice(self.bytes(&f.value)),
                 ValueKind::Bare => {
                     out.push(b'"');
                     out.extend_from_slice(self.bytes(&f.value));
@@ -223,47 +272,64 @@ impl Event {
         out.extend_from_slice(b"\"}");
     }
 
-    /// Appends this event's pairs, URL-encoded, plus `stm`, to a GET query string.
+    /// Appends this event's pairs, URL-encoded, plus `stm`, to a GET query string. Fails
+    /// (writing nothing useful) if a string value has no Unicode text; events parsed with
+    /// [`ParseOptions::require_decodable_strings`] never do.
     pub fn write_query(
         &self,
         query: &mut form_urlencoded::Serializer<'_, String>,
         stm_millis: &str,
-    ) {
-        for f in &self.fields {
-            query.append_pair(self.slice(&f.name), &self.value_text(f));
+    ) -> Result<(), BadEvent> {
+        for f in self.sent_fields() {
+            query.append_pair(self.slice(&f.name), &self.value_text(f)?);
         }
         query.append_pair("stm", stm_millis);
+        Ok(())
+    }
+
+    /// The fields that are sent: all but `null` ones.
+    fn sent_fields(&self) -> impl Iterator<Item = &Field> {
+        self.fields.iter().filter(|f| f.kind != ValueKind::Null)
     }
 
     fn validate(&self, options: ParseOptions) -> Result<(), BadEvent> {
-        if self.fields.is_empty() {
+        if self.sent_fields().next().is_none() {
             return Err(BadEvent::Empty);
         }
-        // One bit per payload_data field: duplicates and required fields in O(1) each.
+        // One bit per payload_data field: duplicates and required fields in O(1) each;
+        // other names (when allowed) in a set, built only if there are any.
         let mut seen: u128 = 0;
-        for (i, f) in self.fields.iter().enumerate() {
+        let mut sent: u128 = 0;
+        let mut unknown: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for f in &self.fields {
             let name = self.slice(&f.name);
-            match payload_data_index(name).ok_or(()) {
-                Ok(index) => {
+            match payload_data_index(name) {
+                Some(index) => {
                     if seen & (1 << index) != 0 {
-                        return Err(BadEvent::DuplicateField(name.to_owned()));
+                        return Err(BadEvent::DuplicateField(shorten(name)));
                     }
                     seen |= 1 << index;
-                }
-                Err(_) if !options.allow_unknown_fields => {
-                    return Err(BadEvent::UnknownField(name.to_owned()));
-                }
-                Err(_) => {
-                    if self.fields[..i].iter().any(|g| self.slice(&g.name) == name) {
-                        return Err(BadEvent::DuplicateField(name.to_owned()));
+                    if f.kind != ValueKind::Null {
+                        sent |= 1 << index;
                     }
                 }
+                None if !options.allow_unknown_fields => {
+                    return Err(BadEvent::UnknownField(shorten(name)));
+                }
+                None => {
+                    if !unknown.insert(name) {
+                        return Err(BadEvent::DuplicateField(shorten(name)));
+                    }
+                }
+            }
+            if options.require_decodable_strings && self.value_text(f).is_err() {
+                return Err(BadEvent::UndecodableString(shorten(name)));
             }
         }
         for required in REQUIRED_FIELDS {
             let index =
                 payload_data_index(required).expect("required fields are payload_data fields");
-            if seen & (1 << index) == 0 {
+            if sent & (1 << index) == 0 {
                 return Err(BadEvent::MissingField(required));
             }
         }
@@ -279,14 +345,19 @@ impl Event {
         std::str::from_utf8(self.bytes(range)).expect("field ranges are UTF-8")
     }
 
-    fn value_text(&self, f: &Field) -> Cow<'_, str> {
+    fn value_text(&self, f: &Field) -> Result<Cow<'_, str>, BadEvent> {
         let raw = self.slice(&f.value);
         match f.kind {
-            ValueKind::Bare => Cow::Borrowed(raw),
-            ValueKind::String => {
-                // Only strings with escapes allocate.
-                serde_json::from_str::<Cow<'_, str>>(raw).expect("a validated JSON string")
+            ValueKind::Bare | ValueKind::Null => Ok(Cow::Borrowed(raw)),
+            // No escapes: the text between the quotes is the value, no allocation.
+            ValueKind::String if !raw.as_bytes().contains(&b'\\') => {
+                Ok(Cow::Borrowed(&raw[1..raw.len() - 1]))
             }
+            // serde_json checked the escapes' syntax, but a lone surrogate escape has no
+            // text to decode to.
+            ValueKind::String => serde_json::from_str::<String>(raw)
+                .map(Cow::Owned)
+                .map_err(|_| BadEvent::UndecodableString(shorten(self.slice(&f.name)))),
         }
     }
 }
@@ -311,7 +382,7 @@ fn parse_fields(text: &str) -> Result<Vec<Field>, BadEvent> {
     parsed.map_err(|e| {
         found
             .take()
-            .unwrap_or_else(|| BadEvent::NotJson(e.to_string()))
+            .unwrap_or_else(|| BadEvent::NotJson(shorten(&e.to_string())))
     })
 }
 
@@ -354,12 +425,12 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
             let text = value.get();
             let kind = match text.as_bytes().first() {
                 Some(b'"') => ValueKind::String,
-                Some(b'n') => continue, // null: left out, as trackers leave out empty fields
+                Some(b'n') => ValueKind::Null,
                 Some(b'{') => {
-                    return self.reject(BadEvent::NestedValue(name.to_owned(), "an object"));
+                    return self.reject(BadEvent::NestedValue(shorten(name), "an object"));
                 }
                 Some(b'[') => {
-                    return self.reject(BadEvent::NestedValue(name.to_owned(), "an array"));
+                    return self.reject(BadEvent::NestedValue(shorten(name), "an array"));
                 }
                 _ => ValueKind::Bare,
             };
@@ -457,10 +528,10 @@ const POST_BODY_SUFFIX: &str = "]}";
 pub const POST_BODY_OVERHEAD: usize = POST_BODY_PREFIX.len() + POST_BODY_SUFFIX.len();
 
 /// The query string (without `?`) for a GET request carrying `event`.
-pub fn get_query(event: &Event, stm_millis: &str) -> String {
+pub fn get_query(event: &Event, stm_millis: &str) -> Result<String, BadEvent> {
     let mut query = form_urlencoded::Serializer::new(String::with_capacity(event.raw.len() * 2));
-    event.write_query(&mut query, stm_millis);
-    query.finish()
+    event.write_query(&mut query, stm_millis)?;
+    Ok(query.finish())
 }
 
 #[cfg(test)]
@@ -469,6 +540,7 @@ mod tests {
 
     const STRICT: ParseOptions = ParseOptions {
         allow_unknown_fields: false,
+        require_decodable_strings: false,
     };
 
     fn parse(text: &str) -> Result<Event, BadEvent> {
@@ -513,7 +585,7 @@ mod tests {
     fn query_decodes_json_strings_then_url_encodes() {
         let event = parse(r#"{"e":"pv","tv":"t","p":"pc","url":"http://a/b?c=d e\u00e9","cd":24}"#)
             .unwrap();
-        let query = get_query(&event, "1700000000000");
+        let query = get_query(&event, "1700000000000").unwrap();
         let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
             .into_owned()
             .collect();
@@ -588,6 +660,7 @@ mod tests {
     fn unknown_fields_pass_when_allowed() {
         let lenient = ParseOptions {
             allow_unknown_fields: true,
+            require_decodable_strings: false,
         };
         let event = Event::parse(
             Bytes::from_static(br#"{"e":"pv","tv":"t","p":"pc","foo":"x"}"#),

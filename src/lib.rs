@@ -25,7 +25,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::Config;
+pub use config::{Config, Valid};
 pub use worker::Summary;
 
 use crate::emitter::{Backoff, Emitter};
@@ -47,7 +47,7 @@ pub enum Error {
     /// Shutdown could not return the undelivered events to the list: they are safe in the
     /// in-flight list and come back when the lease expires.
     #[error(
-        "could not return undelivered events to the list ({source}); they are kept in \
+        "could not return undelivered events to the list ({why}); they are kept in \
          `{inflight_key}` and go back to the list once this relay's lease expires (at most \
          {lease_ttl_secs} s after its last heartbeat), as soon as any relay runs"
     )]
@@ -56,9 +56,17 @@ pub enum Error {
         inflight_key: String,
         /// The lease lifetime.
         lease_ttl_secs: u64,
-        /// The last Redis error.
-        #[source]
-        source: QueueError,
+        /// Why: the last Redis error, a timeout, or a second signal.
+        why: String,
+    },
+    /// A task of the relay panicked or ended unexpectedly (a bug). What it held is safe
+    /// in Redis and returns to the list by lease recovery.
+    #[error("internal error: the {task} task failed ({message}); please report this bug")]
+    TaskFailed {
+        /// Which task.
+        task: &'static str,
+        /// The panic message.
+        message: String,
     },
 }
 
@@ -70,7 +78,7 @@ pub enum Error {
 /// can or `shutdown` resolves. If this relay's lease is lost (another relay took its
 /// events back after a long stall), it registers again as a new instance and goes on.
 pub async fn run(
-    config: Config,
+    config: Valid,
     shutdown: impl Future<Output = ()>,
     force: impl Future<Output = ()>,
 ) -> Result<Summary, Error> {
@@ -95,7 +103,7 @@ pub async fn run(
 }
 
 async fn relay_until_stopped(
-    config: &Config,
+    config: &Valid,
     emitter: Arc<Emitter>,
     stop: CancellationToken,
     hurry: CancellationToken,
@@ -113,7 +121,7 @@ async fn relay_until_stopped(
             instance = queue.instance(),
             list = %queue.keys().list,
             dead_letter_list = %queue.keys().dead,
-            collector = %emitter.url(),
+            collector = %emitter.shown_url(),
             method = ?config.collector.method,
             "connected; relaying"
         );
@@ -127,9 +135,10 @@ async fn relay_until_stopped(
         )
         .await;
         match result {
-            Err(Error::Queue(QueueError::LeaseLost)) if !stop.is_cancelled() => {
-                // What this instance held is back in the list already.
-                tracing::warn!("registering again as a new instance after losing the lease");
+            Err(Error::Queue(error)) if error.needs_new_instance() && !stop.is_cancelled() => {
+                // What this instance held is back in the list already (or goes back when
+                // its lease expires).
+                tracing::warn!(%error, "registering again as a new instance");
             }
             other => return other,
         }
@@ -138,12 +147,12 @@ async fn relay_until_stopped(
 
 /// Connects to Redis, recovers the events of relays whose lease expired and registers
 /// this instance, retrying with capped backoff for as long as it takes.
-async fn connect(config: &Config, stats: &worker::Stats) -> Queue {
+async fn connect(config: &Valid, stats: &worker::Stats) -> Queue {
     let backoff = Backoff {
         initial: Duration::from_millis(200),
         max: Duration::from_secs(30),
     };
-    let url = config::mask_password(&config.redis.url);
+    let url = config::mask_url(&config.redis.url);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -164,8 +173,18 @@ async fn connect(config: &Config, stats: &worker::Stats) -> Queue {
     }
 }
 
-async fn try_connect(config: &Config, stats: &worker::Stats) -> Result<Queue, QueueError> {
+async fn try_connect(config: &Valid, stats: &worker::Stats) -> Result<Queue, QueueError> {
     let queue = Queue::connect(&config.redis, config.dead_letter_key()).await?;
+    match queue.eviction_policy().await.as_deref() {
+        Some("noeviction") => {}
+        Some(policy) => tracing::warn!(
+            maxmemory_policy = policy,
+            "Redis may evict keys (maxmemory-policy is not noeviction): under memory \
+             pressure it can drop events, and volatile-* policies evict exactly the relay's \
+             lease keys, making live relays look dead; set maxmemory-policy noeviction"
+        ),
+        None => tracing::debug!("cannot read maxmemory-policy (CONFIG disabled?)"),
+    }
     worker::recover_expired(&queue, stats).await?;
     queue.register().await?;
     Ok(queue)

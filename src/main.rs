@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use snowplow_relay::config::{LogFormat, Method, Overrides};
 use snowplow_relay::queue::{DeadLetter, Queue, QueueError};
-use snowplow_relay::{Config, telemetry};
+use snowplow_relay::{Config, Valid, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Relays Snowplow events from a Redis list to a Snowplow collector, at least once.
@@ -161,7 +161,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dead_letter(config: &Config, action: DeadLetterAction) -> Result<(), QueueError> {
+async fn dead_letter(config: &Valid, action: DeadLetterAction) -> Result<(), QueueError> {
     let queue = Queue::connect(&config.redis, config.dead_letter_key()).await?;
     match action {
         DeadLetterAction::Count => println!("{}", queue.dead_letter_count().await?),

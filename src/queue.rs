@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `snowplow` | list | events, pushed by producers (RPUSH) and taken from the head |
 //! | `{snowplow}:inflight:I` | list | events `I` claimed and has not acknowledged, in claim order |
-//! | `{snowplow}:instance:I` | hash | `acked`: how many events `I` acknowledged so far |
+//! | `{snowplow}:instance:I` | hash | `claimed` and `acked`: how many events `I` claimed and acknowledged so far; always `acked + LLEN(inflight) = claimed` |
 //! | `{snowplow}:lease:I` | string with TTL | present while `I` is alive (heartbeat) |
 //! | `{snowplow}:instances` | set | every instance that may own an in-flight list |
 //! | `{snowplow}:dead` | list | dead-letter entries (see [`DeadLetter`]) |
@@ -18,9 +18,14 @@
 //! # Protocol
 //! Every step is one Lua script, so each is atomic and costs one round trip whatever the
 //! number of events:
-//! - **claim**: move up to N events from the head of the list to the tail of the in-flight
-//!   list and return every in-flight event from the position the caller expects. A claim
-//!   whose reply was lost is therefore returned again by the next claim, never orphaned.
+//! - **claim**: move up to N events, and at most `claim_max_bytes` of them, from the head
+//!   of the list to the tail of the in-flight list and return them. The byte budget is
+//!   enforced while popping (never more than the budget could hold if every element were
+//!   as large as allowed), so neither the reply nor the script's own memory grows with the
+//!   elements' size. If the in-flight list already holds events past the position the
+//!   caller expects, an earlier claim's reply was lost: those are returned again and
+//!   nothing new is taken, so a lost reply never makes Redis send or hold the backlog
+//!   twice.
 //! - **ack**: trim the first K events off the in-flight list once they are resolved
 //!   (delivered or dead-lettered) and write their dead-letter entries. It carries the
 //!   absolute count acknowledged so far, so retrying an ack whose reply was lost does
@@ -35,6 +40,17 @@
 //! Every script first checks that the instance is still registered; if another relay
 //! recovered it (its lease had expired), the script fails with [`QueueError::LeaseLost`]
 //! and changes nothing: the events it held are already back in the list.
+//!
+//! # Rollbacks
+//! Acknowledgement is positional, so it is only safe while Redis holds the history the
+//! relay believes it does. A crash under `appendfsync everysec` or a failover to a
+//! lagging replica can roll Redis back. Every claim, ack and release therefore checks the
+//! instance's counters against the relay's own (`claimed` not below the relay's claim
+//! position, `acked` not below its acknowledged count, `acked + LLEN = claimed`); on a
+//! mismatch the script changes nothing and fails with [`QueueError::StateMismatch`].
+//! The relay then acknowledges nothing positional: [`Queue::abandon`] returns the whole
+//! in-flight list to the head of the list (events it delivered arrive twice, none is
+//! lost) and the relay registers again as a new instance.
 //!
 //! Waiting for an empty list uses `BLMOVE list list LEFT LEFT`, which blocks until the
 //! list has an element and then leaves it where it was. It changes nothing, so it can be
@@ -62,15 +78,36 @@ pub enum QueueError {
          restart to register again"
     )]
     LeaseLost,
+    /// Redis no longer holds the in-flight state this relay left (it lost writes: a
+    /// crash, a failover to a lagging replica, or someone edited the keys).
+    #[error(
+        "Redis no longer holds the in-flight state this relay left ({0}); returning \
+         everything in flight to the list and registering again"
+    )]
+    StateMismatch(String),
 }
 
 impl QueueError {
     fn from_script(e: RedisError) -> QueueError {
-        if e.to_string().contains("LEASE_LOST") {
+        let text = e.to_string();
+        if text.contains("LEASE_LOST") {
             QueueError::LeaseLost
+        } else if let Some(at) = text.find("STATE_MISMATCH") {
+            QueueError::StateMismatch(
+                text[at..]
+                    .trim_start_matches("STATE_MISMATCH")
+                    .trim()
+                    .to_owned(),
+            )
         } else {
             QueueError::Redis(e)
         }
+    }
+
+    /// Whether this instance must stop and register again (its in-flight list is gone
+    /// or not to be trusted); anything else is worth retrying.
+    pub fn needs_new_instance(&self) -> bool {
+        matches!(self, QueueError::LeaseLost | QueueError::StateMismatch(_))
     }
 }
 
@@ -142,67 +179,112 @@ local function check_lease(instances, id)
     return redis.error_reply('LEASE_LOST instance ' .. id .. ' was recovered by another relay')
   end
 end
+-- The instance's counters, or nil (and an error reply) if they are not consistent with
+-- each other or with the relay's claim position and acknowledged count.
+local function counters(meta, inflight, position, acked_by_relay)
+  local acked = tonumber(redis.call('HGET', meta, 'acked') or '-1')
+  local claimed = tonumber(redis.call('HGET', meta, 'claimed') or '-1')
+  if acked < 0 or claimed < position or acked < acked_by_relay
+      or acked + redis.call('LLEN', inflight) ~= claimed then
+    return nil, nil, redis.error_reply('STATE_MISMATCH in-flight list and counters are not ' ..
+      'what this relay left (acked ' .. acked .. ', claimed ' .. claimed .. ', relay at ' ..
+      position .. '): Redis lost writes')
+  end
+  return acked, claimed
+end
 "#;
 
 /// KEYS: list, inflight, meta, instances, dead.
-/// ARGV: instance, expected position, max count, max element bytes, time (RFC 3339).
+/// ARGV: instance, expected position, max count, max element bytes, time (RFC 3339),
+/// max bytes.
 /// Elements over the size limit go straight to the dead-letter list: they never reach
-/// the relay's memory. Returns {elements diverted, in-flight elements from the position}.
+/// the relay's memory. Returns {elements diverted, 1 if the list ran dry, elements}.
 const CLAIM: &str = r#"
 local lost = check_lease(KEYS[4], ARGV[1]); if lost then return lost end
-local moved = redis.call('LPOP', KEYS[1], tonumber(ARGV[3]))
-local diverted = 0
-if moved then
-  local max_bytes = tonumber(ARGV[4])
-  local keep = {}
+local position = tonumber(ARGV[2])
+local acked, claimed, mismatch = counters(KEYS[3], KEYS[2], position, 0)
+if mismatch then return mismatch end
+if claimed > position then
+  -- The reply of the last claim was lost: send it again, take nothing new.
+  return {0, 0, redis.call('LRANGE', KEYS[2], position - acked, -1)}
+end
+local max_count, max_element, budget = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
+local keep, used, popped, diverted, dry = {}, 0, 0, 0, 0
+while popped < max_count do
+  -- Never pop more than the rest of the budget could hold at the largest allowed size.
+  local n = math.min(math.floor((budget - used) / max_element), max_count - popped)
+  if n < 1 then break end
+  local moved = redis.call('LPOP', KEYS[1], n)
+  if not moved then dry = 1; break end
+  popped = popped + #moved
   for _, item in ipairs(moved) do
-    if #item > max_bytes then
+    if #item > max_element then
       local meta = cjson.encode({
-        reason = 'element is ' .. #item .. ' bytes, larger than the ' .. max_bytes .. '-byte limit',
+        reason = 'element is ' .. #item .. ' bytes, larger than the ' .. max_element .. '-byte limit',
         failed_at = ARGV[5], relay = ARGV[1]})
       redis.call('RPUSH', KEYS[5], meta .. '\n' .. item)
       diverted = diverted + 1
     else
       keep[#keep + 1] = item
+      used = used + #item
     end
   end
-  push_all('RPUSH', KEYS[2], keep, 1)
+  if #moved < n then dry = 1; break end
 end
-local acked = tonumber(redis.call('HGET', KEYS[3], 'acked') or '0')
-return {diverted, redis.call('LRANGE', KEYS[2], tonumber(ARGV[2]) - acked, -1)}
+push_all('RPUSH', KEYS[2], keep, 1)
+redis.call('HSET', KEYS[3], 'claimed', claimed + #keep)
+return {diverted, dry, keep}
 "#;
 
-/// KEYS: inflight, meta, instances, dead. ARGV: instance, acknowledged total, entries…
+/// KEYS: inflight, meta, instances, dead.
+/// ARGV: instance, acknowledged total before, acknowledged total after, entries…
 const ACK: &str = r#"
 local lost = check_lease(KEYS[3], ARGV[1]); if lost then return lost end
-local acked = tonumber(redis.call('HGET', KEYS[2], 'acked') or '0')
-local target = tonumber(ARGV[2])
+local target = tonumber(ARGV[3])
+local acked, claimed, mismatch = counters(KEYS[2], KEYS[1], target, tonumber(ARGV[2]))
+if mismatch then return mismatch end
 if target > acked then
   redis.call('LTRIM', KEYS[1], target - acked, -1)
   redis.call('HSET', KEYS[2], 'acked', target)
-  push_all('RPUSH', KEYS[4], ARGV, 3)
+  push_all('RPUSH', KEYS[4], ARGV, 4)
 end
 return target
 "#;
 
 /// KEYS: list, inflight, meta, instances, dead, lease.
-/// ARGV: instance, window start, resolved flags ('1' per resolved position), entries…
+/// ARGV: instance, window start, resolved flags ('1' per resolved position), claim
+/// position, entries…
+/// Returns {events returned, 1 if the counters did not match and everything went back}.
 const RELEASE: &str = r#"
 local lost = check_lease(KEYS[4], ARGV[1]); if lost then return lost end
-local acked = tonumber(redis.call('HGET', KEYS[3], 'acked') or '0')
 local base = tonumber(ARGV[2])
 local flags = ARGV[3]
+local acked, claimed, mismatch = counters(KEYS[3], KEYS[2], tonumber(ARGV[4]), base)
 local items = redis.call('LRANGE', KEYS[2], 0, -1)
 local back = {}
 for i, item in ipairs(items) do
-  local offset = acked + i - base
-  if offset < 1 or string.sub(flags, offset, offset) ~= '1' then back[#back + 1] = item end
+  local offset = (acked or 0) + i - base
+  if mismatch or offset < 1 or string.sub(flags, offset, offset) ~= '1' then
+    back[#back + 1] = item
+  end
 end
 push_to_head(KEYS[1], back)
-push_all('RPUSH', KEYS[5], ARGV, 4)
+-- After a rollback nothing positional is trusted: the resolved events went back too,
+-- and their dead-letter entries are written again when they are claimed again.
+if not mismatch then push_all('RPUSH', KEYS[5], ARGV, 5) end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[6])
 redis.call('SREM', KEYS[4], ARGV[1])
-return #back
+return {#back, mismatch and 1 or 0}
+"#;
+
+/// KEYS: list, inflight, meta, instances, lease. ARGV: instance.
+/// Returns every in-flight event to the head of the list and removes the instance.
+const ABANDON: &str = r#"
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+push_to_head(KEYS[1], items)
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
+redis.call('SREM', KEYS[4], ARGV[1])
+return #items
 "#;
 
 /// KEYS: list, instances. ARGV: key prefix. Returns {instances, events} recovered.
@@ -240,7 +322,7 @@ return #entries
 /// KEYS: instances, meta, lease. ARGV: instance, lease ttl ms, host, pid, started.
 const REGISTER: &str = r#"
 redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], 'acked', 0, 'host', ARGV[3], 'pid', ARGV[4], 'started', ARGV[5])
+redis.call('HSET', KEYS[2], 'acked', 0, 'claimed', 0, 'host', ARGV[3], 'pid', ARGV[4], 'started', ARGV[5])
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
 return 1
 "#;
@@ -272,6 +354,17 @@ pub struct Claim {
     pub elements: Vec<Bytes>,
     /// Elements over the size limit that went straight to the dead-letter list.
     pub oversized: u64,
+    /// The list held fewer events than the claim could take.
+    pub ran_dry: bool,
+}
+
+/// What the shutdown release did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    /// Events returned to the head of the list.
+    pub requeued: u64,
+    /// Redis had lost writes: everything in flight went back, resolved or not.
+    pub state_mismatch: bool,
 }
 
 /// Where Redis is: one server, or a cluster reached through seed nodes.
@@ -349,6 +442,7 @@ pub struct Queue {
     claim_script: Script,
     ack_script: Script,
     release_script: Script,
+    abandon_script: Script,
     recover_script: Script,
     register_script: Script,
     heartbeat_script: Script,
@@ -384,6 +478,7 @@ impl Queue {
             claim_script: script(CLAIM),
             ack_script: script(ACK),
             release_script: script(RELEASE),
+            abandon_script: script(ABANDON),
             recover_script: script(RECOVER),
             register_script: script(REGISTER),
             heartbeat_script: script(HEARTBEAT),
@@ -458,9 +553,10 @@ impl Queue {
         position: u64,
         max: usize,
         max_element_bytes: usize,
+        max_bytes: usize,
     ) -> Result<Claim, QueueError> {
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        let (oversized, items): (u64, Vec<Vec<u8>>) = self
+        let (oversized, ran_dry, items): (u64, u8, Vec<Vec<u8>>) = self
             .claim_script
             .key(&self.keys.list)
             .key(self.keys.inflight(&self.instance))
@@ -472,18 +568,20 @@ impl Queue {
             .arg(max)
             .arg(max_element_bytes)
             .arg(now)
+            .arg(max_bytes)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(QueueError::from_script)?;
         Ok(Claim {
             elements: items.into_iter().map(Bytes::from).collect(),
             oversized,
+            ran_dry: ran_dry == 1,
         })
     }
 
-    /// Acknowledges every event before position `acked_total` and appends `dead` entries
-    /// to the dead-letter list, atomically. Safe to retry.
-    pub async fn ack(&self, acked_total: u64, dead: &[&[u8]]) -> Result<(), QueueError> {
+    /// Acknowledges the events from position `from` to before `to` and appends `dead`
+    /// entries to the dead-letter list, atomically. Safe to retry.
+    pub async fn ack(&self, from: u64, to: u64, dead: &[&[u8]]) -> Result<(), QueueError> {
         let mut invocation = self.ack_script.prepare_invoke();
         invocation
             .key(self.keys.inflight(&self.instance))
@@ -491,7 +589,8 @@ impl Queue {
             .key(&self.keys.instances)
             .key(&self.keys.dead)
             .arg(&self.instance)
-            .arg(acked_total);
+            .arg(from)
+            .arg(to);
         for entry in dead {
             invocation.arg(*entry);
         }
@@ -503,15 +602,17 @@ impl Queue {
     }
 
     /// Graceful shutdown: every in-flight event at or after `window_start` whose entry in
-    /// `resolved` is not `true` (and any the relay never saw) goes back to the head of the
-    /// list in its original order; `dead` entries are written; the instance is removed.
-    /// Returns how many events went back.
+    /// `resolved` is not `true` (and any the relay never saw, up to and past `position`)
+    /// goes back to the head of the list in its original order; `dead` entries are
+    /// written; the instance is removed. If Redis lost writes, everything in flight goes
+    /// back instead.
     pub async fn release(
         &self,
         window_start: u64,
         resolved: &[bool],
+        position: u64,
         dead: &[&[u8]],
-    ) -> Result<u64, QueueError> {
+    ) -> Result<Released, QueueError> {
         let flags: String = resolved
             .iter()
             .map(|&r| if r { '1' } else { '0' })
@@ -526,14 +627,46 @@ impl Queue {
             .key(self.keys.lease(&self.instance))
             .arg(&self.instance)
             .arg(window_start)
-            .arg(flags);
+            .arg(flags)
+            .arg(position);
         for entry in dead {
             invocation.arg(*entry);
         }
-        invocation
-            .invoke_async::<u64>(&mut self.conn.clone())
+        let (requeued, mismatch): (u64, u8) = invocation
+            .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(QueueError::from_script)
+            .map_err(QueueError::from_script)?;
+        Ok(Released {
+            requeued,
+            state_mismatch: mismatch == 1,
+        })
+    }
+
+    /// Returns this instance's whole in-flight list to the head of the list and removes
+    /// the instance: what a relay does when it can no longer trust positions. Returns
+    /// how many events went back.
+    pub async fn abandon(&self) -> Result<u64, QueueError> {
+        Ok(self
+            .abandon_script
+            .key(&self.keys.list)
+            .key(self.keys.inflight(&self.instance))
+            .key(self.keys.meta(&self.instance))
+            .key(&self.keys.instances)
+            .key(self.keys.lease(&self.instance))
+            .arg(&self.instance)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// Redis' `maxmemory-policy`, or `None` where `CONFIG` is disabled (managed Redis).
+    pub async fn eviction_policy(&self) -> Option<String> {
+        let reply: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut self.conn.clone())
+            .await
+            .ok()?;
+        reply.into_iter().nth(1)
     }
 
     /// Opens a connection of its own for [`Queue::wait_for_events`]: a blocking command

@@ -1,44 +1,47 @@
-//! The loop joining the queue and the emitter, and the graceful drain on shutdown.
-//!
-//! Four tasks, connected by channels:
+//! The loop joining the queue and the emitter: an event travels in one direction,
 //!
 //! ```text
-//! claimer --Claimed--> batcher --spawns--> senders --Resolution--> acker
-//!    ^                    |                                         |
-//!    |                    +--Resolution (bad elements)------------->|
-//!    +---------- claim permits, returned as events are acknowledged -+
+//! claimer --Claimed--> batcher --Batch--> sender tasks --Resolution--> acker
+//!    ^                    |  (parse, batch, flush timer, dispatch)       |
+//!    |                    +--Resolution (bad elements)------------------>|
+//!    +--------- claim permits (events and bytes), returned on acknowledgement
 //! heartbeat: renews the lease, recovers dead relays' events
 //! ```
 //!
-//! - **claimer** claims up to `claim_batch_size` events per round trip while it holds
-//!   claim permits (`max_claimed_events` in all: the memory bound) and the collector is
-//!   healthy; on an empty list it blocks in Redis instead of polling, after telling the
-//!   batcher the list ran dry so that a lone event is sent at once.
+//! - **claimer** claims up to `claim_batch_size` events and `claim_max_bytes` bytes per
+//!   round trip while it holds claim permits (`max_claimed_events` and
+//!   `max_claimed_bytes`: the memory bound) and the collector is healthy; on an empty
+//!   list it blocks in Redis instead of polling, after telling the batcher the list ran
+//!   dry so that a lone event is sent at once.
 //! - **batcher** parses elements, sends bad ones to the dead-letter path, fills batches by
-//!   count and bytes and starts a sender per batch (at most `max_requests_in_flight`).
-//! - **senders** retry their batch until it is accepted or rejected, or the drain
-//!   deadline passes.
+//!   count and bytes, sends a partial batch once it is `flush_interval_ms` old, and starts
+//!   a sender per batch (at most `max_requests_in_flight`).
+//! - **senders** retry their batch until it is accepted or rejected, split it when the
+//!   emitter says so (413, or failing alone), or stop when the drain deadline passes.
 //! - **acker** keeps the window of claimed events in claim order (each has a *position*:
 //!   the count of events this instance claimed before it) and acknowledges the resolved
 //!   prefix in one script call, writing dead-letter entries in the same call.
 //!
-//! Shutdown: claiming stops at once; the batcher sends what it holds; senders get until
-//! the drain deadline (or a second signal); then every unresolved event goes back to the
-//! head of the list in its original order ([`Queue::release`]).
+//! Every task follows one [`Lifecycle`]: *running* → *draining* (shutdown asked or a
+//! fatal error: claiming stops, batches are sent) → *abandoning* (drain deadline, second
+//! signal or fatal error: requests are dropped). Then every unresolved event goes back
+//! to the head of the list in its original order, and every resolution already received
+//! is acknowledged, in one script ([`Queue::release`]). A task that panics or ends
+//! unexpectedly is a fatal error (exit 1), never swallowed: what it held stays in Redis.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Method};
+use crate::config::{Method, Valid};
 use crate::emitter::{Backoff, Batch, BatchBuilder, Emitter, Outcome};
 use crate::event::{BadEvent, Event, ParseOptions};
 use crate::queue::{DeadLetter, Queue, QueueError};
@@ -99,14 +102,25 @@ impl Stats {
     }
 }
 
-/// The settings the worker uses, taken from [`Config`].
+/// How long returning the undelivered events may take after the drain, Redis answering
+/// or not. With a second signal it is [`FORCED_RELEASE_BUDGET`] instead.
+pub const RELEASE_BUDGET: Duration = Duration::from_secs(2);
+
+/// The release budget after a second signal: the relay exits within this, leaving what
+/// Redis could not take back in the in-flight list for lease recovery.
+pub const FORCED_RELEASE_BUDGET: Duration = Duration::from_millis(500);
+
+/// The settings the worker uses, taken from a validated configuration.
 #[derive(Debug, Clone)]
 struct Settings {
     claim_batch_size: usize,
+    claim_max_bytes: usize,
     max_claimed_events: usize,
-    method: Method,
+    max_claimed_bytes: usize,
     buffer_size: NonZeroUsize,
     byte_limit: NonZeroUsize,
+    method: Method,
+    flush_interval: Duration,
     max_requests_in_flight: usize,
     drain_timeout: Duration,
     parse: ParseOptions,
@@ -114,19 +128,82 @@ struct Settings {
 }
 
 impl Settings {
-    fn from_config(config: &Config) -> Settings {
+    fn from_config(config: &Valid) -> Settings {
         Settings {
             claim_batch_size: config.redis.claim_batch_size.get(),
+            claim_max_bytes: config.redis.claim_max_bytes.get(),
             max_claimed_events: config.worker.max_claimed_events.get(),
+            max_claimed_bytes: config.worker.max_claimed_bytes.get(),
+            buffer_size: config.buffer_size(),
+            byte_limit: config.byte_limit(),
             method: config.collector.method,
-            buffer_size: config.collector.buffer_size.expect("validated"),
-            byte_limit: config.collector.byte_limit.expect("validated"),
+            flush_interval: Duration::from_millis(config.collector.flush_interval_ms),
             max_requests_in_flight: config.collector.max_requests_in_flight.get(),
             drain_timeout: Duration::from_millis(config.worker.drain_timeout_ms),
-            parse: ParseOptions {
-                allow_unknown_fields: config.events.allow_unknown_fields,
-            },
-            max_element_bytes: config.events.max_element_bytes.get(),
+            parse: ParseOptions::for_method(
+                config.collector.method,
+                config.events.allow_unknown_fields,
+            ),
+            max_element_bytes: config.max_element_bytes().get(),
+        }
+    }
+}
+
+/// Where the worker is in its life. It only moves forward, and every task watches it.
+#[derive(Debug, Default)]
+struct Lifecycle {
+    /// Shutdown asked or a fatal error: claim nothing more; send and acknowledge what is
+    /// held.
+    draining: CancellationToken,
+    /// Drain deadline, second signal or fatal error: drop requests in flight; what is
+    /// unresolved goes back to the list.
+    abandoning: CancellationToken,
+    /// The first fatal error, reported when the worker returns.
+    fatal: Mutex<Option<crate::Error>>,
+}
+
+impl Lifecycle {
+    fn drain(&self) {
+        self.draining.cancel();
+    }
+
+    fn abandon(&self) {
+        self.draining.cancel();
+        self.abandoning.cancel();
+    }
+
+    /// Records a fatal error (the first one wins) and stops everything.
+    fn fail(&self, error: crate::Error) {
+        tracing::error!(%error, "fatal error; stopping");
+        if let Ok(mut fatal) = self.fatal.lock() {
+            fatal.get_or_insert(error);
+        }
+        self.abandon();
+    }
+
+    fn take_fatal(&self) -> Option<crate::Error> {
+        self.fatal.lock().ok().and_then(|mut fatal| fatal.take())
+    }
+
+    /// Turns a task's end into a fatal error if it panicked or failed.
+    fn check<T>(
+        &self,
+        task: &'static str,
+        joined: Result<Result<T, QueueError>, JoinError>,
+    ) -> Option<T> {
+        match joined {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                self.fail(error.into());
+                None
+            }
+            Err(error) => {
+                self.fail(crate::Error::TaskFailed {
+                    task,
+                    message: error.to_string(),
+                });
+                None
+            }
         }
     }
 }
@@ -136,25 +213,25 @@ impl Settings {
 struct Claimed {
     first_position: u64,
     elements: Vec<Bytes>,
-    /// The list held fewer events than asked for: send partial batches now.
+    /// The list held fewer events than the claim could take: send partial batches now.
     ran_dry: bool,
 }
 
-/// How some events ended.
+/// How some events ended: `(position, element bytes)` each.
 #[derive(Debug)]
 enum Resolution {
     /// The collector accepted the events at these positions.
-    Delivered(Vec<u64>),
+    Delivered(Vec<(u64, usize)>),
     /// These positions go to the dead-letter list with these entries.
-    Dead(Vec<(u64, Vec<u8>)>),
+    Dead(Vec<(u64, usize, Vec<u8>)>),
 }
 
 /// The fate of one claimed event.
 #[derive(Debug)]
 enum Slot {
     Pending,
-    Delivered,
-    Dead(Vec<u8>),
+    Delivered { bytes: usize },
+    Dead { bytes: usize, entry: Vec<u8> },
 }
 
 /// Claimed events not yet acknowledged, in claim order.
@@ -182,13 +259,13 @@ impl Window {
     fn apply(&mut self, resolution: Resolution) {
         match resolution {
             Resolution::Delivered(positions) => {
-                for position in positions {
-                    self.set(position, Slot::Delivered);
+                for (position, bytes) in positions {
+                    self.set(position, Slot::Delivered { bytes });
                 }
             }
             Resolution::Dead(entries) => {
-                for (position, entry) in entries {
-                    self.set(position, Slot::Dead(entry));
+                for (position, bytes, entry) in entries {
+                    self.set(position, Slot::Dead { bytes, entry });
                 }
             }
         }
@@ -208,22 +285,44 @@ impl Window {
             .iter()
             .take(count)
             .filter_map(|slot| match slot {
-                Slot::Dead(entry) => Some(entry.as_slice()),
+                Slot::Dead { entry, .. } => Some(entry.as_slice()),
                 _ => None,
             })
             .collect()
     }
 
-    fn advance(&mut self, count: usize) {
-        self.slots.drain(..count);
+    /// Drops the first `count` slots; returns the element bytes they held.
+    fn advance(&mut self, count: usize) -> usize {
         self.start += count as u64;
+        self.slots
+            .drain(..count)
+            .map(|slot| match slot {
+                Slot::Delivered { bytes } | Slot::Dead { bytes, .. } => bytes,
+                Slot::Pending => 0,
+            })
+            .sum()
+    }
+}
+
+/// What bounds the claimed events: permits for events and for bytes, taken by the
+/// claimer and given back by the acker.
+#[derive(Debug)]
+struct ClaimPermits {
+    events: Semaphore,
+    bytes: Semaphore,
+}
+
+impl ClaimPermits {
+    fn give_back(&self, events: usize, bytes: usize) {
+        self.events.add_permits(events);
+        self.bytes.add_permits(bytes);
     }
 }
 
 /// Runs the relay on a registered queue until `shutdown` resolves, then drains; `force`
 /// cuts the drain short. Returns what was done.
 pub(crate) async fn run(
-    config: &Config,
+    config: &Valid,
     queue: Arc<Queue>,
     emitter: Arc<Emitter>,
     stats: Arc<Stats>,
@@ -231,98 +330,116 @@ pub(crate) async fn run(
     force: impl Future<Output = ()>,
 ) -> Result<Summary, crate::Error> {
     let settings = Settings::from_config(config);
-    let stop_claiming = CancellationToken::new();
-    let give_up = CancellationToken::new();
-    let stop_heartbeat = CancellationToken::new();
-    let claim_permits = Arc::new(Semaphore::new(settings.max_claimed_events));
+    let lifecycle = Arc::new(Lifecycle::default());
+    let permits = Arc::new(ClaimPermits {
+        events: Semaphore::new(settings.max_claimed_events),
+        bytes: Semaphore::new(settings.max_claimed_bytes),
+    });
     let (claimed_tx, claimed_rx) = mpsc::channel(2);
     let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
 
-    let claimer = tokio::spawn(claim_loop(
+    let mut claimer = tokio::spawn(claim_loop(
         queue.clone(),
         claimed_tx,
-        claim_permits.clone(),
+        permits.clone(),
         emitter.healthy(),
         settings.clone(),
-        stop_claiming.clone(),
+        lifecycle.clone(),
         stats.clone(),
     ));
-    let batcher = tokio::spawn(batch_loop(
+    let mut batcher = tokio::spawn(batch_loop(
         claimed_rx,
         resolved_tx,
         emitter,
         settings.clone(),
         queue.instance().to_owned(),
-        give_up.clone(),
+        lifecycle.clone(),
         stats.clone(),
     ));
-    let acker = tokio::spawn(ack_loop(
+    let mut acker = tokio::spawn(ack_loop(
         resolved_rx,
         queue.clone(),
-        claim_permits,
-        give_up.clone(),
-        stop_claiming.clone(),
+        permits,
+        lifecycle.clone(),
         stats.clone(),
     ));
     let heartbeat = tokio::spawn(heartbeat_loop(
         queue.clone(),
         stats.clone(),
-        stop_heartbeat.clone(),
-        stop_claiming.clone(),
-        give_up.clone(),
+        lifecycle.clone(),
     ));
 
+    tokio::pin!(force);
+    let mut forced = false;
     tokio::select! {
         () = shutdown => tracing::info!(
             drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
             "shutdown requested: claiming stopped, draining what is held"
         ),
-        () = stop_claiming.cancelled() => tracing::error!("stopping after a fatal error"),
+        () = lifecycle.draining.cancelled() => {}
     }
-    stop_claiming.cancel();
+    lifecycle.drain();
 
-    let drained = async { (claimer.await, batcher.await, acker.await) };
-    tokio::pin!(drained);
-    let deadline = async {
+    // Drain until every task is done, the deadline passes or a second signal comes.
+    let drain_deadline = tokio::time::sleep(settings.drain_timeout);
+    tokio::pin!(drain_deadline);
+    let (mut position, mut batched, mut window) = (None, None, None);
+    while position.is_none() || batched.is_none() || window.is_none() {
         tokio::select! {
-            () = tokio::time::sleep(settings.drain_timeout) => tracing::warn!(
-                "drain deadline reached; returning undelivered events to the list"
-            ),
-            () = force => tracing::warn!(
-                "second signal: returning undelivered events to the list now"
-            ),
+            joined = &mut claimer, if position.is_none() => {
+                position = Some(lifecycle.check("claimer", joined));
+            }
+            joined = &mut batcher, if batched.is_none() => {
+                batched = Some(lifecycle.check("batcher", joined.map(Ok::<(), QueueError>)));
+            }
+            joined = &mut acker, if window.is_none() => {
+                window = Some(lifecycle.check("acker", joined));
+            }
+            () = &mut drain_deadline, if !lifecycle.abandoning.is_cancelled() => {
+                tracing::warn!("drain deadline reached; returning undelivered events to the list");
+                lifecycle.abandon();
+            }
+            () = &mut force, if !forced => {
+                forced = true;
+                tracing::warn!("second signal: returning undelivered events to the list now");
+                lifecycle.abandon();
+            }
         }
-    };
-    let (claimed, batched, acked) = tokio::select! {
-        results = &mut drained => results,
-        () = deadline => {
-            give_up.cancel();
-            drained.await
-        }
-    };
-    give_up.cancel();
-
-    let mut fatal: Option<crate::Error> = None;
-    if let Err(e) = claimed.expect("claimer task panicked") {
-        fatal = Some(e.into());
     }
-    batched.expect("batcher task panicked");
-    let window = match acked.expect("acker task panicked") {
-        Ok(window) => Some(window),
-        Err(e) => {
-            fatal.get_or_insert(e.into());
-            None
-        }
-    };
 
-    let released = match window {
-        Some(window) => release(&queue, &window, &stats).await,
-        None => Ok(()),
-    };
-    stop_heartbeat.cancel();
-    if let Err(e) = heartbeat.await.expect("heartbeat task panicked") {
-        fatal.get_or_insert(e.into());
+    let mut fatal = lifecycle.take_fatal();
+    let needs_new_instance =
+        matches!(&fatal, Some(crate::Error::Queue(e)) if e.needs_new_instance());
+    if let Some(crate::Error::Queue(QueueError::StateMismatch(_))) = &fatal {
+        // Nothing positional is trusted: everything in flight goes back.
+        match tokio::time::timeout(RELEASE_BUDGET, queue.abandon()).await {
+            Ok(Ok(returned)) => tracing::warn!(
+                returned,
+                "returned everything this relay had in flight to the list; events it had \
+                 delivered will arrive twice"
+            ),
+            _ => tracing::warn!(
+                "could not return the in-flight list now; it goes back when this instance's \
+                 lease expires"
+            ),
+        }
+    } else if let (Some(Some(window)), Some(Some(position))) = (&window, position)
+        && !needs_new_instance
+    {
+        let budget = if forced {
+            FORCED_RELEASE_BUDGET
+        } else {
+            RELEASE_BUDGET
+        };
+        let released = tokio::select! {
+            released = release(&queue, window, position, &stats, budget) => released,
+            () = &mut force, if !forced => Err(unreleased(&queue, "second signal".into())),
+        };
+        if let Err(error) = released {
+            fatal.get_or_insert(error);
+        }
     }
+    heartbeat.abort();
     let summary = stats.summary();
     tracing::info!(
         claimed = summary.claimed,
@@ -332,32 +449,64 @@ pub(crate) async fn run(
         redelivered = summary.redelivered,
         "relay stopped"
     );
-    match (fatal, released) {
-        (Some(error), _) | (None, Err(error)) => Err(error),
-        (None, Ok(())) => Ok(summary),
+    match fatal {
+        Some(error) => Err(error),
+        None => Ok(summary),
     }
 }
 
-/// Returns every unresolved event of `window` (and any claimed event the relay never
-/// saw) to the head of the list; retries a few times if Redis is unavailable.
-async fn release(queue: &Queue, window: &Window, stats: &Stats) -> Result<(), crate::Error> {
+fn unreleased(queue: &Queue, why: String) -> crate::Error {
+    crate::Error::Unreleased {
+        inflight_key: queue.keys().inflight(queue.instance()),
+        lease_ttl_secs: queue.lease_ttl().as_secs(),
+        why,
+    }
+}
+
+/// Acknowledges every resolved event of `window` and returns every unresolved one (and
+/// any claimed event the relay never saw) to the head of the list, in one script;
+/// retries within `budget` if Redis does not answer.
+async fn release(
+    queue: &Queue,
+    window: &Window,
+    position: u64,
+    stats: &Stats,
+    budget: Duration,
+) -> Result<(), crate::Error> {
     let resolved: Vec<bool> = window
         .slots
         .iter()
         .map(|slot| !matches!(slot, Slot::Pending))
         .collect();
     let dead = window.dead_entries(window.slots.len());
-    let dead_count = dead.len() as u64;
+    let deadline = tokio::time::Instant::now() + budget;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match queue.release(window.start, &resolved, &dead).await {
-            Ok(requeued) => {
-                stats.requeued.fetch_add(requeued, Ordering::Relaxed);
-                stats.dead_lettered.fetch_add(dead_count, Ordering::Relaxed);
-                if requeued > 0 {
+        let result = tokio::time::timeout_at(
+            deadline,
+            queue.release(window.start, &resolved, position, &dead),
+        )
+        .await;
+        let error = match result {
+            Ok(Ok(released)) => {
+                stats
+                    .requeued
+                    .fetch_add(released.requeued, Ordering::Relaxed);
+                if released.state_mismatch {
+                    tracing::warn!(
+                        requeued = released.requeued,
+                        "Redis had lost writes: every in-flight event went back to the list, \
+                         delivered ones too (they will arrive twice)"
+                    );
+                } else {
+                    stats
+                        .dead_lettered
+                        .fetch_add(dead.len() as u64, Ordering::Relaxed);
+                }
+                if released.requeued > 0 {
                     tracing::info!(
-                        requeued,
+                        requeued = released.requeued,
                         list = %queue.keys().list,
                         "returned undelivered events to the head of the list"
                     );
@@ -366,110 +515,129 @@ async fn release(queue: &Queue, window: &Window, stats: &Stats) -> Result<(), cr
             }
             // A retry after a lost reply, or another relay recovered us: either way the
             // events are back in the list.
-            Err(QueueError::LeaseLost) => return Ok(()),
-            Err(error) if attempt >= 5 => {
-                return Err(crate::Error::Unreleased {
-                    inflight_key: queue.keys().inflight(queue.instance()),
-                    lease_ttl_secs: queue.lease_ttl().as_secs(),
-                    source: error,
-                });
-            }
-            Err(error) => {
-                tracing::warn!(%error, attempt, "cannot return events to the list yet; retrying");
-                tokio::time::sleep(REDIS_BACKOFF.delay(attempt)).await;
-            }
+            Ok(Err(QueueError::LeaseLost)) => return Ok(()),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("Redis did not answer within {} ms", budget.as_millis()),
+        };
+        if tokio::time::Instant::now() + REDIS_BACKOFF.initial >= deadline {
+            return Err(unreleased(queue, error));
         }
+        tracing::warn!(%error, attempt, "cannot return events to the list yet; retrying");
+        tokio::time::sleep_until(
+            (tokio::time::Instant::now() + REDIS_BACKOFF.delay(attempt)).min(deadline),
+        )
+        .await;
     }
 }
 
+/// Claims while running; returns the claim position reached (the count of events this
+/// instance claimed, as far as it knows).
 async fn claim_loop(
     queue: Arc<Queue>,
     claimed_tx: mpsc::Sender<Claimed>,
-    permits: Arc<Semaphore>,
+    permits: Arc<ClaimPermits>,
     mut collector_healthy: watch::Receiver<bool>,
     settings: Settings,
-    stop: CancellationToken,
+    lifecycle: Arc<Lifecycle>,
     stats: Arc<Stats>,
-) -> Result<(), QueueError> {
+) -> Result<u64, QueueError> {
+    let stop = &lifecycle.draining;
     let mut position: u64 = 0;
     let mut blocking = None;
     let mut failures: u32 = 0;
     loop {
         // While the collector fails, claim nothing more: the backlog stays in Redis.
-        tokio::select! {
-            healthy = collector_healthy.wait_for(|ok| *ok) => { let _ = healthy; }
-            () = stop.cancelled() => return Ok(()),
-        }
-        let first = tokio::select! {
-            permit = permits.acquire() => permit.expect("never closed"),
-            () = stop.cancelled() => return Ok(()),
+        // Then wait for room: one event, and the bytes one claim may bring.
+        let room = async {
+            let _ = collector_healthy.wait_for(|ok| *ok).await;
+            let first = permits.events.acquire().await.ok()?;
+            let bytes = permits
+                .bytes
+                .acquire_many(settings.claim_max_bytes as u32)
+                .await
+                .ok()?;
+            first.forget();
+            bytes.forget();
+            let extra = (settings.claim_batch_size - 1).min(permits.events.available_permits());
+            if let Ok(more) = permits.events.try_acquire_many(extra as u32) {
+                more.forget();
+            }
+            Some(1 + extra)
         };
-        first.forget();
-        let extra = (settings.claim_batch_size - 1).min(permits.available_permits());
-        if let Ok(more) = permits.try_acquire_many(extra as u32) {
-            more.forget();
+        let wanted = tokio::select! {
+            wanted = room => wanted.unwrap_or(0),
+            () = stop.cancelled() => return Ok(position),
+        };
+        if wanted == 0 {
+            return Ok(position); // the semaphores never close; defensive
         }
-        let wanted = 1 + extra;
 
-        // Not cancelled by `stop`: a claim that ran in Redis must reach the window (a
-        // lost one would still be returned by `release`, which reads Redis's copy).
-        let (elements, oversized) = match queue
-            .claim(position, wanted, settings.max_element_bytes)
-            .await
-        {
+        // Cancelled by shutdown, a claim that ran in Redis is not lost: `release` reads
+        // Redis's own copy of the in-flight list.
+        let claim = tokio::select! {
+            claim = queue.claim(
+                position,
+                wanted,
+                settings.max_element_bytes,
+                settings.claim_max_bytes,
+            ) => claim,
+            () = stop.cancelled() => return Ok(position),
+        };
+        let claim = match claim {
             Ok(claim) => {
                 failures = 0;
-                if claim.oversized > 0 {
-                    stats
-                        .dead_lettered
-                        .fetch_add(claim.oversized, Ordering::Relaxed);
-                    tracing::warn!(
-                        count = claim.oversized,
-                        limit = settings.max_element_bytes,
-                        "elements over events.max_element_bytes went to the dead-letter list"
-                    );
-                }
-                (claim.elements, claim.oversized as usize)
+                claim
             }
-            Err(QueueError::LeaseLost) => {
-                stop.cancel();
-                return Err(QueueError::LeaseLost);
-            }
+            Err(error) if error.needs_new_instance() => return Err(error),
             Err(error) => {
-                permits.add_permits(wanted);
+                permits.give_back(wanted, settings.claim_max_bytes);
                 failures += 1;
                 tracing::warn!(%error, attempt = failures, "cannot claim events from Redis; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(REDIS_BACKOFF.delay(failures)) => continue,
-                    () = stop.cancelled() => return Ok(()),
+                    () = stop.cancelled() => return Ok(position),
                 }
             }
         };
-        let count = elements.len();
-        match count.cmp(&wanted) {
-            std::cmp::Ordering::Less => permits.add_permits(wanted - count),
-            std::cmp::Ordering::Greater => {
-                // Events of an earlier claim whose reply was lost came back too.
-                if let Ok(more) = permits.try_acquire_many((count - wanted) as u32) {
-                    more.forget();
-                }
-            }
-            std::cmp::Ordering::Equal => {}
+        if claim.oversized > 0 {
+            stats
+                .dead_lettered
+                .fetch_add(claim.oversized, Ordering::Relaxed);
+            tracing::warn!(
+                count = claim.oversized,
+                limit = settings.max_element_bytes,
+                "elements over events.max_element_bytes went to the dead-letter list"
+            );
         }
-        let ran_dry = count + oversized < wanted;
+        let count = claim.elements.len();
+        let bytes: usize = claim.elements.iter().map(Bytes::len).sum();
+        // Give back what the claim did not use; take what a resent claim brought more.
+        let take_more = |semaphore: &Semaphore, have: usize, used: usize| {
+            if used < have {
+                semaphore.add_permits(have - used);
+            } else if let Ok(more) = semaphore.try_acquire_many((used - have) as u32) {
+                more.forget();
+            }
+        };
+        take_more(&permits.events, wanted, count);
+        take_more(&permits.bytes, settings.claim_max_bytes, bytes);
         if count > 0 {
             stats.claimed.fetch_add(count as u64, Ordering::Relaxed);
             let claimed = Claimed {
                 first_position: position,
-                elements,
-                ran_dry,
+                elements: claim.elements,
+                ran_dry: claim.ran_dry,
             };
             position += count as u64;
             if claimed_tx.send(claimed).await.is_err() {
-                return Ok(());
+                return Ok(position);
             }
-            // Claim again at once; if the list is empty now, that claim finds nothing.
-            continue;
+        }
+        if !claim.ran_dry {
+            continue; // more to take at once
+        }
+        if count > 0 {
+            continue; // claim again: if the list is empty now, that claim says so
         }
         // Nothing to claim: let the batcher send what it holds, then block in Redis.
         let flush = Claimed {
@@ -478,15 +646,15 @@ async fn claim_loop(
             ran_dry: true,
         };
         if claimed_tx.send(flush).await.is_err() {
-            return Ok(());
+            return Ok(position);
         }
-        if let Err(error) = wait_for_events(&queue, &mut blocking, &stop).await {
+        if let Err(error) = wait_for_events(&queue, &mut blocking, stop).await {
             blocking = None;
             failures += 1;
             tracing::warn!(%error, attempt = failures, "cannot wait on the Redis list; retrying");
             tokio::select! {
                 () = tokio::time::sleep(REDIS_BACKOFF.delay(failures)) => {}
-                () = stop.cancelled() => return Ok(()),
+                () = stop.cancelled() => return Ok(position),
             }
         }
     }
@@ -509,83 +677,53 @@ async fn wait_for_events(
     }
 }
 
-/// Starts senders, at most `max_requests_in_flight` at once.
-struct Dispatcher {
-    emitter: Arc<Emitter>,
-    requests: Arc<Semaphore>,
-    sending: JoinSet<()>,
-    resolved_tx: mpsc::UnboundedSender<Resolution>,
-    give_up: CancellationToken,
-    instance: String,
-    stats: Arc<Stats>,
-}
-
-impl Dispatcher {
-    async fn dispatch(&mut self, batch: Batch) {
-        let permit = tokio::select! {
-            permit = self.requests.clone().acquire_owned() => permit.expect("never closed"),
-            // Not sent: its events stay pending and go back to the list.
-            () = self.give_up.cancelled() => return,
-        };
-        while self.sending.try_join_next().is_some() {}
-        let emitter = self.emitter.clone();
-        let resolved_tx = self.resolved_tx.clone();
-        let give_up = self.give_up.clone();
-        let instance = self.instance.clone();
-        let stats = self.stats.clone();
-        self.sending.spawn(async move {
-            let outcome = emitter.send(&batch, &give_up).await;
-            drop(permit);
-            let resolution = match outcome {
-                Outcome::Delivered => {
-                    stats
-                        .delivered
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    stats.requests.fetch_add(1, Ordering::Relaxed);
-                    Resolution::Delivered(batch.positions)
-                }
-                Outcome::Rejected { status, reason } => {
-                    let meta = DeadLetter::new(reason, status, &instance);
-                    Resolution::Dead(
-                        batch
-                            .positions
-                            .iter()
-                            .zip(&batch.events)
-                            .map(|(&position, event)| (position, meta.encode(event.raw())))
-                            .collect(),
-                    )
-                }
-                Outcome::Abandoned => return,
-            };
-            let _ = resolved_tx.send(resolution);
-        });
-    }
-
-    async fn finish(mut self) {
-        while self.sending.join_next().await.is_some() {}
-    }
-}
-
+/// Parses claimed elements, fills batches, and runs one sender task per batch; ends
+/// when claiming has stopped and every sender is done.
 async fn batch_loop(
     mut claimed_rx: mpsc::Receiver<Claimed>,
     resolved_tx: mpsc::UnboundedSender<Resolution>,
     emitter: Arc<Emitter>,
     settings: Settings,
     instance: String,
-    give_up: CancellationToken,
+    lifecycle: Arc<Lifecycle>,
     stats: Arc<Stats>,
 ) {
     let mut builder = BatchBuilder::new(settings.method, settings.buffer_size, settings.byte_limit);
-    let mut dispatcher = Dispatcher {
+    let mut senders = Senders {
         emitter,
         requests: Arc::new(Semaphore::new(settings.max_requests_in_flight)),
-        sending: JoinSet::new(),
+        running: JoinSet::new(),
         resolved_tx: resolved_tx.clone(),
-        give_up,
-        instance,
+        lifecycle: lifecycle.clone(),
+        instance: Arc::from(instance.as_str()),
         stats,
     };
-    while let Some(claimed) = claimed_rx.recv().await {
+    // When the partial batch in `builder` must be sent at the latest.
+    let mut flush_at: Option<tokio::time::Instant> = None;
+    loop {
+        let flush_timer = async {
+            match flush_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let claimed = tokio::select! {
+            claimed = claimed_rx.recv() => match claimed {
+                Some(claimed) => claimed,
+                None => break,
+            },
+            () = flush_timer => {
+                flush_at = None;
+                if let Some(batch) = builder.take() {
+                    senders.start(batch).await;
+                }
+                continue;
+            }
+            Some(joined) = senders.running.join_next(), if !senders.running.is_empty() => {
+                senders.check(joined);
+                continue;
+            }
+        };
         let mut dead = Vec::new();
         for (offset, raw) in claimed.elements.into_iter().enumerate() {
             let position = claimed.first_position + offset as u64;
@@ -599,7 +737,8 @@ async fn batch_loop(
             };
             let reason = match parsed.map(|event| builder.push(position, event)) {
                 Ok(Ok(Some(batch))) => {
-                    dispatcher.dispatch(batch).await;
+                    flush_at = None;
+                    senders.start(batch).await;
                     continue;
                 }
                 Ok(Ok(None)) => continue,
@@ -607,6 +746,9 @@ async fn batch_loop(
                 Err(bad) => bad.to_string(),
             };
             dead.push((position, reason, raw));
+        }
+        if builder.pending() > 0 && flush_at.is_none() {
+            flush_at = Some(tokio::time::Instant::now() + settings.flush_interval);
         }
         if !dead.is_empty() {
             tracing::warn!(
@@ -617,10 +759,8 @@ async fn batch_loop(
             let entries = dead
                 .into_iter()
                 .map(|(position, reason, raw)| {
-                    (
-                        position,
-                        DeadLetter::new(reason, None, &dispatcher.instance).encode(&raw),
-                    )
+                    let entry = DeadLetter::new(reason, None, &senders.instance).encode(&raw);
+                    (position, raw.len(), entry)
                 })
                 .collect();
             let _ = resolved_tx.send(Resolution::Dead(entries));
@@ -628,22 +768,134 @@ async fn batch_loop(
         if claimed.ran_dry
             && let Some(batch) = builder.take()
         {
-            dispatcher.dispatch(batch).await;
+            flush_at = None;
+            senders.start(batch).await;
         }
     }
     // Claiming stopped: send what is held, then wait for every sender.
     if let Some(batch) = builder.take() {
-        dispatcher.dispatch(batch).await;
+        senders.start(batch).await;
     }
-    dispatcher.finish().await;
+    while let Some(joined) = senders.running.join_next().await {
+        senders.check(joined);
+    }
 }
 
+/// The sender tasks, at most `max_requests_in_flight` at once.
+struct Senders {
+    emitter: Arc<Emitter>,
+    requests: Arc<Semaphore>,
+    running: JoinSet<()>,
+    resolved_tx: mpsc::UnboundedSender<Resolution>,
+    lifecycle: Arc<Lifecycle>,
+    instance: Arc<str>,
+    stats: Arc<Stats>,
+}
+
+impl Senders {
+    /// Starts a sender for `batch` once a request slot is free. If the relay is
+    /// abandoning, the batch is not sent: its events stay pending and go back to the list.
+    async fn start(&mut self, batch: Batch) {
+        let permit = tokio::select! {
+            permit = self.requests.clone().acquire_owned() => permit,
+            () = self.lifecycle.abandoning.cancelled() => return,
+        };
+        let Ok(permit) = permit else { return };
+        while let Some(joined) = self.running.try_join_next() {
+            self.check(joined);
+        }
+        let emitter = self.emitter.clone();
+        let resolved_tx = self.resolved_tx.clone();
+        let lifecycle = self.lifecycle.clone();
+        let instance = self.instance.clone();
+        let stats = self.stats.clone();
+        self.running.spawn(async move {
+            send_until_resolved(batch, &emitter, &resolved_tx, &lifecycle, &instance, &stats).await;
+            drop(permit);
+        });
+    }
+
+    /// A sender that panicked is a fatal error: its events would never be resolved.
+    fn check(&self, joined: Result<(), JoinError>) {
+        if let Err(error) = joined {
+            self.lifecycle.fail(crate::Error::TaskFailed {
+                task: "sender",
+                message: error.to_string(),
+            });
+        }
+    }
+}
+
+/// Sends `batch` (split in halves as often as the emitter asks) until every event is
+/// delivered or dead-lettered, or the relay abandons it.
+async fn send_until_resolved(
+    batch: Batch,
+    emitter: &Emitter,
+    resolved_tx: &mpsc::UnboundedSender<Resolution>,
+    lifecycle: &Lifecycle,
+    instance: &str,
+    stats: &Stats,
+) {
+    let mut parts = vec![batch];
+    while let Some(batch) = parts.pop() {
+        let resolution = match emitter.send(&batch, &lifecycle.abandoning).await {
+            Outcome::Delivered => {
+                stats
+                    .delivered
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                stats.requests.fetch_add(1, Ordering::Relaxed);
+                Resolution::Delivered(
+                    batch
+                        .positions
+                        .iter()
+                        .zip(&batch.events)
+                        .map(|(&position, event)| (position, event.raw().len()))
+                        .collect(),
+                )
+            }
+            Outcome::Rejected { status, reason } => {
+                tracing::warn!(
+                    events = batch.len(),
+                    status,
+                    %reason,
+                    "collector refused a batch for good; dead-lettering it"
+                );
+                let meta = DeadLetter::new(reason, status, instance);
+                Resolution::Dead(
+                    batch
+                        .positions
+                        .iter()
+                        .zip(&batch.events)
+                        .map(|(&position, event)| {
+                            (position, event.raw().len(), meta.encode(event.raw()))
+                        })
+                        .collect(),
+                )
+            }
+            Outcome::Split { status } => {
+                tracing::warn!(
+                    events = batch.len(),
+                    status,
+                    "a batch cannot succeed as a whole; sending each half on its own"
+                );
+                let (first, second) = batch.split();
+                parts.push(second);
+                parts.push(first);
+                continue;
+            }
+            Outcome::Abandoned => return,
+        };
+        let _ = resolved_tx.send(resolution);
+    }
+}
+
+/// Applies resolutions to the window in claim order and acknowledges the resolved
+/// prefix; once the relay abandons, it only collects them for the final release.
 async fn ack_loop(
     mut resolved_rx: mpsc::UnboundedReceiver<Resolution>,
     queue: Arc<Queue>,
-    claim_permits: Arc<Semaphore>,
-    give_up: CancellationToken,
-    stop_claiming: CancellationToken,
+    permits: Arc<ClaimPermits>,
+    lifecycle: Arc<Lifecycle>,
     stats: Arc<Stats>,
 ) -> Result<Window, QueueError> {
     let mut window = Window::default();
@@ -653,60 +905,57 @@ async fn ack_loop(
             window.apply(more);
         }
         let count = window.resolved_prefix();
-        if count == 0 {
+        if count == 0 || lifecycle.abandoning.is_cancelled() {
             continue;
         }
         let acked_total = window.start + count as u64;
         let dead = window.dead_entries(count);
         let mut attempt = 0;
-        loop {
-            match queue.ack(acked_total, &dead).await {
-                Ok(()) => break,
-                Err(QueueError::LeaseLost) => {
-                    stop_claiming.cancel();
-                    give_up.cancel();
-                    return Err(QueueError::LeaseLost);
-                }
+        let acked = loop {
+            let result = tokio::select! {
+                result = queue.ack(window.start, acked_total, &dead) => result,
+                // What is not acknowledged stays in the window; the release decides.
+                () = lifecycle.abandoning.cancelled() => break false,
+            };
+            match result {
+                Ok(()) => break true,
+                Err(error) if error.needs_new_instance() => return Err(error),
                 Err(error) => {
                     attempt += 1;
                     tracing::warn!(%error, attempt, "cannot acknowledge events in Redis; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(REDIS_BACKOFF.delay(attempt)) => {}
-                        // Unacknowledged events stay in the window; release() decides.
-                        () = give_up.cancelled() => return Ok(window),
+                        () = lifecycle.abandoning.cancelled() => break false,
                     }
                 }
             }
+        };
+        if !acked {
+            continue;
         }
         tracing::debug!(acked = count, dead_lettered = dead.len(), "acknowledged");
         stats
             .dead_lettered
             .fetch_add(dead.len() as u64, Ordering::Relaxed);
-        window.advance(count);
-        claim_permits.add_permits(count);
+        let bytes = window.advance(count);
+        permits.give_back(count, bytes);
     }
     Ok(window)
 }
 
+/// Renews the lease and recovers dead relays' events every third of the lease TTL.
 async fn heartbeat_loop(
     queue: Arc<Queue>,
     stats: Arc<Stats>,
-    stop: CancellationToken,
-    stop_claiming: CancellationToken,
-    give_up: CancellationToken,
+    lifecycle: Arc<Lifecycle>,
 ) -> Result<(), QueueError> {
     let period = queue.lease_ttl() / 3;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(period) => {}
-            () = stop.cancelled() => return Ok(()),
-        }
+        tokio::time::sleep(period).await;
         match queue.heartbeat().await {
             Ok(()) => {}
             Err(QueueError::LeaseLost) => {
-                tracing::error!("lease lost: another relay recovered this relay's events");
-                stop_claiming.cancel();
-                give_up.cancel();
+                lifecycle.fail(QueueError::LeaseLost.into());
                 return Err(QueueError::LeaseLost);
             }
             Err(error) => tracing::warn!(%error, "cannot renew the lease; retrying"),
@@ -742,16 +991,20 @@ mod tests {
     #[test]
     fn window_acknowledges_only_the_resolved_prefix() {
         let mut window = Window::default();
-        window.apply(Resolution::Delivered(vec![1, 2]));
+        window.apply(Resolution::Delivered(vec![(1, 10), (2, 20)]));
         assert_eq!(window.resolved_prefix(), 0, "position 0 is still pending");
-        window.apply(Resolution::Dead(vec![(0, b"entry".to_vec())]));
+        window.apply(Resolution::Dead(vec![(0, 5, b"entry".to_vec())]));
         assert_eq!(window.resolved_prefix(), 3);
         assert_eq!(window.dead_entries(3), vec![b"entry".as_slice()]);
-        window.advance(3);
-        window.apply(Resolution::Delivered(vec![4]));
+        assert_eq!(
+            window.advance(3),
+            35,
+            "the bytes of the acknowledged events"
+        );
+        window.apply(Resolution::Delivered(vec![(4, 1)]));
         assert_eq!(window.start, 3);
         assert_eq!(window.resolved_prefix(), 0);
-        window.apply(Resolution::Delivered(vec![3]));
+        window.apply(Resolution::Delivered(vec![(3, 1)]));
         assert_eq!(window.resolved_prefix(), 2);
     }
 }

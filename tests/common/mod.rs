@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use snowplow_relay::config::{Config, Overrides};
+use snowplow_relay::config::{Config, Overrides, Valid};
 use tokio::sync::oneshot;
 
 /// The events real Python trackers write, one JSON object per line.
@@ -341,14 +341,19 @@ impl Collector {
 }
 
 /// A configuration pointing at `redis` and `collector`, with fast retries for tests.
-pub fn config(
-    redis: &RedisServer,
-    collector: &Collector,
+pub fn config(redis: &RedisServer, collector: &Collector, extra: &[(&'static str, &str)]) -> Valid {
+    config_for_urls(&redis.url(), &collector.url(), extra)
+}
+
+/// As [`config`], for a Redis and a collector given by URL (which may not answer yet).
+pub fn config_for_urls(
+    redis_url: &str,
+    collector_url: &str,
     extra: &[(&'static str, &str)],
-) -> Config {
+) -> Valid {
     let mut overrides = Overrides::default();
-    overrides.set("redis.url", Some(redis.url()));
-    overrides.set("collector.url", Some(collector.url()));
+    overrides.set("redis.url", Some(redis_url));
+    overrides.set("collector.url", Some(collector_url));
     overrides.set("collector.retry_initial_backoff_ms", Some("20"));
     overrides.set("collector.retry_max_backoff_ms", Some("200"));
     for (key, value) in extra {
@@ -365,7 +370,7 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn start(config: Config) -> Relay {
+    pub fn start(config: Valid) -> Relay {
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let (force_tx, force_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(snowplow_relay::run(
