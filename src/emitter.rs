@@ -13,7 +13,7 @@
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::Url;
@@ -248,6 +248,21 @@ impl AttemptError {
     }
 }
 
+/// Takes a batch off the failing count when it ends, however it ends.
+struct FailingBatch<'a> {
+    emitter: &'a Emitter,
+    counted: bool,
+}
+
+impl Drop for FailingBatch<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.emitter.failing_batches.fetch_sub(1, Ordering::Relaxed);
+            self.emitter.update_health(None);
+        }
+    }
+}
+
 /// How much of a collector's response body is read (to let the connection be reused);
 /// a larger body is dropped with its connection.
 const MAX_RESPONSE_BODY_BYTES: usize = 64 * 1024;
@@ -262,6 +277,9 @@ pub struct Emitter {
     backoff: Backoff,
     isolated_failure_limit: u32,
     healthy: watch::Sender<bool>,
+    /// Batches whose last attempt failed. One failing batch alone says nothing about the
+    /// collector (its content may be the problem); two or more mean it is failing.
+    failing_batches: AtomicUsize,
     /// Requests the collector accepted so far: a batch that fails while this grows is
     /// failing on its own, not because of an outage.
     successes: AtomicU64,
@@ -305,6 +323,7 @@ impl Emitter {
             },
             isolated_failure_limit: config.isolated_failure_limit,
             healthy: watch::channel(true).0,
+            failing_batches: AtomicUsize::new(0),
             successes: AtomicU64::new(0),
         }))
     }
@@ -319,13 +338,15 @@ impl Emitter {
         crate::config::mask_url(self.url.as_str())
     }
 
-    /// Follows whether the collector currently accepts requests (`false` while a request
-    /// is failing and being retried).
+    /// Follows whether the collector currently accepts requests: `false` while two or
+    /// more batches are failing. A single failing batch keeps it `true`, so that other
+    /// traffic can show whether the batch or the collector is at fault.
     pub fn healthy(&self) -> watch::Receiver<bool> {
         self.healthy.subscribe()
     }
 
-    fn set_healthy(&self, healthy: bool, error: Option<&AttemptError>) {
+    fn update_health(&self, error: Option<&AttemptError>) {
+        let healthy = self.failing_batches.load(Ordering::Relaxed) < 2;
         let changed = self.healthy.send_if_modified(|current| {
             let changed = *current != healthy;
             *current = healthy;
@@ -353,6 +374,11 @@ impl Emitter {
     pub async fn send(&self, batch: &Batch, give_up: &CancellationToken) -> Outcome {
         let mut attempt: u32 = 0;
         let mut isolated_failures: u32 = 0;
+        // Counts this batch among the failing ones from its first failure to its end.
+        let mut failing = FailingBatch {
+            emitter: self,
+            counted: false,
+        };
         let mut successes_before = self.successes.load(Ordering::Relaxed);
         loop {
             attempt += 1;
@@ -363,7 +389,8 @@ impl Emitter {
             let error = match result {
                 Ok(()) => {
                     self.successes.fetch_add(1, Ordering::Relaxed);
-                    self.set_healthy(true, None);
+                    drop(failing);
+                    self.update_health(None);
                     tracing::debug!(
                         events = batch.len(),
                         bytes = batch.body_bytes,
@@ -417,7 +444,11 @@ impl Emitter {
                     ),
                 };
             }
-            self.set_healthy(false, Some(&error));
+            if !failing.counted {
+                failing.counted = true;
+                self.failing_batches.fetch_add(1, Ordering::Relaxed);
+            }
+            self.update_health(Some(&error));
             let delay = self.backoff.delay(attempt);
             if matches!(error, AttemptError::Redirect { .. }) {
                 // A misconfiguration, not a passing fault: say so every time.

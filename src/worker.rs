@@ -363,27 +363,55 @@ pub(crate) async fn run(
         lifecycle.clone(),
         stats.clone(),
     ));
-    let heartbeat = tokio::spawn(heartbeat_loop(
+    let mut heartbeat = tokio::spawn(heartbeat_loop(
         queue.clone(),
         stats.clone(),
         lifecycle.clone(),
     ));
 
-    tokio::pin!(force);
+    tokio::pin!(force, shutdown);
     let mut forced = false;
-    tokio::select! {
-        () = shutdown => tracing::info!(
-            drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
-            "shutdown requested: claiming stopped, draining what is held"
-        ),
-        () = lifecycle.draining.cancelled() => {}
+    let (mut position, mut batched, mut window) = (None, None, None);
+    // Run until shutdown or a fatal error; a task that ends before then is one.
+    let ended_early = tokio::select! {
+        () = &mut shutdown => {
+            tracing::info!(
+                drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
+                "shutdown requested: claiming stopped, draining what is held"
+            );
+            None
+        }
+        () = lifecycle.draining.cancelled() => None,
+        joined = &mut claimer => {
+            position = Some(lifecycle.check("claimer", joined));
+            Some("claimer")
+        }
+        joined = &mut batcher => {
+            batched = Some(lifecycle.check("batcher", joined.map(Ok::<(), QueueError>)));
+            Some("batcher")
+        }
+        joined = &mut acker => {
+            window = Some(lifecycle.check("acker", joined));
+            Some("acker")
+        }
+        joined = &mut heartbeat => {
+            lifecycle.check("heartbeat", joined);
+            Some("heartbeat")
+        }
+    };
+    if let Some(task) = ended_early
+        && !lifecycle.draining.is_cancelled()
+    {
+        lifecycle.fail(crate::Error::TaskFailed {
+            task,
+            message: "ended unexpectedly".into(),
+        });
     }
     lifecycle.drain();
 
     // Drain until every task is done, the deadline passes or a second signal comes.
     let drain_deadline = tokio::time::sleep(settings.drain_timeout);
     tokio::pin!(drain_deadline);
-    let (mut position, mut batched, mut window) = (None, None, None);
     while position.is_none() || batched.is_none() || window.is_none() {
         tokio::select! {
             joined = &mut claimer, if position.is_none() => {

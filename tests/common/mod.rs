@@ -94,10 +94,17 @@ impl RedisServer {
             .expect("redis-server must be installed (apt-get install redis-server)");
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
+        // Only the server this harness started counts: another one on the same port
+        // (a leftover, a parallel test) would make every assertion meaningless.
+        let pid = child.id();
         loop {
             if let Ok(mut conn) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+                && let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut conn)
             {
+                assert!(
+                    info.contains(&format!("process_id:{pid}\r\n")),
+                    "port {port} is answered by a redis-server this test did not start"
+                );
                 break;
             }
             assert!(
@@ -156,6 +163,20 @@ impl RedisServer {
     /// Every key in the database.
     pub fn keys(&self) -> Vec<String> {
         redis::cmd("KEYS").arg("*").query(&mut self.conn()).unwrap()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. "STOP", "CONT") to the server.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// SIGTERM: Redis writes its append-only file and exits.
@@ -227,6 +248,7 @@ pub struct Collector {
     received: Arc<Mutex<Vec<Received>>>,
     responder: Arc<Mutex<Responder>>,
     delay: Arc<Mutex<Duration>>,
+    location: Arc<Mutex<Option<String>>>,
 }
 
 impl Collector {
@@ -254,6 +276,7 @@ impl Collector {
             received: Arc::default(),
             responder: Arc::new(Mutex::new(responder)),
             delay: Arc::default(),
+            location: Arc::default(),
         };
         let state = collector.clone();
         tokio::spawn(async move {
@@ -298,10 +321,16 @@ impl Collector {
         received.status = (self.responder.lock().unwrap())(&received);
         let status = received.status;
         self.received.lock().unwrap().push(received);
-        Response::builder()
-            .status(status)
-            .body(Full::new(Bytes::from_static(b"ok")))
-            .unwrap()
+        let mut response = Response::builder().status(status);
+        if let Some(location) = self.location.lock().unwrap().clone() {
+            response = response.header("location", location);
+        }
+        response.body(Full::new(Bytes::from_static(b"ok"))).unwrap()
+    }
+
+    /// Adds a `Location` header to every answer from now on (for 3xx answers).
+    pub fn set_location(&self, location: Option<String>) {
+        *self.location.lock().unwrap() = location;
     }
 
     /// Changes how requests are answered from now on.
@@ -411,6 +440,14 @@ impl Relay {
             .unwrap()
             .expect("relay stops cleanly")
     }
+}
+
+/// The relay's instance ids registered in `redis` (for the default list).
+pub fn instances(redis: &RedisServer) -> Vec<String> {
+    redis::cmd("SMEMBERS")
+        .arg("{snowplow}:instances")
+        .query(&mut redis.conn())
+        .unwrap()
 }
 
 /// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
