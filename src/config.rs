@@ -177,7 +177,7 @@ impl Default for CollectorConfig {
 }
 
 /// Which elements are relayed; everything else goes to the dead-letter list.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
     /// POST: relay field names that `payload_data` 1-0-4 does not list. Off by default:
@@ -190,15 +190,6 @@ pub struct EventsConfig {
     /// `collector.byte_limit` less the POST envelope and `stm` for POST, the URL limit
     /// for GET.
     pub max_element_bytes: Option<NonZeroUsize>,
-}
-
-impl Default for EventsConfig {
-    fn default() -> Self {
-        EventsConfig {
-            allow_unknown_fields: false,
-            max_element_bytes: None,
-        }
-    }
 }
 
 /// The relay's own bounds.
@@ -921,6 +912,39 @@ mod tests {
                 &[("redis.claim_batch_size", "9000")],
                 "redis.claim_batch_size",
                 "1 to 8000",
+            ),
+            (
+                MINIMAL,
+                &[
+                    ("collector.buffer_size", "2000"),
+                    ("worker.max_claimed_events", "1000"),
+                ],
+                "collector.buffer_size",
+                "at most worker.max_claimed_events (1000)",
+            ),
+            (
+                MINIMAL,
+                &[("collector.max_requests_in_flight", "18446744073709551615")],
+                "collector.max_requests_in_flight",
+                "1 to 1024",
+            ),
+            (
+                MINIMAL,
+                &[("worker.max_claimed_events", "9999999999")],
+                "worker.max_claimed_events",
+                "1 to 1000000",
+            ),
+            (
+                MINIMAL,
+                &[("events.max_element_bytes", "2000000")],
+                "events.max_element_bytes",
+                "collector.byte_limit",
+            ),
+            (
+                MINIMAL,
+                &[("worker.max_claimed_bytes", "2048")],
+                "worker.max_claimed_bytes",
+                "at least redis.claim_max_bytes",
             ),
         ];
         for (toml, flags, key, expected) in cases {

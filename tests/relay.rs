@@ -204,10 +204,18 @@ async fn a_lone_event_is_sent_at_once() {
     let relay = Relay::start(config(
         &redis,
         &collector,
-        &[("collector.buffer_size", "100")],
+        // The flush timer is far off: only "the list ran dry" can send at once.
+        &[
+            ("collector.buffer_size", "100"),
+            ("collector.flush_interval_ms", "10000"),
+        ],
     ));
-    // Let the relay reach its blocking wait on the empty list.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        "the relay blocks on the empty list",
+        Duration::from_secs(10),
+        || redis.blocked_clients() == 1,
+    )
+    .await;
     let pushed = Instant::now();
     redis.rpush(LIST, &numbered_events(1));
     wait_until("the lone event arrives", Duration::from_secs(5), || {

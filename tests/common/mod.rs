@@ -165,6 +165,18 @@ impl RedisServer {
         redis::cmd("KEYS").arg("*").query(&mut self.conn()).unwrap()
     }
 
+    /// How many clients are blocked in a command (e.g. the relay's BLMOVE).
+    pub fn blocked_clients(&self) -> usize {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query(&mut self.conn())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

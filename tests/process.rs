@@ -1,0 +1,317 @@
+//! The binary as an operator runs it (issue 7): every signal, bounded shutdown with a
+//! frozen Redis, exit codes, what the logs and `check` may show, the eviction warning,
+//! and memory with elements near a megabyte.
+
+mod common;
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_snowplow-relay");
+const LIST: &str = "snowplow";
+
+fn relay(redis_url: &str, collector_url: &str, env: &[(&str, &str)]) -> Child {
+    Command::new(BIN)
+        .args(["--redis-url", redis_url, "--collector", collector_url])
+        .env("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1000")
+        .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "20")
+        .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_MAX_BACKOFF_MS", "200")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, name: &str) {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Waits for the process to exit (at most `limit`); returns its status, its stderr and
+/// how long it took.
+async fn finish(mut child: Child, limit: Duration) -> (ExitStatus, String, Duration) {
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+                return (status, stderr, started.elapsed());
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the relay did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sigint_and_sigquit_stop_gracefully_like_sigterm() {
+    for name in ["INT", "QUIT", "TERM"] {
+        let redis = RedisServer::start();
+        let collector = Collector::start_with(Box::new(|_| 503)).await;
+        redis.rpush(LIST, &numbered_events(50));
+        let child = relay(
+            &redis.url(),
+            &collector.url(),
+            &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300")],
+        );
+        wait_until("the relay tries to send", Duration::from_secs(10), || {
+            !collector.requests().is_empty()
+        })
+        .await;
+        signal(&child, name);
+        let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+        assert_eq!(status.code(), Some(0), "SIG{name}: {stderr}");
+        assert_eq!(redis.llen(LIST), 50, "SIG{name}: every event back");
+        assert_eq!(instances(&redis), Vec::<String>::new());
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_redis_cannot_hold_up_shutdown_and_nothing_is_lost() {
+    // Before: drain + uncancellable claim/ack + 5 release attempts of ~5 s each.
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    collector.set_delay(Duration::from_millis(100));
+    let total = 3000;
+    redis.rpush(LIST, &numbered_events(total));
+    let child = relay(
+        &redis.url(),
+        &collector.url(),
+        &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "1000")],
+    );
+    wait_until("some delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 100
+    })
+    .await;
+    redis.signal("STOP");
+    signal(&child, "TERM");
+    let (status, stderr, took) = finish(child, Duration::from_secs(20)).await;
+    redis.signal("CONT");
+    // drain_timeout_ms (1 s) + the release budget (2 s) + process start-up slack.
+    eprintln!("SIGTERM with Redis frozen (drain_timeout_ms 1000): exit after {took:?}");
+    assert!(took < Duration::from_millis(4_000), "exit took {took:?}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the release failed: exit 1\n{stderr}"
+    );
+    assert!(stderr.contains("lease expires"), "{stderr}");
+
+    // A second signal with Redis frozen exits within a second.
+    let before = instances(&redis);
+    let child = relay(&redis.url(), &collector.url(), &[]);
+    wait_until("registered", Duration::from_secs(10), || {
+        instances(&redis).iter().any(|id| !before.contains(id))
+    })
+    .await;
+    redis.signal("STOP");
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = Instant::now();
+    signal(&child, "TERM");
+    let (_, stderr, _) = finish(child, Duration::from_secs(20)).await;
+    let took = second.elapsed();
+    eprintln!("second SIGTERM with Redis frozen: exit after {took:?}");
+    redis.signal("CONT");
+    assert!(
+        took < Duration::from_millis(1_000),
+        "exit took {took:?} after the second signal\n{stderr}"
+    );
+
+    // What the stopped relays held comes back by lease recovery: nothing lost.
+    let child = relay(&redis.url(), &collector.url(), &[]);
+    wait_until("every event delivered", Duration::from_secs(60), || {
+        collector
+            .delivered_eids()
+            .into_iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            == total
+    })
+    .await;
+    signal(&child, "TERM");
+    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(redis.llen(LIST), 0);
+}
+
+#[tokio::test]
+async fn logs_and_check_carry_no_secret_and_no_event_data() {
+    let redis = RedisServer::start();
+    // Connections refused: every request fails, and is logged.
+    let port = free_port();
+    let collector_url = format!("http://collector-user:hunter2@127.0.0.1:{port}");
+    let events: Vec<String> = (0..300)
+        .map(|i| {
+            format!(
+                r#"{{"e":"pv","p":"pc","tv":"t","eid":"ev-{i}","uid":"secret-uid-{i}","url":"http://shop/?token=tok-{i}"}}"#
+            )
+        })
+        .collect();
+    redis.rpush(LIST, &events);
+    let name = "leaky".repeat(20_000);
+    redis.rpush(
+        LIST,
+        &[format!(
+            r#"{{"e":"pv","p":"pc","tv":"t","{name}":"v","{name}":"w"}}"#
+        )],
+    );
+    for method in ["get", "post"] {
+        let child = relay(
+            &redis.url().replace("redis://", "redis://:redis-pass@"),
+            &collector_url,
+            &[
+                ("SNOWPLOW_RELAY_COLLECTOR__METHOD", method),
+                ("SNOWPLOW_RELAY_LOG__LEVEL", "debug"),
+            ],
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        signal(&child, "TERM");
+        let (_, stderr, _) = finish(child, Duration::from_secs(15)).await;
+        assert!(!stderr.is_empty());
+        for secret in [
+            "hunter2",
+            "collector-user",
+            "secret-uid",
+            "tok-",
+            "redis-pass",
+            "leakyleakyleaky",
+        ] {
+            assert!(
+                !stderr.contains(secret),
+                "{method}: `{secret}` in the log:\n{stderr}"
+            );
+        }
+        // Failures are logged when the collector starts failing, not per event.
+        let warnings = stderr.lines().filter(|l| l.contains("WARN")).count();
+        assert!(warnings < 20, "{method}: {warnings} warnings:\n{stderr}");
+    }
+
+    let check = Command::new(BIN)
+        .args([
+            "--collector",
+            &collector_url,
+            "--redis-url",
+            "redis://user:redis-pass@10.0.0.1:6379",
+            "check",
+        ])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8(check.stdout).unwrap();
+    assert!(check.status.success());
+    for secret in ["hunter2", "collector-user", "redis-pass"] {
+        assert!(!shown.contains(secret), "`{secret}` in check:\n{shown}");
+    }
+    assert!(shown.contains("http://****:****@127.0.0.1"), "{shown}");
+}
+
+#[tokio::test]
+async fn an_evicting_redis_is_warned_about() {
+    let redis = RedisServer::start_with(&["--maxmemory-policy", "volatile-lru"]);
+    let collector = Collector::start().await;
+    let child = relay(&redis.url(), &collector.url(), &[]);
+    wait_until("registered", Duration::from_secs(10), || {
+        instances(&redis).len() == 1
+    })
+    .await;
+    signal(&child, "TERM");
+    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        stderr.contains("maxmemory_policy") && stderr.contains("volatile-lru"),
+        "{stderr}"
+    );
+
+    let redis = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let child = relay(&redis.url(), &collector.url(), &[]);
+    wait_until("registered", Duration::from_secs(10), || {
+        instances(&redis).len() == 1
+    })
+    .await;
+    signal(&child, "TERM");
+    let (_, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    assert!(!stderr.contains("maxmemory_policy"), "{stderr}");
+}
+
+fn used_memory(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut redis.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn rss_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn elements_near_a_megabyte_keep_relay_and_redis_memory_flat() {
+    // Before: one claim of 500 such elements made a ~450 MB reply; a timed-out claim
+    // was retried and sent the whole in-flight list again, until Redis was OOM-killed.
+    let redis = RedisServer::start();
+    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    let count = 300;
+    let padding = "x".repeat(900_000);
+    let events: Vec<String> = (0..count)
+        .map(|i| format!(r#"{{"e":"pv","p":"pc","tv":"t","eid":"big-{i}","url":"{padding}"}}"#))
+        .collect();
+    for chunk in events.chunks(20) {
+        redis.rpush(LIST, chunk);
+    }
+    let baseline = used_memory(&redis);
+    let child = relay(&redis.url(), &collector.url(), &[]);
+    let pid = child.id();
+    let (mut redis_peak, mut relay_peak_kb) = (baseline, 0);
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        redis_peak = redis_peak.max(used_memory(&redis));
+        relay_peak_kb = relay_peak_kb.max(rss_kb(pid, "VmHWM:"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !collector.requests().is_empty(),
+        "the relay claimed and tried to send"
+    );
+    signal(&child, "TERM");
+    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let growth_mb = (redis_peak - baseline) as f64 / 1e6;
+    let relay_mb = relay_peak_kb as f64 / 1e3;
+    eprintln!(
+        "{count} elements of 900 KB ({:.0} MB in Redis), collector down: Redis grew by at most \
+         {growth_mb:.1} MB, relay peak RSS {relay_mb:.1} MB",
+        baseline as f64 / 1e6
+    );
+    // Bounds: one claim (4 MiB) and its reply in Redis; 32 MiB of claimed events plus
+    // one request body and the runtime in the relay.
+    assert!(growth_mb < 32.0, "Redis grew by {growth_mb:.1} MB");
+    assert!(relay_mb < 100.0, "relay peak RSS {relay_mb:.1} MB");
+    assert_eq!(redis.llen(LIST), count, "every element back in the list");
+}
