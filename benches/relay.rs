@@ -288,13 +288,18 @@ async fn raw_drain(redis: &common::RedisServer, n: usize) -> f64 {
     queue.register().await.unwrap();
     let started = Instant::now();
     let mut position = 0u64;
+    // The relay's defaults: elements up to 999,890 bytes, claims up to 4 MiB.
     loop {
-        let claim = queue.claim(position, 500, 1 << 20).await.unwrap();
+        let claim = queue
+            .claim(position, 500, 999_890, 4 * 1024 * 1024)
+            .await
+            .unwrap();
         if claim.elements.is_empty() {
             break;
         }
+        let from = position;
         position += claim.elements.len() as u64;
-        queue.ack(position, &[]).await.unwrap();
+        queue.ack(from, position, &[]).await.unwrap();
     }
     let elapsed = started.elapsed();
     assert_eq!(position as usize, n);
