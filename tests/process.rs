@@ -9,11 +9,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_snowplow-relay");
+/// The binary under test; `RELAY_BIN` runs the suite against another build (e.g. a
+/// release binary, or an older one to show a test fails there).
+fn bin() -> String {
+    std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_snowplow-relay").to_owned())
+}
 const LIST: &str = "snowplow";
 
 fn relay(redis_url: &str, collector_url: &str, env: &[(&str, &str)]) -> Child {
-    Command::new(BIN)
+    Command::new(bin())
         .args(["--redis-url", redis_url, "--collector", collector_url])
         .env("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1000")
         .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "20")
@@ -203,7 +207,7 @@ async fn logs_and_check_carry_no_secret_and_no_event_data() {
         assert!(warnings < 20, "{method}: {warnings} warnings:\n{stderr}");
     }
 
-    let check = Command::new(BIN)
+    let check = Command::new(bin())
         .args([
             "--collector",
             &collector_url,
