@@ -40,6 +40,17 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Log output.
     pub log: LogConfig,
+    /// The admin listener: metrics and health.
+    pub admin: AdminConfig,
+}
+
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to serve on, e.g. `127.0.0.1:9187` (loopback: only this host can scrape)
+    /// or `0.0.0.0:9187` (in a container). Off when unset.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The Redis side.
@@ -1010,8 +1021,9 @@ mod example_file {
             if line.starts_with('[') {
                 uncommented.push_str(line);
                 uncommented.push('\n');
-            } else if is_setting && name != "endpoint" && name != "port" {
-                // endpoint/port are the alternative to url, shown for reference.
+            } else if is_setting && !["endpoint", "port", "listen"].contains(&name) {
+                // endpoint/port are the alternative to url, shown for reference; the
+                // admin listener is off by default, its example address is no default.
                 keys += 1;
                 uncommented.push_str(code);
                 uncommented.push('\n');

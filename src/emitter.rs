@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CollectorConfig, Method};
 use crate::event::{self, Event, POST_BODY_OVERHEAD};
+use crate::health::Health;
+use crate::metrics::{DeadReason, Metrics};
 
 /// The `User-Agent` the relay sends.
 pub const USER_AGENT: &str = concat!("snowplow-relay/", env!("CARGO_PKG_VERSION"));
@@ -210,6 +212,8 @@ pub enum Outcome {
         status: Option<u16>,
         /// What to store in the dead-letter entry.
         reason: String,
+        /// The metrics' reason label.
+        kind: DeadReason,
     },
     /// The batch as a whole cannot succeed (413, or it keeps failing while other
     /// requests succeed), but a part of it may: send each half on its own.
@@ -283,13 +287,19 @@ pub struct Emitter {
     /// Requests the collector accepted so far: a batch that fails while this grows is
     /// failing on its own, not because of an outage.
     successes: AtomicU64,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
 }
 
 impl Emitter {
     /// Builds the HTTP client: keep-alive pool sized to the requests in flight, request
     /// timeout, no cookie store, no redirects, an honest `User-Agent`, and `SP-Anonymous`
     /// if asked.
-    pub fn new(config: &CollectorConfig) -> Result<Arc<Emitter>, crate::Error> {
+    pub fn new(
+        config: &CollectorConfig,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<Arc<Emitter>, crate::Error> {
         // reqwest is built without a bundled crypto provider; use ring's.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let url = config.request_url()?;
@@ -325,6 +335,8 @@ impl Emitter {
             healthy: watch::channel(true).0,
             failing_batches: AtomicUsize::new(0),
             successes: AtomicU64::new(0),
+            metrics,
+            health,
         }))
     }
 
@@ -347,6 +359,7 @@ impl Emitter {
 
     fn update_health(&self, error: Option<&AttemptError>) {
         let healthy = self.failing_batches.load(Ordering::Relaxed) < 2;
+        self.health.set_collector_failing(!healthy);
         let changed = self.healthy.send_if_modified(|current| {
             let changed = *current != healthy;
             *current = healthy;
@@ -405,6 +418,7 @@ impl Emitter {
                     return Outcome::Rejected {
                         status: Some(status),
                         reason: format!("collector answered {status}, which is not retried"),
+                        kind: DeadReason::Rejected,
                     };
                 }
                 Err(AttemptError::Status(413)) if batch.len() > 1 => {
@@ -415,12 +429,14 @@ impl Emitter {
                         status: Some(413),
                         reason: "collector answered 413 (payload too large) to this event alone"
                             .into(),
+                        kind: DeadReason::TooLarge,
                     };
                 }
                 Err(AttemptError::Unsendable(reason)) => {
                     return Outcome::Rejected {
                         status: None,
                         reason,
+                        kind: DeadReason::Unsendable,
                     };
                 }
                 Err(error) => error,
@@ -442,6 +458,7 @@ impl Emitter {
                         "{error} on {attempt} attempts, {isolated_failures} of them while other \
                          requests to the collector succeeded"
                     ),
+                    kind: DeadReason::FailedAlone,
                 };
             }
             if !failing.counted {
@@ -449,6 +466,7 @@ impl Emitter {
                 self.failing_batches.fetch_add(1, Ordering::Relaxed);
             }
             self.update_health(Some(&error));
+            self.metrics.retry();
             let delay = self.backoff.delay(attempt);
             if matches!(error, AttemptError::Redirect { .. }) {
                 // A misconfiguration, not a passing fault: say so every time.
@@ -499,10 +517,15 @@ impl Emitter {
                 self.client.get(url)
             }
         };
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| AttemptError::Transport(e.without_url()))?;
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.request(
+            sent.as_ref().ok().map(|r| r.status().as_u16()),
+            seconds,
+            batch.len(),
+        );
+        let mut response = sent.map_err(|e| AttemptError::Transport(e.without_url()))?;
         let status = response.status().as_u16();
         if response.status().is_redirection() {
             let location = response
@@ -529,11 +552,14 @@ impl Emitter {
 
 /// The current time in epoch milliseconds, as the tracker protocol writes it.
 pub fn epoch_millis() -> String {
+    now_millis().to_string()
+}
+
+/// The current time in epoch milliseconds.
+pub fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
-        .to_string()
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -9,14 +9,22 @@
 //! - [`event`]: one element: parse, validate, and encode as GET query or POST item.
 //! - [`emitter`]: the collector side; batching by count and bytes, HTTP, retry policy.
 //! - [`worker`]: the tasks joining queue and emitter, and the graceful drain.
+//! - [`metrics`]: the Prometheus metrics and the run's [`Summary`].
+//! - [`health`]: alive / ready, for the admin listener and systemd.
+//! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`notify`]: systemd `sd_notify` (READY, STATUS, STOPPING, WATCHDOG).
 //! - [`telemetry`]: log set-up.
 //!
 //! [`run`] is the whole daemon; `main.rs` only parses flags, sets up logging and hands
 //! `run` the signals as futures. Tests and embedders pass their own futures.
 
+pub mod admin;
 pub mod config;
 pub mod emitter;
 pub mod event;
+pub mod health;
+pub mod metrics;
+pub mod notify;
 pub mod queue;
 pub mod telemetry;
 pub mod worker;
@@ -26,7 +34,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{Config, Valid};
-pub use worker::Summary;
+pub use metrics::Summary;
+
+use crate::health::Health;
+use crate::metrics::Metrics;
 
 use crate::emitter::{Backoff, Emitter};
 use crate::queue::{Queue, QueueError};
@@ -38,6 +49,15 @@ pub enum Error {
     /// The configuration was refused (exit code 2).
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The admin listener could not bind its address.
+    #[error("cannot listen on admin.listen = {addr} ({source}); is another process using it?")]
+    AdminListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
@@ -87,36 +107,79 @@ pub async fn run(
         settings = %config.to_masked_toml().replace('\n', " "),
         "snowplow-relay starting"
     );
-    let emitter = Emitter::new(&config.collector)?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(Duration::from_millis(
+        config.redis.lease_ttl_ms,
+    )));
+    let admin = match config.admin.listen {
+        Some(addr) => {
+            let listener = admin::bind(addr)
+                .await
+                .map_err(|source| Error::AdminListen { addr, source })?;
+            tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz");
+            Some(tokio::spawn(admin::serve(
+                listener,
+                admin::Admin {
+                    metrics: metrics.clone(),
+                    health: health.clone(),
+                },
+            )))
+        }
+        None => None,
+    };
+    let notifier = notify::spawn(health.clone());
+    let emitter = Emitter::new(&config.collector, metrics.clone(), health.clone())?;
     // The caller's futures become tokens, which every attempt below can wait on.
     let stop = CancellationToken::new();
     let hurry = CancellationToken::new();
-    let relay = relay_until_stopped(&config, emitter, stop.clone(), hurry.clone());
+    let relay = relay_until_stopped(
+        &config,
+        emitter,
+        &metrics,
+        &health,
+        stop.clone(),
+        hurry.clone(),
+    );
     tokio::pin!(relay, shutdown, force);
-    loop {
+    let result = loop {
         tokio::select! {
-            result = &mut relay => return result,
-            () = &mut shutdown, if !stop.is_cancelled() => stop.cancel(),
+            result = &mut relay => break result,
+            () = &mut shutdown, if !stop.is_cancelled() => {
+                health.stopping();
+                stop.cancel();
+            }
             () = &mut force, if !hurry.is_cancelled() => hurry.cancel(),
         }
+    };
+    health.stopping();
+    if let Some(notifier) = notifier {
+        // Let it send STOPPING=1 (it looks every 500 ms at most).
+        let _ = tokio::time::timeout(Duration::from_secs(1), notifier).await;
     }
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    result
 }
 
 async fn relay_until_stopped(
     config: &Valid,
     emitter: Arc<Emitter>,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
     stop: CancellationToken,
     hurry: CancellationToken,
 ) -> Result<Summary, Error> {
-    let stats = Arc::new(worker::Stats::default());
     loop {
+        health.set_status("waiting for Redis");
         let queue = tokio::select! {
-            queue = connect(config, &stats) => Arc::new(queue),
+            queue = connect(config, metrics, health) => Arc::new(queue),
             () = stop.cancelled() => {
                 tracing::info!("shutdown requested before Redis was reachable; nothing was claimed");
-                return Ok(stats.summary());
+                return Ok(metrics.summary());
             }
         };
+        health.lease_renewed();
         tracing::info!(
             instance = queue.instance(),
             list = %queue.keys().list,
@@ -129,7 +192,8 @@ async fn relay_until_stopped(
             config,
             queue,
             emitter.clone(),
-            stats.clone(),
+            metrics.clone(),
+            health.clone(),
             stop.cancelled(),
             hurry.cancelled(),
         )
@@ -147,7 +211,7 @@ async fn relay_until_stopped(
 
 /// Connects to Redis, recovers the events of relays whose lease expired and registers
 /// this instance, retrying with capped backoff for as long as it takes.
-async fn connect(config: &Valid, stats: &worker::Stats) -> Queue {
+async fn connect(config: &Valid, metrics: &Metrics, health: &Health) -> Queue {
     let backoff = Backoff {
         initial: Duration::from_millis(200),
         max: Duration::from_secs(30),
@@ -156,10 +220,12 @@ async fn connect(config: &Valid, stats: &worker::Stats) -> Queue {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match try_connect(config, stats).await {
+        health.loop_turned();
+        match try_connect(config, metrics).await {
             Ok(queue) => return queue,
             Err(error) => {
                 let delay = backoff.delay(attempt);
+                metrics.redis_error("connect");
                 tracing::warn!(
                     redis = %url,
                     %error,
@@ -173,7 +239,7 @@ async fn connect(config: &Valid, stats: &worker::Stats) -> Queue {
     }
 }
 
-async fn try_connect(config: &Valid, stats: &worker::Stats) -> Result<Queue, QueueError> {
+async fn try_connect(config: &Valid, metrics: &Metrics) -> Result<Queue, QueueError> {
     let queue = Queue::connect(&config.redis, config.dead_letter_key()).await?;
     match queue.eviction_policy().await.as_deref() {
         Some("noeviction") => {}
@@ -185,7 +251,7 @@ async fn try_connect(config: &Valid, stats: &worker::Stats) -> Result<Queue, Que
         ),
         None => tracing::debug!("cannot read maxmemory-policy (CONFIG disabled?)"),
     }
-    worker::recover_expired(&queue, stats).await?;
+    worker::recover_expired(&queue, metrics).await?;
     queue.register().await?;
     Ok(queue)
 }

@@ -46,6 +46,9 @@ struct Cli {
     /// text or json (log.format).
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
+    /// Serve /metrics, /healthz and /readyz on ADDR, e.g. 127.0.0.1:9187 (admin.listen).
+    #[arg(long, global = true, value_name = "ADDR")]
+    admin_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +57,13 @@ enum Command {
     Run,
     /// Validate the configuration and print it, with secrets masked.
     Check,
+    /// Probe the running relay's /healthz on admin.listen (for container health checks):
+    /// exit 0 if alive, 1 otherwise.
+    Healthcheck {
+        /// Probe /readyz instead (ready to relay).
+        #[arg(long)]
+        ready: bool,
+    },
     /// Inspect the dead-letter list, or move its entries back to the list once the cause
     /// is fixed.
     DeadLetter {
@@ -94,6 +104,7 @@ impl Cli {
         overrides.set("collector.buffer_size", self.buffer_size);
         overrides.set("collector.byte_limit", self.byte_limit);
         overrides.set("log.level", self.log_level.as_ref());
+        overrides.set("admin.listen", self.admin_listen.as_ref());
         overrides.set(
             "log.format",
             self.log_format.map(|f| format!("{f:?}").to_lowercase()),
@@ -105,7 +116,7 @@ impl Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let loaded = match cli.command {
-        Some(Command::DeadLetter { .. }) => {
+        Some(Command::DeadLetter { .. } | Command::Healthcheck { .. }) => {
             Config::load_for_redis_tools(cli.config.as_deref(), &cli.overrides())
         }
         _ => Config::load(cli.config.as_deref(), &cli.overrides()),
@@ -122,6 +133,7 @@ fn main() -> ExitCode {
             print!("{}", config.to_masked_toml());
             ExitCode::SUCCESS
         }
+        Command::Healthcheck { ready } => healthcheck(&config, ready),
         Command::DeadLetter { action } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -197,6 +209,44 @@ async fn dead_letter(config: &Valid, action: DeadLetterAction) -> Result<(), Que
         }
     }
     Ok(())
+}
+
+fn healthcheck(config: &Valid, ready: bool) -> ExitCode {
+    let Some(addr) = config.admin.listen else {
+        eprintln!("snowplow-relay: healthcheck needs admin.listen (or --admin-listen ADDR)");
+        return ExitCode::from(2);
+    };
+    // A relay listening on every address is probed on loopback.
+    let addr = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => ([127, 0, 0, 1], addr.port()).into(),
+        ip if ip.is_unspecified() => (std::net::Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    };
+    let path = if ready { "/readyz" } else { "/healthz" };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("snowplow-relay: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(snowplow_relay::admin::probe(
+        addr,
+        path,
+        std::time::Duration::from_secs(3),
+    )) {
+        Ok(body) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("snowplow-relay: {path}: {why}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The first SIGINT, SIGTERM or SIGQUIT cancels the first token (graceful shutdown);

@@ -277,6 +277,20 @@ redis.call('SREM', KEYS[4], ARGV[1])
 return {#back, mismatch and 1 or 0}
 "#;
 
+/// KEYS: list, dead. Returns {list length, dead length, head dtm or false}.
+const SAMPLE: &str = r#"
+local list, dead = redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2])
+local dtm = false
+if list > 0 then
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if head and #head <= 65536 then
+    local ok, event = pcall(cjson.decode, head)
+    if ok and type(event) == 'table' and event['dtm'] ~= nil then dtm = tostring(event['dtm']) end
+  end
+end
+return {list, dead, dtm}
+"#;
+
 /// KEYS: list, inflight, meta, instances, lease. ARGV: instance.
 /// Returns every in-flight event to the head of the list and removes the instance.
 const ABANDON: &str = r#"
@@ -356,6 +370,17 @@ pub struct Claim {
     pub oversized: u64,
     /// The list held fewer events than the claim could take.
     pub ran_dry: bool,
+}
+
+/// What [`Queue::sample`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// Events waiting in the list.
+    pub list: u64,
+    /// Entries in the dead-letter list.
+    pub dead: u64,
+    /// The head event's `dtm` (epoch milliseconds), if it has one.
+    pub head_dtm_millis: Option<u64>,
 }
 
 /// What the shutdown release did.
@@ -443,6 +468,7 @@ pub struct Queue {
     ack_script: Script,
     release_script: Script,
     abandon_script: Script,
+    sample_script: Script,
     recover_script: Script,
     register_script: Script,
     heartbeat_script: Script,
@@ -479,6 +505,7 @@ impl Queue {
             ack_script: script(ACK),
             release_script: script(RELEASE),
             abandon_script: script(ABANDON),
+            sample_script: script(SAMPLE),
             recover_script: script(RECOVER),
             register_script: script(REGISTER),
             heartbeat_script: script(HEARTBEAT),
@@ -656,6 +683,23 @@ impl Queue {
             .arg(&self.instance)
             .invoke_async(&mut self.conn.clone())
             .await?)
+    }
+
+    /// The list's and the dead-letter list's lengths and the head event's `dtm`, for the
+    /// metrics. One round trip; the head element is read inside Redis and only its `dtm`
+    /// comes back (elements over 64 KiB are not read at all).
+    pub async fn sample(&self) -> Result<Sample, QueueError> {
+        let (list, dead, dtm): (u64, u64, Option<String>) = self
+            .sample_script
+            .key(&self.keys.list)
+            .key(&self.keys.dead)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(Sample {
+            list,
+            dead,
+            head_dtm_millis: dtm.and_then(|d| d.parse::<f64>().ok()).map(|d| d as u64),
+        })
     }
 
     /// Redis' `maxmemory-policy`, or `None` where `CONFIG` is disabled (managed Redis).

@@ -32,7 +32,6 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +43,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Method, Valid};
 use crate::emitter::{Backoff, Batch, BatchBuilder, Emitter, Outcome};
 use crate::event::{BadEvent, Event, ParseOptions};
+use crate::health::Health;
+use crate::metrics::{DeadReason, Metrics, Summary};
 use crate::queue::{DeadLetter, Queue, QueueError};
 
 /// How long one blocking wait on an empty list lasts before it is renewed.
@@ -54,53 +55,6 @@ const REDIS_BACKOFF: Backoff = Backoff {
     initial: Duration::from_millis(100),
     max: Duration::from_secs(5),
 };
-
-/// Counters of one run.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Events claimed from the list.
-    pub claimed: AtomicU64,
-    /// Events the collector accepted.
-    pub delivered: AtomicU64,
-    /// Events written to the dead-letter list.
-    pub dead_lettered: AtomicU64,
-    /// Events returned to the head of the list at shutdown.
-    pub requeued: AtomicU64,
-    /// HTTP requests that the collector accepted.
-    pub requests: AtomicU64,
-    /// Events returned to the list from the in-flight lists of relays whose lease
-    /// expired. Some of them may have reached the collector already: this bounds the
-    /// redeliveries (duplicates) a crash caused.
-    pub redelivered: AtomicU64,
-}
-
-/// What one run did, returned by [`crate::run`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Summary {
-    /// Events claimed from the list.
-    pub claimed: u64,
-    /// Events the collector accepted.
-    pub delivered: u64,
-    /// Events written to the dead-letter list.
-    pub dead_lettered: u64,
-    /// Events returned to the head of the list at shutdown.
-    pub requeued: u64,
-    /// Events this relay returned from dead relays' in-flight lists (possible duplicates).
-    pub redelivered: u64,
-}
-
-impl Stats {
-    /// The counters as they stand.
-    pub fn summary(&self) -> Summary {
-        Summary {
-            redelivered: self.redelivered.load(Ordering::Relaxed),
-            claimed: self.claimed.load(Ordering::Relaxed),
-            delivered: self.delivered.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            requeued: self.requeued.load(Ordering::Relaxed),
-        }
-    }
-}
 
 /// How long returning the undelivered events may take after the drain, Redis answering
 /// or not. With a second signal it is [`FORCED_RELEASE_BUDGET`] instead.
@@ -222,16 +176,22 @@ struct Claimed {
 enum Resolution {
     /// The collector accepted the events at these positions.
     Delivered(Vec<(u64, usize)>),
-    /// These positions go to the dead-letter list with these entries.
-    Dead(Vec<(u64, usize, Vec<u8>)>),
+    /// These positions go to the dead-letter list with these entries, for this reason.
+    Dead(DeadReason, Vec<(u64, usize, Vec<u8>)>),
 }
 
 /// The fate of one claimed event.
 #[derive(Debug)]
 enum Slot {
     Pending,
-    Delivered { bytes: usize },
-    Dead { bytes: usize, entry: Vec<u8> },
+    Delivered {
+        bytes: usize,
+    },
+    Dead {
+        bytes: usize,
+        entry: Vec<u8>,
+        reason: DeadReason,
+    },
 }
 
 /// Claimed events not yet acknowledged, in claim order.
@@ -263,9 +223,16 @@ impl Window {
                     self.set(position, Slot::Delivered { bytes });
                 }
             }
-            Resolution::Dead(entries) => {
+            Resolution::Dead(reason, entries) => {
                 for (position, bytes, entry) in entries {
-                    self.set(position, Slot::Dead { bytes, entry });
+                    self.set(
+                        position,
+                        Slot::Dead {
+                            bytes,
+                            entry,
+                            reason,
+                        },
+                    );
                 }
             }
         }
@@ -289,6 +256,16 @@ impl Window {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Counts the dead-letter entries among the first `count` slots, by reason (once
+    /// they are written).
+    fn count_dead(&self, count: usize, metrics: &Metrics) {
+        for slot in self.slots.iter().take(count) {
+            if let Slot::Dead { reason, .. } = slot {
+                metrics.dead_lettered(*reason, 1);
+            }
+        }
     }
 
     /// Drops the first `count` slots; returns the element bytes they held.
@@ -325,7 +302,8 @@ pub(crate) async fn run(
     config: &Valid,
     queue: Arc<Queue>,
     emitter: Arc<Emitter>,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
     force: impl Future<Output = ()>,
 ) -> Result<Summary, crate::Error> {
@@ -345,7 +323,7 @@ pub(crate) async fn run(
         emitter.healthy(),
         settings.clone(),
         lifecycle.clone(),
-        stats.clone(),
+        metrics.clone(),
     ));
     let mut batcher = tokio::spawn(batch_loop(
         claimed_rx,
@@ -354,20 +332,23 @@ pub(crate) async fn run(
         settings.clone(),
         queue.instance().to_owned(),
         lifecycle.clone(),
-        stats.clone(),
+        metrics.clone(),
     ));
     let mut acker = tokio::spawn(ack_loop(
         resolved_rx,
         queue.clone(),
         permits,
         lifecycle.clone(),
-        stats.clone(),
+        metrics.clone(),
     ));
     let mut heartbeat = tokio::spawn(heartbeat_loop(
         queue.clone(),
-        stats.clone(),
+        metrics.clone(),
+        health.clone(),
         lifecycle.clone(),
     ));
+    let sampler = tokio::spawn(sample_loop(queue.clone(), metrics.clone()));
+    health.set_status("relaying");
 
     tokio::pin!(force, shutdown);
     let mut forced = false;
@@ -375,6 +356,7 @@ pub(crate) async fn run(
     // Run until shutdown or a fatal error; a task that ends before then is one.
     let ended_early = tokio::select! {
         () = &mut shutdown => {
+            health.stopping();
             tracing::info!(
                 drain_timeout_ms = settings.drain_timeout.as_millis() as u64,
                 "shutdown requested: claiming stopped, draining what is held"
@@ -408,6 +390,8 @@ pub(crate) async fn run(
         });
     }
     lifecycle.drain();
+    health.stopping();
+    health.set_status("draining: sending what is held, then returning the rest to the list");
 
     // Drain until every task is done, the deadline passes or a second signal comes.
     let drain_deadline = tokio::time::sleep(settings.drain_timeout);
@@ -439,6 +423,7 @@ pub(crate) async fn run(
     let needs_new_instance =
         matches!(&fatal, Some(crate::Error::Queue(e)) if e.needs_new_instance());
     if let Some(crate::Error::Queue(QueueError::StateMismatch(_))) = &fatal {
+        metrics.state_mismatch();
         // Nothing positional is trusted: everything in flight goes back.
         match tokio::time::timeout(RELEASE_BUDGET, queue.abandon()).await {
             Ok(Ok(returned)) => tracing::warn!(
@@ -460,7 +445,7 @@ pub(crate) async fn run(
             RELEASE_BUDGET
         };
         let released = tokio::select! {
-            released = release(&queue, window, position, &stats, budget) => released,
+            released = release(&queue, window, position, &metrics, budget) => released,
             () = &mut force, if !forced => Err(unreleased(&queue, "second signal".into())),
         };
         if let Err(error) = released {
@@ -468,7 +453,12 @@ pub(crate) async fn run(
         }
     }
     heartbeat.abort();
-    let summary = stats.summary();
+    sampler.abort();
+    health.unregistered();
+    if needs_new_instance {
+        metrics.nothing_in_flight();
+    }
+    let summary = metrics.summary();
     tracing::info!(
         claimed = summary.claimed,
         delivered = summary.delivered,
@@ -498,7 +488,7 @@ async fn release(
     queue: &Queue,
     window: &Window,
     position: u64,
-    stats: &Stats,
+    metrics: &Metrics,
     budget: Duration,
 ) -> Result<(), crate::Error> {
     let resolved: Vec<bool> = window
@@ -518,9 +508,8 @@ async fn release(
         .await;
         let error = match result {
             Ok(Ok(released)) => {
-                stats
-                    .requeued
-                    .fetch_add(released.requeued, Ordering::Relaxed);
+                metrics.requeued(released.requeued);
+                metrics.nothing_in_flight();
                 if released.state_mismatch {
                     tracing::warn!(
                         requeued = released.requeued,
@@ -528,9 +517,7 @@ async fn release(
                          delivered ones too (they will arrive twice)"
                     );
                 } else {
-                    stats
-                        .dead_lettered
-                        .fetch_add(dead.len() as u64, Ordering::Relaxed);
+                    window.count_dead(window.slots.len(), metrics);
                 }
                 if released.requeued > 0 {
                     tracing::info!(
@@ -567,7 +554,7 @@ async fn claim_loop(
     mut collector_healthy: watch::Receiver<bool>,
     settings: Settings,
     lifecycle: Arc<Lifecycle>,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
 ) -> Result<u64, QueueError> {
     let stop = &lifecycle.draining;
     let mut position: u64 = 0;
@@ -619,6 +606,7 @@ async fn claim_loop(
             Err(error) if error.needs_new_instance() => return Err(error),
             Err(error) => {
                 permits.give_back(wanted, settings.claim_max_bytes);
+                metrics.redis_error("claim");
                 failures += 1;
                 tracing::warn!(%error, attempt = failures, "cannot claim events from Redis; retrying");
                 tokio::select! {
@@ -628,9 +616,7 @@ async fn claim_loop(
             }
         };
         if claim.oversized > 0 {
-            stats
-                .dead_lettered
-                .fetch_add(claim.oversized, Ordering::Relaxed);
+            metrics.dead_lettered(DeadReason::Oversized, claim.oversized);
             tracing::warn!(
                 count = claim.oversized,
                 limit = settings.max_element_bytes,
@@ -650,7 +636,7 @@ async fn claim_loop(
         take_more(&permits.events, wanted, count);
         take_more(&permits.bytes, settings.claim_max_bytes, bytes);
         if count > 0 {
-            stats.claimed.fetch_add(count as u64, Ordering::Relaxed);
+            metrics.claimed(count as u64, bytes as u64);
             let claimed = Claimed {
                 first_position: position,
                 elements: claim.elements,
@@ -714,7 +700,7 @@ async fn batch_loop(
     settings: Settings,
     instance: String,
     lifecycle: Arc<Lifecycle>,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
 ) {
     let mut builder = BatchBuilder::new(settings.method, settings.buffer_size, settings.byte_limit);
     let mut senders = Senders {
@@ -724,7 +710,7 @@ async fn batch_loop(
         resolved_tx: resolved_tx.clone(),
         lifecycle: lifecycle.clone(),
         instance: Arc::from(instance.as_str()),
-        stats,
+        metrics,
     };
     // When the partial batch in `builder` must be sent at the latest.
     let mut flush_at: Option<tokio::time::Instant> = None;
@@ -763,17 +749,21 @@ async fn batch_loop(
             } else {
                 Event::parse(raw.clone(), settings.parse)
             };
-            let reason = match parsed.map(|event| builder.push(position, event)) {
+            let (kind, reason) = match parsed.map(|event| builder.push(position, event)) {
                 Ok(Ok(Some(batch))) => {
                     flush_at = None;
                     senders.start(batch).await;
                     continue;
                 }
                 Ok(Ok(None)) => continue,
-                Ok(Err((_, too_large))) => too_large.to_string(),
-                Err(bad) => bad.to_string(),
+                Ok(Err((_, too_large))) => (DeadReason::Unsendable, too_large.to_string()),
+                Err(bad @ BadEvent::TooLarge { .. }) => (DeadReason::Oversized, bad.to_string()),
+                Err(bad @ BadEvent::UndecodableString(_)) => {
+                    (DeadReason::Unsendable, bad.to_string())
+                }
+                Err(bad) => (DeadReason::Malformed, bad.to_string()),
             };
-            dead.push((position, reason, raw));
+            dead.push((position, kind, reason, raw));
         }
         if builder.pending() > 0 && flush_at.is_none() {
             flush_at = Some(tokio::time::Instant::now() + settings.flush_interval);
@@ -781,17 +771,14 @@ async fn batch_loop(
         if !dead.is_empty() {
             tracing::warn!(
                 count = dead.len(),
-                first_reason = %dead[0].1,
+                first_reason = %dead[0].2,
                 "elements cannot be relayed; dead-lettering them"
             );
-            let entries = dead
-                .into_iter()
-                .map(|(position, reason, raw)| {
-                    let entry = DeadLetter::new(reason, None, &senders.instance).encode(&raw);
-                    (position, raw.len(), entry)
-                })
-                .collect();
-            let _ = resolved_tx.send(Resolution::Dead(entries));
+            for (position, kind, reason, raw) in dead {
+                let entry = DeadLetter::new(reason, None, &senders.instance).encode(&raw);
+                let _ =
+                    resolved_tx.send(Resolution::Dead(kind, vec![(position, raw.len(), entry)]));
+            }
         }
         if claimed.ran_dry
             && let Some(batch) = builder.take()
@@ -817,7 +804,7 @@ struct Senders {
     resolved_tx: mpsc::UnboundedSender<Resolution>,
     lifecycle: Arc<Lifecycle>,
     instance: Arc<str>,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
 }
 
 impl Senders {
@@ -836,9 +823,17 @@ impl Senders {
         let resolved_tx = self.resolved_tx.clone();
         let lifecycle = self.lifecycle.clone();
         let instance = self.instance.clone();
-        let stats = self.stats.clone();
+        let metrics = self.metrics.clone();
         self.running.spawn(async move {
-            send_until_resolved(batch, &emitter, &resolved_tx, &lifecycle, &instance, &stats).await;
+            send_until_resolved(
+                batch,
+                &emitter,
+                &resolved_tx,
+                &lifecycle,
+                &instance,
+                &metrics,
+            )
+            .await;
             drop(permit);
         });
     }
@@ -862,16 +857,13 @@ async fn send_until_resolved(
     resolved_tx: &mpsc::UnboundedSender<Resolution>,
     lifecycle: &Lifecycle,
     instance: &str,
-    stats: &Stats,
+    metrics: &Metrics,
 ) {
     let mut parts = vec![batch];
     while let Some(batch) = parts.pop() {
         let resolution = match emitter.send(&batch, &lifecycle.abandoning).await {
             Outcome::Delivered => {
-                stats
-                    .delivered
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                stats.requests.fetch_add(1, Ordering::Relaxed);
+                metrics.delivered(batch.len() as u64);
                 Resolution::Delivered(
                     batch
                         .positions
@@ -881,7 +873,11 @@ async fn send_until_resolved(
                         .collect(),
                 )
             }
-            Outcome::Rejected { status, reason } => {
+            Outcome::Rejected {
+                status,
+                reason,
+                kind,
+            } => {
                 tracing::warn!(
                     events = batch.len(),
                     status,
@@ -890,6 +886,7 @@ async fn send_until_resolved(
                 );
                 let meta = DeadLetter::new(reason, status, instance);
                 Resolution::Dead(
+                    kind,
                     batch
                         .positions
                         .iter()
@@ -924,7 +921,7 @@ async fn ack_loop(
     queue: Arc<Queue>,
     permits: Arc<ClaimPermits>,
     lifecycle: Arc<Lifecycle>,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
 ) -> Result<Window, QueueError> {
     let mut window = Window::default();
     while let Some(resolution) = resolved_rx.recv().await {
@@ -950,6 +947,7 @@ async fn ack_loop(
                 Err(error) if error.needs_new_instance() => return Err(error),
                 Err(error) => {
                     attempt += 1;
+                    metrics.redis_error("ack");
                     tracing::warn!(%error, attempt, "cannot acknowledge events in Redis; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(REDIS_BACKOFF.delay(attempt)) => {}
@@ -962,33 +960,67 @@ async fn ack_loop(
             continue;
         }
         tracing::debug!(acked = count, dead_lettered = dead.len(), "acknowledged");
-        stats
-            .dead_lettered
-            .fetch_add(dead.len() as u64, Ordering::Relaxed);
+        window.count_dead(count, &metrics);
         let bytes = window.advance(count);
         permits.give_back(count, bytes);
+        metrics.settled(count as u64, bytes as u64);
     }
     Ok(window)
+}
+
+/// How often the list lengths and the head event's age are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Samples the list, the dead-letter list and the head event's age for the metrics.
+async fn sample_loop(queue: Arc<Queue>, metrics: Arc<Metrics>) {
+    loop {
+        match queue.sample().await {
+            Ok(sample) => {
+                let age = sample.head_dtm_millis.map_or(0.0, |dtm| {
+                    (crate::emitter::now_millis().saturating_sub(dtm)) as f64 / 1e3
+                });
+                metrics.sampled(sample.list, sample.dead, age);
+            }
+            Err(_) => metrics.redis_error("sample"),
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
 }
 
 /// Renews the lease and recovers dead relays' events every third of the lease TTL.
 async fn heartbeat_loop(
     queue: Arc<Queue>,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     lifecycle: Arc<Lifecycle>,
 ) -> Result<(), QueueError> {
     let period = queue.lease_ttl() / 3;
+    health.lease_renewed(); // registered just before the worker started
     loop {
+        health.loop_turned();
         tokio::time::sleep(period).await;
-        match queue.heartbeat().await {
-            Ok(()) => {}
-            Err(QueueError::LeaseLost) => {
+        health.loop_turned();
+        match tokio::time::timeout(period, queue.heartbeat()).await {
+            Ok(Ok(())) => {
+                health.lease_renewed();
+                metrics.lease_renewed();
+            }
+            Ok(Err(QueueError::LeaseLost)) => {
+                metrics.lease_lost();
+                health.unregistered();
                 lifecycle.fail(QueueError::LeaseLost.into());
                 return Err(QueueError::LeaseLost);
             }
-            Err(error) => tracing::warn!(%error, "cannot renew the lease; retrying"),
+            Ok(Err(error)) => {
+                metrics.redis_error("heartbeat");
+                tracing::warn!(%error, "cannot renew the lease; retrying");
+            }
+            Err(_) => {
+                metrics.redis_error("heartbeat");
+                tracing::warn!("Redis did not answer the lease renewal in time; retrying");
+            }
         }
-        if let Err(error) = recover_expired(&queue, &stats).await {
+        if let Err(error) = recover_expired(&queue, &metrics).await {
             tracing::warn!(%error, "cannot check for expired relays");
         }
     }
@@ -996,12 +1028,10 @@ async fn heartbeat_loop(
 
 /// Returns the in-flight events of relays whose lease expired to the list, and counts
 /// them as redelivered.
-pub(crate) async fn recover_expired(queue: &Queue, stats: &Stats) -> Result<(), QueueError> {
+pub(crate) async fn recover_expired(queue: &Queue, metrics: &Metrics) -> Result<(), QueueError> {
     let recovered = queue.recover_expired().await?;
     if recovered.instances > 0 {
-        stats
-            .redelivered
-            .fetch_add(recovered.events, Ordering::Relaxed);
+        metrics.redelivered(recovered.events);
         tracing::warn!(
             instances = recovered.instances,
             events = recovered.events,
@@ -1021,7 +1051,10 @@ mod tests {
         let mut window = Window::default();
         window.apply(Resolution::Delivered(vec![(1, 10), (2, 20)]));
         assert_eq!(window.resolved_prefix(), 0, "position 0 is still pending");
-        window.apply(Resolution::Dead(vec![(0, 5, b"entry".to_vec())]));
+        window.apply(Resolution::Dead(
+            DeadReason::Malformed,
+            vec![(0, 5, b"entry".to_vec())],
+        ));
         assert_eq!(window.resolved_prefix(), 3);
         assert_eq!(window.dead_entries(3), vec![b"entry".as_slice()]);
         assert_eq!(

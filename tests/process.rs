@@ -319,3 +319,235 @@ async fn elements_near_a_megabyte_keep_relay_and_redis_memory_flat() {
     assert!(relay_mb < 100.0, "relay peak RSS {relay_mb:.1} MB");
     assert_eq!(redis.llen(LIST), count, "every element back in the list");
 }
+
+/// `GET path` on the admin listener: (status, body).
+async fn scrape(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// The value of one sample line (`name{labels} value`) in a scrape.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("`{series}` not in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_match_what_the_collector_and_redis_saw() {
+    let redis = RedisServer::start();
+    let collector = Collector::start_with(Box::new(|r| {
+        // Refuse every batch holding an eid ending in 7: 400, dead-lettered.
+        let refused = r
+            .events()
+            .iter()
+            .any(|e| e["eid"].as_str().unwrap().ends_with('7'));
+        if refused { 400 } else { 200 }
+    }))
+    .await;
+    let total = 2000;
+    let mut events = numbered_events(total);
+    for bad in events.iter_mut().step_by(100) {
+        *bad = "not json".to_owned(); // 20 malformed
+    }
+    redis.rpush(LIST, &events);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = relay(
+        &redis.url(),
+        &collector.url(),
+        &[
+            ("SNOWPLOW_RELAY_ADMIN__LISTEN", addr.as_str()),
+            ("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "1"),
+        ],
+    );
+    wait_until("every event resolved", Duration::from_secs(30), || {
+        redis.llen(LIST) == 0 && redis.llen("{snowplow}:dead") > 0
+    })
+    .await;
+    // Until the acknowledgements are in, the counters may trail the collector.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (status, text) = scrape(&addr, "/metrics").await;
+        assert_eq!(status, 200);
+        let dead = sample(
+            &text,
+            "snowplow_relay_events_dead_lettered_total{reason=\"rejected\"}",
+        ) + sample(
+            &text,
+            "snowplow_relay_events_dead_lettered_total{reason=\"malformed\"}",
+        );
+        if dead as usize == redis.llen("{snowplow}:dead")
+            && sample(&text, "snowplow_relay_events_in_flight") == 0.0
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "counters never settled:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let delivered = collector.delivered().len() as f64;
+    let refused = collector
+        .requests()
+        .iter()
+        .filter(|r| r.status == 400)
+        .count() as f64;
+    assert_eq!(
+        sample(&text, "snowplow_relay_events_claimed_total"),
+        total as f64
+    );
+    assert_eq!(
+        sample(&text, "snowplow_relay_events_delivered_total"),
+        delivered
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "snowplow_relay_events_dead_lettered_total{reason=\"malformed\"}"
+        ),
+        20.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "snowplow_relay_events_dead_lettered_total{reason=\"rejected\"}"
+        ),
+        refused
+    );
+    assert_eq!(delivered + refused + 20.0, total as f64);
+    assert_eq!(
+        sample(&text, "snowplow_relay_requests_total{class=\"2xx\"}"),
+        delivered
+    );
+    assert_eq!(
+        sample(&text, "snowplow_relay_requests_total{class=\"4xx\"}"),
+        refused
+    );
+    assert!(text.contains("snowplow_relay_build_info{version=\""));
+    assert!(text.ends_with("# EOF\n"));
+    assert_eq!(scrape(&addr, "/healthz").await.0, 200);
+    assert_eq!(scrape(&addr, "/readyz").await, (200, "ready\n".to_owned()));
+    let probe = Command::new(bin())
+        .args(["--admin-listen", &addr, "healthcheck", "--ready"])
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "{probe:?}");
+    // The sampler reads the list lengths every 5 s.
+    wait_until("sampled lengths", Duration::from_secs(8), || {
+        let text = futures_block(scrape(&addr, "/metrics")).1;
+        sample(&text, "snowplow_relay_dead_letter_length") == redis.llen("{snowplow}:dead") as f64
+    })
+    .await;
+
+    // A failing collector makes the relay not ready, with the reason.
+    collector.respond_with(Box::new(|_| 503));
+    redis.rpush(LIST, &numbered_events(200));
+    wait_until("not ready", Duration::from_secs(10), || {
+        futures_block(scrape(&addr, "/readyz")).0 == 503
+    })
+    .await;
+    let (_, why) = scrape(&addr, "/readyz").await;
+    assert!(why.contains("collector"), "{why}");
+    signal(&child, "TERM");
+    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let refused_probe = Command::new(bin())
+        .args(["--admin-listen", &addr, "healthcheck"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refused_probe.status.code(),
+        Some(1),
+        "nothing listens any more"
+    );
+}
+
+/// Runs a future to completion from a synchronous closure (for `wait_until`).
+fn futures_block<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_only_once_registered_then_status_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = messages.clone();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match socket.recv(&mut buffer) {
+                Ok(n) => sink
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buffer[..n]).into_owned()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let seen = |what: &str| messages.lock().unwrap().iter().any(|m| m.contains(what));
+    let collector = Collector::start().await;
+    let port = free_port();
+    let redis_url = format!("redis://127.0.0.1:{port}");
+    let socket_env = socket_path.to_str().unwrap().to_owned();
+    let child = relay(
+        &redis_url,
+        &collector.url(),
+        &[
+            ("NOTIFY_SOCKET", socket_env.as_str()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    // Redis is not there: status says so, the watchdog is fed (the process is fine),
+    // and READY never comes.
+    wait_until(
+        "waiting status and watchdog pings",
+        Duration::from_secs(10),
+        || {
+            seen("STATUS=waiting for Redis")
+                && messages
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m.contains("WATCHDOG=1"))
+                    .count()
+                    >= 3
+        },
+    )
+    .await;
+    assert!(!seen("READY=1"), "READY while Redis is unreachable");
+    let redis = RedisServer::start_on(port, &[]);
+    wait_until("READY once registered", Duration::from_secs(40), || {
+        seen("READY=1")
+    })
+    .await;
+    assert_eq!(instances(&redis).len(), 1, "READY came after registration");
+    wait_until("relaying status", Duration::from_secs(5), || {
+        seen("STATUS=relaying")
+    })
+    .await;
+    signal(&child, "TERM");
+    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    wait_until("STOPPING", Duration::from_secs(2), || seen("STOPPING=1")).await;
+    let log = messages.lock().unwrap().clone();
+    let ready = log.iter().position(|m| m.contains("READY=1")).unwrap();
+    let stopping = log.iter().position(|m| m.contains("STOPPING=1")).unwrap();
+    assert!(ready < stopping, "{log:?}");
+}

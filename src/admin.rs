@@ -1,0 +1,135 @@
+//! The admin listener (`admin.listen`, `--admin-listen ADDR`): `/metrics` (Prometheus /
+//! OpenMetrics text), `/healthz` (alive) and `/readyz` (ready to relay), on one small
+//! HTTP/1 server; and [`probe`], the client side used by `snowplow-relay healthcheck`
+//! (slim container images have no curl).
+//!
+//! It only reads shared state; a slow or hostile scraper cannot hold up the relay. Each
+//! connection is served on its own task, with a header-read timeout.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+/// What the listener serves.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// The metrics behind `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The state behind `/healthz` and `/readyz`.
+    pub health: Arc<Health>,
+}
+
+/// Binds `addr`; fails at start-up (not later) if the address is taken.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until the returned future is dropped.
+pub async fn serve(listener: TcpListener, admin: Admin) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.answer(&request)) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+impl Admin {
+    fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+        }
+        match request.uri().path() {
+            "/metrics" => Response::builder()
+                .header(
+                    "content-type",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+                .body(Full::new(Bytes::from(self.metrics.encode())))
+                .unwrap_or_default(),
+            "/healthz" => match self.health.alive() {
+                Ok(()) => text(StatusCode::OK, format!("ok: {}\n", self.health.status())),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not alive: {why}\n"),
+                ),
+            },
+            "/readyz" => match self.health.ready() {
+                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
+            },
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: /metrics, /healthz, /readyz\n".into(),
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+/// `GET path` on the admin listener at `addr`, within `timeout`: `Ok` with the body on
+/// a 200, `Err` with what went wrong otherwise.
+pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        stream
+            .take(64 * 1024)
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| e.to_string())?;
+        let response = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let status_line = head.lines().next().unwrap_or_default();
+        if status_line.split_whitespace().nth(1) == Some("200") {
+            Ok(body.to_owned())
+        } else {
+            Err(format!("{status_line}: {}", body.trim()))
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer from {addr} within {timeout:?}"))?
+}

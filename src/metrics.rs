@@ -1,0 +1,427 @@
+//! What the relay counts, as Prometheus metrics (prefix `snowplow_relay_`), and the
+//! [`Summary`] of a run derived from them.
+//!
+//! Counters are bumped once per claim, batch, request or acknowledgement, never per event
+//! on their own: the hot path adds a count, it does not loop. Labels are few and fixed
+//! (a reason from [`DeadReason`], a status class), so cardinality stays bounded whatever
+//! the input. List lengths and the oldest event's age are sampled every few seconds by
+//! the worker, not measured per event.
+//!
+//! The README lists each metric with what to alert on.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Why events went to the dead-letter list: the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadReason {
+    /// Not a relayable element (not JSON, not an object, a missing or unknown field…).
+    Malformed,
+    /// Larger than `events.max_element_bytes` (diverted by the claim script).
+    Oversized,
+    /// Cannot be encoded for the configured method (GET URL too long, lone surrogate).
+    Unsendable,
+    /// The collector answered a no-retry status.
+    Rejected,
+    /// The collector answered 413 to the event alone.
+    TooLarge,
+    /// The event kept failing while other requests succeeded.
+    FailedAlone,
+}
+
+impl DeadReason {
+    /// Every reason, for sums and for a scrape that shows zeros.
+    pub const ALL: [DeadReason; 6] = [
+        DeadReason::Malformed,
+        DeadReason::Oversized,
+        DeadReason::Unsendable,
+        DeadReason::Rejected,
+        DeadReason::TooLarge,
+        DeadReason::FailedAlone,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Malformed => "malformed",
+            DeadReason::Oversized => "oversized",
+            DeadReason::Unsendable => "unsendable",
+            DeadReason::Rejected => "rejected",
+            DeadReason::TooLarge => "too_large",
+            DeadReason::FailedAlone => "failed_alone",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+/// The outcome class of one collector request: the `class` label.
+pub fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        Some(_) => "other",
+        None => "transport_error",
+    }
+}
+
+/// Every metric of one relay process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    events_claimed: Counter,
+    events_delivered: Counter,
+    events_dead_lettered: Family<ReasonLabel, Counter>,
+    events_requeued: Counter,
+    events_redelivered: Counter,
+    requests: Family<ClassLabel, Counter>,
+    request_duration: Histogram,
+    retries: Counter,
+    events_in_flight: Gauge,
+    bytes_in_flight: Gauge,
+    batch_events: Histogram,
+    list_length: Gauge,
+    dead_letter_length: Gauge,
+    oldest_event_age: Gauge<f64, AtomicU64>,
+    redis_errors: Family<OperationLabel, Counter>,
+    lease_renewals: Counter,
+    lease_losses: Counter,
+    state_mismatches: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, registered under the `snowplow_relay` prefix.
+    pub fn new() -> Metrics {
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("snowplow_relay");
+        let metrics = Metrics {
+            registry: Registry::default(),
+            events_claimed: Counter::default(),
+            events_delivered: Counter::default(),
+            events_dead_lettered: Family::default(),
+            events_requeued: Counter::default(),
+            events_redelivered: Counter::default(),
+            requests: Family::default(),
+            request_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            retries: Counter::default(),
+            events_in_flight: Gauge::default(),
+            bytes_in_flight: Gauge::default(),
+            batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            list_length: Gauge::default(),
+            dead_letter_length: Gauge::default(),
+            oldest_event_age: Gauge::default(),
+            redis_errors: Family::default(),
+            lease_renewals: Counter::default(),
+            lease_losses: Counter::default(),
+            state_mismatches: Counter::default(),
+        };
+        let m = &metrics;
+        registry.register(
+            "events_claimed",
+            "Events claimed from the Redis list",
+            m.events_claimed.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Events the collector accepted (2xx)",
+            m.events_delivered.clone(),
+        );
+        registry.register(
+            "events_dead_lettered",
+            "Events written to the dead-letter list, by reason",
+            m.events_dead_lettered.clone(),
+        );
+        for reason in DeadReason::ALL {
+            let _ = m.events_dead_lettered.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            });
+        }
+        registry.register(
+            "events_requeued",
+            "Events returned to the head of the list at shutdown",
+            m.events_requeued.clone(),
+        );
+        registry.register(
+            "events_redelivered",
+            "Events returned to the list from relays whose lease expired (possible duplicates)",
+            m.events_redelivered.clone(),
+        );
+        registry.register(
+            "requests",
+            "Collector requests, by outcome class (2xx, 3xx, 4xx, 5xx, transport_error)",
+            m.requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from sending a collector request to its answer",
+            prometheus_client::registry::Unit::Seconds,
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "retries",
+            "Collector requests that failed and will be retried",
+            m.retries.clone(),
+        );
+        registry.register(
+            "events_in_flight",
+            "Events claimed and not yet acknowledged",
+            m.events_in_flight.clone(),
+        );
+        registry.register_with_unit(
+            "in_flight",
+            "Bytes of events claimed and not yet acknowledged",
+            prometheus_client::registry::Unit::Bytes,
+            m.bytes_in_flight.clone(),
+        );
+        registry.register(
+            "batch_events",
+            "Events per collector request",
+            m.batch_events.clone(),
+        );
+        registry.register(
+            "list_length",
+            "Events waiting in the Redis list (sampled)",
+            m.list_length.clone(),
+        );
+        registry.register(
+            "dead_letter_length",
+            "Entries in the dead-letter list (sampled)",
+            m.dead_letter_length.clone(),
+        );
+        registry.register_with_unit(
+            "oldest_event_age",
+            "Age of the event at the head of the list, from its dtm (sampled; 0 without dtm)",
+            prometheus_client::registry::Unit::Seconds,
+            m.oldest_event_age.clone(),
+        );
+        registry.register(
+            "redis_errors",
+            "Failed Redis calls, by operation; each is retried on a re-established connection",
+            m.redis_errors.clone(),
+        );
+        registry.register(
+            "lease_renewals",
+            "Lease renewals (heartbeats)",
+            m.lease_renewals.clone(),
+        );
+        registry.register(
+            "lease_losses",
+            "Times this relay found its lease taken over and registered again",
+            m.lease_losses.clone(),
+        );
+        registry.register(
+            "state_mismatches",
+            "Times Redis had lost writes and the in-flight list was returned whole",
+            m.state_mismatches.clone(),
+        );
+        let build_info: Family<VersionLabel, Gauge> = Family::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The relay's version", build_info);
+        Metrics {
+            registry: root,
+            ..metrics
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format (which Prometheus scrapes).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// `count` events (of `bytes` bytes) were claimed.
+    pub fn claimed(&self, count: u64, bytes: u64) {
+        self.events_claimed.inc_by(count);
+        self.events_in_flight.inc_by(count as i64);
+        self.bytes_in_flight.inc_by(bytes as i64);
+    }
+
+    /// `count` events (of `bytes` bytes) left this relay's hands: acknowledged, or
+    /// released at shutdown.
+    pub fn settled(&self, count: u64, bytes: u64) {
+        self.events_in_flight.dec_by(count as i64);
+        self.bytes_in_flight.dec_by(bytes as i64);
+    }
+
+    /// The relay let go of everything (shutdown, lost lease): nothing is in flight.
+    pub fn nothing_in_flight(&self) {
+        self.events_in_flight.set(0);
+        self.bytes_in_flight.set(0);
+    }
+
+    /// The collector accepted `count` events.
+    pub fn delivered(&self, count: u64) {
+        self.events_delivered.inc_by(count);
+    }
+
+    /// `count` events were written to the dead-letter list for `reason`.
+    pub fn dead_lettered(&self, reason: DeadReason, count: u64) {
+        if count > 0 {
+            self.events_dead_lettered
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .inc_by(count);
+        }
+    }
+
+    /// `count` events went back to the head of the list at shutdown.
+    pub fn requeued(&self, count: u64) {
+        self.events_requeued.inc_by(count);
+    }
+
+    /// `count` events came back from dead relays' in-flight lists.
+    pub fn redelivered(&self, count: u64) {
+        self.events_redelivered.inc_by(count);
+    }
+
+    /// One collector request ended with `status` (`None`: no answer) after `seconds`.
+    pub fn request(&self, status: Option<u16>, seconds: f64, events: usize) {
+        self.requests
+            .get_or_create(&ClassLabel {
+                class: status_class(status),
+            })
+            .inc();
+        self.request_duration.observe(seconds);
+        self.batch_events.observe(events as f64);
+    }
+
+    /// A failed request will be retried.
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    /// A Redis call for `operation` failed.
+    pub fn redis_error(&self, operation: &'static str) {
+        self.redis_errors
+            .get_or_create(&OperationLabel { operation })
+            .inc();
+    }
+
+    /// The lease was renewed.
+    pub fn lease_renewed(&self) {
+        self.lease_renewals.inc();
+    }
+
+    /// The lease was found taken over.
+    pub fn lease_lost(&self) {
+        self.lease_losses.inc();
+    }
+
+    /// Redis had lost writes.
+    pub fn state_mismatch(&self) {
+        self.state_mismatches.inc();
+    }
+
+    /// The sampled list lengths and the head event's age (seconds; 0 if unknown).
+    pub fn sampled(&self, list: u64, dead: u64, oldest_age_seconds: f64) {
+        self.list_length.set(list as i64);
+        self.dead_letter_length.set(dead as i64);
+        self.oldest_event_age.set(oldest_age_seconds);
+    }
+
+    /// What the relay did so far.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            claimed: self.events_claimed.get(),
+            delivered: self.events_delivered.get(),
+            dead_lettered: DeadReason::ALL
+                .iter()
+                .map(|reason| {
+                    self.events_dead_lettered
+                        .get_or_create(&ReasonLabel {
+                            reason: reason.as_str(),
+                        })
+                        .get()
+                })
+                .sum(),
+            requeued: self.events_requeued.get(),
+            redelivered: self.events_redelivered.get(),
+        }
+    }
+}
+
+/// What one run did, returned by [`crate::run`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Events claimed from the list.
+    pub claimed: u64,
+    /// Events the collector accepted.
+    pub delivered: u64,
+    /// Events written to the dead-letter list.
+    pub dead_lettered: u64,
+    /// Events returned to the head of the list at shutdown.
+    pub requeued: u64,
+    /// Events this relay returned from dead relays' in-flight lists (possible duplicates).
+    pub redelivered: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions_and_the_summary_adds_up() {
+        let metrics = Metrics::new();
+        metrics.claimed(10, 1000);
+        metrics.delivered(7);
+        metrics.dead_lettered(DeadReason::Malformed, 2);
+        metrics.dead_lettered(DeadReason::Rejected, 1);
+        metrics.request(Some(200), 0.01, 7);
+        let text = metrics.encode();
+        for line in [
+            "snowplow_relay_events_claimed_total 10",
+            "snowplow_relay_events_delivered_total 7",
+            "snowplow_relay_events_dead_lettered_total{reason=\"malformed\"} 2",
+            "snowplow_relay_events_dead_lettered_total{reason=\"oversized\"} 0",
+            "snowplow_relay_requests_total{class=\"2xx\"} 1",
+            "snowplow_relay_events_in_flight 10",
+            "snowplow_relay_in_flight_bytes 1000",
+            "snowplow_relay_build_info{version=\"",
+        ] {
+            assert!(text.contains(line), "`{line}` missing from\n{text}");
+        }
+        assert!(text.contains("snowplow_relay_request_duration_seconds_bucket"));
+        let summary = metrics.summary();
+        assert_eq!(summary.dead_lettered, 3);
+        assert_eq!(summary.delivered, 7);
+    }
+}
