@@ -307,7 +307,14 @@ impl Emitter {
         if config.anonymous {
             headers.insert("SP-Anonymous", HeaderValue::from_static("*"));
         }
-        let client = reqwest::Client::builder()
+        let https = url.scheme() == "https";
+        let mut builder = reqwest::Client::builder();
+        if !https {
+            // Plain HTTP needs no trust store: do not load one, so that a host or image
+            // without CA certificates can still relay to an http collector.
+            builder = builder.tls_certs_only(std::iter::empty());
+        }
+        let client = builder
             .user_agent(USER_AGENT)
             .default_headers(headers)
             .timeout(config.request_timeout())
@@ -318,9 +325,15 @@ impl Emitter {
             // collector answers 200: the events would count as delivered and be lost.
             .redirect(reqwest::redirect::Policy::none())
             // An https collector is never reached over plain http.
-            .https_only(url.scheme() == "https")
+            .https_only(https)
             .build()
-            .map_err(|e| crate::Error::HttpClient(e.without_url()))?;
+            .map_err(|e| {
+                if https {
+                    crate::Error::TrustStore(error_chain(&e))
+                } else {
+                    crate::Error::HttpClient(e.without_url())
+                }
+            })?;
         Ok(Arc::new(Emitter {
             client,
             url,
@@ -548,6 +561,18 @@ impl Emitter {
             _ => Err(AttemptError::Status(status)),
         }
     }
+}
+
+/// An error and its causes, one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The current time in epoch milliseconds, as the tracker protocol writes it.

@@ -58,6 +58,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The system's CA certificates, needed for an https collector, could not be loaded.
+    #[error(
+        "cannot load the system's CA certificates to verify the https collector ({0}); \
+         install them (Debian: apt-get install ca-certificates) or point SSL_CERT_FILE at \
+         a PEM bundle"
+    )]
+    TrustStore(String),
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),

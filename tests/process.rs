@@ -551,3 +551,28 @@ async fn systemd_hears_ready_only_once_registered_then_status_watchdog_and_stopp
     let stopping = log.iter().position(|m| m.contains("STOPPING=1")).unwrap();
     assert!(ready < stopping, "{log:?}");
 }
+
+#[tokio::test]
+async fn a_host_without_ca_certificates_relays_over_http_and_says_what_https_needs() {
+    // Before: "cannot build the HTTP client: builder error", even for an http collector.
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    redis.rpush(LIST, &numbered_events(20));
+    let no_roots = [
+        ("SSL_CERT_FILE", "/nonexistent"),
+        ("SSL_CERT_DIR", "/nonexistent"),
+    ];
+    let child = relay(&redis.url(), &collector.url(), &no_roots);
+    wait_until("delivered over http", Duration::from_secs(10), || {
+        collector.delivered().len() == 20
+    })
+    .await;
+    signal(&child, "TERM");
+    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+
+    let child = relay(&redis.url(), "https://collector.invalid", &no_roots);
+    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("ca-certificates"), "{stderr}");
+}
