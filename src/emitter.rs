@@ -62,6 +62,14 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// The collector's retry backoff.
+    pub fn of(config: &CollectorConfig) -> Backoff {
+        Backoff {
+            initial: Duration::from_millis(config.retry_initial_backoff_ms),
+            max: Duration::from_millis(config.retry_max_backoff_ms),
+        }
+    }
+
     /// The delay before retry number `attempt` (1-based).
     pub fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self
@@ -278,8 +286,9 @@ pub struct Emitter {
     method: Method,
     byte_limit: usize,
     no_retry: Vec<u16>,
-    backoff: Backoff,
-    isolated_failure_limit: u32,
+    /// Changed while running by [`Emitter::set_retry`] (SIGHUP).
+    backoff: std::sync::RwLock<Backoff>,
+    isolated_failure_limit: std::sync::atomic::AtomicU32,
     healthy: watch::Sender<bool>,
     /// Batches whose last attempt failed. One failing batch alone says nothing about the
     /// collector (its content may be the problem); two or more mean it is failing.
@@ -340,17 +349,24 @@ impl Emitter {
             method: config.method,
             byte_limit: config.byte_limit.map_or(usize::MAX, NonZeroUsize::get),
             no_retry: config.no_retry_statuses.clone(),
-            backoff: Backoff {
-                initial: Duration::from_millis(config.retry_initial_backoff_ms),
-                max: Duration::from_millis(config.retry_max_backoff_ms),
-            },
-            isolated_failure_limit: config.isolated_failure_limit,
+            backoff: std::sync::RwLock::new(Backoff::of(config)),
+            isolated_failure_limit: config.isolated_failure_limit.into(),
             healthy: watch::channel(true).0,
             failing_batches: AtomicUsize::new(0),
             successes: AtomicU64::new(0),
             metrics,
             health,
         }))
+    }
+
+    /// Applies new retry settings (`retry_*_backoff_ms`, `isolated_failure_limit`) to
+    /// every request from its next attempt on.
+    pub fn set_retry(&self, config: &CollectorConfig) {
+        if let Ok(mut backoff) = self.backoff.write() {
+            *backoff = Backoff::of(config);
+        }
+        self.isolated_failure_limit
+            .store(config.isolated_failure_limit, Ordering::Relaxed);
     }
 
     /// Where requests go (may hold credentials: log [`Emitter::shown_url`] instead).
@@ -459,7 +475,7 @@ impl Emitter {
                 isolated_failures += 1;
             }
             successes_before = successes_now;
-            if isolated_failures >= self.isolated_failure_limit {
+            if isolated_failures >= self.isolated_failure_limit.load(Ordering::Relaxed) {
                 if batch.len() > 1 {
                     return Outcome::Split {
                         status: error.status(),
@@ -480,7 +496,10 @@ impl Emitter {
             }
             self.update_health(Some(&error));
             self.metrics.retry();
-            let delay = self.backoff.delay(attempt);
+            let delay = self
+                .backoff
+                .read()
+                .map_or(Duration::from_secs(1), |backoff| backoff.delay(attempt));
             if matches!(error, AttemptError::Redirect { .. }) {
                 // A misconfiguration, not a passing fault: say so every time.
                 tracing::warn!(%error, attempt, "collector redirects; not following");

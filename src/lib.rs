@@ -97,6 +97,74 @@ pub enum Error {
     },
 }
 
+/// Asks a running relay to act now: flush partial batches (the tracker's `flush()`;
+/// SIGUSR1) or apply new settings where that is safe (SIGHUP). Clone it freely.
+#[derive(Debug, Clone)]
+pub struct Controls {
+    flush: Arc<tokio::sync::Notify>,
+    reload: Arc<tokio::sync::watch::Sender<Option<Valid>>>,
+}
+
+impl Default for Controls {
+    fn default() -> Self {
+        Controls {
+            flush: Arc::default(),
+            reload: Arc::new(tokio::sync::watch::channel(None).0),
+        }
+    }
+}
+
+/// Settings [`Controls::reload`] applies to a running relay; every other change needs a
+/// restart (and is logged as such).
+pub const RELOADABLE: &[&str] = &[
+    "log.level",
+    "collector.retry_initial_backoff_ms",
+    "collector.retry_max_backoff_ms",
+    "collector.isolated_failure_limit",
+];
+
+impl Controls {
+    /// Sends every partial batch now.
+    pub fn flush(&self) {
+        self.flush.notify_one();
+    }
+
+    /// Applies the reloadable settings of `config` (the caller applies `log.level`, which
+    /// belongs to the process's log set-up) and logs what else changed and needs a
+    /// restart.
+    pub fn reload(&self, config: Valid) {
+        self.reload.send_replace(Some(config));
+    }
+}
+
+/// The dotted keys whose values differ between two configurations.
+pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    let table = |config: &Config| {
+        toml::Value::try_from(config)
+            .ok()
+            .and_then(|value| value.as_table().cloned())
+            .unwrap_or_default()
+    };
+    let (old, new) = (table(old), table(new));
+    let mut changed = Vec::new();
+    for (section, new_values) in &new {
+        let empty = toml::value::Table::new();
+        let old_values = old
+            .get(section)
+            .and_then(|v| v.as_table())
+            .unwrap_or(&empty);
+        let new_values = new_values.as_table().unwrap_or(&empty);
+        let keys: std::collections::BTreeSet<&String> =
+            old_values.keys().chain(new_values.keys()).collect();
+        for key in keys {
+            if old_values.get(key) != new_values.get(key) {
+                changed.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    changed
+}
+
 /// Runs the relay until `shutdown` resolves, then stops claiming, drains for up to
 /// `worker.drain_timeout_ms` (cut short when `force` resolves) and returns every
 /// undelivered event to the head of the list.
@@ -108,6 +176,16 @@ pub async fn run(
     config: Valid,
     shutdown: impl Future<Output = ()>,
     force: impl Future<Output = ()>,
+) -> Result<Summary, Error> {
+    run_with_controls(config, shutdown, force, Controls::default()).await
+}
+
+/// [`run`], with [`Controls`] to flush or reload while it runs.
+pub async fn run_with_controls(
+    config: Valid,
+    shutdown: impl Future<Output = ()>,
+    force: impl Future<Output = ()>,
+    controls: Controls,
 ) -> Result<Summary, Error> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -136,6 +214,11 @@ pub async fn run(
     };
     let notifier = notify::spawn(health.clone());
     let emitter = Emitter::new(&config.collector, metrics.clone(), health.clone())?;
+    let reloader = tokio::spawn(apply_reloads(
+        config.clone(),
+        controls.reload.subscribe(),
+        emitter.clone(),
+    ));
     // The caller's futures become tokens, which every attempt below can wait on.
     let stop = CancellationToken::new();
     let hurry = CancellationToken::new();
@@ -144,6 +227,7 @@ pub async fn run(
         emitter,
         &metrics,
         &health,
+        &controls.flush,
         stop.clone(),
         hurry.clone(),
     );
@@ -166,7 +250,38 @@ pub async fn run(
     if let Some(admin) = admin {
         admin.abort();
     }
+    reloader.abort();
     result
+}
+
+/// Applies reloaded settings to the emitter and logs what changed.
+async fn apply_reloads(
+    mut current: Valid,
+    mut reloads: tokio::sync::watch::Receiver<Option<Valid>>,
+    emitter: Arc<Emitter>,
+) {
+    while reloads.changed().await.is_ok() {
+        let Some(new) = reloads.borrow_and_update().clone() else {
+            continue;
+        };
+        let changed = changed_keys(&current, &new);
+        let (applied, need_restart): (Vec<String>, Vec<String>) = changed
+            .into_iter()
+            .partition(|key| RELOADABLE.contains(&key.as_str()));
+        emitter.set_retry(&new.collector);
+        tracing::info!(
+            applied = ?applied,
+            need_restart = ?need_restart,
+            "configuration reloaded"
+        );
+        if !need_restart.is_empty() {
+            tracing::warn!(
+                keys = ?need_restart,
+                "these settings changed but take effect only after a restart"
+            );
+        }
+        current = new;
+    }
 }
 
 async fn relay_until_stopped(
@@ -174,6 +289,7 @@ async fn relay_until_stopped(
     emitter: Arc<Emitter>,
     metrics: &Arc<Metrics>,
     health: &Arc<Health>,
+    flush: &Arc<tokio::sync::Notify>,
     stop: CancellationToken,
     hurry: CancellationToken,
 ) -> Result<Summary, Error> {
@@ -201,6 +317,7 @@ async fn relay_until_stopped(
             emitter.clone(),
             metrics.clone(),
             health.clone(),
+            flush.clone(),
             stop.cancelled(),
             hurry.cancelled(),
         )

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use snowplow_relay::config::{LogFormat, Method, Overrides};
 use snowplow_relay::queue::{DeadLetter, Queue, QueueError};
-use snowplow_relay::{Config, Valid, telemetry};
+use snowplow_relay::{Config, Controls, Valid, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Relays Snowplow events from a Redis list to a Snowplow collector, at least once.
@@ -114,7 +114,7 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     let loaded = match cli.command {
         Some(Command::DeadLetter { .. } | Command::Healthcheck { .. }) => {
             Config::load_for_redis_tools(cli.config.as_deref(), &cli.overrides())
@@ -128,7 +128,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.take().unwrap_or(Command::Run) {
         Command::Check => {
             print!("{}", config.to_masked_toml());
             ExitCode::SUCCESS
@@ -148,17 +148,31 @@ fn main() -> ExitCode {
             }
         }
         Command::Run => {
-            telemetry::init(&config.log);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
+            let log_level = telemetry::init(&config.log);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
-                .expect("cannot start the async runtime");
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("snowplow-relay: cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
             runtime.block_on(async {
-                let (shutdown, force) = signals();
-                match snowplow_relay::run(
+                let controls = Controls::default();
+                let (shutdown, force) = match signals(&cli, config.clone(), log_level, &controls) {
+                    Ok(tokens) => tokens,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot install signal handlers");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                match snowplow_relay::run_with_controls(
                     config,
                     shutdown.cancelled_owned(),
                     force.cancelled_owned(),
+                    controls,
                 )
                 .await
                 {
@@ -250,14 +264,48 @@ fn healthcheck(config: &Valid, ready: bool) -> ExitCode {
 }
 
 /// The first SIGINT, SIGTERM or SIGQUIT cancels the first token (graceful shutdown);
-/// a second one cancels the second (stop draining, requeue now).
-fn signals() -> (CancellationToken, CancellationToken) {
+/// a second one cancels the second (stop draining, requeue now). SIGUSR1 flushes
+/// partial batches; SIGHUP reloads the configuration (what is safe to change).
+fn signals(
+    cli: &Cli,
+    mut current: Valid,
+    log_level: telemetry::LogLevel,
+    controls: &Controls,
+) -> std::io::Result<(CancellationToken, CancellationToken)> {
     use tokio::signal::unix::{SignalKind, signal};
     let shutdown = CancellationToken::new();
     let force = CancellationToken::new();
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut user1 = signal(SignalKind::user_defined1())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let flush = controls.clone();
+    tokio::spawn(async move {
+        while user1.recv().await.is_some() {
+            flush.flush();
+        }
+    });
+    let (file, overrides, reload) = (cli.config.clone(), cli.overrides(), controls.clone());
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match Config::load(file.as_deref(), &overrides) {
+                Err(error) => tracing::error!(
+                    %error,
+                    "SIGHUP: the new configuration is invalid; keeping the running one"
+                ),
+                Ok(new) => {
+                    if new.log.level != current.log.level
+                        && let Err(why) = log_level.set(&new.log.level)
+                    {
+                        tracing::warn!(%why, "SIGHUP: log.level not changed");
+                    }
+                    current = new.clone();
+                    reload.reload(new);
+                }
+            }
+        }
+    });
     let (first, second) = (shutdown.clone(), force.clone());
     tokio::spawn(async move {
         for token in [first, second] {
@@ -269,5 +317,5 @@ fn signals() -> (CancellationToken, CancellationToken) {
             token.cancel();
         }
     });
-    (shutdown, force)
+    Ok((shutdown, force))
 }

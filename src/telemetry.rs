@@ -1,25 +1,63 @@
-//! Log set-up: `tracing` with a level or filter directive, plain text or JSON lines.
+//! Log set-up: `tracing` with a level or filter directive, plain text or JSON lines, and
+//! a handle to change the level while running (SIGHUP).
 //!
-//! What is logged where: a start-up line with the effective settings (password masked),
-//! warnings with counts when a request, a Redis call or an element fails, a debug line per
-//! delivered batch, and nothing per event at `info`.
+//! What is logged where: a start-up line with the effective settings (credentials
+//! masked), warnings with counts when a request, a Redis call or an element fails, a
+//! debug line per delivered batch, and nothing per event at `info`.
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Changes the log filter of the running process.
+pub struct LogLevel {
+    reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>,
+    /// `RUST_LOG` was set: it wins over `log.level`, at start-up and on reload.
+    pinned_by_env: bool,
+}
+
+impl LogLevel {
+    /// Applies `log.level` = `level` (already validated). Does nothing, and says so, when
+    /// `RUST_LOG` pins the filter.
+    pub fn set(&self, level: &str) -> Result<(), String> {
+        if self.pinned_by_env {
+            return Err("RUST_LOG is set and takes precedence over log.level".into());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        (self.reload)(filter)
+    }
+}
+
 /// Installs the global subscriber, writing to stderr. `RUST_LOG`, when set, overrides
 /// `log.level`.
-pub fn init(config: &LogConfig) {
-    let filter = std::env::var("RUST_LOG")
+pub fn init(config: &LogConfig) -> LogLevel {
+    let from_env = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|directive| EnvFilter::try_new(directive).ok())
-        .unwrap_or_else(|| EnvFilter::new(&config.level));
+        .and_then(|directive| EnvFilter::try_new(directive).ok());
+    let pinned_by_env = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(&config.level));
+    // Colours only on a terminal: journald, Docker and files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let _ = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync> = match config.format {
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = builder.try_init();
+            Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()))
+        }
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = builder.try_init();
+            Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()))
+        }
     };
+    LogLevel {
+        reload,
+        pinned_by_env,
+    }
 }

@@ -304,6 +304,7 @@ pub(crate) async fn run(
     emitter: Arc<Emitter>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    flush: Arc<tokio::sync::Notify>,
     shutdown: impl Future<Output = ()>,
     force: impl Future<Output = ()>,
 ) -> Result<Summary, crate::Error> {
@@ -333,6 +334,7 @@ pub(crate) async fn run(
         queue.instance().to_owned(),
         lifecycle.clone(),
         metrics.clone(),
+        flush,
     ));
     let mut acker = tokio::spawn(ack_loop(
         resolved_rx,
@@ -701,6 +703,7 @@ async fn batch_loop(
     instance: String,
     lifecycle: Arc<Lifecycle>,
     metrics: Arc<Metrics>,
+    flush: Arc<tokio::sync::Notify>,
 ) {
     let mut builder = BatchBuilder::new(settings.method, settings.buffer_size, settings.byte_limit);
     let mut senders = Senders {
@@ -731,6 +734,15 @@ async fn batch_loop(
                 if let Some(batch) = builder.take() {
                     senders.start(batch).await;
                 }
+                continue;
+            }
+            () = flush.notified() => {
+                flush_at = None;
+                let held = builder.pending();
+                if let Some(batch) = builder.take() {
+                    senders.start(batch).await;
+                }
+                tracing::info!(events = held, "flush requested: partial batch sent");
                 continue;
             }
             Some(joined) = senders.running.join_next(), if !senders.running.is_empty() => {

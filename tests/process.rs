@@ -576,3 +576,121 @@ async fn a_host_without_ca_certificates_relays_over_http_and_says_what_https_nee
     assert_eq!(status.code(), Some(1));
     assert!(stderr.contains("ca-certificates"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_flushes_a_partial_batch_at_once() {
+    // A byte bound of 64 KiB holds ~60 events: a batch of 500 never fills, the list never
+    // runs dry, and the flush timer is 10 minutes away. Only SIGUSR1 sends.
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    redis.rpush(LIST, &numbered_events(1000));
+    let child = relay(
+        &redis.url(),
+        &collector.url(),
+        &[
+            ("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "500"),
+            ("SNOWPLOW_RELAY_COLLECTOR__FLUSH_INTERVAL_MS", "600000"),
+            ("SNOWPLOW_RELAY_EVENTS__MAX_ELEMENT_BYTES", "16384"),
+            ("SNOWPLOW_RELAY_REDIS__CLAIM_MAX_BYTES", "65536"),
+            ("SNOWPLOW_RELAY_WORKER__MAX_CLAIMED_BYTES", "65536"),
+        ],
+    );
+    wait_until("claimed", Duration::from_secs(10), || {
+        redis.llen(LIST) < 1000
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        collector.requests().is_empty(),
+        "nothing is sent without a flush"
+    );
+    signal(&child, "USR1");
+    wait_until("the flushed batch", Duration::from_secs(5), || {
+        !collector.requests().is_empty()
+    })
+    .await;
+    let sent = collector.delivered().len();
+    assert!(sent > 0 && sent < 500, "one partial batch: {sent}");
+    signal(&child, "TERM");
+    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("flush requested"), "{stderr}");
+    let delivered: std::collections::HashSet<String> =
+        collector.delivered_eids().into_iter().collect();
+    assert_eq!(
+        delivered.len(),
+        collector.delivered().len(),
+        "nothing twice"
+    );
+    assert_eq!(redis.llen(LIST) + delivered.len(), 1000, "nothing lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_log_level_and_retry_settings_and_names_what_needs_a_restart() {
+    let redis = RedisServer::start();
+    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    let write = |level: &str, backoff: u64, key: &str| {
+        let toml = format!(
+            "[redis]\nurl = \"{}\"\nkey = \"{key}\"\n[collector]\nurl = \"{}\"\n\
+             retry_initial_backoff_ms = {backoff}\nretry_max_backoff_ms = 2000\n[log]\nlevel = \"{level}\"\n",
+            redis.url(),
+            collector.url()
+        );
+        std::fs::write(&file, toml).unwrap();
+    };
+    write("warn", 20, LIST);
+    redis.rpush(LIST, &numbered_events(100));
+    let child = Command::new(bin())
+        .args(["--config", file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("retrying", Duration::from_secs(10), || {
+        collector.requests().len() >= 3
+    })
+    .await;
+    std::fs::write(&file, "not toml [").unwrap();
+    signal(&child, "HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write("debug", 1000, "other-list");
+    signal(&child, "HUP");
+    // With a 1 s first retry the attempts slow down.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    collector.respond_with(Box::new(|_| 200));
+    wait_until("every event delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 100
+    })
+    .await;
+    signal(&child, "TERM");
+    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the new configuration is invalid"),
+        "{stderr}"
+    );
+    let reloaded = stderr
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .unwrap_or_else(|| panic!("no reload line:\n{stderr}"));
+    assert!(reloaded.contains("log.level"), "{reloaded}");
+    assert!(
+        reloaded.contains("collector.retry_initial_backoff_ms"),
+        "{reloaded}"
+    );
+    let need_restart = reloaded.split("need_restart=").nth(1).unwrap_or_default();
+    assert!(need_restart.contains("\"redis.key\""), "{reloaded}");
+    assert!(!need_restart.contains("log.level"), "{reloaded}");
+    assert!(
+        stderr.contains("DEBUG"),
+        "debug lines after the reload:\n{stderr}"
+    );
+    assert_eq!(collector.delivered().len(), 100, "each event once");
+    assert_eq!(
+        redis.llen(LIST),
+        0,
+        "the relay kept its list until a restart"
+    );
+}
