@@ -6,25 +6,11 @@
 #
 # Configure with a mounted /etc/snowplow-relay/config.toml or SNOWPLOW_RELAY_<SECTION>__<KEY>
 # environment variables. The admin listener (metrics, health) is on port 9187.
+#
+# The stages needing no Rust image come first: Docker's classic builder stops at the
+# --target stage, so `--target runtime-prebuilt` works where no Rust image can be pulled.
 ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
-
-# --- build: dependencies in a layer of their own, rebuilt only when Cargo.* change ---
-FROM ${RUST_IMAGE} AS build
-WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
-    && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
-    && echo 'fn main() {}' > benches/relay.rs \
-    && cargo build --release --locked \
-    && rm -rf src benches
-COPY src ./src
-COPY benches ./benches
-COPY config ./config
-RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
-    && cp target/release/snowplow-relay /usr/local/bin/snowplow-relay
 
 # --- runtime base: CA certificates (https collectors), a numeric non-root user ---
 FROM ${RUNTIME_IMAGE} AS base
@@ -54,6 +40,23 @@ CMD ["run"]
 FROM base AS runtime-prebuilt
 ARG BINARY=target/release/snowplow-relay
 COPY ${BINARY} /usr/local/bin/snowplow-relay
+
+# --- build: dependencies in a layer of their own, rebuilt only when Cargo.* change ---
+FROM ${RUST_IMAGE} AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/relay.rs \
+    && cargo build --release --locked \
+    && rm -rf src benches
+COPY src ./src
+COPY benches ./benches
+COPY config ./config
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked \
+    && cp target/release/snowplow-relay /usr/local/bin/snowplow-relay
 
 # --- runtime from the build stage (the default target) ---
 FROM base AS runtime
