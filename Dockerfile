@@ -43,6 +43,7 @@ COPY ${BINARY} /usr/local/bin/snowplow-relay
 
 # --- build: dependencies in a layer of their own, rebuilt only when Cargo.* change ---
 FROM ${RUST_IMAGE} AS build
+ENV CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \

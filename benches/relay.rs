@@ -15,6 +15,8 @@
 //!
 //! ```text
 //! cargo bench --bench relay -- [--events N] [--backlog N] [--python] [--only NAME]
+//! (NAME, or several separated by commas: raw, post-tuned, post-default, get, scaling,
+//! latency, backlog)
 //! ```
 //!
 //! Throughput runs start timing when the preloaded events appear under the relay's key
@@ -255,17 +257,37 @@ async fn throughput(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Throughput {
+    throughput_of(redis, collector, url, n, 1, args, env).await
+}
+
+/// `copies` relays on one list: events/s of the group and relay CPU (all copies) per
+/// 100,000 events; peak RSS is the largest copy's.
+async fn throughput_of(
+    redis: &common::RedisServer,
+    collector: &CountingCollector,
+    url: &str,
+    n: usize,
+    copies: usize,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Throughput {
     stage(redis, &realistic_events(n, "tp"));
-    let relay = spawn_relay(redis, url, args, env);
+    let relays: Vec<Child> = (0..copies)
+        .map(|_| spawn_relay(redis, url, args, env))
+        .collect();
     tokio::time::sleep(Duration::from_millis(500)).await; // started and blocked on the empty list
-    let (cpu_before, _) = usage(relay.id());
+    let cpu_before: f64 = relays.iter().map(|r| usage(r.id()).0).sum();
     let before = collector.events.load(Ordering::Relaxed);
     let started = Instant::now();
     publish(redis);
     wait_for_count(&collector.events, before + n as u64, "throughput").await;
     let elapsed = started.elapsed();
-    let (cpu_after, peak_rss_kb) = usage(relay.id());
-    terminate(relay);
+    let after: Vec<(f64, u64)> = relays.iter().map(|r| usage(r.id())).collect();
+    let cpu_after: f64 = after.iter().map(|(cpu, _)| cpu).sum();
+    let peak_rss_kb = after.iter().map(|(_, rss)| *rss).max().unwrap_or(0);
+    for relay in relays {
+        terminate(relay);
+    }
     assert_eq!(redis.llen(LIST), 0);
     Throughput {
         events_per_second: n as f64 / elapsed.as_secs_f64(),
@@ -438,7 +460,7 @@ fn main() {
     let backlog: usize = arg(&args, "--backlog").map_or(1_000_000, |v| v.parse().unwrap());
     let python = args.iter().any(|a| a == "--python");
     let only = arg(&args, "--only");
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|o| o == name));
 
     let status = Command::new("cargo")
         .args(["build", "--release", "--quiet", "--bin", "snowplow-relay"])
@@ -488,6 +510,19 @@ fn main() {
             let t = throughput(&redis, &collector, &url, n, &["--method", "get"], &[("SNOWPLOW_RELAY_COLLECTOR__MAX_REQUESTS_IN_FLIGHT", "32")]).await;
             row("b. GET (32 requests in flight), events/s", format!("{:.0}", t.events_per_second));
             row("e. CPU s per 100,000 events (GET)", format!("{:.3}", t.cpu_seconds_per_100k));
+        }
+        if wanted("scaling") {
+            for copies in [1, 2, 4] {
+                let t = throughput_of(&redis, &collector, &url, n, copies, &[], &[]).await;
+                row(
+                    &format!("g. {copies} relay(s) on one list, POST default, events/s"),
+                    format!("{:.0}", t.events_per_second),
+                );
+                row(
+                    &format!("g. {copies} relay(s), CPU s per 100,000 events (all copies)"),
+                    format!("{:.3}", t.cpu_seconds_per_100k),
+                );
+            }
         }
         if wanted("latency") {
             let (p50, p99) = latency(&redis, &collector, &url, 10).await;
