@@ -460,7 +460,10 @@ fn main() {
     let backlog: usize = arg(&args, "--backlog").map_or(1_000_000, |v| v.parse().unwrap());
     let python = args.iter().any(|a| a == "--python");
     let only = arg(&args, "--only");
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|o| o == name));
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|o| o == name))
+    };
 
     let status = Command::new("cargo")
         .args(["build", "--release", "--quiet", "--bin", "snowplow-relay"])
