@@ -300,11 +300,12 @@ async fn throughput_of(
 async fn raw_drain(redis: &common::RedisServer, n: usize) -> f64 {
     stage(redis, &realistic_events(n, "raw"));
     publish(redis);
-    let settings = snowplow_relay::config::RedisConfig {
-        url: redis.url(),
-        ..Default::default()
-    };
-    let queue = snowplow_relay::queue::Queue::connect(&settings, "{snowplow}:dead")
+    let mut overrides = snowplow_relay::config::Overrides::default();
+    overrides.set("redis.url", Some(redis.url()));
+    overrides.set("collector.url", Some("http://127.0.0.1:9"));
+    let settings =
+        snowplow_relay::Config::load_with_env(None, &overrides, Some(Default::default())).unwrap();
+    let queue = snowplow_relay::queue::Queue::connect(&settings)
         .await
         .unwrap();
     queue.register().await.unwrap();

@@ -79,6 +79,24 @@ pub struct RedisConfig {
     /// `url` is a node of a Redis Cluster (the others are discovered from it). The
     /// relay's keys share the list's hash slot, so every script runs on one node.
     pub cluster: bool,
+    /// ACL user name (Redis 6+). Also possible in the URL: `redis://user:pass@host`.
+    pub username: Option<String>,
+    /// Password. Prefer `password_file` or `SNOWPLOW_RELAY_REDIS__PASSWORD`; a password
+    /// in a file the relay reads is never shown (`check` prints `****`).
+    pub password: Option<String>,
+    /// File holding the password (read at start-up, trailing newline dropped; a warning
+    /// if others can read it).
+    pub password_file: Option<std::path::PathBuf>,
+    /// `rediss://` only: PEM bundle of the CA(s) to trust instead of the system's roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// `rediss://` only: PEM client certificate for mutual TLS (with `tls_client_key_file`).
+    pub tls_client_cert_file: Option<std::path::PathBuf>,
+    /// `rediss://` only: PEM private key of `tls_client_cert_file`.
+    pub tls_client_key_file: Option<std::path::PathBuf>,
+    /// `rediss://` only: do not verify Redis's certificate. Dangerous (anyone on the path
+    /// can read and change the traffic); logged loudly. Also required for a URL ending in
+    /// `#insecure`.
+    pub tls_insecure_skip_verify: bool,
 }
 
 impl Default for RedisConfig {
@@ -92,6 +110,13 @@ impl Default for RedisConfig {
             command_timeout_ms: 5_000,
             lease_ttl_ms: 30_000,
             cluster: false,
+            username: None,
+            password: None,
+            password_file: None,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+            tls_insecure_skip_verify: false,
         }
     }
 }
@@ -162,6 +187,22 @@ pub struct CollectorConfig {
     /// Send `SP-Anonymous: *`, so the collector neither reads nor sets its cookie and
     /// drops the IP address.
     pub anonymous: bool,
+    /// PEM bundle of extra CA(s) to trust for an `https` collector, added to the system's
+    /// roots (or used alone with `tls_ca_only`).
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Trust only `tls_ca_file`, not the system's roots.
+    pub tls_ca_only: bool,
+    /// PEM client certificate for mutual TLS with the collector (with
+    /// `tls_client_key_file`).
+    pub tls_client_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_client_cert_file`.
+    pub tls_client_key_file: Option<std::path::PathBuf>,
+    /// Proxy for collector requests, e.g. `http://user:pass@proxy:3128` (credentials
+    /// masked in logs). Unset: `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the environment
+    /// apply, as curl reads them.
+    pub proxy: Option<String>,
+    /// With `proxy`: comma-separated hosts reached directly (as `NO_PROXY`).
+    pub no_proxy: Option<String>,
 }
 
 impl Default for CollectorConfig {
@@ -183,6 +224,12 @@ impl Default for CollectorConfig {
             retry_initial_backoff_ms: 500,
             retry_max_backoff_ms: 30_000,
             anonymous: false,
+            tls_ca_file: None,
+            tls_ca_only: false,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+            proxy: None,
+            no_proxy: None,
         }
     }
 }
@@ -372,12 +419,88 @@ impl Config {
                 "a URL starting with redis:// (rediss:// comes with TLS support)",
             ));
         }
-        if redis_url.scheme() == "rediss" {
+        let tls = redis_url.scheme() == "rediss";
+        for (key, set) in [
+            ("redis.tls_ca_file", redis.tls_ca_file.is_some()),
+            (
+                "redis.tls_client_cert_file",
+                redis.tls_client_cert_file.is_some(),
+            ),
+            (
+                "redis.tls_client_key_file",
+                redis.tls_client_key_file.is_some(),
+            ),
+            (
+                "redis.tls_insecure_skip_verify",
+                redis.tls_insecure_skip_verify,
+            ),
+        ] {
+            if set && !tls {
+                return Err(invalid(
+                    key,
+                    "a rediss:// redis.url (TLS); it does nothing for redis://",
+                ));
+            }
+        }
+        if redis_url.fragment() == Some("insecure") && !redis.tls_insecure_skip_verify {
             return Err(invalid(
                 "redis.url",
-                "redis:// (TLS to Redis, rediss://, is not supported yet)",
+                "no #insecure (certificate checks off) unless redis.tls_insecure_skip_verify = true",
             ));
         }
+        if redis.tls_client_cert_file.is_some() != redis.tls_client_key_file.is_some() {
+            return Err(invalid(
+                "redis.tls_client_cert_file",
+                "both redis.tls_client_cert_file and redis.tls_client_key_file, or neither",
+            ));
+        }
+        for (key, file) in [
+            ("redis.tls_ca_file", &redis.tls_ca_file),
+            ("redis.tls_client_cert_file", &redis.tls_client_cert_file),
+            ("redis.tls_client_key_file", &redis.tls_client_key_file),
+        ] {
+            if let Some(file) = file {
+                read_file(key, file)?;
+            }
+        }
+        let sources = [
+            redis_url.password().is_some(),
+            redis.password.is_some(),
+            redis.password_file.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(invalid(
+                "redis.password",
+                "one password source: the URL, redis.password (or SNOWPLOW_RELAY_REDIS__PASSWORD) \
+                 or redis.password_file",
+            ));
+        }
+        if !redis_url.username().is_empty() && redis.username.is_some() {
+            return Err(invalid(
+                "redis.username",
+                "one user name: in redis.url or redis.username, not both",
+            ));
+        }
+        let mut warnings = Vec::new();
+        let password_file_secret = match &redis.password_file {
+            Some(file) => {
+                let text = read_file("redis.password_file", file)?;
+                let text = String::from_utf8(text).map_err(|_| {
+                    invalid(
+                        "redis.password_file",
+                        "a file holding the password as UTF-8 text",
+                    )
+                })?;
+                if world_readable(file) {
+                    warnings.push(format!(
+                        "redis.password_file {} can be read by every user; chmod 600 it",
+                        file.display()
+                    ));
+                }
+                Some(text.trim_end_matches(['\n', '\r']).to_owned())
+            }
+            None => None,
+        };
         if redis.key.is_empty() {
             return Err(invalid("redis.key", "a non-empty list name"));
         }
@@ -617,7 +740,52 @@ impl Config {
             ));
         }
         let dead_letter_key = self.redis.dead_letter_key.clone().unwrap_or_default();
+        let collector = &self.collector;
+        for (key, file) in [
+            ("collector.tls_ca_file", &collector.tls_ca_file),
+            (
+                "collector.tls_client_cert_file",
+                &collector.tls_client_cert_file,
+            ),
+            (
+                "collector.tls_client_key_file",
+                &collector.tls_client_key_file,
+            ),
+        ] {
+            if let Some(file) = file {
+                read_file(key, file)?;
+            }
+        }
+        if collector.tls_ca_only && collector.tls_ca_file.is_none() {
+            return Err(invalid(
+                "collector.tls_ca_only",
+                "collector.tls_ca_file as well (the CA to trust alone)",
+            ));
+        }
+        if collector.tls_client_cert_file.is_some() != collector.tls_client_key_file.is_some() {
+            return Err(invalid(
+                "collector.tls_client_cert_file",
+                "both collector.tls_client_cert_file and collector.tls_client_key_file, or neither",
+            ));
+        }
+        if let Some(proxy) = &collector.proxy {
+            let parsed = Url::parse(proxy).map_err(|_| {
+                invalid(
+                    "collector.proxy",
+                    "a proxy URL such as http://proxy.example.com:3128",
+                )
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https" | "socks5" | "socks5h") {
+                return Err(invalid("collector.proxy", "an http://, https:// proxy URL"));
+            }
+        }
+        if collector.no_proxy.is_some() && collector.proxy.is_none() {
+            return Err(invalid("collector.no_proxy", "collector.proxy as well"));
+        }
+        let redis_password = self.redis.password.clone().or(password_file_secret);
         Ok(Valid {
+            redis_password,
+            warnings,
             buffer_size,
             byte_limit,
             max_element_bytes,
@@ -631,7 +799,9 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         shown.redis.url = mask_url(&shown.redis.url);
+        shown.redis.password = shown.redis.password.as_ref().map(|_| "****".into());
         shown.collector.url = shown.collector.url.as_deref().map(mask_url);
+        shown.collector.proxy = shown.collector.proxy.as_deref().map(mask_url);
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot show the settings: {e}\n"))
     }
 }
@@ -653,6 +823,11 @@ fn in_range(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), Con
 #[derive(Debug, Clone)]
 pub struct Valid {
     config: Config,
+    /// The Redis password from `redis.password` or `redis.password_file` (the URL's own
+    /// stays in the URL).
+    redis_password: Option<String>,
+    /// What validation found worth a warning (logged at start-up).
+    warnings: Vec<String>,
     buffer_size: NonZeroUsize,
     byte_limit: NonZeroUsize,
     max_element_bytes: NonZeroUsize,
@@ -686,6 +861,67 @@ impl Valid {
     pub fn dead_letter_key(&self) -> &str {
         &self.dead_letter_key
     }
+
+    /// Warnings found while validating (e.g. a world-readable password file).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// How the relay logs in to Redis.
+    pub fn redis_credentials(&self) -> RedisCredentials {
+        let url = Url::parse(&self.redis.url).ok();
+        let url_user = url
+            .as_ref()
+            .map(|u| u.username().to_owned())
+            .filter(|u| !u.is_empty());
+        let source = if url.as_ref().is_some_and(|u| u.password().is_some()) {
+            "redis.url"
+        } else if self.redis.password_file.is_some() {
+            "redis.password_file"
+        } else if self.redis.password.is_some() {
+            "redis.password (or SNOWPLOW_RELAY_REDIS__PASSWORD)"
+        } else {
+            "no password"
+        };
+        RedisCredentials {
+            username: self.redis.username.clone().or(url_user),
+            password: self.redis_password.clone(),
+            source,
+        }
+    }
+}
+
+/// The user and password the relay gives Redis, and where the password came from (for
+/// error messages, which never show the password itself).
+#[derive(Clone)]
+pub struct RedisCredentials {
+    /// ACL user, if any (else `default`).
+    pub username: Option<String>,
+    /// Password from `redis.password` / `redis.password_file` (a URL's stays in the URL).
+    pub password: Option<String>,
+    /// Where the password came from.
+    pub source: &'static str,
+}
+
+impl std::fmt::Debug for RedisCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCredentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "****"))
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// Reads a file named by a setting; the error names the key and the file.
+pub fn read_file(key: &'static str, file: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(file)
+        .map_err(|e| invalid(key, format!("a readable file ({}: {e})", file.display())))
+}
+
+fn world_readable(file: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
 }
 
 impl CollectorConfig {
@@ -1005,6 +1241,21 @@ words_enum!(LogFormat { "text" => Text, "json" => Json });
 mod example_file {
     use super::*;
 
+    /// Keys the example shows with an example value although they are unset by default.
+    const OPTIONAL_EXAMPLES: &[&str] = &[
+        "endpoint",
+        "port",
+        "listen",
+        "username",
+        "password",
+        "password_file",
+        "tls_ca_file",
+        "tls_client_cert_file",
+        "tls_client_key_file",
+        "proxy",
+        "no_proxy",
+    ];
+
     /// `config/snowplow-relay.toml` shows every key with its default: uncommenting every
     /// `# key = value` line (but `endpoint`/`port`, the alternative to `url`) changes
     /// nothing, and no key is missing.
@@ -1021,9 +1272,9 @@ mod example_file {
             if line.starts_with('[') {
                 uncommented.push_str(line);
                 uncommented.push('\n');
-            } else if is_setting && !["endpoint", "port", "listen"].contains(&name) {
+            } else if is_setting && !OPTIONAL_EXAMPLES.contains(&name) {
                 // endpoint/port are the alternative to url, shown for reference; the
-                // admin listener is off by default, its example address is no default.
+                // others are unset by default, their example values are no defaults.
                 keys += 1;
                 uncommented.push_str(code);
                 uncommented.push('\n');

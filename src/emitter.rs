@@ -245,8 +245,9 @@ enum AttemptError {
          the final address"
     )]
     Redirect { status: u16, location: String },
+    /// The error and its causes (e.g. the certificate problem), without the URL.
     #[error("request failed: {0}")]
-    Transport(#[source] reqwest::Error),
+    Transport(String),
     #[error("{0}")]
     Unsendable(String),
 }
@@ -317,12 +318,7 @@ impl Emitter {
             headers.insert("SP-Anonymous", HeaderValue::from_static("*"));
         }
         let https = url.scheme() == "https";
-        let mut builder = reqwest::Client::builder();
-        if !https {
-            // Plain HTTP needs no trust store: do not load one, so that a host or image
-            // without CA certificates can still relay to an http collector.
-            builder = builder.tls_certs_only(std::iter::empty());
-        }
+        let builder = tls_and_proxy(reqwest::Client::builder(), config, https)?;
         let client = builder
             .user_agent(USER_AGENT)
             .default_headers(headers)
@@ -557,7 +553,8 @@ impl Emitter {
             seconds,
             batch.len(),
         );
-        let mut response = sent.map_err(|e| AttemptError::Transport(e.without_url()))?;
+        let mut response =
+            sent.map_err(|e| AttemptError::Transport(error_chain(&e.without_url())))?;
         let status = response.status().as_u16();
         if response.status().is_redirection() {
             let location = response
@@ -580,6 +577,74 @@ impl Emitter {
             _ => Err(AttemptError::Status(status)),
         }
     }
+}
+
+/// The collector's trust store, client identity, minimum TLS version and proxy.
+fn tls_and_proxy(
+    mut builder: reqwest::ClientBuilder,
+    config: &CollectorConfig,
+    https: bool,
+) -> Result<reqwest::ClientBuilder, crate::Error> {
+    use crate::config::{ConfigError, read_file};
+    let bad = |key: &'static str, what: String| {
+        crate::Error::Config(ConfigError::Invalid {
+            key,
+            expected: what,
+        })
+    };
+    builder = builder.tls_version_min(reqwest::tls::Version::TLS_1_2);
+    match (&config.tls_ca_file, https) {
+        (Some(file), _) => {
+            let pem = read_file("collector.tls_ca_file", file)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|certs| !certs.is_empty())
+                .ok_or_else(|| {
+                    bad(
+                        "collector.tls_ca_file",
+                        format!("PEM certificates ({} holds none)", file.display()),
+                    )
+                })?;
+            builder = if config.tls_ca_only {
+                builder.tls_certs_only(certs)
+            } else {
+                builder.tls_certs_merge(certs)
+            };
+        }
+        // Plain HTTP needs no trust store: do not load one, so that a host or image
+        // without CA certificates can still relay to an http collector.
+        (None, false) => builder = builder.tls_certs_only(std::iter::empty()),
+        (None, true) => {}
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_client_cert_file, &config.tls_client_key_file) {
+        let mut pem = read_file("collector.tls_client_cert_file", cert)?;
+        pem.push(b'\n');
+        pem.extend(read_file("collector.tls_client_key_file", key)?);
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            bad(
+                "collector.tls_client_cert_file",
+                format!(
+                    "a PEM certificate and its private key ({} + {}: {})",
+                    cert.display(),
+                    key.display(),
+                    error_chain(&e)
+                ),
+            )
+        })?;
+        builder = builder.identity(identity);
+    }
+    if let Some(proxy) = &config.proxy {
+        let proxy = reqwest::Proxy::all(proxy.as_str())
+            .map_err(|_| bad("collector.proxy", "a proxy URL".into()))?
+            .no_proxy(
+                config
+                    .no_proxy
+                    .as_deref()
+                    .and_then(reqwest::NoProxy::from_string),
+            );
+        builder = builder.proxy(proxy);
+    }
+    Ok(builder)
 }
 
 /// An error and its causes, one line.

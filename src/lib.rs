@@ -192,6 +192,15 @@ pub async fn run_with_controls(
         settings = %config.to_masked_toml().replace('\n', " "),
         "snowplow-relay starting"
     );
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    if config.redis.tls_insecure_skip_verify {
+        tracing::warn!(
+            "redis.tls_insecure_skip_verify is on: Redis's certificate is NOT checked; anyone \
+             on the network path can read and change the events"
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(Duration::from_millis(
         config.redis.lease_ttl_ms,
@@ -364,7 +373,7 @@ async fn connect(config: &Valid, metrics: &Metrics, health: &Health) -> Queue {
 }
 
 async fn try_connect(config: &Valid, metrics: &Metrics) -> Result<Queue, QueueError> {
-    let queue = Queue::connect(&config.redis, config.dead_letter_key()).await?;
+    let queue = Queue::connect(config).await?;
     match queue.eviction_policy().await.as_deref() {
         Some("noeviction") => {}
         Some(policy) => tracing::warn!(

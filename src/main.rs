@@ -115,6 +115,9 @@ impl Cli {
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    // One crypto provider (ring) for every TLS connection, Redis and collector alike,
+    // installed before any subcommand opens one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let loaded = match cli.command {
         Some(Command::DeadLetter { .. } | Command::Healthcheck { .. }) => {
             Config::load_for_redis_tools(cli.config.as_deref(), &cli.overrides())
@@ -188,7 +191,7 @@ fn main() -> ExitCode {
 }
 
 async fn dead_letter(config: &Valid, action: DeadLetterAction) -> Result<(), QueueError> {
-    let queue = Queue::connect(&config.redis, config.dead_letter_key()).await?;
+    let queue = Queue::connect(config).await?;
     match action {
         DeadLetterAction::Count => println!("{}", queue.dead_letter_count().await?),
         DeadLetterAction::List { limit } => {

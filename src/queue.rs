@@ -64,7 +64,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 
-use crate::config::RedisConfig;
+use crate::config::Valid;
 
 /// What can go wrong talking to Redis.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,22 @@ pub enum QueueError {
          everything in flight to the list and registering again"
     )]
     StateMismatch(String),
+    /// Redis refused the credentials.
+    #[error(
+        "Redis refused the credentials of user `{user}` (password from {password_from}): \
+         {reply}; check redis.username and the password"
+    )]
+    Auth {
+        /// The ACL user.
+        user: String,
+        /// Where the password came from.
+        password_from: &'static str,
+        /// Redis's error code.
+        reply: String,
+    },
+    /// TLS with Redis failed (certificate, handshake, unreadable files).
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl QueueError {
@@ -396,7 +412,14 @@ pub struct Released {
 #[derive(Clone)]
 enum Server {
     Single(Client),
-    Cluster(Vec<String>),
+    Cluster(ClusterTarget),
+}
+
+/// How to reach a Redis Cluster: a seed node (with credentials) and its TLS settings.
+#[derive(Clone)]
+struct ClusterTarget {
+    seed: redis::ConnectionInfo,
+    certs: Option<redis::TlsCertificates>,
 }
 
 /// A connection to either kind of server; both reconnect by themselves after an error.
@@ -445,15 +468,103 @@ pub enum BlockingConnection {
 }
 
 fn cluster_client(
-    nodes: &[String],
+    target: &ClusterTarget,
     connect: Duration,
     response: Duration,
 ) -> Result<ClusterClient, RedisError> {
-    ClusterClientBuilder::new(nodes.to_vec())
+    let mut builder = ClusterClientBuilder::new(vec![target.seed.clone()])
         .connection_timeout(connect)
         .response_timeout(response)
-        .retries(2)
-        .build()
+        .retries(2);
+    if let Some(certs) = &target.certs {
+        builder = builder.certs(certs.clone());
+    }
+    builder.build()
+}
+
+/// The URL, user and password the relay connects with (`#insecure` added when
+/// `tls_insecure_skip_verify` is on).
+fn connection_info(config: &Valid) -> Result<redis::ConnectionInfo, RedisError> {
+    use redis::IntoConnectionInfo;
+    let mut url = config.redis.url.clone();
+    if config.redis.tls_insecure_skip_verify && !url.ends_with("#insecure") {
+        url.push_str("#insecure");
+    }
+    let info = url.as_str().into_connection_info()?;
+    let credentials = config.redis_credentials();
+    let mut settings = info.redis_settings().clone();
+    if let Some(user) = &credentials.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &credentials.password {
+        settings = settings.set_password(password);
+    }
+    Ok(info.set_redis_settings(settings))
+}
+
+/// The CA and client certificate files of a `rediss://` URL, read (validation already
+/// checked that they are readable).
+fn tls_certificates(config: &Valid) -> Result<Option<redis::TlsCertificates>, QueueError> {
+    let redis = &config.redis;
+    if redis.tls_ca_file.is_none() && redis.tls_client_cert_file.is_none() {
+        return Ok(None);
+    }
+    let read = |key: &'static str, file: &std::path::Path| {
+        crate::config::read_file(key, file).map_err(|e| QueueError::Tls(e.to_string()))
+    };
+    let root_cert = match &redis.tls_ca_file {
+        Some(file) => Some(read("redis.tls_ca_file", file)?),
+        None => None,
+    };
+    let client_tls = match (&redis.tls_client_cert_file, &redis.tls_client_key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("redis.tls_client_cert_file", cert)?,
+            client_key: read("redis.tls_client_key_file", key)?,
+        }),
+        _ => None,
+    };
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// Says what a connection error means for an operator: a certificate problem (naming
+/// the host and the CA file), refused credentials (naming the user and where the
+/// password came from, never the password), or anything else as it is.
+fn explain(error: RedisError, config: &Valid) -> QueueError {
+    let text = error.to_string();
+    let lower = text.to_ascii_lowercase();
+    if error.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+    {
+        let credentials = config.redis_credentials();
+        return QueueError::Auth {
+            user: credentials.username.unwrap_or_else(|| "default".into()),
+            password_from: credentials.source,
+            reply: text
+                .split_whitespace()
+                .find(|w| w.contains("WRONGPASS") || w.contains("NOAUTH"))
+                .unwrap_or("authentication failed")
+                .to_owned(),
+        };
+    }
+    if lower.contains("certificate") || lower.contains("handshake") || lower.contains("tls") {
+        let host = reqwest::Url::parse(&config.redis.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let trust = config.redis.tls_ca_file.as_ref().map_or_else(
+            || "the system's CA certificates".to_owned(),
+            |f| format!("redis.tls_ca_file {}", f.display()),
+        );
+        return QueueError::Tls(format!(
+            "TLS with Redis at {host} failed ({text}); check that its certificate is signed by \
+             a CA in {trust} and names {host}"
+        ));
+    }
+    QueueError::Redis(error)
 }
 
 /// One relay instance's handle on the list.
@@ -477,15 +588,29 @@ pub struct Queue {
 impl Queue {
     /// Connects (one attempt; the caller decides how to retry) and names this instance.
     /// Call [`Queue::register`] before claiming.
-    pub async fn connect(config: &RedisConfig, dead_letter_key: &str) -> Result<Queue, QueueError> {
+    pub async fn connect(settings: &Valid) -> Result<Queue, QueueError> {
+        Self::connect_inner(settings).await.map_err(|e| match e {
+            QueueError::Redis(error) => explain(error, settings),
+            other => other,
+        })
+    }
+
+    async fn connect_inner(settings: &Valid) -> Result<Queue, QueueError> {
+        let config = &settings.redis;
+        let dead_letter_key = settings.dead_letter_key();
         let command_timeout = Duration::from_millis(config.command_timeout_ms);
+        let info = connection_info(settings)?;
+        let certs = tls_certificates(settings)?;
         let (server, conn) = if config.cluster {
-            let nodes = vec![config.url.clone()];
-            let client = cluster_client(&nodes, command_timeout, command_timeout)?;
+            let target = ClusterTarget { seed: info, certs };
+            let client = cluster_client(&target, command_timeout, command_timeout)?;
             let conn = client.get_async_connection().await?;
-            (Server::Cluster(nodes), Connection::Cluster(conn))
+            (Server::Cluster(target), Connection::Cluster(conn))
         } else {
-            let client = Client::open(config.url.as_str())?;
+            let client = match certs {
+                Some(certs) => Client::build_with_tls(info, certs)?,
+                None => Client::open(info)?,
+            };
             let manager_config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(command_timeout))
                 .set_response_timeout(Some(command_timeout))
@@ -731,8 +856,8 @@ impl Queue {
                         .await?,
                 )
             }
-            Server::Cluster(nodes) => BlockingConnection::Cluster(
-                cluster_client(nodes, self.command_timeout, response_timeout)?
+            Server::Cluster(target) => BlockingConnection::Cluster(
+                cluster_client(target, self.command_timeout, response_timeout)?
                     .get_async_connection()
                     .await?,
             ),

@@ -380,9 +380,7 @@ async fn a_graceful_stop_with_everything_healthy_causes_no_duplicates() {
 /// A queue handle of its own, registered, on the default list.
 async fn queue(redis: &RedisServer) -> Queue {
     let settings = config_for_urls(&redis.url(), "http://127.0.0.1:9", &[]);
-    let queue = Queue::connect(&settings.redis, settings.dead_letter_key())
-        .await
-        .unwrap();
+    let queue = Queue::connect(&settings).await.unwrap();
     queue.register().await.unwrap();
     queue
 }

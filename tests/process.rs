@@ -182,7 +182,7 @@ async fn logs_and_check_carry_no_secret_and_no_event_data() {
             &collector_url,
             &[
                 ("SNOWPLOW_RELAY_COLLECTOR__METHOD", method),
-                ("SNOWPLOW_RELAY_LOG__LEVEL", "debug"),
+                ("SNOWPLOW_RELAY_LOG__LEVEL", "trace"),
             ],
         );
         tokio::time::sleep(Duration::from_millis(1500)).await;
