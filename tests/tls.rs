@@ -182,6 +182,7 @@ async fn redis_over_tls_with_a_ca_file_and_client_certificates() {
             ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_KEY_FILE", key.as_str()),
         ],
     );
+    redis.rpush(LIST, &numbered_events(7));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, log) = stop(child);
     let warning = log
@@ -192,6 +193,140 @@ async fn redis_over_tls_with_a_ca_file_and_client_certificates() {
         warning.contains("127.0.0.1") && warning.contains("other.pem"),
         "{warning}"
     );
+    assert_eq!(
+        redis.llen(LIST),
+        7,
+        "nothing claimed over an untrusted connection"
+    );
+    assert_eq!(collector.delivered().len(), 30);
+
+    // Without a client certificate, against a server that requires one: refused too.
+    let child = relay(
+        &["--redis-url", &url, "--collector", &collector.url()],
+        &[("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", ca.as_str())],
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, log) = stop(child);
+    assert!(log.contains("cannot reach Redis"), "{log}");
+    assert_eq!(
+        redis.llen(LIST),
+        7,
+        "nothing claimed without a client certificate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_without_client_certificates_and_a_collector_ca_added_to_the_roots() {
+    let certs = Certs::new();
+    let (redis, tls_port) = RedisServer::start_tls(&certs, false);
+    let collector = Collector::start_tls(&certs, false).await;
+    redis.rpush(LIST, &numbered_events(20));
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let ca = certs.path("ca.pem");
+    let child = relay(
+        &["--redis-url", &url, "--collector", &collector.https_url()],
+        &[
+            ("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", ca.as_str()),
+            // Added to the system's roots (tls_ca_only is off).
+            ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", ca.as_str()),
+        ],
+    );
+    wait_until("delivered", Duration::from_secs(15), || {
+        collector.delivered().len() == 20
+    })
+    .await;
+    let (code, log) = stop(child);
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_subcommand_and_no_failure_path_prints_a_secret_at_trace_level() {
+    let redis = RedisServer::start();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("relay")
+        .arg("on")
+        .arg(">redis-secret-1")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query(&mut redis.conn())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, "file-secret-2\n").unwrap();
+    let good_url = format!("redis://relay:redis-secret-1@127.0.0.1:{}", redis.port);
+    let bad_url = format!("redis://relay:redis-secret-1@127.0.0.1:{}", free_port());
+    let user_only = format!("redis://relay@127.0.0.1:{}", redis.port);
+    let collector = "http://collector-user:collector-secret-3@127.0.0.1:9";
+    let proxy = "http://proxy-user:proxy-secret-4@127.0.0.1:9";
+    let secrets = [
+        "redis-secret-1",
+        "file-secret-2",
+        "collector-secret-3",
+        "proxy-secret-4",
+        "collector-user",
+        "proxy-user",
+    ];
+    let file_arg = file.to_str().unwrap().to_owned();
+    let password_file = [("SNOWPLOW_RELAY_REDIS__PASSWORD_FILE", file_arg.as_str())];
+    let admin = [("SNOWPLOW_RELAY_ADMIN__LISTEN", "127.0.0.1:9")];
+    let runs: Vec<(&str, Vec<&str>, &[(&str, &str)])> = vec![
+        (good_url.as_str(), vec!["check"], &[]),
+        (good_url.as_str(), vec!["dead-letter", "count"], &[]),
+        (good_url.as_str(), vec!["dead-letter", "list"], &[]),
+        (good_url.as_str(), vec!["dead-letter", "replay"], &[]),
+        (good_url.as_str(), vec!["healthcheck"], &admin),
+        (bad_url.as_str(), vec!["dead-letter", "count"], &[]),
+        (user_only.as_str(), vec!["check"], &password_file),
+        (
+            user_only.as_str(),
+            vec!["dead-letter", "count"],
+            &password_file,
+        ),
+    ];
+    for (url, args, env) in runs {
+        let out = Command::new(bin())
+            .args(["--redis-url", url, "--collector", collector])
+            .args(&args)
+            .env("RUST_LOG", "trace")
+            .env("SNOWPLOW_RELAY_COLLECTOR__PROXY", proxy)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for secret in secrets {
+            assert!(
+                !all.contains(secret),
+                "{args:?}: `{secret}` printed:\n{all}"
+            );
+        }
+    }
+    // The daemon with Redis reachable and unreachable, the collector failing, at trace.
+    redis.rpush(LIST, &numbered_events(5));
+    for url in [&good_url, &bad_url] {
+        let child = relay(
+            &["--redis-url", url, "--collector", collector],
+            &[
+                ("SNOWPLOW_RELAY_COLLECTOR__PROXY", proxy),
+                ("RUST_LOG", "trace"),
+            ],
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let (_, log) = stop(child);
+        assert!(
+            log.contains("TRACE") || url == &bad_url,
+            "ran at trace:\n{log}"
+        );
+        assert!(log.contains("snowplow-relay starting"), "{log}");
+        for secret in secrets {
+            assert!(!log.contains(secret), "`{secret}` printed:\n{log}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
