@@ -16,7 +16,7 @@
 //! ```text
 //! cargo bench --bench relay -- [--events N] [--backlog N] [--python] [--only NAME]
 //! (NAME, or several separated by commas: raw, post-tuned, post-default, get, scaling,
-//! latency, backlog)
+//! tls, latency, backlog)
 //! ```
 //!
 //! Throughput runs start timing when the preloaded events appear under the relay's key
@@ -178,15 +178,12 @@ fn spawn_relay(
         }
         None => Command::new(BINARY),
     };
+    // The Redis URL from `env` (e.g. rediss://) wins over the plain one.
+    if !env.iter().any(|(key, _)| *key == "SNOWPLOW_RELAY_REDIS__URL") {
+        command.args(["--redis-url", &redis.url()]);
+    }
     command
-        .args([
-            "--redis-url",
-            &redis.url(),
-            "--collector",
-            collector_url,
-            "--log-level",
-            "error",
-        ])
+        .args(["--collector", collector_url, "--log-level", "error"])
         .args(args)
         .envs(env.iter().copied())
         .stderr(Stdio::inherit())
@@ -527,6 +524,22 @@ fn main() {
                     format!("{:.3}", t.cpu_seconds_per_100k),
                 );
             }
+        }
+        if wanted("tls") {
+            // One redis-server with a plain and a TLS port: the same data, two transports.
+            let certs = common::Certs::new();
+            let (tls_redis, tls_port) = common::RedisServer::start_tls(&certs, false);
+            let ca = certs.path("ca.pem");
+            let rediss = format!("rediss://127.0.0.1:{tls_port}");
+            let plain = throughput(&tls_redis, &collector, &url, n, &[], &[]).await;
+            let tls_env = [
+                ("SNOWPLOW_RELAY_REDIS__URL", rediss.as_str()),
+                ("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", ca.as_str()),
+            ];
+            let tls = throughput(&tls_redis, &collector, &url, n, &[], &tls_env).await;
+            row("h. POST default, Redis over plain TCP, events/s", format!("{:.0}", plain.events_per_second));
+            row("h. POST default, Redis over TLS (rediss://), events/s", format!("{:.0}", tls.events_per_second));
+            row("h. CPU s per 100,000 events, plain TCP / TLS", format!("{:.3} / {:.3}", plain.cpu_seconds_per_100k, tls.cpu_seconds_per_100k));
         }
         if wanted("latency") {
             let (p50, p99) = latency(&redis, &collector, &url, 10).await;

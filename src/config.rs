@@ -862,6 +862,30 @@ impl Valid {
         &self.dead_letter_key
     }
 
+    /// Every secret in the settings (passwords, user names in URLs), for masking.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets = Vec::new();
+        let mut from_url = |url: &str| {
+            if let Ok(url) = Url::parse(url) {
+                if !url.username().is_empty() {
+                    secrets.push(url.username().to_owned());
+                }
+                if let Some(password) = url.password() {
+                    secrets.push(password.to_owned());
+                }
+            }
+        };
+        from_url(&self.redis.url);
+        if let Some(url) = &self.collector.url {
+            from_url(url);
+        }
+        if let Some(url) = &self.collector.proxy {
+            from_url(url);
+        }
+        secrets.extend(self.redis_password.clone());
+        secrets
+    }
+
     /// Warnings found while validating (e.g. a world-readable password file).
     pub fn warnings(&self) -> &[String] {
         &self.warnings

@@ -131,6 +131,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    telemetry::mask_secrets_in_panics(config.secrets());
     match cli.command.take().unwrap_or(Command::Run) {
         Command::Check => {
             print!("{}", config.to_masked_toml());

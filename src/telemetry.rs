@@ -61,3 +61,26 @@ pub fn init(config: &LogConfig) -> LogLevel {
         pinned_by_env,
     }
 }
+
+/// Makes panic messages safe to print: every string of `secrets` in a panic's message is
+/// replaced by `****` before the message reaches stderr. (No panic is reachable from
+/// input or settings; this guards the ones that are bugs.)
+pub fn mask_secrets_in_panics(secrets: Vec<String>) {
+    let secrets: Vec<String> = secrets.into_iter().filter(|s| s.len() >= 3).collect();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let mut masked = message;
+        for secret in &secrets {
+            masked = masked.replace(secret.as_str(), "****");
+        }
+        let location = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+        eprintln!("snowplow-relay panicked{location}: {masked}");
+    }));
+}
