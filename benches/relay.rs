@@ -179,7 +179,10 @@ fn spawn_relay(
         None => Command::new(BINARY),
     };
     // The Redis URL from `env` (e.g. rediss://) wins over the plain one.
-    if !env.iter().any(|(key, _)| *key == "SNOWPLOW_RELAY_REDIS__URL") {
+    if !env
+        .iter()
+        .any(|(key, _)| *key == "SNOWPLOW_RELAY_REDIS__URL")
+    {
         command.args(["--redis-url", &redis.url()]);
     }
     command
