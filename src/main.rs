@@ -139,10 +139,9 @@ fn main() -> ExitCode {
         }
         Command::Healthcheck { ready } => healthcheck(&config, ready),
         Command::DeadLetter { action } => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cannot start the async runtime");
+            let Some(runtime) = runtime(false) else {
+                return ExitCode::FAILURE;
+            };
             match runtime.block_on(dead_letter(&config, action)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -153,15 +152,8 @@ fn main() -> ExitCode {
         }
         Command::Run => {
             let log_level = telemetry::init(&config.log);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("snowplow-relay: cannot start the async runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime(true) else {
+                return ExitCode::FAILURE;
             };
             runtime.block_on(async {
                 let controls = Controls::default();
@@ -229,6 +221,21 @@ async fn dead_letter(config: &Valid, action: DeadLetterAction) -> Result<(), Que
     Ok(())
 }
 
+/// The async runtime: multi-threaded for the daemon, one thread for the tools. Says
+/// why on stderr if it cannot start.
+fn runtime(multi_thread: bool) -> Option<tokio::runtime::Runtime> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|error| eprintln!("snowplow-relay: cannot start the async runtime: {error}"))
+        .ok()
+}
+
 fn healthcheck(config: &Valid, ready: bool) -> ExitCode {
     let Some(addr) = config.admin.listen else {
         eprintln!("snowplow-relay: healthcheck needs admin.listen (or --admin-listen ADDR)");
@@ -241,15 +248,8 @@ fn healthcheck(config: &Valid, ready: bool) -> ExitCode {
         _ => addr,
     };
     let path = if ready { "/readyz" } else { "/healthz" };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("snowplow-relay: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(false) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(snowplow_relay::admin::probe(
         addr,

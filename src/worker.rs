@@ -608,7 +608,12 @@ async fn claim_loop(
                 failures = 0;
                 claim
             }
-            Err(error) if error.needs_new_instance() => return Err(error),
+            Err(error) if error.needs_new_instance() => {
+                // Stop the others first, so that their ending is not taken for a
+                // failure of their own; the error itself is reported when joined.
+                lifecycle.abandon();
+                return Err(error);
+            }
             Err(error) => {
                 permits.give_back(wanted, settings.claim_max_bytes);
                 metrics.redis_error("claim");
@@ -960,7 +965,12 @@ async fn ack_loop(
             };
             match result {
                 Ok(()) => break true,
-                Err(error) if error.needs_new_instance() => return Err(error),
+                Err(error) if error.needs_new_instance() => {
+                    // Stop the others first, so that their ending is not taken for a
+                    // failure of their own; the error itself is reported when joined.
+                    lifecycle.abandon();
+                    return Err(error);
+                }
                 Err(error) => {
                     attempt += 1;
                     metrics.redis_error("ack");

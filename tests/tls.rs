@@ -1,8 +1,8 @@
 //! TLS and credentials end to end (issue 9): an HTTPS collector with a private CA (and
 //! mutual TLS), Redis over TLS (`rediss://`, CA file, client certificates), Redis ACL
 //! users with a password file, and the errors each misconfiguration gives. Real
-//! redis-server with `--tls-port`, certificates made by `openssl`, the release of the
-//! relay as a process.
+//! redis-server with `--tls-port`, certificates made by `openssl`, and the relay binary
+//! run as a process.
 
 mod common;
 

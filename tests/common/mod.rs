@@ -283,6 +283,15 @@ impl Collector {
     }
 
     fn serve(listener: tokio::net::TcpListener, responder: Responder) -> Collector {
+        Self::serve_with(listener, responder, None)
+    }
+
+    /// Accepts connections (through `tls` when given) and answers every request.
+    fn serve_with(
+        listener: tokio::net::TcpListener,
+        responder: Responder,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Collector {
         let collector = Collector {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),
@@ -296,15 +305,22 @@ impl Collector {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let state = state.clone();
+                let (state, tls) = (state.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(state.handle(request).await) }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Err(_) => return, // a refused handshake: nothing to serve
+                        },
+                    };
                 });
             }
         });
@@ -625,35 +641,7 @@ impl Collector {
         let config = builder.with_single_cert(chain, key).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let collector = Collector {
-            addr: listener.local_addr().unwrap(),
-            received: Arc::default(),
-            responder: Arc::new(Mutex::new(Box::new(|_| 200))),
-            delay: Arc::default(),
-            location: Arc::default(),
-        };
-        let state = collector.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (state, acceptor) = (state.clone(), acceptor.clone());
-                tokio::spawn(async move {
-                    let Ok(stream) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let service = service_fn(move |request: Request<Incoming>| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(state.handle(request).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        collector
+        Self::serve_with(listener, Box::new(|_| 200), Some(acceptor))
     }
 
     /// `https://127.0.0.1:PORT`.
