@@ -57,7 +57,8 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// Redis URL, `redis://[:password@]host[:port][/db]`. The password is masked in logs.
+    /// Redis URL, `redis://[[user]:password@]host[:port][/db]`, or `rediss://` for TLS.
+    /// Credentials are masked in logs and `check`.
     pub url: String,
     /// The list producers RPUSH events onto.
     pub key: String,
@@ -416,7 +417,7 @@ impl Config {
         if !matches!(redis_url.scheme(), "redis" | "rediss") {
             return Err(invalid(
                 "redis.url",
-                "a URL starting with redis:// (rediss:// comes with TLS support)",
+                "a URL starting with redis:// or rediss:// (TLS)",
             ));
         }
         let tls = redis_url.scheme() == "rediss";
