@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod notify;
 pub mod queue;
 pub mod telemetry;
+pub mod tracker;
 pub mod worker;
 
 use std::future::Future;

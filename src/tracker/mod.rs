@@ -1,0 +1,498 @@
+//! The producing side: a Snowplow tracker for Rust programs, shaped like Snowplow's own
+//! trackers (`Subject`, `Tracker`, emitters, self-describing JSON).
+//!
+//! A [`Tracker`] turns an [`Event`] into the tracker protocol's name/value pairs (a
+//! [`Payload`]), adds the common fields (`eid`, `dtm`, `tv`, namespace, app id, contexts,
+//! subject) exactly as the Python tracker does, and hands the payload to its emitters:
+//! - [`RedisEmitter`] pushes it onto the list this relay reads (the Python
+//!   `RedisEmitter`'s format: one JSON object per element);
+//! - [`HttpEmitter`] sends it to a collector with the relay's own HTTP emitter (batched by
+//!   count and bytes, retried, split on 413), with success/failure hooks.
+//!
+//! ```no_run
+//! use snowplow_relay::tracker::{PageView, RedisEmitter, Subject, Tracker};
+//!
+//! # async fn example() -> Result<(), snowplow_relay::tracker::Error> {
+//! let emitter = RedisEmitter::connect("redis://127.0.0.1:6379", "snowplow").await?;
+//! let tracker = Tracker::new("shop", "shop-backend", emitter, Some(Subject::new().user_id("u-1")));
+//! let id = tracker.track(PageView::new("https://shop.example.com/").title("Shop"), None).await?;
+//! println!("tracked {id}");
+//! tracker.close().await?;
+//! # Ok(()) }
+//! ```
+
+mod emitters;
+mod events;
+mod iglu;
+mod subject;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::Value;
+use uuid::Uuid;
+
+pub use emitters::{Emit, HttpEmitter, HttpEmitterBuilder, OnFailure, OnSuccess, RedisEmitter};
+pub use events::{
+    EcommerceTransaction, Event, PagePing, PageView, Payload, ScreenView, Structured, Timing,
+    TransactionItem,
+};
+pub use iglu::{
+    CONTEXTS_SCHEMA, SelfDescribingJson, UNSTRUCT_EVENT_SCHEMA, check_contexts,
+    check_self_describing_event, is_iglu_uri,
+};
+pub use subject::{Platform, Subject};
+
+/// The tracker version this library reports (`tv`).
+pub const TRACKER_VERSION: &str = concat!("rust-relay-", env!("CARGO_PKG_VERSION"));
+
+/// Why an event was not tracked, or an emitter failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A required text field was empty.
+    #[error("the {event}'s {field} must not be empty")]
+    EmptyField {
+        /// The event kind.
+        event: &'static str,
+        /// The field.
+        field: &'static str,
+    },
+    /// `Some(vec![])` was passed as contexts.
+    #[error("a context list must hold at least one context; pass None for no contexts")]
+    EmptyContexts,
+    /// A schema was not an Iglu URI.
+    #[error(
+        "not an Iglu schema URI: {0:?}; expected iglu:vendor/name/format/M-R-A, e.g. \
+         iglu:com.acme/checkout/jsonschema/1-0-0"
+    )]
+    InvalidSchema(String),
+    /// Self-describing JSON text was not `{"schema": "iglu:…", "data": …}`.
+    #[error("not a self-describing JSON: {0}")]
+    InvalidJson(String),
+    /// A number was NaN or infinite.
+    #[error("{field} must be a finite number, not {value}")]
+    NonFinite {
+        /// The protocol field.
+        field: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// Redis refused or failed the push.
+    #[error("Redis: {0}")]
+    Redis(String),
+    /// The HTTP emitter could not be built.
+    #[error("collector: {0}")]
+    Collector(String),
+    /// An event cannot be sent as configured (e.g. larger than `collector.byte_limit`);
+    /// the other events of the call were taken.
+    #[error("event not sent: {0}")]
+    Unsendable(String),
+    /// The emitter was closed.
+    #[error("the emitter is closed")]
+    Closed,
+}
+
+/// Which clock an explicit timestamp replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timestamp {
+    /// When the event really happened (`ttm`), milliseconds since the epoch; `dtm` stays
+    /// the time of tracking.
+    True(u64),
+    /// The device's clock at the event (`dtm`), milliseconds since the epoch.
+    Device(u64),
+}
+
+/// What may accompany one event besides its own fields.
+#[derive(Debug, Clone, Default)]
+pub struct TrackOptions {
+    /// Contexts: `None`, or at least one self-describing JSON.
+    pub contexts: Option<Vec<SelfDescribingJson>>,
+    /// A true or device timestamp instead of "now".
+    pub timestamp: Option<Timestamp>,
+    /// A subject for this event instead of the tracker's.
+    pub subject: Option<Subject>,
+}
+
+/// Tracks events: builds each payload and hands it to every emitter.
+///
+/// ```
+/// use snowplow_relay::tracker::{Structured, Subject, Tracker, TrackOptions, Timestamp};
+///
+/// // Payloads can be built without emitting, e.g. to inspect them.
+/// let tracker = Tracker::builder("shop", "shop-backend").subject(Subject::new().user_id("u-1"));
+/// let payloads = tracker.payloads(
+///     &Structured::new("basket", "add").value(2.5).into(),
+///     &TrackOptions { timestamp: Some(Timestamp::True(1_700_000_000_000)), ..Default::default() },
+/// )?;
+/// assert_eq!(payloads[0].get("se_va"), Some(&serde_json::json!(2.5)));
+/// assert_eq!(payloads[0].get("ttm"), Some(&serde_json::json!(1_700_000_000_000u64)));
+/// assert_eq!(payloads[0].get("uid"), Some(&serde_json::json!("u-1")));
+/// # Ok::<(), snowplow_relay::tracker::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Tracker {
+    namespace: String,
+    app_id: String,
+    emitters: Vec<Arc<dyn Emit>>,
+    subject: Subject,
+    encode_base64: bool,
+}
+
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker")
+            .field("namespace", &self.namespace)
+            .field("app_id", &self.app_id)
+            .field("emitters", &self.emitters.len())
+            .field("subject", &self.subject)
+            .field("encode_base64", &self.encode_base64)
+            .finish()
+    }
+}
+
+impl Tracker {
+    /// A tracker for namespace (`tna`) and app id (`aid`) that emits to `emitter`, with
+    /// `subject` (default: platform `pc`, nothing else) and base64 on.
+    pub fn new(
+        namespace: impl Into<String>,
+        app_id: impl Into<String>,
+        emitter: impl Emit + 'static,
+        subject: Option<Subject>,
+    ) -> Tracker {
+        Tracker::builder(namespace, app_id)
+            .emitter(emitter)
+            .subject(subject.unwrap_or_default())
+    }
+
+    /// A tracker with no emitter yet: add them with [`Tracker::emitter`]. Without any,
+    /// [`Tracker::payloads`] still works and tracking builds payloads nobody receives.
+    pub fn builder(namespace: impl Into<String>, app_id: impl Into<String>) -> Tracker {
+        Tracker {
+            namespace: namespace.into(),
+            app_id: app_id.into(),
+            emitters: Vec::new(),
+            subject: Subject::default(),
+            encode_base64: true,
+        }
+    }
+
+    /// Adds an emitter: every event goes to each.
+    pub fn emitter(mut self, emitter: impl Emit + 'static) -> Tracker {
+        self.emitters.push(Arc::new(emitter));
+        self
+    }
+
+    /// Sets the subject of every event that brings none of its own.
+    pub fn subject(mut self, subject: Subject) -> Tracker {
+        self.subject = subject;
+        self
+    }
+
+    /// Switches the subject for the events tracked from now on.
+    pub fn set_subject(&mut self, subject: Subject) {
+        self.subject = subject;
+    }
+
+    /// With `true` (the default) contexts and self-describing events are base64url
+    /// (`cx`, `ue_px`); with `false` plain JSON text (`co`, `ue_pr`).
+    pub fn encode_base64(mut self, encode: bool) -> Tracker {
+        self.encode_base64 = encode;
+        self
+    }
+
+    /// Tracks `event` with optional `contexts`; returns its event id (for a
+    /// transaction, the transaction's; see [`Tracker::track_with`] for the items').
+    pub async fn track(
+        &self,
+        event: impl Into<Event>,
+        contexts: Option<Vec<SelfDescribingJson>>,
+    ) -> Result<Uuid, Error> {
+        let options = TrackOptions {
+            contexts,
+            ..TrackOptions::default()
+        };
+        let ids = self.track_with(event, options).await?;
+        Ok(ids[0])
+    }
+
+    /// Tracks `event` with contexts, timestamp and subject of its own; returns every
+    /// event id it produced (a transaction's first, then its items').
+    pub async fn track_with(
+        &self,
+        event: impl Into<Event>,
+        options: TrackOptions,
+    ) -> Result<Vec<Uuid>, Error> {
+        let payloads = self.payloads(&event.into(), &options)?;
+        let ids = payloads
+            .iter()
+            .map(|p| {
+                p.event_id()
+                    .and_then(|id| Uuid::parse_str(id).ok())
+                    .expect("every payload gets a UUID")
+            })
+            .collect();
+        self.emit(payloads).await?;
+        Ok(ids)
+    }
+
+    /// Hands ready payloads to every emitter (several at once are pipelined).
+    pub async fn emit(&self, payloads: Vec<Payload>) -> Result<(), Error> {
+        for emitter in &self.emitters {
+            emitter.emit(payloads.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what the emitters buffer and waits until it is resolved.
+    pub async fn flush(&self) -> Result<(), Error> {
+        for emitter in &self.emitters {
+            emitter.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and closes every emitter.
+    pub async fn close(self) -> Result<(), Error> {
+        for emitter in &self.emitters {
+            emitter.close().await?;
+        }
+        Ok(())
+    }
+
+    /// The payloads `event` becomes (one, or a transaction's and one per item), each with
+    /// a fresh `eid`, without emitting them.
+    pub fn payloads(&self, event: &Event, options: &TrackOptions) -> Result<Vec<Payload>, Error> {
+        if options.contexts.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::EmptyContexts);
+        }
+        let fields = event.fields()?;
+        let now = crate::emitter::now_millis();
+        let (device, true_time) = match options.timestamp {
+            Some(Timestamp::Device(ms)) => (ms, None),
+            Some(Timestamp::True(ms)) => (now, Some(ms)),
+            // A transaction and its items share one true timestamp (as in the Python
+            // tracker).
+            None if !fields.items.is_empty() || matches!(event, Event::EcommerceTransaction(_)) => {
+                (now, Some(now))
+            }
+            None => (now, None),
+        };
+        let subject = options.subject.as_ref().unwrap_or(&self.subject);
+        let mut payloads = Vec::with_capacity(1 + fields.items.len());
+        let mut own = fields.own;
+        if let Some(body) = fields.self_describing {
+            let envelope = serde_json::json!({"schema": UNSTRUCT_EVENT_SCHEMA, "data": body});
+            self.add_json(&mut own, &envelope, "ue_px", "ue_pr");
+        }
+        payloads.push(self.complete(own, device, true_time, options.contexts.as_deref(), subject));
+        for item in fields.items {
+            // Items carry no contexts of the transaction's (as in the Python tracker).
+            payloads.push(self.complete(item, device, true_time, None, subject));
+        }
+        Ok(payloads)
+    }
+
+    fn add_json(
+        &self,
+        payload: &mut Payload,
+        value: &Value,
+        encoded: &'static str,
+        plain: &'static str,
+    ) {
+        let text = serde_json::to_string(value).expect("JSON values serialise");
+        if self.encode_base64 {
+            let encoded_text = base64::engine::general_purpose::URL_SAFE.encode(text);
+            payload.add_str(encoded, &encoded_text);
+        } else {
+            payload.add_str(plain, &text);
+        }
+    }
+
+    /// Adds the common fields in the Python tracker's order: eid, dtm, ttm, contexts,
+    /// tv, tna, aid, then the subject's.
+    fn complete(
+        &self,
+        mut payload: Payload,
+        device_ms: u64,
+        true_ms: Option<u64>,
+        contexts: Option<&[SelfDescribingJson]>,
+        subject: &Subject,
+    ) -> Payload {
+        payload.add_str("eid", &Uuid::new_v4().to_string());
+        payload.add("dtm", Value::from(device_ms));
+        if let Some(ms) = true_ms {
+            payload.add("ttm", Value::from(ms));
+        }
+        if let Some(contexts) = contexts {
+            let data: Vec<Value> = contexts.iter().map(SelfDescribingJson::to_value).collect();
+            let envelope = serde_json::json!({"schema": CONTEXTS_SCHEMA, "data": data});
+            self.add_json(&mut payload, &envelope, "cx", "co");
+        }
+        payload.add_str("tv", TRACKER_VERSION);
+        payload.add_str("tna", &self.namespace);
+        payload.add_str("aid", &self.app_id);
+        subject.add_to(&mut payload);
+        payload
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tracker() -> Tracker {
+        Tracker::builder("ns", "app")
+    }
+
+    fn one(event: impl Into<Event>, options: TrackOptions) -> Payload {
+        tracker()
+            .payloads(&event.into(), &options)
+            .unwrap()
+            .remove(0)
+    }
+
+    fn decode(payload: &Payload, field: &str) -> Value {
+        let text = payload.get(field).unwrap().as_str().unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE
+            .decode(text)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn common_fields_and_order_follow_the_python_tracker() {
+        let payload = one(
+            PageView::new("https://a.example/").title("A"),
+            TrackOptions::default(),
+        );
+        let names: Vec<_> = payload.fields().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            ["e", "url", "page", "eid", "dtm", "tv", "tna", "aid", "p"]
+        );
+        assert_eq!(payload.get("tv"), Some(&json!(TRACKER_VERSION)));
+        assert!(
+            Uuid::parse_str(payload.event_id().unwrap())
+                .unwrap()
+                .get_version_num()
+                == 4
+        );
+        assert!(payload.get("dtm").unwrap().as_u64().unwrap() > 1_600_000_000_000);
+        let other = one(PageView::new("https://a.example/"), TrackOptions::default());
+        assert_ne!(
+            payload.event_id(),
+            other.event_id(),
+            "a fresh eid per event"
+        );
+    }
+
+    #[test]
+    fn contexts_and_self_describing_events_are_wrapped_and_encoded() {
+        let context =
+            SelfDescribingJson::new("iglu:com.acme/c/jsonschema/1-0-0", json!({"k": "é"})).unwrap();
+        let event =
+            SelfDescribingJson::new("iglu:com.acme/e/jsonschema/1-0-0", json!({"n": 1})).unwrap();
+        let options = TrackOptions {
+            contexts: Some(vec![context.clone()]),
+            ..Default::default()
+        };
+        let payload = one(event.clone(), options.clone());
+        assert_eq!(
+            check_contexts(&decode(&payload, "cx")).unwrap(),
+            vec![context.clone()]
+        );
+        assert_eq!(
+            check_self_describing_event(&decode(&payload, "ue_px")).unwrap(),
+            event
+        );
+
+        let plain = Tracker::builder("ns", "app").encode_base64(false);
+        let payload = plain
+            .payloads(&event.clone().into(), &options)
+            .unwrap()
+            .remove(0);
+        let co: Value = serde_json::from_str(payload.get("co").unwrap().as_str().unwrap()).unwrap();
+        assert_eq!(check_contexts(&co).unwrap(), vec![context]);
+        assert!(payload.get("ue_pr").is_some() && payload.get("ue_px").is_none());
+    }
+
+    #[test]
+    fn timestamps_and_per_event_subjects() {
+        let truth = one(
+            Structured::new("c", "a"),
+            TrackOptions {
+                timestamp: Some(Timestamp::True(42)),
+                ..Default::default()
+            },
+        );
+        assert_eq!(truth.get("ttm"), Some(&json!(42)));
+        let device = one(
+            Structured::new("c", "a"),
+            TrackOptions {
+                timestamp: Some(Timestamp::Device(43)),
+                subject: Some(Subject::new().platform(Platform::Iot).network_user_id("n")),
+                ..Default::default()
+            },
+        );
+        assert_eq!(device.get("dtm"), Some(&json!(43)));
+        assert_eq!(device.get("ttm"), None);
+        assert_eq!(device.get("p"), Some(&json!("iot")));
+        assert_eq!(device.get("tnuid"), Some(&json!("n")));
+    }
+
+    #[test]
+    fn a_transaction_brings_its_items_sharing_order_currency_and_true_time() {
+        let order = EcommerceTransaction::new("o-1", 20.0)
+            .currency("EUR")
+            .item(TransactionItem::new("s-1", 10.0, 2))
+            .item(TransactionItem::new("s-2", 0.5, 1).name("Pen"));
+        let payloads = tracker()
+            .payloads(&order.into(), &TrackOptions::default())
+            .unwrap();
+        assert_eq!(payloads.len(), 3);
+        let ttm = payloads[0].get("ttm").unwrap();
+        for item in &payloads[1..] {
+            assert_eq!(item.get("e"), Some(&json!("ti")));
+            assert_eq!(item.get("ti_id"), Some(&json!("o-1")));
+            assert_eq!(item.get("ti_cu"), Some(&json!("EUR")));
+            assert_eq!(item.get("ttm"), Some(ttm));
+        }
+    }
+
+    #[test]
+    fn wrong_input_is_a_typed_error() {
+        let t = tracker();
+        let none = TrackOptions::default();
+        assert!(matches!(
+            t.payloads(&PageView::new("").into(), &none),
+            Err(Error::EmptyField { field: "url", .. })
+        ));
+        assert!(matches!(
+            t.payloads(&Structured::new("c", "a").value(f64::NAN).into(), &none),
+            Err(Error::NonFinite { field: "se_va", .. })
+        ));
+        assert!(matches!(
+            t.payloads(
+                &EcommerceTransaction::new("o", 1.0)
+                    .item(TransactionItem::new("s", f64::INFINITY, 1))
+                    .into(),
+                &none
+            ),
+            Err(Error::NonFinite { field: "ti_pr", .. })
+        ));
+        let empty = TrackOptions {
+            contexts: Some(vec![]),
+            ..Default::default()
+        };
+        assert!(matches!(
+            t.payloads(&PageView::new("u").into(), &empty),
+            Err(Error::EmptyContexts)
+        ));
+        assert!(matches!(
+            SelfDescribingJson::new("iglu:bad", json!({})),
+            Err(Error::InvalidSchema(_))
+        ));
+        assert!(SelfDescribingJson::from_json("{\"schema\":1}").is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! The subject of events: who and on what device (platform, user ids, screen, locale,
+//! network), turned into the tracker-protocol fields the Python tracker's `Subject` sets.
+
+use serde_json::Value;
+
+use super::Payload;
+
+/// Where events happen (`p`). The Python tracker accepts the same eight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Platform {
+    /// `pc`: a desktop computer (the default, as in the Python tracker).
+    #[default]
+    Pc,
+    /// `tv`: a connected TV.
+    Tv,
+    /// `mob`: a mobile device.
+    Mob,
+    /// `cnsl`: a games console.
+    Cnsl,
+    /// `iot`: an Internet-of-Things device.
+    Iot,
+    /// `web`: a web page.
+    Web,
+    /// `srv`: a server-side application.
+    Srv,
+    /// `app`: a general application.
+    App,
+}
+
+impl Platform {
+    /// Every platform, in the order above.
+    pub const ALL: [Platform; 8] = [
+        Platform::Pc,
+        Platform::Tv,
+        Platform::Mob,
+        Platform::Cnsl,
+        Platform::Iot,
+        Platform::Web,
+        Platform::Srv,
+        Platform::App,
+    ];
+
+    /// The protocol's code, e.g. `srv`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Platform::Pc => "pc",
+            Platform::Tv => "tv",
+            Platform::Mob => "mob",
+            Platform::Cnsl => "cnsl",
+            Platform::Iot => "iot",
+            Platform::Web => "web",
+            Platform::Srv => "srv",
+            Platform::App => "app",
+        }
+    }
+}
+
+impl std::str::FromStr for Platform {
+    type Err = String;
+
+    /// Parses a code, e.g. `"srv"`.
+    fn from_str(code: &str) -> Result<Self, String> {
+        Platform::ALL
+            .into_iter()
+            .find(|p| p.code() == code)
+            .ok_or_else(|| {
+                format!("unknown platform {code:?}; expected one of pc, tv, mob, cnsl, iot, web, srv, app")
+            })
+    }
+}
+
+/// Who an event is about and the device it came from. Built by chaining setters; a
+/// [`super::Tracker`] has one and each event may bring its own instead.
+///
+/// ```
+/// use snowplow_relay::tracker::{Platform, Subject};
+///
+/// let subject = Subject::new()
+///     .platform(Platform::Srv)
+///     .user_id("user-42")
+///     .screen_resolution(1920, 1080)
+///     .timezone("Europe/London")
+///     .language("en-GB");
+/// assert_eq!(subject.get_platform(), Platform::Srv);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Subject {
+    platform: Platform,
+    user_id: Option<String>,
+    screen_resolution: Option<(u32, u32)>,
+    viewport: Option<(u32, u32)>,
+    color_depth: Option<u32>,
+    timezone: Option<String>,
+    language: Option<String>,
+    ip_address: Option<String>,
+    useragent: Option<String>,
+    domain_user_id: Option<String>,
+    domain_session_id: Option<String>,
+    domain_session_index: Option<u32>,
+    network_user_id: Option<String>,
+}
+
+impl Subject {
+    /// A subject on the `pc` platform with nothing else set.
+    pub fn new() -> Subject {
+        Subject::default()
+    }
+
+    /// The platform (`p`).
+    pub fn platform(mut self, platform: Platform) -> Self {
+        self.platform = platform;
+        self
+    }
+
+    /// The platform this subject reports.
+    pub fn get_platform(&self) -> Platform {
+        self.platform
+    }
+
+    /// The business user id (`uid`).
+    pub fn user_id(mut self, user_id: impl Into<String>) -> Self {
+        self.user_id = Some(user_id.into());
+        self
+    }
+
+    /// Screen resolution in pixels (`res`, `WIDTHxHEIGHT`).
+    pub fn screen_resolution(mut self, width: u32, height: u32) -> Self {
+        self.screen_resolution = Some((width, height));
+        self
+    }
+
+    /// Viewport in pixels (`vp`).
+    pub fn viewport(mut self, width: u32, height: u32) -> Self {
+        self.viewport = Some((width, height));
+        self
+    }
+
+    /// Colour depth in bits (`cd`).
+    pub fn color_depth(mut self, bits: u32) -> Self {
+        self.color_depth = Some(bits);
+        self
+    }
+
+    /// Time zone, e.g. `Europe/London` (`tz`).
+    pub fn timezone(mut self, timezone: impl Into<String>) -> Self {
+        self.timezone = Some(timezone.into());
+        self
+    }
+
+    /// Language, e.g. `en-GB` (`lang`).
+    pub fn language(mut self, language: impl Into<String>) -> Self {
+        self.language = Some(language.into());
+        self
+    }
+
+    /// The user's IP address (`ip`).
+    pub fn ip_address(mut self, ip: impl Into<String>) -> Self {
+        self.ip_address = Some(ip.into());
+        self
+    }
+
+    /// The user agent (`ua`).
+    pub fn useragent(mut self, useragent: impl Into<String>) -> Self {
+        self.useragent = Some(useragent.into());
+        self
+    }
+
+    /// The domain user id, the first-party cookie id (`duid`).
+    pub fn domain_user_id(mut self, duid: impl Into<String>) -> Self {
+        self.domain_user_id = Some(duid.into());
+        self
+    }
+
+    /// The domain session id (`sid`).
+    pub fn domain_session_id(mut self, sid: impl Into<String>) -> Self {
+        self.domain_session_id = Some(sid.into());
+        self
+    }
+
+    /// The domain session index (`vid`).
+    pub fn domain_session_index(mut self, index: u32) -> Self {
+        self.domain_session_index = Some(index);
+        self
+    }
+
+    /// The network user id, the collector's cookie id (`tnuid`, as the Python tracker
+    /// sends it).
+    pub fn network_user_id(mut self, nuid: impl Into<String>) -> Self {
+        self.network_user_id = Some(nuid.into());
+        self
+    }
+
+    /// Adds this subject's fields, in the Python tracker's order.
+    pub(super) fn add_to(&self, payload: &mut Payload) {
+        payload.add_str("p", self.platform.code());
+        payload.add_opt("uid", self.user_id.as_deref());
+        if let Some((w, h)) = self.screen_resolution {
+            payload.add_str("res", &format!("{w}x{h}"));
+        }
+        if let Some((w, h)) = self.viewport {
+            payload.add_str("vp", &format!("{w}x{h}"));
+        }
+        if let Some(depth) = self.color_depth {
+            payload.add("cd", Value::from(depth));
+        }
+        payload.add_opt("tz", self.timezone.as_deref());
+        payload.add_opt("lang", self.language.as_deref());
+        payload.add_opt("duid", self.domain_user_id.as_deref());
+        payload.add_opt("sid", self.domain_session_id.as_deref());
+        if let Some(index) = self.domain_session_index {
+            payload.add("vid", Value::from(index));
+        }
+        payload.add_opt("ip", self.ip_address.as_deref());
+        payload.add_opt("ua", self.useragent.as_deref());
+        payload.add_opt("tnuid", self.network_user_id.as_deref());
+    }
+}
