@@ -19,6 +19,7 @@
 //! `run` the signals as futures. Tests and embedders pass their own futures.
 
 pub mod admin;
+pub mod collector;
 pub mod config;
 pub mod emitter;
 pub mod event;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod notify;
 pub mod queue;
 pub mod telemetry;
+pub mod track;
 pub mod tracker;
 pub mod worker;
 

@@ -70,6 +70,25 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Track events from the shell: into Redis (the [redis] settings), or straight to a
+    /// collector with --collector URL. Prints each event id.
+    Track(Box<snowplow_relay::track::TrackArgs>),
+    /// Run a local collector shaped like Snowplow Micro, for trials and tests: GET /i,
+    /// POST /com.snowplowanalytics.snowplow/tp2, /micro/all|good|bad|reset, /health.
+    Collector {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9090", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// Append every good event to FILE as one JSON line.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// Events kept in memory (good and bad); the oldest are dropped and counted.
+        #[arg(long, default_value_t = snowplow_relay::collector::DEFAULT_MAX_EVENTS, value_name = "N")]
+        max_events: usize,
+        /// Largest request body in bytes; larger ones are answered 413.
+        #[arg(long, default_value_t = snowplow_relay::collector::DEFAULT_MAX_BODY_BYTES, value_name = "BYTES")]
+        max_body_bytes: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,8 +137,27 @@ fn main() -> ExitCode {
     // One crypto provider (ring) for every TLS connection, Redis and collector alike,
     // installed before any subcommand opens one.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(Command::Collector {
+        listen,
+        ref record,
+        max_events,
+        max_body_bytes,
+    }) = cli.command
+    {
+        let record = record.clone();
+        let options = snowplow_relay::collector::CollectorOptions {
+            max_events,
+            max_body_bytes,
+            record,
+        };
+        return collector(&cli, listen, options);
+    }
     let loaded = match cli.command {
         Some(Command::DeadLetter { .. } | Command::Healthcheck { .. }) => {
+            Config::load_for_redis_tools(cli.config.as_deref(), &cli.overrides())
+        }
+        // Without --collector, track only needs Redis.
+        Some(Command::Track(_)) if cli.collector.is_none() => {
             Config::load_for_redis_tools(cli.config.as_deref(), &cli.overrides())
         }
         _ => Config::load(cli.config.as_deref(), &cli.overrides()),
@@ -138,6 +176,21 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Healthcheck { ready } => healthcheck(&config, ready),
+        Command::Track(args) => {
+            telemetry::init(&config.log);
+            let Some(runtime) = runtime(false) else {
+                return ExitCode::FAILURE;
+            };
+            let direct = cli.collector.is_some();
+            match runtime.block_on(snowplow_relay::track::run(&args, &config, direct)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("snowplow-relay track: {error}");
+                    ExitCode::from(error.exit_code())
+                }
+            }
+        }
+        Command::Collector { .. } => unreachable!("handled before the configuration is loaded"),
         Command::DeadLetter { action } => {
             let Some(runtime) = runtime(false) else {
                 return ExitCode::FAILURE;
@@ -219,6 +272,65 @@ async fn dead_letter(config: &Valid, action: DeadLetterAction) -> Result<(), Que
         }
     }
     Ok(())
+}
+
+/// Runs the local collector until SIGINT or SIGTERM.
+fn collector(
+    cli: &Cli,
+    listen: std::net::SocketAddr,
+    options: snowplow_relay::collector::CollectorOptions,
+) -> ExitCode {
+    let mut log = snowplow_relay::config::LogConfig::default();
+    if let Some(level) = &cli.log_level {
+        log.level = level.clone();
+    }
+    if let Some(format) = cli.log_format {
+        log.format = format;
+    }
+    telemetry::init(&log);
+    let collector = match snowplow_relay::collector::LocalCollector::new(options) {
+        Ok(collector) => collector,
+        Err(error) => {
+            eprintln!("snowplow-relay collector: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(runtime) = runtime(true) else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("snowplow-relay collector: cannot listen on {listen}: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let stop = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                },
+                _ => std::future::pending().await,
+            }
+        };
+        let addr = listener.local_addr().unwrap_or(listen);
+        tracing::info!(%addr, "local collector listening; GET /micro/all for a summary");
+        collector.clone().serve(listener, stop).await;
+        let totals = collector.totals();
+        tracing::info!(
+            total = totals.total,
+            good = totals.good,
+            bad = totals.bad,
+            "local collector stopped"
+        );
+        ExitCode::SUCCESS
+    })
 }
 
 /// The async runtime: multi-threaded for the daemon, one thread for the tools. Says

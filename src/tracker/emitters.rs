@@ -190,8 +190,10 @@ impl HttpEmitterBuilder {
 
     /// Checks the settings (errors name the `collector.*` key) and builds the client.
     pub fn build(self) -> Result<HttpEmitter, Error> {
-        let mut config = Config::default();
-        config.collector = self.collector;
+        let config = Config {
+            collector: self.collector,
+            ..Config::default()
+        };
         let settings = config
             .validate()
             .map_err(|e| Error::Collector(e.to_string()))?;
@@ -275,10 +277,15 @@ struct State {
 impl HttpEmitter {
     /// A builder for the collector at `url` (e.g. `https://collector.example.com`).
     pub fn builder(url: impl Into<String>) -> HttpEmitterBuilder {
-        let collector = CollectorConfig {
+        Self::builder_from(CollectorConfig {
             url: Some(url.into()),
             ..CollectorConfig::default()
-        };
+        })
+    }
+
+    /// A builder starting from the relay's `[collector]` settings (URL, method, batching,
+    /// TLS, proxy), as `snowplow-relay track --collector URL` uses.
+    pub fn builder_from(collector: CollectorConfig) -> HttpEmitterBuilder {
         HttpEmitterBuilder {
             collector,
             close_timeout: Duration::from_secs(10),

@@ -1,0 +1,406 @@
+//! `snowplow-relay track`: tracks events from the shell with the [`crate::tracker`] API,
+//! into Redis (the daemon's `[redis]` settings) or straight to a collector
+//! (`--collector URL`), and prints each event id on its own line.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clap::{Args, Subcommand};
+
+use crate::Valid;
+use crate::tracker::{
+    EcommerceTransaction, Emit, Error, Event, HttpEmitter, PageView, Payload, Platform,
+    RedisEmitter, ScreenView, SelfDescribingJson, Structured, Subject, Timestamp, TrackOptions,
+    Tracker, TransactionItem,
+};
+
+/// What to track, and how.
+#[derive(Debug, Args)]
+pub struct TrackArgs {
+    #[command(subcommand)]
+    event: EventArgs,
+    /// Track the event this many times, each with a fresh event id (load generation).
+    #[arg(long, global = true, default_value_t = 1, value_name = "N")]
+    count: u64,
+    /// The tracker namespace (tna).
+    #[arg(long, global = true, default_value = "cli")]
+    namespace: String,
+    /// The application id (aid).
+    #[arg(long, global = true, default_value = "snowplow-relay-cli")]
+    app_id: String,
+    /// A context, `{"schema":"iglu:…","data":{…}}`; repeat for several.
+    #[arg(long = "context", global = true, value_name = "JSON")]
+    contexts: Vec<String>,
+    /// When the event really happened, in milliseconds since the epoch (ttm).
+    #[arg(long, global = true, value_name = "MS")]
+    true_timestamp: Option<u64>,
+    /// Send contexts and self-describing events as plain JSON (co, ue_pr), not base64.
+    #[arg(long, global = true)]
+    no_base64: bool,
+    /// Do not print the event ids.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(flatten)]
+    subject: SubjectArgs,
+}
+
+/// The subject's fields.
+#[derive(Debug, Args)]
+struct SubjectArgs {
+    /// pc, tv, mob, cnsl, iot, web, srv or app (p).
+    #[arg(long, global = true, default_value = "srv")]
+    platform: Platform,
+    /// The user id (uid).
+    #[arg(long, global = true)]
+    user_id: Option<String>,
+    /// WIDTHxHEIGHT (res).
+    #[arg(long, global = true, value_parser = parse_size, value_name = "WxH")]
+    screen_resolution: Option<(u32, u32)>,
+    /// WIDTHxHEIGHT (vp).
+    #[arg(long, global = true, value_parser = parse_size, value_name = "WxH")]
+    viewport: Option<(u32, u32)>,
+    /// Bits (cd).
+    #[arg(long, global = true)]
+    color_depth: Option<u32>,
+    /// e.g. Europe/London (tz).
+    #[arg(long, global = true)]
+    timezone: Option<String>,
+    /// e.g. en-GB (lang).
+    #[arg(long, global = true)]
+    lang: Option<String>,
+    /// The user's IP address (ip).
+    #[arg(long, global = true)]
+    ip: Option<String>,
+    /// The user agent (ua).
+    #[arg(long, global = true)]
+    useragent: Option<String>,
+    /// The domain user id (duid).
+    #[arg(long, global = true)]
+    domain_user_id: Option<String>,
+    /// The network user id (tnuid).
+    #[arg(long, global = true)]
+    network_user_id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum EventArgs {
+    /// A page view (e=pv).
+    PageView {
+        /// The page URL.
+        #[arg(long)]
+        url: String,
+        /// The page title.
+        #[arg(long)]
+        title: Option<String>,
+        /// The referrer.
+        #[arg(long)]
+        referrer: Option<String>,
+    },
+    /// A structured event (e=se).
+    Struct {
+        /// se_ca.
+        #[arg(long)]
+        category: String,
+        /// se_ac.
+        #[arg(long)]
+        action: String,
+        /// se_la.
+        #[arg(long)]
+        label: Option<String>,
+        /// se_pr.
+        #[arg(long)]
+        property: Option<String>,
+        /// se_va.
+        #[arg(long)]
+        value: Option<f64>,
+    },
+    /// A self-describing event (e=ue), e.g.
+    /// --json '{"schema":"iglu:com.acme/x/jsonschema/1-0-0","data":{"a":1}}'.
+    SelfDescribing {
+        /// The event as self-describing JSON.
+        #[arg(long, value_name = "JSON")]
+        json: String,
+    },
+    /// A screen view (screen_view 1-0-0).
+    ScreenView {
+        /// The screen's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// The screen's id.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// An ecommerce transaction (e=tr) and its items (e=ti).
+    Transaction {
+        /// tr_id.
+        #[arg(long)]
+        order_id: String,
+        /// tr_tt.
+        #[arg(long)]
+        total: f64,
+        /// tr_cu, also on each item.
+        #[arg(long)]
+        currency: Option<String>,
+        /// tr_af.
+        #[arg(long)]
+        affiliation: Option<String>,
+        /// tr_tx.
+        #[arg(long)]
+        tax: Option<f64>,
+        /// tr_sh.
+        #[arg(long)]
+        shipping: Option<f64>,
+        /// An item: SKU,PRICE,QUANTITY[,NAME[,CATEGORY]]; repeat for several.
+        #[arg(long = "item", value_name = "SKU,PRICE,QTY[,NAME[,CATEGORY]]", value_parser = parse_item)]
+        items: Vec<TransactionItem>,
+    },
+}
+
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once('x')
+        .ok_or_else(|| format!("expected WIDTHxHEIGHT, e.g. 1920x1080, not {text:?}"))?;
+    let number = |n: &str| {
+        n.parse::<u32>()
+            .map_err(|_| format!("expected WIDTHxHEIGHT in whole pixels, not {text:?}"))
+    };
+    Ok((number(w)?, number(h)?))
+}
+
+fn parse_item(text: &str) -> Result<TransactionItem, String> {
+    let parts: Vec<&str> = text.split(',').collect();
+    let usage = || format!("expected SKU,PRICE,QUANTITY[,NAME[,CATEGORY]], not {text:?}");
+    if !(3..=5).contains(&parts.len()) {
+        return Err(usage());
+    }
+    let price = parts[1].parse::<f64>().map_err(|_| usage())?;
+    let quantity = parts[2].parse::<i64>().map_err(|_| usage())?;
+    let mut item = TransactionItem::new(parts[0], price, quantity);
+    if let Some(name) = parts.get(3) {
+        item = item.name(*name);
+    }
+    if let Some(category) = parts.get(4) {
+        item = item.category(*category);
+    }
+    Ok(item)
+}
+
+impl TrackArgs {
+    fn event(&self) -> Result<Event, Error> {
+        Ok(match &self.event {
+            EventArgs::PageView {
+                url,
+                title,
+                referrer,
+            } => {
+                let mut view = PageView::new(url);
+                if let Some(title) = title {
+                    view = view.title(title);
+                }
+                if let Some(referrer) = referrer {
+                    view = view.referrer(referrer);
+                }
+                view.into()
+            }
+            EventArgs::Struct {
+                category,
+                action,
+                label,
+                property,
+                value,
+            } => {
+                let mut event = Structured::new(category, action);
+                if let Some(label) = label {
+                    event = event.label(label);
+                }
+                if let Some(property) = property {
+                    event = event.property(property);
+                }
+                if let Some(value) = value {
+                    event = event.value(*value);
+                }
+                event.into()
+            }
+            EventArgs::SelfDescribing { json } => SelfDescribingJson::from_json(json)?.into(),
+            EventArgs::ScreenView { name, id } => {
+                let mut screen = ScreenView::new();
+                if let Some(name) = name {
+                    screen = screen.name(name);
+                }
+                if let Some(id) = id {
+                    screen = screen.id(id);
+                }
+                screen.into()
+            }
+            EventArgs::Transaction {
+                order_id,
+                total,
+                currency,
+                affiliation,
+                tax,
+                shipping,
+                items,
+            } => {
+                let mut order = EcommerceTransaction::new(order_id, *total);
+                if let Some(currency) = currency {
+                    order = order.currency(currency);
+                }
+                if let Some(affiliation) = affiliation {
+                    order = order.affiliation(affiliation);
+                }
+                if let Some(tax) = tax {
+                    order = order.tax_value(*tax);
+                }
+                if let Some(shipping) = shipping {
+                    order = order.shipping(*shipping);
+                }
+                for item in items {
+                    order = order.item(item.clone());
+                }
+                order.into()
+            }
+        })
+    }
+
+    fn subject(&self) -> Subject {
+        let s = &self.subject;
+        let mut subject = Subject::new().platform(s.platform);
+        if let Some(v) = &s.user_id {
+            subject = subject.user_id(v);
+        }
+        if let Some((w, h)) = s.screen_resolution {
+            subject = subject.screen_resolution(w, h);
+        }
+        if let Some((w, h)) = s.viewport {
+            subject = subject.viewport(w, h);
+        }
+        if let Some(v) = s.color_depth {
+            subject = subject.color_depth(v);
+        }
+        if let Some(v) = &s.timezone {
+            subject = subject.timezone(v);
+        }
+        if let Some(v) = &s.lang {
+            subject = subject.language(v);
+        }
+        if let Some(v) = &s.ip {
+            subject = subject.ip_address(v);
+        }
+        if let Some(v) = &s.useragent {
+            subject = subject.useragent(v);
+        }
+        if let Some(v) = &s.domain_user_id {
+            subject = subject.domain_user_id(v);
+        }
+        if let Some(v) = &s.network_user_id {
+            subject = subject.network_user_id(v);
+        }
+        subject
+    }
+
+    fn options(&self) -> Result<TrackOptions, Error> {
+        let contexts = self
+            .contexts
+            .iter()
+            .map(|text| SelfDescribingJson::from_json(text))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrackOptions {
+            contexts: (!contexts.is_empty()).then_some(contexts),
+            timestamp: self.true_timestamp.map(Timestamp::True),
+            subject: None,
+        })
+    }
+}
+
+/// Why `track` failed, and its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackError {
+    /// The event or its options were refused (exit 2).
+    #[error("{0}")]
+    Input(Error),
+    /// Redis or the collector failed (exit 1).
+    #[error("{0}")]
+    Emit(Error),
+    /// The collector refused events or they could not be delivered in time (exit 1).
+    #[error(
+        "{unsent} of {total} events were not delivered to the collector (refused, or not \
+         accepted within 10 s; the log lines above say why)"
+    )]
+    Undelivered {
+        /// How many were not delivered.
+        unsent: usize,
+        /// How many were tracked.
+        total: usize,
+    },
+}
+
+impl TrackError {
+    /// 2 for bad input, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            TrackError::Input(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Tracks as `args` say: into Redis with `settings`' `[redis]`, or to the collector in
+/// `settings` when `direct` (`--collector URL`). Prints each event id to stdout unless
+/// `--quiet`; returns how many events were tracked.
+pub async fn run(args: &TrackArgs, settings: &Valid, direct: bool) -> Result<usize, TrackError> {
+    let event = args.event().map_err(TrackError::Input)?;
+    let options = args.options().map_err(TrackError::Input)?;
+    let tracker = Tracker::builder(&args.namespace, &args.app_id)
+        .subject(args.subject())
+        .encode_base64(!args.no_base64);
+    // Check the input once before connecting anywhere.
+    tracker
+        .payloads(&event, &options)
+        .map_err(TrackError::Input)?;
+    let unsent = Arc::new(AtomicUsize::new(0));
+    let emitter: Box<dyn Emit> = if direct {
+        let counter = unsent.clone();
+        Box::new(
+            HttpEmitter::builder_from(settings.collector.clone())
+                .on_failure(move |_, events: Vec<Payload>| {
+                    counter.fetch_add(events.len(), Ordering::Relaxed);
+                })
+                .build()
+                .map_err(TrackError::Emit)?,
+        )
+    } else {
+        Box::new(
+            RedisEmitter::from_settings(settings)
+                .await
+                .map_err(TrackError::Emit)?,
+        )
+    };
+    let mut total = 0;
+    let mut chunk = Vec::new();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for i in 0..args.count {
+        for payload in tracker
+            .payloads(&event, &options)
+            .map_err(TrackError::Input)?
+        {
+            if !args.quiet {
+                use std::io::Write;
+                let _ = writeln!(out, "{}", payload.event_id().unwrap_or_default());
+            }
+            chunk.push(payload);
+        }
+        if chunk.len() >= 1000 || i + 1 == args.count {
+            total += chunk.len();
+            emitter
+                .emit(std::mem::take(&mut chunk))
+                .await
+                .map_err(TrackError::Emit)?;
+        }
+    }
+    drop(out);
+    emitter.close().await.map_err(TrackError::Emit)?;
+    match unsent.load(Ordering::Relaxed) {
+        0 => Ok(total),
+        unsent => Err(TrackError::Undelivered { unsent, total }),
+    }
+}
