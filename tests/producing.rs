@@ -1,0 +1,762 @@
+//! The producing side end to end: the Rust tracker into a real redis-server, the relay,
+//! and the local collector (`snowplow-relay collector`) that validates what it receives;
+//! the HTTP emitter's hooks; the `track` and `collector` commands as processes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use serde_json::{Map, Value, json};
+use snowplow_relay::collector::{CollectorOptions, LocalCollector};
+use snowplow_relay::config::Method;
+use snowplow_relay::tracker::{
+    EcommerceTransaction, Emit, HttpEmitter, PagePing, PageView, Payload, Platform, RedisEmitter,
+    ScreenView, SelfDescribingJson, Structured, Subject, Timestamp, Timing, TrackOptions, Tracker,
+    TransactionItem,
+};
+
+const CONTEXTS_SCHEMA_JSON: &str = include_str!("fixtures/schemas/contexts-1-0-1.json");
+const UNSTRUCT_SCHEMA_JSON: &str = include_str!("fixtures/schemas/unstruct_event-1-0-0.json");
+
+/// A JSON Schema validator for an Iglu schema (its `$schema` and `self` removed).
+fn validator(iglu_schema: &str) -> jsonschema::Validator {
+    let mut schema: Value = serde_json::from_str(iglu_schema).unwrap();
+    let object = schema.as_object_mut().unwrap();
+    object.remove("$schema");
+    object.remove("self");
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft4)
+        .build(&schema)
+        .unwrap()
+}
+
+/// Starts the local collector on a free port; returns it and its URL.
+async fn local_collector(options: CollectorOptions) -> (LocalCollector, String) {
+    let collector = LocalCollector::new(options).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(collector.clone().serve(listener, std::future::pending()));
+    (collector, url)
+}
+
+/// The collector's good events by eid, as parameter maps.
+fn good_by_eid(collector: &LocalCollector) -> HashMap<String, Map<String, Value>> {
+    collector
+        .good()
+        .into_iter()
+        .map(|event| {
+            let parameters = event["rawEvent"]["parameters"].as_object().unwrap().clone();
+            (parameters["eid"].as_str().unwrap().to_owned(), parameters)
+        })
+        .collect()
+}
+
+fn context(name: &str, data: Value) -> SelfDescribingJson {
+    SelfDescribingJson::new(format!("iglu:com.acme/{name}/jsonschema/1-0-0"), data).unwrap()
+}
+
+/// One event of every kind, with contexts, timestamps and per-event subjects mixed in.
+fn every_kind() -> Vec<(snowplow_relay::tracker::Event, TrackOptions)> {
+    let contexts = Some(vec![
+        context("user", json!({"plan": "pro", "since": 2019})),
+        context("page", json!({"lang": "日本語", "tags": ["a", "b"]})),
+    ]);
+    let mobile = Subject::new()
+        .platform(Platform::Mob)
+        .user_id("user-ü")
+        .screen_resolution(390, 844)
+        .viewport(390, 700)
+        .color_depth(24)
+        .timezone("Asia/Tokyo")
+        .language("ja-JP")
+        .ip_address("203.0.113.9")
+        .useragent("Mozilla/5.0 (iPhone)")
+        .domain_user_id("duid-1")
+        .network_user_id("nuid-1");
+    let with = |contexts: Option<Vec<SelfDescribingJson>>,
+                timestamp: Option<Timestamp>,
+                subject: Option<Subject>| TrackOptions {
+        contexts,
+        timestamp,
+        subject,
+    };
+    vec![
+        (
+            PageView::new("https://shop.example.com/ç?q=1&r=2")
+                .title("Ünïcode “title”")
+                .referrer("https://example.com/")
+                .into(),
+            with(contexts.clone(), None, None),
+        ),
+        (
+            PagePing::new("https://shop.example.com/")
+                .offsets(0, 10, 20, 900)
+                .into(),
+            with(
+                None,
+                Some(Timestamp::True(1_700_000_000_123)),
+                Some(mobile.clone()),
+            ),
+        ),
+        (
+            Structured::new("shop", "add")
+                .label("sku-1")
+                .property("p")
+                .value(9.99)
+                .into(),
+            with(
+                contexts.clone(),
+                Some(Timestamp::Device(1_700_000_000_456)),
+                None,
+            ),
+        ),
+        (
+            context(
+                "checkout",
+                json!({"step": 2, "nested": {"ok": true, "none": null}}),
+            )
+            .into(),
+            with(contexts.clone(), None, Some(mobile.clone())),
+        ),
+        (
+            ScreenView::new().name("Home").id("s-1").into(),
+            with(None, None, None),
+        ),
+        (
+            Timing::new("load", "dom", 250).label("cold").into(),
+            with(contexts.clone(), None, None),
+        ),
+        (
+            EcommerceTransaction::new("order-1", 21.5)
+                .affiliation("web")
+                .tax_value(1.5)
+                .shipping(2.0)
+                .address("Paris", "IDF", "FR")
+                .currency("EUR")
+                .item(
+                    TransactionItem::new("sku-1", 9.75, 2)
+                        .name("Mug")
+                        .category("kitchen"),
+                )
+                .item(TransactionItem::new("sku-2", 0.5, 1))
+                .into(),
+            with(contexts, None, Some(mobile)),
+        ),
+    ]
+}
+
+/// Each received event holds exactly the tracker's fields, as strings, plus `stm`.
+fn assert_exactly(sent: &Payload, received: &Map<String, Value>) {
+    for (name, value) in sent.fields() {
+        let expected = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(received[name], Value::String(expected), "field {name}");
+    }
+    assert!(received["stm"].as_str().unwrap().parse::<u64>().is_ok());
+    assert_eq!(received.len(), sent.fields().count() + 1, "only stm added");
+}
+
+/// The payload_data, contexts and unstruct_event schemas all accept `parameters`.
+fn assert_schemas_accept(parameters: &Map<String, Value>) {
+    let payload_data = validator(PAYLOAD_DATA_SCHEMA);
+    let contexts = validator(CONTEXTS_SCHEMA_JSON);
+    let unstruct = validator(UNSTRUCT_SCHEMA_JSON);
+    let array = Value::Array(vec![Value::Object(parameters.clone())]);
+    let errors: Vec<String> = payload_data
+        .iter_errors(&array)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "payload_data: {errors:?}");
+    let decode = |field: &str, base64: bool| -> Option<Value> {
+        let text = parameters.get(field)?.as_str().unwrap();
+        let bytes = if base64 {
+            base64::engine::general_purpose::URL_SAFE
+                .decode(text)
+                .unwrap()
+        } else {
+            text.as_bytes().to_vec()
+        };
+        Some(serde_json::from_slice(&bytes).unwrap())
+    };
+    if let Some(envelope) = decode("cx", true).or_else(|| decode("co", false)) {
+        assert_eq!(envelope["schema"], snowplow_relay::tracker::CONTEXTS_SCHEMA);
+        let errors: Vec<String> = contexts
+            .iter_errors(&envelope["data"])
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "contexts: {errors:?}");
+    }
+    if let Some(envelope) = decode("ue_px", true).or_else(|| decode("ue_pr", false)) {
+        assert_eq!(
+            envelope["schema"],
+            snowplow_relay::tracker::UNSTRUCT_EVENT_SCHEMA
+        );
+        let errors: Vec<String> = unstruct
+            .iter_errors(&envelope["data"])
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "unstruct_event: {errors:?}");
+    }
+}
+
+async fn rust_tracker_through_redis_and_the_relay(method: &str) {
+    let redis = RedisServer::start();
+    let (collector, url) = local_collector(CollectorOptions::default()).await;
+    let emitter = RedisEmitter::connect(&redis.url(), "snowplow")
+        .await
+        .unwrap();
+    let base64 = Tracker::new(
+        "web",
+        "shop",
+        emitter.clone(),
+        Some(Subject::new().user_id("u-1")),
+    );
+    let plain = Tracker::new("srv", "shop-backend", emitter, None).encode_base64(false);
+    let mut sent = Vec::new();
+    for tracker in [&base64, &plain] {
+        for (event, options) in every_kind() {
+            let payloads = tracker.payloads(&event, &options).unwrap();
+            tracker.emit(payloads.clone()).await.unwrap();
+            sent.extend(payloads);
+        }
+    }
+    // track() itself, and a switched subject.
+    let mut switching = base64.clone();
+    switching.set_subject(Subject::new().platform(Platform::Tv).user_id("u-2"));
+    let id = switching
+        .track(PageView::new("https://tv.example/"), None)
+        .await
+        .unwrap();
+    assert_eq!(redis.llen("snowplow"), sent.len() + 1);
+    let last: Value = serde_json::from_slice(&redis.lrange("snowplow").pop().unwrap()).unwrap();
+    assert_eq!(last["eid"], id.to_string());
+    assert_eq!(
+        (last["p"].as_str(), last["uid"].as_str()),
+        (Some("tv"), Some("u-2"))
+    );
+
+    let relay = Relay::start(config_for_urls(
+        &redis.url(),
+        &url,
+        &[("collector.method", method)],
+    ));
+    wait_until(
+        "the collector holds every event",
+        Duration::from_secs(20),
+        || collector.totals().total as usize == sent.len() + 1,
+    )
+    .await;
+    relay.stop().await;
+    assert_eq!(collector.bad(), Vec::<Value>::new(), "no bad events");
+    let received = good_by_eid(&collector);
+    for payload in &sent {
+        let parameters = &received[payload.event_id().unwrap()];
+        assert_exactly(payload, parameters);
+        assert_schemas_accept(parameters);
+    }
+    // The collector classified them as Micro does.
+    let types: Vec<String> = collector
+        .good()
+        .iter()
+        .map(|e| e["eventType"].as_str().unwrap().to_owned())
+        .collect();
+    for kind in [
+        "page_view",
+        "page_ping",
+        "struct",
+        "unstruct",
+        "transaction",
+        "transaction_item",
+    ] {
+        assert!(types.iter().any(|t| t == kind), "{kind} in {types:?}");
+    }
+    let schemas: Vec<String> = collector
+        .good()
+        .iter()
+        .filter(|e| e["eventType"] == "unstruct")
+        .map(|e| e["schema"].as_str().unwrap().to_owned())
+        .collect();
+    for schema in [
+        "iglu:com.snowplowanalytics.snowplow/screen_view/jsonschema/1-0-0",
+        "iglu:com.snowplowanalytics.snowplow/timing/jsonschema/1-0-0",
+        "iglu:com.acme/checkout/jsonschema/1-0-0",
+    ] {
+        assert!(
+            schemas.iter().any(|s| s == schema),
+            "{schema} in {schemas:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rust_tracker_events_of_every_kind_arrive_intact_by_post() {
+    rust_tracker_through_redis_and_the_relay("post").await;
+}
+
+#[tokio::test]
+async fn rust_tracker_events_of_every_kind_arrive_intact_by_get() {
+    rust_tracker_through_redis_and_the_relay("get").await;
+}
+
+#[tokio::test]
+async fn python_fixtures_are_all_good_at_the_local_collector() {
+    let redis = RedisServer::start();
+    let (collector, url) = local_collector(CollectorOptions::default()).await;
+    let events = numbered_events(360);
+    redis.rpush("snowplow", &events);
+    let relay = Relay::start(config_for_urls(&redis.url(), &url, &[]));
+    wait_until("360 events", Duration::from_secs(20), || {
+        collector.totals().total == 360
+    })
+    .await;
+    relay.stop().await;
+    assert_eq!(collector.totals().bad, 0, "{:?}", collector.bad().first());
+    assert_eq!(collector.good().len(), 360);
+}
+
+/// Posts `body` to the collector's tp2 endpoint.
+async fn post(url: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{url}/com.snowplowanalytics.snowplow/tp2"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_local_collector_agrees_with_the_payload_data_schema() {
+    let (collector, url) = local_collector(CollectorOptions::default()).await;
+    let schema = validator(PAYLOAD_DATA_SCHEMA);
+    let base = || json!({"e": "pv", "p": "pc", "tv": "t", "url": "u"});
+    let mut cases = vec![base()];
+    for (name, value) in [
+        ("dtm", json!(1)),
+        ("zz", json!("x")),
+        ("aid", json!(null)),
+        ("aid", json!(["x"])),
+        ("ue_na", json!("name")),
+        ("tnuid", json!("n")),
+    ] {
+        let mut case = base();
+        case[name] = value;
+        cases.push(case);
+    }
+    for required in ["e", "p", "tv"] {
+        let mut case = base();
+        case.as_object_mut().unwrap().remove(required);
+        cases.push(case);
+    }
+    cases.push(json!("not an object"));
+    for case in &cases {
+        reqwest::Client::new()
+            .get(format!("{url}/micro/reset"))
+            .send()
+            .await
+            .unwrap();
+        let body = json!({
+            "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+            "data": [case],
+        });
+        assert_eq!(post(&url, body.to_string()).await.status(), 200);
+        let schema_says = schema.is_valid(&json!([case]));
+        let collector_says = collector.totals().good == 1;
+        assert_eq!(collector_says, schema_says, "{case}: {:?}", collector.bad());
+        assert_eq!(collector.totals().total, 1);
+    }
+}
+
+#[tokio::test]
+async fn the_local_collector_answers_like_micro() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("good.jsonl");
+    let (collector, url) = local_collector(CollectorOptions {
+        max_events: 5,
+        max_body_bytes: 4096,
+        record: Some(record.clone()),
+    })
+    .await;
+    let client = reqwest::Client::new();
+    // GET /i and the tp1 path; a pixel comes back.
+    for path in ["/i", "/ice.png", "/com.snowplowanalytics.snowplow/tp1"] {
+        let response = client
+            .get(format!(
+                "{url}{path}?e=se&p=pc&tv=t&se_ca=c&se_ac=a&eid=get{}",
+                path.len()
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "image/gif");
+    }
+    // A duplicate query parameter is bad.
+    client
+        .get(format!("{url}/i?e=pv&p=pc&tv=t&p=web"))
+        .send()
+        .await
+        .unwrap();
+    // Over the body limit: 413, nothing stored.
+    let big = format!("{{\"data\":\"{}\"}}", "x".repeat(5000));
+    assert_eq!(post(&url, big).await.status(), 413);
+    // Not payload_data: 200 (as the real collector), one bad event.
+    assert_eq!(post(&url, "[1,2]").await.status(), 200);
+    let all: Value = client
+        .get(format!("{url}/micro/all"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+        .unwrap();
+    assert_eq!(all, json!({"total": 5, "good": 3, "bad": 2, "dropped": 0}));
+    // Filters, as Micro's.
+    let filtered: Value = client
+        .post(format!("{url}/micro/good"))
+        .body(r#"{"event_type":"struct","limit":2}"#)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+        .unwrap();
+    assert_eq!(filtered.as_array().unwrap().len(), 2);
+    assert_eq!(filtered[0]["rawEvent"]["parameters"]["eid"], "get2");
+    let bad: Value = client
+        .get(format!("{url}/micro/bad"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+        .unwrap();
+    assert!(
+        bad[0]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("appears twice"),
+        "{bad}"
+    );
+    assert!(
+        bad[1]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("payload_data"),
+        "{bad}"
+    );
+    let refused = client
+        .post(format!("{url}/micro/good"))
+        .body("{\"nope\":1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    // CORS preflight.
+    let preflight = client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{url}/com.snowplowanalytics.snowplow/tp2"),
+        )
+        .header("origin", "https://site.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 200);
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://site.example"
+    );
+    assert!(
+        preflight.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("Content-Type")
+    );
+    // Bounded: the sixth and seventh events push the oldest out, counted.
+    for i in 0..2 {
+        client
+            .get(format!("{url}/i?e=pv&p=pc&tv=t&eid=more{i}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(collector.totals().dropped, 2);
+    assert_eq!(collector.good().len() + collector.bad().len(), 5);
+    // Every good event was recorded, one JSON line each.
+    let lines = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(lines.lines().count(), 5);
+    assert!(
+        lines
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok())
+    );
+    // Health and reset.
+    assert_eq!(
+        client
+            .get(format!("{url}/health"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "OK"
+    );
+    client
+        .post(format!("{url}/micro/reset"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(collector.totals().total, 0);
+    assert!(collector.good().is_empty());
+}
+
+#[tokio::test]
+async fn the_http_emitter_reports_delivered_and_refused_events_to_its_hooks() {
+    // The collector refuses (400, never retried) any batch holding a "refuse-me" title.
+    let collector = Collector::start_with(Box::new(|request| {
+        if String::from_utf8_lossy(&request.body).contains("refuse-me") {
+            400
+        } else {
+            200
+        }
+    }))
+    .await;
+    let delivered = Arc::new(Mutex::new(0usize));
+    let failed: Arc<Mutex<Vec<(usize, Vec<Payload>)>>> = Arc::default();
+    let (d, f) = (delivered.clone(), failed.clone());
+    let emitter = HttpEmitter::builder(collector.url())
+        .buffer_size(5)
+        .on_success(move |n| *d.lock().unwrap() += n)
+        .on_failure(move |sent, unsent| f.lock().unwrap().push((sent, unsent)))
+        .build()
+        .unwrap();
+    let tracker = Tracker::new("ns", "app", emitter, None);
+    let mut refused_id = None;
+    for i in 0..12 {
+        let title = if i == 7 { "refuse-me" } else { "fine" };
+        let id = tracker
+            .track(PageView::new("https://e.example/").title(title), None)
+            .await
+            .unwrap();
+        if i == 7 {
+            refused_id = Some(id.to_string());
+        }
+    }
+    tracker.close().await.unwrap();
+    let failed = failed.lock().unwrap();
+    assert_eq!(failed.len(), 1, "one batch refused");
+    let (sent, unsent) = &failed[0];
+    assert_eq!((*sent, unsent.len()), (0, 5));
+    assert!(unsent.iter().any(|p| p.event_id() == refused_id.as_deref()));
+    assert_eq!(*delivered.lock().unwrap(), 7, "the other 7 delivered");
+    assert_eq!(collector.delivered().len(), 7);
+
+    // Emitting after close is refused.
+    let emitter = HttpEmitter::builder(collector.url()).build().unwrap();
+    emitter.close().await.unwrap();
+    let payloads = Tracker::builder("ns", "app")
+        .payloads(&PageView::new("u").into(), &TrackOptions::default())
+        .unwrap();
+    assert!(emitter.emit(payloads).await.is_err());
+}
+
+#[tokio::test]
+async fn closing_an_http_emitter_that_cannot_deliver_hands_the_events_back() {
+    let port = free_port(); // nothing listens
+    let unsent = Arc::new(Mutex::new(Vec::new()));
+    let u = unsent.clone();
+    let emitter = HttpEmitter::builder(format!("http://127.0.0.1:{port}"))
+        .method(Method::Get)
+        .close_timeout(Duration::from_millis(300))
+        .on_failure(move |_, events| u.lock().unwrap().extend(events))
+        .build()
+        .unwrap();
+    let tracker = Tracker::new("ns", "app", emitter, None);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            tracker
+                .track(Structured::new("c", "a"), None)
+                .await
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let started = std::time::Instant::now();
+    tracker.close().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let mut back: Vec<String> = unsent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.event_id().unwrap().to_owned())
+        .collect();
+    back.sort();
+    ids.sort();
+    assert_eq!(back, ids, "every undelivered event is handed back");
+}
+
+#[tokio::test]
+async fn the_track_and_collector_commands_work_as_processes() {
+    let bin = env!("CARGO_BIN_EXE_snowplow-relay");
+    let redis = RedisServer::start();
+    // Into Redis: one id per line, the element as the Python RedisEmitter writes it.
+    let output = std::process::Command::new(bin)
+        .args([
+            "track",
+            "--redis-url",
+            &redis.url(),
+            "--user-id",
+            "u-9",
+            "--context",
+        ])
+        .arg(r#"{"schema":"iglu:com.acme/c/jsonschema/1-0-0","data":{"a":1}}"#)
+        .args([
+            "transaction",
+            "--order-id",
+            "o-1",
+            "--total",
+            "3",
+            "--item",
+            "s1,1.5,2,Mug",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ids: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids.len(), 2, "the transaction and its item");
+    let elements = redis.lrange("snowplow");
+    assert_eq!(elements.len(), 2);
+    let item: Value = serde_json::from_slice(&elements[1]).unwrap();
+    assert_eq!(item["eid"], ids[1].as_str());
+    assert_eq!(
+        (
+            item["e"].as_str(),
+            item["ti_qu"].as_i64(),
+            item["uid"].as_str()
+        ),
+        (Some("ti"), Some(2), Some("u-9"))
+    );
+    // --count, quietly.
+    let status = std::process::Command::new(bin)
+        .args([
+            "track",
+            "--redis-url",
+            &redis.url(),
+            "--count",
+            "2500",
+            "-q",
+            "page-view",
+            "--url",
+            "https://x/",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(redis.llen("snowplow"), 2502);
+    // Bad input: exit 2 and a message naming the problem; nothing pushed.
+    for (args, says) in [
+        (vec!["page-view", "--url", ""], "url must not be empty"),
+        (
+            vec!["--context", "{\"schema\":\"x\",\"data\":1}", "screen-view"],
+            "Iglu URI",
+        ),
+        (
+            vec!["self-describing", "--json", "[1]"],
+            "must be an object",
+        ),
+    ] {
+        let output = std::process::Command::new(bin)
+            .args(["track", "--redis-url", &redis.url()])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(says),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(redis.llen("snowplow"), 2502);
+
+    // The collector process, fed directly by track --collector.
+    let port = free_port();
+    let mut collector = std::process::Command::new(bin)
+        .args(["collector", "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_until_async(|| async { client.get(format!("{url}/health")).send().await.is_ok() }).await;
+    let status = std::process::Command::new(bin)
+        .args([
+            "track",
+            "--collector",
+            &url,
+            "--count",
+            "3",
+            "-q",
+            "struct",
+            "--category",
+            "c",
+            "--action",
+            "a",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let all: Value = client
+        .get(format!("{url}/micro/all"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+        .unwrap();
+    assert_eq!(all["good"], 3);
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &collector.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(
+        collector.wait().unwrap().success(),
+        "SIGTERM stops the collector cleanly"
+    );
+}
+
+async fn wait_until_async<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out");
+}
