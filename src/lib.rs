@@ -18,6 +18,8 @@
 //! [`run`] is the whole daemon; `main.rs` only parses flags, sets up logging and hands
 //! `run` the signals as futures. Tests and embedders pass their own futures.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod collector;
 pub mod config;

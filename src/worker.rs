@@ -22,7 +22,7 @@
 //!   the count of events this instance claimed before it) and acknowledges the resolved
 //!   prefix in one script call, writing dead-letter entries in the same call.
 //!
-//! Every task follows one [`Lifecycle`]: *running* → *draining* (shutdown asked or a
+//! Every task follows one `Lifecycle`: *running* → *draining* (shutdown asked or a
 //! fatal error: claiming stops, batches are sent) → *abandoning* (drain deadline, second
 //! signal or fatal error: requests are dropped). Then every unresolved event goes back
 //! to the head of the list in its original order, and every resolution already received
