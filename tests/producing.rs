@@ -320,9 +320,16 @@ async fn python_fixtures_are_all_good_at_the_local_collector() {
     assert_eq!(collector.good().len(), 360);
 }
 
+/// An HTTP client for the tests' own requests (reqwest is built without a default
+/// crypto provider).
+fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// Posts `body` to the collector's tp2 endpoint.
 async fn post(url: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
-    reqwest::Client::new()
+    http_client()
         .post(format!("{url}/com.snowplowanalytics.snowplow/tp2"))
         .header("content-type", "application/json")
         .body(body)
@@ -356,7 +363,7 @@ async fn the_local_collector_agrees_with_the_payload_data_schema() {
     }
     cases.push(json!("not an object"));
     for case in &cases {
-        reqwest::Client::new()
+        http_client()
             .get(format!("{url}/micro/reset"))
             .send()
             .await
@@ -383,7 +390,7 @@ async fn the_local_collector_answers_like_micro() {
         record: Some(record.clone()),
     })
     .await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     // GET /i and the tp1 path; a pixel comes back.
     for path in ["/i", "/ice.png", "/com.snowplowanalytics.snowplow/tp1"] {
         let response = client
@@ -707,7 +714,7 @@ async fn the_track_and_collector_commands_work_as_processes() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = http_client();
     wait_until_async(|| async { client.get(format!("{url}/health")).send().await.is_ok() }).await;
     let status = std::process::Command::new(bin)
         .args([
