@@ -335,6 +335,7 @@ async fn latency(
     redis: &common::RedisServer,
     collector: &CountingCollector,
     url: &str,
+    rate: usize,
     seconds: u64,
 ) -> (f64, f64) {
     let relay = spawn_relay(redis, url, &[], &[]);
@@ -343,16 +344,21 @@ async fn latency(
     collector.record_arrivals.store(true, Ordering::Relaxed);
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let events = realistic_events(seconds as usize * 1000, "lat");
+    // `rate` events/s as rate/1000 events every millisecond (one RPUSH per tick).
+    let per_tick = (rate / 1000).max(1);
+    let events = realistic_events(seconds as usize * rate, &format!("lat{rate}"));
     let mut pushed = HashMap::with_capacity(events.len());
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    for (i, event) in events.iter().enumerate() {
+    for (tick, chunk) in events.chunks(per_tick).enumerate() {
         ticker.tick().await;
-        pushed.insert(format!("lat-{i}"), Instant::now());
+        let now = Instant::now();
+        for i in 0..chunk.len() {
+            pushed.insert(format!("lat{rate}-{}", tick * per_tick + i), now);
+        }
         redis::cmd("RPUSH")
             .arg(LIST)
-            .arg(event)
+            .arg(chunk)
             .query_async::<i64>(&mut conn)
             .await
             .unwrap();
@@ -485,6 +491,9 @@ fn main() {
             println!("{name:<58} {value}");
             rows.push((name.to_owned(), value));
         };
+        let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+        let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+        println!("{date}, nproc {nproc}, `cargo bench --bench relay` with {:?}", &args[1..]);
         println!("snowplow-relay benchmark: {n} events of 400-1,200 bytes per throughput run; 2 cores shared by Redis, relay and collector");
 
         let raw = if wanted("raw") {
@@ -497,7 +506,7 @@ fn main() {
         if wanted("post-tuned") {
             let tuned = ["--buffer-size", "500", "--byte-limit", "1000000"];
             let t = throughput(&redis, &collector, &url, n, &tuned, &[("SNOWPLOW_RELAY_REDIS__CLAIM_BATCH_SIZE", "2000")]).await;
-            row("b. POST tuned (buffer 500, claim 2000), events/s", format!("{:.0}", t.events_per_second));
+            row("b. POST tuned (buffer 500, claim 2000, 1 thread), events/s", format!("{:.0}", t.events_per_second));
             row("d. peak RSS at full speed (POST tuned), MB", format!("{:.1}", t.peak_rss_kb as f64 / 1024.0));
             row("e. CPU s per 100,000 events (POST tuned)", format!("{:.3}", t.cpu_seconds_per_100k));
             if let Some(raw) = raw {
@@ -506,14 +515,20 @@ fn main() {
         }
         if wanted("post-default") {
             let t = throughput(&redis, &collector, &url, n, &[], &[]).await;
-            row("b. POST default configuration (buffer 10), events/s", format!("{:.0}", t.events_per_second));
+            row("b. POST default configuration (buffer 50, 1 thread), events/s", format!("{:.0}", t.events_per_second));
             row("e. CPU s per 100,000 events (POST default)", format!("{:.3}", t.cpu_seconds_per_100k));
             row("d. peak RSS (POST default), MB", format!("{:.1}", t.peak_rss_kb as f64 / 1024.0));
+            if let Some(raw) = raw {
+                row("f. POST default / raw drain", format!("{:.2}", t.events_per_second / raw));
+            }
         }
         if wanted("get") {
             let t = throughput(&redis, &collector, &url, n, &["--method", "get"], &[("SNOWPLOW_RELAY_COLLECTOR__MAX_REQUESTS_IN_FLIGHT", "32")]).await;
-            row("b. GET (32 requests in flight), events/s", format!("{:.0}", t.events_per_second));
+            row("b. GET (32 requests in flight, 1 thread), events/s", format!("{:.0}", t.events_per_second));
             row("e. CPU s per 100,000 events (GET)", format!("{:.3}", t.cpu_seconds_per_100k));
+            if let Some(raw) = raw {
+                row("f. GET / raw drain", format!("{:.2}", t.events_per_second / raw));
+            }
         }
         if wanted("scaling") {
             for copies in [1, 2, 4] {
@@ -545,9 +560,13 @@ fn main() {
             row("h. CPU s per 100,000 events, plain TCP / TLS", format!("{:.3} / {:.3}", plain.cpu_seconds_per_100k, tls.cpu_seconds_per_100k));
         }
         if wanted("latency") {
-            let (p50, p99) = latency(&redis, &collector, &url, 10).await;
-            row("c. latency RPUSH -> collector at 1,000 ev/s, p50 ms", format!("{p50:.2}"));
-            row("c. latency RPUSH -> collector at 1,000 ev/s, p99 ms", format!("{p99:.2}"));
+            for (rate, seconds) in [(1_000, 10), (10_000, 5), (50_000, 2)] {
+                let (p50, p99) = latency(&redis, &collector, &url, rate, seconds).await;
+                row(
+                    &format!("c. latency RPUSH -> collector at {rate} ev/s (default config), p50 / p99 ms"),
+                    format!("{p50:.2} / {p99:.2}"),
+                );
+            }
         }
         if wanted("backlog") {
             let kb = backlog_rss(&redis, &collector, &url, backlog).await;

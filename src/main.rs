@@ -178,7 +178,7 @@ fn main() -> ExitCode {
         Command::Healthcheck { ready } => healthcheck(&config, ready),
         Command::Track(args) => {
             telemetry::init(&config.log);
-            let Some(runtime) = runtime(false) else {
+            let Some(runtime) = runtime(1) else {
                 return ExitCode::FAILURE;
             };
             let direct = cli.collector.is_some();
@@ -192,7 +192,7 @@ fn main() -> ExitCode {
         }
         Command::Collector { .. } => unreachable!("handled before the configuration is loaded"),
         Command::DeadLetter { action } => {
-            let Some(runtime) = runtime(false) else {
+            let Some(runtime) = runtime(1) else {
                 return ExitCode::FAILURE;
             };
             match runtime.block_on(dead_letter(&config, action)) {
@@ -205,7 +205,7 @@ fn main() -> ExitCode {
         }
         Command::Run => {
             let log_level = telemetry::init(&config.log);
-            let Some(runtime) = runtime(true) else {
+            let Some(runtime) = runtime(config.worker.threads.get()) else {
                 return ExitCode::FAILURE;
             };
             runtime.block_on(async {
@@ -295,7 +295,7 @@ fn collector(
             return ExitCode::from(2);
         }
     };
-    let Some(runtime) = runtime(true) else {
+    let Some(runtime) = runtime(2) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
@@ -333,11 +333,14 @@ fn collector(
     })
 }
 
-/// The async runtime: multi-threaded for the daemon, one thread for the tools. Says
-/// why on stderr if it cannot start.
-fn runtime(multi_thread: bool) -> Option<tokio::runtime::Runtime> {
-    let mut builder = if multi_thread {
-        tokio::runtime::Builder::new_multi_thread()
+/// The async runtime: `threads` worker threads (`worker.threads` for the daemon, 1 for
+/// the tools); one thread runs everything on the calling thread. Says why on stderr if
+/// it cannot start.
+fn runtime(threads: usize) -> Option<tokio::runtime::Runtime> {
+    let mut builder = if threads > 1 {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
     } else {
         tokio::runtime::Builder::new_current_thread()
     };
@@ -360,7 +363,7 @@ fn healthcheck(config: &Valid, ready: bool) -> ExitCode {
         _ => addr,
     };
     let path = if ready { "/readyz" } else { "/healthz" };
-    let Some(runtime) = runtime(false) else {
+    let Some(runtime) = runtime(1) else {
         return ExitCode::FAILURE;
     };
     match runtime.block_on(snowplow_relay::admin::probe(

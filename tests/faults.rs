@@ -40,6 +40,8 @@ fn spawn_relay_with(redis: &RedisServer, collector: &Collector, env: &[(&str, &s
         )
         .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "20")
         .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_MAX_BACKOFF_MS", "200")
+        // Small batches: many requests, so the kills land between them.
+        .env("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "10")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -87,8 +87,8 @@ async fn post_delivers_every_fixture_event_with_every_field() {
         assert!(request.headers.get("cookie").is_none());
         assert!(request.headers.get("sp-anonymous").is_none());
         assert!(
-            request.events().len() <= 10,
-            "default buffer_size is 10 for POST"
+            request.events().len() <= snowplow_relay::config::DEFAULT_POST_BUFFER_SIZE,
+            "default buffer_size for POST"
         );
         assert_valid_payload_data(&request.body);
     }
@@ -245,7 +245,12 @@ async fn server_errors_are_retried_until_accepted_with_nothing_lost_or_duplicate
     .await;
     let events = numbered_events(300);
     redis.rpush(LIST, &events);
-    let relay = Relay::start(config(&redis, &collector, &[]));
+    // Batches of 10: 30 requests or more, so that 30 failures fall among them.
+    let relay = Relay::start(config(
+        &redis,
+        &collector,
+        &[("collector.buffer_size", "10")],
+    ));
     wait_until("all delivered", Duration::from_secs(30), || {
         collector.delivered().len() >= 300
     })
