@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 use serde_json::value::RawValue;
 use snowplow_relay::config::Method;
-use snowplow_relay::event::{Event, ParseOptions, get_query};
+use snowplow_relay::event::{BadEvent, Event, ParseOptions, get_query};
 
 const CASES_JSON: u32 = 20_000;
 const CASES_BYTES: u32 = 10_000;
@@ -167,6 +167,90 @@ fn check_get(element: &str) -> Result<(), TestCaseError> {
     expected.insert("stm".into(), STM.into());
     prop_assert_eq!(decoded, expected);
     Ok(())
+}
+
+/// The scanner agrees with serde_json on JSON syntax: whatever it accepts is JSON, and an
+/// object serde_json accepts is never refused as "not JSON" (it may be refused for its
+/// content: a nested value, an escaped name, a missing field).
+fn check_syntax(element: &str) -> Result<(), TestCaseError> {
+    let options = ParseOptions::for_method(Method::Post, true);
+    let parsed = Event::parse(Bytes::copy_from_slice(element.as_bytes()), options);
+    let oracle = serde_json::from_str::<&RawValue>(element);
+    let is_object = oracle
+        .as_ref()
+        .is_ok_and(|raw| raw.get().trim_start().starts_with('{'));
+    match parsed {
+        Ok(_) => prop_assert!(
+            is_object,
+            "accepted, but serde_json says: {:?}",
+            oracle.err()
+        ),
+        Err(BadEvent::NotJson(why)) => {
+            prop_assert!(
+                !is_object,
+                "refused as not JSON ({}), but it is a JSON object",
+                why
+            )
+        }
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// A JSON element with one byte changed, inserted or removed: the edge of the grammar.
+fn mutated_element() -> impl Strategy<Value = String> {
+    let byte = prop_oneof![
+        Just(b'"'),
+        Just(b'\\'),
+        Just(b'{'),
+        Just(b'}'),
+        Just(b'['),
+        Just(b']'),
+        Just(b','),
+        Just(b':'),
+        Just(b'0'),
+        Just(b'1'),
+        Just(b'-'),
+        Just(b'+'),
+        Just(b'.'),
+        Just(b'e'),
+        Just(b'u'),
+        Just(b' '),
+        Just(b'\t'),
+        Just(0x01u8),
+        Just(b'n'),
+        Just(b't'),
+        Just(b'x'),
+    ];
+    (json_element(), any::<prop::sample::Index>(), byte, 0..3u8).prop_map(
+        |(element, index, byte, how)| {
+            let mut bytes = element.into_bytes();
+            let at = index.index(bytes.len() + 1);
+            match how {
+                0 if at < bytes.len() => bytes[at] = byte,
+                1 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => bytes.insert(at, byte),
+            }
+            String::from_utf8(bytes).unwrap_or_default()
+        },
+    )
+}
+
+#[test]
+fn the_scanner_agrees_with_serde_json_on_syntax() {
+    runner(CASES_JSON)
+        .run(&mutated_element(), |element| {
+            check_syntax(&element)?;
+            check_post(&element)?;
+            check_get(&element)
+        })
+        .unwrap();
+    runner(CASES_JSON / 4)
+        .run(&json_element(), |element| check_syntax(&element))
+        .unwrap();
+    eprintln!("{} syntax cases passed", CASES_JSON + CASES_JSON / 4);
 }
 
 #[test]
