@@ -692,7 +692,11 @@ async fn wait_for_events(
 ) -> Result<(), QueueError> {
     let conn = match blocking {
         Some(conn) => conn,
-        None => blocking.insert(queue.blocking_connection(BLOCK_FOR).await?),
+        // Connecting waits on Redis too (a frozen one answers nothing): cancellable.
+        None => tokio::select! {
+            conn = queue.blocking_connection(BLOCK_FOR) => blocking.insert(conn?),
+            () = stop.cancelled() => return Ok(()),
+        },
     };
     tokio::select! {
         result = queue.wait_for_events(conn, BLOCK_FOR) => result,
