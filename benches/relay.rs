@@ -326,7 +326,10 @@ async fn raw_drain(redis: &common::RedisServer, n: usize) -> f64 {
     }
     let elapsed = started.elapsed();
     assert_eq!(position as usize, n);
-    queue.release(position, &[], position, &[]).await.unwrap();
+    queue
+        .release(position, &[], position, &[], &[])
+        .await
+        .unwrap();
     n as f64 / elapsed.as_secs_f64()
 }
 

@@ -172,10 +172,16 @@ pub struct CollectorConfig {
     /// A partial batch waits at most this long for more events before it is sent, in
     /// milliseconds. (It is also sent as soon as the list runs dry.)
     pub flush_interval_ms: u64,
-    /// A batch that failed this many times while other requests to the collector
-    /// succeeded is split in halves; a single event is dead-lettered with the status and
-    /// the attempt count. A 413 splits at once. A collector failing every request is an
-    /// outage: nothing is split or dead-lettered, everything is retried.
+    /// A batch that failed this many times, while other requests to the collector
+    /// succeeded since its first attempt, is parked: it leaves the relay's window for
+    /// this relay's retry list in Redis, so that it holds back no other event, and each of
+    /// its events is retried on its own. A collector failing every request is an outage:
+    /// nothing is parked or dead-lettered, everything is retried.
+    pub park_after_failures: u32,
+    /// A parked event that failed this many more times, each while other requests
+    /// succeeded, is dead-lettered with the status and the attempt count. Failures during
+    /// an outage do not count. (A 413 splits a batch at once, and dead-letters a single
+    /// event.)
     pub isolated_failure_limit: u32,
     /// Time allowed for one request, connect to last byte, in milliseconds.
     pub request_timeout_ms: u64,
@@ -221,6 +227,7 @@ impl Default for CollectorConfig {
             byte_limit: None,
             max_requests_in_flight: NonZeroUsize::new(16).unwrap(),
             flush_interval_ms: 500,
+            park_after_failures: 3,
             isolated_failure_limit: 5,
             request_timeout_ms: 5_000,
             no_retry_statuses: vec![400, 401, 403, 410, 422],
@@ -620,6 +627,12 @@ impl Config {
             collector.flush_interval_ms,
             1,
             600_000,
+        )?;
+        in_range(
+            "collector.park_after_failures",
+            collector.park_after_failures.into(),
+            1,
+            1_000,
         )?;
         in_range(
             "collector.isolated_failure_limit",

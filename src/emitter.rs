@@ -4,7 +4,7 @@
 //! Two questions are kept apart, as Snowplow's trackers and Vector keep them:
 //! - *should* a response be retried: [`classify`] (2xx accepted; the configured
 //!   no-retry statuses rejected; everything else, timeouts and connection errors retried);
-//! - *when*: [`Backoff`] (capped exponential, with jitter).
+//! - *when*: [`Backoff`] (capped exponential, with jitter; `crate::retry`).
 //!
 //! [`Emitter::send`] retries one batch until it is accepted, rejected, or the caller gives
 //! up (shutdown deadline); it never drops a batch on its own. While any request is
@@ -25,6 +25,8 @@ use crate::config::{CollectorConfig, Method};
 use crate::event::{self, Event, POST_BODY_OVERHEAD};
 use crate::health::Health;
 use crate::metrics::{DeadReason, Metrics};
+pub use crate::retry::Backoff;
+use crate::retry::Retry;
 
 /// The `User-Agent` the relay sends.
 pub const USER_AGENT: &str = concat!("snowplow-relay/", env!("CARGO_PKG_VERSION"));
@@ -51,33 +53,11 @@ pub fn classify(status: u16, no_retry: &[u16]) -> Disposition {
     }
 }
 
-/// Capped exponential backoff with jitter: attempt `n` waits between half and all of
-/// `min(max, initial * 2^(n-1))`, so retries spread out but never hammer the collector.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    /// Delay ceiling of the first retry.
-    pub initial: Duration,
-    /// Largest delay.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// The collector's retry backoff.
-    pub fn of(config: &CollectorConfig) -> Backoff {
-        Backoff {
-            initial: Duration::from_millis(config.retry_initial_backoff_ms),
-            max: Duration::from_millis(config.retry_max_backoff_ms),
-        }
-    }
-
-    /// The delay before retry number `attempt` (1-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .initial
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-            .min(self.max);
-        let half = ceiling / 2;
-        half + half.mul_f64(fastrand::f64())
+/// The collector's retry backoff.
+pub fn backoff_of(config: &CollectorConfig) -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(config.retry_initial_backoff_ms),
+        max: Duration::from_millis(config.retry_max_backoff_ms),
     }
 }
 
@@ -93,6 +73,15 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A batch of one event.
+    pub fn single(position: u64, event: Event) -> Batch {
+        Batch {
+            body_bytes: POST_BODY_OVERHEAD + event.post_item_len(),
+            positions: vec![position],
+            events: vec![event],
+        }
+    }
+
     /// Splits the batch into two halves (first half first), each with its own body size.
     /// A batch of one event stays whole in the first half.
     pub fn split(mut self) -> (Batch, Batch) {
@@ -223,48 +212,99 @@ pub enum Outcome {
         /// The metrics' reason label.
         kind: DeadReason,
     },
-    /// The batch as a whole cannot succeed (413, or it keeps failing while other
-    /// requests succeed), but a part of it may: send each half on its own.
+    /// The collector answered 413 to the batch as a whole: send each half on its own.
     Split {
         /// The status that made the batch split.
         status: Option<u16>,
+    },
+    /// The batch kept failing while other requests to the collector succeeded: its
+    /// content, not an outage, is the likely cause. It leaves the relay's window (to the
+    /// retry list in Redis) so that it holds back no other event; each of its events is
+    /// then retried on its own.
+    Park {
+        /// The last status, if the collector answered.
+        status: Option<u16>,
+        /// Attempts made.
+        attempts: u32,
     },
     /// The caller gave up (shutdown deadline) before it was accepted.
     Abandoned,
 }
 
+/// What one attempt to send a batch came to.
+#[derive(Debug)]
+pub enum Attempt {
+    /// 2xx.
+    Delivered,
+    /// Refused for good (a no-retry status, 413 for a single event, or unsendable).
+    Rejected {
+        /// The collector's status, if it answered.
+        status: Option<u16>,
+        /// What to store in the dead-letter entry.
+        reason: String,
+        /// The metrics' reason label.
+        kind: DeadReason,
+    },
+    /// 413 for a batch of several events.
+    TooLarge,
+    /// Worth retrying: a transient status, a redirect, a timeout or a connection error.
+    Failed(AttemptError),
+}
+
 /// Why one attempt failed. Its `Display` never holds the request URL's query (event
 /// data) nor credentials.
 #[derive(Debug, thiserror::Error)]
-enum AttemptError {
+pub enum AttemptError {
+    /// A status that is retried.
     #[error("collector answered {0}")]
     Status(u16),
+    /// A redirect, which is never followed.
     #[error(
         "collector answered {status} redirecting to {location}; redirects are not followed \
          (a POST would be replayed as a GET without its events): point collector.url at \
          the final address"
     )]
-    Redirect { status: u16, location: String },
+    Redirect {
+        /// The 3xx status.
+        status: u16,
+        /// The masked `Location`, without its query.
+        location: String,
+    },
     /// The error and its causes (e.g. the certificate problem), without the URL.
     #[error("request failed: {0}")]
     Transport(String),
-    #[error("{0}")]
-    Unsendable(String),
 }
 
 impl AttemptError {
-    fn status(&self) -> Option<u16> {
+    /// The collector's status, if it answered.
+    pub fn status(&self) -> Option<u16> {
         match self {
             AttemptError::Status(status) | AttemptError::Redirect { status, .. } => Some(*status),
-            _ => None,
+            AttemptError::Transport(_) => None,
         }
     }
 }
 
-/// Takes a batch off the failing count when it ends, however it ends.
+/// Takes a batch off the failing count (and the batches failing alone) when it ends,
+/// however it ends.
 struct FailingBatch<'a> {
     emitter: &'a Emitter,
+    id: u64,
     counted: bool,
+    alone: bool,
+}
+
+impl FailingBatch<'_> {
+    /// The batch failed while other requests succeeded: it counts as failing alone (for
+    /// liveness) from its first such failure.
+    fn failing_alone(&mut self) {
+        if !self.alone {
+            self.alone = true;
+            self.emitter.alone_changed(|alone| {
+                alone.insert(self.id, now_millis());
+            });
+        }
+    }
 }
 
 impl Drop for FailingBatch<'_> {
@@ -272,6 +312,11 @@ impl Drop for FailingBatch<'_> {
         if self.counted {
             self.emitter.failing_batches.fetch_sub(1, Ordering::Relaxed);
             self.emitter.update_health(None);
+        }
+        if self.alone {
+            self.emitter.alone_changed(|alone| {
+                alone.remove(&self.id);
+            });
         }
     }
 }
@@ -289,7 +334,7 @@ pub struct Emitter {
     no_retry: Vec<u16>,
     /// Changed while running by [`Emitter::set_retry`] (SIGHUP).
     backoff: std::sync::RwLock<Backoff>,
-    isolated_failure_limit: std::sync::atomic::AtomicU32,
+    park_after_failures: std::sync::atomic::AtomicU32,
     healthy: watch::Sender<bool>,
     /// Batches whose last attempt failed. One failing batch alone says nothing about the
     /// collector (its content may be the problem); two or more mean it is failing.
@@ -297,6 +342,9 @@ pub struct Emitter {
     /// Requests the collector accepted so far: a batch that fails while this grows is
     /// failing on its own, not because of an outage.
     successes: AtomicU64,
+    /// Batches failing while other requests succeed: since when, by batch id.
+    alone: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
+    batch_ids: AtomicU64,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 }
@@ -345,24 +393,37 @@ impl Emitter {
             method: config.method,
             byte_limit: config.byte_limit.map_or(usize::MAX, NonZeroUsize::get),
             no_retry: config.no_retry_statuses.clone(),
-            backoff: std::sync::RwLock::new(Backoff::of(config)),
-            isolated_failure_limit: config.isolated_failure_limit.into(),
+            backoff: std::sync::RwLock::new(backoff_of(config)),
+            park_after_failures: config.park_after_failures.into(),
             healthy: watch::channel(true).0,
             failing_batches: AtomicUsize::new(0),
             successes: AtomicU64::new(0),
+            alone: Default::default(),
+            batch_ids: AtomicU64::new(0),
             metrics,
             health,
         }))
     }
 
-    /// Applies new retry settings (`retry_*_backoff_ms`, `isolated_failure_limit`) to
-    /// every request from its next attempt on.
+    /// Applies new retry settings (`retry_*_backoff_ms`, `park_after_failures`) to every
+    /// request from its next attempt on.
     pub fn set_retry(&self, config: &CollectorConfig) {
         if let Ok(mut backoff) = self.backoff.write() {
-            *backoff = Backoff::of(config);
+            *backoff = backoff_of(config);
         }
-        self.isolated_failure_limit
-            .store(config.isolated_failure_limit, Ordering::Relaxed);
+        self.park_after_failures
+            .store(config.park_after_failures, Ordering::Relaxed);
+    }
+
+    /// The collector's retry backoff now.
+    pub fn backoff(&self) -> Backoff {
+        self.backoff.read().map_or(
+            Backoff {
+                initial: Duration::from_millis(500),
+                max: Duration::from_secs(30),
+            },
+            |backoff| *backoff,
+        )
     }
 
     /// Where requests go (may hold credentials: log [`Emitter::shown_url`] instead).
@@ -382,6 +443,25 @@ impl Emitter {
         self.healthy.subscribe()
     }
 
+    /// Batches whose last attempt failed.
+    pub fn failing_batches(&self) -> usize {
+        self.failing_batches.load(Ordering::Relaxed)
+    }
+
+    /// Requests the collector accepted so far.
+    pub fn successes(&self) -> u64 {
+        self.successes.load(Ordering::Relaxed)
+    }
+
+    /// Changes the set of batches failing alone and tells [`Health`] the oldest.
+    fn alone_changed(&self, change: impl FnOnce(&mut std::collections::BTreeMap<u64, u64>)) {
+        if let Ok(mut alone) = self.alone.lock() {
+            change(&mut alone);
+            self.health
+                .batch_failing_alone_since(alone.values().min().copied());
+        }
+    }
+
     fn update_health(&self, error: Option<&AttemptError>) {
         let healthy = self.failing_batches.load(Ordering::Relaxed) < 2;
         self.health.set_collector_failing(!healthy);
@@ -394,96 +474,82 @@ impl Emitter {
             (true, Some(error)) => tracing::warn!(
                 %error,
                 collector = %self.shown_url(),
-                "collector requests are failing; claiming paused, retrying with backoff"
+                "collector requests are failing; claiming paused (one probe batch at a time), \
+                 retrying with backoff"
             ),
-            (true, None) => tracing::info!("collector accepts requests again; claiming resumed"),
+            (true, None) => {
+                tracing::info!("collector requests succeed again; claiming resumed")
+            }
             _ => {}
         }
     }
 
     /// Sends one batch, retrying transient failures with backoff, until the collector
-    /// accepts or rejects it, it has to be split, or `give_up` is cancelled.
+    /// accepts or rejects it, it has to be split (413) or parked, or `give_up` is
+    /// cancelled.
     ///
-    /// A batch is split when the collector answers 413, or when it failed
-    /// `collector.isolated_failure_limit` times while other requests succeeded (its
-    /// content, not an outage, is the likely cause). A single event in either case is
-    /// rejected. A collector that fails every request is an outage: the batch is retried
-    /// for as long as it takes.
+    /// A batch is parked once it failed `collector.park_after_failures` times while other
+    /// requests succeeded since its first attempt: its content, not an outage, is the
+    /// likely cause. A collector that fails every request is an outage: the batch is
+    /// retried for as long as it takes, and neither parked nor dead-lettered.
     pub async fn send(&self, batch: &Batch, give_up: &CancellationToken) -> Outcome {
-        let mut attempt: u32 = 0;
-        let mut isolated_failures: u32 = 0;
+        let mut retry = Retry::new(self.backoff());
         // Counts this batch among the failing ones from its first failure to its end.
         let mut failing = FailingBatch {
             emitter: self,
+            id: self.batch_ids.fetch_add(1, Ordering::Relaxed),
             counted: false,
+            alone: false,
         };
-        let mut successes_before = self.successes.load(Ordering::Relaxed);
+        let successes_at_start = self.successes();
         loop {
-            attempt += 1;
-            let result = tokio::select! {
-                result = self.attempt(batch) => result,
+            let attempt = tokio::select! {
+                attempt = self.attempt(batch) => attempt,
                 () = give_up.cancelled() => return Outcome::Abandoned,
             };
-            let error = match result {
-                Ok(()) => {
-                    self.successes.fetch_add(1, Ordering::Relaxed);
+            let error = match attempt {
+                Attempt::Delivered => {
                     drop(failing);
                     self.update_health(None);
                     tracing::debug!(
                         events = batch.len(),
                         bytes = batch.body_bytes,
-                        attempt,
+                        attempts = retry.failures() + 1,
                         "batch delivered"
                     );
                     return Outcome::Delivered;
                 }
-                Err(AttemptError::Status(status))
-                    if classify(status, &self.no_retry) == Disposition::Rejected =>
-                {
+                Attempt::Rejected {
+                    status,
+                    reason,
+                    kind,
+                } => {
                     return Outcome::Rejected {
-                        status: Some(status),
-                        reason: format!("collector answered {status}, which is not retried"),
-                        kind: DeadReason::Rejected,
-                    };
-                }
-                Err(AttemptError::Status(413)) if batch.len() > 1 => {
-                    return Outcome::Split { status: Some(413) };
-                }
-                Err(AttemptError::Status(413)) => {
-                    return Outcome::Rejected {
-                        status: Some(413),
-                        reason: "collector answered 413 (payload too large) to this event alone"
-                            .into(),
-                        kind: DeadReason::TooLarge,
-                    };
-                }
-                Err(AttemptError::Unsendable(reason)) => {
-                    return Outcome::Rejected {
-                        status: None,
+                        status,
                         reason,
-                        kind: DeadReason::Unsendable,
+                        kind,
                     };
                 }
-                Err(error) => error,
+                Attempt::TooLarge => return Outcome::Split { status: Some(413) },
+                Attempt::Failed(error) => error,
             };
-            let successes_now = self.successes.load(Ordering::Relaxed);
-            if successes_now > successes_before {
-                isolated_failures += 1;
+            let attempts = retry.failures() + 1;
+            let others_succeeded = self.successes() > successes_at_start;
+            if others_succeeded {
+                failing.failing_alone();
             }
-            successes_before = successes_now;
-            if isolated_failures >= self.isolated_failure_limit.load(Ordering::Relaxed) {
-                if batch.len() > 1 {
-                    return Outcome::Split {
-                        status: error.status(),
-                    };
-                }
-                return Outcome::Rejected {
+            if others_succeeded && attempts >= self.park_after_failures.load(Ordering::Relaxed) {
+                tracing::warn!(
+                    events = batch.len(),
+                    status = error.status(),
+                    %error,
+                    attempts,
+                    "a batch keeps failing while other requests to the collector succeed; \
+                     parking it in Redis and retrying each of its events on its own"
+                );
+                return Outcome::Park {
                     status: error.status(),
-                    reason: format!(
-                        "{error} on {attempt} attempts, {isolated_failures} of them while other \
-                         requests to the collector succeeded"
-                    ),
-                    kind: DeadReason::FailedAlone,
+                    attempts,
                 };
             }
             if !failing.counted {
@@ -492,17 +558,15 @@ impl Emitter {
             }
             self.update_health(Some(&error));
             self.metrics.retry();
-            let delay = self
-                .backoff
-                .read()
-                .map_or(Duration::from_secs(1), |backoff| backoff.delay(attempt));
+            retry.set_backoff(self.backoff());
+            let delay = retry.failed();
             if matches!(error, AttemptError::Redirect { .. }) {
                 // A misconfiguration, not a passing fault: say so every time.
-                tracing::warn!(%error, attempt, "collector redirects; not following");
+                tracing::warn!(%error, attempts, "collector redirects; not following");
             } else {
                 tracing::debug!(
                     events = batch.len(),
-                    attempt,
+                    attempts,
                     retry_in_ms = delay.as_millis() as u64,
                     error = %error,
                     "collector request failed; will retry"
@@ -515,7 +579,40 @@ impl Emitter {
         }
     }
 
-    async fn attempt(&self, batch: &Batch) -> Result<(), AttemptError> {
+    /// One attempt to send `batch`, counted in the metrics and in [`Emitter::successes`].
+    pub async fn attempt(&self, batch: &Batch) -> Attempt {
+        match self.request(batch).await {
+            Ok(()) => {
+                self.successes.fetch_add(1, Ordering::Relaxed);
+                Attempt::Delivered
+            }
+            Err(Failure::Unsendable(reason)) => Attempt::Rejected {
+                status: None,
+                reason,
+                kind: DeadReason::Unsendable,
+            },
+            Err(Failure::Attempt(AttemptError::Status(status)))
+                if classify(status, &self.no_retry) == Disposition::Rejected =>
+            {
+                Attempt::Rejected {
+                    status: Some(status),
+                    reason: format!("collector answered {status}, which is not retried"),
+                    kind: DeadReason::Rejected,
+                }
+            }
+            Err(Failure::Attempt(AttemptError::Status(413))) if batch.len() > 1 => {
+                Attempt::TooLarge
+            }
+            Err(Failure::Attempt(AttemptError::Status(413))) => Attempt::Rejected {
+                status: Some(413),
+                reason: "collector answered 413 (payload too large) to this event alone".into(),
+                kind: DeadReason::TooLarge,
+            },
+            Err(Failure::Attempt(error)) => Attempt::Failed(error),
+        }
+    }
+
+    async fn request(&self, batch: &Batch) -> Result<(), Failure> {
         let stm = epoch_millis();
         let request = match self.method {
             Method::Post => {
@@ -531,11 +628,11 @@ impl Emitter {
                     return Ok(());
                 };
                 let query = event::get_query(event, &stm)
-                    .map_err(|bad| AttemptError::Unsendable(bad.to_string()))?;
+                    .map_err(|bad| Failure::Unsendable(bad.to_string()))?;
                 let mut url = self.url.clone();
                 url.set_query(Some(&query));
                 if url.as_str().len() > self.byte_limit {
-                    return Err(AttemptError::Unsendable(format!(
+                    return Err(Failure::Unsendable(format!(
                         "the GET request URL is {} bytes, more than collector.byte_limit ({}); \
                          send it with method = \"post\"",
                         url.as_str().len(),
@@ -553,8 +650,9 @@ impl Emitter {
             seconds,
             batch.len(),
         );
-        let mut response =
-            sent.map_err(|e| AttemptError::Transport(error_chain(&e.without_url())))?;
+        let mut response = sent.map_err(|e| {
+            Failure::Attempt(AttemptError::Transport(error_chain(&e.without_url())))
+        })?;
         let status = response.status().as_u16();
         if response.status().is_redirection() {
             let location = response
@@ -562,7 +660,10 @@ impl Emitter {
                 .get(reqwest::header::LOCATION)
                 .and_then(|value| value.to_str().ok())
                 .map_or_else(|| "(no Location)".to_owned(), crate::config::mask_url);
-            return Err(AttemptError::Redirect { status, location });
+            return Err(Failure::Attempt(AttemptError::Redirect {
+                status,
+                location,
+            }));
         }
         // Read a small body so the connection goes back to the pool; never a large one.
         let mut read = 0;
@@ -574,9 +675,15 @@ impl Emitter {
         }
         match classify(status, &self.no_retry) {
             Disposition::Accepted => Ok(()),
-            _ => Err(AttemptError::Status(status)),
+            _ => Err(Failure::Attempt(AttemptError::Status(status))),
         }
     }
+}
+
+/// Why a request did not succeed: it could not even be built, or the attempt failed.
+enum Failure {
+    Unsendable(String),
+    Attempt(AttemptError),
 }
 
 /// The collector's trust store, client identity, minimum TLS version and proxy.
@@ -691,29 +798,6 @@ mod tests {
         assert_eq!(classify(429, &no_retry), Disposition::Retry);
         assert_eq!(classify(503, &no_retry), Disposition::Retry);
         assert_eq!(classify(418, &[418]), Disposition::Rejected);
-    }
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let backoff = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        };
-        for attempt in 1..=40 {
-            let ceiling = Duration::from_millis(100 * 2u64.pow(attempt.min(20) - 1))
-                .min(Duration::from_secs(5));
-            let delays: Vec<Duration> = (0..50).map(|_| backoff.delay(attempt)).collect();
-            for delay in &delays {
-                assert!(
-                    *delay >= ceiling / 2 && *delay <= ceiling,
-                    "{attempt}: {delay:?}"
-                );
-            }
-            assert!(
-                delays.iter().any(|d| *d != delays[0]),
-                "jitter at attempt {attempt}"
-            );
-        }
     }
 
     fn event(size: usize) -> Event {

@@ -1,17 +1,70 @@
-//! What the relay knows about its own health, for `/healthz`, `/readyz` and systemd's
-//! watchdog: is it alive (its loops turn), and is it ready (registered in Redis, its
-//! lease renewed, the collector not failing).
+//! What the relay knows about its own health, for `/healthz`, `/readyz`, systemd's
+//! watchdog and `STATUS=`.
 //!
-//! The worker writes these flags at the moments they change; readers only load them.
+//! **Alive** means that when there is work, the pipeline attempts it. An outage is alive:
+//! attempts go on and fail, Redis's or the collector's. A wedged stage is not:
+//! - a Redis call that has not returned for [`Health::stuck_after`] (calls have
+//!   deadlines, so this is a bug or a frozen runtime);
+//! - claims or acknowledgements that have failed for that long while Redis answers the
+//!   heartbeat (Redis works, the relay's own work does not);
+//! - claiming that has waited that long for room in the window while the collector
+//!   accepts requests (the window is blocked);
+//! - a batch that has failed for that long while other requests succeed (it holds back
+//!   the others);
+//! - the heartbeat loop not turning.
+//!
+//! **Ready** means alive, registered in Redis with a fresh lease, Redis calls succeeding,
+//! the collector not failing, and not stopping.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// A stage of the pipeline that calls Redis, watched for liveness and readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Claiming events (and waiting on an empty list).
+    Claim,
+    /// Acknowledging resolved events.
+    Ack,
+    /// Renewing the lease.
+    Heartbeat,
+    /// Settling parked events.
+    Settle,
+}
+
+impl Stage {
+    const ALL: [Stage; 4] = [Stage::Claim, Stage::Ack, Stage::Heartbeat, Stage::Settle];
+
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Claim => "claim",
+            Stage::Ack => "acknowledgement",
+            Stage::Heartbeat => "lease renewal",
+            Stage::Settle => "settling parked events",
+        }
+    }
+}
+
+/// Unix milliseconds; 0 means "not set" in the fields below.
+#[derive(Debug, Default)]
+struct StageState {
+    /// When the call in progress started.
+    busy_since: AtomicU64,
+    /// When the current run of failures began.
+    failing_since: AtomicU64,
+    /// The last success.
+    last_ok: AtomicU64,
+    /// The last failure's kind, for `/readyz` and `STATUS=`.
+    last_error: Mutex<String>,
+}
+
 /// The relay's health, shared by the worker, the admin listener and the notifier.
 #[derive(Debug)]
 pub struct Health {
-    /// How long a heartbeat may be missed before the relay counts as stuck.
+    /// How long a stage may stand still before the relay counts as stuck.
+    stuck_after: Duration,
+    /// How long a lease lives.
     lease_ttl: Duration,
     /// Unix milliseconds when the heartbeat loop last turned (whatever Redis said).
     loop_turned_at: AtomicU64,
@@ -20,6 +73,11 @@ pub struct Health {
     registered: AtomicBool,
     collector_failing: AtomicBool,
     stopping: AtomicBool,
+    stages: [StageState; 4],
+    /// Since when the claimer has waited for room in the window (0: not waiting).
+    window_blocked_since: AtomicU64,
+    /// Since when the oldest batch has failed while other requests succeed (0: none).
+    batch_failing_alone_since: AtomicU64,
     /// What the relay is doing, in a few words (systemd's STATUS=).
     status: Mutex<String>,
 }
@@ -30,18 +88,82 @@ fn now_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+fn since(at: u64) -> u64 {
+    now_millis().saturating_sub(at)
+}
+
 impl Health {
     /// Health of a relay whose lease lives `lease_ttl`; it starts alive and not ready.
     pub fn new(lease_ttl: Duration) -> Health {
         Health {
+            stuck_after: lease_ttl.max(Duration::from_secs(40)),
             lease_ttl,
             loop_turned_at: AtomicU64::new(now_millis()),
             lease_renewed_at: AtomicU64::new(0),
             registered: AtomicBool::new(false),
             collector_failing: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            stages: Default::default(),
+            window_blocked_since: AtomicU64::new(0),
+            batch_failing_alone_since: AtomicU64::new(0),
             status: Mutex::new("starting".into()),
         }
+    }
+
+    fn stage(&self, stage: Stage) -> &StageState {
+        &self.stages[stage as usize]
+    }
+
+    /// A call of `stage` to Redis starts.
+    pub fn call_started(&self, stage: Stage) {
+        self.stage(stage)
+            .busy_since
+            .store(now_millis(), Ordering::Relaxed);
+    }
+
+    /// A call of `stage` ended: `Ok`, or failed with an error of this kind.
+    pub fn call_ended(&self, stage: Stage, result: Result<(), &str>) {
+        let state = self.stage(stage);
+        state.busy_since.store(0, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                state.failing_since.store(0, Ordering::Relaxed);
+                state.last_ok.store(now_millis(), Ordering::Relaxed);
+            }
+            Err(kind) => {
+                let _ = state.failing_since.compare_exchange(
+                    0,
+                    now_millis(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                if let Ok(mut last) = state.last_error.lock() {
+                    kind.clone_into(&mut last);
+                }
+            }
+        }
+    }
+
+    /// A stage stopped calling Redis (it ended): it no longer counts as failing or busy.
+    pub fn stage_idle(&self, stage: Stage) {
+        let state = self.stage(stage);
+        state.busy_since.store(0, Ordering::Relaxed);
+        state.failing_since.store(0, Ordering::Relaxed);
+    }
+
+    /// The claimer waits for room in the window (`true`) or has it (`false`).
+    pub fn window_blocked(&self, blocked: bool) {
+        let value = if blocked { now_millis() } else { 0 };
+        if !blocked || self.window_blocked_since.load(Ordering::Relaxed) == 0 {
+            self.window_blocked_since.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// The oldest batch that has been failing while other requests succeed, failing
+    /// since this Unix millisecond (`None`: there is none).
+    pub fn batch_failing_alone_since(&self, since: Option<u64>) {
+        self.batch_failing_alone_since
+            .store(since.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// The relay registered in Redis (or renewed its lease).
@@ -65,6 +187,11 @@ impl Health {
         self.collector_failing.store(failing, Ordering::Relaxed);
     }
 
+    /// Whether the collector is failing as a whole.
+    pub fn collector_failing(&self) -> bool {
+        self.collector_failing.load(Ordering::Relaxed)
+    }
+
     /// Shutdown began.
     pub fn stopping(&self) {
         self.stopping.store(true, Ordering::Relaxed);
@@ -80,36 +207,112 @@ impl Health {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// Sets the one-line status.
+    /// Sets what the relay is doing.
     pub fn set_status(&self, status: impl Into<String>) {
         if let Ok(mut current) = self.status.lock() {
             *current = status.into();
         }
     }
 
-    /// The one-line status.
+    /// What the relay is doing, and what is failing: the one-line `STATUS=`.
     pub fn status(&self) -> String {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        let mut status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        if let Err(why) = self.failing() {
+            status.push_str("; ");
+            status.push_str(&why);
+        }
+        status
     }
 
-    /// Alive: the loops turned within [`Health::stuck_after`]. `Err` says what is wrong.
-    pub fn alive(&self) -> Result<(), String> {
-        let since = now_millis().saturating_sub(self.loop_turned_at.load(Ordering::Relaxed));
-        if since > self.stuck_after().as_millis() as u64 {
-            return Err(format!("the heartbeat loop has not turned for {since} ms"));
+    /// What is failing right now (Redis calls, the collector), if anything.
+    fn failing(&self) -> Result<(), String> {
+        for stage in Stage::ALL {
+            let state = self.stage(stage);
+            let at = state.failing_since.load(Ordering::Relaxed);
+            if at != 0 {
+                let kind = state
+                    .last_error
+                    .lock()
+                    .map(|k| k.clone())
+                    .unwrap_or_default();
+                return Err(format!(
+                    "Redis {} failing for {} ms ({kind})",
+                    stage.name(),
+                    since(at)
+                ));
+            }
+        }
+        if self.collector_failing.load(Ordering::Relaxed) {
+            return Err("collector requests failing".into());
         }
         Ok(())
     }
 
-    /// How long the loops may stand still before the relay counts as stuck: a lease TTL
-    /// (the heartbeat loop turns every third of it), but at least 40 s (the Redis connect
-    /// loop waits up to 30 s between attempts). Set systemd's `WatchdogSec=` above it.
-    pub fn stuck_after(&self) -> Duration {
-        self.lease_ttl.max(Duration::from_secs(40))
+    /// Alive: every stage that has work attempts it (see the module header). `Err` says
+    /// what is stuck.
+    pub fn alive(&self) -> Result<(), String> {
+        let bound = self.stuck_after.as_millis() as u64;
+        let turned = since(self.loop_turned_at.load(Ordering::Relaxed));
+        if turned > bound {
+            return Err(format!("the heartbeat loop has not turned for {turned} ms"));
+        }
+        let heartbeat_ok = self.stage(Stage::Heartbeat).last_ok.load(Ordering::Relaxed);
+        for stage in Stage::ALL {
+            let state = self.stage(stage);
+            let busy = state.busy_since.load(Ordering::Relaxed);
+            if busy != 0 && since(busy) > bound {
+                return Err(format!(
+                    "a Redis {} call has not returned for {} ms",
+                    stage.name(),
+                    since(busy)
+                ));
+            }
+            let failing = state.failing_since.load(Ordering::Relaxed);
+            if stage != Stage::Heartbeat
+                && failing != 0
+                && since(failing) > bound
+                && heartbeat_ok > failing
+            {
+                let kind = state
+                    .last_error
+                    .lock()
+                    .map(|k| k.clone())
+                    .unwrap_or_default();
+                return Err(format!(
+                    "Redis {} has failed for {} ms ({kind}) while Redis answers the lease \
+                     renewal",
+                    stage.name(),
+                    since(failing)
+                ));
+            }
+        }
+        let blocked = self.window_blocked_since.load(Ordering::Relaxed);
+        if blocked != 0 && since(blocked) > bound && !self.collector_failing() {
+            return Err(format!(
+                "claiming has waited {} ms for room in the window while the collector accepts \
+                 requests: the window is blocked",
+                since(blocked)
+            ));
+        }
+        let alone = self.batch_failing_alone_since.load(Ordering::Relaxed);
+        if alone != 0 && since(alone) > bound {
+            return Err(format!(
+                "a batch has failed for {} ms while other requests succeed",
+                since(alone)
+            ));
+        }
+        Ok(())
     }
 
-    /// Ready: alive, registered, lease renewed within its TTL, collector not failing,
-    /// not stopping. `Err` says why not.
+    /// How long a stage may stand still before the relay counts as stuck: a lease TTL,
+    /// but at least 40 s (the collector's retry delay reaches 30 s, the Redis connect
+    /// loop's too). Set systemd's `WatchdogSec=` above it.
+    pub fn stuck_after(&self) -> Duration {
+        self.stuck_after
+    }
+
+    /// Ready: alive, registered, lease renewed within its TTL, Redis calls succeeding,
+    /// collector not failing, not stopping. `Err` says why not.
     pub fn ready(&self) -> Result<(), String> {
         self.alive()?;
         if self.stopping.load(Ordering::Relaxed) {
@@ -118,13 +321,72 @@ impl Health {
         if !self.registered.load(Ordering::Relaxed) {
             return Err("not registered in Redis (is Redis reachable?)".into());
         }
-        let since = now_millis().saturating_sub(self.lease_renewed_at.load(Ordering::Relaxed));
-        if since > self.lease_ttl.as_millis() as u64 {
-            return Err(format!("lease not renewed for {since} ms (Redis failing?)"));
+        let renewed = since(self.lease_renewed_at.load(Ordering::Relaxed));
+        if renewed > self.lease_ttl.as_millis() as u64 {
+            return Err(format!(
+                "lease not renewed for {renewed} ms (Redis failing?)"
+            ));
         }
-        if self.collector_failing.load(Ordering::Relaxed) {
-            return Err("collector requests are failing".into());
-        }
-        Ok(())
+        self.failing()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ago(ms: u64) -> u64 {
+        now_millis() - ms
+    }
+
+    #[test]
+    fn an_outage_is_alive_a_wedged_stage_is_not() {
+        let health = Health::new(Duration::from_secs(30));
+        health.lease_renewed();
+        assert!(health.alive().is_ok());
+        assert!(health.ready().is_ok());
+        // Redis down: claims and the heartbeat fail alike, for long. Alive, not ready.
+        health.call_ended(Stage::Claim, Err("timeout"));
+        health.call_ended(Stage::Heartbeat, Err("timeout"));
+        health
+            .stage(Stage::Claim)
+            .failing_since
+            .store(ago(60_000), Ordering::Relaxed);
+        assert!(health.alive().is_ok());
+        assert!(health.ready().unwrap_err().contains("claim failing"));
+        // Claims failing for a minute while the heartbeat succeeds: stuck.
+        health.call_ended(Stage::Heartbeat, Ok(()));
+        assert!(health.alive().unwrap_err().contains("while Redis answers"));
+        health.call_ended(Stage::Claim, Ok(()));
+        assert!(health.alive().is_ok());
+        // A call that never returns.
+        health.call_started(Stage::Ack);
+        health
+            .stage(Stage::Ack)
+            .busy_since
+            .store(ago(41_000), Ordering::Relaxed);
+        assert!(health.alive().unwrap_err().contains("has not returned"));
+        health.call_ended(Stage::Ack, Ok(()));
+        // A blocked window counts only while the collector accepts requests.
+        health.window_blocked(true);
+        health
+            .window_blocked_since
+            .store(ago(41_000), Ordering::Relaxed);
+        assert!(health.alive().unwrap_err().contains("window is blocked"));
+        health.set_collector_failing(true);
+        assert!(
+            health.alive().is_ok(),
+            "an outage blocks the window legitimately"
+        );
+        health.window_blocked(false);
+        health.batch_failing_alone_since(Some(ago(41_000)));
+        assert!(
+            health
+                .alive()
+                .unwrap_err()
+                .contains("other requests succeed")
+        );
+        health.batch_failing_alone_since(None);
+        assert!(health.alive().is_ok());
     }
 }

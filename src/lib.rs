@@ -8,7 +8,8 @@
 //!   Lua scripts and the key layout live there.
 //! - [`event`]: one element: parse, validate, and encode as GET query or POST item.
 //! - [`emitter`]: the collector side; batching by count and bytes, HTTP, retry policy.
-//! - [`worker`]: the tasks joining queue and emitter, and the graceful drain.
+//! - [`retry`]: when to try again (capped exponential backoff with jitter).
+//! - [`relay`]: the tasks joining queue and emitter, and the graceful drain.
 //! - [`metrics`]: the Prometheus metrics and the run's [`Summary`].
 //! - [`health`]: alive / ready, for the admin listener and systemd.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
@@ -29,10 +30,11 @@ pub mod health;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
+pub mod relay;
+pub mod retry;
 pub mod telemetry;
 pub mod track;
 pub mod tracker;
-pub mod worker;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,8 +46,9 @@ pub use metrics::Summary;
 use crate::health::Health;
 use crate::metrics::Metrics;
 
-use crate::emitter::{Backoff, Emitter};
+use crate::emitter::Emitter;
 use crate::queue::{Queue, QueueError};
+use crate::retry::{Backoff, Retry};
 use tokio_util::sync::CancellationToken;
 
 /// Why the relay stopped with an error.
@@ -76,6 +79,10 @@ pub enum Error {
     /// Redis failed in a way the relay cannot work around.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The Redis user lacks permissions the relay needs, or a key has the wrong type
+    /// (exit code 2: a configuration problem).
+    #[error("{0}")]
+    Permissions(String),
     /// Shutdown could not return the undelivered events to the list: they are safe in the
     /// in-flight list and come back when the lease expires.
     #[error(
@@ -102,6 +109,16 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The process exit code for this error: 2 for configuration problems, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) | Error::Permissions(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// Asks a running relay to act now: flush partial batches (the tracker's `flush()`;
 /// SIGUSR1) or apply new settings where that is safe (SIGHUP). Clone it freely.
 #[derive(Debug, Clone)]
@@ -125,6 +142,7 @@ pub const RELOADABLE: &[&str] = &[
     "log.level",
     "collector.retry_initial_backoff_ms",
     "collector.retry_max_backoff_ms",
+    "collector.park_after_failures",
     "collector.isolated_failure_limit",
 ];
 
@@ -236,19 +254,17 @@ pub async fn run_with_controls(
     // The caller's futures become tokens, which every attempt below can wait on.
     let stop = CancellationToken::new();
     let hurry = CancellationToken::new();
-    let relay = relay_until_stopped(
-        &config,
+    let services = relay::Services {
         emitter,
-        &metrics,
-        &health,
-        &controls.flush,
-        stop.clone(),
-        hurry.clone(),
-    );
-    tokio::pin!(relay, shutdown, force);
+        metrics: metrics.clone(),
+        health: health.clone(),
+        flush: controls.flush.clone(),
+    };
+    let relaying = relay_until_stopped(&config, services, stop.clone(), hurry.clone());
+    tokio::pin!(relaying, shutdown, force);
     let result = loop {
         tokio::select! {
-            result = &mut relay => break result,
+            result = &mut relaying => break result,
             () = &mut shutdown, if !stop.is_cancelled() => {
                 health.stopping();
                 stop.cancel();
@@ -300,17 +316,23 @@ async fn apply_reloads(
 
 async fn relay_until_stopped(
     config: &Valid,
-    emitter: Arc<Emitter>,
-    metrics: &Arc<Metrics>,
-    health: &Arc<Health>,
-    flush: &Arc<tokio::sync::Notify>,
+    services: relay::Services,
     stop: CancellationToken,
     hurry: CancellationToken,
 ) -> Result<Summary, Error> {
+    let relay::Services {
+        emitter,
+        metrics,
+        health,
+        ..
+    } = &services;
     loop {
-        health.set_status("waiting for Redis");
+        health.set_status(format!(
+            "waiting for Redis at {}",
+            config::mask_url(&config.redis.url)
+        ));
         let queue = tokio::select! {
-            queue = connect(config, metrics, health) => Arc::new(queue),
+            queue = connect(config, metrics, health) => Arc::new(queue?),
             () = stop.cancelled() => {
                 tracing::info!("shutdown requested before Redis was reachable; nothing was claimed");
                 return Ok(metrics.summary());
@@ -319,23 +341,13 @@ async fn relay_until_stopped(
         health.lease_renewed();
         tracing::info!(
             instance = queue.instance(),
-            list = %queue.keys().list,
-            dead_letter_list = %queue.keys().dead,
+            list = %queue::shown_key(&queue.keys().list),
+            dead_letter_list = %queue::shown_key(&queue.keys().dead),
             collector = %emitter.shown_url(),
             method = ?config.collector.method,
             "connected; relaying"
         );
-        let result = worker::run(
-            config,
-            queue,
-            emitter.clone(),
-            metrics.clone(),
-            health.clone(),
-            flush.clone(),
-            stop.cancelled(),
-            hurry.cancelled(),
-        )
-        .await;
+        let result = relay::run(config, queue, &services, stop.clone(), hurry.clone()).await;
         match result {
             Err(Error::Queue(error)) if error.needs_new_instance() && !stop.is_cancelled() => {
                 // What this instance held is back in the list already (or goes back when
@@ -347,38 +359,82 @@ async fn relay_until_stopped(
     }
 }
 
-/// Connects to Redis, recovers the events of relays whose lease expired and registers
-/// this instance, retrying with capped backoff for as long as it takes.
-async fn connect(config: &Valid, metrics: &Metrics, health: &Health) -> Queue {
-    let backoff = Backoff {
+/// Connects to Redis, checks the permissions the relay needs, recovers the events of
+/// relays whose lease expired and registers this instance, retrying with capped backoff
+/// for as long as it takes. Missing permissions stop start-up (exit 2).
+async fn connect(config: &Valid, metrics: &Metrics, health: &Health) -> Result<Queue, Error> {
+    let mut retry = Retry::new(Backoff {
         initial: Duration::from_millis(200),
         max: Duration::from_secs(30),
-    };
+    });
     let url = config::mask_url(&config.redis.url);
-    let mut attempt = 0;
     loop {
-        attempt += 1;
         health.loop_turned();
-        match try_connect(config, metrics).await {
-            Ok(queue) => return queue,
-            Err(error) => {
-                let delay = backoff.delay(attempt);
-                metrics.redis_error("connect");
-                tracing::warn!(
-                    redis = %url,
-                    %error,
-                    attempt,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "cannot reach Redis; is it running and is redis.url right?"
-                );
-                tokio::time::sleep(delay).await;
+        let error = match try_connect(config, metrics).await {
+            Ok(queue) => return Ok(queue),
+            Err(Error::Queue(QueueError::Permission(why))) => {
+                return Err(Error::Permissions(format!(
+                    "Redis refused a command the relay needs ({}); grant this Redis user the \
+                     relay's permissions (README: Redis permissions)",
+                    queue::one_line(&why)
+                )));
             }
-        }
+            Err(Error::Queue(error)) => error,
+            Err(other) => return Err(other),
+        };
+        let delay = retry.failed();
+        metrics.redis_error("connect");
+        health.set_status(format!(
+            "waiting for Redis at {url}: attempt {}, {}",
+            retry.failures(),
+            queue::one_line(&error.to_string())
+        ));
+        let hint = match error {
+            QueueError::OutOfMemory(_) => "Redis is out of memory; retrying",
+            QueueError::Auth { .. } => "cannot log in to Redis; retrying",
+            QueueError::Tls(_) => "cannot set up TLS with Redis; retrying",
+            _ => "cannot reach Redis; is it running and is redis.url right?",
+        };
+        tracing::warn!(
+            redis = %url,
+            %error,
+            attempt = retry.failures(),
+            retry_in_ms = delay.as_millis() as u64,
+            "{hint}"
+        );
+        tokio::time::sleep(delay).await;
     }
 }
 
-async fn try_connect(config: &Valid, metrics: &Metrics) -> Result<Queue, QueueError> {
+async fn try_connect(config: &Valid, metrics: &Metrics) -> Result<Queue, Error> {
     let queue = Queue::connect(config).await?;
+    let probe = queue.probe();
+    if !probe.not_lists.is_empty() {
+        let keys: Vec<String> = probe
+            .not_lists
+            .iter()
+            .map(|k| queue::shown_key(k))
+            .collect();
+        return Err(Error::Permissions(format!(
+            "these keys exist in Redis but are not lists: {}; check redis.key and \
+             redis.dead_letter_key",
+            keys.join(", ")
+        )));
+    }
+    if !probe.denied.is_empty() {
+        let denied: Vec<String> = probe.denied.iter().map(|d| queue::one_line(d)).collect();
+        return Err(Error::Permissions(format!(
+            "this Redis user may not run: {}; grant it the relay's permissions (README: \
+             Redis permissions)",
+            denied.join(", ")
+        )));
+    }
+    if !probe.script_flags() {
+        tracing::info!(
+            "Redis before 7.0: permissions are not checked ahead, and a Redis at maxmemory \
+             refuses the relay's scripts until memory is freed"
+        );
+    }
     match queue.eviction_policy().await.as_deref() {
         Some("noeviction") => {}
         Some(policy) => tracing::warn!(
@@ -389,7 +445,7 @@ async fn try_connect(config: &Valid, metrics: &Metrics) -> Result<Queue, QueueEr
         ),
         None => tracing::debug!("cannot read maxmemory-policy (CONFIG disabled?)"),
     }
-    worker::recover_expired(&queue, metrics).await?;
+    relay::recover_expired(&queue, metrics).await?;
     queue.register().await?;
     Ok(queue)
 }

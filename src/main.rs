@@ -228,7 +228,7 @@ fn main() -> ExitCode {
                     Ok(_) => ExitCode::SUCCESS,
                     Err(error) => {
                         tracing::error!(%error, "snowplow-relay failed");
-                        ExitCode::FAILURE
+                        ExitCode::from(error.exit_code())
                     }
                 }
             })

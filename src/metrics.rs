@@ -100,6 +100,8 @@ pub struct Metrics {
     events_dead_lettered: Family<ReasonLabel, Counter>,
     events_requeued: Counter,
     events_redelivered: Counter,
+    events_parked: Counter,
+    parked_events: Gauge,
     requests: Family<ClassLabel, Counter>,
     request_duration: Histogram,
     retries: Counter,
@@ -133,6 +135,8 @@ impl Metrics {
             events_dead_lettered: Family::default(),
             events_requeued: Counter::default(),
             events_redelivered: Counter::default(),
+            events_parked: Counter::default(),
+            parked_events: Gauge::default(),
             requests: Family::default(),
             request_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             retries: Counter::default(),
@@ -177,6 +181,17 @@ impl Metrics {
             "events_redelivered",
             "Events returned to the list from relays whose lease expired (possible duplicates)",
             m.events_redelivered.clone(),
+        );
+        registry.register(
+            "events_parked",
+            "Events parked: their batch kept failing while other requests succeeded, so they \
+             left the window for the retry list and are retried one by one",
+            m.events_parked.clone(),
+        );
+        registry.register(
+            "parked_events",
+            "Events in this relay's retry list now",
+            m.parked_events.clone(),
         );
         registry.register(
             "requests",
@@ -285,6 +300,7 @@ impl Metrics {
     pub fn nothing_in_flight(&self) {
         self.events_in_flight.set(0);
         self.bytes_in_flight.set(0);
+        self.parked_events.set(0);
     }
 
     /// The collector accepted `count` events.
@@ -301,6 +317,17 @@ impl Metrics {
                 })
                 .inc_by(count);
         }
+    }
+
+    /// `count` events were parked.
+    pub fn parked(&self, count: u64) {
+        self.events_parked.inc_by(count);
+        self.parked_events.inc_by(count as i64);
+    }
+
+    /// `count` parked events were delivered or dead-lettered.
+    pub fn unparked(&self, count: u64) {
+        self.parked_events.dec_by(count as i64);
     }
 
     /// `count` events went back to the head of the list at shutdown.

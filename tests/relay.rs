@@ -460,10 +460,12 @@ async fn shutdown_during_an_outage_returns_everything_in_order() {
         "at most max_claimed_events leave Redis ({backlog} left)"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        redis.llen(LIST),
-        backlog,
-        "no claims while the collector fails"
+    // While the collector fails, at most one probe batch (buffer_size events) is claimed
+    // at a time, and a failing probe stops the next one.
+    let probed = backlog - redis.llen(LIST);
+    assert!(
+        probed <= 50,
+        "no claims but one probe batch while the collector fails ({probed} claimed)"
     );
     let summary = relay.stop().await;
     assert_eq!(summary.delivered, 0);

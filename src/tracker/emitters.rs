@@ -83,13 +83,10 @@ impl RedisEmitter {
     /// Connects with the relay's own Redis settings (`[redis]`: URL, key, credentials,
     /// TLS, cluster), as `snowplow-relay track` does.
     pub async fn from_settings(settings: &crate::Valid) -> Result<RedisEmitter, Error> {
-        let queue = crate::queue::Queue::connect(settings)
+        let conn = crate::queue::open_connection(settings)
             .await
             .map_err(|e| Error::Redis(e.to_string()))?;
-        Ok(RedisEmitter::new(
-            queue.connection(),
-            settings.redis.key.clone(),
-        ))
+        Ok(RedisEmitter::new(conn, settings.redis.key.clone()))
     }
 }
 
@@ -321,6 +318,16 @@ impl Inner {
                 }
                 Outcome::Rejected { status, reason, .. } => {
                     tracing::warn!(events = part.len(), status, %reason, "collector refused events for good");
+                    unsent.extend(part.positions);
+                }
+                Outcome::Park { status, attempts } => {
+                    // No retry list here: a batch failing alone goes back to the caller.
+                    tracing::warn!(
+                        events = part.len(),
+                        status,
+                        attempts,
+                        "events keep failing while other requests succeed"
+                    );
                     unsent.extend(part.positions);
                 }
                 Outcome::Abandoned => unsent.extend(part.positions),

@@ -1,0 +1,1275 @@
+//! The Redis side: claiming events, acknowledging them, parking the ones that keep
+//! failing, returning them, the dead-letter list, and the leases that let any relay
+//! recover a dead relay's events.
+//!
+//! # Keys
+//! For a list `snowplow` and a relay instance `I` (all companions carry the hash tag
+//! `{snowplow}`, so in Redis Cluster they share the list's slot and one script can touch
+//! them all):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `snowplow` | list | events, pushed by producers (RPUSH) and taken from the head |
+//! | `{snowplow}:inflight:I` | list | events `I` claimed and has not acknowledged, in claim order |
+//! | `{snowplow}:retry:I` | list | events `I` parked: they kept failing while other requests succeeded, and are retried one by one (see [`Parked`]) |
+//! | `{snowplow}:instance:I` | hash | `claimed` and `acked`: how many events `I` claimed and acknowledged so far; always `acked + LLEN(inflight) = claimed` |
+//! | `{snowplow}:lease:I` | string with TTL | present while `I` is alive (heartbeat) |
+//! | `{snowplow}:instances` | set | every instance that may own an in-flight list |
+//! | `{snowplow}:dead` | list | dead-letter entries (see [`DeadLetter`]) |
+//!
+//! # Protocol
+//! Every step is one Lua script (`scripts/*.lua`, each documented there), so each is
+//! atomic and costs one round trip whatever the number of events:
+//! - **claim** moves up to N events, and at most a byte budget of them, from the head of
+//!   the list to the in-flight list and returns them; a claim whose reply was lost is
+//!   answered again, within the same budget, and takes nothing new.
+//! - **ack** trims the resolved prefix of the in-flight list, writing the dead-letter and
+//!   retry-list entries of that prefix from Redis's own copy of each element. It carries
+//!   absolute counts, so a retried ack does nothing twice.
+//! - **settle** removes parked events the relay delivered or dead-lettered.
+//! - **release** (graceful shutdown), **abandon** (after a rollback) and **recover** (for
+//!   a relay whose lease expired) put every event an instance holds, in flight or parked,
+//!   back at the head of the list in claim order.
+//!
+//! # What a script refused halfway leaves
+//! A command that fails inside a Lua script does not undo the writes before it. So every
+//! script first asks Redis whether this user may run each command it needs on each key
+//! (`redis.acl_check_cmd`, Redis 7) and refuses as a whole, writing nothing, with
+//! [`QueueError::Permission`] naming the command and key; and each script copies an event
+//! to its new place before removing it from the old one, so that any prefix of its
+//! writes leaves every event in at least one place (a duplicate at worst, never a loss).
+//! Out-of-memory, `MISCONF` and `READONLY` refuse a script before its first write.
+//!
+//! # A full Redis
+//! On Redis 7 the scripts that drain (claim, ack, settle, renew, register, release,
+//! abandon, recover) carry `#!lua flags=allow-oom`: a Redis at `maxmemory` under
+//! `noeviction` refuses producers but still lets the relay take events out, which is
+//! what frees its memory. Each of them grows memory by at most what it frees (claim copies
+//! a batch, then trims it from the list; a dead-letter entry is its element plus about 150
+//! bytes), except register, which adds under 1 KB once per start. Redis 6 has no script
+//! flags: there the scripts run unflagged and a full Redis refuses them until memory is
+//! freed.
+//!
+//! # Rollbacks
+//! Acknowledgement is positional, so it is only safe while Redis holds the history the
+//! relay believes it does. A crash under `appendfsync everysec` or a failover to a
+//! lagging replica can roll Redis back. Every claim, ack and release therefore checks the
+//! instance's counters against the relay's own; on a mismatch the script changes nothing
+//! and fails with [`QueueError::StateMismatch`]. The relay then acknowledges nothing
+//! positional: [`Queue::abandon`] returns everything the instance holds to the head of
+//! the list (events it delivered arrive twice, none is lost) and the relay registers
+//! again as a new instance.
+//!
+//! # Connections
+//! Every call has a deadline (`redis.command_timeout_ms`). A connection that missed it,
+//! broke, or answers `READONLY`, `MASTERDOWN` or `LOADING` (a demoted or restarting
+//! server behind the same address) is dropped and a new one is opened by the next call;
+//! the callers retry with backoff. Waiting for an empty list uses `BLMOVE list list LEFT
+//! LEFT` on a connection of its own: it blocks until the list has an element and leaves
+//! it where it was, so it can be abandoned at any moment without a trace.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script,
+    ScriptInvocation, Value,
+};
+
+use crate::config::Valid;
+
+/// What can go wrong talking to Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Redis could not be reached or answered with an error; worth retrying.
+    #[error("redis: {}", one_line(&.0.to_string()))]
+    Redis(#[from] RedisError),
+    /// Redis did not answer within `redis.command_timeout_ms`; the connection is replaced.
+    #[error(
+        "Redis did not answer within {0} ms (connection replaced; is Redis overloaded or frozen?)"
+    )]
+    Timeout(u64),
+    /// The server behind the address cannot take writes now: a replica (`READONLY`,
+    /// after a failover), a master without its replicas (`MASTERDOWN`) or a server
+    /// loading its data (`LOADING`). The connection is replaced.
+    #[error("Redis cannot take writes now ({}); connection replaced, retrying", one_line(.0))]
+    NotWritable(String),
+    /// This Redis user may not run a command the relay needs. The script refused as a
+    /// whole before writing anything.
+    #[error(
+        "Redis refused a command: {}; grant this Redis user the relay's permissions \
+         (README: Redis permissions)",
+        one_line(.0)
+    )]
+    Permission(String),
+    /// Redis is at `maxmemory` and refuses writes.
+    #[error(
+        "Redis is out of memory (used memory is above maxmemory): {}; producers' pushes are \
+         refused until the relay drains the list or maxmemory is raised",
+        one_line(.0)
+    )]
+    OutOfMemory(String),
+    /// Another relay recovered this instance's in-flight events after its lease expired.
+    #[error(
+        "this relay's lease expired and another relay took back its in-flight events; \
+         restart to register again"
+    )]
+    LeaseLost,
+    /// Redis no longer holds the in-flight state this relay left (it lost writes: a
+    /// crash, a failover to a lagging replica, or someone edited the keys).
+    #[error(
+        "Redis no longer holds the in-flight state this relay left ({0}); returning \
+         everything in flight to the list and registering again"
+    )]
+    StateMismatch(String),
+    /// Redis refused the credentials.
+    #[error(
+        "Redis refused the credentials of user `{user}` (password from {password_from}): \
+         {reply}; check redis.username and the password"
+    )]
+    Auth {
+        /// The ACL user.
+        user: String,
+        /// Where the password came from.
+        password_from: &'static str,
+        /// Redis's error code.
+        reply: String,
+    },
+    /// TLS with Redis failed (certificate, handshake, unreadable files).
+    #[error("{0}")]
+    Tls(String),
+}
+
+impl QueueError {
+    /// Sorts a Redis error by what it means for the relay, on its error code and kind
+    /// (never on its message text, but for permission errors Redis reports as `ERR`).
+    fn classify(error: RedisError) -> QueueError {
+        use redis::{ErrorKind, ServerErrorKind};
+        let detail = || {
+            let text = error.detail().unwrap_or_default();
+            format!("{} {text}", error.code().unwrap_or_default())
+        };
+        match error.code() {
+            Some("LEASE_LOST") => return QueueError::LeaseLost,
+            Some("STATE_MISMATCH") => {
+                return QueueError::StateMismatch(error.detail().unwrap_or_default().to_owned());
+            }
+            Some("NOPERM") => return QueueError::Permission(detail()),
+            Some("OOM") => return QueueError::OutOfMemory(detail()),
+            // Redis reports a key refused to a command inside a script as a plain ERR.
+            Some("ERR")
+                if error
+                    .detail()
+                    .is_some_and(|d| d.contains("can't access at least one of the keys")) =>
+            {
+                return QueueError::Permission(detail());
+            }
+            _ => {}
+        }
+        match error.kind() {
+            ErrorKind::Server(
+                ServerErrorKind::ReadOnly
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::BusyLoading,
+            ) => QueueError::NotWritable(detail()),
+            ErrorKind::Server(ServerErrorKind::NoPerm) => QueueError::Permission(detail()),
+            _ => QueueError::Redis(error),
+        }
+    }
+
+    /// Whether this instance must stop and register again (its in-flight list is gone
+    /// or not to be trusted); anything else is worth retrying.
+    pub fn needs_new_instance(&self) -> bool {
+        matches!(self, QueueError::LeaseLost | QueueError::StateMismatch(_))
+    }
+
+    /// Whether the connection that gave this error must be replaced.
+    fn needs_new_connection(&self) -> bool {
+        match self {
+            QueueError::Timeout(_) | QueueError::NotWritable(_) => true,
+            QueueError::Redis(error) => {
+                error.is_io_error()
+                    || error.is_connection_dropped()
+                    || error.is_unrecoverable_error()
+                    || error.is_timeout()
+            }
+            _ => false,
+        }
+    }
+
+    /// The operation name for metrics and logs: what kind of failure this is.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            QueueError::Redis(_) => "error",
+            QueueError::Timeout(_) => "timeout",
+            QueueError::NotWritable(_) => "not_writable",
+            QueueError::Permission(_) => "permission",
+            QueueError::OutOfMemory(_) => "out_of_memory",
+            QueueError::LeaseLost => "lease_lost",
+            QueueError::StateMismatch(_) => "state_mismatch",
+            QueueError::Auth { .. } => "auth",
+            QueueError::Tls(_) => "tls",
+        }
+    }
+}
+
+/// `text` on one line and at most 512 bytes: control characters escaped, the rest cut
+/// with a note of the full length. Redis errors can quote event data or keys.
+pub fn one_line(text: &str) -> String {
+    const MAX: usize = 512;
+    let mut out = String::with_capacity(text.len().min(MAX + 32));
+    for c in text.chars() {
+        if out.len() >= MAX {
+            out.push_str(&format!("… ({} bytes)", text.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The key names for one list and one instance.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// The list producers push onto.
+    pub list: String,
+    /// The dead-letter list.
+    pub dead: String,
+    /// The set of registered instances.
+    pub instances: String,
+    /// Prefix of every companion key: `{list}:`.
+    pub prefix: String,
+}
+
+impl Keys {
+    /// Key names for `list`, with dead-letter list `dead`.
+    pub fn new(list: &str, dead: &str) -> Keys {
+        let prefix = format!("{{{list}}}:");
+        Keys {
+            list: list.to_owned(),
+            dead: dead.to_owned(),
+            instances: format!("{prefix}instances"),
+            prefix,
+        }
+    }
+
+    /// The in-flight list of `instance`.
+    pub fn inflight(&self, instance: &str) -> String {
+        format!("{}inflight:{instance}", self.prefix)
+    }
+
+    /// The retry list (parked events) of `instance`.
+    pub fn retry(&self, instance: &str) -> String {
+        format!("{}retry:{instance}", self.prefix)
+    }
+
+    /// The bookkeeping hash of `instance`.
+    pub fn meta(&self, instance: &str) -> String {
+        format!("{}instance:{instance}", self.prefix)
+    }
+
+    /// The lease (heartbeat) key of `instance`.
+    pub fn lease(&self, instance: &str) -> String {
+        format!("{}lease:{instance}", self.prefix)
+    }
+}
+
+/// A key fit for a log line: escaped and cut (a key can be a megabyte long and hold
+/// control characters).
+pub fn shown_key(key: &str) -> String {
+    const MAX: usize = 128;
+    let escaped = one_line(key);
+    if escaped.len() <= MAX {
+        return escaped;
+    }
+    let mut end = MAX;
+    while !escaped.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &escaped[..end], key.len())
+}
+
+const HELPERS: &str = include_str!("scripts/helpers.lua");
+
+/// The scripts, loaded for one Redis version: with `#!lua flags=…` lines on Redis 7,
+/// without them before.
+struct Scripts {
+    claim: Script,
+    ack: Script,
+    settle_parked: Script,
+    release: Script,
+    abandon: Script,
+    recover: Script,
+    register: Script,
+    heartbeat: Script,
+    sample: Script,
+    replay: Script,
+}
+
+impl Scripts {
+    fn new(flags: bool) -> Scripts {
+        let with = |flag: &str, body: &str| {
+            let shebang = if flags {
+                format!("#!lua flags={flag}\n")
+            } else {
+                String::new()
+            };
+            Script::new(&format!("{shebang}{HELPERS}{body}"))
+        };
+        let drain = |body: &str| with("allow-oom", body);
+        Scripts {
+            claim: drain(include_str!("scripts/claim.lua")),
+            ack: drain(include_str!("scripts/ack.lua")),
+            settle_parked: drain(include_str!("scripts/settle_parked.lua")),
+            release: drain(include_str!("scripts/release.lua")),
+            abandon: drain(include_str!("scripts/abandon.lua")),
+            recover: drain(include_str!("scripts/recover.lua")),
+            register: drain(include_str!("scripts/register.lua")),
+            heartbeat: drain(include_str!("scripts/heartbeat.lua")),
+            sample: with("no-writes", include_str!("scripts/sample.lua")),
+            // An operator's tool, not a drain: a full Redis refuses it.
+            replay: Script::new(&format!("{HELPERS}{}", include_str!("scripts/replay.lua"))),
+        }
+    }
+}
+
+/// What [`Queue::probe`] found out about the server and this user's permissions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// The Redis version as `major * 65536 + minor * 256 + patch`; 0 before Redis 7.
+    pub version: u64,
+    /// Commands this Redis user may not run on the relay's keys, as `COMMAND key`
+    /// (checked on Redis 7 and later only).
+    pub denied: Vec<String>,
+    /// The list or dead-letter list exists but is not a list.
+    pub not_lists: Vec<String>,
+    /// The largest reply Redis sends a normal client before it closes the connection
+    /// (`client-output-buffer-limit normal`, hard limit), when it is set and readable.
+    pub reply_limit_bytes: Option<u64>,
+}
+
+impl Probe {
+    /// Whether the server knows script flags (`#!lua flags=allow-oom`): Redis 7.
+    pub fn script_flags(&self) -> bool {
+        self.version >= 7 << 16
+    }
+}
+
+/// Events recovered from relays whose lease expired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Dead instances cleaned up.
+    pub instances: u64,
+    /// Events put back at the head of the list.
+    pub events: u64,
+}
+
+/// What one claim returned.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// In-flight elements from the requested position on, oldest first.
+    pub elements: Vec<Bytes>,
+    /// Elements over the size limit that went straight to the dead-letter list.
+    pub oversized: u64,
+    /// The list held fewer events than the claim could take.
+    pub ran_dry: bool,
+}
+
+/// What [`Queue::sample`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// Events waiting in the list.
+    pub list: u64,
+    /// Entries in the dead-letter list.
+    pub dead: u64,
+    /// The head event's `dtm` (epoch milliseconds), if it has one.
+    pub head_dtm_millis: Option<u64>,
+}
+
+/// What the shutdown release did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    /// Events returned to the head of the list.
+    pub requeued: u64,
+    /// Redis had lost writes: everything in flight went back, resolved or not.
+    pub state_mismatch: bool,
+}
+
+/// How one acknowledged position ends: the metadata line of its dead-letter entry, or
+/// of its retry-list entry when it is parked. The script appends Redis's own copy of the
+/// element to it.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry<'a> {
+    /// A dead-letter entry ([`DeadLetter::meta_line`]).
+    Dead(&'a [u8]),
+    /// A retry-list entry ([`Parked::meta_line`]).
+    Parked(&'a [u8]),
+}
+
+/// A parked event's retry-list entry: one line of JSON metadata, a newline, then the
+/// element byte for byte. The position lets release and recovery put it back in claim
+/// order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Parked {
+    /// The event's claim position in its instance.
+    pub position: u64,
+    /// When it was parked (RFC 3339, UTC).
+    pub parked_at: String,
+    /// The collector's last status for it, if it answered.
+    pub status: Option<u16>,
+    /// Attempts made before it was parked.
+    pub attempts: u32,
+    /// The relay instance that parked it.
+    pub relay: String,
+}
+
+impl Parked {
+    /// The metadata line (without the newline).
+    pub fn meta_line(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("serialisable")
+    }
+}
+
+/// Where Redis is: one server, or a cluster reached through seed nodes.
+#[derive(Clone)]
+enum Server {
+    Single(Client),
+    Cluster(ClusterTarget),
+}
+
+/// How to reach a Redis Cluster: a seed node (with credentials) and its TLS settings.
+#[derive(Clone)]
+struct ClusterTarget {
+    seed: redis::ConnectionInfo,
+    certs: Option<redis::TlsCertificates>,
+}
+
+impl Server {
+    /// Opens a connection; `response` bounds each command (None: the caller does).
+    async fn open(&self, connect: Duration, response: Option<Duration>) -> RedisResult<Connection> {
+        Ok(match self {
+            Server::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect))
+                    .set_response_timeout(response);
+                Connection::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Server::Cluster(target) => Connection::Cluster(
+                cluster_client(target, connect, response.unwrap_or(connect * 4))?
+                    .get_async_connection()
+                    .await?,
+            ),
+        })
+    }
+}
+
+/// A connection to either kind of server.
+#[derive(Clone)]
+pub enum Connection {
+    /// One server.
+    Single(MultiplexedConnection),
+    /// A Redis Cluster; commands go to the node owning their key's slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(conn) => conn.get_db(),
+            Connection::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// The relay's connection to Redis, replaced when it misses a deadline, breaks, or
+/// answers as a server that cannot take writes. One connection serves every task
+/// (requests are multiplexed); a replacement is opened by the first call that needs it.
+struct Link {
+    server: Server,
+    command_timeout: Duration,
+    /// The current connection and its generation.
+    current: tokio::sync::Mutex<Option<(u64, Connection)>>,
+    generation: AtomicU64,
+}
+
+impl Link {
+    /// The current connection, opening one if there is none.
+    async fn connection(&self) -> Result<(u64, Connection), QueueError> {
+        let mut current = self.current.lock().await;
+        if let Some((generation, conn)) = current.as_ref() {
+            return Ok((*generation, conn.clone()));
+        }
+        let conn = tokio::time::timeout(
+            self.command_timeout,
+            self.server.open(self.command_timeout, None),
+        )
+        .await
+        .map_err(|_| QueueError::Timeout(self.command_timeout.as_millis() as u64))?
+        .map_err(QueueError::classify)?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *current = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    /// Drops connection `generation` (if it is still the current one), so that the next
+    /// call opens a new one.
+    async fn replace(&self, generation: u64, error: &QueueError) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *current = None;
+            tracing::warn!(%error, "dropping the Redis connection; the next call opens a new one");
+        }
+    }
+
+    /// Runs `call` on the current connection within the command deadline; replaces the
+    /// connection when the failure says it must be.
+    async fn run<T, F, Fut>(&self, call: F) -> Result<T, QueueError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let (generation, conn) = self.connection().await?;
+        let result = match tokio::time::timeout(self.command_timeout, call(conn)).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => QueueError::classify(error),
+            Err(_) => QueueError::Timeout(self.command_timeout.as_millis() as u64),
+        };
+        if result.needs_new_connection() {
+            self.replace(generation, &result).await;
+        }
+        Err(result)
+    }
+
+    /// Runs a script invocation.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, QueueError> {
+        self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+    }
+
+    /// Runs one command.
+    async fn query<T: redis::FromRedisValue>(&self, command: &Cmd) -> Result<T, QueueError> {
+        self.run(|mut conn| async move { command.query_async(&mut conn).await })
+            .await
+    }
+}
+
+/// A connection of its own for blocking waits.
+pub struct BlockingConnection(Connection);
+
+fn cluster_client(
+    target: &ClusterTarget,
+    connect: Duration,
+    response: Duration,
+) -> Result<ClusterClient, RedisError> {
+    let mut builder = ClusterClientBuilder::new(vec![target.seed.clone()])
+        .connection_timeout(connect)
+        .response_timeout(response)
+        .retries(2);
+    if let Some(certs) = &target.certs {
+        builder = builder.certs(certs.clone());
+    }
+    builder.build()
+}
+
+/// The URL, user and password the relay connects with (`#insecure` added when
+/// `tls_insecure_skip_verify` is on).
+fn connection_info(config: &Valid) -> Result<redis::ConnectionInfo, RedisError> {
+    use redis::IntoConnectionInfo;
+    let mut url = config.redis.url.clone();
+    if config.redis.tls_insecure_skip_verify && !url.ends_with("#insecure") {
+        url.push_str("#insecure");
+    }
+    let info = url.as_str().into_connection_info()?;
+    let credentials = config.redis_credentials();
+    let mut settings = info.redis_settings().clone();
+    if let Some(user) = &credentials.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &credentials.password {
+        settings = settings.set_password(password);
+    }
+    Ok(info.set_redis_settings(settings))
+}
+
+/// The CA and client certificate files of a `rediss://` URL, read (validation already
+/// checked that they are readable).
+fn tls_certificates(config: &Valid) -> Result<Option<redis::TlsCertificates>, QueueError> {
+    let redis = &config.redis;
+    if redis.tls_ca_file.is_none() && redis.tls_client_cert_file.is_none() {
+        return Ok(None);
+    }
+    let read = |key: &'static str, file: &std::path::Path| {
+        crate::config::read_file(key, file).map_err(|e| QueueError::Tls(e.to_string()))
+    };
+    let root_cert = match &redis.tls_ca_file {
+        Some(file) => Some(read("redis.tls_ca_file", file)?),
+        None => None,
+    };
+    let client_tls = match (&redis.tls_client_cert_file, &redis.tls_client_key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("redis.tls_client_cert_file", cert)?,
+            client_key: read("redis.tls_client_key_file", key)?,
+        }),
+        _ => None,
+    };
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// Says what a connection error means for an operator: a certificate problem (naming
+/// the host and the CA file), refused credentials (naming the user and where the
+/// password came from, never the password), or anything else as it is.
+fn explain(error: QueueError, config: &Valid) -> QueueError {
+    let QueueError::Redis(error) = error else {
+        return error;
+    };
+    let text = error.to_string();
+    let lower = text.to_ascii_lowercase();
+    if error.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+    {
+        let credentials = config.redis_credentials();
+        return QueueError::Auth {
+            user: credentials.username.unwrap_or_else(|| "default".into()),
+            password_from: credentials.source,
+            reply: text
+                .split_whitespace()
+                .find(|w| w.contains("WRONGPASS") || w.contains("NOAUTH"))
+                .unwrap_or("authentication failed")
+                .to_owned(),
+        };
+    }
+    if lower.contains("certificate") || lower.contains("handshake") || lower.contains("tls") {
+        let host = reqwest::Url::parse(&config.redis.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let trust = config.redis.tls_ca_file.as_ref().map_or_else(
+            || "the system's CA certificates".to_owned(),
+            |f| format!("redis.tls_ca_file {}", f.display()),
+        );
+        return QueueError::Tls(format!(
+            "TLS with Redis at {host} failed ({}); check that its certificate is signed by \
+             a CA in {trust} and names {host}",
+            one_line(&text)
+        ));
+    }
+    QueueError::Redis(error)
+}
+
+/// How to reach the configured Redis (one server or a cluster), without connecting.
+fn server(settings: &Valid) -> Result<Server, QueueError> {
+    let info = connection_info(settings).map_err(QueueError::classify)?;
+    let certs = tls_certificates(settings)?;
+    Ok(if settings.redis.cluster {
+        Server::Cluster(ClusterTarget { seed: info, certs })
+    } else {
+        let client = match certs {
+            Some(certs) => Client::build_with_tls(info, certs),
+            None => Client::open(info),
+        }
+        .map_err(QueueError::classify)?;
+        Server::Single(client)
+    })
+}
+
+/// A plain connection to the configured Redis with its credentials and TLS settings, for
+/// producers (the tracker's `RedisEmitter`): no scripts, no probe.
+pub async fn open_connection(settings: &Valid) -> Result<Connection, QueueError> {
+    let timeout = Duration::from_millis(settings.redis.command_timeout_ms);
+    let result = async {
+        server(settings)?
+            .open(timeout, Some(timeout))
+            .await
+            .map_err(QueueError::classify)
+    }
+    .await;
+    result.map_err(|e| explain(e, settings))
+}
+
+/// One relay instance's handle on the list.
+pub struct Queue {
+    link: Link,
+    keys: Keys,
+    instance: String,
+    lease_ttl: Duration,
+    command_timeout: Duration,
+    probe: Probe,
+    scripts: Scripts,
+}
+
+impl Queue {
+    /// Connects (one attempt; the caller decides how to retry), finds out what the server
+    /// supports ([`Queue::probe`]) and names this instance. Call [`Queue::register`]
+    /// before claiming.
+    pub async fn connect(settings: &Valid) -> Result<Queue, QueueError> {
+        Self::connect_inner(settings)
+            .await
+            .map_err(|e| explain(e, settings))
+    }
+
+    async fn connect_inner(settings: &Valid) -> Result<Queue, QueueError> {
+        let config = &settings.redis;
+        let command_timeout = Duration::from_millis(config.command_timeout_ms);
+        let link = Link {
+            server: server(settings)?,
+            command_timeout,
+            current: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
+        };
+        link.connection().await?;
+        let mut queue = Queue {
+            link,
+            keys: Keys::new(&config.key, settings.dead_letter_key()),
+            instance: instance_id(),
+            lease_ttl: Duration::from_millis(config.lease_ttl_ms),
+            command_timeout,
+            probe: Probe::default(),
+            scripts: Scripts::new(false),
+        };
+        queue.probe = queue.run_probe().await?;
+        queue.scripts = Scripts::new(queue.probe.script_flags());
+        Ok(queue)
+    }
+
+    /// Reads the server's version, checks this user's permissions on every key the relay
+    /// uses (Redis 7: a script that writes nothing) and reads the reply size limit (where
+    /// `CONFIG` is allowed).
+    async fn run_probe(&self) -> Result<Probe, QueueError> {
+        let script = Script::new(&format!("{HELPERS}{}", include_str!("scripts/probe.lua")));
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&self.keys.list)
+            .key(&self.keys.dead)
+            .key(self.keys.inflight(&self.instance))
+            .key(self.keys.meta(&self.instance))
+            .key(self.keys.lease(&self.instance))
+            .key(&self.keys.instances)
+            .key(self.keys.retry(&self.instance));
+        let (version, denied, not_lists): (u64, Vec<String>, Vec<String>) =
+            self.link.invoke(&invocation).await?;
+        let reply_limit_bytes = self
+            .config_get("client-output-buffer-limit")
+            .await
+            .and_then(|value| normal_reply_limit(&value));
+        Ok(Probe {
+            version,
+            denied,
+            not_lists,
+            reply_limit_bytes,
+        })
+    }
+
+    /// What the start-up probe found.
+    pub fn probe(&self) -> &Probe {
+        &self.probe
+    }
+
+    /// A server setting, or `None` where `CONFIG GET` is refused (managed Redis, ACL).
+    async fn config_get(&self, name: &str) -> Option<String> {
+        let reply: Vec<String> = self
+            .link
+            .query(redis::cmd("CONFIG").arg("GET").arg(name))
+            .await
+            .ok()?;
+        reply.into_iter().nth(1)
+    }
+
+    /// This instance's id: `host:pid:random`.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The key names in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// How long the lease lives without a heartbeat.
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    /// How long one Redis call may take.
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
+    /// Registers this instance and takes its first lease.
+    pub async fn register(&self) -> Result<(), QueueError> {
+        let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let mut invocation = self.scripts.register.prepare_invoke();
+        invocation
+            .key(&self.keys.instances)
+            .key(self.keys.meta(&self.instance))
+            .key(self.keys.lease(&self.instance))
+            .arg(&self.instance)
+            .arg(self.lease_ttl.as_millis() as u64)
+            .arg(hostname())
+            .arg(std::process::id())
+            .arg(started);
+        self.link.invoke::<i64>(&invocation).await?;
+        Ok(())
+    }
+
+    /// Renews the lease.
+    pub async fn heartbeat(&self) -> Result<(), QueueError> {
+        let mut invocation = self.scripts.heartbeat.prepare_invoke();
+        invocation
+            .key(&self.keys.instances)
+            .key(self.keys.lease(&self.instance))
+            .arg(&self.instance)
+            .arg(self.lease_ttl.as_millis() as u64);
+        self.link.invoke::<i64>(&invocation).await?;
+        Ok(())
+    }
+
+    /// Returns the events of every other instance whose lease expired (in flight and
+    /// parked) to the head of the list.
+    pub async fn recover_expired(&self) -> Result<Recovered, QueueError> {
+        let mut invocation = self.scripts.recover.prepare_invoke();
+        invocation
+            .key(&self.keys.list)
+            .key(&self.keys.instances)
+            .arg(&self.keys.prefix)
+            .arg(&self.instance);
+        let (instances, events): (u64, u64) = self.link.invoke(&invocation).await?;
+        Ok(Recovered { instances, events })
+    }
+
+    /// Claims up to `max` events and at most `max_bytes` bytes of them. `position` is how
+    /// many events this instance has claimed so far (acknowledged or not); the result
+    /// holds in-flight events from that position on, oldest first: the new claims, or
+    /// (if an earlier claim's reply never arrived) that claim's events again. Elements
+    /// larger than `max_element_bytes` are moved to the dead-letter list instead.
+    pub async fn claim(
+        &self,
+        position: u64,
+        max: usize,
+        max_element_bytes: usize,
+        max_bytes: usize,
+    ) -> Result<Claim, QueueError> {
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let mut invocation = self.scripts.claim.prepare_invoke();
+        invocation
+            .key(&self.keys.list)
+            .key(self.keys.inflight(&self.instance))
+            .key(self.keys.meta(&self.instance))
+            .key(&self.keys.instances)
+            .key(&self.keys.dead)
+            .arg(&self.instance)
+            .arg(position)
+            .arg(max)
+            .arg(max_element_bytes)
+            .arg(now)
+            .arg(max_bytes.max(max_element_bytes));
+        let (oversized, ran_dry, items): (u64, u8, Vec<Bytes>) =
+            self.link.invoke(&invocation).await?;
+        Ok(Claim {
+            elements: items,
+            oversized,
+            ran_dry: ran_dry == 1,
+        })
+    }
+
+    /// Acknowledges the events from position `from` to before `to`, atomically writing
+    /// the dead-letter and retry-list entries given for positions in that range. Safe to
+    /// retry.
+    pub async fn ack(
+        &self,
+        from: u64,
+        to: u64,
+        entries: &[(u64, Entry<'_>)],
+    ) -> Result<(), QueueError> {
+        let mut invocation = self.scripts.ack.prepare_invoke();
+        invocation
+            .key(self.keys.inflight(&self.instance))
+            .key(self.keys.meta(&self.instance))
+            .key(&self.keys.instances)
+            .key(&self.keys.dead)
+            .key(self.keys.retry(&self.instance))
+            .arg(&self.instance)
+            .arg(from)
+            .arg(to);
+        for (position, entry) in entries {
+            let (kind, meta) = match entry {
+                Entry::Dead(meta) => ("d", meta),
+                Entry::Parked(meta) => ("p", meta),
+            };
+            invocation.arg(kind).arg(*position).arg(*meta);
+        }
+        self.link.invoke::<u64>(&invocation).await?;
+        Ok(())
+    }
+
+    /// Removes parked events this relay resolved from its retry list: those given with a
+    /// dead-letter metadata line go to the dead-letter list (Redis's own copy of the
+    /// element), those given with `None` were delivered. Safe to retry.
+    pub async fn settle_parked(&self, settled: &[(u64, Option<&[u8]>)]) -> Result<(), QueueError> {
+        let mut invocation = self.scripts.settle_parked.prepare_invoke();
+        invocation
+            .key(self.keys.retry(&self.instance))
+            .key(&self.keys.dead)
+            .key(&self.keys.instances)
+            .arg(&self.instance);
+        for (position, meta) in settled {
+            invocation.arg(*position).arg(meta.unwrap_or_default());
+        }
+        self.link.invoke::<u64>(&invocation).await?;
+        Ok(())
+    }
+
+    /// Graceful shutdown: every event this instance holds and has not resolved goes back
+    /// to the head of the list in claim order. For the in-flight list, `resolved` flags
+    /// the positions from `window_start` on (any later event the relay never saw goes
+    /// back too); parked events go back unless `parked_delivered` lists them or `dead`
+    /// has their entry. `dead` holds the dead-letter metadata lines by position; the
+    /// instance is removed. If Redis lost writes, everything goes back instead.
+    pub async fn release(
+        &self,
+        window_start: u64,
+        resolved: &[bool],
+        position: u64,
+        dead: &[(u64, &[u8])],
+        parked_delivered: &[u64],
+    ) -> Result<Released, QueueError> {
+        let flags: String = resolved
+            .iter()
+            .map(|&r| if r { '1' } else { '0' })
+            .collect();
+        let mut invocation = self.scripts.release.prepare_invoke();
+        invocation
+            .key(&self.keys.list)
+            .key(self.keys.inflight(&self.instance))
+            .key(self.keys.meta(&self.instance))
+            .key(&self.keys.instances)
+            .key(&self.keys.dead)
+            .key(self.keys.lease(&self.instance))
+            .key(self.keys.retry(&self.instance))
+            .arg(&self.instance)
+            .arg(window_start)
+            .arg(flags)
+            .arg(position)
+            .arg(dead.len());
+        for (position, meta) in dead {
+            invocation.arg(*position).arg(*meta);
+        }
+        for position in parked_delivered {
+            invocation.arg(*position);
+        }
+        let (requeued, mismatch): (u64, u8) = self.link.invoke(&invocation).await?;
+        Ok(Released {
+            requeued,
+            state_mismatch: mismatch == 1,
+        })
+    }
+
+    /// Returns everything this instance holds (in flight and parked) to the head of the
+    /// list in claim order and removes the instance: what a relay does when it can no
+    /// longer trust positions. Returns how many events went back.
+    pub async fn abandon(&self) -> Result<u64, QueueError> {
+        let mut invocation = self.scripts.abandon.prepare_invoke();
+        invocation
+            .key(&self.keys.list)
+            .key(self.keys.inflight(&self.instance))
+            .key(self.keys.meta(&self.instance))
+            .key(&self.keys.instances)
+            .key(self.keys.lease(&self.instance))
+            .key(self.keys.retry(&self.instance))
+            .arg(&self.instance);
+        self.link.invoke(&invocation).await
+    }
+
+    /// The list's and the dead-letter list's lengths and the head event's `dtm`, for the
+    /// metrics. One round trip; the head element is read inside Redis and only its `dtm`
+    /// comes back (elements over 64 KiB are not read at all).
+    pub async fn sample(&self) -> Result<Sample, QueueError> {
+        let mut invocation = self.scripts.sample.prepare_invoke();
+        invocation.key(&self.keys.list).key(&self.keys.dead);
+        let (list, dead, dtm): (u64, u64, Option<String>) = self.link.invoke(&invocation).await?;
+        Ok(Sample {
+            list,
+            dead,
+            head_dtm_millis: dtm.and_then(|d| d.parse::<f64>().ok()).map(|d| d as u64),
+        })
+    }
+
+    /// Redis' `maxmemory-policy`, or `None` where `CONFIG` is disabled (managed Redis).
+    pub async fn eviction_policy(&self) -> Option<String> {
+        self.config_get("maxmemory-policy").await
+    }
+
+    /// Redis's `used_memory` and `maxmemory` in bytes (`INFO memory`).
+    pub async fn memory(&self) -> Result<(u64, u64), QueueError> {
+        let info: String = self.link.query(redis::cmd("INFO").arg("memory")).await?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok((field("used_memory"), field("maxmemory")))
+    }
+
+    /// Opens a connection of its own for [`Queue::wait_for_events`]: a blocking command
+    /// would stall every other command sharing its connection.
+    pub async fn blocking_connection(
+        &self,
+        block: Duration,
+    ) -> Result<BlockingConnection, QueueError> {
+        let response_timeout = block + self.command_timeout;
+        let open = self
+            .link
+            .server
+            .open(self.command_timeout, Some(response_timeout));
+        match tokio::time::timeout(self.command_timeout, open).await {
+            Ok(Ok(conn)) => Ok(BlockingConnection(conn)),
+            Ok(Err(error)) => Err(QueueError::classify(error)),
+            Err(_) => Err(QueueError::Timeout(self.command_timeout.as_millis() as u64)),
+        }
+    }
+
+    /// Waits up to `block` for the list to hold an element, without taking it.
+    pub async fn wait_for_events(
+        &self,
+        conn: &mut BlockingConnection,
+        block: Duration,
+    ) -> Result<(), QueueError> {
+        redis::cmd("BLMOVE")
+            .arg(&self.keys.list)
+            .arg(&self.keys.list)
+            .arg("LEFT")
+            .arg("LEFT")
+            .arg(block.as_secs_f64())
+            .query_async::<Option<redis::Value>>(&mut conn.0)
+            .await
+            .map_err(QueueError::classify)?;
+        Ok(())
+    }
+
+    /// How many entries the dead-letter list holds.
+    pub async fn dead_letter_count(&self) -> Result<u64, QueueError> {
+        self.link
+            .query(redis::cmd("LLEN").arg(&self.keys.dead))
+            .await
+    }
+
+    /// The first `limit` dead-letter entries, oldest first, as stored.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<Vec<u8>>, QueueError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.link
+            .query(
+                redis::cmd("LRANGE")
+                    .arg(&self.keys.dead)
+                    .arg(0)
+                    .arg(limit - 1),
+            )
+            .await
+    }
+
+    /// Moves up to `max` of the oldest dead-letter entries back to the tail of the list
+    /// (original bytes only), atomically. Returns how many moved; 0 when none are left.
+    pub async fn replay_dead_letters(&self, max: usize) -> Result<u64, QueueError> {
+        let mut invocation = self.scripts.replay.prepare_invoke();
+        invocation
+            .key(&self.keys.dead)
+            .key(&self.keys.list)
+            .arg(max);
+        self.link.invoke(&invocation).await
+    }
+
+    /// The current connection, for one-off commands (tools and tests).
+    pub async fn connection(&self) -> Result<Connection, QueueError> {
+        Ok(self.link.connection().await?.1)
+    }
+}
+
+/// The hard limit of `client-output-buffer-limit`'s `normal` class, if set (not 0).
+fn normal_reply_limit(value: &str) -> Option<u64> {
+    let words: Vec<&str> = value.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "normal")?;
+    let hard = parse_memory(words.get(at + 1)?)?;
+    (hard > 0).then_some(hard)
+}
+
+/// A Redis memory amount: bytes, or with a `kb`/`mb`/`gb` (1000s) or `k`/`m`/`g` suffix.
+fn parse_memory(text: &str) -> Option<u64> {
+    let lower = text.to_ascii_lowercase();
+    let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => lower.split_at(at),
+        None => (lower.as_str(), ""),
+    };
+    let unit = match unit {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+/// An entry of the dead-letter list: one line of JSON metadata, a newline, then the
+/// original element byte for byte (whatever its bytes are).
+///
+/// ```text
+/// {"reason":"collector answered 400","status":400,"failed_at":"2026-11-28T10:00:00.123Z","relay":"host:42:ab12cd"}
+/// {"e":"pv","tv":"py-0.4.0","p":"pc",…}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    /// Why the element could not be delivered.
+    pub reason: String,
+    /// The collector's HTTP status, when it answered.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// When it was dead-lettered (RFC 3339, UTC).
+    pub failed_at: String,
+    /// The relay instance that dead-lettered it.
+    pub relay: String,
+}
+
+impl DeadLetter {
+    /// A new entry stamped with the current time.
+    pub fn new(reason: impl Into<String>, status: Option<u16>, relay: &str) -> DeadLetter {
+        DeadLetter {
+            reason: reason.into(),
+            status,
+            failed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            relay: relay.to_owned(),
+        }
+    }
+
+    /// The metadata line (without the newline); the scripts append the element.
+    pub fn meta_line(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("serialisable")
+    }
+
+    /// The entry as stored in Redis: metadata line, `\n`, original element.
+    pub fn encode(&self, element: &[u8]) -> Vec<u8> {
+        let mut out = self.meta_line();
+        out.push(b'\n');
+        out.extend_from_slice(element);
+        out
+    }
+
+    /// Splits a stored entry into its metadata and the original element.
+    pub fn decode(entry: &[u8]) -> Option<(DeadLetter, &[u8])> {
+        let newline = entry.iter().position(|&b| b == b'\n')?;
+        let meta = serde_json::from_slice(&entry[..newline]).ok()?;
+        Some((meta, &entry[newline + 1..]))
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn instance_id() -> String {
+    format!(
+        "{}:{}:{:08x}",
+        hostname(),
+        std::process::id(),
+        fastrand::u32(..)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_keeps_the_element_byte_for_byte() {
+        let element = b"{\"e\":\"pv\"}\nnot even \xff utf-8";
+        let entry = DeadLetter::new("collector answered 400", Some(400), "h:1:0").encode(element);
+        let (meta, original) = DeadLetter::decode(&entry).unwrap();
+        assert_eq!(original, element);
+        assert_eq!(meta.status, Some(400));
+        assert_eq!(meta.reason, "collector answered 400");
+    }
+
+    #[test]
+    fn companion_keys_share_the_lists_hash_tag() {
+        let keys = Keys::new("snowplow", "{snowplow}:dead");
+        for key in [
+            keys.inflight("i"),
+            keys.retry("i"),
+            keys.meta("i"),
+            keys.lease("i"),
+            keys.instances.clone(),
+        ] {
+            assert!(key.starts_with("{snowplow}:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn the_reply_limit_is_read_from_the_normal_class() {
+        let limit = |value: &str| normal_reply_limit(value);
+        assert_eq!(
+            limit("normal 1048576 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60"),
+            Some(1_048_576)
+        );
+        assert_eq!(limit("normal 0 0 0 slave 256mb 64mb 60"), None);
+        assert_eq!(limit("normal 1mb 0 0"), Some(1024 * 1024));
+        assert_eq!(limit("normal 2m 0 0"), Some(2_000_000));
+        assert_eq!(limit("slave 1 2 3"), None);
+        assert_eq!(limit("normal lots 0 0"), None);
+    }
+
+    #[test]
+    fn log_text_is_one_line_and_bounded() {
+        assert_eq!(one_line("a\nb\r\u{1b}[31m"), "a\\nb\\r\\u{1b}[31m");
+        let long = one_line(&"x".repeat(2_000_000));
+        assert!(long.len() < 600, "{}", long.len());
+        assert!(long.ends_with("(2000000 bytes)"));
+        let key = shown_key(&format!("{}\n", "k".repeat(1_000_000)));
+        assert!(key.len() < 200 && !key.contains('\n'), "{key}");
+    }
+}

@@ -1,0 +1,35 @@
+-- ACK: acknowledges the in-flight events from the relay's acknowledged count up to
+-- ARGV[3] (delivered, dead-lettered or parked), writing their dead-letter and retry-list
+-- entries from Redis's own copy of each element. Safe to retry: it carries absolute
+-- counts, and an entry is written only for a position not acknowledged yet.
+-- KEYS: inflight, meta, instances, dead, retry.
+-- ARGV: instance, acknowledged total before, acknowledged total after, then triples
+--       (kind: 'd' dead-letter or 'p' parked, position, metadata line).
+-- Writes, in order: dead-letter and retry entries (copies), the count, then the trim.
+local denied = refused({{'sismember', KEYS[3]}, {'hget', KEYS[2]}, {'llen', KEYS[1]},
+  {'lrange', KEYS[1]}, {'rpush', KEYS[4]}, {'rpush', KEYS[5]}, {'hset', KEYS[2]},
+  {'ltrim', KEYS[1]}})
+if denied then return denied end
+local lost = check_lease(KEYS[3], ARGV[1]); if lost then return lost end
+local target = tonumber(ARGV[3])
+local acked, claimed, mismatch = counters(KEYS[2], KEYS[1], target, tonumber(ARGV[2]))
+if mismatch then return mismatch end
+if target > acked then
+  if #ARGV > 3 then
+    local items = redis.call('LRANGE', KEYS[1], 0, target - acked - 1)
+    local dead, parked = {}, {}
+    for i = 4, #ARGV, 3 do
+      local position = tonumber(ARGV[i + 1])
+      local item = items[position - acked + 1]
+      if position >= acked and item then
+        local entry = ARGV[i + 2] .. '\n' .. item
+        if ARGV[i] == 'p' then parked[#parked + 1] = entry else dead[#dead + 1] = entry end
+      end
+    end
+    push_all('RPUSH', KEYS[4], dead, 1)
+    push_all('RPUSH', KEYS[5], parked, 1)
+  end
+  redis.call('HSET', KEYS[2], 'acked', target)
+  redis.call('LTRIM', KEYS[1], target - acked, -1)
+end
+return target

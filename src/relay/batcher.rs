@@ -1,0 +1,254 @@
+//! The batcher: parses claimed elements, sends bad ones to the dead-letter path, fills
+//! batches by count and bytes, sends a partial batch once it is `flush_interval_ms` old
+//! (or at once when the list ran dry, or on a flush request), and runs one sender per
+//! batch, at most `max_requests_in_flight` at once.
+//!
+//! A sender retries its batch until it is delivered, rejected (dead-lettered), split in
+//! halves (413), parked (it kept failing while other requests succeeded) or abandoned
+//! (drain deadline). Every way it ends is a [`Resolution`] for the acker.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::{JoinError, JoinSet};
+
+use super::{Claimed, ParkedEvent, Resolution, Shared};
+use crate::emitter::{Batch, BatchBuilder, Outcome};
+use crate::event::{BadEvent, Event};
+use crate::metrics::DeadReason;
+
+pub(super) struct Batcher {
+    shared: Arc<Shared>,
+    claimed_rx: mpsc::Receiver<Claimed>,
+    resolved_tx: mpsc::UnboundedSender<Resolution>,
+    flush: Arc<tokio::sync::Notify>,
+    builder: BatchBuilder,
+    requests: Arc<Semaphore>,
+    senders: JoinSet<()>,
+    /// When the partial batch in `builder` must be sent at the latest.
+    flush_at: Option<tokio::time::Instant>,
+}
+
+impl Batcher {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        claimed_rx: mpsc::Receiver<Claimed>,
+        resolved_tx: mpsc::UnboundedSender<Resolution>,
+        flush: Arc<tokio::sync::Notify>,
+    ) -> Batcher {
+        let settings = &shared.settings;
+        Batcher {
+            builder: BatchBuilder::new(settings.method, settings.buffer_size, settings.byte_limit),
+            requests: Arc::new(Semaphore::new(settings.max_requests_in_flight)),
+            senders: JoinSet::new(),
+            flush_at: None,
+            shared,
+            claimed_rx,
+            resolved_tx,
+            flush,
+        }
+    }
+
+    /// Batches and sends until claiming has stopped and every sender is done.
+    pub(super) async fn run(mut self) {
+        loop {
+            let flush_at = self.flush_at;
+            let flush_timer = async {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let claimed = tokio::select! {
+                claimed = self.claimed_rx.recv() => match claimed {
+                    Some(claimed) => claimed,
+                    None => break,
+                },
+                () = flush_timer => {
+                    self.send_partial().await;
+                    continue;
+                }
+                () = self.flush.notified() => {
+                    let held = self.builder.pending();
+                    self.send_partial().await;
+                    tracing::info!(events = held, "flush requested: partial batch sent");
+                    continue;
+                }
+                Some(joined) = self.senders.join_next(), if !self.senders.is_empty() => {
+                    self.check(joined);
+                    continue;
+                }
+            };
+            self.take(claimed).await;
+        }
+        // Claiming stopped: send what is held, then wait for every sender.
+        self.send_partial().await;
+        while let Some(joined) = self.senders.join_next().await {
+            self.check(joined);
+        }
+    }
+
+    /// Parses and batches one claim's elements.
+    async fn take(&mut self, claimed: Claimed) {
+        let shared = self.shared.clone();
+        let settings = &shared.settings;
+        let mut dead = Vec::new();
+        for (offset, raw) in claimed.elements.into_iter().enumerate() {
+            let position = claimed.first_position + offset as u64;
+            let parsed = if raw.len() > settings.max_element_bytes {
+                Err(BadEvent::TooLarge {
+                    size: raw.len(),
+                    limit: settings.max_element_bytes,
+                })
+            } else {
+                Event::parse(raw.clone(), settings.parse)
+            };
+            let (kind, reason) = match parsed.map(|event| self.builder.push(position, event)) {
+                Ok(Ok(Some(batch))) => {
+                    self.flush_at = None;
+                    self.start(batch).await;
+                    continue;
+                }
+                Ok(Ok(None)) => continue,
+                Ok(Err((_, too_large))) => (DeadReason::Unsendable, too_large.to_string()),
+                Err(bad @ BadEvent::TooLarge { .. }) => (DeadReason::Oversized, bad.to_string()),
+                Err(bad @ BadEvent::UndecodableString(_)) => {
+                    (DeadReason::Unsendable, bad.to_string())
+                }
+                Err(bad) => (DeadReason::Malformed, bad.to_string()),
+            };
+            dead.push((position, raw.len(), kind, reason));
+        }
+        if self.builder.pending() > 0 && self.flush_at.is_none() {
+            self.flush_at = Some(tokio::time::Instant::now() + settings.flush_interval);
+        }
+        if let Some((_, _, _, first_reason)) = dead.first() {
+            tracing::warn!(
+                count = dead.len(),
+                first_reason = %first_reason,
+                "elements cannot be relayed; dead-lettering them"
+            );
+        }
+        for (position, size, reason, text) in dead {
+            let _ = self.resolved_tx.send(Resolution::Dead {
+                reason,
+                meta: self.shared.dead_letter(text, None).into(),
+                events: vec![(position, size)],
+            });
+        }
+        if claimed.ran_dry {
+            self.send_partial().await;
+        }
+    }
+
+    /// Sends the partial batch, if any.
+    async fn send_partial(&mut self) {
+        self.flush_at = None;
+        if let Some(batch) = self.builder.take() {
+            self.start(batch).await;
+        }
+    }
+
+    /// Starts a sender for `batch` once a request slot is free. If the relay is
+    /// abandoning, the batch is not sent: its events stay pending and go back to the list.
+    async fn start(&mut self, batch: Batch) {
+        let abandoning = &self.shared.lifecycle.abandoning;
+        let permit = tokio::select! {
+            permit = self.requests.clone().acquire_owned() => permit,
+            () = abandoning.cancelled() => return,
+        };
+        let Ok(permit) = permit else { return };
+        while let Some(joined) = self.senders.try_join_next() {
+            self.check(joined);
+        }
+        let shared = self.shared.clone();
+        let resolved_tx = self.resolved_tx.clone();
+        self.senders.spawn(async move {
+            send_until_resolved(batch, &shared, &resolved_tx).await;
+            drop(permit);
+        });
+    }
+
+    /// A sender that panicked is a fatal error: its events would never be resolved.
+    fn check(&self, joined: Result<(), JoinError>) {
+        if let Err(error) = joined {
+            self.shared.lifecycle.fail(crate::Error::TaskFailed {
+                task: "sender",
+                message: error.to_string(),
+            });
+        }
+    }
+}
+
+/// Sends `batch` (split in halves as often as the collector asks) until every event is
+/// delivered, dead-lettered or parked, or the relay abandons it.
+async fn send_until_resolved(
+    batch: Batch,
+    shared: &Shared,
+    resolved_tx: &mpsc::UnboundedSender<Resolution>,
+) {
+    let sizes = |batch: &Batch| -> Vec<(u64, usize)> {
+        batch
+            .positions
+            .iter()
+            .zip(&batch.events)
+            .map(|(&position, event)| (position, event.raw().len()))
+            .collect()
+    };
+    let mut parts = vec![batch];
+    while let Some(batch) = parts.pop() {
+        let outcome = shared
+            .emitter
+            .send(&batch, &shared.lifecycle.abandoning)
+            .await;
+        let resolution = match outcome {
+            Outcome::Delivered => {
+                shared.metrics.delivered(batch.len() as u64);
+                Resolution::Delivered(sizes(&batch))
+            }
+            Outcome::Rejected {
+                status,
+                reason,
+                kind,
+            } => {
+                tracing::warn!(
+                    events = batch.len(),
+                    status,
+                    %reason,
+                    "collector refused a batch for good; dead-lettering it"
+                );
+                Resolution::Dead {
+                    reason: kind,
+                    meta: shared.dead_letter(reason, status).into(),
+                    events: sizes(&batch),
+                }
+            }
+            Outcome::Split { status } => {
+                tracing::warn!(
+                    events = batch.len(),
+                    status,
+                    "a batch is too large for the collector; sending each half on its own"
+                );
+                let (first, second) = batch.split();
+                parts.push(second);
+                parts.push(first);
+                continue;
+            }
+            Outcome::Park { status, attempts } => Resolution::Parked(
+                batch
+                    .positions
+                    .iter()
+                    .zip(&batch.events)
+                    .map(|(&position, event)| ParkedEvent {
+                        position,
+                        element: event.raw().clone(),
+                        attempts,
+                        status,
+                    })
+                    .collect(),
+            ),
+            Outcome::Abandoned => return,
+        };
+        let _ = resolved_tx.send(resolution);
+    }
+}

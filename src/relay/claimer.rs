@@ -1,0 +1,314 @@
+//! The claimer: takes events from the list into this instance's in-flight list while it
+//! holds claim permits (events and bytes: the memory bound) and the collector accepts
+//! requests, and hands them to the batcher. On an empty list it blocks in Redis instead
+//! of polling, after telling the batcher the list ran dry so that a lone event is sent at
+//! once. While the collector fails as a whole, it claims one probe batch at a time (a
+//! probe that gets through shows whether the collector or a few events are at fault).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::{Claimed, Shared};
+use crate::health::Stage;
+use crate::metrics::DeadReason;
+use crate::queue::{BlockingConnection, QueueError};
+use crate::retry::{self, Retry};
+
+/// How long one blocking wait on an empty list lasts before it is renewed.
+const BLOCK_FOR: Duration = Duration::from_secs(5);
+
+pub(super) struct Claimer {
+    shared: Arc<Shared>,
+    claimed_tx: mpsc::Sender<Claimed>,
+    collector_healthy: watch::Receiver<bool>,
+    /// How many events this instance claimed so far (as far as it knows).
+    position: u64,
+    /// The bytes one claim may bring: `redis.claim_max_bytes`, less if Redis's reply
+    /// limit is smaller, halved after Redis closed the connection during a claim.
+    budget: usize,
+    /// Elements above this go to the dead-letter list from the claim script.
+    max_element_bytes: usize,
+    blocking: Option<BlockingConnection>,
+    claims: Retry,
+    waits: Retry,
+    probes: Retry,
+    /// How many batches were failing when the last probe was claimed: a probe is only
+    /// claimed while that number has not grown (the last probe did not fail too).
+    failing_at_probe: Option<usize>,
+}
+
+impl Claimer {
+    pub(super) fn new(shared: Arc<Shared>, claimed_tx: mpsc::Sender<Claimed>) -> Claimer {
+        let settings = &shared.settings;
+        let mut max_element_bytes = settings.max_element_bytes;
+        let mut budget = settings.claim_max_bytes;
+        if let Some(limit) = shared.queue.probe().reply_limit_bytes {
+            // A reply Redis cannot send closes the connection: keep claims to half of it.
+            let half = (limit / 2) as usize;
+            if half < max_element_bytes {
+                tracing::warn!(
+                    reply_limit_bytes = limit,
+                    max_element_bytes = half,
+                    "Redis's client-output-buffer-limit (normal class) cannot send elements \
+                     of events.max_element_bytes in one reply: elements over half the limit \
+                     go to the dead-letter list; raise the limit to relay them"
+                );
+                max_element_bytes = half.max(1);
+            }
+            budget = budget.min(half).max(max_element_bytes);
+        }
+        let backoff = shared.emitter.backoff();
+        Claimer {
+            collector_healthy: shared.emitter.healthy(),
+            shared,
+            claimed_tx,
+            position: 0,
+            budget,
+            max_element_bytes,
+            blocking: None,
+            claims: Retry::new(retry::REDIS),
+            waits: Retry::new(retry::REDIS),
+            probes: Retry::new(backoff),
+            failing_at_probe: None,
+        }
+    }
+
+    /// Claims while running; returns the claim position reached.
+    pub(super) async fn run(mut self) -> Result<u64, QueueError> {
+        let shared = self.shared.clone();
+        let stop = &shared.lifecycle.draining;
+        loop {
+            let Some(probe) = self.may_claim().await else {
+                return Ok(self.position);
+            };
+            let Some(wanted) = self.take_permits(probe).await else {
+                return Ok(self.position);
+            };
+            // Cancelled by shutdown, a claim that ran in Redis is not lost: the release
+            // reads Redis's own copy of the in-flight list.
+            shared.health.call_started(Stage::Claim);
+            let claim = tokio::select! {
+                claim = shared.queue.claim(
+                    self.position,
+                    wanted,
+                    self.max_element_bytes,
+                    self.budget,
+                ) => claim,
+                () = stop.cancelled() => {
+                    shared.health.stage_idle(Stage::Claim);
+                    return Ok(self.position);
+                }
+            };
+            let claim = match claim {
+                Ok(claim) => {
+                    shared.health.call_ended(Stage::Claim, Ok(()));
+                    self.claims.succeeded();
+                    claim
+                }
+                Err(error) => {
+                    shared.health.call_ended(Stage::Claim, Err(error.kind()));
+                    shared.permits.give_back(wanted, self.budget);
+                    if error.needs_new_instance() {
+                        shared.lifecycle.lost_instance();
+                        return Err(error);
+                    }
+                    self.claim_failed(&error);
+                    if !self.claims.pause(stop).await {
+                        return Ok(self.position);
+                    }
+                    continue;
+                }
+            };
+            if claim.oversized > 0 {
+                shared
+                    .metrics
+                    .dead_lettered(DeadReason::Oversized, claim.oversized);
+                tracing::warn!(
+                    count = claim.oversized,
+                    limit = self.max_element_bytes,
+                    "elements over events.max_element_bytes went to the dead-letter list"
+                );
+            }
+            let count = claim.elements.len();
+            let bytes: usize = claim.elements.iter().map(Bytes::len).sum();
+            // Give back what the claim did not use; take what a resent claim brought more.
+            settle_permits(&shared.permits.events, wanted, count);
+            settle_permits(&shared.permits.bytes, self.budget, bytes);
+            if count > 0 {
+                shared.metrics.claimed(count as u64, bytes as u64);
+                let claimed = Claimed {
+                    first_position: self.position,
+                    elements: claim.elements,
+                    ran_dry: claim.ran_dry,
+                };
+                self.position += count as u64;
+                if self.claimed_tx.send(claimed).await.is_err() {
+                    return Ok(self.position);
+                }
+            }
+            if !claim.ran_dry || count > 0 {
+                // More to take at once; or claim again: if the list is empty now, that
+                // claim says so.
+                continue;
+            }
+            // Nothing to claim: let the batcher send what it holds, then block in Redis.
+            let flush = Claimed {
+                first_position: self.position,
+                elements: Vec::new(),
+                ran_dry: true,
+            };
+            if self.claimed_tx.send(flush).await.is_err() {
+                return Ok(self.position);
+            }
+            if !self.wait_for_events().await {
+                return Ok(self.position);
+            }
+        }
+    }
+
+    /// Waits until claiming is allowed: `Some(false)` for a full claim, `Some(true)` for
+    /// a probe while the collector fails, `None` when claiming stopped.
+    ///
+    /// While the collector fails as a whole, a probe batch is claimed after each backoff
+    /// delay, but only while the number of failing batches has not grown since the last
+    /// probe: one probe fails at a time. A probe that gets through shows that a few
+    /// events, not the collector, are at fault (those batches are then parked).
+    async fn may_claim(&mut self) -> Option<bool> {
+        let stop = self.shared.lifecycle.draining.clone();
+        loop {
+            if *self.collector_healthy.borrow() {
+                self.probes.succeeded();
+                self.failing_at_probe = None;
+                return Some(false);
+            }
+            self.probes.set_backoff(self.shared.emitter.backoff());
+            let delay = self.probes.failed();
+            tokio::select! {
+                _ = self.collector_healthy.wait_for(|healthy| *healthy) => continue,
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => return None,
+            }
+            let failing = self.shared.emitter.failing_batches();
+            if self.failing_at_probe.is_none_or(|before| failing <= before) {
+                self.failing_at_probe = Some(failing);
+                return Some(true);
+            }
+        }
+    }
+
+    /// Takes permits for one claim: one event at least and the claim's byte budget, then
+    /// as many more events as a claim takes and the window allows. Returns how many
+    /// events to claim, or `None` when claiming stopped.
+    async fn take_permits(&self, probe: bool) -> Option<usize> {
+        let shared = &self.shared;
+        let settings = &shared.settings;
+        let room = async {
+            let first = shared.permits.events.acquire().await.ok()?;
+            let bytes = shared
+                .permits
+                .bytes
+                .acquire_many(self.budget as u32)
+                .await
+                .ok()?;
+            first.forget();
+            bytes.forget();
+            Some(())
+        };
+        let immediately = shared.permits.events.available_permits() > 0
+            && shared.permits.bytes.available_permits() >= self.budget;
+        if !immediately {
+            shared.health.window_blocked(true);
+        }
+        let got = tokio::select! {
+            got = room => got,
+            () = shared.lifecycle.draining.cancelled() => None,
+        };
+        shared.health.window_blocked(false);
+        got?;
+        let most = if probe {
+            settings.buffer_size.get()
+        } else {
+            settings.claim_batch_size
+        };
+        let extra = (most - 1).min(shared.permits.events.available_permits());
+        if let Ok(more) = shared.permits.events.try_acquire_many(extra as u32) {
+            more.forget();
+        }
+        Some(1 + extra)
+    }
+
+    fn claim_failed(&mut self, error: &QueueError) {
+        self.shared.metrics.redis_error("claim");
+        let dropped =
+            matches!(error, QueueError::Redis(e) if e.is_connection_dropped() || e.is_io_error());
+        let floor = self.max_element_bytes;
+        if dropped && self.budget > floor {
+            // Redis may close a connection whose reply outgrows its output buffer limit:
+            // the claim's reply (or its resend) must get smaller to get through.
+            self.budget = (self.budget / 2).max(floor);
+            tracing::warn!(
+                %error,
+                claim_max_bytes = self.budget,
+                "Redis closed the connection during a claim; claiming at most half as many \
+                 bytes from now on (is client-output-buffer-limit normal set?)"
+            );
+        } else {
+            tracing::warn!(
+                %error,
+                attempt = self.claims.failures() + 1,
+                "cannot claim events from Redis; retrying"
+            );
+        }
+    }
+
+    /// Blocks until the list has an element, the wait times out, or claiming stops;
+    /// `false` when it stopped.
+    async fn wait_for_events(&mut self) -> bool {
+        let shared = self.shared.clone();
+        let stop = &shared.lifecycle.draining;
+        let waited = async {
+            let conn = match &mut self.blocking {
+                Some(conn) => conn,
+                None => {
+                    let conn = shared.queue.blocking_connection(BLOCK_FOR).await?;
+                    self.blocking.insert(conn)
+                }
+            };
+            shared.queue.wait_for_events(conn, BLOCK_FOR).await
+        };
+        // Abandoning the wait is harmless: it moves nothing.
+        let result = tokio::select! {
+            result = waited => result,
+            () = stop.cancelled() => return false,
+        };
+        match result {
+            Ok(()) => {
+                self.waits.succeeded();
+                true
+            }
+            Err(error) => {
+                self.blocking = None;
+                shared.metrics.redis_error("wait");
+                tracing::warn!(
+                    %error,
+                    attempt = self.waits.failures() + 1,
+                    "cannot wait on the Redis list; retrying"
+                );
+                self.waits.pause(stop).await
+            }
+        }
+    }
+}
+
+/// Gives back the permits a claim did not use, or takes those a resent claim brought
+/// beyond what was asked.
+fn settle_permits(semaphore: &Semaphore, have: usize, used: usize) {
+    if used < have {
+        semaphore.add_permits(have - used);
+    } else if let Ok(more) = semaphore.try_acquire_many((used - have) as u32) {
+        more.forget();
+    }
+}

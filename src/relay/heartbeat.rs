@@ -1,0 +1,146 @@
+//! The heartbeat renews this instance's lease every third of its lifetime (retrying
+//! within the period when a renewal fails) and returns the events of relays whose lease
+//! expired; the sampler reads the list lengths, the head event's age and Redis's memory
+//! for the metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Shared;
+use crate::health::Stage;
+use crate::metrics::Metrics;
+use crate::queue::{Queue, QueueError};
+use crate::retry::{self, Retry};
+
+pub(super) struct Heartbeat {
+    shared: Arc<Shared>,
+}
+
+impl Heartbeat {
+    pub(super) fn new(shared: Arc<Shared>) -> Heartbeat {
+        Heartbeat { shared }
+    }
+
+    /// Renews the lease until the run ends; fails only when the lease was lost.
+    pub(super) async fn run(self) -> Result<(), QueueError> {
+        let shared = &self.shared;
+        let period = shared.queue.lease_ttl() / 3;
+        shared.health.lease_renewed(); // registered just before the run started
+        let mut next = Instant::now() + period;
+        loop {
+            shared.health.loop_turned();
+            tokio::time::sleep_until(next).await;
+            next += period;
+            self.renew(next).await?;
+            if let Err(error) = recover_expired(&shared.queue, &shared.metrics).await {
+                tracing::warn!(%error, "cannot check for expired relays");
+            }
+        }
+    }
+
+    /// Renews the lease, retrying with backoff until it succeeds or `until` (the next
+    /// period) comes: a connection broken now and then must not cost the lease.
+    async fn renew(&self, until: Instant) -> Result<(), QueueError> {
+        let shared = &self.shared;
+        let mut retry = Retry::new(retry::REDIS);
+        loop {
+            shared.health.loop_turned();
+            shared.health.call_started(Stage::Heartbeat);
+            match shared.queue.heartbeat().await {
+                Ok(()) => {
+                    shared.health.call_ended(Stage::Heartbeat, Ok(()));
+                    shared.health.lease_renewed();
+                    shared.metrics.lease_renewed();
+                    return Ok(());
+                }
+                Err(QueueError::LeaseLost) => {
+                    shared
+                        .health
+                        .call_ended(Stage::Heartbeat, Err("lease_lost"));
+                    shared.metrics.lease_lost();
+                    shared.health.unregistered();
+                    shared.lifecycle.lost_instance();
+                    return Err(QueueError::LeaseLost);
+                }
+                Err(error) => {
+                    shared
+                        .health
+                        .call_ended(Stage::Heartbeat, Err(error.kind()));
+                    shared.metrics.redis_error("heartbeat");
+                    let delay = retry.failed();
+                    tracing::warn!(%error, attempt = retry.failures(), "cannot renew the lease; retrying");
+                    if Instant::now() + delay >= until {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// How often the list lengths, the head event's age and Redis's memory are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Samples the list, the dead-letter list, the head event's age and Redis's memory for
+/// the metrics; says when Redis reaches and leaves `maxmemory`.
+pub(super) async fn sample(shared: Arc<Shared>) {
+    let mut full = false;
+    let mut memory_readable = true;
+    loop {
+        match shared.queue.sample().await {
+            Ok(sample) => {
+                let age = sample.head_dtm_millis.map_or(0.0, |dtm| {
+                    (crate::emitter::now_millis().saturating_sub(dtm)) as f64 / 1e3
+                });
+                shared.metrics.sampled(sample.list, sample.dead, age);
+            }
+            Err(_) => shared.metrics.redis_error("sample"),
+        }
+        if memory_readable {
+            match shared.queue.memory().await {
+                Ok((used, max)) => {
+                    let now_full = max > 0 && used >= max;
+                    if now_full && !full {
+                        tracing::warn!(
+                            used_memory = used,
+                            maxmemory = max,
+                            "Redis is out of memory (used_memory reached maxmemory): it refuses \
+                             producers' pushes; the relay keeps draining the list, which frees \
+                             memory"
+                        );
+                    } else if full && !now_full {
+                        tracing::info!(
+                            used_memory = used,
+                            maxmemory = max,
+                            "Redis has memory again"
+                        );
+                    }
+                    full = now_full;
+                }
+                // INFO refused (ACL, managed Redis): stop asking.
+                Err(QueueError::Permission(_)) => memory_readable = false,
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+}
+
+/// Returns the events of relays whose lease expired to the list, and counts them as
+/// redelivered.
+pub(crate) async fn recover_expired(queue: &Queue, metrics: &Metrics) -> Result<(), QueueError> {
+    let recovered = queue.recover_expired().await?;
+    if recovered.instances > 0 {
+        metrics.redelivered(recovered.events);
+        tracing::warn!(
+            instances = recovered.instances,
+            events = recovered.events,
+            "returned the events of relays whose lease expired; those they had delivered \
+             will arrive twice"
+        );
+    }
+    Ok(())
+}

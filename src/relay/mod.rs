@@ -1,0 +1,495 @@
+//! One relay run on a registered instance: the tasks joining the queue and the emitter,
+//! and the graceful drain. An event travels in one direction:
+//!
+//! ```text
+//! claimer --Claimed--> batcher --Batch--> senders --Resolution--> acker --Parked--> retrier
+//!    ^                   (parse, batch, flush timer)                 |                |
+//!    |                                                              (ack script)    (settle script)
+//!    +---- claim permits (events, bytes), given back on acknowledgement or settlement
+//! heartbeat: renews the lease and recovers dead relays' events; sampler: list lengths
+//! ```
+//!
+//! - [`claimer`] claims while it holds claim permits (the memory bound) and the collector
+//!   accepts requests; while the collector fails it claims one probe batch at a time.
+//! - [`batcher`] parses elements, fills batches by count and bytes, and runs one sender
+//!   per batch (at most `max_requests_in_flight`). A sender retries its batch until it is
+//!   delivered, rejected, split (413) or parked (it kept failing while others succeeded).
+//! - [`acker`] keeps the window of claimed events in claim order and acknowledges the
+//!   resolved prefix in one script call, writing dead-letter and retry-list entries.
+//! - [`retrier`] retries parked events one by one and dead-letters those that keep
+//!   failing while other requests succeed.
+//! - [`heartbeat`] renews the lease and samples the lists for the metrics.
+//!
+//! Every task follows one [`Lifecycle`]: *running* → *draining* (shutdown asked or a
+//! fatal error: claiming stops, batches are sent) → *abandoning* (drain deadline, second
+//! signal or fatal error: requests are dropped). Then, in one script, every resolution
+//! received is acknowledged and every unresolved event, in flight or parked, goes back to
+//! the head of the list in claim order ([`Queue::release`]). A task that panics or ends
+//! unexpectedly is a fatal error (exit 1), never swallowed: what it held stays in Redis.
+
+mod acker;
+mod batcher;
+mod claimer;
+mod heartbeat;
+mod retrier;
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::{JoinError, JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Method, Valid};
+use crate::emitter::Emitter;
+use crate::event::ParseOptions;
+use crate::health::Health;
+use crate::metrics::{DeadReason, Metrics, Summary};
+use crate::queue::{Queue, QueueError};
+
+pub(crate) use heartbeat::recover_expired;
+
+/// How long returning the undelivered events may take after the drain, Redis answering
+/// or not. With a second signal it is [`FORCED_RELEASE_BUDGET`] instead.
+pub const RELEASE_BUDGET: Duration = Duration::from_secs(2);
+
+/// The release budget after a second signal: the relay exits within this, leaving what
+/// Redis could not take back in the in-flight list for lease recovery.
+pub const FORCED_RELEASE_BUDGET: Duration = Duration::from_millis(500);
+
+/// The settings the tasks use, taken from a validated configuration.
+#[derive(Debug, Clone)]
+struct Settings {
+    claim_batch_size: usize,
+    claim_max_bytes: usize,
+    max_claimed_events: usize,
+    max_claimed_bytes: usize,
+    buffer_size: NonZeroUsize,
+    byte_limit: NonZeroUsize,
+    method: Method,
+    flush_interval: Duration,
+    max_requests_in_flight: usize,
+    drain_timeout: Duration,
+    parse: ParseOptions,
+    max_element_bytes: usize,
+    isolated_failure_limit: u32,
+}
+
+impl Settings {
+    fn from_config(config: &Valid) -> Settings {
+        Settings {
+            claim_batch_size: config.redis.claim_batch_size.get(),
+            claim_max_bytes: config.redis.claim_max_bytes.get(),
+            max_claimed_events: config.worker.max_claimed_events.get(),
+            max_claimed_bytes: config.worker.max_claimed_bytes.get(),
+            buffer_size: config.buffer_size(),
+            byte_limit: config.byte_limit(),
+            method: config.collector.method,
+            flush_interval: Duration::from_millis(config.collector.flush_interval_ms),
+            max_requests_in_flight: config.collector.max_requests_in_flight.get(),
+            drain_timeout: Duration::from_millis(config.worker.drain_timeout_ms),
+            parse: ParseOptions::for_method(
+                config.collector.method,
+                config.events.allow_unknown_fields,
+            ),
+            max_element_bytes: config.max_element_bytes().get(),
+            isolated_failure_limit: config.collector.isolated_failure_limit,
+        }
+    }
+}
+
+/// Where the run is in its life. It only moves forward, and every task watches it.
+#[derive(Debug, Default)]
+struct Lifecycle {
+    /// Shutdown asked or a fatal error: claim nothing more; send and acknowledge what is
+    /// held.
+    draining: CancellationToken,
+    /// Drain deadline, second signal or fatal error: drop requests in flight; what is
+    /// unresolved goes back to the list.
+    abandoning: CancellationToken,
+    /// The first fatal error, reported when the run returns.
+    fatal: Mutex<Option<crate::Error>>,
+}
+
+impl Lifecycle {
+    fn drain(&self) {
+        self.draining.cancel();
+    }
+
+    fn abandon(&self) {
+        self.draining.cancel();
+        self.abandoning.cancel();
+    }
+
+    /// Records a fatal error (the first one wins) and stops everything.
+    fn fail(&self, error: crate::Error) {
+        match &error {
+            crate::Error::Queue(e) if e.needs_new_instance() => {
+                tracing::warn!(%error, "stopping this instance");
+            }
+            _ => tracing::error!(%error, "fatal error; stopping"),
+        }
+        if let Ok(mut fatal) = self.fatal.lock() {
+            fatal.get_or_insert(error);
+        }
+        self.abandon();
+    }
+
+    /// An error that makes this instance register again: stop the others first, so that
+    /// their ending is not taken for a failure of their own; the error itself is reported
+    /// when its task is joined.
+    fn lost_instance(&self) {
+        self.abandon();
+    }
+
+    fn take_fatal(&self) -> Option<crate::Error> {
+        self.fatal.lock().ok().and_then(|mut fatal| fatal.take())
+    }
+}
+
+/// What bounds the claimed events: permits for events and for bytes, taken by the
+/// claimer and given back by the acker (and the retrier, for parked events' bytes).
+#[derive(Debug)]
+struct ClaimPermits {
+    events: Semaphore,
+    bytes: Semaphore,
+}
+
+impl ClaimPermits {
+    fn give_back(&self, events: usize, bytes: usize) {
+        self.events.add_permits(events);
+        self.bytes.add_permits(bytes);
+    }
+}
+
+/// What every task of one run shares.
+struct Shared {
+    queue: Arc<Queue>,
+    emitter: Arc<Emitter>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    settings: Settings,
+    lifecycle: Lifecycle,
+    permits: ClaimPermits,
+}
+
+impl Shared {
+    /// The instance's dead-letter metadata for `reason`.
+    fn dead_letter(&self, reason: impl Into<String>, status: Option<u16>) -> Vec<u8> {
+        crate::queue::DeadLetter::new(reason, status, self.queue.instance()).meta_line()
+    }
+}
+
+/// Elements claimed in one round trip, starting at `first_position`.
+#[derive(Debug)]
+struct Claimed {
+    first_position: u64,
+    elements: Vec<Bytes>,
+    /// The list held fewer events than the claim could take: send partial batches now.
+    ran_dry: bool,
+}
+
+/// A parked event: it left the window for the retry list and is retried on its own.
+#[derive(Debug, Clone)]
+struct ParkedEvent {
+    position: u64,
+    element: Bytes,
+    /// Attempts made before it was parked.
+    attempts: u32,
+    status: Option<u16>,
+}
+
+/// How some claimed events ended.
+#[derive(Debug)]
+enum Resolution {
+    /// The collector accepted the events at these positions (with their sizes).
+    Delivered(Vec<(u64, usize)>),
+    /// These positions go to the dead-letter list with this metadata, for this reason.
+    Dead {
+        reason: DeadReason,
+        meta: Arc<[u8]>,
+        events: Vec<(u64, usize)>,
+    },
+    /// These events kept failing while others succeeded: to the retry list.
+    Parked(Vec<ParkedEvent>),
+}
+
+/// What the retrier resolved but could not write to Redis before the run ended: the
+/// release writes it.
+#[derive(Debug, Default)]
+struct Unsettled {
+    delivered: Vec<u64>,
+    dead: Vec<(u64, Vec<u8>, DeadReason)>,
+}
+
+/// What outlives one run (one registered instance): the collector client, the metrics,
+/// the health, and the flush requests (SIGUSR1).
+pub(crate) struct Services {
+    pub(crate) emitter: Arc<Emitter>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) flush: Arc<tokio::sync::Notify>,
+}
+
+/// Runs the relay on a registered queue until `shutdown` is cancelled, then drains;
+/// `force` cuts the drain short. Returns what was done.
+pub(crate) async fn run(
+    config: &Valid,
+    queue: Arc<Queue>,
+    services: &Services,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+) -> Result<Summary, crate::Error> {
+    let settings = Settings::from_config(config);
+    let Services {
+        emitter,
+        metrics,
+        health,
+        flush,
+    } = services;
+    let (emitter, metrics, health, flush) = (
+        emitter.clone(),
+        metrics.clone(),
+        health.clone(),
+        flush.clone(),
+    );
+    let shared = Arc::new(Shared {
+        permits: ClaimPermits {
+            events: Semaphore::new(settings.max_claimed_events),
+            bytes: Semaphore::new(settings.max_claimed_bytes),
+        },
+        queue,
+        emitter,
+        metrics,
+        health,
+        settings,
+        lifecycle: Lifecycle::default(),
+    });
+    let (claimed_tx, claimed_rx) = mpsc::channel(2);
+    let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
+    let (parked_tx, parked_rx) = mpsc::unbounded_channel();
+
+    let mut tasks = Tasks {
+        claimer: Some(tokio::spawn(
+            claimer::Claimer::new(shared.clone(), claimed_tx).run(),
+        )),
+        batcher: Some(tokio::spawn(
+            batcher::Batcher::new(shared.clone(), claimed_rx, resolved_tx, flush).run(),
+        )),
+        acker: Some(tokio::spawn(
+            acker::Acker::new(shared.clone(), resolved_rx, parked_tx).run(),
+        )),
+        retrier: Some(tokio::spawn(
+            retrier::Retrier::new(shared.clone(), parked_rx).run(),
+        )),
+        heartbeat: Some(tokio::spawn(
+            heartbeat::Heartbeat::new(shared.clone()).run(),
+        )),
+        sampler: tokio::spawn(heartbeat::sample(shared.clone())),
+        position: None,
+        window: None,
+        unsettled: None,
+    };
+    shared.health.set_status("relaying");
+    let lifecycle = &shared.lifecycle;
+
+    // Run until shutdown or a fatal error; a task that ends before then is one.
+    tokio::select! {
+        () = shutdown.cancelled() => {
+            shared.health.stopping();
+            tracing::info!(
+                drain_timeout_ms = shared.settings.drain_timeout.as_millis() as u64,
+                "shutdown requested: claiming stopped, draining what is held"
+            );
+        }
+        () = lifecycle.draining.cancelled() => {}
+        task = tasks.first_to_end(&shared) => {
+            if !lifecycle.draining.is_cancelled() {
+                lifecycle.fail(crate::Error::TaskFailed {
+                    task,
+                    message: "ended unexpectedly".into(),
+                });
+            }
+        }
+    }
+    lifecycle.drain();
+    shared.health.stopping();
+    shared
+        .health
+        .set_status("draining: sending what is held, then returning the rest to the list");
+
+    // Drain until every task is done, the deadline passes or a second signal comes.
+    let drain_deadline = tokio::time::sleep(shared.settings.drain_timeout);
+    tokio::pin!(drain_deadline);
+    let mut forced = false;
+    while !tasks.drained() {
+        tokio::select! {
+            _ = tasks.first_to_end(&shared) => {}
+            () = &mut drain_deadline, if !lifecycle.abandoning.is_cancelled() => {
+                tracing::warn!("drain deadline passed; returning what is left to the list");
+                lifecycle.abandon();
+            }
+            () = force.cancelled(), if !forced => {
+                forced = true;
+                tracing::warn!("second signal: returning what is left to the list now");
+                lifecycle.abandon();
+            }
+        }
+    }
+    // Nothing renews the lease from here on: the release ends the instance.
+    if let Some(heartbeat) = tasks.heartbeat.take() {
+        heartbeat.abort();
+    }
+    tasks.sampler.abort();
+    shared.health.stage_idle(crate::health::Stage::Heartbeat);
+
+    let mut fatal = lifecycle.take_fatal();
+    let needs_new_instance =
+        matches!(&fatal, Some(crate::Error::Queue(e)) if e.needs_new_instance());
+    if let Some(crate::Error::Queue(QueueError::StateMismatch(_))) = &fatal {
+        shared.metrics.state_mismatch();
+        // Nothing positional is trusted: everything held goes back.
+        match tokio::time::timeout(RELEASE_BUDGET, shared.queue.abandon()).await {
+            Ok(Ok(returned)) => tracing::warn!(
+                returned,
+                "returned everything this relay held to the list; events it had delivered \
+                 will arrive twice"
+            ),
+            _ => tracing::warn!(
+                "could not return what this relay held now; it goes back when this \
+                 instance's lease expires"
+            ),
+        }
+    } else if let (Some(Some(window)), Some(Some(position)), false) =
+        (&tasks.window, tasks.position, needs_new_instance)
+    {
+        let unsettled = tasks.unsettled.take().flatten().unwrap_or_default();
+        let budget = if forced {
+            FORCED_RELEASE_BUDGET
+        } else {
+            RELEASE_BUDGET
+        };
+        let released = tokio::select! {
+            released = acker::release(&shared, window, position, &unsettled, budget) => released,
+            () = force.cancelled(), if !forced => {
+                Err(unreleased(&shared.queue, "second signal".into()))
+            }
+        };
+        if let Err(error) = released {
+            fatal.get_or_insert(error);
+        }
+    }
+    shared.health.unregistered();
+    if needs_new_instance {
+        shared.metrics.nothing_in_flight();
+    }
+    let summary = shared.metrics.summary();
+    tracing::info!(
+        claimed = summary.claimed,
+        delivered = summary.delivered,
+        dead_lettered = summary.dead_lettered,
+        requeued = summary.requeued,
+        redelivered = summary.redelivered,
+        "relay stopped"
+    );
+    match fatal {
+        Some(error) => Err(error),
+        None => Ok(summary),
+    }
+}
+
+/// The run's tasks and what the ones that ended returned.
+struct Tasks {
+    claimer: Option<JoinHandle<Result<u64, QueueError>>>,
+    batcher: Option<JoinHandle<()>>,
+    acker: Option<JoinHandle<Result<acker::Window, QueueError>>>,
+    retrier: Option<JoinHandle<Result<Unsettled, QueueError>>>,
+    heartbeat: Option<JoinHandle<Result<(), QueueError>>>,
+    sampler: JoinHandle<()>,
+    /// `Some(None)`: the task ended without a result (it failed).
+    position: Option<Option<u64>>,
+    window: Option<Option<acker::Window>>,
+    unsettled: Option<Option<Unsettled>>,
+}
+
+impl Tasks {
+    fn drained(&self) -> bool {
+        self.claimer.is_none()
+            && self.batcher.is_none()
+            && self.acker.is_none()
+            && self.retrier.is_none()
+    }
+
+    /// Waits for the next of the pipeline's tasks (or the heartbeat) to end, records what
+    /// it returned, turns a failure into a fatal error, and names it.
+    async fn first_to_end(&mut self, shared: &Shared) -> &'static str {
+        let lifecycle = &shared.lifecycle;
+        tokio::select! {
+            joined = wait(&mut self.claimer) => {
+                self.position = Some(check(lifecycle, "claimer", joined));
+                "claimer"
+            }
+            joined = wait(&mut self.batcher) => {
+                check(lifecycle, "batcher", joined.map(Ok));
+                "batcher"
+            }
+            joined = wait(&mut self.acker) => {
+                self.window = Some(check(lifecycle, "acker", joined));
+                "acker"
+            }
+            joined = wait(&mut self.retrier) => {
+                self.unsettled = Some(check(lifecycle, "retrier", joined));
+                "retrier"
+            }
+            joined = wait(&mut self.heartbeat) => {
+                check(lifecycle, "heartbeat", joined);
+                "heartbeat"
+            }
+        }
+    }
+}
+
+/// Waits for a task still held in `slot`, then empties the slot; pending forever once
+/// it is empty.
+async fn wait<T>(slot: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> {
+    match slot.as_mut() {
+        Some(handle) => {
+            let joined = handle.await;
+            *slot = None;
+            joined
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Turns a task's end into a fatal error if it panicked or failed.
+fn check<T>(
+    lifecycle: &Lifecycle,
+    task: &'static str,
+    joined: Result<Result<T, QueueError>, JoinError>,
+) -> Option<T> {
+    match joined {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(error)) => {
+            lifecycle.fail(error.into());
+            None
+        }
+        Err(error) => {
+            lifecycle.fail(crate::Error::TaskFailed {
+                task,
+                message: error.to_string(),
+            });
+            None
+        }
+    }
+}
+
+fn unreleased(queue: &Queue, why: String) -> crate::Error {
+    crate::Error::Unreleased {
+        inflight_key: crate::queue::shown_key(&queue.keys().inflight(queue.instance())),
+        lease_ttl_secs: queue.lease_ttl().as_secs(),
+        why,
+    }
+}

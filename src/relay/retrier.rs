@@ -1,0 +1,272 @@
+//! The retrier: retries parked events (batches that kept failing while other requests
+//! succeeded) one event per request, with the collector's backoff, while the rest of
+//! the pipeline goes on. A parked event is delivered, or dead-lettered once it failed
+//! `collector.isolated_failure_limit` times while other requests succeeded (failures
+//! during an outage do not count), or refused for good. Resolved events are removed from
+//! the retry list in Redis in one script call per round; what is unresolved when the run
+//! ends stays in the retry list, and the release returns it to the list in claim order.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::{ParkedEvent, Shared, Unsettled};
+use crate::emitter::{Attempt, Batch};
+use crate::event::Event;
+use crate::health::Stage;
+use crate::metrics::DeadReason;
+use crate::queue::QueueError;
+use crate::retry::{self, Backoff, Retry};
+
+/// One parked event and its attempts since it was parked.
+struct Held {
+    event: ParkedEvent,
+    /// Attempts in all, before and since it was parked.
+    attempts: u32,
+    /// Failures since it was parked while other requests succeeded.
+    isolated: u32,
+    /// The collector's successes when it last failed.
+    successes_seen: u64,
+    next_at: Instant,
+}
+
+/// A parked event resolved here, to be removed from the retry list.
+struct Settled {
+    position: u64,
+    bytes: usize,
+    /// The dead-letter metadata and reason, or `None` when delivered.
+    dead: Option<(Vec<u8>, DeadReason)>,
+}
+
+pub(super) struct Retrier {
+    shared: Arc<Shared>,
+    parked_rx: mpsc::UnboundedReceiver<ParkedEvent>,
+    held: Vec<Held>,
+    settled: Vec<Settled>,
+    settle_at: Option<Instant>,
+    settles: Retry,
+}
+
+impl Retrier {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        parked_rx: mpsc::UnboundedReceiver<ParkedEvent>,
+    ) -> Retrier {
+        Retrier {
+            shared,
+            parked_rx,
+            held: Vec::new(),
+            settled: Vec::new(),
+            settle_at: None,
+            settles: Retry::new(retry::REDIS),
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.shared.emitter.backoff()
+    }
+
+    /// Retries until the run drains; returns what it resolved but could not settle.
+    pub(super) async fn run(mut self) -> Result<Unsettled, QueueError> {
+        let shared = self.shared.clone();
+        let draining = &shared.lifecycle.draining;
+        loop {
+            let next_attempt = self.held.iter().map(|h| h.next_at).min();
+            let settle_at = self.settle_at;
+            tokio::select! {
+                parked = self.parked_rx.recv() => match parked {
+                    Some(event) => self.hold(event),
+                    None => break,
+                },
+                () = sleep_until(next_attempt) => self.attempt_due().await,
+                () = sleep_until(settle_at) => self.settle().await?,
+                () = draining.cancelled() => break,
+            }
+        }
+        // Draining: write what is resolved once more, then leave the rest to the release.
+        if !self.settled.is_empty() && !shared.lifecycle.abandoning.is_cancelled() {
+            let settle = self.settle();
+            let _ = tokio::select! {
+                result = settle => result,
+                () = shared.lifecycle.abandoning.cancelled() => Ok(()),
+            };
+        }
+        shared.health.stage_idle(Stage::Settle);
+        let mut unsettled = Unsettled::default();
+        for settled in self.settled {
+            match settled.dead {
+                None => unsettled.delivered.push(settled.position),
+                Some((meta, reason)) => unsettled.dead.push((settled.position, meta, reason)),
+            }
+        }
+        Ok(unsettled)
+    }
+
+    fn hold(&mut self, event: ParkedEvent) {
+        let next_at = Instant::now() + self.backoff().delay(1);
+        self.held.push(Held {
+            attempts: event.attempts,
+            event,
+            isolated: 0,
+            successes_seen: self.shared.emitter.successes(),
+            next_at,
+        });
+    }
+
+    /// Sends every parked event that is due, each alone, a few at a time.
+    async fn attempt_due(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<Held>, Vec<Held>) =
+            self.held.drain(..).partition(|h| h.next_at <= now);
+        self.held = later;
+        let concurrency = self.shared.settings.max_requests_in_flight.clamp(1, 8);
+        let mut due = due.into_iter();
+        let mut running = JoinSet::new();
+        loop {
+            while running.len() < concurrency {
+                let Some(held) = due.next() else { break };
+                let shared = self.shared.clone();
+                running.spawn(async move {
+                    let attempt = match single_batch(&shared, &held.event) {
+                        Some(batch) => shared.emitter.attempt(&batch).await,
+                        None => Attempt::Rejected {
+                            status: None,
+                            reason: "the parked element no longer parses".into(),
+                            kind: DeadReason::Malformed,
+                        },
+                    };
+                    (held, attempt)
+                });
+            }
+            let joined = tokio::select! {
+                joined = running.join_next() => joined,
+                // Abandoned attempts leave their events parked; the release returns them.
+                () = self.shared.lifecycle.abandoning.cancelled() => None,
+            };
+            let Some(joined) = joined else { break };
+            match joined {
+                Ok((held, attempt)) => self.resolve(held, attempt),
+                Err(error) => self.shared.lifecycle.fail(crate::Error::TaskFailed {
+                    task: "retrier",
+                    message: error.to_string(),
+                }),
+            }
+        }
+        // Whatever was not attempted stays parked.
+        self.held.extend(due);
+    }
+
+    fn resolve(&mut self, mut held: Held, attempt: Attempt) {
+        let shared = &self.shared;
+        let position = held.event.position;
+        let bytes = held.event.element.len();
+        let dead = match attempt {
+            Attempt::Delivered => {
+                shared.metrics.delivered(1);
+                None
+            }
+            Attempt::Rejected {
+                status,
+                reason,
+                kind,
+            } => Some((shared.dead_letter(reason, status), kind)),
+            Attempt::TooLarge => Some((
+                shared.dead_letter("collector answered 413 to this event alone", Some(413)),
+                DeadReason::TooLarge,
+            )),
+            Attempt::Failed(error) => {
+                held.attempts += 1;
+                let successes = shared.emitter.successes();
+                if successes > held.successes_seen {
+                    held.isolated += 1;
+                }
+                held.successes_seen = successes;
+                if held.isolated < shared.settings.isolated_failure_limit {
+                    held.next_at = Instant::now() + self.backoff().delay(held.attempts);
+                    tracing::debug!(position, %error, attempts = held.attempts, "parked event failed again");
+                    self.held.push(held);
+                    return;
+                }
+                let reason = format!(
+                    "{error} on {} attempts, {} of them after it was parked while other \
+                     requests to the collector succeeded",
+                    held.attempts, held.isolated
+                );
+                tracing::warn!(
+                    status = error.status(),
+                    attempts = held.attempts,
+                    "an event keeps failing on its own while other requests succeed; \
+                     dead-lettering it"
+                );
+                Some((
+                    shared.dead_letter(reason, error.status()),
+                    DeadReason::FailedAlone,
+                ))
+            }
+        };
+        self.settled.push(Settled {
+            position,
+            bytes,
+            dead,
+        });
+        self.settle_at.get_or_insert_with(Instant::now);
+    }
+
+    /// Removes the resolved events from the retry list (dead-lettering those that must
+    /// be) and gives back their bytes. A Redis failure is retried with backoff.
+    async fn settle(&mut self) -> Result<(), QueueError> {
+        let shared = self.shared.clone();
+        let entries: Vec<(u64, Option<&[u8]>)> = self
+            .settled
+            .iter()
+            .map(|s| (s.position, s.dead.as_ref().map(|(meta, _)| meta.as_slice())))
+            .collect();
+        shared.health.call_started(Stage::Settle);
+        match shared.queue.settle_parked(&entries).await {
+            Ok(()) => {
+                shared.health.call_ended(Stage::Settle, Ok(()));
+                self.settles.succeeded();
+                self.settle_at = None;
+                let (mut events, mut bytes) = (0, 0);
+                for settled in self.settled.drain(..) {
+                    events += 1;
+                    bytes += settled.bytes;
+                    if let Some((_, reason)) = settled.dead {
+                        shared.metrics.dead_lettered(reason, 1);
+                    }
+                }
+                shared.metrics.unparked(events);
+                shared.metrics.settled(0, bytes as u64);
+                shared.permits.give_back(0, bytes);
+                Ok(())
+            }
+            Err(error) if error.needs_new_instance() => {
+                shared.health.call_ended(Stage::Settle, Err(error.kind()));
+                shared.lifecycle.lost_instance();
+                Err(error)
+            }
+            Err(error) => {
+                shared.health.call_ended(Stage::Settle, Err(error.kind()));
+                shared.metrics.redis_error("settle");
+                tracing::warn!(%error, "cannot remove settled events from the retry list; retrying");
+                self.settle_at = Some(Instant::now() + self.settles.failed());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A batch of the parked event alone.
+fn single_batch(shared: &Shared, event: &ParkedEvent) -> Option<Batch> {
+    let parsed = Event::parse(event.element.clone(), shared.settings.parse).ok()?;
+    Some(Batch::single(event.position, parsed))
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
