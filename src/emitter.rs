@@ -292,6 +292,8 @@ struct FailingBatch<'a> {
     id: u64,
     counted: bool,
     alone: bool,
+    /// It ended delivered (else rejected, parked, split or abandoned).
+    delivered: bool,
 }
 
 impl FailingBatch<'_> {
@@ -311,7 +313,11 @@ impl Drop for FailingBatch<'_> {
     fn drop(&mut self) {
         if self.counted {
             self.emitter.failing_batches.fetch_sub(1, Ordering::Relaxed);
-            self.emitter.update_health(None);
+            self.emitter.update_health(if self.delivered {
+                Change::Succeeded
+            } else {
+                Change::Ended
+            });
         }
         if self.alone {
             self.emitter.alone_changed(|alone| {
@@ -342,6 +348,8 @@ pub struct Emitter {
     /// Requests the collector accepted so far: a batch that fails while this grows is
     /// failing on its own, not because of an outage.
     successes: AtomicU64,
+    /// When a request last succeeded (Unix milliseconds).
+    last_success_ms: AtomicU64,
     /// Batches failing while other requests succeed: since when, by batch id.
     alone: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
     batch_ids: AtomicU64,
@@ -398,6 +406,7 @@ impl Emitter {
             healthy: watch::channel(true).0,
             failing_batches: AtomicUsize::new(0),
             successes: AtomicU64::new(0),
+            last_success_ms: AtomicU64::new(0),
             alone: Default::default(),
             batch_ids: AtomicU64::new(0),
             metrics,
@@ -462,7 +471,7 @@ impl Emitter {
         }
     }
 
-    fn update_health(&self, error: Option<&AttemptError>) {
+    fn update_health(&self, change: Change<'_>) {
         let healthy = self.failing_batches.load(Ordering::Relaxed) < 2;
         self.health.set_collector_failing(!healthy);
         let changed = self.healthy.send_if_modified(|current| {
@@ -470,18 +479,31 @@ impl Emitter {
             *current = healthy;
             changed
         });
-        match (changed, error) {
-            (true, Some(error)) => tracing::warn!(
+        if !changed {
+            return;
+        }
+        match change {
+            Change::Failed(error) => tracing::warn!(
                 %error,
                 collector = %self.shown_url(),
                 "collector requests are failing; claiming paused (one probe batch at a time), \
                  retrying with backoff"
             ),
-            (true, None) => {
+            Change::Succeeded => {
                 tracing::info!("collector requests succeed again; claiming resumed")
             }
-            _ => {}
+            // Failing batches parked, dead-lettered or abandoned: the collector has not
+            // been seen to recover.
+            Change::Ended => tracing::debug!("fewer than two batches are failing now"),
         }
+    }
+
+    /// Whether the collector is seen accepting requests: no batch of the window is
+    /// failing, and a request succeeded within `within`.
+    pub fn accepting(&self, within: Duration) -> bool {
+        self.failing_batches.load(Ordering::Relaxed) == 0
+            && now_millis().saturating_sub(self.last_success_ms.load(Ordering::Relaxed))
+                <= within.as_millis() as u64
     }
 
     /// Sends one batch, retrying transient failures with backoff, until the collector
@@ -500,6 +522,7 @@ impl Emitter {
             id: self.batch_ids.fetch_add(1, Ordering::Relaxed),
             counted: false,
             alone: false,
+            delivered: false,
         };
         let successes_at_start = self.successes();
         loop {
@@ -509,8 +532,9 @@ impl Emitter {
             };
             let error = match attempt {
                 Attempt::Delivered => {
+                    failing.delivered = true;
                     drop(failing);
-                    self.update_health(None);
+                    self.update_health(Change::Succeeded);
                     tracing::debug!(
                         events = batch.len(),
                         bytes = batch.body_bytes,
@@ -556,7 +580,7 @@ impl Emitter {
                 failing.counted = true;
                 self.failing_batches.fetch_add(1, Ordering::Relaxed);
             }
-            self.update_health(Some(&error));
+            self.update_health(Change::Failed(&error));
             self.metrics.retry();
             retry.set_backoff(self.backoff());
             let delay = retry.failed();
@@ -584,6 +608,7 @@ impl Emitter {
         match self.request(batch).await {
             Ok(()) => {
                 self.successes.fetch_add(1, Ordering::Relaxed);
+                self.last_success_ms.store(now_millis(), Ordering::Relaxed);
                 Attempt::Delivered
             }
             Err(Failure::Unsendable(reason)) => Attempt::Rejected {
@@ -678,6 +703,13 @@ impl Emitter {
             _ => Err(Failure::Attempt(AttemptError::Status(status))),
         }
     }
+}
+
+/// What changed the count of failing batches.
+enum Change<'a> {
+    Failed(&'a AttemptError),
+    Succeeded,
+    Ended,
 }
 
 /// Why a request did not succeed: it could not even be built, or the attempt failed.

@@ -93,10 +93,12 @@ fn since(at: u64) -> u64 {
 }
 
 impl Health {
-    /// Health of a relay whose lease lives `lease_ttl`; it starts alive and not ready.
-    pub fn new(lease_ttl: Duration) -> Health {
+    /// Health of a relay whose lease lives `lease_ttl` and whose stages count as stuck
+    /// after `stuck_after` (see [`Health::stuck_after_for`]); it starts alive and not
+    /// ready.
+    pub fn new(lease_ttl: Duration, stuck_after: Duration) -> Health {
         Health {
-            stuck_after: lease_ttl.max(Duration::from_secs(40)),
+            stuck_after,
             lease_ttl,
             loop_turned_at: AtomicU64::new(now_millis()),
             lease_renewed_at: AtomicU64::new(0),
@@ -304,11 +306,21 @@ impl Health {
         Ok(())
     }
 
-    /// How long a stage may stand still before the relay counts as stuck: a lease TTL,
-    /// but at least 40 s (the collector's retry delay reaches 30 s, the Redis connect
-    /// loop's too). Set systemd's `WatchdogSec=` above it.
+    /// How long a stage may stand still before the relay counts as stuck.
     pub fn stuck_after(&self) -> Duration {
         self.stuck_after
+    }
+
+    /// The bound for a relay whose lease lives `lease_ttl` and whose slowest collector
+    /// attempt comes `retry_max_backoff + request_timeout` after the one before: the
+    /// longer of the two, plus 10 s. With the defaults (30 s, 30 s + 5 s) it is 45 s;
+    /// keep systemd's `WatchdogSec=` above it.
+    pub fn stuck_after_for(
+        lease_ttl: Duration,
+        retry_max_backoff: Duration,
+        request_timeout: Duration,
+    ) -> Duration {
+        lease_ttl.max(retry_max_backoff + request_timeout) + Duration::from_secs(10)
     }
 
     /// Ready: alive, registered, lease renewed within its TTL, Redis calls succeeding,
@@ -341,7 +353,7 @@ mod tests {
 
     #[test]
     fn an_outage_is_alive_a_wedged_stage_is_not() {
-        let health = Health::new(Duration::from_secs(30));
+        let health = Health::new(Duration::from_secs(30), Duration::from_secs(40));
         health.lease_renewed();
         assert!(health.alive().is_ok());
         assert!(health.ready().is_ok());

@@ -225,9 +225,14 @@ pub async fn run_with_controls(
         );
     }
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(Duration::from_millis(
-        config.redis.lease_ttl_ms,
-    )));
+    let health = Arc::new(Health::new(
+        Duration::from_millis(config.redis.lease_ttl_ms),
+        Health::stuck_after_for(
+            Duration::from_millis(config.redis.lease_ttl_ms),
+            Duration::from_millis(config.collector.retry_max_backoff_ms),
+            config.collector.request_timeout(),
+        ),
+    ));
     let admin = match config.admin.listen {
         Some(addr) => {
             let listener = admin::bind(addr)
@@ -363,9 +368,10 @@ async fn relay_until_stopped(
 /// relays whose lease expired and registers this instance, retrying with capped backoff
 /// for as long as it takes. Missing permissions stop start-up (exit 2).
 async fn connect(config: &Valid, metrics: &Metrics, health: &Health) -> Result<Queue, Error> {
+    // The connect loop turns at least twice within the liveness bound.
     let mut retry = Retry::new(Backoff {
         initial: Duration::from_millis(200),
-        max: Duration::from_secs(30),
+        max: (health.stuck_after() / 2).min(Duration::from_secs(30)),
     });
     let url = config::mask_url(&config.redis.url);
     loop {

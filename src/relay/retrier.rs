@@ -1,8 +1,11 @@
 //! The retrier: retries parked events (batches that kept failing while other requests
 //! succeeded) one event per request, with the collector's backoff, while the rest of
-//! the pipeline goes on. A parked event is delivered, or dead-lettered once it failed
-//! `collector.isolated_failure_limit` times while other requests succeeded (failures
-//! during an outage do not count), or refused for good. Resolved events are removed from
+//! the pipeline goes on. A parked event is delivered, refused for good, or
+//! dead-lettered once it failed `collector.isolated_failure_limit` times while the
+//! collector was seen accepting other requests (no batch of the window failing, and a
+//! request accepted within the last minute, or twice `retry_max_backoff_ms` if that is
+//! longer). Failures during an outage do not count; without any other traffic for that
+//! long, a parked event is retried on. Resolved events are removed from
 //! the retry list in Redis in one script call per round; what is unresolved when the run
 //! ends stays in the retry list, and the release returns it to the list in claim order.
 
@@ -25,10 +28,8 @@ struct Held {
     event: ParkedEvent,
     /// Attempts in all, before and since it was parked.
     attempts: u32,
-    /// Failures since it was parked while other requests succeeded.
+    /// Failures since it was parked while the collector accepted other requests.
     isolated: u32,
-    /// The collector's successes when it last failed.
-    successes_seen: u64,
     next_at: Instant,
 }
 
@@ -110,7 +111,6 @@ impl Retrier {
             attempts: event.attempts,
             event,
             isolated: 0,
-            successes_seen: self.shared.emitter.successes(),
             next_at,
         });
     }
@@ -178,11 +178,9 @@ impl Retrier {
             )),
             Attempt::Failed(error) => {
                 held.attempts += 1;
-                let successes = shared.emitter.successes();
-                if successes > held.successes_seen {
+                if shared.emitter.accepting(accepting_window(self.backoff())) {
                     held.isolated += 1;
                 }
-                held.successes_seen = successes;
                 if held.isolated < shared.settings.isolated_failure_limit {
                     held.next_at = Instant::now() + self.backoff().delay(held.attempts);
                     tracing::debug!(position, %error, attempts = held.attempts, "parked event failed again");
@@ -190,8 +188,8 @@ impl Retrier {
                     return;
                 }
                 let reason = format!(
-                    "{error} on {} attempts, {} of them after it was parked while other \
-                     requests to the collector succeeded",
+                    "{error} on {} attempts, {} of them after it was parked while the \
+                     collector accepted other requests",
                     held.attempts, held.isolated
                 );
                 tracing::warn!(
@@ -256,6 +254,11 @@ impl Retrier {
             }
         }
     }
+}
+
+/// How recent another request's success must be for a parked event's failure to count.
+fn accepting_window(backoff: Backoff) -> std::time::Duration {
+    (backoff.max * 2).max(std::time::Duration::from_secs(60))
 }
 
 /// A batch of the parked event alone.

@@ -197,7 +197,10 @@ impl HttpEmitterBuilder {
         let emitter = crate::emitter::Emitter::new(
             &settings.collector,
             Arc::new(crate::metrics::Metrics::new()),
-            Arc::new(crate::health::Health::new(Duration::from_secs(30))),
+            Arc::new(crate::health::Health::new(
+                Duration::from_secs(30),
+                Duration::from_secs(45),
+            )),
         )
         .map_err(|e| Error::Collector(e.to_string()))?;
         let method = settings.collector.method;

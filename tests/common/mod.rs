@@ -58,11 +58,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A private redis-server on a free port, killed by PID when dropped.
+/// A private redis-server on a free port, in a directory of its own (a replica writes
+/// the data it syncs there, and a server loads any `dump.rdb` in its directory at
+/// start), killed by PID when dropped.
 pub struct RedisServer {
     pub port: u16,
     child: Child,
     client: redis::Client,
+    pub dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -76,7 +79,9 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
+            .args(["--dir", dir.path().to_str().unwrap()])
             .args([
                 "--port",
                 &port.to_string(),
@@ -117,6 +122,7 @@ impl RedisServer {
             port,
             child,
             client,
+            dir,
         }
     }
 
@@ -258,6 +264,8 @@ pub type Responder = Box<dyn FnMut(&Received) -> u16 + Send>;
 pub struct Collector {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
+    /// Distinct eids answered 2xx, kept as requests arrive (cheap to poll).
+    delivered_set: Arc<Mutex<std::collections::HashSet<String>>>,
     responder: Arc<Mutex<Responder>>,
     delay: Arc<Mutex<Duration>>,
     location: Arc<Mutex<Option<String>>>,
@@ -295,6 +303,7 @@ impl Collector {
         let collector = Collector {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),
+            delivered_set: Arc::default(),
             responder: Arc::new(Mutex::new(responder)),
             delay: Arc::default(),
             location: Arc::default(),
@@ -348,6 +357,14 @@ impl Collector {
         }
         received.status = (self.responder.lock().unwrap())(&received);
         let status = received.status;
+        if (200..300).contains(&status) {
+            let mut set = self.delivered_set.lock().unwrap();
+            for event in received.events() {
+                if let Some(eid) = event.get("eid").and_then(|e| e.as_str()) {
+                    set.insert(eid.to_owned());
+                }
+            }
+        }
         self.received.lock().unwrap().push(received);
         let mut response = Response::builder().status(status);
         if let Some(location) = self.location.lock().unwrap().clone() {
@@ -386,6 +403,16 @@ impl Collector {
             .filter(|r| (200..300).contains(&r.status))
             .flat_map(Received::events)
             .collect()
+    }
+
+    /// How many distinct eids were delivered (answered 2xx).
+    pub fn distinct_delivered(&self) -> usize {
+        self.delivered_set.lock().unwrap().len()
+    }
+
+    /// The distinct eids delivered.
+    pub fn distinct_eids(&self) -> std::collections::HashSet<String> {
+        self.delivered_set.lock().unwrap().clone()
     }
 
     /// eids of delivered events.
@@ -668,5 +695,109 @@ impl RedisServer {
             if client_auth { "yes" } else { "no" },
         ]);
         (server, tls_port)
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a Redis (or anything): it can stop forwarding
+/// on the connections it holds (they stay open and answer nothing, as a frozen peer or a
+/// dead network path would) while new connections pass, and it can send new connections
+/// to another target (an address moved to a new master).
+#[derive(Clone)]
+pub struct Proxy {
+    pub port: u16,
+    target: Arc<Mutex<u16>>,
+    /// Bumped by `freeze_existing`: a connection born in an older generation forwards
+    /// nothing from then on.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    pub async fn start(target_port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Proxy {
+            port: listener.local_addr().unwrap().port(),
+            target: Arc::new(Mutex::new(target_port)),
+            generation: Arc::default(),
+        };
+        let state = proxy.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let target = *state.target.lock().unwrap();
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                else {
+                    continue;
+                };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                tokio::spawn(state.clone().forward(in_read, out_write));
+                tokio::spawn(state.clone().forward(out_read, in_write));
+            }
+        });
+        proxy
+    }
+
+    /// Copies `from` to `to` until either closes, or forever nothing once frozen.
+    async fn forward(
+        self,
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+    ) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let born = self.generation.load(Ordering::SeqCst);
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if self.generation.load(Ordering::SeqCst) != born {
+                // Frozen: hold the connection open and forward nothing, ever.
+                let _keep = (from, to);
+                std::future::pending::<()>().await;
+                return;
+            }
+            if to.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// From now on, the connections open so far forward nothing (they stay open).
+    pub fn freeze_existing(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// New connections go to `port` from now on.
+    pub fn retarget(&self, port: u16) {
+        *self.target.lock().unwrap() = port;
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl RedisServer {
+    /// Every key and its value (DUMP, so any type compares), for "nothing changed".
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let mut conn = self.conn();
+        self.keys()
+            .into_iter()
+            .map(|key| {
+                let dump: Vec<u8> = redis::cmd("DUMP").arg(&key).query(&mut conn).unwrap();
+                (key, dump)
+            })
+            .collect()
+    }
+
+    /// Runs a command on the harness's own (default, unrestricted) connection.
+    pub fn cmd(&self, args: &[&str]) -> redis::Value {
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command.query(&mut self.conn()).unwrap()
     }
 }

@@ -7,17 +7,16 @@
 --       (kind: 'd' dead-letter or 'p' parked, position, metadata line).
 -- Writes, in order: dead-letter and retry entries (copies), the count, then the trim.
 local denied = refused({{'sismember', KEYS[3]}, {'hget', KEYS[2]}, {'llen', KEYS[1]},
-  {'lrange', KEYS[1]}, {'rpush', KEYS[4]}, {'rpush', KEYS[5]}, {'hset', KEYS[2]},
-  {'ltrim', KEYS[1]}})
+  {'lrange', KEYS[1]}})
 if denied then return denied end
 local lost = check_lease(KEYS[3], ARGV[1]); if lost then return lost end
 local target = tonumber(ARGV[3])
 local acked, claimed, mismatch = counters(KEYS[2], KEYS[1], target, tonumber(ARGV[2]))
 if mismatch then return mismatch end
 if target > acked then
+  local dead, parked = {}, {}
   if #ARGV > 3 then
     local items = redis.call('LRANGE', KEYS[1], 0, target - acked - 1)
-    local dead, parked = {}, {}
     for i = 4, #ARGV, 3 do
       local position = tonumber(ARGV[i + 1])
       local item = items[position - acked + 1]
@@ -26,9 +25,12 @@ if target > acked then
         if ARGV[i] == 'p' then parked[#parked + 1] = entry else dead[#dead + 1] = entry end
       end
     end
-    push_all('RPUSH', KEYS[4], dead, 1)
-    push_all('RPUSH', KEYS[5], parked, 1)
   end
+  denied = refused({#dead > 0 and {'rpush', KEYS[4]}, #parked > 0 and {'rpush', KEYS[5]},
+    {'hset', KEYS[2]}, {'ltrim', KEYS[1]}})
+  if denied then return denied end
+  push_all('RPUSH', KEYS[4], dead, 1)
+  push_all('RPUSH', KEYS[5], parked, 1)
   redis.call('HSET', KEYS[2], 'acked', target)
   redis.call('LTRIM', KEYS[1], target - acked, -1)
 end

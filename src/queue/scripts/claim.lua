@@ -13,9 +13,8 @@
 -- are returned again (within the same count and byte budget) and nothing new is taken.
 -- Writes, in order: copy to the in-flight and dead-letter lists, count, then trim the
 -- list; a prefix of them leaves every event in the list.
-local denied = refused({{'lrange', KEYS[1]}, {'ltrim', KEYS[1]}, {'sismember', KEYS[4]},
-  {'hget', KEYS[3]}, {'hset', KEYS[3]}, {'llen', KEYS[2]}, {'lrange', KEYS[2]},
-  {'rpush', KEYS[2]}, {'rpush', KEYS[5]}})
+local denied = refused({{'lrange', KEYS[1]}, {'sismember', KEYS[4]}, {'hget', KEYS[3]},
+  {'llen', KEYS[2]}, {'lrange', KEYS[2]}})
 if denied then return denied end
 local lost = check_lease(KEYS[4], ARGV[1]); if lost then return lost end
 local position = tonumber(ARGV[2])
@@ -59,6 +58,9 @@ local taken, dry = read_within_budget(KEYS[1], 0, function(item)
   keep[#keep + 1] = item
   return #item
 end)
+denied = refused({#keep > 0 and {'rpush', KEYS[2]}, #diverted > 0 and {'rpush', KEYS[5]},
+  {'hset', KEYS[3]}, taken > 0 and {'ltrim', KEYS[1]}})
+if denied then return denied end
 push_all('RPUSH', KEYS[2], keep, 1)
 push_all('RPUSH', KEYS[5], diverted, 1)
 redis.call('HSET', KEYS[3], 'claimed', claimed + #keep)

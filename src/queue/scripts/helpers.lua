@@ -6,12 +6,14 @@
 -- to its new place before it removes it from the old one, so that any prefix of its
 -- writes leaves every event in at least one place.
 
--- The first of `needs` ({command, key, ...} each) this Redis user may not run, as an
--- error reply; nil when all are allowed. Redis before 7.0 cannot check from Lua.
+-- The first of `needs` ({command, key, ...} each; `false` entries are skipped: writes
+-- the script will not make this time) this Redis user may not run, as an error reply;
+-- nil when all are allowed. Redis before 7.0 cannot check from Lua.
 local function refused(needs)
   if not redis.acl_check_cmd then return nil end
-  for _, need in ipairs(needs) do
-    if not redis.acl_check_cmd(unpack(need)) then
+  for i = 1, #needs do
+    local need = needs[i]
+    if need and not redis.acl_check_cmd(unpack(need)) then
       return redis.error_reply('NOPERM this Redis user may not run ' .. string.upper(need[1]) ..
         ' on key ' .. need[2])
     end

@@ -5,7 +5,7 @@
 -- own lease may have lapsed, but it is alive and renews it).
 -- KEYS: list, instances. ARGV: key prefix, the caller's instance.
 -- Returns {instances, events} recovered.
-local denied = refused({{'smembers', KEYS[2]}, {'lpush', KEYS[1]}, {'srem', KEYS[2]}})
+local denied = refused({{'smembers', KEYS[2]}})
 if denied then return denied end
 local instances, events = 0, 0
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
@@ -13,11 +13,13 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if id ~= ARGV[2] and redis.call('EXISTS', lease) == 0 then
     local inflight, retry, meta = ARGV[1] .. 'inflight:' .. id, ARGV[1] .. 'retry:' .. id,
       ARGV[1] .. 'instance:' .. id
-    denied = refused({{'exists', lease}, {'hget', meta}, {'lrange', inflight},
-      {'lrange', retry}, {'del', inflight}, {'del', retry}, {'del', meta}})
+    denied = refused({{'hget', meta}, {'lrange', inflight}, {'lrange', retry}})
     if denied then return denied end
     local acked = tonumber(redis.call('HGET', meta, 'acked') or '0') or 0
     local back = held_in_order(inflight, retry, acked)
+    denied = refused({#back > 0 and {'lpush', KEYS[1]}, {'del', inflight}, {'del', retry},
+      {'del', meta}, {'srem', KEYS[2]}})
+    if denied then return denied end
     push_to_head(KEYS[1], back)
     redis.call('DEL', inflight, retry, meta)
     redis.call('SREM', KEYS[2], id)

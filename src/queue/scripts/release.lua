@@ -10,8 +10,7 @@
 -- Returns {events returned, 1 if the counters did not match}.
 -- Writes, in order: copies back to the list, dead-letter entries, then the deletes.
 local denied = refused({{'sismember', KEYS[4]}, {'hget', KEYS[3]}, {'llen', KEYS[2]},
-  {'lrange', KEYS[2]}, {'lrange', KEYS[7]}, {'lpush', KEYS[1]}, {'rpush', KEYS[5]},
-  {'del', KEYS[2]}, {'del', KEYS[7]}, {'del', KEYS[3]}, {'del', KEYS[6]}, {'srem', KEYS[4]}})
+  {'lrange', KEYS[2]}, {'lrange', KEYS[7]}})
 if denied then return denied end
 local lost = check_lease(KEYS[4], ARGV[1]); if lost then return lost end
 local base = tonumber(ARGV[2])
@@ -31,9 +30,8 @@ local function parked_unresolved(position)
   return mismatch or (metas[position] == nil and not delivered[position])
 end
 local back, items, parked = held_in_order(KEYS[2], KEYS[7], acked, unresolved, parked_unresolved)
-push_to_head(KEYS[1], back)
+local dead = {}
 if not mismatch then
-  local dead = {}
   for i, item in ipairs(items) do
     local meta = metas[acked + i - 1]
     if meta and not unresolved(acked + i - 1) then dead[#dead + 1] = meta .. '\n' .. item end
@@ -42,8 +40,12 @@ if not mismatch then
     local position, element = parked_entry(entry)
     if metas[position] then dead[#dead + 1] = metas[position] .. '\n' .. element end
   end
-  push_all('RPUSH', KEYS[5], dead, 1)
 end
+denied = refused({#back > 0 and {'lpush', KEYS[1]}, #dead > 0 and {'rpush', KEYS[5]},
+  {'del', KEYS[2]}, {'del', KEYS[7]}, {'del', KEYS[3]}, {'del', KEYS[6]}, {'srem', KEYS[4]}})
+if denied then return denied end
+push_to_head(KEYS[1], back)
+push_all('RPUSH', KEYS[5], dead, 1)
 redis.call('DEL', KEYS[2], KEYS[7], KEYS[3], KEYS[6])
 redis.call('SREM', KEYS[4], ARGV[1])
 return {#back, mismatch and 1 or 0}

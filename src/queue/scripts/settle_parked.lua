@@ -3,8 +3,7 @@
 -- KEYS: retry, dead, instances. ARGV: instance, then (position, metadata line or '' for
 -- delivered) pairs. Writes, in order: dead-letter entries (copies), then the removals.
 -- Safe to retry: an entry already removed is not found again.
-local denied = refused({{'sismember', KEYS[3]}, {'lrange', KEYS[1]}, {'rpush', KEYS[2]},
-  {'lrem', KEYS[1]}})
+local denied = refused({{'sismember', KEYS[3]}, {'lrange', KEYS[1]}})
 if denied then return denied end
 local lost = check_lease(KEYS[3], ARGV[1]); if lost then return lost end
 local settle = {}
@@ -18,6 +17,8 @@ for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
     remove[#remove + 1] = entry
   end
 end
+denied = refused({#dead > 0 and {'rpush', KEYS[2]}, #remove > 0 and {'lrem', KEYS[1]}})
+if denied then return denied end
 push_all('RPUSH', KEYS[2], dead, 1)
 for _, entry in ipairs(remove) do redis.call('LREM', KEYS[1], 1, entry) end
 return #remove

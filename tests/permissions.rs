@@ -1,0 +1,372 @@
+//! The relay under a least-privilege Redis user, a user missing one permission, and a
+//! Redis that is full: it must say what is wrong, back off, and never lose an event.
+
+mod common;
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LIST: &str = "snowplow";
+
+fn bin() -> String {
+    std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_snowplow-relay").to_owned())
+}
+
+/// The relay binary with fast retries; stderr goes to a file (a pipe read only at exit
+/// can fill up and block the relay).
+struct Process {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Process {
+    fn start(redis_url: &str, collector_url: &str, env: &[(&str, &str)]) -> Process {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(bin())
+            .args(["--redis-url", redis_url, "--collector", collector_url])
+            .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "20")
+            .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_MAX_BACKOFF_MS", "200")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        Process { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap()
+    }
+
+    fn terminate(&self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on a child process of ours.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+
+    /// Waits for the exit (at most `limit`).
+    async fn finish(mut self, limit: Duration) -> (ExitStatus, String) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.log());
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the relay did not exit within {limit:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The least-privilege rule the README gives, for user `relay` with password `pw`.
+fn readme_acl_rule() -> Vec<String> {
+    let readme = include_str!("../README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER relay "))
+        .expect("the README gives the relay user's ACL rule");
+    line.split_whitespace()
+        .map(|word| word.replace(">PASSWORD", ">pw"))
+        .collect()
+}
+
+fn acl(redis: &RedisServer, rule: &[String]) {
+    let mut command = redis::cmd(&rule[0]);
+    for word in &rule[1..] {
+        command.arg(word);
+    }
+    let _: () = command.query(&mut redis.conn()).unwrap();
+}
+
+fn user_url(redis: &RedisServer) -> String {
+    format!("redis://relay:pw@127.0.0.1:{}", redis.port)
+}
+
+#[tokio::test]
+async fn the_readme_acl_rule_is_all_the_relay_and_its_tools_need() {
+    let redis = RedisServer::start();
+    acl(&redis, &readme_acl_rule());
+    let collector = Collector::start_with(Box::new(|request| {
+        if request.events().iter().any(|e| e["eid"] == "ev-7") {
+            400
+        } else {
+            200
+        }
+    }))
+    .await;
+    // A dead relay's events to recover, as the default user left them.
+    redis.rpush(LIST, &numbered_events(300));
+    let relay = Process::start(
+        &user_url(&redis),
+        &collector.url(),
+        &[("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "1")],
+    );
+    wait_until("299 delivered", Duration::from_secs(30), || {
+        collector.delivered().len() == 299
+    })
+    .await;
+    assert_eq!(redis.llen("{snowplow}:dead"), 1);
+    // Held events go back at shutdown, as that user.
+    collector.respond_with(Box::new(|_| 503));
+    redis.rpush(LIST, &numbered_events(320)[300..]);
+    wait_until(
+        "the relay holds the new ones",
+        Duration::from_secs(10),
+        || redis.llen(LIST) < 20,
+    )
+    .await;
+    relay.terminate();
+    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains("NOPERM"), "{log}");
+    assert_eq!(redis.llen(LIST), 20, "{log}");
+    // The dead-letter tools, as that user.
+    let tool = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(["--redis-url", &user_url(&redis), "dead-letter"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(tool(&["count"]).trim(), "1");
+    assert!(tool(&["list"]).contains("ev-7"));
+    assert_eq!(tool(&["replay"]).trim(), "1");
+    assert_eq!(redis.llen(LIST), 21);
+}
+
+#[tokio::test]
+async fn a_user_missing_a_permission_stops_start_up_naming_it_and_loses_nothing() {
+    let redis = RedisServer::start();
+    redis.rpush(LIST, &numbered_events(100));
+    let collector = Collector::start().await;
+    // Everything but RPUSH: the claim would pop the events and fail to keep them.
+    redis.cmd(&[
+        "ACL", "SETUSER", "relay", "on", ">pw", "~*", "&*", "+@all", "-rpush",
+    ]);
+    let relay = Process::start(&user_url(&redis), &collector.url(), &[]);
+    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("RPUSH {snowplow}:inflight:") && log.contains("RPUSH {snowplow}:dead"),
+        "{log}"
+    );
+    assert!(log.contains("README: Redis permissions"), "{log}");
+    assert_eq!(redis.llen(LIST), 100, "nothing taken");
+    assert_eq!(redis.keys(), vec![LIST.to_owned()], "nothing written");
+    assert!(collector.requests().is_empty());
+
+    // Without EVALSHA nothing can run at all: said just as plainly.
+    redis.cmd(&[
+        "ACL", "SETUSER", "relay", "reset", "on", ">pw", "~*", "+@all", "-evalsha",
+    ]);
+    let relay = Process::start(&user_url(&redis), &collector.url(), &[]);
+    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.to_ascii_lowercase().contains("evalsha"), "{log}");
+}
+
+#[tokio::test]
+async fn a_permission_revoked_while_running_is_named_and_backs_off() {
+    let redis = RedisServer::start();
+    acl(&redis, &readme_acl_rule());
+    let collector = Collector::start().await;
+    let relay = Process::start(&user_url(&redis), &collector.url(), &[]);
+    redis.rpush(LIST, &numbered_events(50));
+    wait_until("delivered", Duration::from_secs(20), || {
+        collector.delivered().len() == 50
+    })
+    .await;
+    // The list runs dry, so the relay waits with BLMOVE; take that away. (The wait in
+    // progress ends within 5 s; the next one is refused.)
+    redis.cmd(&["ACL", "SETUSER", "relay", "-blmove"]);
+    let refused = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("cannot wait on the Redis list"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    wait_until("the refusal is logged", Duration::from_secs(10), || {
+        !refused(&relay.log()).is_empty()
+    })
+    .await;
+    let first = refused(&relay.log()).len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let warnings = refused(&relay.log());
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.contains("Redis refused a command") && w.to_lowercase().contains("blmove")),
+        "said as a permission problem, naming the command: {warnings:?}"
+    );
+    // Backoff: 0.1, 0.2, 0.4 … 5 s. Before, each successful claim reset it: 13 lines a
+    // second.
+    let more = warnings.len() - first;
+    assert!(more <= 7, "{more} more warnings in 5 s: {warnings:?}");
+    // A claim as that user goes on working, and so do new events.
+    redis.rpush(LIST, &numbered_events(60)[50..]);
+    wait_until("the new ones delivered", Duration::from_secs(20), || {
+        collector.delivered().len() == 60
+    })
+    .await;
+    relay.terminate();
+    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
+#[tokio::test]
+async fn a_full_redis_is_drained_and_said_to_be_full() {
+    let redis = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let total = 20_000;
+    redis.rpush(LIST, &numbered_events(total));
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut redis.conn())
+        .unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let limit = (used - 2 * 1024 * 1024).to_string();
+    redis.cmd(&["CONFIG", "SET", "maxmemory", &limit]);
+    let producer = redis::cmd("RPUSH")
+        .arg(LIST)
+        .arg("x")
+        .query::<i64>(&mut redis.conn());
+    assert!(
+        producer.unwrap_err().to_string().contains("OOM"),
+        "Redis is full: producers are refused"
+    );
+    let collector = Collector::start().await;
+    let relay = Process::start(&redis.url(), &collector.url(), &[]);
+    wait_until("every event delivered", Duration::from_secs(60), || {
+        collector.delivered().len() >= total
+    })
+    .await;
+    relay.terminate();
+    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    let eids: std::collections::HashSet<String> = collector.delivered_eids().into_iter().collect();
+    assert_eq!(eids.len(), total, "nothing lost");
+    assert_eq!(redis.llen(LIST), 0);
+    assert!(log.contains("Redis is out of memory"), "{log}");
+    assert!(!log.contains("cannot reach Redis"), "{log}");
+}
+
+#[tokio::test]
+async fn the_lease_survives_a_storm_of_killed_connections() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    let relay = Process::start(
+        &redis.url(),
+        &collector.url(),
+        &[("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1500")],
+    );
+    wait_until("registered", Duration::from_secs(10), || {
+        instances(&redis).len() == 1
+    })
+    .await;
+    let instance = instances(&redis)[0].clone();
+    // Kill every other client every 150 ms for 6 s (four lease lifetimes).
+    let storm = Instant::now();
+    let mut conn = redis.conn();
+    while storm.elapsed() < Duration::from_secs(6) {
+        let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query(&mut conn);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    redis.rpush(LIST, &numbered_events(100));
+    wait_until("delivered after the storm", Duration::from_secs(20), || {
+        collector.delivered().len() == 100
+    })
+    .await;
+    relay.terminate();
+    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains("lease expired"), "{log}");
+    assert!(!log.contains("registering again"), "{log}");
+    assert!(log.contains(&instance), "the same instance throughout");
+}
+
+#[tokio::test]
+async fn a_lone_relay_keeps_its_own_claims_through_a_redis_stall_longer_than_its_lease() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    collector.set_delay(Duration::from_millis(300));
+    let relay = Process::start(
+        &redis.url(),
+        &collector.url(),
+        &[("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1500")],
+    );
+    let total = 2_000;
+    redis.rpush(LIST, &numbered_events(total));
+    wait_until("some delivered", Duration::from_secs(20), || {
+        !collector.delivered().is_empty()
+    })
+    .await;
+    redis.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await; // two lease lifetimes
+    redis.signal("CONT");
+    wait_until("every event delivered", Duration::from_secs(60), || {
+        collector
+            .delivered_eids()
+            .into_iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            == total
+    })
+    .await;
+    relay.terminate();
+    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    let delivered = collector.delivered_eids().len();
+    assert!(
+        delivered - total <= 50,
+        "{} duplicates: it recovered its own claims\n{log}",
+        delivered - total
+    );
+    assert!(!log.contains("relays whose lease expired"), "{log}");
+}
+
+#[tokio::test]
+async fn clean_stops_log_no_error_even_when_the_heartbeat_is_due() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    for round in 0..8 {
+        let relay = Process::start(
+            &redis.url(),
+            &collector.url(),
+            &[
+                ("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1000"),
+                ("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "0"),
+            ],
+        );
+        wait_until("registered", Duration::from_secs(10), || {
+            instances(&redis).len() == 1
+        })
+        .await;
+        // Redis holds the release back while a heartbeat (every 333 ms) falls due and
+        // queues up behind it.
+        redis.signal("STOP");
+        relay.terminate();
+        tokio::time::sleep(Duration::from_millis(250 + 40 * round)).await;
+        redis.signal("CONT");
+        let (status, log) = relay.finish(Duration::from_secs(20)).await;
+        assert_eq!(status.code(), Some(0), "round {round}: {log}");
+        assert!(!log.contains("ERROR"), "round {round}: {log}");
+    }
+}

@@ -1,0 +1,469 @@
+//! Every Redis script, run with each of its writes refused: nothing may be lost or
+//! multiplied. A command that fails inside a Lua script does not undo the writes before
+//! it, so each script checks its permissions before its first write and copies before it
+//! removes. Real redis-server, real ACL users (selectors refuse one command on one key).
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use snowplow_relay::queue::{DeadLetter, Entry, Parked, Queue, QueueError};
+
+const LIST: &str = "snowplow";
+const USER: &str = "relay";
+
+/// The key patterns the relay uses; a refusal allows the command on all but one.
+const PATTERNS: &[&str] = &[
+    "snowplow",
+    "{snowplow}:dead",
+    "{snowplow}:inflight:*",
+    "{snowplow}:retry:*",
+    "{snowplow}:instance:*",
+    "{snowplow}:lease:*",
+    "{snowplow}:instances",
+];
+
+/// Lets user `relay` run everything.
+fn allow_all(redis: &RedisServer) {
+    redis.cmd(&[
+        "ACL", "SETUSER", USER, "reset", "on", ">pw", "~*", "&*", "+@all",
+    ]);
+}
+
+/// Lets user `relay` run everything but `command` on keys matching `pattern`.
+fn refuse(redis: &RedisServer, command: &str, pattern: &str) {
+    let mut rule = format!("(+{command}");
+    for other in PATTERNS.iter().filter(|p| **p != pattern) {
+        rule.push_str(" ~");
+        rule.push_str(other);
+    }
+    rule.push(')');
+    let minus = format!("-{command}");
+    redis.cmd(&[
+        "ACL", "SETUSER", USER, "reset", "on", ">pw", "~*", "&*", "+@all", &minus, &rule,
+    ]);
+}
+
+/// A queue connected as user `relay`.
+async fn queue(redis: &RedisServer) -> Queue {
+    allow_all(redis);
+    let url = format!("redis://{USER}:pw@127.0.0.1:{}", redis.port);
+    let settings = config_for_urls(&url, "http://127.0.0.1:9", &[]);
+    Queue::connect(&settings).await.unwrap()
+}
+
+/// Every event id in Redis and how many times it is there, wherever it is (list,
+/// in-flight, retry and dead-letter lists, any instance).
+fn census(redis: &RedisServer) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for key in redis.keys() {
+        let is_list: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query(&mut redis.conn())
+            .unwrap();
+        if is_list != "list" {
+            continue;
+        }
+        for item in redis.lrange(&key) {
+            // Dead-letter and retry entries: metadata line, then the element.
+            let element = match item.iter().position(|&b| b == b'\n') {
+                Some(at) => item[at + 1..].to_vec(),
+                None => item,
+            };
+            let text = String::from_utf8_lossy(&element);
+            if let Some(at) = text.find("\"eid\":\"") {
+                let rest = &text[at + 7..];
+                let eid = &rest[..rest.find('"').unwrap()];
+                *counts.entry(eid.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Runs `step` with each of `writes` refused in turn: each refusal must name the command
+/// and key and change nothing at all; then, with everything allowed, the step runs and
+/// `check` looks at the outcome.
+async fn each_write_refused(
+    name: &str,
+    writes: &[(&str, &str)],
+    prepare: impl AsyncFn(&RedisServer) -> Queue,
+    step: impl AsyncFn(&Queue) -> Result<(), QueueError>,
+    check: impl Fn(&RedisServer),
+) {
+    for (command, pattern) in writes {
+        let redis = RedisServer::start();
+        let queue = prepare(&redis).await;
+        let before = redis.snapshot();
+        refuse(&redis, command, pattern);
+        let refused = step(&queue).await;
+        let why = format!("{name} with {command} refused on {pattern}: {refused:?}");
+        match &refused {
+            Err(QueueError::Permission(text)) => {
+                assert!(
+                    text.to_ascii_lowercase().contains(command),
+                    "{why}: the error names the command"
+                );
+            }
+            _ => panic!("{why}: a permission error expected"),
+        }
+        assert!(
+            before == redis.snapshot(),
+            "{why}: the script wrote something before it was refused"
+        );
+        allow_all(&redis);
+        step(&queue)
+            .await
+            .unwrap_or_else(|e| panic!("{name} allowed again: {e}"));
+        check(&redis);
+        // Run again, as a retry after a lost reply would: nothing multiplies.
+        let settled = census(&redis);
+        let _ = step(&queue).await;
+        assert_eq!(
+            settled,
+            census(&redis),
+            "{name} run twice multiplied entries"
+        );
+    }
+}
+
+fn once_each(redis: &RedisServer, total: usize) {
+    let counts = census(redis);
+    assert_eq!(counts.len(), total, "every event somewhere: {counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "no event twice: {counts:?}"
+    );
+}
+
+fn big_event(eid: &str) -> String {
+    format!(
+        r#"{{"e":"pv","p":"pc","tv":"t","eid":"{eid}","url":"{}"}}"#,
+        "x".repeat(3_000)
+    )
+}
+
+#[tokio::test]
+async fn claim_refused_at_any_write_loses_nothing() {
+    each_write_refused(
+        "claim",
+        &[
+            ("rpush", "{snowplow}:inflight:*"),
+            ("rpush", "{snowplow}:dead"),
+            ("hset", "{snowplow}:instance:*"),
+            ("ltrim", "snowplow"),
+        ],
+        async |redis| {
+            let mut events = numbered_events(10);
+            events.insert(3, big_event("big"));
+            redis.rpush(LIST, &events);
+            let queue = queue(redis).await;
+            queue.register().await.unwrap();
+            queue
+        },
+        async |queue| queue.claim(0, 20, 2_000, 100_000).await.map(|_| ()),
+        |redis| {
+            once_each(redis, 11);
+            assert_eq!(redis.llen(LIST), 0);
+            assert_eq!(redis.llen("{snowplow}:dead"), 1, "the oversized one");
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn ack_refused_at_any_write_loses_nothing() {
+    each_write_refused(
+        "ack",
+        &[
+            ("rpush", "{snowplow}:dead"),
+            ("rpush", "{snowplow}:retry:*"),
+            ("hset", "{snowplow}:instance:*"),
+            ("ltrim", "{snowplow}:inflight:*"),
+        ],
+        async |redis| {
+            redis.rpush(LIST, &numbered_events(10));
+            let queue = queue(redis).await;
+            queue.register().await.unwrap();
+            queue.claim(0, 10, 100_000, 1_000_000).await.unwrap();
+            queue
+        },
+        async |queue| {
+            let dead = DeadLetter::new("collector answered 400", Some(400), "r").meta_line();
+            let parked = parked_meta(4);
+            queue
+                .ack(
+                    0,
+                    6,
+                    &[(2, Entry::Dead(&dead)), (4, Entry::Parked(&parked))],
+                )
+                .await
+        },
+        |redis| {
+            // Positions 0..6 acknowledged: 4 delivered (gone), 1 dead, 1 parked; 4 in flight.
+            let counts = census(redis);
+            assert_eq!(counts.len(), 6, "{counts:?}");
+            assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+            assert!(counts.contains_key("ev-2") && counts.contains_key("ev-4"));
+            assert_eq!(redis.llen("{snowplow}:dead"), 1);
+        },
+    )
+    .await;
+}
+
+fn parked_meta(position: u64) -> Vec<u8> {
+    Parked {
+        position,
+        parked_at: "2026-11-30T00:00:00Z".into(),
+        status: Some(500),
+        attempts: 3,
+        relay: "r".into(),
+    }
+    .meta_line()
+}
+
+/// A registered queue with 10 events claimed, positions 2 and 4 parked, 0..6 acked.
+async fn with_parked(redis: &RedisServer) -> Queue {
+    redis.rpush(LIST, &numbered_events(10));
+    let queue = queue(redis).await;
+    queue.register().await.unwrap();
+    queue.claim(0, 10, 100_000, 1_000_000).await.unwrap();
+    let (two, four) = (parked_meta(2), parked_meta(4));
+    queue
+        .ack(0, 6, &[(2, Entry::Parked(&two)), (4, Entry::Parked(&four))])
+        .await
+        .unwrap();
+    queue
+}
+
+#[tokio::test]
+async fn settling_parked_events_refused_at_any_write_loses_nothing() {
+    each_write_refused(
+        "settle",
+        &[("rpush", "{snowplow}:dead"), ("lrem", "{snowplow}:retry:*")],
+        with_parked,
+        async |queue| {
+            let dead = DeadLetter::new("failed alone", Some(500), "r").meta_line();
+            queue.settle_parked(&[(2, None), (4, Some(&dead))]).await
+        },
+        |redis| {
+            let counts = census(redis);
+            assert!(!counts.contains_key("ev-2"), "delivered: gone");
+            assert_eq!(counts.get("ev-4"), Some(&1), "dead-lettered once");
+            assert_eq!(counts.len(), 5, "{counts:?}");
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn release_refused_at_any_write_loses_nothing_and_keeps_claim_order() {
+    each_write_refused(
+        "release",
+        &[
+            ("lpush", "snowplow"),
+            ("rpush", "{snowplow}:dead"),
+            ("del", "{snowplow}:inflight:*"),
+            ("del", "{snowplow}:retry:*"),
+            ("del", "{snowplow}:instance:*"),
+            ("del", "{snowplow}:lease:*"),
+            ("srem", "{snowplow}:instances"),
+        ],
+        async |redis| {
+            let queue = with_parked(redis).await;
+            redis.rpush(LIST, &numbered_events(12)[10..]);
+            queue
+        },
+        async |queue| {
+            // Window from 6: 6 delivered, 7 dead, 8 and 9 pending; parked 2 delivered.
+            let dead = DeadLetter::new("collector answered 400", Some(400), "r").meta_line();
+            queue
+                .release(6, &[true, true], 10, &[(7, &dead)], &[2])
+                .await
+                .map(|_| ())
+        },
+        |redis| {
+            let counts = census(redis);
+            // Back in the list: parked 4, pending 8 and 9, then the two never claimed.
+            let list: Vec<String> = redis
+                .lrange(LIST)
+                .iter()
+                .map(|e| {
+                    let t = String::from_utf8_lossy(e);
+                    let at = t.find("\"eid\":\"").unwrap() + 7;
+                    t[at..at + t[at..].find('"').unwrap()].to_owned()
+                })
+                .collect();
+            assert_eq!(list, ["ev-4", "ev-8", "ev-9", "ev-10", "ev-11"]);
+            assert_eq!(counts.get("ev-7"), Some(&1), "dead-lettered once");
+            assert_eq!(counts.len(), 6, "{counts:?}");
+            assert_eq!(
+                redis
+                    .keys()
+                    .iter()
+                    .filter(|k| k.contains("inflight")
+                        || k.contains("retry")
+                        || k.contains("lease:")
+                        || k.contains("instance:"))
+                    .count(),
+                0
+            );
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn abandon_refused_at_any_write_loses_nothing() {
+    each_write_refused(
+        "abandon",
+        &[
+            ("lpush", "snowplow"),
+            ("del", "{snowplow}:inflight:*"),
+            ("del", "{snowplow}:retry:*"),
+            ("del", "{snowplow}:instance:*"),
+            ("del", "{snowplow}:lease:*"),
+            ("srem", "{snowplow}:instances"),
+        ],
+        with_parked,
+        async |queue| queue.abandon().await.map(|_| ()),
+        |redis| {
+            // The two parked and the four in flight, in claim order.
+            let counts = census(redis);
+            assert_eq!(counts.len(), 6, "{counts:?}");
+            assert_eq!(redis.llen(LIST), 6);
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn recovery_refused_at_any_write_loses_nothing() {
+    each_write_refused(
+        "recover",
+        &[
+            ("lpush", "snowplow"),
+            ("del", "{snowplow}:inflight:*"),
+            ("del", "{snowplow}:retry:*"),
+            ("del", "{snowplow}:instance:*"),
+            ("srem", "{snowplow}:instances"),
+        ],
+        async |redis| {
+            // A dead relay: parked and in-flight events, its lease gone.
+            let dead = with_parked(redis).await;
+            redis.cmd(&["DEL", &dead.keys().lease(dead.instance())]);
+            queue(redis).await
+        },
+        async |queue| queue.recover_expired().await.map(|_| ()),
+        |redis| {
+            let counts = census(redis);
+            assert_eq!(counts.len(), 6, "{counts:?}");
+            assert!(counts.values().all(|&n| n == 1));
+            assert_eq!(redis.llen(LIST), 6);
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn register_heartbeat_and_replay_refused_change_nothing() {
+    each_write_refused(
+        "register",
+        &[
+            ("sadd", "{snowplow}:instances"),
+            ("hset", "{snowplow}:instance:*"),
+            ("set", "{snowplow}:lease:*"),
+        ],
+        queue,
+        async |queue| queue.register().await,
+        |redis| assert_eq!(instances(redis).len(), 1),
+    )
+    .await;
+    each_write_refused(
+        "heartbeat",
+        &[("set", "{snowplow}:lease:*")],
+        async |redis| {
+            let queue = queue(redis).await;
+            queue.register().await.unwrap();
+            queue
+        },
+        async |queue| queue.heartbeat().await,
+        |_| {},
+    )
+    .await;
+    each_write_refused(
+        "replay",
+        &[("rpush", "snowplow"), ("ltrim", "{snowplow}:dead")],
+        async |redis| {
+            let entries: Vec<String> = numbered_events(5)
+                .iter()
+                .map(|e| {
+                    String::from_utf8(DeadLetter::new("r", None, "x").encode(e.as_bytes())).unwrap()
+                })
+                .collect();
+            redis.rpush("{snowplow}:dead", &entries);
+            queue(redis).await
+        },
+        async |queue| queue.replay_dead_letters(3).await.map(|_| ()),
+        |redis| {
+            once_each(redis, 5);
+            assert_eq!(redis.llen(LIST), 3);
+        },
+    )
+    .await;
+}
+
+/// A failure no permission check foresees (a key of the wrong type, created behind the
+/// relay's back) stops the claim after its first write: the copies are in the in-flight
+/// list, the originals still in the list. Duplicates, never a loss; the next call sees
+/// the counters do not match, and abandoning returns the copies once.
+#[tokio::test]
+async fn a_claim_stopped_halfway_at_run_time_leaves_duplicates_never_a_loss() {
+    let redis = RedisServer::start();
+    let mut events = numbered_events(10);
+    events.insert(3, big_event("big"));
+    redis.rpush(LIST, &events);
+    let queue = queue(&redis).await;
+    queue.register().await.unwrap();
+    redis.cmd(&["SET", "{snowplow}:dead", "not a list"]);
+    let claim = queue.claim(0, 20, 2_000, 100_000).await;
+    assert!(claim.is_err(), "{claim:?}");
+    let counts = census(&redis);
+    assert_eq!(counts.len(), 11, "every event somewhere: {counts:?}");
+    let mismatch = queue.claim(0, 20, 2_000, 100_000).await;
+    assert!(
+        matches!(mismatch, Err(QueueError::StateMismatch(_))),
+        "{mismatch:?}"
+    );
+    queue.abandon().await.unwrap();
+    let counts = census(&redis);
+    assert_eq!(counts.len(), 11);
+    assert!(
+        counts.values().all(|&n| n <= 2),
+        "copied back once: {counts:?}"
+    );
+}
+
+/// An acknowledgement that ran but whose reply was lost, then a shutdown: the release
+/// gets the same dead-letter entries again and must not write them twice.
+#[tokio::test]
+async fn a_lost_ack_reply_then_release_writes_each_dead_letter_once() {
+    let redis = RedisServer::start();
+    redis.rpush(LIST, &numbered_events(10));
+    let queue = queue(&redis).await;
+    queue.register().await.unwrap();
+    queue.claim(0, 10, 100_000, 1_000_000).await.unwrap();
+    let dead = DeadLetter::new("collector answered 400", Some(400), "r").meta_line();
+    let entries: Vec<(u64, Entry)> = (0..5).map(|p| (p, Entry::Dead(&dead))).collect();
+    queue.ack(0, 5, &entries).await.unwrap();
+    // The relay never saw that reply: its window still starts at 0.
+    let dead_by_position: Vec<(u64, &[u8])> = (0..5).map(|p| (p, &dead[..])).collect();
+    queue
+        .release(0, &[true; 5], 10, &dead_by_position, &[])
+        .await
+        .unwrap();
+    assert_eq!(redis.llen("{snowplow}:dead"), 5, "each dead-lettered once");
+    assert_eq!(redis.llen(LIST), 5, "the unresolved five went back");
+    once_each(&redis, 10);
+}

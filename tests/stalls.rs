@@ -1,0 +1,343 @@
+//! Never stuck for good: a Redis connection that stops answering, a switchover that
+//! leaves connections on a demoted master, events the collector refuses on their own
+//! (and, in the same test, a real outage that must dead-letter nothing), replies larger
+//! than Redis lets through, and liveness that means work is attempted.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LIST: &str = "snowplow";
+
+fn distinct(collector: &Collector) -> HashSet<String> {
+    collector.distinct_eids()
+}
+
+#[tokio::test]
+async fn a_redis_connection_that_stops_answering_is_replaced() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.port).await;
+    let collector = Collector::start().await;
+    collector.set_delay(Duration::from_millis(5));
+    let total = 5_000;
+    redis.rpush(LIST, &numbered_events(total));
+    let relay = Relay::start(config_for_urls(
+        &proxy.url(),
+        &collector.url(),
+        &[
+            ("redis.command_timeout_ms", "500"),
+            ("redis.claim_batch_size", "100"),
+            ("worker.max_claimed_events", "500"),
+        ],
+    ));
+    wait_until("some delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 1_000
+    })
+    .await;
+    // Every connection the relay holds now answers nothing; new ones get through.
+    proxy.freeze_existing();
+    let frozen = Instant::now();
+    wait_until("every event delivered", Duration::from_secs(30), || {
+        collector.distinct_delivered() == total
+    })
+    .await;
+    eprintln!("frozen connections: recovered in {:?}", frozen.elapsed());
+    let summary = relay.stop().await;
+    assert_eq!(summary.dead_lettered, 0);
+    assert_eq!(redis.llen(LIST), 0);
+}
+
+#[tokio::test]
+async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed() {
+    let old = RedisServer::start();
+    let new = RedisServer::start();
+    new.cmd(&["REPLICAOF", "127.0.0.1", &old.port.to_string()]);
+    let total = 6_000;
+    old.rpush(LIST, &numbered_events(total));
+    wait_until("the replica is in sync", Duration::from_secs(10), || {
+        new.llen(LIST) == total
+    })
+    .await;
+    let proxy = Proxy::start(old.port).await;
+    let collector = Collector::start().await;
+    collector.set_delay(Duration::from_millis(5));
+    let relay = Relay::start(config_for_urls(
+        &proxy.url(),
+        &collector.url(),
+        &[
+            ("redis.command_timeout_ms", "1000"),
+            ("redis.claim_batch_size", "100"),
+            ("worker.max_claimed_events", "500"),
+        ],
+    ));
+    wait_until("some delivered", Duration::from_secs(20), || {
+        collector.delivered().len() >= 1_000
+    })
+    .await;
+    // An orderly switchover: writes paused, the replica caught up, promoted, the old
+    // master demoted, the address moved; the relay's connections stay open to the old one.
+    old.cmd(&["CLIENT", "PAUSE", "5000", "WRITE"]);
+    let offset = |server: &RedisServer, field: &str| -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut server.conn())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    wait_until("caught up", Duration::from_secs(10), || {
+        offset(&new, "slave_repl_offset:") >= offset(&old, "master_repl_offset:")
+    })
+    .await;
+    new.cmd(&["REPLICAOF", "NO", "ONE"]);
+    old.cmd(&["REPLICAOF", "127.0.0.1", &new.port.to_string()]);
+    proxy.retarget(new.port);
+    old.cmd(&["CLIENT", "UNPAUSE"]);
+    let switched = Instant::now();
+    wait_until("every event delivered", Duration::from_secs(30), || {
+        collector.distinct_delivered() == total
+    })
+    .await;
+    eprintln!("switchover: recovered in {:?}", switched.elapsed());
+    relay.stop().await;
+    assert_eq!(new.llen(LIST), 0);
+}
+
+/// Both halves are needed: events the collector refuses on their own are parked, retried
+/// alone and dead-lettered while the rest flows; and an outage that refuses everything
+/// dead-letters nothing, however long it lasts against these short retry delays.
+#[tokio::test]
+async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letters_nothing() {
+    let settings: &[(&'static str, &str)] = &[
+        ("redis.claim_batch_size", "200"),
+        ("worker.max_claimed_events", "1000"),
+        ("collector.park_after_failures", "3"),
+        ("collector.isolated_failure_limit", "5"),
+    ];
+    // Two events the collector answers 500 to, with every batch that holds them.
+    let redis = RedisServer::start();
+    let poisoned = ["ev-100", "ev-5000"];
+    let collector = Collector::start_with(Box::new(move |request| {
+        if request
+            .events()
+            .iter()
+            .any(|e| poisoned.contains(&e["eid"].as_str().unwrap_or_default()))
+        {
+            500
+        } else {
+            200
+        }
+    }))
+    .await;
+    let total = 10_000;
+    redis.rpush(LIST, &numbered_events(total));
+    let relay = Relay::start(config(&redis, &collector, settings));
+    let started = Instant::now();
+    wait_until("the others delivered", Duration::from_secs(60), || {
+        collector.distinct_delivered() == total - 2
+    })
+    .await;
+    wait_until("the two dead-lettered", Duration::from_secs(60), || {
+        redis.llen("{snowplow}:dead") == 2
+    })
+    .await;
+    eprintln!(
+        "two refused events: all resolved in {:?}",
+        started.elapsed()
+    );
+    let summary = relay.stop().await;
+    assert_eq!(summary.dead_lettered, 2);
+    for entry in redis.lrange("{snowplow}:dead") {
+        let (meta, element) = snowplow_relay::queue::DeadLetter::decode(&entry).unwrap();
+        assert_eq!(meta.status, Some(500));
+        assert!(meta.reason.contains("attempts"), "{}", meta.reason);
+        let element = String::from_utf8_lossy(element);
+        assert!(poisoned.iter().any(|p| element.contains(p)));
+    }
+    assert!(
+        !distinct(&collector)
+            .iter()
+            .any(|e| poisoned.contains(&e.as_str()))
+    );
+    assert_eq!(redis.llen(LIST), 0);
+    assert_eq!(
+        redis.keys(),
+        vec!["{snowplow}:dead".to_owned()],
+        "nothing left parked"
+    );
+
+    // A real outage: every request refused for 8 s (40 times the longest retry delay).
+    let redis = RedisServer::start();
+    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    let total = 20_000;
+    redis.rpush(LIST, &numbered_events(total));
+    let relay = Relay::start(config(&redis, &collector, settings));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(collector.delivered().is_empty());
+    assert_eq!(
+        redis.llen("{snowplow}:dead"),
+        0,
+        "an outage dead-letters nothing"
+    );
+    collector.respond_with(Box::new(|_| 200));
+    let recovered = Instant::now();
+    wait_until("every event delivered", Duration::from_secs(60), || {
+        collector.distinct_delivered() == total
+    })
+    .await;
+    eprintln!(
+        "8 s outage: all delivered {:?} after it ended",
+        recovered.elapsed()
+    );
+    let summary = relay.stop().await;
+    assert_eq!(summary.dead_lettered, 0);
+    assert_eq!(redis.llen("{snowplow}:dead"), 0);
+    assert_eq!(redis.llen(LIST), 0);
+}
+
+/// With `client-output-buffer-limit normal 1mb`, a claim reply of 500 events of 8 KB
+/// makes Redis close the connection. Read the limit where CONFIG is allowed; shrink the
+/// claim after such a disconnect where it is not; and resend a lost reply within the
+/// same bound.
+#[tokio::test]
+async fn claims_fit_the_largest_reply_redis_allows() {
+    let big_events = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"e":"pv","p":"pc","tv":"t","eid":"ev-{i}","url":"{}"}}"#,
+                    "u".repeat(8_000)
+                )
+            })
+            .collect()
+    };
+    for config_allowed in [true, false] {
+        let redis = RedisServer::start_with(&["--client-output-buffer-limit", "normal 1mb 0 0"]);
+        let url = if config_allowed {
+            redis.url()
+        } else {
+            redis.cmd(&[
+                "ACL", "SETUSER", "relay", "on", ">pw", "~*", "&*", "+@all", "-config",
+            ]);
+            format!("redis://relay:pw@127.0.0.1:{}", redis.port)
+        };
+        let collector = Collector::start().await;
+        let total = 2_000;
+        redis.rpush(LIST, &big_events(total));
+        let relay = Relay::start(config_for_urls(&url, &collector.url(), &[]));
+        wait_until("every event delivered", Duration::from_secs(45), || {
+            collector.distinct_delivered() == total
+        })
+        .await;
+        let summary = relay.stop().await;
+        assert_eq!(summary.dead_lettered, 0, "CONFIG allowed: {config_allowed}");
+        assert_eq!(redis.llen(LIST), 0);
+    }
+}
+
+/// Alive means work is attempted: Redis answering the heartbeat while every claim is
+/// refused is not alive; a collector refusing everything for longer than the bound is
+/// (attempts go on), but not ready.
+#[tokio::test]
+async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
+    let settings: &[(&'static str, &str)] = &[
+        ("redis.lease_ttl_ms", "3000"),
+        ("collector.request_timeout_ms", "1000"),
+    ];
+    // stuck_after = max(3 s, 0.2 s + 1 s) + 10 s = 13 s.
+    let bound = Duration::from_secs(13);
+    let get = |addr: std::net::SocketAddr, path: &'static str| async move {
+        snowplow_relay::admin::probe(addr, path, Duration::from_secs(2)).await
+    };
+
+    // Claims refused (this user may no longer write the in-flight list) while the
+    // heartbeat is answered: a wedge.
+    let redis = RedisServer::start();
+    redis.cmd(&["ACL", "SETUSER", "relay", "on", ">pw", "~*", "&*", "+@all"]);
+    let collector = Collector::start().await;
+    let port = free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut extra = settings.to_vec();
+    let listen = addr.to_string();
+    extra.push(("admin.listen", &listen));
+    let relay = Relay::start(config_for_urls(
+        &format!("redis://relay:pw@127.0.0.1:{}", redis.port),
+        &collector.url(),
+        &extra,
+    ));
+    wait_until("ready", Duration::from_secs(10), || {
+        instances(&redis).len() == 1
+    })
+    .await;
+    redis.cmd(&[
+        "ACL", "SETUSER", "relay", "reset", "on", ">pw", "~*", "&*", "+@all", "-rpush",
+    ]);
+    redis.rpush(LIST, &numbered_events(10));
+    let wedged = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Err(why) = get(addr, "/readyz").await {
+            assert!(why.contains("claim failing"), "{why}");
+            break;
+        }
+        assert!(
+            wedged.elapsed() < Duration::from_secs(5),
+            "/readyz says so at once"
+        );
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        match get(addr, "/healthz").await {
+            Ok(_) => assert!(
+                wedged.elapsed() < bound + Duration::from_secs(5),
+                "/healthz still 200 after {:?}",
+                wedged.elapsed()
+            ),
+            Err(why) => {
+                assert!(wedged.elapsed() >= bound - Duration::from_secs(1), "{why}");
+                assert!(
+                    why.contains("while Redis answers the lease renewal"),
+                    "{why}"
+                );
+                break;
+            }
+        }
+    }
+    eprintln!("claims refused: /healthz 503 after {:?}", wedged.elapsed());
+    relay.stop().await;
+    assert_eq!(redis.llen(LIST), 10, "nothing lost");
+
+    // The collector refuses everything for the bound and 5 s more: alive all along.
+    let redis = RedisServer::start();
+    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    redis.rpush(LIST, &numbered_events(2_000));
+    let port = free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut extra = settings.to_vec();
+    let listen = addr.to_string();
+    extra.push(("admin.listen", &listen));
+    let relay = Relay::start(config(&redis, &collector, &extra));
+    let outage = Instant::now();
+    let mut not_ready = false;
+    while outage.elapsed() < bound + Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Err(why) = get(addr, "/healthz").await {
+            panic!("an outage is alive, but /healthz said: {why}");
+        }
+        not_ready |= get(addr, "/readyz")
+            .await
+            .is_err_and(|why| why.contains("collector requests failing"));
+    }
+    assert!(not_ready, "/readyz says the collector is failing");
+    collector.respond_with(Box::new(|_| 200));
+    wait_until("all delivered", Duration::from_secs(30), || {
+        collector.distinct_delivered() == 2_000
+    })
+    .await;
+    relay.stop().await;
+}
