@@ -4,6 +4,11 @@
 //! What is logged where: a start-up line with the effective settings (credentials
 //! masked), warnings with counts when a request, a Redis call or an element fails, a
 //! debug line per delivered batch, and nothing per event at `info`.
+//!
+//! Every record is one line: in text format each field's value has its control
+//! characters escaped and is cut at 16 KiB (JSON escapes them by itself), so an error
+//! quoting a multi-line reply or a key holding escape sequences cannot forge or split
+//! lines.
 
 use tracing_subscriber::EnvFilter;
 
@@ -28,6 +33,24 @@ impl LogLevel {
     }
 }
 
+/// `text` on one line and at most `max` bytes: control characters escaped (`\n`,
+/// `\u{1b}`), the rest cut with a note of the full length.
+pub fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max + 32));
+    for c in text.chars() {
+        if out.len() >= max {
+            out.push_str(&format!("… ({} bytes)", text.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Installs the global subscriber, writing to stderr. `RUST_LOG`, when set, overrides
 /// `log.level`.
 pub fn init(config: &LogConfig) -> LogLevel {
@@ -42,9 +65,23 @@ pub fn init(config: &LogConfig) -> LogLevel {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    // One line per record, whatever a value holds.
+    let one_line_fields = tracing_subscriber::field::MakeExt::delimited(
+        tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+            let text = one_line(&format!("{value:?}"), 16 * 1024);
+            if field.name() == "message" {
+                write!(writer, "{text}")
+            } else {
+                write!(writer, "{field}={text}")
+            }
+        }),
+        " ",
+    );
     let reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync> = match config.format {
         LogFormat::Text => {
-            let builder = builder.with_filter_reloading();
+            let builder = builder
+                .fmt_fields(one_line_fields)
+                .with_filter_reloading();
             let handle = builder.reload_handle();
             let _ = builder.try_init();
             Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()))

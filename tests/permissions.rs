@@ -370,3 +370,32 @@ async fn clean_stops_log_no_error_even_when_the_heartbeat_is_due() {
         assert!(!log.contains("ERROR"), "round {round}: {log}");
     }
 }
+
+#[tokio::test]
+async fn every_log_record_is_one_line_whatever_a_key_holds() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    // A list name with a newline, an escape sequence and 100 KB of text.
+    let key = format!("evil\n\u{1b}[31mFAKE ERROR line{}", "k".repeat(100_000));
+    let relay = Process::start(
+        &redis.url(),
+        &collector.url(),
+        &[("SNOWPLOW_RELAY_REDIS__KEY", key.as_str())],
+    );
+    wait_until("registered", Duration::from_secs(10), || {
+        redis.keys().iter().any(|k| k.ends_with(":instances"))
+    })
+    .await;
+    relay.terminate();
+    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", &log[..log.len().min(2000)]);
+    for line in log.lines() {
+        assert!(
+            line.starts_with("20") && line.contains('Z'),
+            "each line is a record of its own: {}",
+            &line[..line.len().min(200)]
+        );
+        assert!(!line.contains('\u{1b}'), "no raw escape sequence");
+        assert!(line.len() < 40_000, "a line of {} bytes", line.len());
+    }
+}

@@ -218,23 +218,9 @@ impl QueueError {
     }
 }
 
-/// `text` on one line and at most 512 bytes: control characters escaped, the rest cut
-/// with a note of the full length. Redis errors can quote event data or keys.
+/// `text` on one line and at most 512 bytes (see [`crate::telemetry::one_line`]).
 pub fn one_line(text: &str) -> String {
-    const MAX: usize = 512;
-    let mut out = String::with_capacity(text.len().min(MAX + 32));
-    for c in text.chars() {
-        if out.len() >= MAX {
-            out.push_str(&format!("… ({} bytes)", text.len()));
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::telemetry::one_line(text, 512)
 }
 
 /// The key names for one list and one instance.
