@@ -79,9 +79,7 @@ pub fn init(config: &LogConfig) -> LogLevel {
     );
     let reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync> = match config.format {
         LogFormat::Text => {
-            let builder = builder
-                .fmt_fields(one_line_fields)
-                .with_filter_reloading();
+            let builder = builder.fmt_fields(one_line_fields).with_filter_reloading();
             let handle = builder.reload_handle();
             let _ = builder.try_init();
             Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()))

@@ -259,6 +259,15 @@ async fn a_full_redis_is_drained_and_said_to_be_full() {
     assert_eq!(eids.len(), total, "nothing lost");
     assert_eq!(redis.llen(LIST), 0);
     assert!(log.contains("Redis is out of memory"), "{log}");
+    let delivered = collector.delivered_eids().len();
+    eprintln!(
+        "full Redis: events in {total}, delivered {}, duplicates {}, dead-lettered {}, left in Redis {}, vanished {}",
+        eids.len(),
+        delivered - eids.len(),
+        redis.llen("{snowplow}:dead"),
+        redis.llen(LIST),
+        total - eids.len()
+    );
     assert!(!log.contains("cannot reach Redis"), "{log}");
 }
 

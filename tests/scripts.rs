@@ -96,6 +96,7 @@ async fn each_write_refused(
         let redis = RedisServer::start();
         let queue = prepare(&redis).await;
         let before = redis.snapshot();
+        let events_in = census(&redis);
         refuse(&redis, command, pattern);
         let refused = step(&queue).await;
         let why = format!("{name} with {command} refused on {pattern}: {refused:?}");
@@ -111,6 +112,16 @@ async fn each_write_refused(
         assert!(
             before == redis.snapshot(),
             "{why}: the script wrote something before it was refused"
+        );
+        let after = census(&redis);
+        let vanished = events_in.keys().filter(|e| !after.contains_key(*e)).count();
+        let duplicates: usize = after.values().map(|n| n.saturating_sub(1)).sum();
+        eprintln!(
+            "{name:>8}, {:>5} {:<24} refused: events in Redis {}, after {}, duplicates {duplicates}, vanished {vanished}, keys unchanged",
+            command.to_uppercase(),
+            pattern,
+            events_in.len(),
+            after.len(),
         );
         allow_all(&redis);
         step(&queue)

@@ -16,6 +16,25 @@ fn distinct(collector: &Collector) -> HashSet<String> {
     collector.distinct_eids()
 }
 
+/// One line for the closing note: what became of the events of a scenario.
+fn account(
+    scenario: &str,
+    total: usize,
+    collector: &Collector,
+    redis: &RedisServer,
+    took: Duration,
+) {
+    let distinct = collector.distinct_delivered();
+    let delivered = collector.delivered_eids().len();
+    let dead = redis.llen("{snowplow}:dead");
+    let left = redis.llen(LIST);
+    eprintln!(
+        "{scenario}: events in {total}, delivered {distinct}, duplicates {}, dead-lettered {dead}, left in Redis {left}, vanished {}, fault to full recovery {took:.1?}",
+        delivered - distinct,
+        total - distinct - dead - left,
+    );
+}
+
 #[tokio::test]
 async fn a_redis_connection_that_stops_answering_is_replaced() {
     let redis = RedisServer::start();
@@ -44,8 +63,9 @@ async fn a_redis_connection_that_stops_answering_is_replaced() {
         collector.distinct_delivered() == total
     })
     .await;
-    eprintln!("frozen connections: recovered in {:?}", frozen.elapsed());
+    let took = frozen.elapsed();
     let summary = relay.stop().await;
+    account("frozen Redis connections", total, &collector, &redis, took);
     assert_eq!(summary.dead_lettered, 0);
     assert_eq!(redis.llen(LIST), 0);
 }
@@ -103,8 +123,9 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
         collector.distinct_delivered() == total
     })
     .await;
-    eprintln!("switchover: recovered in {:?}", switched.elapsed());
+    let took = switched.elapsed();
     relay.stop().await;
+    account("switchover (READONLY)", total, &collector, &new, took);
     assert_eq!(new.llen(LIST), 0);
 }
 
@@ -146,11 +167,9 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
         redis.llen("{snowplow}:dead") == 2
     })
     .await;
-    eprintln!(
-        "two refused events: all resolved in {:?}",
-        started.elapsed()
-    );
+    let took = started.elapsed();
     let summary = relay.stop().await;
+    account("two events refused alone", total, &collector, &redis, took);
     assert_eq!(summary.dead_lettered, 2);
     for entry in redis.lrange("{snowplow}:dead") {
         let (meta, element) = snowplow_relay::queue::DeadLetter::decode(&entry).unwrap();
@@ -190,11 +209,15 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
         collector.distinct_delivered() == total
     })
     .await;
-    eprintln!(
-        "8 s outage: all delivered {:?} after it ended",
-        recovered.elapsed()
-    );
+    let took = recovered.elapsed();
     let summary = relay.stop().await;
+    account(
+        "8 s outage (time after it ended)",
+        total,
+        &collector,
+        &redis,
+        took,
+    );
     assert_eq!(summary.dead_lettered, 0);
     assert_eq!(redis.llen("{snowplow}:dead"), 0);
     assert_eq!(redis.llen(LIST), 0);
@@ -229,12 +252,21 @@ async fn claims_fit_the_largest_reply_redis_allows() {
         let collector = Collector::start().await;
         let total = 2_000;
         redis.rpush(LIST, &big_events(total));
+        let started = Instant::now();
         let relay = Relay::start(config_for_urls(&url, &collector.url(), &[]));
         wait_until("every event delivered", Duration::from_secs(45), || {
             collector.distinct_delivered() == total
         })
         .await;
+        let took = started.elapsed();
         let summary = relay.stop().await;
+        account(
+            &format!("1 MB reply limit, CONFIG allowed {config_allowed} (time from start)"),
+            total,
+            &collector,
+            &redis,
+            took,
+        );
         assert_eq!(summary.dead_lettered, 0, "CONFIG allowed: {config_allowed}");
         assert_eq!(redis.llen(LIST), 0);
     }
@@ -311,6 +343,49 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
     eprintln!("claims refused: /healthz 503 after {:?}", wedged.elapsed());
     relay.stop().await;
     assert_eq!(redis.llen(LIST), 10, "nothing lost");
+
+    // One event refused on its own, with parking effectively off (as before parking
+    // existed): it holds the window, claiming waits while the collector accepts other
+    // requests. A wedge.
+    let redis = RedisServer::start();
+    let collector = Collector::start_with(Box::new(|request| {
+        if request.events().iter().any(|e| e["eid"] == "ev-5") {
+            500
+        } else {
+            200
+        }
+    }))
+    .await;
+    redis.rpush(LIST, &numbered_events(2_000));
+    let port = free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut extra = settings.to_vec();
+    let listen = addr.to_string();
+    extra.push(("admin.listen", &listen));
+    extra.push(("collector.park_after_failures", "1000"));
+    extra.push(("worker.max_claimed_events", "500"));
+    let relay = Relay::start(config(&redis, &collector, &extra));
+    let blocked = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Err(why) = get(addr, "/healthz").await {
+            assert!(
+                why.contains("window is blocked") || why.contains("other requests succeed"),
+                "{why}"
+            );
+            break;
+        }
+        assert!(
+            blocked.elapsed() < bound + Duration::from_secs(5),
+            "/healthz still 200 after {:?}",
+            blocked.elapsed()
+        );
+    }
+    eprintln!(
+        "a refused event holding the window: /healthz 503 after {:?}",
+        blocked.elapsed()
+    );
+    relay.stop_now().await;
 
     // The collector refuses everything for the bound and 5 s more: alive all along.
     let redis = RedisServer::start();
