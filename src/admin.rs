@@ -3,22 +3,19 @@
 //! HTTP/1 server; and [`probe`], the client side used by `snowplow-relay healthcheck`
 //! (slim container images have no curl).
 //!
-//! It only reads shared state; a slow or hostile scraper cannot hold up the relay. Each
-//! connection is served on its own task, with a header-read timeout.
+//! It only reads shared state; a slow or hostile scraper cannot hold up the relay. It
+//! is bounded as [`crate::listener`] says: at most 64 connections, 8 KiB of headers each,
+//! 2 s to send them, one request per connection, 10 s per connection at most.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+
+use crate::listener::{Body, Limits, full};
 
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -37,29 +34,26 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// How the admin listener bounds its clients: its endpoints need a few hundred bytes.
+pub const LIMITS: Limits = Limits {
+    max_connections: 64,
+    max_header_bytes: 8 * 1024,
+    header_timeout: Duration::from_secs(2),
+    connection_timeout: Duration::from_secs(10),
+    keep_alive: false,
+};
+
 /// Serves until the returned future is dropped.
 pub async fn serve(listener: TcpListener, admin: Admin) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.answer(&request)) }
-            });
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let answer = move |request: Request<Incoming>| {
+        let response = admin.answer(&request);
+        async move { response }
+    };
+    crate::listener::serve_http(listener, LIMITS, answer, std::future::pending()).await;
 }
 
 impl Admin {
-    fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn answer(&self, request: &Request<Incoming>) -> Response<Body> {
         if request.method() != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         }
@@ -69,8 +63,8 @@ impl Admin {
                     "content-type",
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )
-                .body(Full::new(Bytes::from(self.metrics.encode())))
-                .unwrap_or_default(),
+                .body(full(self.metrics.encode()))
+                .unwrap_or_else(|_| Response::new(full(""))),
             "/healthz" => match self.health.alive() {
                 Ok(()) => text(StatusCode::OK, format!("ok: {}\n", self.health.status())),
                 Err(why) => text(
@@ -93,12 +87,12 @@ impl Admin {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default()
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full("")))
 }
 
 /// `GET path` on the admin listener at `addr`, within `timeout`: `Ok` with the body on

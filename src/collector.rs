@@ -16,24 +16,31 @@
 //!
 //! It is not a production collector: nothing is enriched or stored beyond memory and the
 //! optional `--record` file (one good event per JSON line).
+//!
+//! Bounded whatever clients send: at most `max_connections` connections, request bodies
+//! read within `body_timeout` and within a budget of body bytes read at once (the rest
+//! wait), the store bounded in events and in bytes (the oldest dropped and counted), and
+//! `/micro/good|bad` answers streamed from the stored events' JSON outside the store's
+//! lock.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::io::Write;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::listener::{Body, Limits, full};
 
 use crate::event::{PAYLOAD_DATA_FIELDS, PAYLOAD_DATA_SCHEMA, REQUIRED_FIELDS};
 use crate::tracker::{check_contexts, check_self_describing_event, is_iglu_uri};
@@ -43,6 +50,12 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// How many events (good and bad together) are kept by default.
 pub const DEFAULT_MAX_EVENTS: usize = 100_000;
+
+/// How many bytes of stored events (their JSON) are kept by default.
+pub const DEFAULT_MAX_STORE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Connections served at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// A transparent 1×1 GIF, the answer to a GET.
 const PIXEL: &[u8] = &[
@@ -60,6 +73,12 @@ pub struct CollectorOptions {
     pub max_body_bytes: usize,
     /// Append every good event to this file as one JSON line.
     pub record: Option<PathBuf>,
+    /// Bytes of stored events kept in memory (their JSON); the oldest go first.
+    pub max_store_bytes: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time for a request body to arrive, whole.
+    pub body_timeout: Duration,
 }
 
 impl Default for CollectorOptions {
@@ -68,7 +87,17 @@ impl Default for CollectorOptions {
             max_events: DEFAULT_MAX_EVENTS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             record: None,
+            max_store_bytes: DEFAULT_MAX_STORE_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            body_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl CollectorOptions {
+    /// Bytes of request bodies read at once: eight of the largest, 16 MiB at least.
+    fn body_budget(&self) -> usize {
+        (8 * self.max_body_bytes).max(16 * 1024 * 1024)
     }
 }
 
@@ -81,15 +110,50 @@ pub struct Totals {
     pub good: u64,
     /// Events that did not.
     pub bad: u64,
-    /// Events no longer kept because `max_events` was reached.
+    /// Events no longer kept because `max_events` or `max_store_bytes` was reached.
     pub dropped: u64,
+}
+
+/// One stored event: its JSON as served, and what the filters look at.
+struct Stored {
+    json: Bytes,
+    event_type: String,
+    schema: String,
+    /// Order of arrival.
+    seq: u64,
 }
 
 #[derive(Default)]
 struct Store {
     totals: Totals,
-    good: VecDeque<Value>,
-    bad: VecDeque<Value>,
+    good: VecDeque<Arc<Stored>>,
+    bad: VecDeque<Arc<Stored>>,
+    /// Bytes of JSON held.
+    bytes: usize,
+    seq: u64,
+}
+
+impl Store {
+    /// Drops the oldest events until both bounds hold.
+    fn trim(&mut self, max_events: usize, max_bytes: usize) {
+        while self.good.len() + self.bad.len() > max_events || self.bytes > max_bytes {
+            let from_good = match (self.good.front(), self.bad.front()) {
+                (Some(good), Some(bad)) => good.seq < bad.seq,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return,
+            };
+            let dropped = if from_good {
+                self.good.pop_front()
+            } else {
+                self.bad.pop_front()
+            };
+            if let Some(dropped) = dropped {
+                self.bytes -= dropped.json.len();
+                self.totals.dropped += 1;
+            }
+        }
+    }
 }
 
 /// The local collector; clone it to share its store (e.g. to read it in a test).
@@ -98,6 +162,8 @@ pub struct LocalCollector {
     options: Arc<CollectorOptions>,
     store: Arc<Mutex<Store>>,
     record: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
+    /// Bytes of request bodies being read now.
+    body_budget: Arc<Semaphore>,
 }
 
 impl LocalCollector {
@@ -120,6 +186,7 @@ impl LocalCollector {
             None => None,
         };
         Ok(LocalCollector {
+            body_budget: Arc::new(Semaphore::new(options.body_budget())),
             options: Arc::new(options),
             store: Arc::default(),
             record,
@@ -133,23 +200,22 @@ impl LocalCollector {
 
     /// The good events kept, oldest first.
     pub fn good(&self) -> Vec<Value> {
-        self.store
-            .lock()
-            .expect("store lock")
-            .good
-            .iter()
-            .cloned()
-            .collect()
+        self.kept(|store| &store.good)
     }
 
     /// The bad events kept, oldest first.
     pub fn bad(&self) -> Vec<Value> {
-        self.store
-            .lock()
-            .expect("store lock")
-            .bad
+        self.kept(|store| &store.bad)
+    }
+
+    fn kept(&self, which: impl Fn(&Store) -> &VecDeque<Arc<Stored>>) -> Vec<Value> {
+        let events: Vec<Arc<Stored>> = which(&self.store.lock().expect("store lock"))
             .iter()
             .cloned()
+            .collect();
+        events
+            .iter()
+            .filter_map(|e| serde_json::from_slice(&e.json).ok())
             .collect()
     }
 
@@ -159,31 +225,22 @@ impl LocalCollector {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = &mut shutdown => return,
-            };
-            let Ok((stream, _)) = accepted else {
-                continue;
-            };
+        let limits = Limits {
+            max_connections: self.options.max_connections,
+            // A GET carries the event in its query string.
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            connection_timeout: Duration::from_secs(300),
+            keep_alive: true,
+        };
+        let answer = move |request: Request<Incoming>| {
             let collector = self.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let collector = collector.clone();
-                    async move { Ok::<_, Infallible>(collector.answer(request).await) }
-                });
-                let _ = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            async move { collector.answer(request).await }
+        };
+        crate::listener::serve_http(listener, limits, answer, shutdown).await;
     }
 
-    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(&self, request: Request<Incoming>) -> Response<Body> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let origin = request.headers().get("origin").cloned();
@@ -203,7 +260,7 @@ impl LocalCollector {
     }
 
     /// The response and how many good and bad events the request brought.
-    async fn route(&self, request: Request<Incoming>) -> (Response<Full<Bytes>>, usize, usize) {
+    async fn route(&self, request: Request<Incoming>) -> (Response<Body>, usize, usize) {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or_default().to_owned();
@@ -212,8 +269,8 @@ impl LocalCollector {
                 .header("access-control-allow-headers", "Content-Type, SP-Anonymous")
                 .header("access-control-allow-methods", "POST, GET, OPTIONS")
                 .header("access-control-max-age", "3600")
-                .body(Full::default())
-                .unwrap_or_default();
+                .body(full(""))
+                .unwrap_or_else(|_| Response::new(full("")));
             return (response, 0, 0);
         }
         match (&method, path.as_str()) {
@@ -221,8 +278,8 @@ impl LocalCollector {
                 let (good, bad) = self.receive_query(&query);
                 let response = Response::builder()
                     .header("content-type", "image/gif")
-                    .body(Full::new(Bytes::from_static(PIXEL)))
-                    .unwrap_or_default();
+                    .body(full(Bytes::from_static(PIXEL)))
+                    .unwrap_or_else(|_| Response::new(full("")));
                 (response, good, bad)
             }
             (&Method::POST, "/com.snowplowanalytics.snowplow/tp2") => {
@@ -257,18 +314,26 @@ impl LocalCollector {
                 } else {
                     Filters::from_query(&query)
                 };
-                let store = self.store.lock().expect("store lock");
-                let events = if path == "/micro/good" {
-                    &store.good
-                } else {
-                    &store.bad
+                // Only references are taken under the lock; the answer is streamed.
+                let selected: Vec<Arc<Stored>> = {
+                    let store = self.store.lock().expect("store lock");
+                    let events = if path == "/micro/good" {
+                        &store.good
+                    } else {
+                        &store.bad
+                    };
+                    events
+                        .iter()
+                        .filter(|e| filters.matches(e))
+                        .take(filters.limit.unwrap_or(usize::MAX))
+                        .cloned()
+                        .collect()
                 };
-                let selected: Vec<&Value> = events
-                    .iter()
-                    .filter(|e| filters.matches(e))
-                    .take(filters.limit.unwrap_or(usize::MAX))
-                    .collect();
-                (self.json(&selected), 0, 0)
+                let response = Response::builder()
+                    .header("content-type", "application/json")
+                    .body(JsonArray::new(selected).boxed())
+                    .unwrap_or_else(|_| Response::new(full("")));
+                (response, 0, 0)
             }
             _ => (
                 text(
@@ -281,7 +346,9 @@ impl LocalCollector {
         }
     }
 
-    async fn read_body(&self, request: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    /// Reads a body within the size limit, the time limit and the budget of body bytes
+    /// read at once (a request waits for its share, within the same time limit).
+    async fn read_body(&self, request: Request<Incoming>) -> Result<Bytes, Response<Body>> {
         let limit = self.options.max_body_bytes;
         let too_large = || {
             text(
@@ -297,7 +364,27 @@ impl LocalCollector {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
-        match Limited::new(request.into_body(), limit).collect().await {
+        let share = declared.map_or(limit, |n| n as usize).max(1) as u32;
+        let deadline = tokio::time::Instant::now() + self.options.body_timeout;
+        let timed_out = || {
+            text(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body did not arrive within {} s\n",
+                    self.options.body_timeout.as_secs()
+                ),
+            )
+        };
+        let _permit =
+            match tokio::time::timeout_at(deadline, self.body_budget.acquire_many(share)).await {
+                Ok(Ok(permit)) => permit,
+                _ => return Err(timed_out()),
+            };
+        let read = Limited::new(request.into_body(), limit).collect();
+        let Ok(read) = tokio::time::timeout_at(deadline, read).await else {
+            return Err(timed_out());
+        };
+        match read {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
             Err(e) => Err(text(
@@ -307,13 +394,11 @@ impl LocalCollector {
         }
     }
 
-    fn json(&self, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    fn json(&self, value: &impl serde::Serialize) -> Response<Body> {
         Response::builder()
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(
-                serde_json::to_vec(value).unwrap_or_default(),
-            )))
-            .unwrap_or_default()
+            .body(full(serde_json::to_vec(value).unwrap_or_default()))
+            .unwrap_or_else(|_| Response::new(full("")))
     }
 
     fn receive_query(&self, query: &str) -> (usize, usize) {
@@ -361,55 +446,72 @@ impl LocalCollector {
     fn store(&self, events: Vec<(Value, Result<Good, Vec<String>>)>) -> (usize, usize) {
         let (mut good, mut bad) = (0, 0);
         let mut lines = Vec::new();
+        // Serialised before the lock is taken.
+        let entries: Vec<(bool, Stored)> = events
+            .into_iter()
+            .map(|(parameters, verdict)| match verdict {
+                Ok(kind) => {
+                    let entry = json!({
+                        "eventType": kind.event_type,
+                        "schema": kind.schema,
+                        "contexts": kind.contexts,
+                        "rawEvent": {"parameters": parameters},
+                    });
+                    let json = Bytes::from(serde_json::to_vec(&entry).unwrap_or_default());
+                    let stored = Stored {
+                        json,
+                        event_type: kind.event_type.to_owned(),
+                        schema: kind.schema,
+                        seq: 0,
+                    };
+                    (true, stored)
+                }
+                Err(errors) => {
+                    let entry = json!({
+                        "rawEvent": {"parameters": parameters},
+                        "errors": errors,
+                    });
+                    let json = Bytes::from(serde_json::to_vec(&entry).unwrap_or_default());
+                    let stored = Stored {
+                        json,
+                        event_type: String::new(),
+                        schema: String::new(),
+                        seq: 0,
+                    };
+                    (false, stored)
+                }
+            })
+            .collect();
         {
             let mut store = self.store.lock().expect("store lock");
-            for (parameters, verdict) in events {
+            for (is_good, mut stored) in entries {
                 store.totals.total += 1;
-                match verdict {
-                    Ok(kind) => {
-                        good += 1;
-                        store.totals.good += 1;
-                        let entry = json!({
-                            "eventType": kind.event_type,
-                            "schema": kind.schema,
-                            "contexts": kind.contexts,
-                            "rawEvent": {"parameters": parameters},
-                        });
-                        if self.record.is_some() {
-                            lines.push(entry.to_string());
-                        }
-                        store.good.push_back(entry);
+                store.seq += 1;
+                stored.seq = store.seq;
+                store.bytes += stored.json.len();
+                if is_good {
+                    good += 1;
+                    store.totals.good += 1;
+                    if self.record.is_some() {
+                        lines.push(stored.json.clone());
                     }
-                    Err(errors) => {
-                        bad += 1;
-                        store.totals.bad += 1;
-                        store.bad.push_back(json!({
-                            "rawEvent": {"parameters": parameters},
-                            "errors": errors,
-                        }));
-                    }
+                    store.good.push_back(Arc::new(stored));
+                } else {
+                    bad += 1;
+                    store.totals.bad += 1;
+                    store.bad.push_back(Arc::new(stored));
                 }
-                while store.good.len() + store.bad.len() > self.options.max_events {
-                    // Drop the older of the two oldest.
-                    let from_good = match (store.good.front(), store.bad.front()) {
-                        (Some(_), None) => true,
-                        (None, _) => false,
-                        (Some(_), Some(_)) => store.good.len() >= store.bad.len(),
-                    };
-                    if from_good {
-                        store.good.pop_front();
-                    } else {
-                        store.bad.pop_front();
-                    }
-                    store.totals.dropped += 1;
-                }
+                store.trim(self.options.max_events, self.options.max_store_bytes);
             }
         }
         if let Some(record) = &self.record {
             let mut file = record.lock().expect("record lock");
             let written = lines
                 .iter()
-                .try_for_each(|line| writeln!(file, "{line}"))
+                .try_for_each(|line| {
+                    file.write_all(line)?;
+                    file.write_all(b"\n")
+                })
                 .and_then(|()| file.flush());
             if let Err(e) = written {
                 tracing::error!(error = %e, "cannot append to the --record file");
@@ -594,69 +696,77 @@ impl Filters {
         filters
     }
 
-    fn matches(&self, event: &Value) -> bool {
-        let same = |key: &str, wanted: &Option<String>| {
-            wanted
-                .as_deref()
-                .is_none_or(|w| event.get(key).and_then(Value::as_str) == Some(w))
-        };
-        same("eventType", &self.event_type) && same("schema", &self.schema)
+    fn matches(&self, event: &Stored) -> bool {
+        let same =
+            |found: &str, wanted: &Option<String>| wanted.as_deref().is_none_or(|w| found == w);
+        same(&event.event_type, &self.event_type) && same(&event.schema, &self.schema)
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: &str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap_or_default()
+        .body(full(body.to_owned()))
+        .unwrap_or_else(|_| Response::new(full("")))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A JSON array of stored events, streamed one event's JSON at a time (no copy).
+struct JsonArray {
+    events: std::vec::IntoIter<Arc<Stored>>,
+    /// What is sent next before the next event: `[`, then `,`.
+    separator: Option<&'static [u8]>,
+    /// An event waiting behind its separator.
+    next: Option<Bytes>,
+    closed: bool,
+}
 
-    fn event(pairs: &[(&str, &str)]) -> Map<String, Value> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value::from(*v)))
-            .collect()
+impl JsonArray {
+    fn new(events: Vec<Arc<Stored>>) -> JsonArray {
+        JsonArray {
+            events: events.into_iter(),
+            separator: Some(b"["),
+            next: None,
+            closed: false,
+        }
     }
+}
 
-    #[test]
-    fn payload_data_rules() {
-        let base = [("e", "pv"), ("p", "pc"), ("tv", "t")];
-        assert_eq!(validate(&event(&base)).unwrap().event_type, "page_view");
-        let errors = validate(&event(&[("e", "pv"), ("tv", "t"), ("zz", "1")])).unwrap_err();
-        assert!(
-            errors.iter().any(|e| e.contains("zz is not allowed")),
-            "{errors:?}"
-        );
-        assert!(
-            errors.iter().any(|e| e.contains("p is required")),
-            "{errors:?}"
-        );
-        let mut numeric = event(&base);
-        numeric.insert("dtm".into(), json!(1));
-        assert!(validate(&numeric).unwrap_err()[0].contains("must be a string"));
-        let errors = validate(&event(&[("e", "se"), ("p", "pc"), ("tv", "t")])).unwrap_err();
-        assert!(errors[0].contains("se_ca"), "{errors:?}");
-        let errors = validate(&event(&[("e", "ue"), ("p", "pc"), ("tv", "t")])).unwrap_err();
-        assert!(errors[0].contains("ue_px"), "{errors:?}");
-        let errors = validate(&event(&[
-            ("e", "pv"),
-            ("p", "pc"),
-            ("tv", "t"),
-            ("cx", "!!"),
-        ]))
-        .unwrap_err();
-        assert!(errors[0].contains("cx is not base64"), "{errors:?}");
-    }
+impl hyper::body::Body for JsonArray {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
 
-    #[test]
-    fn bodies_must_be_payload_data() {
-        assert!(post_items(b"[1]").unwrap_err().contains("payload_data"));
-        assert!(post_items(b"{\"schema\":\"iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4\",\"data\":[]}").is_err());
-        assert!(post_items(b"not json").unwrap_err().contains("not JSON"));
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some(event) = this.next.take() {
+            this.separator = Some(b",");
+            return Poll::Ready(Some(Ok(Frame::data(event))));
+        }
+        if this.closed {
+            return Poll::Ready(None);
+        }
+        let separator = this.separator.take().unwrap_or(b",");
+        let frame = match this.events.next() {
+            Some(event) => {
+                this.next = Some(event.json.clone());
+                if separator == b"," {
+                    Bytes::from_static(b",")
+                } else {
+                    Bytes::from_static(b"[")
+                }
+            }
+            None => {
+                this.closed = true;
+                if separator == b"[" {
+                    Bytes::from_static(b"[]")
+                } else {
+                    Bytes::from_static(b"]")
+                }
+            }
+        };
+        Poll::Ready(Some(Ok(Frame::data(frame))))
     }
 }

@@ -27,6 +27,7 @@ pub mod config;
 pub mod emitter;
 pub mod event;
 pub mod health;
+pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod queue;

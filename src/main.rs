@@ -22,7 +22,9 @@ struct Cli {
     /// TOML configuration file (see config/snowplow-relay.toml).
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Redis URL (redis.url), e.g. redis://:password@127.0.0.1:6379/0.
+    /// Redis URL (redis.url), e.g. redis://127.0.0.1:6379/0. Give a password in
+    /// redis.password_file or SNOWPLOW_RELAY_REDIS__PASSWORD, not here: every user of the
+    /// host can read a process's flags.
     #[arg(long, global = true, value_name = "URL")]
     redis_url: Option<String>,
     /// The Redis list to relay (redis.key).
@@ -55,8 +57,13 @@ struct Cli {
 enum Command {
     /// Relay events until SIGINT, SIGTERM or SIGQUIT (the default).
     Run,
-    /// Validate the configuration and print it, with secrets masked.
-    Check,
+    /// Validate the configuration; print warnings, and the settings with secrets masked
+    /// and where each value came from.
+    Check {
+        /// Print errors and warnings only (for ExecStartPre= and ExecReload=).
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Probe the running relay's /healthz on admin.listen (for container health checks):
     /// exit 0 if alive, 1 otherwise.
     Healthcheck {
@@ -88,6 +95,12 @@ enum Command {
         /// Largest request body in bytes; larger ones are answered 413.
         #[arg(long, default_value_t = snowplow_relay::collector::DEFAULT_MAX_BODY_BYTES, value_name = "BYTES")]
         max_body_bytes: usize,
+        /// Bytes of events kept in memory (their JSON); the oldest are dropped and counted.
+        #[arg(long, default_value_t = snowplow_relay::collector::DEFAULT_MAX_STORE_BYTES, value_name = "BYTES")]
+        max_store_bytes: usize,
+        /// Connections served at once; more wait to be accepted.
+        #[arg(long, default_value_t = snowplow_relay::collector::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+        max_connections: usize,
     },
 }
 
@@ -113,19 +126,21 @@ enum DeadLetterAction {
 impl Cli {
     fn overrides(&self) -> Overrides {
         let mut overrides = Overrides::default();
-        overrides.set("redis.url", self.redis_url.as_ref());
-        overrides.set("redis.key", self.key.as_ref());
-        overrides.set("collector.url", self.collector.as_ref());
-        overrides.set(
+        overrides.set_flag("redis.url", "--redis-url", self.redis_url.as_ref());
+        overrides.set_flag("redis.key", "--key", self.key.as_ref());
+        overrides.set_flag("collector.url", "--collector", self.collector.as_ref());
+        overrides.set_flag(
             "collector.method",
+            "--method",
             self.method.map(|m| format!("{m:?}").to_lowercase()),
         );
-        overrides.set("collector.buffer_size", self.buffer_size);
-        overrides.set("collector.byte_limit", self.byte_limit);
-        overrides.set("log.level", self.log_level.as_ref());
-        overrides.set("admin.listen", self.admin_listen.as_ref());
-        overrides.set(
+        overrides.set_flag("collector.buffer_size", "--buffer-size", self.buffer_size);
+        overrides.set_flag("collector.byte_limit", "--byte-limit", self.byte_limit);
+        overrides.set_flag("log.level", "--log-level", self.log_level.as_ref());
+        overrides.set_flag("admin.listen", "--admin-listen", self.admin_listen.as_ref());
+        overrides.set_flag(
             "log.format",
+            "--log-format",
             self.log_format.map(|f| format!("{f:?}").to_lowercase()),
         );
         overrides
@@ -142,6 +157,8 @@ fn main() -> ExitCode {
         ref record,
         max_events,
         max_body_bytes,
+        max_store_bytes,
+        max_connections,
     }) = cli.command
     {
         let record = record.clone();
@@ -149,6 +166,9 @@ fn main() -> ExitCode {
             max_events,
             max_body_bytes,
             record,
+            max_store_bytes,
+            max_connections,
+            ..Default::default()
         };
         return collector(&cli, listen, options);
     }
@@ -171,8 +191,13 @@ fn main() -> ExitCode {
     };
     telemetry::mask_secrets_in_panics(config.secrets());
     match cli.command.take().unwrap_or(Command::Run) {
-        Command::Check => {
-            print!("{}", config.to_masked_toml());
+        Command::Check { quiet } => {
+            for warning in config.warnings() {
+                eprintln!("snowplow-relay: warning: {warning}");
+            }
+            if !quiet {
+                print!("{}", config.to_shown_toml());
+            }
             ExitCode::SUCCESS
         }
         Command::Healthcheck { ready } => healthcheck(&config, ready),
@@ -288,6 +313,7 @@ fn collector(
         log.format = format;
     }
     telemetry::init(&log);
+    raise_file_limit(options.max_connections + 256);
     let collector = match snowplow_relay::collector::LocalCollector::new(options) {
         Ok(collector) => collector,
         Err(error) => {
@@ -331,6 +357,26 @@ fn collector(
         );
         ExitCode::SUCCESS
     })
+}
+
+/// Raises this process's soft limit of open files towards `wanted` (within the hard
+/// limit), so that `--max-connections` can be reached (the soft limit is often 1024).
+fn raise_file_limit(wanted: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a rlimit of ours.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let target = (wanted as libc::rlim_t).min(limit.rlim_max);
+        if target > limit.rlim_cur {
+            limit.rlim_cur = target;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// The async runtime: `threads` worker threads (`worker.threads` for the daemon, 1 for
@@ -382,6 +428,9 @@ fn healthcheck(config: &Valid, ready: bool) -> ExitCode {
     }
 }
 
+/// Signals this close to the first one are the same signal delivered twice.
+const SAME_SIGNAL_WITHIN: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The first SIGINT, SIGTERM or SIGQUIT cancels the first token (graceful shutdown);
 /// a second one cancels the second (stop draining, requeue now). SIGUSR1 flushes
 /// partial batches; SIGHUP reloads the configuration (what is safe to change).
@@ -427,13 +476,24 @@ fn signals(
     });
     let (first, second) = (shutdown.clone(), force.clone());
     tokio::spawn(async move {
-        for token in [first, second] {
+        let mut next = async || {
             tokio::select! {
                 _ = interrupt.recv() => {}
                 _ = terminate.recv() => {}
                 _ = quit.recv() => {}
             }
-            token.cancel();
+        };
+        next().await;
+        first.cancel();
+        let first_at = tokio::time::Instant::now();
+        // One signal can arrive twice: `timeout` and shells send it to the process and to
+        // its process group. A second signal counts only if it comes a moment later.
+        loop {
+            next().await;
+            if first_at.elapsed() >= SAME_SIGNAL_WITHIN {
+                second.cancel();
+                return;
+            }
         }
     });
     Ok((shutdown, force))

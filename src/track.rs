@@ -324,7 +324,8 @@ pub enum TrackError {
     /// The collector refused events or they could not be delivered in time (exit 1).
     #[error(
         "{unsent} of {total} events were not delivered to the collector (refused, or not \
-         accepted within 10 s; the log lines above say why)"
+         accepted within 10 s; the log lines above say why); tracking stopped at the first \
+         batch that was not delivered"
     )]
     Undelivered {
         /// How many were not delivered.
@@ -362,6 +363,7 @@ pub async fn run(args: &TrackArgs, settings: &Valid, direct: bool) -> Result<usi
         let counter = unsent.clone();
         Box::new(
             HttpEmitter::builder_from(settings.collector.clone())
+                .give_up_after(std::time::Duration::from_secs(10))
                 .on_failure(move |_, events: Vec<Payload>| {
                     counter.fetch_add(events.len(), Ordering::Relaxed);
                 })
@@ -379,18 +381,25 @@ pub async fn run(args: &TrackArgs, settings: &Valid, direct: bool) -> Result<usi
     let mut chunk = Vec::new();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for i in 0..args.count {
-        for payload in tracker
-            .payloads(&event, &options)
-            .map_err(TrackError::Input)?
-        {
+        chunk.extend(
+            tracker
+                .payloads(&event, &options)
+                .map_err(TrackError::Input)?,
+        );
+        if chunk.len() >= 1000 || i + 1 == args.count {
+            if unsent.load(Ordering::Relaxed) > 0 {
+                // The collector refuses or cannot be reached: stop tracking more.
+                tracing::warn!(tracked = total, "events are not being delivered; stopping");
+                break;
+            }
+            total += chunk.len();
+            // Each event id once its event is handed to the emitter.
             if !args.quiet {
                 use std::io::Write;
-                let _ = writeln!(out, "{}", payload.event_id().unwrap_or_default());
+                for payload in &chunk {
+                    let _ = writeln!(out, "{}", payload.event_id().unwrap_or_default());
+                }
             }
-            chunk.push(payload);
-        }
-        if chunk.len() >= 1000 || i + 1 == args.count {
-            total += chunk.len();
             emitter
                 .emit(std::mem::take(&mut chunk))
                 .await

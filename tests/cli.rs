@@ -98,6 +98,12 @@ fn check_prints_the_effective_configuration_with_the_password_masked() {
         .unwrap();
     assert!(output.status.success());
     let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("redis.url was given as a flag with a password"),
+        "a password in a flag is readable by every user: {stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
     assert!(
         stdout.contains("redis://:****@127.0.0.1:6380/1"),
@@ -120,7 +126,17 @@ fn check_prints_the_effective_configuration_with_the_password_masked() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
-    assert_eq!(String::from_utf8(again.stdout).unwrap(), stdout);
+    // The same settings; only the sources differ (the file, now).
+    let settings = |text: &str| -> String {
+        text.lines()
+            .map(|line| line.split("  # ").next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let again = String::from_utf8(again.stdout).unwrap();
+    assert_eq!(settings(&again), settings(&stdout));
+    assert!(stdout.contains("url = \"redis://:****@127.0.0.1:6380/1\"  # flag --redis-url"));
+    assert!(again.contains("url = \"redis://:****@127.0.0.1:6380/1\"  # file "));
 }
 
 #[tokio::test]

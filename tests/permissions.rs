@@ -3,65 +3,12 @@
 
 mod common;
 
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const LIST: &str = "snowplow";
-
-fn bin() -> String {
-    std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_snowplow-relay").to_owned())
-}
-
-/// The relay binary with fast retries; stderr goes to a file (a pipe read only at exit
-/// can fill up and block the relay).
-struct Process {
-    child: Child,
-    log: tempfile::NamedTempFile,
-}
-
-impl Process {
-    fn start(redis_url: &str, collector_url: &str, env: &[(&str, &str)]) -> Process {
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(bin())
-            .args(["--redis-url", redis_url, "--collector", collector_url])
-            .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "20")
-            .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_MAX_BACKOFF_MS", "200")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap();
-        Process { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap()
-    }
-
-    fn terminate(&self) {
-        let pid = self.child.id() as i32;
-        // SAFETY: kill(2) on a child process of ours.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    }
-
-    /// Waits for the exit (at most `limit`).
-    async fn finish(mut self, limit: Duration) -> (ExitStatus, String) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, self.log());
-            }
-            assert!(
-                started.elapsed() < limit,
-                "the relay did not exit within {limit:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 /// The least-privilege rule the README gives, for user `relay` with password `pw`.
 fn readme_acl_rule() -> Vec<String> {
@@ -101,7 +48,7 @@ async fn the_readme_acl_rule_is_all_the_relay_and_its_tools_need() {
     .await;
     // A dead relay's events to recover, as the default user left them.
     redis.rpush(LIST, &numbered_events(300));
-    let relay = Process::start(
+    let relay = RelayProcess::start(
         &user_url(&redis),
         &collector.url(),
         &[("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "1")],
@@ -150,7 +97,7 @@ async fn a_user_missing_a_permission_stops_start_up_naming_it_and_loses_nothing(
     redis.cmd(&[
         "ACL", "SETUSER", "relay", "on", ">pw", "~*", "&*", "+@all", "-rpush",
     ]);
-    let relay = Process::start(&user_url(&redis), &collector.url(), &[]);
+    let relay = RelayProcess::start(&user_url(&redis), &collector.url(), &[]);
     let (status, log) = relay.finish(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(
@@ -166,7 +113,7 @@ async fn a_user_missing_a_permission_stops_start_up_naming_it_and_loses_nothing(
     redis.cmd(&[
         "ACL", "SETUSER", "relay", "reset", "on", ">pw", "~*", "+@all", "-evalsha",
     ]);
-    let relay = Process::start(&user_url(&redis), &collector.url(), &[]);
+    let relay = RelayProcess::start(&user_url(&redis), &collector.url(), &[]);
     let (status, log) = relay.finish(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(log.to_ascii_lowercase().contains("evalsha"), "{log}");
@@ -177,7 +124,7 @@ async fn a_permission_revoked_while_running_is_named_and_backs_off() {
     let redis = RedisServer::start();
     acl(&redis, &readme_acl_rule());
     let collector = Collector::start().await;
-    let relay = Process::start(&user_url(&redis), &collector.url(), &[]);
+    let relay = RelayProcess::start(&user_url(&redis), &collector.url(), &[]);
     redis.rpush(LIST, &numbered_events(50));
     wait_until("delivered", Duration::from_secs(20), || {
         collector.delivered().len() == 50
@@ -247,7 +194,7 @@ async fn a_full_redis_is_drained_and_said_to_be_full() {
         "Redis is full: producers are refused"
     );
     let collector = Collector::start().await;
-    let relay = Process::start(&redis.url(), &collector.url(), &[]);
+    let relay = RelayProcess::start(&redis.url(), &collector.url(), &[]);
     wait_until("every event delivered", Duration::from_secs(60), || {
         collector.delivered().len() >= total
     })
@@ -275,7 +222,7 @@ async fn a_full_redis_is_drained_and_said_to_be_full() {
 async fn the_lease_survives_a_storm_of_killed_connections() {
     let redis = RedisServer::start();
     let collector = Collector::start().await;
-    let relay = Process::start(
+    let relay = RelayProcess::start(
         &redis.url(),
         &collector.url(),
         &[("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1500")],
@@ -316,7 +263,7 @@ async fn a_lone_relay_keeps_its_own_claims_through_a_redis_stall_longer_than_its
     let redis = RedisServer::start();
     let collector = Collector::start().await;
     collector.set_delay(Duration::from_millis(300));
-    let relay = Process::start(
+    let relay = RelayProcess::start(
         &redis.url(),
         &collector.url(),
         &[("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1500")],
@@ -356,7 +303,7 @@ async fn clean_stops_log_no_error_even_when_the_heartbeat_is_due() {
     let redis = RedisServer::start();
     let collector = Collector::start().await;
     for round in 0..8 {
-        let relay = Process::start(
+        let relay = RelayProcess::start(
             &redis.url(),
             &collector.url(),
             &[
@@ -386,7 +333,7 @@ async fn every_log_record_is_one_line_whatever_a_key_holds() {
     let collector = Collector::start().await;
     // A list name with a newline, an escape sequence and 100 KB of text.
     let key = format!("evil\n\u{1b}[31mFAKE ERROR line{}", "k".repeat(100_000));
-    let relay = Process::start(
+    let relay = RelayProcess::start(
         &redis.url(),
         &collector.url(),
         &[("SNOWPLOW_RELAY_REDIS__KEY", key.as_str())],

@@ -388,6 +388,7 @@ async fn the_local_collector_answers_like_micro() {
         max_events: 5,
         max_body_bytes: 4096,
         record: Some(record.clone()),
+        ..Default::default()
     })
     .await;
     let client = http_client();

@@ -371,10 +371,16 @@ pub(crate) async fn run(
         } else {
             RELEASE_BUDGET
         };
+        // A second signal during the release shortens what is left of its budget; a
+        // release Redis answers at once still completes (nothing is given up for nothing).
+        let release = acker::release(&shared, window, position, &unsettled, budget);
+        tokio::pin!(release);
         let released = tokio::select! {
-            released = acker::release(&shared, window, position, &unsettled, budget) => released,
+            released = &mut release => released,
             () = force.cancelled(), if !forced => {
-                Err(unreleased(&shared.queue, "second signal".into()))
+                tokio::time::timeout(FORCED_RELEASE_BUDGET, &mut release)
+                    .await
+                    .unwrap_or_else(|_| Err(unreleased(&shared.queue, "second signal".into())))
             }
         };
         if let Err(error) = released {

@@ -120,6 +120,7 @@ pub type OnFailure = Arc<dyn Fn(usize, Vec<Payload>) + Send + Sync>;
 pub struct HttpEmitterBuilder {
     collector: CollectorConfig,
     close_timeout: Duration,
+    give_up_after: Option<Duration>,
     on_success: Option<OnSuccess>,
     on_failure: Option<OnFailure>,
 }
@@ -161,6 +162,13 @@ impl HttpEmitterBuilder {
     /// (default 10 s).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
+        self
+    }
+
+    /// Hands a batch the collector has not accepted within `time` (retries included) to
+    /// `on_failure` instead of retrying on (default: retry until [`Emit::close`]).
+    pub fn give_up_after(mut self, time: Duration) -> Self {
+        self.give_up_after = Some(time);
         self
     }
 
@@ -219,9 +227,12 @@ impl HttpEmitterBuilder {
                     closed: false,
                 }),
                 tasks: TaskTracker::new(),
-                in_flight: Semaphore::new(settings.collector.max_requests_in_flight.get()),
+                in_flight: Arc::new(Semaphore::new(
+                    settings.collector.max_requests_in_flight.get(),
+                )),
                 give_up: CancellationToken::new(),
                 close_timeout: self.close_timeout,
+                give_up_after: self.give_up_after,
                 on_success: self.on_success,
                 on_failure: self.on_failure,
             }),
@@ -234,7 +245,9 @@ impl HttpEmitterBuilder {
 /// until the collector answers, split on 413, refused-for-good events handed to
 /// `on_failure`. A batch is sent when full, on [`Emit::flush`] and on [`Emit::close`];
 /// call `close().await` before dropping it (a drop with events still buffered hands them
-/// to `on_failure` and logs a warning).
+/// to `on_failure` and logs a warning). At most `max_requests_in_flight` batches are held:
+/// [`Emit::emit`] waits for a free slot, so memory stays bounded however many events are
+/// tracked.
 ///
 /// ```no_run
 /// use snowplow_relay::tracker::{Emit, HttpEmitter, PageView, Tracker};
@@ -259,9 +272,10 @@ struct Inner {
     parse: ParseOptions,
     state: Mutex<State>,
     tasks: TaskTracker,
-    in_flight: Semaphore,
+    in_flight: Arc<Semaphore>,
     give_up: CancellationToken,
     close_timeout: Duration,
+    give_up_after: Option<Duration>,
     on_success: Option<OnSuccess>,
     on_failure: Option<OnFailure>,
 }
@@ -289,30 +303,40 @@ impl HttpEmitter {
         HttpEmitterBuilder {
             collector,
             close_timeout: Duration::from_secs(10),
+            give_up_after: None,
             on_success: None,
             on_failure: None,
         }
     }
 
-    fn spawn(&self, batch: Batch) {
+    /// Starts sending `batch` once a slot is free (waiting for one keeps memory bounded).
+    async fn spawn(&self, batch: Batch) {
+        let Ok(permit) = self.inner.in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let inner = self.inner.clone();
-        self.inner
-            .tasks
-            .spawn(async move { inner.resolve(batch).await });
+        self.inner.tasks.spawn(async move {
+            inner.resolve(batch).await;
+            drop(permit);
+        });
     }
 }
 
 impl Inner {
     async fn resolve(&self, batch: Batch) {
         let positions = batch.positions.clone();
-        let Ok(_permit) = self.in_flight.acquire().await else {
-            return;
-        };
         let mut sent = 0;
         let mut unsent = Vec::new();
         let mut parts = vec![batch];
         while let Some(part) = parts.pop() {
-            match self.emitter.send(&part, &self.give_up).await {
+            let send = self.emitter.send(&part, &self.give_up);
+            let outcome = match self.give_up_after {
+                Some(time) => tokio::time::timeout(time, send)
+                    .await
+                    .unwrap_or(Outcome::Abandoned),
+                None => send.await,
+            };
+            match outcome {
                 Outcome::Delivered => sent += part.len(),
                 Outcome::Split { .. } => {
                     let (first, second) = part.split();
@@ -412,7 +436,7 @@ impl Emit for HttpEmitter {
                 }
             }
             for batch in ready {
-                self.spawn(batch);
+                self.spawn(batch).await;
             }
             too_large.map_or(Ok(()), Err)
         })
@@ -422,7 +446,7 @@ impl Emit for HttpEmitter {
         Box::pin(async move {
             let batch = self.inner.state.lock().expect("state lock").builder.take();
             if let Some(batch) = batch {
-                self.spawn(batch);
+                self.spawn(batch).await;
             }
             self.inner.tasks.close();
             self.inner.tasks.wait().await;

@@ -801,3 +801,100 @@ impl RedisServer {
         command.query(&mut self.conn()).unwrap()
     }
 }
+
+/// The binary under test; `RELAY_BIN` runs the process tests against another build (a
+/// release binary, or an older one to show a test fails there).
+pub fn bin() -> String {
+    std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_snowplow-relay").to_owned())
+}
+
+/// Sends `signal` to process `pid`.
+pub fn send_signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a process id of ours.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill {pid}");
+}
+
+/// A process's peak resident memory so far (VmHWM), in bytes.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The relay binary as an operator runs it, with fast collector retries; its stderr goes
+/// to a file (a pipe read only at exit can fill up and block the relay).
+pub struct RelayProcess {
+    pub child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl RelayProcess {
+    pub fn start(redis_url: &str, collector_url: &str, env: &[(&str, &str)]) -> RelayProcess {
+        Self::start_with(
+            &["--redis-url", redis_url, "--collector", collector_url],
+            env,
+        )
+    }
+
+    /// The binary with these arguments.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(bin())
+            .args(args)
+            .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "20")
+            .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_MAX_BACKOFF_MS", "200")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        RelayProcess { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.log.path()).unwrap()).into_owned()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        send_signal(self.pid(), signal);
+    }
+
+    pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Waits for the exit (at most `limit`); returns the status and the log.
+    pub async fn finish(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.log());
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("the process did not exit within {limit:?}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

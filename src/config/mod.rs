@@ -1,14 +1,19 @@
 //! Typed, documented settings, loaded in layers and validated once at start-up.
 //!
-//! Precedence, lowest first: built-in defaults < TOML file (`--config FILE`) < environment
-//! (`SNOWPLOW_RELAY_<SECTION>__<KEY>`, e.g. `SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE=100`;
-//! lists comma-separated) < command-line flags. Unknown keys are errors, so a typo never
-//! silently falls back to a default. `config/snowplow-relay.toml` documents every key with
-//! its default; keep it in step with the doc comments here.
+//! Precedence, lowest first: built-in defaults < TOML file (`--config FILE`, or the file
+//! `SNOWPLOW_RELAY_CONFIG` names) < environment (`SNOWPLOW_RELAY_<SECTION>__<KEY>`, e.g.
+//! `SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE=100`; lists comma-separated) < command-line
+//! flags ([`layers`]). Unknown keys are errors, so a typo never silently falls back to a
+//! default. `config/snowplow-relay.toml` documents every key with its default; keep it in
+//! step with the doc comments here.
 //!
-//! [`Config::load`] returns a [`Config`] whose method-dependent defaults (`buffer_size`,
-//! `byte_limit`, `dead_letter_key`) are filled in and whose values were all checked, so
-//! the rest of the program never re-validates.
+//! [`Config::load`] returns a [`Valid`] configuration whose method-dependent defaults
+//! (`buffer_size`, `byte_limit`, `dead_letter_key`) are filled in and whose values were
+//! all checked, so the rest of the program never re-validates.
+
+pub mod layers;
+
+pub use layers::{Overrides, Source};
 
 use std::num::NonZeroUsize;
 use std::path::Path;
@@ -18,9 +23,6 @@ use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{POST_BODY_OVERHEAD, STM_ITEM_BYTES};
-
-/// Environment variable prefix; sections and keys are joined with `__`.
-pub const ENV_PREFIX: &str = "SNOWPLOW_RELAY";
 
 /// POST bodies above 1 MiB are turned into bad rows by the collector (while it still
 /// answers 200), so the byte limit may not exceed this.
@@ -151,8 +153,8 @@ pub struct CollectorConfig {
     pub url: Option<String>,
     /// Collector host name, without scheme (the trackers' `endpoint`).
     pub endpoint: Option<String>,
-    /// `http` or `https`, used with `endpoint`.
-    pub protocol: Protocol,
+    /// `http` or `https`, used with `endpoint` (default `https`).
+    pub protocol: Option<Protocol>,
     /// Port, used with `endpoint`. Default: the protocol's.
     pub port: Option<u16>,
     /// `get` or `post`.
@@ -219,7 +221,7 @@ impl Default for CollectorConfig {
         CollectorConfig {
             url: None,
             endpoint: None,
-            protocol: Protocol::Https,
+            protocol: None,
             port: None,
             method: Method::Post,
             post_path: "/com.snowplowanalytics.snowplow/tp2".into(),
@@ -329,28 +331,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Values given on the command line; each overrides the file and the environment.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    /// `(key path, value)` pairs, e.g. `("redis.url", "redis://…")`.
-    pub values: Vec<(&'static str, String)>,
-}
-
-impl Overrides {
-    /// Adds `key = value` when the flag was given.
-    pub fn set(&mut self, key: &'static str, value: Option<impl ToString>) {
-        if let Some(value) = value {
-            self.values.push((key, value.to_string()));
-        }
-    }
-}
-
 /// Why the configuration was refused. Start-up stops with exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read, or a value has the wrong type or an unknown key.
-    #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
     /// A value has the right type but is out of range or inconsistent.
     #[error("configuration: invalid `{key}`: {expected}")]
     Invalid {
@@ -382,7 +365,12 @@ impl Config {
         overrides: &Overrides,
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Valid, ConfigError> {
-        Self::load_unvalidated(file, overrides, env)?.validate()
+        let env: Option<std::collections::BTreeMap<String, String>> =
+            env.map(|env| env.into_iter().collect());
+        let layers = layers::Layers::load(file, overrides, env.as_ref())?;
+        let mut valid = Self::from_layers(&layers)?.validate()?;
+        valid.set_sources(layers.sources);
+        Ok(valid)
     }
 
     /// For commands that only talk to Redis (`dead-letter …`): as [`Config::load`], but a
@@ -391,46 +379,41 @@ impl Config {
         file: Option<&Path>,
         overrides: &Overrides,
     ) -> Result<Valid, ConfigError> {
-        let mut config = Self::load_unvalidated(file, overrides, None)?;
+        let (mut config, layers) = Self::load_unvalidated(file, overrides, None)?;
         if config.collector.url.is_none() && config.collector.endpoint.is_none() {
             // Validation needs a collector; the tools never use it.
             config.collector.endpoint = Some("unused.invalid".into());
         }
-        config.validate()
+        let mut valid = config.validate()?;
+        valid.set_sources(layers.sources);
+        Ok(valid)
     }
 
     fn load_unvalidated(
         file: Option<&Path>,
         overrides: &Overrides,
         env: Option<std::collections::HashMap<String, String>>,
-    ) -> Result<Config, ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(file) = file {
-            builder = builder.add_source(
-                config::File::from(file)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("collector.no_retry_statuses")
-                .source(env),
-        );
-        for (key, value) in &overrides.values {
-            builder = builder.set_override(*key, value.as_str())?;
-        }
-        let config: Config = builder.build()?.try_deserialize()?;
-        Ok(config)
+    ) -> Result<(Config, layers::Layers), ConfigError> {
+        let env: Option<std::collections::BTreeMap<String, String>> =
+            env.map(|env| env.into_iter().collect());
+        let layers = layers::Layers::load(file, overrides, env.as_ref())?;
+        Ok((Self::from_layers(&layers)?, layers))
+    }
+
+    /// The settings the layers give (every value already of its key's type).
+    fn from_layers(layers: &layers::Layers) -> Result<Config, ConfigError> {
+        toml::Value::Table(layers.table.clone())
+            .try_into::<Config>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "file",
+                expected: crate::telemetry::one_line(e.message(), 300),
+            })
     }
 
     /// Checks ranges and consistency, fills in the method-dependent defaults and returns
     /// the only kind of configuration the relay runs with.
     pub fn validate(mut self) -> Result<Valid, ConfigError> {
+        layers::check_ranges(&self)?;
         let redis = &mut self.redis;
         let redis_url = Url::parse(&redis.url)
             .map_err(|e| invalid("redis.url", format!("a redis:// URL ({e})")))?;
@@ -439,6 +422,22 @@ impl Config {
                 "redis.url",
                 "a URL starting with redis:// or rediss:// (TLS)",
             ));
+        }
+        {
+            use redis::IntoConnectionInfo;
+            // The client's own parser: what it refuses here, it would refuse at every
+            // connection attempt (a database that is not a number, an unknown protocol,
+            // a wildcard address, a password that is not UTF-8, an unknown #fragment).
+            if let Err(error) = redis.url.as_str().into_connection_info() {
+                return Err(invalid(
+                    "redis.url",
+                    format!(
+                        "a URL the Redis client accepts, redis://[[user]:password@]host[:port][/db] \
+                         ({})",
+                        crate::telemetry::one_line(&error.to_string(), 200)
+                    ),
+                ));
+            }
         }
         let tls = redis_url.scheme() == "rediss";
         for (key, set) in [
@@ -531,28 +530,11 @@ impl Config {
                 "a list name without `{` or `}` (the relay wraps it in a Redis Cluster hash tag)",
             ));
         }
-        if redis.dead_letter_key.as_deref() == Some("") {
-            return Err(invalid("redis.dead_letter_key", "a non-empty list name"));
-        }
-        redis
+        let dead = redis
             .dead_letter_key
-            .get_or_insert_with(|| format!("{{{}}}:dead", redis.key));
-        if redis.claim_batch_size.get() > 8000 {
-            return Err(invalid("redis.claim_batch_size", "a number from 1 to 8000"));
-        }
-        in_range(
-            "redis.command_timeout_ms",
-            redis.command_timeout_ms,
-            1,
-            600_000,
-        )?;
-        in_range("redis.lease_ttl_ms", redis.lease_ttl_ms, 1_000, 86_400_000)?;
-        in_range(
-            "redis.claim_max_bytes",
-            redis.claim_max_bytes.get() as u64,
-            1024,
-            512 * 1024 * 1024,
-        )?;
+            .get_or_insert_with(|| format!("{{{}}}:dead", redis.key))
+            .clone();
+        check_dead_letter_key(&redis.key, &dead, redis.cluster)?;
 
         let collector = &mut self.collector;
         match (&collector.url, &collector.endpoint) {
@@ -610,36 +592,6 @@ impl Config {
                 }
             }
         }
-        in_range(
-            "collector.max_requests_in_flight",
-            collector.max_requests_in_flight.get() as u64,
-            1,
-            1024,
-        )?;
-        in_range(
-            "collector.request_timeout_ms",
-            collector.request_timeout_ms,
-            1,
-            600_000,
-        )?;
-        in_range(
-            "collector.flush_interval_ms",
-            collector.flush_interval_ms,
-            1,
-            600_000,
-        )?;
-        in_range(
-            "collector.park_after_failures",
-            collector.park_after_failures.into(),
-            1,
-            1_000,
-        )?;
-        in_range(
-            "collector.isolated_failure_limit",
-            collector.isolated_failure_limit.into(),
-            1,
-            1_000,
-        )?;
         if let Some(bad) = collector
             .no_retry_statuses
             .iter()
@@ -650,18 +602,6 @@ impl Config {
                 format!("HTTP statuses from 300 to 599 (found {bad})"),
             ));
         }
-        in_range(
-            "collector.retry_initial_backoff_ms",
-            collector.retry_initial_backoff_ms,
-            1,
-            3_600_000,
-        )?;
-        in_range(
-            "collector.retry_max_backoff_ms",
-            collector.retry_max_backoff_ms,
-            1,
-            3_600_000,
-        )?;
         if collector.retry_max_backoff_ms < collector.retry_initial_backoff_ms {
             return Err(invalid(
                 "collector.retry_max_backoff_ms",
@@ -694,25 +634,6 @@ impl Config {
         };
         self.events.max_element_bytes = Some(max_element_bytes);
         let worker = &self.worker;
-        in_range(
-            "worker.max_claimed_events",
-            worker.max_claimed_events.get() as u64,
-            1,
-            1_000_000,
-        )?;
-        in_range(
-            "worker.max_claimed_bytes",
-            worker.max_claimed_bytes.get() as u64,
-            1024,
-            16 * 1024 * 1024 * 1024,
-        )?;
-        in_range(
-            "worker.drain_timeout_ms",
-            worker.drain_timeout_ms,
-            0,
-            600_000,
-        )?;
-        in_range("worker.threads", worker.threads.get() as u64, 1, 64)?;
         if worker.max_claimed_events.get() < self.redis.claim_batch_size.get() {
             return Err(invalid(
                 "worker.max_claimed_events",
@@ -784,6 +705,22 @@ impl Config {
                 read_file(key, file)?;
             }
         }
+        for (key, file) in [
+            ("redis.tls_client_key_file", &self.redis.tls_client_key_file),
+            (
+                "collector.tls_client_key_file",
+                &collector.tls_client_key_file,
+            ),
+        ] {
+            if let Some(file) = file
+                && world_readable(file)
+            {
+                warnings.push(format!(
+                    "{key} {} (a private key) can be read by every user; chmod 600 it",
+                    file.display()
+                ));
+            }
+        }
         if collector.tls_ca_only && collector.tls_ca_file.is_none() {
             return Err(invalid(
                 "collector.tls_ca_only",
@@ -812,6 +749,7 @@ impl Config {
         }
         let redis_password = self.redis.password.clone().or(password_file_secret);
         Ok(Valid {
+            sources: Default::default(),
             redis_password,
             warnings,
             buffer_size,
@@ -834,15 +772,55 @@ impl Config {
     }
 }
 
-fn in_range(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(invalid(
-            key,
-            format!("a number from {min} to {max} (found {value})"),
-        ))
+/// The dead-letter list must be a list the relay never reads from: not the list, not one
+/// of its companion keys; and in a Redis Cluster it must share the list's hash slot (the
+/// scripts touch both), i.e. carry the `{list}` hash tag.
+fn check_dead_letter_key(list: &str, dead: &str, cluster: bool) -> Result<(), ConfigError> {
+    const KEY: &str = "redis.dead_letter_key";
+    if dead.is_empty() {
+        return Err(invalid(KEY, "a non-empty list name"));
     }
+    if dead == list {
+        return Err(invalid(
+            KEY,
+            "a list other than redis.key: the relay would claim its own dead letters again, \
+             forever",
+        ));
+    }
+    let prefix = format!("{{{list}}}:");
+    if let Some(rest) = dead.strip_prefix(&prefix)
+        && (rest == "instances"
+            || ["inflight:", "retry:", "instance:", "lease:"]
+                .iter()
+                .any(|companion| rest.starts_with(companion)))
+    {
+        return Err(invalid(
+            KEY,
+            format!(
+                "a name that is not one of the relay's own keys ({prefix}inflight:*, \
+                 {prefix}retry:*, {prefix}instance:*, {prefix}lease:*, {prefix}instances), \
+                 e.g. {prefix}dead"
+            ),
+        ));
+    }
+    // Redis Cluster hashes only the first non-empty {…} of a key.
+    let tag = dead
+        .find('{')
+        .and_then(|open| {
+            let rest = &dead[open + 1..];
+            rest.find('}').map(|close| &rest[..close])
+        })
+        .filter(|tag| !tag.is_empty());
+    if cluster && tag != Some(list) {
+        return Err(invalid(
+            KEY,
+            format!(
+                "a name with the list's hash tag {{{list}}} (e.g. {prefix}dead): in a Redis \
+                 Cluster every key a script touches must be in one slot"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A configuration that passed [`Config::validate`], with every derived value filled
@@ -851,6 +829,8 @@ fn in_range(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), Con
 #[derive(Debug, Clone)]
 pub struct Valid {
     config: Config,
+    /// Where each value that is not a default came from.
+    sources: std::collections::BTreeMap<&'static str, Source>,
     /// The Redis password from `redis.password` or `redis.password_file` (the URL's own
     /// stays in the URL).
     redis_password: Option<String>,
@@ -870,6 +850,59 @@ impl std::ops::Deref for Valid {
 }
 
 impl Valid {
+    /// Records where each value came from, and warns about secrets given as flags (every
+    /// user of the host can read a process's flags through `ps`).
+    fn set_sources(&mut self, sources: std::collections::BTreeMap<&'static str, Source>) {
+        for (key, url) in [
+            ("redis.url", Some(&self.config.redis.url)),
+            ("collector.url", self.config.collector.url.as_ref()),
+            ("collector.proxy", self.config.collector.proxy.as_ref()),
+        ] {
+            let from_flag =
+                matches!(sources.get(key), Some(Source::Flag(f)) if f.starts_with("--"));
+            let has_password = url
+                .and_then(|u| Url::parse(u).ok())
+                .is_some_and(|u| u.password().is_some());
+            if from_flag && has_password {
+                self.warnings.push(format!(
+                    "{key} was given as a flag with a password: every user of this host can \
+                     read it (ps); give the password in redis.password_file or the \
+                     environment (SNOWPLOW_RELAY_REDIS__PASSWORD) instead"
+                ));
+            }
+        }
+        self.sources = sources;
+    }
+
+    /// The effective settings as TOML, secrets masked, each value that is not a default
+    /// followed by where it came from: what `check` prints.
+    pub fn to_shown_toml(&self) -> String {
+        let shown = self.config.to_masked_toml();
+        let mut out = String::new();
+        let mut section = "";
+        for line in shown.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name;
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            out.push_str(line);
+            if let Some((name, _)) = line.split_once(" = ")
+                && let Some(source) = self.sources.get(format!("{section}.{name}").as_str())
+            {
+                out.push_str(&format!("  # {source}"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Where `key`'s value came from, if it was set (not a default).
+    pub fn source(&self, key: &str) -> Option<&Source> {
+        self.sources.get(key)
+    }
+
     /// Events per request (always 1 for GET).
     pub fn buffer_size(&self) -> NonZeroUsize {
         self.buffer_size
@@ -1009,7 +1042,7 @@ impl CollectorConfig {
                          (or set collector.url instead)",
                     ));
                 }
-                let scheme = match self.protocol {
+                let scheme = match self.protocol.unwrap_or(Protocol::Https) {
                     Protocol::Http => "http",
                     Protocol::Https => "https",
                 };
@@ -1142,19 +1175,19 @@ mod tests {
                 MINIMAL,
                 &[("collector.buffer_size", "0")],
                 "buffer_size",
-                "nonzero",
+                "from 1 to",
             ),
             (
                 MINIMAL,
                 &[("collector.buffer_size", "ten")],
                 "buffer_size",
-                "integer",
+                "whole number",
             ),
             (
                 MINIMAL,
                 &[("collector.method", "put")],
                 "collector.method",
-                "expected one of `get`, `post`",
+                "one of `get`, `post`",
             ),
             (
                 MINIMAL,
@@ -1173,6 +1206,57 @@ mod tests {
                 &[("redis.url", "nonsense")],
                 "redis.url",
                 "redis://",
+            ),
+            (
+                MINIMAL,
+                &[("redis.url", "redis://127.0.0.1:6379/abc")],
+                "redis.url",
+                "database",
+            ),
+            (
+                MINIMAL,
+                &[("redis.url", "redis://127.0.0.1:6379/?protocol=resp9")],
+                "redis.url",
+                "protocol",
+            ),
+            (
+                MINIMAL,
+                &[("redis.url", "redis://0.0.0.0:6379")],
+                "redis.url",
+                "wildcard",
+            ),
+            (
+                MINIMAL,
+                &[("redis.url", "redis://:%ff@127.0.0.1:6379")],
+                "redis.url",
+                "UTF-8",
+            ),
+            (
+                MINIMAL,
+                &[
+                    ("redis.url", "rediss://127.0.0.1:6379#Insecure"),
+                    ("redis.tls_insecure_skip_verify", "true"),
+                ],
+                "redis.url",
+                "fragment",
+            ),
+            (
+                MINIMAL,
+                &[("redis.dead_letter_key", "snowplow")],
+                "redis.dead_letter_key",
+                "forever",
+            ),
+            (
+                MINIMAL,
+                &[("redis.dead_letter_key", "{snowplow}:inflight:x")],
+                "redis.dead_letter_key",
+                "not one of the relay's own keys",
+            ),
+            (
+                MINIMAL,
+                &[("redis.dead_letter_key", "dead"), ("redis.cluster", "true")],
+                "redis.dead_letter_key",
+                "hash tag",
             ),
             (
                 MINIMAL,
@@ -1296,6 +1380,7 @@ mod example_file {
     /// Keys the example shows with an example value although they are unset by default.
     const OPTIONAL_EXAMPLES: &[&str] = &[
         "endpoint",
+        "protocol",
         "port",
         "listen",
         "username",
@@ -1313,7 +1398,7 @@ mod example_file {
     /// nothing, and no key is missing.
     #[test]
     fn the_example_file_documents_every_key_with_its_default() {
-        let example = include_str!("../config/snowplow-relay.toml");
+        let example = include_str!("../../config/snowplow-relay.toml");
         let mut uncommented = String::new();
         let mut keys = 0;
         for line in example.lines() {

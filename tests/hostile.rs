@@ -1,0 +1,426 @@
+//! Hostile clients and careless operators: floods of the admin listener and the local
+//! collector, `track` with a million events, secrets in parse errors, settings that must
+//! mean what they say, and one signal delivered twice.
+
+mod common;
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LIST: &str = "snowplow";
+
+/// Raises this test process's open-file limit (floods open a thousand sockets).
+fn more_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a rlimit of ours.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max.min(8192);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+/// Polls a process's peak RSS until `done`; returns the highest seen.
+async fn watch_peak(pid: u32, done: impl Fn() -> bool) -> u64 {
+    let mut peak = 0;
+    while !done() {
+        peak = peak.max(peak_rss(pid).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    peak.max(peak_rss(pid).unwrap_or(0))
+}
+
+/// `count` connections to `addr`, each sending `head` then `total` bytes `chunk` at a
+/// time every `every`, until the server closes it or it is done.
+fn trickle(
+    addr: std::net::SocketAddr,
+    count: usize,
+    head: &'static str,
+    total: usize,
+    chunk: usize,
+    every: Duration,
+) -> tokio::task::JoinSet<()> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        set.spawn(async move {
+            let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                return;
+            };
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let filler = vec![b'a'; chunk];
+            let mut sent = 0;
+            while sent < total {
+                if stream.write_all(&filler).await.is_err() {
+                    return;
+                }
+                sent += chunk;
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+    set
+}
+
+#[tokio::test]
+async fn the_admin_listener_survives_a_flood_and_the_relay_goes_on() {
+    more_files();
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let relay = RelayProcess::start(
+        &redis.url(),
+        &collector.url(),
+        &[("SNOWPLOW_RELAY_ADMIN__LISTEN", listen.as_str())],
+    );
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    wait_until("the relay is registered", Duration::from_secs(10), || {
+        instances(&redis).len() == 1
+    })
+    .await;
+    // 900 connections, each trickling a 400 KB header for 10 s.
+    let started = Instant::now();
+    let mut flood = trickle(
+        addr,
+        900,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Flood: ",
+        400_000,
+        4_000,
+        Duration::from_millis(100),
+    );
+    let pid = relay.pid();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let watcher = tokio::spawn(async move {
+        watch_peak(pid, || stop.load(std::sync::atomic::Ordering::Relaxed)).await
+    });
+    // Events keep flowing meanwhile.
+    for round in 0..5 {
+        redis.rpush(LIST, &numbered_events(200 * (round + 1))[200 * round..]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    wait_until(
+        "events delivered during the flood",
+        Duration::from_secs(20),
+        || collector.distinct_delivered() == 1_000,
+    )
+    .await;
+    while flood.join_next().await.is_some() {}
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = watcher.await.unwrap();
+    eprintln!(
+        "admin flood: 900 connections x 400 KB headers over {:?}; relay peak RSS {:.1} MB; 1,000 events delivered meanwhile",
+        started.elapsed(),
+        peak as f64 / 1e6
+    );
+    assert!(peak <= 64 * 1024 * 1024, "relay peak RSS {peak} bytes");
+    let health = snowplow_relay::admin::probe(addr, "/healthz", Duration::from_secs(2)).await;
+    assert!(health.is_ok(), "{health:?}");
+    relay.terminate();
+    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
+/// The local collector at its defaults.
+fn local_collector() -> (RelayProcess, std::net::SocketAddr) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let process = RelayProcess::start_with(&["collector", "--listen", &listen], &[]);
+    (process, listen.parse().unwrap())
+}
+
+async fn wait_for_port(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One HTTP/1.0 request; the status code, or 0 if there was no answer.
+async fn request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> u16 {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let head = format!(
+        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(body).await.is_err() {
+        return 0;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_local_collector_stays_bounded_under_huge_events_and_trickled_bodies() {
+    more_files();
+    let (collector, addr) = local_collector();
+    wait_for_port(addr).await;
+    // 300 requests, each one 1.9 MB event, 30 at a time.
+    let big = format!(
+        r#"{{"schema":"iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4","data":[{{"e":"pv","p":"pc","tv":"t","url":"{}"}}]}}"#,
+        "u".repeat(1_900_000)
+    );
+    let big: &'static [u8] = Box::leak(big.into_bytes().into_boxed_slice());
+    let pid = collector.pid();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let watcher = tokio::spawn(async move {
+        watch_peak(pid, || stop.load(std::sync::atomic::Ordering::Relaxed)).await
+    });
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let mut wave = tokio::task::JoinSet::new();
+        for _ in 0..30 {
+            wave.spawn(request(
+                addr,
+                "POST /com.snowplowanalytics.snowplow/tp2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
+                big,
+            ));
+        }
+        while let Some(status) = wave.join_next().await {
+            statuses.push(status.unwrap());
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = watcher.await.unwrap();
+    eprintln!(
+        "local collector: 300 requests of one 1.9 MB event: peak RSS {:.1} MB",
+        peak as f64 / 1e6
+    );
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(peak <= 400 * 1024 * 1024, "peak RSS {peak} bytes");
+    let all = request(addr, "GET /micro/all HTTP/1.1\r\nHost: x\r\n", b"").await;
+    assert_eq!(all, 200);
+
+    // 1,000 connections trickle bodies they declare 2 MB long; /health answers at once.
+    let mut flood = trickle(
+        addr,
+        1_000,
+        "POST /com.snowplowanalytics.snowplow/tp2 HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+        20_000,
+        100,
+        Duration::from_millis(100),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let asked = Instant::now();
+        let status = tokio::time::timeout(
+            Duration::from_secs(5),
+            request(addr, "GET /health HTTP/1.1\r\nHost: x\r\n", b""),
+        )
+        .await
+        .unwrap_or(0);
+        slowest = slowest.max(asked.elapsed());
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!(
+        "local collector: /health while 1,000 connections trickle bodies: slowest {slowest:?}"
+    );
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    flood.abort_all();
+    collector.signal(libc::SIGTERM);
+    let (status, log) = collector.finish(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
+#[tokio::test]
+async fn track_stays_bounded_with_a_healthy_and_an_unreachable_collector() {
+    let (collector, addr) = local_collector();
+    wait_for_port(addr).await;
+    let url = format!("http://{addr}");
+    for (count, target, expect_success) in [
+        ("200000", url.as_str(), true),
+        ("2000000", "http://127.0.0.1:9", false),
+    ] {
+        let started = Instant::now();
+        let track = RelayProcess::start_with(
+            &[
+                "--collector",
+                target,
+                "track",
+                "--count",
+                count,
+                "-q",
+                "page-view",
+                "--url",
+                "https://example.com/",
+            ],
+            &[],
+        );
+        let pid = track.pid();
+        let mut peak = 0;
+        let mut track = track;
+        let status = loop {
+            peak = peak.max(peak_rss(pid).unwrap_or(0));
+            if let Some(status) = track.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(240),
+                "track took too long"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        eprintln!(
+            "track --count {count} to {target}: exit {:?} after {:?}, peak RSS {:.1} MB",
+            status.code(),
+            started.elapsed(),
+            peak as f64 / 1e6
+        );
+        assert_eq!(status.success(), expect_success, "{}", track.log());
+        assert!(peak <= 100 * 1024 * 1024, "peak RSS {peak} bytes");
+        if !expect_success {
+            assert!(track.log().contains("not delivered"), "{}", track.log());
+        }
+    }
+    collector.signal(libc::SIGTERM);
+    collector.finish(Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn no_error_path_shows_a_password_from_a_broken_file() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    let good = format!(
+        "[redis]\nurl = \"{}\"\n[collector]\nurl = \"{}\"\n",
+        redis.url(),
+        collector.url()
+    );
+    let broken = "[redis]\npassword = \"Xy\\q9-s3cret\"\n";
+    // check and start-up, each with the broken file.
+    std::fs::write(&file, broken).unwrap();
+    for args in [vec!["check"], vec![]] {
+        let output = std::process::Command::new(bin())
+            .arg("--config")
+            .arg(&file)
+            .args(&args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {text}");
+        assert!(text.contains("line 2"), "{args:?}: {text}");
+        assert!(!text.contains("s3cret"), "{args:?}: {text}");
+    }
+    // SIGHUP with the broken file: the running configuration stays, nothing leaks.
+    std::fs::write(&file, &good).unwrap();
+    let relay = RelayProcess::start_with(
+        &["--config", file.to_str().unwrap()],
+        &[("SNOWPLOW_RELAY_LOG__FORMAT", "json")],
+    );
+    wait_until("registered", Duration::from_secs(10), || {
+        instances(&redis).len() == 1
+    })
+    .await;
+    std::fs::write(&file, broken).unwrap();
+    relay.signal(libc::SIGHUP);
+    wait_until("the reload is refused", Duration::from_secs(10), || {
+        relay.log().contains("keeping the running one")
+    })
+    .await;
+    relay.terminate();
+    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains("s3cret"), "{log}");
+}
+
+#[tokio::test]
+async fn kubernetes_variables_and_string_settings_mean_what_they_say() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    // A Service named snowplow-relay injects these into every pod of its namespace.
+    let relay = RelayProcess::start(
+        &redis.url(),
+        &collector.url(),
+        &[
+            ("SNOWPLOW_RELAY_SERVICE_HOST", "10.0.0.7"),
+            ("SNOWPLOW_RELAY_SERVICE_PORT", "9187"),
+            ("SNOWPLOW_RELAY_PORT", "tcp://10.0.0.7:9187"),
+            ("SNOWPLOW_RELAY_PORT_9187_TCP_ADDR", "10.0.0.7"),
+            ("SNOWPLOW_RELAY_REDIS__KEY", "007"),
+        ],
+    );
+    redis.rpush("007", &numbered_events(10));
+    wait_until(
+        "the list named 007 relayed",
+        Duration::from_secs(20),
+        || collector.distinct_delivered() == 10,
+    )
+    .await;
+    relay.terminate();
+    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+
+    // A dead-letter list equal to the list would feed the relay its own dead letters.
+    let output = std::process::Command::new(bin())
+        .args(["--redis-url", &redis.url(), "--collector", &collector.url()])
+        .args(["--key", "q", "check"])
+        .env("SNOWPLOW_RELAY_REDIS__DEAD_LETTER_KEY", "q")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("redis.dead_letter_key"));
+    // What `run` could never use, `check` refuses.
+    for url in [
+        "redis://127.0.0.1:6379/abc",
+        "redis://127.0.0.1:6379/?protocol=resp9",
+        "redis://0.0.0.0:6379",
+        "redis://:%ff@127.0.0.1:6379",
+    ] {
+        let output = std::process::Command::new(bin())
+            .args(["--redis-url", url, "--collector", &collector.url(), "check"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{url}");
+    }
+}
+
+#[tokio::test]
+async fn one_signal_delivered_twice_is_one_graceful_stop() {
+    let redis = RedisServer::start();
+    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    for round in 0..10 {
+        redis.rpush(LIST, &numbered_events(50));
+        let relay = RelayProcess::start(
+            &redis.url(),
+            &collector.url(),
+            &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "200")],
+        );
+        wait_until("the relay holds events", Duration::from_secs(10), || {
+            redis.llen(LIST) == 0
+        })
+        .await;
+        // As `timeout -s INT` does: to the process, then to its group.
+        relay.signal(libc::SIGINT);
+        relay.signal(libc::SIGINT);
+        let (status, log) = relay.finish(Duration::from_secs(20)).await;
+        assert_eq!(status.code(), Some(0), "round {round}: {log}");
+        assert!(!log.contains("second signal"), "round {round}: {log}");
+        assert_eq!(redis.llen(LIST), 50, "round {round}: every event back");
+        redis.cmd(&["DEL", LIST]);
+    }
+    let _ = std::io::stderr().flush();
+}
