@@ -11,13 +11,22 @@
 //! - d. peak RSS at full speed, and with a 1,000,000-event backlog while the collector is down;
 //! - e. relay CPU seconds per 100,000 events;
 //! - f. POST tuned / raw drain, and with `--python` the Python tracker's RedisWorker
-//!   (`snowplow-tracker[redis]==0.15.0` in a venv this creates) measured the same way.
+//!   (`snowplow-tracker[redis]==0.15.0` in a venv this creates) measured the same way;
+//! - i. instructions per event: the relay and redis-server each run under valgrind's
+//!   callgrind, which counts the user-space instructions they execute (the same count for
+//!   the same binary and input, whatever else the machine does, where CPU seconds vary
+//!   ±25 % here). Counting starts when the events are published and ends when the relay
+//!   has exited (redis-server: when its counters are dumped after that), for 2,000 and
+//!   then 10,000 events; the difference divided by 8,000 is the marginal cost of one
+//!   event, so start-up and shutdown cancel out.
 //!
 //! ```text
 //! cargo bench --bench relay -- [--events N] [--backlog N] [--python] [--only NAME]
 //! (NAME, or several separated by commas: raw, post-tuned, post-default, get, scaling,
-//! tls, latency, backlog)
+//! tls, latency, backlog, instructions)
 //! ```
+//!
+//! `RELAY_BIN=/path/to/snowplow-relay` measures another build (an older one, to compare).
 //!
 //! Throughput runs start timing when the preloaded events appear under the relay's key
 //! (an atomic RENAME of a staging list), so process start-up is not counted. A benchmark,
@@ -43,6 +52,11 @@ use hyper_util::rt::TokioIo;
 const LIST: &str = "snowplow";
 const STAGING: &str = "bench-staging";
 const BINARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/snowplow-relay");
+
+/// The binary measured: `RELAY_BIN`, or this checkout's release build.
+fn binary() -> String {
+    std::env::var("RELAY_BIN").unwrap_or_else(|_| BINARY.to_owned())
+}
 
 /// A collector that only counts: one `"stm"` key per POST item, one event per GET. In
 /// latency mode it also notes when each eid arrived.
@@ -173,10 +187,10 @@ fn spawn_relay(
     let mut command = match words.next() {
         Some(program) => {
             let mut command = Command::new(program);
-            command.args(words).arg(BINARY);
+            command.args(words).arg(binary());
             command
         }
-        None => Command::new(BINARY),
+        None => Command::new(binary()),
     };
     // The Redis URL from `env` (e.g. rediss://) wins over the plain one.
     if !env
@@ -458,6 +472,86 @@ RedisWorker(emitter, rdb=redis.StrictRedis(port={redis_port}), key="{LIST}").run
     n as f64 / elapsed.as_secs_f64()
 }
 
+/// The total instructions (`summary:`) of a callgrind output file.
+fn callgrind_total(path: &std::path::Path) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no instruction total in {}", path.display()))
+}
+
+fn callgrind_control(args: &[&str]) {
+    let status = Command::new("callgrind_control")
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "callgrind_control {args:?}");
+}
+
+/// Marginal user-space instructions per event of the relay and of redis-server, counted
+/// by callgrind between 2,000 and 10,000 events (see the header).
+async fn instructions(
+    collector: &CountingCollector,
+    url: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut totals = Vec::new();
+    for n in [2_000usize, 10_000] {
+        let redis_out = dir.path().join(format!("redis-{n}"));
+        let relay_out = dir.path().join(format!("relay-{n}"));
+        let redis_flag = format!("--callgrind-out-file={}", redis_out.display());
+        let redis = common::RedisServer::start_under(
+            &["valgrind", "--tool=callgrind", "--instr-atstart=no", &redis_flag],
+            common::free_port(),
+            &[],
+        );
+        stage(&redis, &realistic_events(n, &format!("ins{n}")));
+        let relay_flag = format!("--callgrind-out-file={}", relay_out.display());
+        let mut command = Command::new("valgrind");
+        command
+            .args(["--tool=callgrind", "--instr-atstart=no", &relay_flag])
+            .arg(binary())
+            .args(["--redis-url", &redis.url(), "--collector", url, "--log-level", "error"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stderr(Stdio::null());
+        let relay = command.spawn().unwrap();
+        let registered = Instant::now();
+        while common::instances(&redis).is_empty() {
+            assert!(registered.elapsed() < Duration::from_secs(120), "the relay did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (relay_pid, redis_pid) = (relay.id().to_string(), redis.pid().to_string());
+        callgrind_control(&["-i", "on", &relay_pid]);
+        callgrind_control(&["-i", "on", &redis_pid]);
+        let before = collector.events.load(Ordering::Relaxed);
+        publish(&redis);
+        wait_for_count(&collector.events, before + n as u64, "instructions").await;
+        terminate(relay);
+        callgrind_control(&["-d", &redis_pid]);
+        let dumped = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with(&format!("redis-{n}.")))
+            })
+            .expect("redis-server's dump");
+        totals.push((callgrind_total(&relay_out), callgrind_total(&dumped)));
+    }
+    let per_event = |big: u64, small: u64| (big as f64 - small as f64) / 8_000.0;
+    (
+        per_event(totals[1].0, totals[0].0),
+        per_event(totals[1].1, totals[0].1),
+    )
+}
+
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
@@ -574,6 +668,20 @@ fn main() {
         if wanted("backlog") {
             let kb = backlog_rss(&redis, &collector, &url, backlog).await;
             row(&format!("d. peak RSS, {backlog} backlog, collector down, MB"), format!("{:.1}", kb as f64 / 1024.0));
+        }
+        if wanted("instructions") {
+            let cases: [(&str, &[&str], &[(&str, &str)]); 3] = [
+                ("POST default", &[], &[]),
+                ("POST tuned (buffer 500, claim 2000)", &["--buffer-size", "500"], &[("SNOWPLOW_RELAY_REDIS__CLAIM_BATCH_SIZE", "2000")]),
+                ("GET (32 in flight)", &["--method", "get"], &[("SNOWPLOW_RELAY_COLLECTOR__MAX_REQUESTS_IN_FLIGHT", "32")]),
+            ];
+            for (name, args, env) in cases {
+                let (relay, redis_server) = instructions(&collector, &url, args, env).await;
+                row(
+                    &format!("i. instructions per event, {name}: relay / redis-server"),
+                    format!("{relay:.0} / {redis_server:.0}"),
+                );
+            }
         }
         if python {
             let small = n.min(20_000);
