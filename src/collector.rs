@@ -401,6 +401,23 @@ impl LocalCollector {
             .unwrap_or_else(|_| Response::new(full("")))
     }
 
+    /// Bytes of stored events held now (at most `max_store_bytes`).
+    pub fn stored_bytes(&self) -> usize {
+        self.store.lock().expect("store lock").bytes
+    }
+
+    /// What `GET /i?query` does to the store: validates and keeps the event. Returns how
+    /// many good and bad events it brought.
+    pub fn ingest_query(&self, query: &str) -> (usize, usize) {
+        self.receive_query(query)
+    }
+
+    /// What `POST /com.snowplowanalytics.snowplow/tp2` with `body` does to the store.
+    /// Returns how many good and bad events it brought.
+    pub fn ingest_post(&self, body: &[u8]) -> (usize, usize) {
+        self.receive_post(body)
+    }
+
     fn receive_query(&self, query: &str) -> (usize, usize) {
         let mut parameters = Map::new();
         let mut errors = Vec::new();

@@ -231,10 +231,30 @@ impl Layers {
                 &process_env
             }
         };
-        let mut layers = Layers::default();
         let from_env = env.get(CONFIG_ENV).map(PathBuf::from);
-        if let Some(file) = file.map(Path::to_path_buf).or(from_env) {
-            layers.merge(read_file(&file)?, Source::File(file))?;
+        let file = match file.map(Path::to_path_buf).or(from_env) {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+                    key: "file",
+                    expected: format!("a readable UTF-8 TOML file ({}: {e})", path.display()),
+                })?;
+                Some((path, text))
+            }
+            None => None,
+        };
+        Self::load_text(file.as_ref().map(|(p, t)| (p.as_path(), t.as_str())), overrides, env)
+    }
+
+    /// As [`Layers::load`], with the file's text given (`(name, text)`): what `load` does
+    /// once it has read the file.
+    pub fn load_text(
+        file: Option<(&Path, &str)>,
+        overrides: &Overrides,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Layers, ConfigError> {
+        let mut layers = Layers::default();
+        if let Some((path, text)) = file {
+            layers.merge(parse_file(path, text)?, Source::File(path.to_path_buf()))?;
         }
         let mut from_env = Vec::new();
         for (name, value) in env {
@@ -375,11 +395,7 @@ fn unknown(path: &str, source: &Source) -> ConfigError {
 
 /// Parses a TOML file. A syntax error names the file, line and column, and says what is
 /// wrong without quoting the line (it may hold a secret).
-fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
-        key: "file",
-        expected: format!("a readable UTF-8 TOML file ({}: {e})", path.display()),
-    })?;
+fn parse_file(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
     text.parse::<toml::Table>().map_err(|error| {
         let at = error.span().map_or(0, |span| span.start).min(text.len());
         let line = text[..at].matches('\n').count() + 1;

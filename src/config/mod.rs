@@ -373,6 +373,20 @@ impl Config {
         Ok(valid)
     }
 
+    /// As [`Config::load`], with the file's text and the environment given (the fuzz
+    /// target and tests load settings without touching the disk or the process).
+    pub fn load_text(
+        file_text: Option<&str>,
+        overrides: &Overrides,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Valid, ConfigError> {
+        let file = file_text.map(|text| (Path::new("config.toml"), text));
+        let layers = layers::Layers::load_text(file, overrides, env)?;
+        let mut valid = Self::from_layers(&layers)?.validate()?;
+        valid.set_sources(layers.sources);
+        Ok(valid)
+    }
+
     /// For commands that only talk to Redis (`dead-letter …`): as [`Config::load`], but a
     /// missing collector is not an error.
     pub fn load_for_redis_tools(

@@ -79,8 +79,22 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        Self::start_under(&[], port, extra)
+    }
+
+    /// A redis-server run by `wrapper` (e.g. `valgrind --tool=callgrind …`), or directly
+    /// when it is empty.
+    pub fn start_under(wrapper: &[&str], port: u16, extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg("redis-server");
+                command
+            }
+            None => Command::new("redis-server"),
+        };
+        let child = command
             .args(["--dir", dir.path().to_str().unwrap()])
             .args([
                 "--port",
@@ -98,7 +112,7 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(if wrapper.is_empty() { 10 } else { 60 });
         // Only the server this harness started counts: another one on the same port
         // (a leftover, a parallel test) would make every assertion meaningless.
         let pid = child.id();

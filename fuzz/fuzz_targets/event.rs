@@ -1,0 +1,9 @@
+//! Any bytes as a Redis list element: the scanner and both encoders (see
+//! `tests/common/properties.rs`, `event_encodings`).
+#![no_main]
+
+#[path = "../../tests/common/properties.rs"]
+#[allow(dead_code)]
+mod properties;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| properties::event_encodings(data));
