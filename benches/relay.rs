@@ -476,7 +476,10 @@ RedisWorker(emitter, rdb=redis.StrictRedis(port={redis_port}), key="{LIST}").run
 fn callgrind_total(path: &std::path::Path) -> u64 {
     let text = std::fs::read_to_string(path).unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no instruction total in {}", path.display()))
 }
@@ -505,7 +508,12 @@ async fn instructions(
         let relay_out = dir.path().join(format!("relay-{n}"));
         let redis_flag = format!("--callgrind-out-file={}", redis_out.display());
         let redis = common::RedisServer::start_under(
-            &["valgrind", "--tool=callgrind", "--instr-atstart=no", &redis_flag],
+            &[
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                &redis_flag,
+            ],
             common::free_port(),
             &[],
         );
@@ -515,14 +523,24 @@ async fn instructions(
         command
             .args(["--tool=callgrind", "--instr-atstart=no", &relay_flag])
             .arg(binary())
-            .args(["--redis-url", &redis.url(), "--collector", url, "--log-level", "error"])
+            .args([
+                "--redis-url",
+                &redis.url(),
+                "--collector",
+                url,
+                "--log-level",
+                "error",
+            ])
             .args(args)
             .envs(env.iter().copied())
             .stderr(Stdio::null());
         let relay = command.spawn().unwrap();
         let registered = Instant::now();
         while common::instances(&redis).is_empty() {
-            assert!(registered.elapsed() < Duration::from_secs(120), "the relay did not start");
+            assert!(
+                registered.elapsed() < Duration::from_secs(120),
+                "the relay did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let (relay_pid, redis_pid) = (relay.id().to_string(), redis.pid().to_string());

@@ -42,8 +42,10 @@ use tokio::sync::Semaphore;
 
 use crate::listener::{Body, Limits, full};
 
-use crate::event::{PAYLOAD_DATA_FIELDS, PAYLOAD_DATA_SCHEMA, REQUIRED_FIELDS};
-use crate::tracker::{check_contexts, check_self_describing_event, is_iglu_uri};
+use snowplow_relay_tracker::protocol::{
+    PAYLOAD_DATA_FIELDS, PAYLOAD_DATA_SCHEMA, REQUIRED_FIELDS, shorten,
+};
+use snowplow_relay_tracker::{check_contexts, check_self_describing_event, is_iglu_uri};
 
 /// The real collector's default body limit (`collector.streams.maxBytes` aside): 2 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -426,10 +428,7 @@ impl LocalCollector {
                 .insert(name.to_string(), Value::from(value.as_ref()))
                 .is_some()
             {
-                errors.push(format!(
-                    "field {} appears twice",
-                    crate::event::shorten(&name)
-                ));
+                errors.push(format!("field {} appears twice", shorten(&name)));
             }
         }
         let verdict = if errors.is_empty() {
@@ -558,7 +557,7 @@ fn post_items(body: &[u8]) -> Result<Vec<Value>, String> {
     if !schema.starts_with(payload_data) || !is_iglu_uri(schema) {
         return Err(format!(
             "the body must be self-describing JSON with schema {PAYLOAD_DATA_SCHEMA}, not {}",
-            crate::event::shorten(schema)
+            shorten(schema)
         ));
     }
     match value.get("data") {
@@ -595,7 +594,7 @@ fn validate(parameters: &Map<String, Value>) -> Result<Good, Vec<String>> {
         if PAYLOAD_DATA_FIELDS.binary_search(&name.as_str()).is_err() {
             errors.push(format!(
                 "field {} is not allowed by {PAYLOAD_DATA_SCHEMA}",
-                crate::event::shorten(name)
+                shorten(name)
             ));
         } else if !value.is_string() {
             errors.push(format!("field {name} must be a string"));
@@ -642,10 +641,7 @@ fn validate(parameters: &Map<String, Value>) -> Result<Good, Vec<String>> {
         }
         other => {
             if !other.is_empty() {
-                errors.push(format!(
-                    "unknown event type e={}",
-                    crate::event::shorten(other)
-                ));
+                errors.push(format!("unknown event type e={}", shorten(other)));
             }
             "unknown"
         }

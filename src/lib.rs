@@ -7,9 +7,8 @@
 //! - [`queue`]: the Redis side; claim, acknowledge, release, recover, dead-letter. The
 //!   Lua scripts and the key layout live there.
 //! - [`event`]: one element: parse, validate, and encode as GET query or POST item.
-//! - [`emitter`]: the collector side; batching by count and bytes, HTTP, retry policy.
-//! - [`retry`]: when to try again (capped exponential backoff with jitter).
-//! - [`relay`]: the tasks joining queue and emitter, and the graceful drain.
+//! - [`relay`]: the tasks joining queue and collector (claim, batch, send, acknowledge,
+//!   retry parked events), and the graceful drain.
 //! - [`metrics`]: the Prometheus metrics and the run's [`Summary`].
 //! - [`health`]: alive / ready, for the admin listener and systemd.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
@@ -24,18 +23,14 @@
 pub mod admin;
 pub mod collector;
 pub mod config;
-pub mod emitter;
-pub mod event;
 pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
 pub mod relay;
-pub mod retry;
 pub mod telemetry;
 pub mod track;
-pub mod tracker;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,9 +42,9 @@ pub use metrics::Summary;
 use crate::health::Health;
 use crate::metrics::Metrics;
 
-use crate::emitter::Emitter;
 use crate::queue::{Queue, QueueError};
-use crate::retry::{Backoff, Retry};
+use crate::relay::Sender;
+use snowplow_relay_tracker::retry::{Backoff, Retry};
 use tokio_util::sync::CancellationToken;
 
 /// Why the relay stopped with an error.
@@ -76,7 +71,7 @@ pub enum Error {
     TrustStore(String),
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
-    HttpClient(#[source] reqwest::Error),
+    HttpClient(String),
     /// Redis failed in a way the relay cannot work around.
     #[error(transparent)]
     Queue(#[from] QueueError),
@@ -251,7 +246,7 @@ pub async fn run_with_controls(
         None => None,
     };
     let notifier = notify::spawn(health.clone());
-    let emitter = Emitter::new(&config.collector, metrics.clone(), health.clone())?;
+    let emitter = Sender::new(&config.collector, metrics.clone(), health.clone())?;
     let reloader = tokio::spawn(apply_reloads(
         config.clone(),
         controls.reload.subscribe(),
@@ -294,7 +289,7 @@ pub async fn run_with_controls(
 async fn apply_reloads(
     mut current: Valid,
     mut reloads: tokio::sync::watch::Receiver<Option<Valid>>,
-    emitter: Arc<Emitter>,
+    emitter: Arc<Sender>,
 ) {
     while reloads.changed().await.is_ok() {
         let Some(new) = reloads.borrow_and_update().clone() else {

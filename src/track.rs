@@ -1,4 +1,4 @@
-//! `snowplow-relay track`: tracks events from the shell with the [`crate::tracker`] API,
+//! `snowplow-relay track`: tracks events from the shell with the tracker crate's API,
 //! into Redis (the daemon's `[redis]` settings) or straight to a collector
 //! (`--collector URL`), and prints each event id on its own line.
 
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use clap::{Args, Subcommand};
 
 use crate::Valid;
-use crate::tracker::{
+use snowplow_relay_tracker::{
     EcommerceTransaction, Emit, Error, Event, HttpEmitter, PageView, Payload, Platform,
     RedisEmitter, ScreenView, SelfDescribingJson, Structured, Subject, Timestamp, TrackOptions,
     Tracker, TransactionItem,
@@ -362,20 +362,34 @@ pub async fn run(args: &TrackArgs, settings: &Valid, direct: bool) -> Result<usi
     let emitter: Box<dyn Emit> = if direct {
         let counter = unsent.clone();
         Box::new(
-            HttpEmitter::builder_from(settings.collector.clone())
-                .give_up_after(std::time::Duration::from_secs(10))
-                .on_failure(move |_, events: Vec<Payload>| {
-                    counter.fetch_add(events.len(), Ordering::Relaxed);
-                })
-                .build()
-                .map_err(TrackError::Emit)?,
+            HttpEmitter::builder(
+                settings
+                    .collector
+                    .base_url()
+                    .map_err(|e| TrackError::Emit(Error::Collector(e.to_string())))?
+                    .as_str(),
+            )
+            .method(settings.collector.method)
+            .buffer_size(settings.buffer_size().get())
+            .byte_limit(settings.byte_limit().get())
+            .max_requests_in_flight(settings.collector.max_requests_in_flight.get())
+            .retry_backoff(crate::relay::backoff_of(&settings.collector))
+            .client_settings(
+                crate::relay::client_settings(&settings.collector)
+                    .map_err(|e| TrackError::Emit(Error::Collector(e.to_string())))?,
+            )
+            .give_up_after(std::time::Duration::from_secs(10))
+            .on_failure(move |_, events: Vec<Payload>| {
+                counter.fetch_add(events.len(), Ordering::Relaxed);
+            })
+            .build()
+            .map_err(TrackError::Emit)?,
         )
     } else {
-        Box::new(
-            RedisEmitter::from_settings(settings)
-                .await
-                .map_err(TrackError::Emit)?,
-        )
+        let conn = crate::queue::open_connection(settings)
+            .await
+            .map_err(|e| TrackError::Emit(Error::Redis(e.to_string())))?;
+        Box::new(RedisEmitter::new(conn, settings.redis.key.clone()))
     };
     let mut total = 0;
     let mut chunk = Vec::new();

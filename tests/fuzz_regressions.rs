@@ -27,7 +27,10 @@ fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
 
 fn run(target: &str, check: impl Fn(&[u8])) {
     let inputs = inputs(target);
-    assert!(!inputs.is_empty(), "no inputs kept for fuzz target {target}");
+    assert!(
+        !inputs.is_empty(),
+        "no inputs kept for fuzz target {target}"
+    );
     for (name, data) in &inputs {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(data)));
         assert!(result.is_ok(), "{target}: {name} fails again");
@@ -48,5 +51,7 @@ fn kept_config_inputs_pass() {
 #[test]
 fn kept_collector_inputs_pass() {
     let collector = properties::collector_with_bounds();
-    run("collector", |data| properties::collector_requests(&collector, data));
+    run("collector", |data| {
+        properties::collector_requests(&collector, data)
+    });
 }

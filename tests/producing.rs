@@ -13,7 +13,7 @@ use common::*;
 use serde_json::{Map, Value, json};
 use snowplow_relay::collector::{CollectorOptions, LocalCollector};
 use snowplow_relay::config::Method;
-use snowplow_relay::tracker::{
+use snowplow_relay_tracker::{
     EcommerceTransaction, Emit, HttpEmitter, PagePing, PageView, Payload, Platform, RedisEmitter,
     ScreenView, SelfDescribingJson, Structured, Subject, Timestamp, Timing, TrackOptions, Tracker,
     TransactionItem,
@@ -60,7 +60,7 @@ fn context(name: &str, data: Value) -> SelfDescribingJson {
 }
 
 /// One event of every kind, with contexts, timestamps and per-event subjects mixed in.
-fn every_kind() -> Vec<(snowplow_relay::tracker::Event, TrackOptions)> {
+fn every_kind() -> Vec<(snowplow_relay_tracker::Event, TrackOptions)> {
     let contexts = Some(vec![
         context("user", json!({"plan": "pro", "since": 2019})),
         context("page", json!({"lang": "日本語", "tags": ["a", "b"]})),
@@ -185,7 +185,7 @@ fn assert_schemas_accept(parameters: &Map<String, Value>) {
         Some(serde_json::from_slice(&bytes).unwrap())
     };
     if let Some(envelope) = decode("cx", true).or_else(|| decode("co", false)) {
-        assert_eq!(envelope["schema"], snowplow_relay::tracker::CONTEXTS_SCHEMA);
+        assert_eq!(envelope["schema"], snowplow_relay_tracker::CONTEXTS_SCHEMA);
         let errors: Vec<String> = contexts
             .iter_errors(&envelope["data"])
             .map(|e| e.to_string())
@@ -195,7 +195,7 @@ fn assert_schemas_accept(parameters: &Map<String, Value>) {
     if let Some(envelope) = decode("ue_px", true).or_else(|| decode("ue_pr", false)) {
         assert_eq!(
             envelope["schema"],
-            snowplow_relay::tracker::UNSTRUCT_EVENT_SCHEMA
+            snowplow_relay_tracker::UNSTRUCT_EVENT_SCHEMA
         );
         let errors: Vec<String> = unstruct
             .iter_errors(&envelope["data"])

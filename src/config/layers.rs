@@ -242,7 +242,11 @@ impl Layers {
             }
             None => None,
         };
-        Self::load_text(file.as_ref().map(|(p, t)| (p.as_path(), t.as_str())), overrides, env)
+        Self::load_text(
+            file.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
+            overrides,
+            env,
+        )
     }
 
     /// As [`Layers::load`], with the file's text given (`(name, text)`): what `load` does

@@ -22,11 +22,8 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{POST_BODY_OVERHEAD, STM_ITEM_BYTES};
-
-/// POST bodies above 1 MiB are turned into bad rows by the collector (while it still
-/// answers 200), so the byte limit may not exceed this.
-pub const MAX_POST_BYTES: usize = 1024 * 1024;
+pub use snowplow_relay_tracker::protocol::{MAX_POST_BYTES, Method};
+use snowplow_relay_tracker::protocol::{POST_BODY_OVERHEAD, STM_ITEM_BYTES};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -132,16 +129,6 @@ pub enum Protocol {
     Http,
     /// HTTP over TLS, verified against the system's trust store.
     Https,
-}
-
-/// How events are sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum Method {
-    /// `GET /i?…`, one event per request.
-    Get,
-    /// `POST <post_path>` with a `payload_data` body of up to `buffer_size` events.
-    Post,
 }
 
 /// The collector side, named as the trackers' `Emitter` names it.
@@ -1087,24 +1074,7 @@ impl CollectorConfig {
     }
 }
 
-/// A URL fit for a log line: user name and password replaced by `****`, query and
-/// fragment (event data, tokens) dropped. Text that is not a URL is not shown at all.
-pub fn mask_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut parsed) => {
-            if !parsed.username().is_empty() {
-                let _ = parsed.set_username("****");
-            }
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("****"));
-            }
-            parsed.set_query(None);
-            parsed.set_fragment(None);
-            parsed.to_string()
-        }
-        Err(_) => format!("(not a URL, {} bytes)", url.len()),
-    }
-}
+pub use snowplow_relay_tracker::http::mask_url;
 
 #[cfg(test)]
 mod tests {
@@ -1384,7 +1354,6 @@ macro_rules! words_enum {
     };
 }
 words_enum!(Protocol { "http" => Http, "https" => Https });
-words_enum!(Method { "get" => Get, "post" => Post });
 words_enum!(LogFormat { "text" => Text, "json" => Json });
 
 #[cfg(test)]

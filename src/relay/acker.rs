@@ -14,7 +14,7 @@ use super::{ParkedEvent, Resolution, Shared, Unsettled, unreleased};
 use crate::health::Stage;
 use crate::metrics::DeadReason;
 use crate::queue::{Entry, Parked, QueueError};
-use crate::retry::{self, Retry};
+use snowplow_relay_tracker::retry::{self, Retry};
 
 /// The fate of one claimed event.
 #[derive(Debug)]

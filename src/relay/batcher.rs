@@ -13,8 +13,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinError, JoinSet};
 
 use super::{Claimed, ParkedEvent, Resolution, Shared};
-use crate::emitter::{Batch, BatchBuilder, Outcome};
-use crate::event::{BadEvent, Event};
+use snowplow_relay_tracker::protocol::{BadElement, Batch, BatchBuilder, Element};
+
+use super::sender::Outcome;
 use crate::metrics::DeadReason;
 
 pub(super) struct Batcher {
@@ -96,12 +97,12 @@ impl Batcher {
         for (offset, raw) in claimed.elements.into_iter().enumerate() {
             let position = claimed.first_position + offset as u64;
             let parsed = if raw.len() > settings.max_element_bytes {
-                Err(BadEvent::TooLarge {
+                Err(BadElement::TooLarge {
                     size: raw.len(),
                     limit: settings.max_element_bytes,
                 })
             } else {
-                Event::parse(raw.clone(), settings.parse)
+                Element::parse(raw.clone(), settings.parse)
             };
             let (kind, reason) = match parsed.map(|event| self.builder.push(position, event)) {
                 Ok(Ok(Some(batch))) => {
@@ -111,8 +112,8 @@ impl Batcher {
                 }
                 Ok(Ok(None)) => continue,
                 Ok(Err((_, too_large))) => (DeadReason::Unsendable, too_large.to_string()),
-                Err(bad @ BadEvent::TooLarge { .. }) => (DeadReason::Oversized, bad.to_string()),
-                Err(bad @ BadEvent::UndecodableString(_)) => {
+                Err(bad @ BadElement::TooLarge { .. }) => (DeadReason::Oversized, bad.to_string()),
+                Err(bad @ BadElement::UndecodableString(_)) => {
                     (DeadReason::Unsendable, bad.to_string())
                 }
                 Err(bad) => (DeadReason::Malformed, bad.to_string()),

@@ -15,7 +15,7 @@ use super::{Claimed, Shared};
 use crate::health::Stage;
 use crate::metrics::DeadReason;
 use crate::queue::{BlockingConnection, QueueError};
-use crate::retry::{self, Retry};
+use snowplow_relay_tracker::retry::{self, Retry};
 
 /// How long one blocking wait on an empty list lasts before it is renewed.
 const BLOCK_FOR: Duration = Duration::from_secs(5);

@@ -12,7 +12,7 @@ use super::Shared;
 use crate::health::Stage;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueError};
-use crate::retry::{self, Retry};
+use snowplow_relay_tracker::retry::{self, Retry};
 
 pub(super) struct Heartbeat {
     shared: Arc<Shared>,
@@ -93,7 +93,8 @@ pub(super) async fn sample(shared: Arc<Shared>) {
         match shared.queue.sample().await {
             Ok(sample) => {
                 let age = sample.head_dtm_millis.map_or(0.0, |dtm| {
-                    (crate::emitter::now_millis().saturating_sub(dtm)) as f64 / 1e3
+                    (snowplow_relay_tracker::protocol::now_millis().saturating_sub(dtm)) as f64
+                        / 1e3
                 });
                 shared.metrics.sampled(sample.list, sample.dead, age);
             }

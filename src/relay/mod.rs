@@ -32,6 +32,10 @@ mod batcher;
 mod claimer;
 mod heartbeat;
 mod retrier;
+mod sender;
+
+pub use sender::Sender;
+pub(crate) use sender::{backoff_of, client_settings};
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -43,11 +47,10 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Method, Valid};
-use crate::emitter::Emitter;
-use crate::event::ParseOptions;
 use crate::health::Health;
 use crate::metrics::{DeadReason, Metrics, Summary};
 use crate::queue::{Queue, QueueError};
+use snowplow_relay_tracker::protocol::ParseOptions;
 
 pub(crate) use heartbeat::recover_expired;
 
@@ -167,7 +170,7 @@ impl ClaimPermits {
 /// What every task of one run shares.
 struct Shared {
     queue: Arc<Queue>,
-    emitter: Arc<Emitter>,
+    emitter: Arc<Sender>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     settings: Settings,
@@ -227,7 +230,7 @@ struct Unsettled {
 /// What outlives one run (one registered instance): the collector client, the metrics,
 /// the health, and the flush requests (SIGUSR1).
 pub(crate) struct Services {
-    pub(crate) emitter: Arc<Emitter>,
+    pub(crate) emitter: Arc<Sender>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<Health>,
     pub(crate) flush: Arc<tokio::sync::Notify>,

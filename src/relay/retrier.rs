@@ -16,12 +16,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{ParkedEvent, Shared, Unsettled};
-use crate::emitter::{Attempt, Batch};
-use crate::event::Event;
+use snowplow_relay_tracker::protocol::{Batch, Element};
+
+use super::sender::Attempt;
 use crate::health::Stage;
 use crate::metrics::DeadReason;
 use crate::queue::QueueError;
-use crate::retry::{self, Backoff, Retry};
+use snowplow_relay_tracker::retry::{self, Backoff, Retry};
 
 /// One parked event and its attempts since it was parked.
 struct Held {
@@ -263,7 +264,7 @@ fn accepting_window(backoff: Backoff) -> std::time::Duration {
 
 /// A batch of the parked event alone.
 fn single_batch(shared: &Shared, event: &ParkedEvent) -> Option<Batch> {
-    let parsed = Event::parse(event.element.clone(), shared.settings.parse).ok()?;
+    let parsed = Element::parse(event.element.clone(), shared.settings.parse).ok()?;
     Some(Batch::single(event.position, parsed))
 }
 

@@ -19,9 +19,11 @@ use snowplow_relay::config::{Config, Overrides, Valid};
 use tokio::sync::oneshot;
 
 /// The events real Python trackers write, one JSON object per line.
-pub const TRACKER_0_15: &str = include_str!("../fixtures/python-tracker-0.15.0.jsonl");
+pub const TRACKER_0_15: &str =
+    include_str!("../../crates/tracker/tests/fixtures/python-tracker-0.15.0.jsonl");
 /// Events in the shape the 0.4.0 tracker wrote them (numbers, plain and base64 contexts).
-pub const TRACKER_0_4: &str = include_str!("../fixtures/python-tracker-0.4.0-shape.jsonl");
+pub const TRACKER_0_4: &str =
+    include_str!("../../crates/tracker/tests/fixtures/python-tracker-0.4.0-shape.jsonl");
 /// The payload_data 1-0-4 schema every POST body must satisfy.
 pub const PAYLOAD_DATA_SCHEMA: &str = include_str!("../fixtures/payload_data-1-0-4.json");
 
@@ -112,7 +114,8 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(if wrapper.is_empty() { 10 } else { 60 });
+        let deadline =
+            Instant::now() + Duration::from_secs(if wrapper.is_empty() { 10 } else { 60 });
         // Only the server this harness started counts: another one on the same port
         // (a leftover, a parallel test) would make every assertion meaningless.
         let pid = child.id();

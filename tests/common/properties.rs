@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use snowplow_relay::collector::LocalCollector;
-use snowplow_relay::config::{Config, Method, Overrides};
-use snowplow_relay::event::{
-    Event, PAYLOAD_DATA_FIELDS, PAYLOAD_DATA_SCHEMA, ParseOptions, get_query, write_post_body,
+use snowplow_relay::config::{Config, Overrides};
+use snowplow_relay_tracker::protocol::{
+    Element, Method, PAYLOAD_DATA_FIELDS, PAYLOAD_DATA_SCHEMA, ParseOptions, get_query,
+    write_post_body,
 };
 
 /// The send time every encoding gets.
@@ -44,7 +45,7 @@ pub fn event_encodings(data: &[u8]) {
     for method in [Method::Post, Method::Get] {
         for allow_unknown in [false, true] {
             let options = ParseOptions::for_method(method, allow_unknown);
-            let Ok(event) = Event::parse(Bytes::copy_from_slice(data), options) else {
+            let Ok(event) = Element::parse(Bytes::copy_from_slice(data), options) else {
                 continue;
             };
             let text = std::str::from_utf8(data).expect("accepted means UTF-8");
@@ -57,12 +58,12 @@ pub fn event_encodings(data: &[u8]) {
     }
 }
 
-fn post_body(event: &Event, expected: &BTreeMap<String, Option<String>>, allow_unknown: bool) {
+fn post_body(event: &Element, expected: &BTreeMap<String, Option<String>>, allow_unknown: bool) {
     let mut body = Vec::new();
     write_post_body([event], STM, &mut body);
     assert_eq!(
         body.len(),
-        snowplow_relay::event::POST_BODY_OVERHEAD + event.post_item_len(),
+        snowplow_relay_tracker::protocol::POST_BODY_OVERHEAD + event.post_item_len(),
         "the size estimate is exact"
     );
     #[derive(serde::Deserialize)]
@@ -84,7 +85,10 @@ fn post_body(event: &Event, expected: &BTreeMap<String, Option<String>>, allow_u
     for (name, value) in item {
         assert!(value.get().starts_with('"'), "`{name}` is sent as a string");
         if !allow_unknown {
-            assert!(PAYLOAD_DATA_FIELDS.contains(&name.as_str()), "`{name}` is known");
+            assert!(
+                PAYLOAD_DATA_FIELDS.contains(&name.as_str()),
+                "`{name}` is known"
+            );
         }
         let want = if name == "stm" {
             Some(STM.to_owned())
@@ -97,7 +101,7 @@ fn post_body(event: &Event, expected: &BTreeMap<String, Option<String>>, allow_u
     }
 }
 
-fn get_pairs(event: &Event, expected: &BTreeMap<String, Option<String>>) {
+fn get_pairs(event: &Element, expected: &BTreeMap<String, Option<String>>) {
     let query = get_query(event, STM).expect("accepted for GET means encodable");
     let decoded: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
@@ -141,11 +145,17 @@ pub fn config_loading(data: &[u8]) {
         match Config::load_text(Some(&file), &Overrides::default(), &vars) {
             Err(error) => {
                 let shown = error.to_string();
-                assert!(!shown.contains(SECRET), "an error shows the password: {shown}");
+                assert!(
+                    !shown.contains(SECRET),
+                    "an error shows the password: {shown}"
+                );
             }
             Ok(valid) => {
                 for shown in [valid.to_masked_toml(), valid.to_shown_toml()] {
-                    assert!(!shown.contains(SECRET), "`check` shows the password: {shown}");
+                    assert!(
+                        !shown.contains(SECRET),
+                        "`check` shows the password: {shown}"
+                    );
                 }
                 for warning in valid.warnings() {
                     assert!(!warning.contains(SECRET), "a warning shows it: {warning}");

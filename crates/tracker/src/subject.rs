@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::Payload;
+use crate::events::Payload;
 
 /// Where events happen (`p`). The Python tracker accepts the same eight.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -70,10 +70,10 @@ impl std::str::FromStr for Platform {
 }
 
 /// Who an event is about and the device it came from. Built by chaining setters; a
-/// [`super::Tracker`] has one and each event may bring its own instead.
+/// [`crate::Tracker`] has one and each event may bring its own instead.
 ///
 /// ```
-/// use snowplow_relay::tracker::{Platform, Subject};
+/// use snowplow_relay_tracker::{Platform, Subject};
 ///
 /// let subject = Subject::new()
 ///     .platform(Platform::Srv)

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::Error;
+use super::shorten;
+use crate::Error;
 
 /// The envelope of a context list (`cx`/`co`), as the Python tracker 0.15 writes it.
 pub const CONTEXTS_SCHEMA: &str = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-1";
@@ -18,7 +19,7 @@ pub const UNSTRUCT_EVENT_SCHEMA: &str =
 /// a self-describing event.
 ///
 /// ```
-/// use snowplow_relay::tracker::SelfDescribingJson;
+/// use snowplow_relay_tracker::SelfDescribingJson;
 /// use serde_json::json;
 ///
 /// let context = SelfDescribingJson::new(
@@ -29,7 +30,7 @@ pub const UNSTRUCT_EVENT_SCHEMA: &str =
 ///
 /// // Anything that is not an Iglu URI is refused, never sent.
 /// assert!(SelfDescribingJson::new("com.acme/user_context", json!({})).is_err());
-/// # Ok::<(), snowplow_relay::tracker::Error>(())
+/// # Ok::<(), snowplow_relay_tracker::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SelfDescribingJson {
@@ -43,7 +44,7 @@ impl SelfDescribingJson {
     pub fn new(schema: impl Into<String>, data: Value) -> Result<Self, Error> {
         let schema = schema.into();
         if !is_iglu_uri(&schema) {
-            return Err(Error::InvalidSchema(crate::event::shorten(&schema)));
+            return Err(Error::InvalidSchema(shorten(&schema)));
         }
         Ok(SelfDescribingJson { schema, data })
     }
@@ -65,10 +66,7 @@ impl SelfDescribingJson {
             return Err("a self-describing JSON needs a string `schema`".into());
         };
         if !is_iglu_uri(schema) {
-            return Err(format!(
-                "`schema` is not an Iglu URI: {}",
-                crate::event::shorten(schema)
-            ));
+            return Err(format!("`schema` is not an Iglu URI: {}", shorten(schema)));
         }
         let Some(data) = object.get("data") else {
             return Err("a self-describing JSON needs `data`".into());
@@ -76,7 +74,7 @@ impl SelfDescribingJson {
         if let Some(extra) = object.keys().find(|k| *k != "schema" && *k != "data") {
             return Err(format!(
                 "a self-describing JSON holds only `schema` and `data`, not `{}`",
-                crate::event::shorten(extra)
+                shorten(extra)
             ));
         }
         Ok(SelfDescribingJson {
@@ -146,7 +144,7 @@ pub fn check_contexts(value: &Value) -> Result<Vec<SelfDescribingJson>, String> 
     if !is_envelope(envelope.schema(), CONTEXTS_SCHEMA) {
         return Err(format!(
             "contexts must be wrapped in {CONTEXTS_SCHEMA}, not {}",
-            crate::event::shorten(envelope.schema())
+            shorten(envelope.schema())
         ));
     }
     let Some(items) = envelope.data().as_array() else {
@@ -168,7 +166,7 @@ pub fn check_self_describing_event(value: &Value) -> Result<SelfDescribingJson, 
     if !is_envelope(envelope.schema(), UNSTRUCT_EVENT_SCHEMA) {
         return Err(format!(
             "a self-describing event must be wrapped in {UNSTRUCT_EVENT_SCHEMA}, not {}",
-            crate::event::shorten(envelope.schema())
+            shorten(envelope.schema())
         ));
     }
     SelfDescribingJson::from_value(envelope.data()).map_err(|e| format!("event: {e}"))

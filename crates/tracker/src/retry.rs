@@ -2,7 +2,7 @@
 //! of consecutive failures that drives it ([`Retry`]). Every retry in the relay, Redis
 //! and HTTP alike, goes through one [`Retry`] per operation, so that one operation's
 //! success never resets another's backoff. *Whether* to retry is the caller's question
-//! (see `emitter::classify` for the collector's answers).
+//! (see `http::classify` for the collector's answers).
 
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ impl Backoff {
     }
 }
 
-/// Backoff between failed Redis calls.
+/// Backoff between failed Redis calls (the relay's).
 pub const REDIS: Backoff = Backoff {
     initial: Duration::from_millis(100),
     max: Duration::from_secs(5),

@@ -1,30 +1,6 @@
-//! The producing side: a Snowplow tracker for Rust programs, shaped like Snowplow's own
-//! trackers (`Subject`, `Tracker`, emitters, self-describing JSON).
-//!
-//! A [`Tracker`] turns an [`Event`] into the tracker protocol's name/value pairs (a
+//! [`Tracker`]: turns an [`Event`] into the tracker protocol's name/value pairs (a
 //! [`Payload`]), adds the common fields (`eid`, `dtm`, `tv`, namespace, app id, contexts,
-//! subject) exactly as the Python tracker does, and hands the payload to its emitters:
-//! - [`RedisEmitter`] pushes it onto the list this relay reads (the Python
-//!   `RedisEmitter`'s format: one JSON object per element);
-//! - [`HttpEmitter`] sends it to a collector with the relay's own HTTP emitter (batched by
-//!   count and bytes, retried, split on 413), with success/failure hooks.
-//!
-//! ```no_run
-//! use snowplow_relay::tracker::{PageView, RedisEmitter, Subject, Tracker};
-//!
-//! # async fn example() -> Result<(), snowplow_relay::tracker::Error> {
-//! let emitter = RedisEmitter::connect("redis://127.0.0.1:6379", "snowplow").await?;
-//! let tracker = Tracker::new("shop", "shop-backend", emitter, Some(Subject::new().user_id("u-1")));
-//! let id = tracker.track(PageView::new("https://shop.example.com/").title("Shop"), None).await?;
-//! println!("tracked {id}");
-//! tracker.close().await?;
-//! # Ok(()) }
-//! ```
-
-mod emitters;
-mod events;
-mod iglu;
-mod subject;
+//! subject) exactly as the Python tracker does, and hands the payload to its emitters.
 
 use std::sync::Arc;
 
@@ -32,16 +8,10 @@ use base64::Engine as _;
 use serde_json::Value;
 use uuid::Uuid;
 
-pub use emitters::{Emit, HttpEmitter, HttpEmitterBuilder, OnFailure, OnSuccess, RedisEmitter};
-pub use events::{
-    EcommerceTransaction, Event, PagePing, PageView, Payload, ScreenView, Structured, Timing,
-    TransactionItem,
-};
-pub use iglu::{
-    CONTEXTS_SCHEMA, SelfDescribingJson, UNSTRUCT_EVENT_SCHEMA, check_contexts,
-    check_self_describing_event, is_iglu_uri,
-};
-pub use subject::{Platform, Subject};
+use crate::emit::Emit;
+use crate::events::{Event, Payload};
+use crate::protocol::iglu::{CONTEXTS_SCHEMA, SelfDescribingJson, UNSTRUCT_EVENT_SCHEMA};
+use crate::subject::Subject;
 
 /// The tracker version this library reports (`tv`).
 pub const TRACKER_VERSION: &str = concat!("rust-relay-", env!("CARGO_PKG_VERSION"));
@@ -116,7 +86,7 @@ pub struct TrackOptions {
 /// Tracks events: builds each payload and hands it to every emitter.
 ///
 /// ```
-/// use snowplow_relay::tracker::{Structured, Subject, Tracker, TrackOptions, Timestamp};
+/// use snowplow_relay_tracker::{Structured, Subject, Tracker, TrackOptions, Timestamp};
 ///
 /// // Payloads can be built without emitting, e.g. to inspect them.
 /// let tracker = Tracker::builder("shop", "shop-backend").subject(Subject::new().user_id("u-1"));
@@ -127,7 +97,7 @@ pub struct TrackOptions {
 /// assert_eq!(payloads[0].get("se_va"), Some(&serde_json::json!(2.5)));
 /// assert_eq!(payloads[0].get("ttm"), Some(&serde_json::json!(1_700_000_000_000u64)));
 /// assert_eq!(payloads[0].get("uid"), Some(&serde_json::json!("u-1")));
-/// # Ok::<(), snowplow_relay::tracker::Error>(())
+/// # Ok::<(), snowplow_relay_tracker::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct Tracker {
@@ -266,7 +236,7 @@ impl Tracker {
             return Err(Error::EmptyContexts);
         }
         let fields = event.fields()?;
-        let now = crate::emitter::now_millis();
+        let now = crate::protocol::now_millis();
         let (device, true_time) = match options.timestamp {
             Some(Timestamp::Device(ms)) => (ms, None),
             Some(Timestamp::True(ms)) => (now, Some(ms)),
@@ -339,6 +309,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::*;
     use serde_json::json;
 
     fn tracker() -> Tracker {

@@ -1,10 +1,9 @@
-//! Where a tracker's payloads go: [`RedisEmitter`] (onto the list the relay reads) and
-//! [`HttpEmitter`] (straight to a collector, with the relay's own HTTP emitter), behind
-//! the [`Emit`] trait so that a tracker can hold several and users can add their own.
+//! [`HttpEmitter`]: payloads straight to a collector, batched by count and bytes,
+//! retried with backoff until the collector answers, split on 413, with the Python
+//! emitter's `on_success` / `on_failure` hooks.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,101 +12,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Error, Payload};
-use crate::config::{CollectorConfig, Config, Method};
-use crate::emitter::{Batch, BatchBuilder, Outcome};
-use crate::event::{Event as ParsedEvent, ParseOptions};
-use crate::queue::Connection;
-
-/// A boxed future, so that [`Emit`] can be used as `dyn Emit`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Receives a tracker's payloads.
-pub trait Emit: Send + Sync {
-    /// Takes payloads (several at once are sent together where the emitter can).
-    fn emit(&self, payloads: Vec<Payload>) -> BoxFuture<'_, Result<(), Error>>;
-
-    /// Sends whatever is buffered and waits until it is resolved. Default: nothing to do.
-    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    /// Flushes and stops taking payloads. Default: [`Emit::flush`].
-    fn close(&self) -> BoxFuture<'_, Result<(), Error>> {
-        self.flush()
-    }
-}
-
-/// Pushes payloads onto a Redis list, as the Python tracker's `RedisEmitter` does: one
-/// JSON object per element, RPUSH onto `snowplow` unless told otherwise. Several payloads
-/// go in one round trip (pipelined RPUSHes of up to 1,000 elements each).
-///
-/// ```no_run
-/// use snowplow_relay::tracker::{RedisEmitter, Structured, Tracker};
-/// # async fn example() -> Result<(), snowplow_relay::tracker::Error> {
-/// let emitter = RedisEmitter::connect("redis://127.0.0.1:6379", "snowplow").await?;
-/// let tracker = Tracker::new("ns", "app", emitter, None);
-/// tracker.track(Structured::new("shop", "buy"), None).await?;
-/// # Ok(()) }
-/// ```
-#[derive(Clone)]
-pub struct RedisEmitter {
-    conn: Connection,
-    key: String,
-}
-
-impl RedisEmitter {
-    /// Elements per RPUSH when many payloads come at once.
-    const CHUNK: usize = 1000;
-
-    /// Pushes onto `key` over an existing connection.
-    pub fn new(conn: Connection, key: impl Into<String>) -> RedisEmitter {
-        RedisEmitter {
-            conn,
-            key: key.into(),
-        }
-    }
-
-    /// Connects to one Redis server at `url` (`redis://…`; `rediss://` for TLS with the
-    /// system's roots). For credentials files, client certificates or Redis Cluster use
-    /// [`RedisEmitter::from_settings`].
-    pub async fn connect(url: &str, key: impl Into<String>) -> Result<RedisEmitter, Error> {
-        let mut config = Config::default();
-        config.redis.url = url.to_owned();
-        config.redis.key = key.into();
-        config.collector.endpoint = Some("unused.invalid".into());
-        let settings = config.validate().map_err(|e| Error::Redis(e.to_string()))?;
-        Self::from_settings(&settings).await
-    }
-
-    /// Connects with the relay's own Redis settings (`[redis]`: URL, key, credentials,
-    /// TLS, cluster), as `snowplow-relay track` does.
-    pub async fn from_settings(settings: &crate::Valid) -> Result<RedisEmitter, Error> {
-        let conn = crate::queue::open_connection(settings)
-            .await
-            .map_err(|e| Error::Redis(e.to_string()))?;
-        Ok(RedisEmitter::new(conn, settings.redis.key.clone()))
-    }
-}
-
-impl Emit for RedisEmitter {
-    fn emit(&self, payloads: Vec<Payload>) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            if payloads.is_empty() {
-                return Ok(());
-            }
-            let mut pipe = redis::pipe();
-            for chunk in payloads.chunks(Self::CHUNK) {
-                let elements: Vec<Vec<u8>> = chunk.iter().map(Payload::to_json).collect();
-                pipe.rpush(&self.key, elements).ignore();
-            }
-            let mut conn = self.conn.clone();
-            pipe.query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| Error::Redis(e.to_string()))
-        })
-    }
-}
+use super::client::{Attempt, Client, ClientSettings};
+use crate::emit::{BoxFuture, Emit};
+use crate::protocol::{Batch, BatchBuilder, Element, MAX_POST_BYTES, Method, ParseOptions};
+use crate::retry::{Backoff, Retry};
+use crate::{Error, Payload};
 
 /// Called with the number of events a request delivered.
 pub type OnSuccess = Arc<dyn Fn(usize) + Send + Sync>;
@@ -117,10 +26,16 @@ pub type OnFailure = Arc<dyn Fn(usize, Vec<Payload>) + Send + Sync>;
 
 /// Builds an [`HttpEmitter`]; every setting is the relay's `[collector]` key of the same
 /// name and is checked the same way.
+/// Builds an [`HttpEmitter`]; [`HttpEmitterBuilder::build`] checks the settings.
 pub struct HttpEmitterBuilder {
-    collector: CollectorConfig,
+    url: String,
+    settings: ClientSettings,
+    buffer_size: Option<usize>,
+    byte_limit: Option<usize>,
+    max_requests_in_flight: usize,
     close_timeout: Duration,
     give_up_after: Option<Duration>,
+    backoff: Backoff,
     on_success: Option<OnSuccess>,
     on_failure: Option<OnFailure>,
 }
@@ -128,33 +43,38 @@ pub struct HttpEmitterBuilder {
 impl HttpEmitterBuilder {
     /// `get` or `post` (the default).
     pub fn method(mut self, method: Method) -> Self {
-        self.collector.method = method;
+        self.settings.method = Some(method);
         self
     }
 
-    /// Events per POST request (default 10).
+    /// Events per POST request (default 50; GET sends one per request).
     pub fn buffer_size(mut self, events: usize) -> Self {
-        self.collector.buffer_size = std::num::NonZeroUsize::new(events);
+        self.buffer_size = Some(events);
         self
     }
 
-    /// Largest POST body or GET URL in bytes.
+    /// Largest POST body or GET URL in bytes (default 1,000,000 for POST, 16,000 for
+    /// GET; at most 1,048,576 for POST: collectors turn larger bodies into bad rows).
     pub fn byte_limit(mut self, bytes: usize) -> Self {
-        self.collector.byte_limit = std::num::NonZeroUsize::new(bytes);
+        self.byte_limit = Some(bytes);
         self
     }
 
-    /// Requests on the wire at once (default 16).
+    /// Requests on the wire at once (default 16): also how many batches are held.
     pub fn max_requests_in_flight(mut self, requests: usize) -> Self {
-        if let Some(n) = std::num::NonZeroUsize::new(requests) {
-            self.collector.max_requests_in_flight = n;
-        }
+        self.max_requests_in_flight = requests.max(1);
         self
     }
 
     /// Time allowed per request (default 5 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.collector.request_timeout_ms = timeout.as_millis() as u64;
+        self.settings.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Retry delays: capped exponential with jitter (default 0.5 s doubling to 30 s).
+    pub fn retry_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
         self
     }
 
@@ -174,7 +94,23 @@ impl HttpEmitterBuilder {
 
     /// Sends `SP-Anonymous: *`.
     pub fn anonymous(mut self, anonymous: bool) -> Self {
-        self.collector.anonymous = anonymous;
+        self.settings.anonymous = anonymous;
+        self
+    }
+
+    /// Statuses that are never retried (default 400, 401, 403, 410, 422).
+    pub fn no_retry_statuses(mut self, statuses: Vec<u16>) -> Self {
+        self.settings.no_retry_statuses = statuses;
+        self
+    }
+
+    /// TLS and proxy settings (extra CA, client certificate, proxy), as [`ClientSettings`]
+    /// holds them; the URL, method, limits and timeout set on this builder win.
+    pub fn client_settings(mut self, settings: ClientSettings) -> Self {
+        let keep = std::mem::replace(&mut self.settings, settings);
+        self.settings.method = keep.method.or(self.settings.method);
+        self.settings.request_timeout = keep.request_timeout.or(self.settings.request_timeout);
+        self.settings.anonymous |= keep.anonymous;
         self
     }
 
@@ -193,43 +129,57 @@ impl HttpEmitterBuilder {
         self
     }
 
-    /// Checks the settings (errors name the `collector.*` key) and builds the client.
-    pub fn build(self) -> Result<HttpEmitter, Error> {
-        let config = Config {
-            collector: self.collector,
-            ..Config::default()
+    /// Checks the settings and builds the client.
+    pub fn build(mut self) -> Result<HttpEmitter, Error> {
+        let bad = |what: String| Error::Collector(what);
+        let base = reqwest::Url::parse(&self.url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                bad("the collector URL must be http:// or https:// with a host".into())
+            })?;
+        let method = self.settings.method.unwrap_or(Method::Post);
+        let path = match method {
+            Method::Get => "/i",
+            Method::Post => "/com.snowplowanalytics.snowplow/tp2",
         };
-        let settings = config
-            .validate()
-            .map_err(|e| Error::Collector(e.to_string()))?;
-        let emitter = crate::emitter::Emitter::new(
-            &settings.collector,
-            Arc::new(crate::metrics::Metrics::new()),
-            Arc::new(crate::health::Health::new(
-                Duration::from_secs(30),
-                Duration::from_secs(45),
-            )),
-        )
-        .map_err(|e| Error::Collector(e.to_string()))?;
-        let method = settings.collector.method;
+        let joined = format!("{}{path}", base.as_str().trim_end_matches('/'));
+        self.settings.url = Some(reqwest::Url::parse(&joined).map_err(|e| bad(e.to_string()))?);
+        let buffer_size = match method {
+            Method::Get => 1,
+            Method::Post => self.buffer_size.unwrap_or(50),
+        };
+        let byte_limit = match method {
+            Method::Get => self.byte_limit.unwrap_or(16_000),
+            Method::Post => self.byte_limit.unwrap_or(1_000_000),
+        };
+        if method == Method::Post && byte_limit > MAX_POST_BYTES {
+            return Err(bad(format!(
+                "byte_limit: at most {MAX_POST_BYTES} bytes for POST (collectors turn larger \
+                 bodies into bad rows)"
+            )));
+        }
+        let buffer_size =
+            NonZeroUsize::new(buffer_size).ok_or_else(|| bad("buffer_size: at least 1".into()))?;
+        let byte_limit = NonZeroUsize::new(byte_limit)
+            .filter(|limit| limit.get() >= 1024)
+            .ok_or_else(|| bad("byte_limit: at least 1024 bytes".into()))?;
+        self.settings.byte_limit = Some(byte_limit);
+        self.settings.max_idle_connections = self.max_requests_in_flight;
+        let client = Client::new(&self.settings).map_err(|e| bad(e.to_string()))?;
         Ok(HttpEmitter {
             inner: Arc::new(Inner {
-                emitter,
+                client,
+                backoff: self.backoff,
                 parse: ParseOptions::for_method(method, false),
                 state: Mutex::new(State {
-                    builder: BatchBuilder::new(
-                        method,
-                        settings.buffer_size(),
-                        settings.byte_limit(),
-                    ),
+                    builder: BatchBuilder::new(method, buffer_size, byte_limit),
                     next_position: 0,
                     pending: HashMap::new(),
                     closed: false,
                 }),
                 tasks: TaskTracker::new(),
-                in_flight: Arc::new(Semaphore::new(
-                    settings.collector.max_requests_in_flight.get(),
-                )),
+                in_flight: Arc::new(Semaphore::new(self.max_requests_in_flight)),
                 give_up: CancellationToken::new(),
                 close_timeout: self.close_timeout,
                 give_up_after: self.give_up_after,
@@ -250,8 +200,8 @@ impl HttpEmitterBuilder {
 /// tracked.
 ///
 /// ```no_run
-/// use snowplow_relay::tracker::{Emit, HttpEmitter, PageView, Tracker};
-/// # async fn example() -> Result<(), snowplow_relay::tracker::Error> {
+/// use snowplow_relay_tracker::{Emit, HttpEmitter, PageView, Tracker};
+/// # async fn example() -> Result<(), snowplow_relay_tracker::Error> {
 /// let emitter = HttpEmitter::builder("http://127.0.0.1:9090")
 ///     .buffer_size(50)
 ///     .on_success(|n| println!("{n} delivered"))
@@ -268,7 +218,8 @@ pub struct HttpEmitter {
 }
 
 struct Inner {
-    emitter: Arc<crate::emitter::Emitter>,
+    client: Client,
+    backoff: Backoff,
     parse: ParseOptions,
     state: Mutex<State>,
     tasks: TaskTracker,
@@ -291,19 +242,21 @@ struct State {
 impl HttpEmitter {
     /// A builder for the collector at `url` (e.g. `https://collector.example.com`).
     pub fn builder(url: impl Into<String>) -> HttpEmitterBuilder {
-        Self::builder_from(CollectorConfig {
-            url: Some(url.into()),
-            ..CollectorConfig::default()
-        })
-    }
-
-    /// A builder starting from the relay's `[collector]` settings (URL, method, batching,
-    /// TLS, proxy), as `snowplow-relay track --collector URL` uses.
-    pub fn builder_from(collector: CollectorConfig) -> HttpEmitterBuilder {
         HttpEmitterBuilder {
-            collector,
+            url: url.into(),
+            settings: ClientSettings {
+                no_retry_statuses: vec![400, 401, 403, 410, 422],
+                ..ClientSettings::default()
+            },
+            buffer_size: None,
+            byte_limit: None,
+            max_requests_in_flight: 16,
             close_timeout: Duration::from_secs(10),
             give_up_after: None,
+            backoff: Backoff {
+                initial: Duration::from_millis(500),
+                max: Duration::from_secs(30),
+            },
             on_success: None,
             on_failure: None,
         }
@@ -322,42 +275,65 @@ impl HttpEmitter {
     }
 }
 
+/// How one batch ended.
+enum Sent {
+    Delivered,
+    /// 413 for several events: send each half.
+    Split,
+    Refused(String),
+    /// `close` gave up, or `give_up_after` passed.
+    GaveUp,
+}
+
 impl Inner {
+    /// Sends `batch` until the collector accepts or refuses it, or it is given up,
+    /// retrying everything else with backoff.
+    async fn send(&self, batch: &Batch) -> Sent {
+        let mut retry = Retry::new(self.backoff);
+        loop {
+            let report = tokio::select! {
+                report = self.client.attempt(batch) => report,
+                () = self.give_up.cancelled() => return Sent::GaveUp,
+            };
+            match report.attempt {
+                Attempt::Delivered => return Sent::Delivered,
+                Attempt::Rejected { reason, .. } => return Sent::Refused(reason),
+                Attempt::TooLarge => return Sent::Split,
+                Attempt::Failed(error) => {
+                    tracing::debug!(%error, events = batch.len(), "collector request failed; will retry");
+                    if !retry.pause(&self.give_up).await {
+                        return Sent::GaveUp;
+                    }
+                }
+            }
+        }
+    }
+
     async fn resolve(&self, batch: Batch) {
         let positions = batch.positions.clone();
         let mut sent = 0;
         let mut unsent = Vec::new();
         let mut parts = vec![batch];
         while let Some(part) = parts.pop() {
-            let send = self.emitter.send(&part, &self.give_up);
+            let send = self.send(&part);
             let outcome = match self.give_up_after {
                 Some(time) => tokio::time::timeout(time, send)
                     .await
-                    .unwrap_or(Outcome::Abandoned),
+                    .unwrap_or(Sent::GaveUp),
                 None => send.await,
             };
             match outcome {
-                Outcome::Delivered => sent += part.len(),
-                Outcome::Split { .. } => {
+                Sent::Delivered => sent += part.len(),
+                Sent::Split => {
                     let (first, second) = part.split();
                     parts.push(second);
                     parts.push(first);
                 }
-                Outcome::Rejected { status, reason, .. } => {
-                    tracing::warn!(events = part.len(), status, %reason, "collector refused events for good");
+                Sent::Refused(reason) => {
+                    tracing::warn!(events = part.len(), %reason, "collector refused events for good");
                     unsent.extend(part.positions);
                 }
-                Outcome::Park { status, attempts } => {
-                    // No retry list here: a batch failing alone goes back to the caller.
-                    tracing::warn!(
-                        events = part.len(),
-                        status,
-                        attempts,
-                        "events keep failing while other requests succeed"
-                    );
-                    unsent.extend(part.positions);
-                }
-                Outcome::Abandoned => unsent.extend(part.positions),
+                Sent::GaveUp => unsent.extend(part.positions),
             }
         }
         let unsent_payloads: Vec<Payload> = {
@@ -412,7 +388,7 @@ impl Emit for HttpEmitter {
                 }
                 for payload in payloads {
                     let raw = Bytes::from(payload.to_json());
-                    let event = match ParsedEvent::parse(raw, self.inner.parse) {
+                    let event = match Element::parse(raw, self.inner.parse) {
                         Ok(event) => event,
                         Err(bad) => {
                             too_large = Some(Error::Unsendable(bad.to_string()));
@@ -476,8 +452,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bad_settings_name_the_key() {
+    fn bad_settings_say_what_is_wrong() {
         let error = HttpEmitter::builder("ftp://x").build().err().unwrap();
-        assert!(error.to_string().contains("collector.url"), "{error}");
+        assert!(error.to_string().contains("http:// or https://"), "{error}");
+        let error = HttpEmitter::builder("http://x")
+            .byte_limit(2_000_000)
+            .build()
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("byte_limit"), "{error}");
     }
 }

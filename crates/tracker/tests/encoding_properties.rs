@@ -15,8 +15,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 use serde_json::value::RawValue;
-use snowplow_relay::config::Method;
-use snowplow_relay::event::{BadEvent, Event, ParseOptions, get_query};
+use snowplow_relay_tracker::protocol::{BadElement, Element, Method, ParseOptions, get_query};
 
 const CASES_JSON: u32 = 20_000;
 const CASES_BYTES: u32 = 10_000;
@@ -67,7 +66,7 @@ fn json_value() -> impl Strategy<Value = String> {
 
 fn field_name() -> impl Strategy<Value = String> {
     prop_oneof![
-        6 => prop::sample::select(snowplow_relay::event::PAYLOAD_DATA_FIELDS)
+        6 => prop::sample::select(snowplow_relay_tracker::protocol::PAYLOAD_DATA_FIELDS)
             .prop_map(str::to_owned),
         2 => "[a-z_]{1,10}",
         1 => Just("x".repeat(300)),
@@ -120,7 +119,7 @@ fn expected_fields(element: &str) -> BTreeMap<String, Option<String>> {
 
 fn check_post(element: &str) -> Result<(), TestCaseError> {
     let options = ParseOptions::for_method(Method::Post, true);
-    let Ok(event) = Event::parse(Bytes::copy_from_slice(element.as_bytes()), options) else {
+    let Ok(event) = Element::parse(Bytes::copy_from_slice(element.as_bytes()), options) else {
         return Ok(());
     };
     let mut item = Vec::new();
@@ -152,7 +151,7 @@ fn check_post(element: &str) -> Result<(), TestCaseError> {
 
 fn check_get(element: &str) -> Result<(), TestCaseError> {
     let options = ParseOptions::for_method(Method::Get, false);
-    let Ok(event) = Event::parse(Bytes::copy_from_slice(element.as_bytes()), options) else {
+    let Ok(event) = Element::parse(Bytes::copy_from_slice(element.as_bytes()), options) else {
         return Ok(());
     };
     let query = get_query(&event, STM)
@@ -174,7 +173,7 @@ fn check_get(element: &str) -> Result<(), TestCaseError> {
 /// content: a nested value, an escaped name, a missing field).
 fn check_syntax(element: &str) -> Result<(), TestCaseError> {
     let options = ParseOptions::for_method(Method::Post, true);
-    let parsed = Event::parse(Bytes::copy_from_slice(element.as_bytes()), options);
+    let parsed = Element::parse(Bytes::copy_from_slice(element.as_bytes()), options);
     let oracle = serde_json::from_str::<&RawValue>(element);
     let is_object = oracle
         .as_ref()
@@ -185,7 +184,7 @@ fn check_syntax(element: &str) -> Result<(), TestCaseError> {
             "accepted, but serde_json says: {:?}",
             oracle.err()
         ),
-        Err(BadEvent::NotJson(why)) => {
+        Err(BadElement::NotJson(why)) => {
             prop_assert!(
                 !is_object,
                 "refused as not JSON ({}), but it is a JSON object",
@@ -271,7 +270,7 @@ fn arbitrary_bytes_never_panic_and_what_is_accepted_encodes() {
         .run(&bytes, |bytes| {
             for method in [Method::Post, Method::Get] {
                 let options = ParseOptions::for_method(method, true);
-                if let Ok(event) = Event::parse(Bytes::from(bytes.clone()), options) {
+                if let Ok(event) = Element::parse(Bytes::from(bytes.clone()), options) {
                     let text = std::str::from_utf8(&bytes).expect("accepted means UTF-8");
                     check_post(text)?;
                     check_get(text)?;
@@ -287,7 +286,7 @@ fn arbitrary_bytes_never_panic_and_what_is_accepted_encodes() {
 #[test]
 fn the_lone_surrogate_from_the_issue_is_dead_lettered_for_get_and_forwarded_for_post() {
     let element = br#"{"e":"pv","p":"pc","tv":"t","url":"\ud800"}"#;
-    let get = Event::parse(
+    let get = Element::parse(
         Bytes::from_static(element),
         ParseOptions::for_method(Method::Get, false),
     );
@@ -296,7 +295,7 @@ fn the_lone_surrogate_from_the_issue_is_dead_lettered_for_get_and_forwarded_for_
         reason.contains("`url`") && reason.contains("surrogate"),
         "{reason}"
     );
-    let post = Event::parse(
+    let post = Element::parse(
         Bytes::from_static(element),
         ParseOptions::for_method(Method::Post, false),
     )

@@ -1,4 +1,4 @@
-//! The events a [`super::Tracker`] tracks and the payload they become: the tracker
+//! The events a [`crate::Tracker`] tracks and the payload they become: the tracker
 //! protocol's name/value pairs, in the order and with the JSON types the Python tracker
 //! writes (numbers stay numbers in Redis; the relay and the HTTP emitter send them as
 //! strings).
@@ -6,7 +6,8 @@
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
-use super::{Error, SelfDescribingJson};
+use crate::Error;
+use crate::protocol::iglu::SelfDescribingJson;
 
 /// One event's name/value pairs, in insertion order: what the `RedisEmitter` pushes as a
 /// JSON object and the HTTP emitter sends.
@@ -91,7 +92,7 @@ fn required<'a>(
 /// A page view (`e=pv`).
 ///
 /// ```
-/// use snowplow_relay::tracker::PageView;
+/// use snowplow_relay_tracker::PageView;
 /// let view = PageView::new("https://shop.example.com/").title("Shop").referrer("https://example.com/");
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -127,7 +128,7 @@ impl PageView {
 /// A page ping (`e=pp`): the page is still open, with the scroll range seen.
 ///
 /// ```
-/// use snowplow_relay::tracker::PagePing;
+/// use snowplow_relay_tracker::PagePing;
 /// let ping = PagePing::new("https://shop.example.com/").offsets(0, 0, 120, 900);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -171,7 +172,7 @@ impl PagePing {
 /// A structured event (`e=se`): category, action and optional label, property, value.
 ///
 /// ```
-/// use snowplow_relay::tracker::Structured;
+/// use snowplow_relay_tracker::Structured;
 /// let click = Structured::new("shop", "add-to-basket").label("sku-1").value(9.99);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -219,7 +220,7 @@ impl Structured {
 /// tracker's `track_screen_view`).
 ///
 /// ```
-/// use snowplow_relay::tracker::ScreenView;
+/// use snowplow_relay_tracker::ScreenView;
 /// let screen = ScreenView::new().name("Checkout").id("screen-7");
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -251,7 +252,7 @@ impl ScreenView {
 /// `iglu:com.snowplowanalytics.snowplow/timing/jsonschema/1-0-0`.
 ///
 /// ```
-/// use snowplow_relay::tracker::Timing;
+/// use snowplow_relay_tracker::Timing;
 /// let timing = Timing::new("checkout", "load", 250).label("cold cache");
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -319,7 +320,7 @@ impl TransactionItem {
 /// order id, currency, true timestamp and subject, as the Python tracker sends them).
 ///
 /// ```
-/// use snowplow_relay::tracker::{EcommerceTransaction, TransactionItem};
+/// use snowplow_relay_tracker::{EcommerceTransaction, TransactionItem};
 /// let order = EcommerceTransaction::new("order-1", 19.98)
 ///     .currency("EUR")
 ///     .item(TransactionItem::new("sku-1", 9.99, 2).name("Mug"));

@@ -1,0 +1,437 @@
+//! The collector client: one request per attempt over keep-alive connections, and what
+//! its answer means. *Whether* to retry is decided here ([`classify`]); *when* is the
+//! caller's ([`crate::retry`]). It writes no state of anyone's: each attempt returns what
+//! happened ([`Report`]), and the caller counts it.
+
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+use reqwest::Url;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+
+use crate::protocol::{Batch, Method, epoch_millis, get_query, write_post_body};
+
+/// The `User-Agent` sent.
+pub const USER_AGENT: &str = concat!("snowplow-relay/", env!("CARGO_PKG_VERSION"));
+
+/// What the collector's answer means for a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// 2xx: the events are delivered.
+    Accepted,
+    /// A no-retry status: the events are refused for good.
+    Rejected,
+    /// Anything else: try again later.
+    Retry,
+}
+
+/// Classifies an HTTP status (retry decisions only; timing is the caller's).
+pub fn classify(status: u16, no_retry: &[u16]) -> Disposition {
+    if (200..300).contains(&status) {
+        Disposition::Accepted
+    } else if no_retry.contains(&status) {
+        Disposition::Rejected
+    } else {
+        Disposition::Retry
+    }
+}
+
+/// Why an attempt's events were refused for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The collector answered a no-retry status.
+    Status,
+    /// The collector answered 413 to a single event.
+    TooLarge,
+    /// The request cannot be built (a GET URL over the byte limit, text GET cannot send).
+    Unsendable,
+}
+
+/// What one attempt to send a batch came to.
+#[derive(Debug)]
+pub enum Attempt {
+    /// 2xx.
+    Delivered,
+    /// Refused for good.
+    Rejected {
+        /// The collector's status, if it answered.
+        status: Option<u16>,
+        /// What to tell whoever keeps the events.
+        reason: String,
+        /// Which kind of refusal.
+        refusal: Refusal,
+    },
+    /// 413 for a batch of several events: each half may get through.
+    TooLarge,
+    /// Worth retrying: a transient status, a redirect, a timeout or a connection error.
+    Failed(AttemptError),
+}
+
+/// Why one attempt failed. Its `Display` never holds the request URL's query (event
+/// data) nor credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// A status that is retried.
+    #[error("collector answered {0}")]
+    Status(u16),
+    /// A redirect, which is never followed.
+    #[error(
+        "collector answered {status} redirecting to {location}; redirects are not followed \
+         (a POST would be replayed as a GET without its events): point the collector URL at \
+         the final address"
+    )]
+    Redirect {
+        /// The 3xx status.
+        status: u16,
+        /// The masked `Location`, without its query.
+        location: String,
+    },
+    /// The error and its causes (e.g. the certificate problem), without the URL.
+    #[error("request failed: {0}")]
+    Transport(String),
+}
+
+impl AttemptError {
+    /// The collector's status, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            AttemptError::Status(status) | AttemptError::Redirect { status, .. } => Some(*status),
+            AttemptError::Transport(_) => None,
+        }
+    }
+}
+
+/// What one attempt did, for the caller's counters: the outcome, the status the collector
+/// answered (`None`: no answer, or no request made), and how long it took.
+#[derive(Debug)]
+pub struct Report {
+    /// What it came to.
+    pub attempt: Attempt,
+    /// The HTTP status, if a request got an answer.
+    pub status: Option<u16>,
+    /// Seconds from sending to the answer (0 when no request was made).
+    pub seconds: f64,
+}
+
+/// How to reach a collector.
+#[derive(Clone, Default)]
+pub struct ClientSettings {
+    /// Where requests go: `…/i` for GET, the POST path for POST.
+    pub url: Option<Url>,
+    /// GET or POST.
+    pub method: Option<Method>,
+    /// The largest GET URL in bytes (POST bodies are sized by the batch builder).
+    pub byte_limit: Option<NonZeroUsize>,
+    /// Statuses never retried.
+    pub no_retry_statuses: Vec<u16>,
+    /// Time for one request, connect to last byte.
+    pub request_timeout: Option<Duration>,
+    /// Send `SP-Anonymous: *`.
+    pub anonymous: bool,
+    /// Idle keep-alive connections kept.
+    pub max_idle_connections: usize,
+    /// Extra CA certificates (PEM) to trust.
+    pub tls_ca_pem: Option<Vec<u8>>,
+    /// Trust only `tls_ca_pem`, not the system's roots.
+    pub tls_ca_only: bool,
+    /// A client certificate and its private key (PEM, one after the other).
+    pub tls_identity_pem: Option<Vec<u8>>,
+    /// A proxy URL, and hosts reached directly.
+    pub proxy: Option<(String, Option<String>)>,
+}
+
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field("method", &self.method)
+            .field("byte_limit", &self.byte_limit)
+            .field("anonymous", &self.anonymous)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the client cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No URL was given.
+    #[error("a collector URL is needed")]
+    NoUrl,
+    /// The system's CA certificates, needed for an https collector, cannot be loaded.
+    #[error(
+        "cannot load the system's CA certificates to verify the https collector ({0}); \
+         install them (Debian: apt-get install ca-certificates) or point SSL_CERT_FILE at \
+         a PEM bundle"
+    )]
+    TrustStore(String),
+    /// The CA file holds no PEM certificate.
+    #[error("the collector CA bundle holds no PEM certificate")]
+    NoCertificates,
+    /// The client certificate or its key is not usable.
+    #[error("the client certificate and its private key are not usable PEM ({0})")]
+    Identity(String),
+    /// The proxy URL is not one.
+    #[error("the proxy is not a URL")]
+    Proxy,
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+/// How much of a collector's response body is read (to let the connection be reused);
+/// a larger body is dropped with its connection.
+const MAX_RESPONSE_BODY_BYTES: usize = 64 * 1024;
+
+/// A collector: keep-alive connections, a request timeout, no cookie store, no redirects,
+/// TLS 1.2 at least, an honest `User-Agent`, and `SP-Anonymous` if asked.
+#[derive(Clone)]
+pub struct Client {
+    client: reqwest::Client,
+    url: Url,
+    method: Method,
+    byte_limit: usize,
+    no_retry: Vec<u16>,
+}
+
+impl Client {
+    /// Builds the client.
+    pub fn new(settings: &ClientSettings) -> Result<Client, ClientError> {
+        // reqwest is built without a bundled crypto provider; use ring's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = settings.url.clone().ok_or(ClientError::NoUrl)?;
+        let timeout = settings.request_timeout.unwrap_or(Duration::from_secs(5));
+        let mut headers = HeaderMap::new();
+        if settings.anonymous {
+            headers.insert("SP-Anonymous", HeaderValue::from_static("*"));
+        }
+        let https = url.scheme() == "https";
+        let client = tls_and_proxy(reqwest::Client::builder(), settings, https)?
+            .user_agent(USER_AGENT)
+            .default_headers(headers)
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_max_idle_per_host(settings.max_idle_connections.max(1))
+            .tcp_nodelay(true)
+            // A followed 301/302 turns a POST into a GET without its body, which a
+            // collector answers 200: the events would count as delivered and be lost.
+            .redirect(reqwest::redirect::Policy::none())
+            // An https collector is never reached over plain http.
+            .https_only(https)
+            .build()
+            .map_err(|e| {
+                if https {
+                    ClientError::TrustStore(error_chain(&e))
+                } else {
+                    ClientError::Build(error_chain(&e.without_url()))
+                }
+            })?;
+        Ok(Client {
+            client,
+            url,
+            method: settings.method.unwrap_or(Method::Post),
+            byte_limit: settings.byte_limit.map_or(usize::MAX, NonZeroUsize::get),
+            no_retry: settings.no_retry_statuses.clone(),
+        })
+    }
+
+    /// Where requests go (may hold credentials: do not log it as it is).
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// One attempt to send `batch`, with a fresh `stm`.
+    pub async fn attempt(&self, batch: &Batch) -> Report {
+        let started = Instant::now();
+        let (result, status) = match self.request(batch).await {
+            Ok(()) => (Attempt::Delivered, Some(200)),
+            Err(Failure::Unsendable(reason)) => (
+                Attempt::Rejected {
+                    status: None,
+                    reason,
+                    refusal: Refusal::Unsendable,
+                },
+                None,
+            ),
+            Err(Failure::Attempt(error)) => {
+                let status = error.status();
+                let attempt = match error {
+                    AttemptError::Status(status)
+                        if classify(status, &self.no_retry) == Disposition::Rejected =>
+                    {
+                        Attempt::Rejected {
+                            status: Some(status),
+                            reason: format!("collector answered {status}, which is not retried"),
+                            refusal: Refusal::Status,
+                        }
+                    }
+                    AttemptError::Status(413) if batch.len() > 1 => Attempt::TooLarge,
+                    AttemptError::Status(413) => Attempt::Rejected {
+                        status: Some(413),
+                        reason: "collector answered 413 (payload too large) to this event alone"
+                            .into(),
+                        refusal: Refusal::TooLarge,
+                    },
+                    error => Attempt::Failed(error),
+                };
+                (attempt, status)
+            }
+        };
+        Report {
+            attempt: result,
+            status,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    async fn request(&self, batch: &Batch) -> Result<(), Failure> {
+        let stm = epoch_millis();
+        let request = match self.method {
+            Method::Post => {
+                let mut body = Vec::with_capacity(batch.body_bytes + 16);
+                write_post_body(&batch.events, &stm, &mut body);
+                self.client
+                    .post(self.url.clone())
+                    .header(CONTENT_TYPE, "application/json; charset=utf-8")
+                    .body(body)
+            }
+            Method::Get => {
+                let Some(event) = batch.events.first() else {
+                    return Ok(());
+                };
+                let query =
+                    get_query(event, &stm).map_err(|bad| Failure::Unsendable(bad.to_string()))?;
+                let mut url = self.url.clone();
+                url.set_query(Some(&query));
+                if url.as_str().len() > self.byte_limit {
+                    return Err(Failure::Unsendable(format!(
+                        "the GET request URL is {} bytes, more than collector.byte_limit ({}); \
+                         send it with method = \"post\"",
+                        url.as_str().len(),
+                        self.byte_limit
+                    )));
+                }
+                self.client.get(url)
+            }
+        };
+        let mut response = request.send().await.map_err(|e| {
+            Failure::Attempt(AttemptError::Transport(error_chain(&e.without_url())))
+        })?;
+        let status = response.status().as_u16();
+        if response.status().is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .map_or_else(|| "(no Location)".to_owned(), mask_url);
+            return Err(Failure::Attempt(AttemptError::Redirect {
+                status,
+                location,
+            }));
+        }
+        // Read a small body so the connection goes back to the pool; never a large one.
+        let mut read = 0;
+        while read <= MAX_RESPONSE_BODY_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+        match classify(status, &self.no_retry) {
+            Disposition::Accepted => Ok(()),
+            _ => Err(Failure::Attempt(AttemptError::Status(status))),
+        }
+    }
+}
+
+/// Why a request did not succeed: it could not even be built, or the attempt failed.
+enum Failure {
+    Unsendable(String),
+    Attempt(AttemptError),
+}
+
+/// The collector's trust store, client identity, minimum TLS version and proxy.
+fn tls_and_proxy(
+    mut builder: reqwest::ClientBuilder,
+    settings: &ClientSettings,
+    https: bool,
+) -> Result<reqwest::ClientBuilder, ClientError> {
+    builder = builder.tls_version_min(reqwest::tls::Version::TLS_1_2);
+    match (&settings.tls_ca_pem, https) {
+        (Some(pem), _) => {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .ok()
+                .filter(|certs| !certs.is_empty())
+                .ok_or(ClientError::NoCertificates)?;
+            builder = if settings.tls_ca_only {
+                builder.tls_certs_only(certs)
+            } else {
+                builder.tls_certs_merge(certs)
+            };
+        }
+        // Plain HTTP needs no trust store: do not load one, so that a host or image
+        // without CA certificates can still send to an http collector.
+        (None, false) => builder = builder.tls_certs_only(std::iter::empty()),
+        (None, true) => {}
+    }
+    if let Some(pem) = &settings.tls_identity_pem {
+        let identity =
+            reqwest::Identity::from_pem(pem).map_err(|e| ClientError::Identity(error_chain(&e)))?;
+        builder = builder.identity(identity);
+    }
+    if let Some((proxy, no_proxy)) = &settings.proxy {
+        let proxy = reqwest::Proxy::all(proxy.as_str())
+            .map_err(|_| ClientError::Proxy)?
+            .no_proxy(no_proxy.as_deref().and_then(reqwest::NoProxy::from_string));
+        builder = builder.proxy(proxy);
+    }
+    Ok(builder)
+}
+
+/// An error and its causes, one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A URL fit for a log line: user name and password replaced by `****`, query and
+/// fragment (event data, tokens) dropped. Text that is not a URL is not shown at all.
+pub fn mask_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            if !parsed.username().is_empty() {
+                let _ = parsed.set_username("****");
+            }
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("****"));
+            }
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            parsed.to_string()
+        }
+        Err(_) => format!("(not a URL, {} bytes)", url.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_has_one_disposition() {
+        let no_retry = [400, 401, 403, 410, 422];
+        for status in 0..=599u16 {
+            let expected = match status {
+                200..=299 => Disposition::Accepted,
+                400 | 401 | 403 | 410 | 422 => Disposition::Rejected,
+                _ => Disposition::Retry,
+            };
+            assert_eq!(classify(status, &no_retry), expected, "status {status}");
+        }
+        assert_eq!(classify(418, &[418]), Disposition::Rejected);
+    }
+}
