@@ -40,6 +40,7 @@ COLLECTOR_A = os.environ["COLLECTOR_A"]  # host:port, fed by the Python Emitter
 COLLECTOR_B = os.environ["COLLECTOR_B"]  # host:port, fed by snowplow-relay
 RELAY_BIN = os.environ["RELAY_BIN"]
 FIXTURES = os.environ["FIXTURES"]
+TRACKER_FIXTURES = os.environ["TRACKER_FIXTURES"]
 KEY = "snowplow"
 
 
@@ -122,7 +123,7 @@ def forward(method):
     # The fixture shapes (0.15.0 as captured, 0.4.0: numeric dtm/tid, plain co/ue_pr,
     # non-ASCII), each with a fresh eid to compare by, through both emitters' input().
     for name in ("python-tracker-0.15.0.jsonl", "python-tracker-0.4.0-shape.jsonl"):
-        with open(os.path.join(FIXTURES, name), encoding="utf-8") as lines:
+        with open(os.path.join(TRACKER_FIXTURES, name), encoding="utf-8") as lines:
             for line in lines:
                 payload = json.loads(line)
                 payload["eid"] = str(uuid.uuid4())
