@@ -318,8 +318,9 @@ async fn raw_drain(redis: &common::RedisServer, n: usize) -> f64 {
     overrides.set("redis.url", Some(redis.url()));
     overrides.set("collector.url", Some("http://127.0.0.1:9"));
     let settings =
-        snowplow_relay::Config::load_with_env(None, &overrides, Some(Default::default())).unwrap();
-    let queue = snowplow_relay::queue::Queue::connect(&settings)
+        snowplow_relay::config::Settings::load(None, &overrides, Some(&Default::default()))
+            .unwrap();
+    let queue = snowplow_relay::queue::Queue::connect(&settings.redis)
         .await
         .unwrap();
     queue.register().await.unwrap();

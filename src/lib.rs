@@ -20,27 +20,22 @@
 
 #![warn(missing_docs)]
 
-pub mod admin;
-pub mod collector;
 pub mod config;
-pub mod health;
-pub mod listener;
-pub mod metrics;
-pub mod notify;
+pub mod micro;
+pub mod ops;
 pub mod queue;
 pub mod relay;
-pub mod telemetry;
-pub mod track;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{Config, Valid};
-pub use metrics::Summary;
+pub use config::{Config, Settings};
+pub use ops::metrics::Summary;
 
-use crate::health::Health;
-use crate::metrics::Metrics;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::ops::{admin, notify};
 
 use crate::queue::{Queue, QueueError};
 use crate::relay::Sender;
@@ -120,7 +115,7 @@ impl Error {
 #[derive(Debug, Clone)]
 pub struct Controls {
     flush: Arc<tokio::sync::Notify>,
-    reload: Arc<tokio::sync::watch::Sender<Option<Valid>>>,
+    reload: Arc<tokio::sync::watch::Sender<Option<Settings>>>,
 }
 
 impl Default for Controls {
@@ -135,11 +130,11 @@ impl Default for Controls {
 /// Settings [`Controls::reload`] applies to a running relay; every other change needs a
 /// restart (and is logged as such).
 pub const RELOADABLE: &[&str] = &[
-    "log.level",
-    "collector.retry_initial_backoff_ms",
-    "collector.retry_max_backoff_ms",
-    "collector.park_after_failures",
-    "collector.isolated_failure_limit",
+    config::key::LOG_LEVEL,
+    config::key::COLLECTOR_RETRY_INITIAL_BACKOFF_MS,
+    config::key::COLLECTOR_RETRY_MAX_BACKOFF_MS,
+    config::key::COLLECTOR_PARK_AFTER_FAILURES,
+    config::key::COLLECTOR_ISOLATED_FAILURE_LIMIT,
 ];
 
 impl Controls {
@@ -151,7 +146,7 @@ impl Controls {
     /// Applies the reloadable settings of `config` (the caller applies `log.level`, which
     /// belongs to the process's log set-up) and logs what else changed and needs a
     /// restart.
-    pub fn reload(&self, config: Valid) {
+    pub fn reload(&self, config: Settings) {
         self.reload.send_replace(Some(config));
     }
 }
@@ -192,7 +187,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
 /// can or `shutdown` resolves. If this relay's lease is lost (another relay took its
 /// events back after a long stall), it registers again as a new instance and goes on.
 pub async fn run(
-    config: Valid,
+    config: Settings,
     shutdown: impl Future<Output = ()>,
     force: impl Future<Output = ()>,
 ) -> Result<Summary, Error> {
@@ -201,7 +196,7 @@ pub async fn run(
 
 /// [`run`], with [`Controls`] to flush or reload while it runs.
 pub async fn run_with_controls(
-    config: Valid,
+    config: Settings,
     shutdown: impl Future<Output = ()>,
     force: impl Future<Output = ()>,
     controls: Controls,
@@ -214,7 +209,7 @@ pub async fn run_with_controls(
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    if config.redis.tls_insecure_skip_verify {
+    if config.redis.tls.insecure_skip_verify {
         tracing::warn!(
             "redis.tls_insecure_skip_verify is on: Redis's certificate is NOT checked; anyone \
              on the network path can read and change the events"
@@ -222,14 +217,18 @@ pub async fn run_with_controls(
     }
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(
-        Duration::from_millis(config.redis.lease_ttl_ms),
+        config.redis.lease_ttl,
         Health::stuck_after_for(
-            Duration::from_millis(config.redis.lease_ttl_ms),
-            Duration::from_millis(config.collector.retry_max_backoff_ms),
-            config.collector.request_timeout(),
+            config.redis.lease_ttl,
+            config.collector.backoff.max,
+            config
+                .collector
+                .client
+                .request_timeout
+                .unwrap_or(Duration::from_secs(5)),
         ),
     ));
-    let admin = match config.admin.listen {
+    let admin = match config.admin_listen {
         Some(addr) => {
             let listener = admin::bind(addr)
                 .await
@@ -287,15 +286,15 @@ pub async fn run_with_controls(
 
 /// Applies reloaded settings to the emitter and logs what changed.
 async fn apply_reloads(
-    mut current: Valid,
-    mut reloads: tokio::sync::watch::Receiver<Option<Valid>>,
+    mut current: Settings,
+    mut reloads: tokio::sync::watch::Receiver<Option<Settings>>,
     emitter: Arc<Sender>,
 ) {
     while reloads.changed().await.is_ok() {
         let Some(new) = reloads.borrow_and_update().clone() else {
             continue;
         };
-        let changed = changed_keys(&current, &new);
+        let changed = changed_keys(current.effective(), new.effective());
         let (applied, need_restart): (Vec<String>, Vec<String>) = changed
             .into_iter()
             .partition(|key| RELOADABLE.contains(&key.as_str()));
@@ -316,7 +315,7 @@ async fn apply_reloads(
 }
 
 async fn relay_until_stopped(
-    config: &Valid,
+    config: &Settings,
     services: relay::Services,
     stop: CancellationToken,
     hurry: CancellationToken,
@@ -363,7 +362,7 @@ async fn relay_until_stopped(
 /// Connects to Redis, checks the permissions the relay needs, recovers the events of
 /// relays whose lease expired and registers this instance, retrying with capped backoff
 /// for as long as it takes. Missing permissions stop start-up (exit 2).
-async fn connect(config: &Valid, metrics: &Metrics, health: &Health) -> Result<Queue, Error> {
+async fn connect(config: &Settings, metrics: &Metrics, health: &Health) -> Result<Queue, Error> {
     // The connect loop turns at least twice within the liveness bound.
     let mut retry = Retry::new(Backoff {
         initial: Duration::from_millis(200),
@@ -408,8 +407,8 @@ async fn connect(config: &Valid, metrics: &Metrics, health: &Health) -> Result<Q
     }
 }
 
-async fn try_connect(config: &Valid, metrics: &Metrics) -> Result<Queue, Error> {
-    let queue = Queue::connect(config).await?;
+async fn try_connect(config: &Settings, metrics: &Metrics) -> Result<Queue, Error> {
+    let queue = Queue::connect(&config.redis).await?;
     let probe = queue.probe();
     if !probe.not_lists.is_empty() {
         let keys: Vec<String> = probe

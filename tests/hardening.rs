@@ -281,7 +281,7 @@ async fn endpoint_and_port_and_a_url_path_prefix_reach_the_collector() {
         overrides.set("collector.endpoint", Some("127.0.0.1"));
         overrides.set("collector.protocol", Some("http"));
         overrides.set("collector.port", Some(port));
-        snowplow_relay::Config::load_with_env(None, &overrides, Some(Default::default())).unwrap()
+        snowplow_relay::config::Settings::load(None, &overrides, Some(&Default::default())).unwrap()
     };
     let relay = Relay::start(with_endpoint);
     wait_until("delivered via endpoint", Duration::from_secs(10), || {
@@ -380,7 +380,7 @@ async fn a_graceful_stop_with_everything_healthy_causes_no_duplicates() {
 /// A queue handle of its own, registered, on the default list.
 async fn queue(redis: &RedisServer) -> Queue {
     let settings = config_for_urls(&redis.url(), "http://127.0.0.1:9", &[]);
-    let queue = Queue::connect(&settings).await.unwrap();
+    let queue = Queue::connect(&settings.redis).await.unwrap();
     queue.register().await.unwrap();
     queue
 }

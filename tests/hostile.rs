@@ -122,7 +122,7 @@ async fn the_admin_listener_survives_a_flood_and_the_relay_goes_on() {
         peak as f64 / 1e6
     );
     assert!(peak <= 64 * 1024 * 1024, "relay peak RSS {peak} bytes");
-    let health = snowplow_relay::admin::probe(addr, "/healthz", Duration::from_secs(2)).await;
+    let health = snowplow_relay::ops::admin::probe(addr, "/healthz", Duration::from_secs(2)).await;
     assert!(health.is_ok(), "{health:?}");
     relay.terminate();
     let (status, log) = relay.finish(Duration::from_secs(20)).await;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::*;
 use serde_json::{Map, Value, json};
-use snowplow_relay::collector::{CollectorOptions, LocalCollector};
 use snowplow_relay::config::Method;
+use snowplow_relay::micro::{CollectorOptions, LocalCollector};
 use snowplow_relay_tracker::{
     EcommerceTransaction, Emit, HttpEmitter, PagePing, PageView, Payload, Platform, RedisEmitter,
     ScreenView, SelfDescribingJson, Structured, Subject, Timestamp, Timing, TrackOptions, Tracker,

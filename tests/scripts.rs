@@ -50,7 +50,7 @@ async fn queue(redis: &RedisServer) -> Queue {
     allow_all(redis);
     let url = format!("redis://{USER}:pw@127.0.0.1:{}", redis.port);
     let settings = config_for_urls(&url, "http://127.0.0.1:9", &[]);
-    Queue::connect(&settings).await.unwrap()
+    Queue::connect(&settings.redis).await.unwrap()
 }
 
 /// Every event id in Redis and how many times it is there, wherever it is (list,

@@ -284,7 +284,7 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
     // stuck_after = max(3 s, 0.2 s + 1 s) + 10 s = 13 s.
     let bound = Duration::from_secs(13);
     let get = |addr: std::net::SocketAddr, path: &'static str| async move {
-        snowplow_relay::admin::probe(addr, path, Duration::from_secs(2)).await
+        snowplow_relay::ops::admin::probe(addr, path, Duration::from_secs(2)).await
     };
 
     // Claims refused (this user may no longer write the in-flight list) while the

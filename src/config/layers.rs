@@ -75,11 +75,19 @@ const U16: u64 = u16::MAX as u64;
 const ANY: u64 = u64::MAX;
 
 macro_rules! keys {
-    ($($path:literal : $kind:expr, $shown:ident;)+) => {
+    ($($name:ident = $path:literal : $kind:expr, $shown:ident;)+) => {
         /// Every setting the relay knows. Validation, flags, reload and `check` name keys
         /// from here; `config/snowplow-relay.toml` documents each (a test keeps them in
         /// step).
         pub const KEYS: &[Key] = &[$(Key { path: $path, kind: $kind, shown: Shown::$shown }),+];
+
+        /// Each setting's dotted name, once: `key::REDIS_URL` is `"redis.url"`.
+        pub mod key {
+            $(
+                #[doc = concat!("`", $path, "`")]
+                pub const $name: &str = $path;
+            )+
+        }
     };
 }
 
@@ -92,54 +100,54 @@ const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 
 keys! {
-    "redis.url": Text, Url;
-    "redis.key": Text, Plain;
-    "redis.dead_letter_key": Text, Plain;
+    REDIS_URL = "redis.url": Text, Url;
+    REDIS_KEY = "redis.key": Text, Plain;
+    REDIS_DEAD_LETTER_KEY = "redis.dead_letter_key": Text, Plain;
     // A Lua stack limit.
-    "redis.claim_batch_size": n(1, 8_000), Plain;
-    "redis.claim_max_bytes": n(KIB, 512 * MIB), Plain;
-    "redis.command_timeout_ms": n(1, 600_000), Plain;
-    "redis.lease_ttl_ms": n(1_000, 86_400_000), Plain;
-    "redis.cluster": Bool, Plain;
-    "redis.username": Text, Plain;
-    "redis.password": Text, Secret;
-    "redis.password_file": Text, Plain;
-    "redis.tls_ca_file": Text, Plain;
-    "redis.tls_client_cert_file": Text, Plain;
-    "redis.tls_client_key_file": Text, Plain;
-    "redis.tls_insecure_skip_verify": Bool, Plain;
-    "collector.url": Text, Url;
-    "collector.endpoint": Text, Plain;
-    "collector.protocol": Word(&["http", "https"]), Plain;
-    "collector.port": n(1, U16), Plain;
-    "collector.method": Word(&["get", "post"]), Plain;
-    "collector.post_path": Text, Plain;
-    "collector.buffer_size": n(1, 1_000_000), Plain;
-    "collector.byte_limit": n(1, 16 * MIB), Plain;
-    "collector.max_requests_in_flight": n(1, 1_024), Plain;
-    "collector.flush_interval_ms": n(1, 600_000), Plain;
-    "collector.park_after_failures": n(1, 1_000), Plain;
-    "collector.isolated_failure_limit": n(1, 1_000), Plain;
-    "collector.request_timeout_ms": n(1, 600_000), Plain;
-    "collector.no_retry_statuses": Numbers, Plain;
-    "collector.retry_initial_backoff_ms": n(1, 3_600_000), Plain;
-    "collector.retry_max_backoff_ms": n(1, 3_600_000), Plain;
-    "collector.anonymous": Bool, Plain;
-    "collector.tls_ca_file": Text, Plain;
-    "collector.tls_ca_only": Bool, Plain;
-    "collector.tls_client_cert_file": Text, Plain;
-    "collector.tls_client_key_file": Text, Plain;
-    "collector.proxy": Text, Url;
-    "collector.no_proxy": Text, Plain;
-    "events.allow_unknown_fields": Bool, Plain;
-    "events.max_element_bytes": n(1, 16 * MIB), Plain;
-    "worker.max_claimed_events": n(1, 1_000_000), Plain;
-    "worker.max_claimed_bytes": n(KIB, 16 * 1024 * MIB), Plain;
-    "worker.drain_timeout_ms": n(0, 600_000), Plain;
-    "worker.threads": n(1, 64), Plain;
-    "log.level": Text, Plain;
-    "log.format": Word(&["text", "json"]), Plain;
-    "admin.listen": Address, Plain;
+    REDIS_CLAIM_BATCH_SIZE = "redis.claim_batch_size": n(1, 8_000), Plain;
+    REDIS_CLAIM_MAX_BYTES = "redis.claim_max_bytes": n(KIB, 512 * MIB), Plain;
+    REDIS_COMMAND_TIMEOUT_MS = "redis.command_timeout_ms": n(1, 600_000), Plain;
+    REDIS_LEASE_TTL_MS = "redis.lease_ttl_ms": n(1_000, 86_400_000), Plain;
+    REDIS_CLUSTER = "redis.cluster": Bool, Plain;
+    REDIS_USERNAME = "redis.username": Text, Plain;
+    REDIS_PASSWORD = "redis.password": Text, Secret;
+    REDIS_PASSWORD_FILE = "redis.password_file": Text, Plain;
+    REDIS_TLS_CA_FILE = "redis.tls_ca_file": Text, Plain;
+    REDIS_TLS_CLIENT_CERT_FILE = "redis.tls_client_cert_file": Text, Plain;
+    REDIS_TLS_CLIENT_KEY_FILE = "redis.tls_client_key_file": Text, Plain;
+    REDIS_TLS_INSECURE_SKIP_VERIFY = "redis.tls_insecure_skip_verify": Bool, Plain;
+    COLLECTOR_URL = "collector.url": Text, Url;
+    COLLECTOR_ENDPOINT = "collector.endpoint": Text, Plain;
+    COLLECTOR_PROTOCOL = "collector.protocol": Word(&["http", "https"]), Plain;
+    COLLECTOR_PORT = "collector.port": n(1, U16), Plain;
+    COLLECTOR_METHOD = "collector.method": Word(&["get", "post"]), Plain;
+    COLLECTOR_POST_PATH = "collector.post_path": Text, Plain;
+    COLLECTOR_BUFFER_SIZE = "collector.buffer_size": n(1, 1_000_000), Plain;
+    COLLECTOR_BYTE_LIMIT = "collector.byte_limit": n(1, 16 * MIB), Plain;
+    COLLECTOR_MAX_REQUESTS_IN_FLIGHT = "collector.max_requests_in_flight": n(1, 1_024), Plain;
+    COLLECTOR_FLUSH_INTERVAL_MS = "collector.flush_interval_ms": n(1, 600_000), Plain;
+    COLLECTOR_PARK_AFTER_FAILURES = "collector.park_after_failures": n(1, 1_000), Plain;
+    COLLECTOR_ISOLATED_FAILURE_LIMIT = "collector.isolated_failure_limit": n(1, 1_000), Plain;
+    COLLECTOR_REQUEST_TIMEOUT_MS = "collector.request_timeout_ms": n(1, 600_000), Plain;
+    COLLECTOR_NO_RETRY_STATUSES = "collector.no_retry_statuses": Numbers, Plain;
+    COLLECTOR_RETRY_INITIAL_BACKOFF_MS = "collector.retry_initial_backoff_ms": n(1, 3_600_000), Plain;
+    COLLECTOR_RETRY_MAX_BACKOFF_MS = "collector.retry_max_backoff_ms": n(1, 3_600_000), Plain;
+    COLLECTOR_ANONYMOUS = "collector.anonymous": Bool, Plain;
+    COLLECTOR_TLS_CA_FILE = "collector.tls_ca_file": Text, Plain;
+    COLLECTOR_TLS_CA_ONLY = "collector.tls_ca_only": Bool, Plain;
+    COLLECTOR_TLS_CLIENT_CERT_FILE = "collector.tls_client_cert_file": Text, Plain;
+    COLLECTOR_TLS_CLIENT_KEY_FILE = "collector.tls_client_key_file": Text, Plain;
+    COLLECTOR_PROXY = "collector.proxy": Text, Url;
+    COLLECTOR_NO_PROXY = "collector.no_proxy": Text, Plain;
+    EVENTS_ALLOW_UNKNOWN_FIELDS = "events.allow_unknown_fields": Bool, Plain;
+    EVENTS_MAX_ELEMENT_BYTES = "events.max_element_bytes": n(1, 16 * MIB), Plain;
+    WORKER_MAX_CLAIMED_EVENTS = "worker.max_claimed_events": n(1, 1_000_000), Plain;
+    WORKER_MAX_CLAIMED_BYTES = "worker.max_claimed_bytes": n(KIB, 16 * 1024 * MIB), Plain;
+    WORKER_DRAIN_TIMEOUT_MS = "worker.drain_timeout_ms": n(0, 600_000), Plain;
+    WORKER_THREADS = "worker.threads": n(1, 64), Plain;
+    LOG_LEVEL = "log.level": Text, Plain;
+    LOG_FORMAT = "log.format": Word(&["text", "json"]), Plain;
+    ADMIN_LISTEN = "admin.listen": Address, Plain;
 }
 
 /// The key named `path`, if the relay knows it.
@@ -392,7 +400,7 @@ fn unknown(path: &str, source: &Source) -> ConfigError {
         expected: format!(
             "no unknown field: `{}` in {source} is not a setting (see \
              config/snowplow-relay.toml for every key)",
-            crate::telemetry::one_line(path, 64)
+            crate::ops::telemetry::one_line(path, 64)
         ),
     }
 }
@@ -433,7 +441,7 @@ fn redact(message: &str, line: &str) -> String {
             out.push_str(part);
         }
     }
-    crate::telemetry::one_line(&out, 300)
+    crate::ops::telemetry::one_line(&out, 300)
 }
 
 /// The type a file value must have.
@@ -543,7 +551,7 @@ fn wrong(key: &Key, expected: &str, found: &str, source: &Source) -> ConfigError
 /// as given; numbers are plain decimal digits.
 fn parse_text(key: &Key, text: &str, source: &Source) -> Result<toml::Value, ConfigError> {
     let shown = || match key.shown {
-        Shown::Plain => format!("`{}`", crate::telemetry::one_line(text, 64)),
+        Shown::Plain => format!("`{}`", crate::ops::telemetry::one_line(text, 64)),
         _ => "the value given".to_owned(),
     };
     let number = |text: &str| -> Option<i64> {

@@ -7,13 +7,18 @@
 //! default. `config/snowplow-relay.toml` documents every key with its default; keep it in
 //! step with the doc comments here.
 //!
-//! [`Config::load`] returns a [`Valid`] configuration whose method-dependent defaults
+//! [`Settings::load`] returns the typed [`Settings`] whose method-dependent defaults
 //! (`buffer_size`, `byte_limit`, `dead_letter_key`) are filled in and whose values were
 //! all checked, so the rest of the program never re-validates.
 
 pub mod layers;
+mod settings;
 
-pub use layers::{Overrides, Source};
+pub use layers::{Overrides, Source, key};
+pub use settings::{
+    CollectorSettings, EventsSettings, RedisSettings, RedisTls, Settings, ToolSettings,
+    WorkerSettings,
+};
 
 use std::num::NonZeroUsize;
 use std::path::Path;
@@ -23,7 +28,6 @@ use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
 pub use snowplow_relay_tracker::protocol::{MAX_POST_BYTES, Method};
-use snowplow_relay_tracker::protocol::{POST_BODY_OVERHEAD, STM_ITEM_BYTES};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -309,7 +313,7 @@ impl Default for LogConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", try_from = "String")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -331,7 +335,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: &'static str, expected: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &'static str, expected: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         expected: expected.into(),
@@ -339,426 +343,19 @@ fn invalid(key: &'static str, expected: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
-    /// Loads defaults < `file` < environment < `overrides`, then validates and fills in
-    /// derived defaults.
-    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Valid, ConfigError> {
-        Self::load_with_env(file, overrides, None)
-    }
-
-    /// As [`Config::load`], reading the environment from `env` instead of the process when
-    /// given (for tests).
-    pub fn load_with_env(
-        file: Option<&Path>,
-        overrides: &Overrides,
-        env: Option<std::collections::HashMap<String, String>>,
-    ) -> Result<Valid, ConfigError> {
-        let env: Option<std::collections::BTreeMap<String, String>> =
-            env.map(|env| env.into_iter().collect());
-        let layers = layers::Layers::load(file, overrides, env.as_ref())?;
-        let mut valid = Self::from_layers(&layers)?.validate()?;
-        valid.set_sources(layers.sources);
-        Ok(valid)
-    }
-
-    /// As [`Config::load`], with the file's text and the environment given (the fuzz
-    /// target and tests load settings without touching the disk or the process).
-    pub fn load_text(
-        file_text: Option<&str>,
-        overrides: &Overrides,
-        env: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Valid, ConfigError> {
-        let file = file_text.map(|text| (Path::new("config.toml"), text));
-        let layers = layers::Layers::load_text(file, overrides, env)?;
-        let mut valid = Self::from_layers(&layers)?.validate()?;
-        valid.set_sources(layers.sources);
-        Ok(valid)
-    }
-
-    /// For commands that only talk to Redis (`dead-letter …`): as [`Config::load`], but a
-    /// missing collector is not an error.
-    pub fn load_for_redis_tools(
-        file: Option<&Path>,
-        overrides: &Overrides,
-    ) -> Result<Valid, ConfigError> {
-        let (mut config, layers) = Self::load_unvalidated(file, overrides, None)?;
-        if config.collector.url.is_none() && config.collector.endpoint.is_none() {
-            // Validation needs a collector; the tools never use it.
-            config.collector.endpoint = Some("unused.invalid".into());
-        }
-        let mut valid = config.validate()?;
-        valid.set_sources(layers.sources);
-        Ok(valid)
-    }
-
-    fn load_unvalidated(
-        file: Option<&Path>,
-        overrides: &Overrides,
-        env: Option<std::collections::HashMap<String, String>>,
-    ) -> Result<(Config, layers::Layers), ConfigError> {
-        let env: Option<std::collections::BTreeMap<String, String>> =
-            env.map(|env| env.into_iter().collect());
-        let layers = layers::Layers::load(file, overrides, env.as_ref())?;
-        Ok((Self::from_layers(&layers)?, layers))
-    }
-
-    /// The settings the layers give (every value already of its key's type).
-    fn from_layers(layers: &layers::Layers) -> Result<Config, ConfigError> {
+    /// The raw settings the layers give (every value already of its key's type).
+    pub fn from_layers(layers: &layers::Layers) -> Result<Config, ConfigError> {
         toml::Value::Table(layers.table.clone())
             .try_into::<Config>()
             .map_err(|e| ConfigError::Invalid {
                 key: "file",
-                expected: crate::telemetry::one_line(e.message(), 300),
+                expected: crate::ops::telemetry::one_line(e.message(), 300),
             })
     }
 
-    /// Checks ranges and consistency, fills in the method-dependent defaults and returns
-    /// the only kind of configuration the relay runs with.
-    pub fn validate(mut self) -> Result<Valid, ConfigError> {
-        layers::check_ranges(&self)?;
-        let redis = &mut self.redis;
-        let redis_url = Url::parse(&redis.url)
-            .map_err(|e| invalid("redis.url", format!("a redis:// URL ({e})")))?;
-        if !matches!(redis_url.scheme(), "redis" | "rediss") {
-            return Err(invalid(
-                "redis.url",
-                "a URL starting with redis:// or rediss:// (TLS)",
-            ));
-        }
-        {
-            use redis::IntoConnectionInfo;
-            // The client's own parser: what it refuses here, it would refuse at every
-            // connection attempt (a database that is not a number, an unknown protocol,
-            // a wildcard address, a password that is not UTF-8, an unknown #fragment).
-            if let Err(error) = redis.url.as_str().into_connection_info() {
-                return Err(invalid(
-                    "redis.url",
-                    format!(
-                        "a URL the Redis client accepts, redis://[[user]:password@]host[:port][/db] \
-                         ({})",
-                        crate::telemetry::one_line(&error.to_string(), 200)
-                    ),
-                ));
-            }
-        }
-        let tls = redis_url.scheme() == "rediss";
-        for (key, set) in [
-            ("redis.tls_ca_file", redis.tls_ca_file.is_some()),
-            (
-                "redis.tls_client_cert_file",
-                redis.tls_client_cert_file.is_some(),
-            ),
-            (
-                "redis.tls_client_key_file",
-                redis.tls_client_key_file.is_some(),
-            ),
-            (
-                "redis.tls_insecure_skip_verify",
-                redis.tls_insecure_skip_verify,
-            ),
-        ] {
-            if set && !tls {
-                return Err(invalid(
-                    key,
-                    "a rediss:// redis.url (TLS); it does nothing for redis://",
-                ));
-            }
-        }
-        if redis_url.fragment() == Some("insecure") && !redis.tls_insecure_skip_verify {
-            return Err(invalid(
-                "redis.url",
-                "no #insecure (certificate checks off) unless redis.tls_insecure_skip_verify = true",
-            ));
-        }
-        if redis.tls_client_cert_file.is_some() != redis.tls_client_key_file.is_some() {
-            return Err(invalid(
-                "redis.tls_client_cert_file",
-                "both redis.tls_client_cert_file and redis.tls_client_key_file, or neither",
-            ));
-        }
-        for (key, file) in [
-            ("redis.tls_ca_file", &redis.tls_ca_file),
-            ("redis.tls_client_cert_file", &redis.tls_client_cert_file),
-            ("redis.tls_client_key_file", &redis.tls_client_key_file),
-        ] {
-            if let Some(file) = file {
-                read_file(key, file)?;
-            }
-        }
-        let sources = [
-            redis_url.password().is_some(),
-            redis.password.is_some(),
-            redis.password_file.is_some(),
-        ];
-        if sources.iter().filter(|s| **s).count() > 1 {
-            return Err(invalid(
-                "redis.password",
-                "one password source: the URL, redis.password (or SNOWPLOW_RELAY_REDIS__PASSWORD) \
-                 or redis.password_file",
-            ));
-        }
-        if !redis_url.username().is_empty() && redis.username.is_some() {
-            return Err(invalid(
-                "redis.username",
-                "one user name: in redis.url or redis.username, not both",
-            ));
-        }
-        let mut warnings = Vec::new();
-        let password_file_secret = match &redis.password_file {
-            Some(file) => {
-                let text = read_file("redis.password_file", file)?;
-                let text = String::from_utf8(text).map_err(|_| {
-                    invalid(
-                        "redis.password_file",
-                        "a file holding the password as UTF-8 text",
-                    )
-                })?;
-                if world_readable(file) {
-                    warnings.push(format!(
-                        "redis.password_file {} can be read by every user; chmod 600 it",
-                        file.display()
-                    ));
-                }
-                Some(text.trim_end_matches(['\n', '\r']).to_owned())
-            }
-            None => None,
-        };
-        if redis.key.is_empty() {
-            return Err(invalid("redis.key", "a non-empty list name"));
-        }
-        if redis.key.contains(['{', '}']) {
-            return Err(invalid(
-                "redis.key",
-                "a list name without `{` or `}` (the relay wraps it in a Redis Cluster hash tag)",
-            ));
-        }
-        let dead = redis
-            .dead_letter_key
-            .get_or_insert_with(|| format!("{{{}}}:dead", redis.key))
-            .clone();
-        check_dead_letter_key(&redis.key, &dead, redis.cluster)?;
-
-        let collector = &mut self.collector;
-        match (&collector.url, &collector.endpoint) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "collector.url",
-                    "either collector.url or collector.endpoint, not both",
-                ));
-            }
-            (None, None) => {
-                return Err(invalid(
-                    "collector.url",
-                    "a collector, as collector.url (e.g. https://collector.example.com) or \
-                     collector.endpoint (a host name); --collector URL on the command line",
-                ));
-            }
-            _ => {}
-        }
-        collector.base_url()?;
-        if !collector.post_path.starts_with('/') {
-            return Err(invalid("collector.post_path", "a path starting with `/`"));
-        }
-        match collector.method {
-            Method::Get => {
-                if collector.buffer_size.is_some_and(|n| n.get() != 1) {
-                    return Err(invalid(
-                        "collector.buffer_size",
-                        "1 or unset: GET sends one event per request (use method = \"post\" \
-                         to batch)",
-                    ));
-                }
-                collector.buffer_size = NonZeroUsize::new(1);
-                collector
-                    .byte_limit
-                    .get_or_insert(NonZeroUsize::new(16_000).unwrap());
-            }
-            Method::Post => {
-                collector
-                    .buffer_size
-                    .get_or_insert(NonZeroUsize::new(DEFAULT_POST_BUFFER_SIZE).unwrap());
-                let limit = *collector
-                    .byte_limit
-                    .get_or_insert(NonZeroUsize::new(1_000_000).unwrap());
-                if limit.get() > MAX_POST_BYTES {
-                    return Err(invalid(
-                        "collector.byte_limit",
-                        format!(
-                            "at most {MAX_POST_BYTES} bytes for POST: the collector turns \
-                             larger bodies into bad rows"
-                        ),
-                    ));
-                }
-                if limit.get() < 1024 {
-                    return Err(invalid("collector.byte_limit", "at least 1024 bytes"));
-                }
-            }
-        }
-        if let Some(bad) = collector
-            .no_retry_statuses
-            .iter()
-            .find(|s| !(300..=599).contains(*s))
-        {
-            return Err(invalid(
-                "collector.no_retry_statuses",
-                format!("HTTP statuses from 300 to 599 (found {bad})"),
-            ));
-        }
-        if collector.retry_max_backoff_ms < collector.retry_initial_backoff_ms {
-            return Err(invalid(
-                "collector.retry_max_backoff_ms",
-                "at least collector.retry_initial_backoff_ms",
-            ));
-        }
-
-        let buffer_size = collector.buffer_size.unwrap_or(NonZeroUsize::MIN);
-        let byte_limit = collector.byte_limit.unwrap_or(NonZeroUsize::MIN);
-        // The largest element one request can carry: the POST item adds `stm` and the
-        // envelope; the GET URL is at least as long as the pairs.
-        let sendable = match collector.method {
-            Method::Post => byte_limit
-                .get()
-                .saturating_sub(POST_BODY_OVERHEAD + STM_ITEM_BYTES + 1),
-            Method::Get => byte_limit.get(),
-        };
-        let max_element_bytes = match self.events.max_element_bytes {
-            Some(limit) if limit.get() > sendable => {
-                return Err(invalid(
-                    "events.max_element_bytes",
-                    format!(
-                        "at most {sendable} bytes: with collector.byte_limit = {byte_limit} no larger element can be sent"
-                    ),
-                ));
-            }
-            Some(limit) => limit,
-            None => NonZeroUsize::new(sendable)
-                .ok_or_else(|| invalid("collector.byte_limit", "room for one event"))?,
-        };
-        self.events.max_element_bytes = Some(max_element_bytes);
-        let worker = &self.worker;
-        if worker.max_claimed_events.get() < self.redis.claim_batch_size.get() {
-            return Err(invalid(
-                "worker.max_claimed_events",
-                format!(
-                    "at least redis.claim_batch_size ({})",
-                    self.redis.claim_batch_size
-                ),
-            ));
-        }
-        if worker.max_claimed_events < buffer_size {
-            return Err(invalid(
-                "collector.buffer_size",
-                format!(
-                    "at most worker.max_claimed_events ({}): a batch of {buffer_size} events \
-                     could never fill",
-                    worker.max_claimed_events
-                ),
-            ));
-        }
-        if self.redis.claim_max_bytes < max_element_bytes {
-            return Err(invalid(
-                "redis.claim_max_bytes",
-                format!(
-                    "at least events.max_element_bytes ({max_element_bytes}), so that every \
-                     relayable element can be claimed"
-                ),
-            ));
-        }
-        if worker.max_claimed_bytes < self.redis.claim_max_bytes {
-            return Err(invalid(
-                "worker.max_claimed_bytes",
-                format!(
-                    "at least redis.claim_max_bytes ({})",
-                    self.redis.claim_max_bytes
-                ),
-            ));
-        }
-        let level = self.log.level.trim();
-        let is_level_word = matches!(
-            level.to_ascii_lowercase().as_str(),
-            "off" | "error" | "warn" | "info" | "debug" | "trace"
-        );
-        let is_directive = level.contains('=') || level.contains(',');
-        let is_valid_directive =
-            is_directive && tracing_subscriber::EnvFilter::try_new(level).is_ok();
-        if !is_level_word && !is_valid_directive {
-            return Err(invalid(
-                "log.level",
-                format!(
-                    "error, warn, info, debug, trace, or a filter directive such as \
-                     snowplow_relay=debug,warn (found `{level}`)"
-                ),
-            ));
-        }
-        let dead_letter_key = self.redis.dead_letter_key.clone().unwrap_or_default();
-        let collector = &self.collector;
-        for (key, file) in [
-            ("collector.tls_ca_file", &collector.tls_ca_file),
-            (
-                "collector.tls_client_cert_file",
-                &collector.tls_client_cert_file,
-            ),
-            (
-                "collector.tls_client_key_file",
-                &collector.tls_client_key_file,
-            ),
-        ] {
-            if let Some(file) = file {
-                read_file(key, file)?;
-            }
-        }
-        for (key, file) in [
-            ("redis.tls_client_key_file", &self.redis.tls_client_key_file),
-            (
-                "collector.tls_client_key_file",
-                &collector.tls_client_key_file,
-            ),
-        ] {
-            if let Some(file) = file
-                && world_readable(file)
-            {
-                warnings.push(format!(
-                    "{key} {} (a private key) can be read by every user; chmod 600 it",
-                    file.display()
-                ));
-            }
-        }
-        if collector.tls_ca_only && collector.tls_ca_file.is_none() {
-            return Err(invalid(
-                "collector.tls_ca_only",
-                "collector.tls_ca_file as well (the CA to trust alone)",
-            ));
-        }
-        if collector.tls_client_cert_file.is_some() != collector.tls_client_key_file.is_some() {
-            return Err(invalid(
-                "collector.tls_client_cert_file",
-                "both collector.tls_client_cert_file and collector.tls_client_key_file, or neither",
-            ));
-        }
-        if let Some(proxy) = &collector.proxy {
-            let parsed = Url::parse(proxy).map_err(|_| {
-                invalid(
-                    "collector.proxy",
-                    "a proxy URL such as http://proxy.example.com:3128",
-                )
-            })?;
-            if !matches!(parsed.scheme(), "http" | "https" | "socks5" | "socks5h") {
-                return Err(invalid("collector.proxy", "an http://, https:// proxy URL"));
-            }
-        }
-        if collector.no_proxy.is_some() && collector.proxy.is_none() {
-            return Err(invalid("collector.no_proxy", "collector.proxy as well"));
-        }
-        let redis_password = self.redis.password.clone().or(password_file_secret);
-        Ok(Valid {
-            sources: Default::default(),
-            redis_password,
-            warnings,
-            buffer_size,
-            byte_limit,
-            max_element_bytes,
-            dead_letter_key,
-            config: self,
-        })
+    /// Validates: the settings the relay runs with.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        Settings::new(self, Default::default())
     }
 
     /// The configuration as TOML, with credentials in URLs masked: what `check` prints and
@@ -773,239 +370,13 @@ impl Config {
     }
 }
 
-/// The dead-letter list must be a list the relay never reads from: not the list, not one
-/// of its companion keys; and in a Redis Cluster it must share the list's hash slot (the
-/// scripts touch both), i.e. carry the `{list}` hash tag.
-fn check_dead_letter_key(list: &str, dead: &str, cluster: bool) -> Result<(), ConfigError> {
-    const KEY: &str = "redis.dead_letter_key";
-    if dead.is_empty() {
-        return Err(invalid(KEY, "a non-empty list name"));
-    }
-    if dead == list {
-        return Err(invalid(
-            KEY,
-            "a list other than redis.key: the relay would claim its own dead letters again, \
-             forever",
-        ));
-    }
-    let prefix = format!("{{{list}}}:");
-    if let Some(rest) = dead.strip_prefix(&prefix)
-        && (rest == "instances"
-            || ["inflight:", "retry:", "instance:", "lease:"]
-                .iter()
-                .any(|companion| rest.starts_with(companion)))
-    {
-        return Err(invalid(
-            KEY,
-            format!(
-                "a name that is not one of the relay's own keys ({prefix}inflight:*, \
-                 {prefix}retry:*, {prefix}instance:*, {prefix}lease:*, {prefix}instances), \
-                 e.g. {prefix}dead"
-            ),
-        ));
-    }
-    // Redis Cluster hashes only the first non-empty {…} of a key.
-    let tag = dead
-        .find('{')
-        .and_then(|open| {
-            let rest = &dead[open + 1..];
-            rest.find('}').map(|close| &rest[..close])
-        })
-        .filter(|tag| !tag.is_empty());
-    if cluster && tag != Some(list) {
-        return Err(invalid(
-            KEY,
-            format!(
-                "a name with the list's hash tag {{{list}}} (e.g. {prefix}dead): in a Redis \
-                 Cluster every key a script touches must be in one slot"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// A configuration that passed [`Config::validate`], with every derived value filled
-/// in. Only validation builds one, so [`crate::run`] can never see an unchecked setting.
-/// It reads as a [`Config`] (`Deref`).
-#[derive(Debug, Clone)]
-pub struct Valid {
-    config: Config,
-    /// Where each value that is not a default came from.
-    sources: std::collections::BTreeMap<&'static str, Source>,
-    /// The Redis password from `redis.password` or `redis.password_file` (the URL's own
-    /// stays in the URL).
-    redis_password: Option<String>,
-    /// What validation found worth a warning (logged at start-up).
-    warnings: Vec<String>,
-    buffer_size: NonZeroUsize,
-    byte_limit: NonZeroUsize,
-    max_element_bytes: NonZeroUsize,
-    dead_letter_key: String,
-}
-
-impl std::ops::Deref for Valid {
-    type Target = Config;
-    fn deref(&self) -> &Config {
-        &self.config
-    }
-}
-
-impl Valid {
-    /// Records where each value came from, and warns about secrets given as flags (every
-    /// user of the host can read a process's flags through `ps`).
-    fn set_sources(&mut self, sources: std::collections::BTreeMap<&'static str, Source>) {
-        for (key, url) in [
-            ("redis.url", Some(&self.config.redis.url)),
-            ("collector.url", self.config.collector.url.as_ref()),
-            ("collector.proxy", self.config.collector.proxy.as_ref()),
-        ] {
-            let from_flag =
-                matches!(sources.get(key), Some(Source::Flag(f)) if f.starts_with("--"));
-            let has_password = url
-                .and_then(|u| Url::parse(u).ok())
-                .is_some_and(|u| u.password().is_some());
-            if from_flag && has_password {
-                self.warnings.push(format!(
-                    "{key} was given as a flag with a password: every user of this host can \
-                     read it (ps); give the password in redis.password_file or the \
-                     environment (SNOWPLOW_RELAY_REDIS__PASSWORD) instead"
-                ));
-            }
-        }
-        self.sources = sources;
-    }
-
-    /// The effective settings as TOML, secrets masked, each value that is not a default
-    /// followed by where it came from: what `check` prints.
-    pub fn to_shown_toml(&self) -> String {
-        let shown = self.config.to_masked_toml();
-        let mut out = String::new();
-        let mut section = "";
-        for line in shown.lines() {
-            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                section = name;
-                out.push_str(line);
-                out.push('\n');
-                continue;
-            }
-            out.push_str(line);
-            if let Some((name, _)) = line.split_once(" = ")
-                && let Some(source) = self.sources.get(format!("{section}.{name}").as_str())
-            {
-                out.push_str(&format!("  # {source}"));
-            }
-            out.push('\n');
-        }
-        out
-    }
-
-    /// Where `key`'s value came from, if it was set (not a default).
-    pub fn source(&self, key: &str) -> Option<&Source> {
-        self.sources.get(key)
-    }
-
-    /// Events per request (always 1 for GET).
-    pub fn buffer_size(&self) -> NonZeroUsize {
-        self.buffer_size
-    }
-
-    /// Largest POST body or GET URL, in bytes.
-    pub fn byte_limit(&self) -> NonZeroUsize {
-        self.byte_limit
-    }
-
-    /// Largest element relayed, in bytes.
-    pub fn max_element_bytes(&self) -> NonZeroUsize {
-        self.max_element_bytes
-    }
-
-    /// The dead-letter list.
-    pub fn dead_letter_key(&self) -> &str {
-        &self.dead_letter_key
-    }
-
-    /// Every secret in the settings (passwords, user names in URLs), for masking.
-    pub fn secrets(&self) -> Vec<String> {
-        let mut secrets = Vec::new();
-        let mut from_url = |url: &str| {
-            if let Ok(url) = Url::parse(url) {
-                if !url.username().is_empty() {
-                    secrets.push(url.username().to_owned());
-                }
-                if let Some(password) = url.password() {
-                    secrets.push(password.to_owned());
-                }
-            }
-        };
-        from_url(&self.redis.url);
-        if let Some(url) = &self.collector.url {
-            from_url(url);
-        }
-        if let Some(url) = &self.collector.proxy {
-            from_url(url);
-        }
-        secrets.extend(self.redis_password.clone());
-        secrets
-    }
-
-    /// Warnings found while validating (e.g. a world-readable password file).
-    pub fn warnings(&self) -> &[String] {
-        &self.warnings
-    }
-
-    /// How the relay logs in to Redis.
-    pub fn redis_credentials(&self) -> RedisCredentials {
-        let url = Url::parse(&self.redis.url).ok();
-        let url_user = url
-            .as_ref()
-            .map(|u| u.username().to_owned())
-            .filter(|u| !u.is_empty());
-        let source = if url.as_ref().is_some_and(|u| u.password().is_some()) {
-            "redis.url"
-        } else if self.redis.password_file.is_some() {
-            "redis.password_file"
-        } else if self.redis.password.is_some() {
-            "redis.password (or SNOWPLOW_RELAY_REDIS__PASSWORD)"
-        } else {
-            "no password"
-        };
-        RedisCredentials {
-            username: self.redis.username.clone().or(url_user),
-            password: self.redis_password.clone(),
-            source,
-        }
-    }
-}
-
-/// The user and password the relay gives Redis, and where the password came from (for
-/// error messages, which never show the password itself).
-#[derive(Clone)]
-pub struct RedisCredentials {
-    /// ACL user, if any (else `default`).
-    pub username: Option<String>,
-    /// Password from `redis.password` / `redis.password_file` (a URL's stays in the URL).
-    pub password: Option<String>,
-    /// Where the password came from.
-    pub source: &'static str,
-}
-
-impl std::fmt::Debug for RedisCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisCredentials")
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "****"))
-            .field("source", &self.source)
-            .finish()
-    }
-}
-
 /// Reads a file named by a setting; the error names the key and the file.
 pub fn read_file(key: &'static str, file: &Path) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(file)
         .map_err(|e| invalid(key, format!("a readable file ({}: {e})", file.display())))
 }
 
-fn world_readable(file: &Path) -> bool {
+pub(crate) fn world_readable(file: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
 }
@@ -1079,17 +450,17 @@ pub use snowplow_relay_tracker::http::mask_url;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
 
     fn load(
         toml: &str,
         env: &[(&str, &str)],
         flags: &[(&'static str, &str)],
-    ) -> Result<Valid, ConfigError> {
+    ) -> Result<Settings, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.toml");
         std::fs::write(&path, toml).unwrap();
-        let env: HashMap<String, String> = env
+        let env: BTreeMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
@@ -1097,7 +468,7 @@ mod tests {
         for (key, value) in flags {
             overrides.set(key, Some(value));
         }
-        Config::load_with_env(Some(&path), &overrides, Some(env))
+        Settings::load(Some(&path), &overrides, Some(&env))
     }
 
     const MINIMAL: &str = "[collector]\nurl = \"http://127.0.0.1:9090\"\n";
@@ -1105,17 +476,17 @@ mod tests {
     #[test]
     fn defaults_follow_the_method() {
         let post = load(MINIMAL, &[], &[]).unwrap();
-        assert_eq!(post.collector.buffer_size.unwrap().get(), 50);
-        assert_eq!(post.collector.byte_limit.unwrap().get(), 1_000_000);
-        assert_eq!(post.dead_letter_key(), "{snowplow}:dead");
+        assert_eq!(post.collector.buffer_size.get(), 50);
+        assert_eq!(post.collector.byte_limit.get(), 1_000_000);
+        assert_eq!(post.redis.dead_letter_key, "{snowplow}:dead");
         assert_eq!(
-            post.collector.request_url().unwrap().as_str(),
+            post.collector.client.url.as_ref().unwrap().as_str(),
             "http://127.0.0.1:9090/com.snowplowanalytics.snowplow/tp2"
         );
         let get = load(MINIMAL, &[], &[("collector.method", "get")]).unwrap();
-        assert_eq!(get.collector.buffer_size.unwrap().get(), 1);
+        assert_eq!(get.collector.buffer_size.get(), 1);
         assert_eq!(
-            get.collector.request_url().unwrap().as_str(),
+            get.collector.client.url.as_ref().unwrap().as_str(),
             "http://127.0.0.1:9090/i"
         );
     }
@@ -1130,8 +501,8 @@ mod tests {
         ];
         let config = load(&toml, &env, &[]).unwrap();
         assert_eq!(config.redis.key, "env");
-        assert_eq!(config.collector.buffer_size.unwrap().get(), 6);
-        assert_eq!(config.collector.no_retry_statuses, vec![400, 418]);
+        assert_eq!(config.collector.buffer_size.get(), 6);
+        assert_eq!(config.collector.client.no_retry_statuses, vec![400, 418]);
         let config = load(
             &toml,
             &env,
@@ -1139,7 +510,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.redis.key, "flag");
-        assert_eq!(config.collector.buffer_size.unwrap().get(), 7);
+        assert_eq!(config.collector.buffer_size.get(), 7);
     }
 
     #[test]
@@ -1147,7 +518,7 @@ mod tests {
         let toml = "[collector]\nendpoint = \"c.example.com\"\nprotocol = \"http\"\nport = 8080\n";
         let config = load(toml, &[], &[]).unwrap();
         assert_eq!(
-            config.collector.request_url().unwrap().as_str(),
+            config.collector.client.url.as_ref().unwrap().as_str(),
             "http://c.example.com:8080/com.snowplowanalytics.snowplow/tp2"
         );
     }
@@ -1403,9 +774,12 @@ mod example_file {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("example.toml");
         std::fs::write(&path, &uncommented).unwrap();
-        let loaded =
-            Config::load_with_env(Some(&path), &Overrides::default(), Some(Default::default()))
-                .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let loaded = Settings::load(
+            Some(&path),
+            &Overrides::default(),
+            Some(&Default::default()),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
 
         let mut defaults = Config::default();
         defaults.collector.url = Some("https://collector.example.com".into());

@@ -81,7 +81,7 @@ use redis::{
     ScriptInvocation, Value,
 };
 
-use crate::config::Valid;
+use crate::config::RedisSettings;
 
 /// What can go wrong talking to Redis.
 #[derive(Debug, thiserror::Error)]
@@ -218,9 +218,9 @@ impl QueueError {
     }
 }
 
-/// `text` on one line and at most 512 bytes (see [`crate::telemetry::one_line`]).
+/// `text` on one line and at most 512 bytes (see [`crate::ops::telemetry::one_line`]).
 pub fn one_line(text: &str) -> String {
-    crate::telemetry::one_line(text, 512)
+    crate::ops::telemetry::one_line(text, 512)
 }
 
 /// The key names for one list and one instance.
@@ -594,55 +594,45 @@ fn cluster_client(
 
 /// The URL, user and password the relay connects with (`#insecure` added when
 /// `tls_insecure_skip_verify` is on).
-fn connection_info(config: &Valid) -> Result<redis::ConnectionInfo, RedisError> {
+fn connection_info(redis: &RedisSettings) -> Result<redis::ConnectionInfo, RedisError> {
     use redis::IntoConnectionInfo;
-    let mut url = config.redis.url.clone();
-    if config.redis.tls_insecure_skip_verify && !url.ends_with("#insecure") {
+    let mut url = redis.url.clone();
+    if redis.tls.insecure_skip_verify && !url.ends_with("#insecure") {
         url.push_str("#insecure");
     }
     let info = url.as_str().into_connection_info()?;
-    let credentials = config.redis_credentials();
     let mut settings = info.redis_settings().clone();
-    if let Some(user) = &credentials.username {
+    if let Some(user) = &redis.username {
         settings = settings.set_username(user);
     }
-    if let Some(password) = &credentials.password {
+    if let Some(password) = &redis.password {
         settings = settings.set_password(password);
     }
     Ok(info.set_redis_settings(settings))
 }
 
-/// The CA and client certificate files of a `rediss://` URL, read (validation already
-/// checked that they are readable).
-fn tls_certificates(config: &Valid) -> Result<Option<redis::TlsCertificates>, QueueError> {
-    let redis = &config.redis;
-    if redis.tls_ca_file.is_none() && redis.tls_client_cert_file.is_none() {
-        return Ok(None);
+/// The CA and client certificates of a `rediss://` URL (read at start-up).
+fn tls_certificates(redis: &RedisSettings) -> Option<redis::TlsCertificates> {
+    let tls = &redis.tls;
+    if tls.ca.is_none() && tls.client.is_none() {
+        return None;
     }
-    let read = |key: &'static str, file: &std::path::Path| {
-        crate::config::read_file(key, file).map_err(|e| QueueError::Tls(e.to_string()))
-    };
-    let root_cert = match &redis.tls_ca_file {
-        Some(file) => Some(read("redis.tls_ca_file", file)?),
-        None => None,
-    };
-    let client_tls = match (&redis.tls_client_cert_file, &redis.tls_client_key_file) {
-        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-            client_cert: read("redis.tls_client_cert_file", cert)?,
-            client_key: read("redis.tls_client_key_file", key)?,
-        }),
-        _ => None,
-    };
-    Ok(Some(redis::TlsCertificates {
-        client_tls,
-        root_cert,
-    }))
+    Some(redis::TlsCertificates {
+        client_tls: tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+        root_cert: tls.ca.as_ref().map(|(pem, _)| pem.clone()),
+    })
 }
 
 /// Says what a connection error means for an operator: a certificate problem (naming
 /// the host and the CA file), refused credentials (naming the user and where the
 /// password came from, never the password), or anything else as it is.
-fn explain(error: QueueError, config: &Valid) -> QueueError {
+fn explain(error: QueueError, redis: &RedisSettings) -> QueueError {
     let QueueError::Redis(error) = error else {
         return error;
     };
@@ -652,10 +642,9 @@ fn explain(error: QueueError, config: &Valid) -> QueueError {
         || text.contains("WRONGPASS")
         || text.contains("NOAUTH")
     {
-        let credentials = config.redis_credentials();
         return QueueError::Auth {
-            user: credentials.username.unwrap_or_else(|| "default".into()),
-            password_from: credentials.source,
+            user: redis.username.clone().unwrap_or_else(|| "default".into()),
+            password_from: redis.password_from,
             reply: text
                 .split_whitespace()
                 .find(|w| w.contains("WRONGPASS") || w.contains("NOAUTH"))
@@ -664,13 +653,10 @@ fn explain(error: QueueError, config: &Valid) -> QueueError {
         };
     }
     if lower.contains("certificate") || lower.contains("handshake") || lower.contains("tls") {
-        let host = reqwest::Url::parse(&config.redis.url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_owned))
-            .unwrap_or_default();
-        let trust = config.redis.tls_ca_file.as_ref().map_or_else(
+        let host = redis.host();
+        let trust = redis.tls.ca.as_ref().map_or_else(
             || "the system's CA certificates".to_owned(),
-            |f| format!("redis.tls_ca_file {}", f.display()),
+            |(_, f)| format!("redis.tls_ca_file {}", f.display()),
         );
         return QueueError::Tls(format!(
             "TLS with Redis at {host} failed ({}); check that its certificate is signed by \
@@ -682,10 +668,10 @@ fn explain(error: QueueError, config: &Valid) -> QueueError {
 }
 
 /// How to reach the configured Redis (one server or a cluster), without connecting.
-fn server(settings: &Valid) -> Result<Server, QueueError> {
+fn server(settings: &RedisSettings) -> Result<Server, QueueError> {
     let info = connection_info(settings).map_err(QueueError::classify)?;
-    let certs = tls_certificates(settings)?;
-    Ok(if settings.redis.cluster {
+    let certs = tls_certificates(settings);
+    Ok(if settings.cluster {
         Server::Cluster(ClusterTarget { seed: info, certs })
     } else {
         let client = match certs {
@@ -699,8 +685,8 @@ fn server(settings: &Valid) -> Result<Server, QueueError> {
 
 /// A plain connection to the configured Redis with its credentials and TLS settings, for
 /// producers (the tracker's `RedisEmitter`): no scripts, no probe.
-pub async fn open_connection(settings: &Valid) -> Result<Connection, QueueError> {
-    let timeout = Duration::from_millis(settings.redis.command_timeout_ms);
+pub async fn open_connection(settings: &RedisSettings) -> Result<Connection, QueueError> {
+    let timeout = settings.command_timeout;
     let result = async {
         server(settings)?
             .open(timeout, Some(timeout))
@@ -726,15 +712,14 @@ impl Queue {
     /// Connects (one attempt; the caller decides how to retry), finds out what the server
     /// supports ([`Queue::probe`]) and names this instance. Call [`Queue::register`]
     /// before claiming.
-    pub async fn connect(settings: &Valid) -> Result<Queue, QueueError> {
+    pub async fn connect(settings: &RedisSettings) -> Result<Queue, QueueError> {
         Self::connect_inner(settings)
             .await
             .map_err(|e| explain(e, settings))
     }
 
-    async fn connect_inner(settings: &Valid) -> Result<Queue, QueueError> {
-        let config = &settings.redis;
-        let command_timeout = Duration::from_millis(config.command_timeout_ms);
+    async fn connect_inner(settings: &RedisSettings) -> Result<Queue, QueueError> {
+        let command_timeout = settings.command_timeout;
         let link = Link {
             server: server(settings)?,
             command_timeout,
@@ -744,9 +729,9 @@ impl Queue {
         link.connection().await?;
         let mut queue = Queue {
             link,
-            keys: Keys::new(&config.key, settings.dead_letter_key()),
+            keys: Keys::new(&settings.key, &settings.dead_letter_key),
             instance: instance_id(),
-            lease_ttl: Duration::from_millis(config.lease_ttl_ms),
+            lease_ttl: settings.lease_ttl,
             command_timeout,
             probe: Probe::default(),
             scripts: Scripts::new(false),

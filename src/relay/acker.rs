@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{ParkedEvent, Resolution, Shared, Unsettled, unreleased};
-use crate::health::Stage;
-use crate::metrics::DeadReason;
+use crate::ops::health::Stage;
+use crate::ops::metrics::DeadReason;
 use crate::queue::{Entry, Parked, QueueError};
 use snowplow_relay_tracker::retry::{self, Retry};
 

@@ -16,7 +16,7 @@ use super::{Claimed, ParkedEvent, Resolution, Shared};
 use snowplow_relay_tracker::protocol::{BadElement, Batch, BatchBuilder, Element};
 
 use super::sender::Outcome;
-use crate::metrics::DeadReason;
+use crate::ops::metrics::DeadReason;
 
 pub(super) struct Batcher {
     shared: Arc<Shared>,
@@ -39,8 +39,12 @@ impl Batcher {
     ) -> Batcher {
         let settings = &shared.settings;
         Batcher {
-            builder: BatchBuilder::new(settings.method, settings.buffer_size, settings.byte_limit),
-            requests: Arc::new(Semaphore::new(settings.max_requests_in_flight)),
+            builder: BatchBuilder::new(
+                settings.collector.method,
+                settings.collector.buffer_size,
+                settings.collector.byte_limit,
+            ),
+            requests: Arc::new(Semaphore::new(settings.collector.max_requests_in_flight)),
             senders: JoinSet::new(),
             flush_at: None,
             shared,
@@ -96,13 +100,13 @@ impl Batcher {
         let mut dead = Vec::new();
         for (offset, raw) in claimed.elements.into_iter().enumerate() {
             let position = claimed.first_position + offset as u64;
-            let parsed = if raw.len() > settings.max_element_bytes {
+            let parsed = if raw.len() > settings.events.max_element_bytes {
                 Err(BadElement::TooLarge {
                     size: raw.len(),
-                    limit: settings.max_element_bytes,
+                    limit: settings.events.max_element_bytes,
                 })
             } else {
-                Element::parse(raw.clone(), settings.parse)
+                Element::parse(raw.clone(), shared.parse)
             };
             let (kind, reason) = match parsed.map(|event| self.builder.push(position, event)) {
                 Ok(Ok(Some(batch))) => {
@@ -121,7 +125,7 @@ impl Batcher {
             dead.push((position, raw.len(), kind, reason));
         }
         if self.builder.pending() > 0 && self.flush_at.is_none() {
-            self.flush_at = Some(tokio::time::Instant::now() + settings.flush_interval);
+            self.flush_at = Some(tokio::time::Instant::now() + settings.collector.flush_interval);
         }
         if let Some((_, _, _, first_reason)) = dead.first() {
             tracing::warn!(

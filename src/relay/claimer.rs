@@ -12,8 +12,8 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{Claimed, Shared};
-use crate::health::Stage;
-use crate::metrics::DeadReason;
+use crate::ops::health::Stage;
+use crate::ops::metrics::DeadReason;
 use crate::queue::{BlockingConnection, QueueError};
 use snowplow_relay_tracker::retry::{self, Retry};
 
@@ -43,8 +43,8 @@ pub(super) struct Claimer {
 impl Claimer {
     pub(super) fn new(shared: Arc<Shared>, claimed_tx: mpsc::Sender<Claimed>) -> Claimer {
         let settings = &shared.settings;
-        let mut max_element_bytes = settings.max_element_bytes;
-        let mut budget = settings.claim_max_bytes;
+        let mut max_element_bytes = settings.events.max_element_bytes;
+        let mut budget = settings.redis.claim_max_bytes;
         if let Some(limit) = shared.queue.probe().reply_limit_bytes {
             // A reply Redis cannot send closes the connection: keep claims to half of it.
             let half = (limit / 2) as usize;
@@ -229,9 +229,9 @@ impl Claimer {
         shared.health.window_blocked(false);
         got?;
         let most = if probe {
-            settings.buffer_size.get()
+            settings.collector.buffer_size.get()
         } else {
-            settings.claim_batch_size
+            settings.redis.claim_batch_size
         };
         let extra = (most - 1).min(shared.permits.events.available_permits());
         if let Ok(more) = shared.permits.events.try_acquire_many(extra as u32) {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::health::Stage;
-use crate::metrics::Metrics;
+use crate::ops::health::Stage;
+use crate::ops::metrics::Metrics;
 use crate::queue::{Queue, QueueError};
 use snowplow_relay_tracker::retry::{self, Retry};
 

@@ -35,9 +35,7 @@ mod retrier;
 mod sender;
 
 pub use sender::Sender;
-pub(crate) use sender::{backoff_of, client_settings};
 
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,9 +44,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Method, Valid};
-use crate::health::Health;
-use crate::metrics::{DeadReason, Metrics, Summary};
+use crate::config::Settings;
+use crate::ops::health::Health;
+use crate::ops::metrics::{DeadReason, Metrics, Summary};
 use crate::queue::{Queue, QueueError};
 use snowplow_relay_tracker::protocol::ParseOptions;
 
@@ -61,47 +59,6 @@ pub const RELEASE_BUDGET: Duration = Duration::from_secs(2);
 /// The release budget after a second signal: the relay exits within this, leaving what
 /// Redis could not take back in the in-flight list for lease recovery.
 pub const FORCED_RELEASE_BUDGET: Duration = Duration::from_millis(500);
-
-/// The settings the tasks use, taken from a validated configuration.
-#[derive(Debug, Clone)]
-struct Settings {
-    claim_batch_size: usize,
-    claim_max_bytes: usize,
-    max_claimed_events: usize,
-    max_claimed_bytes: usize,
-    buffer_size: NonZeroUsize,
-    byte_limit: NonZeroUsize,
-    method: Method,
-    flush_interval: Duration,
-    max_requests_in_flight: usize,
-    drain_timeout: Duration,
-    parse: ParseOptions,
-    max_element_bytes: usize,
-    isolated_failure_limit: u32,
-}
-
-impl Settings {
-    fn from_config(config: &Valid) -> Settings {
-        Settings {
-            claim_batch_size: config.redis.claim_batch_size.get(),
-            claim_max_bytes: config.redis.claim_max_bytes.get(),
-            max_claimed_events: config.worker.max_claimed_events.get(),
-            max_claimed_bytes: config.worker.max_claimed_bytes.get(),
-            buffer_size: config.buffer_size(),
-            byte_limit: config.byte_limit(),
-            method: config.collector.method,
-            flush_interval: Duration::from_millis(config.collector.flush_interval_ms),
-            max_requests_in_flight: config.collector.max_requests_in_flight.get(),
-            drain_timeout: Duration::from_millis(config.worker.drain_timeout_ms),
-            parse: ParseOptions::for_method(
-                config.collector.method,
-                config.events.allow_unknown_fields,
-            ),
-            max_element_bytes: config.max_element_bytes().get(),
-            isolated_failure_limit: config.collector.isolated_failure_limit,
-        }
-    }
-}
 
 /// Where the run is in its life. It only moves forward, and every task watches it.
 #[derive(Debug, Default)]
@@ -174,6 +131,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     settings: Settings,
+    /// How elements are parsed, for the configured method.
+    parse: ParseOptions,
     lifecycle: Lifecycle,
     permits: ClaimPermits,
 }
@@ -239,13 +198,13 @@ pub(crate) struct Services {
 /// Runs the relay on a registered queue until `shutdown` is cancelled, then drains;
 /// `force` cuts the drain short. Returns what was done.
 pub(crate) async fn run(
-    config: &Valid,
+    config: &Settings,
     queue: Arc<Queue>,
     services: &Services,
     shutdown: CancellationToken,
     force: CancellationToken,
 ) -> Result<Summary, crate::Error> {
-    let settings = Settings::from_config(config);
+    let settings = config.clone();
     let Services {
         emitter,
         metrics,
@@ -260,9 +219,13 @@ pub(crate) async fn run(
     );
     let shared = Arc::new(Shared {
         permits: ClaimPermits {
-            events: Semaphore::new(settings.max_claimed_events),
-            bytes: Semaphore::new(settings.max_claimed_bytes),
+            events: Semaphore::new(settings.worker.max_claimed_events),
+            bytes: Semaphore::new(settings.worker.max_claimed_bytes),
         },
+        parse: ParseOptions::for_method(
+            settings.collector.method,
+            settings.events.allow_unknown_fields,
+        ),
         queue,
         emitter,
         metrics,
@@ -303,7 +266,7 @@ pub(crate) async fn run(
         () = shutdown.cancelled() => {
             shared.health.stopping();
             tracing::info!(
-                drain_timeout_ms = shared.settings.drain_timeout.as_millis() as u64,
+                drain_timeout_ms = shared.settings.worker.drain_timeout.as_millis() as u64,
                 "shutdown requested: claiming stopped, draining what is held"
             );
         }
@@ -324,7 +287,7 @@ pub(crate) async fn run(
         .set_status("draining: sending what is held, then returning the rest to the list");
 
     // Drain until every task is done, the deadline passes or a second signal comes.
-    let drain_deadline = tokio::time::sleep(shared.settings.drain_timeout);
+    let drain_deadline = tokio::time::sleep(shared.settings.worker.drain_timeout);
     tokio::pin!(drain_deadline);
     let mut forced = false;
     while !tasks.drained() {
@@ -346,7 +309,9 @@ pub(crate) async fn run(
         heartbeat.abort();
     }
     tasks.sampler.abort();
-    shared.health.stage_idle(crate::health::Stage::Heartbeat);
+    shared
+        .health
+        .stage_idle(crate::ops::health::Stage::Heartbeat);
 
     let mut fatal = lifecycle.take_fatal();
     let needs_new_instance =

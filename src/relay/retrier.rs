@@ -19,8 +19,8 @@ use super::{ParkedEvent, Shared, Unsettled};
 use snowplow_relay_tracker::protocol::{Batch, Element};
 
 use super::sender::Attempt;
-use crate::health::Stage;
-use crate::metrics::DeadReason;
+use crate::ops::health::Stage;
+use crate::ops::metrics::DeadReason;
 use crate::queue::QueueError;
 use snowplow_relay_tracker::retry::{self, Backoff, Retry};
 
@@ -122,7 +122,12 @@ impl Retrier {
         let (due, later): (Vec<Held>, Vec<Held>) =
             self.held.drain(..).partition(|h| h.next_at <= now);
         self.held = later;
-        let concurrency = self.shared.settings.max_requests_in_flight.clamp(1, 8);
+        let concurrency = self
+            .shared
+            .settings
+            .collector
+            .max_requests_in_flight
+            .clamp(1, 8);
         let mut due = due.into_iter();
         let mut running = JoinSet::new();
         loop {
@@ -182,7 +187,7 @@ impl Retrier {
                 if shared.emitter.accepting(accepting_window(self.backoff())) {
                     held.isolated += 1;
                 }
-                if held.isolated < shared.settings.isolated_failure_limit {
+                if held.isolated < shared.settings.collector.isolated_failure_limit {
                     held.next_at = Instant::now() + self.backoff().delay(held.attempts);
                     tracing::debug!(position, %error, attempts = held.attempts, "parked event failed again");
                     self.held.push(held);
@@ -264,7 +269,7 @@ fn accepting_window(backoff: Backoff) -> std::time::Duration {
 
 /// A batch of the parked event alone.
 fn single_batch(shared: &Shared, event: &ParkedEvent) -> Option<Batch> {
-    let parsed = Element::parse(event.element.clone(), shared.settings.parse).ok()?;
+    let parsed = Element::parse(event.element.clone(), shared.parse).ok()?;
     Some(Batch::single(event.position, parsed))
 }
 

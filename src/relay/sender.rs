@@ -12,25 +12,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use snowplow_relay_tracker::http::{
-    Attempt as ClientAttempt, AttemptError, Client, ClientSettings, Refusal,
-};
+use snowplow_relay_tracker::http::{Attempt as ClientAttempt, AttemptError, Client, Refusal};
 use snowplow_relay_tracker::protocol::{Batch, now_millis};
 use snowplow_relay_tracker::retry::{Backoff, Retry};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::CollectorConfig;
-use crate::health::Health;
-use crate::metrics::{DeadReason, Metrics};
-
-/// The collector's retry backoff.
-pub(crate) fn backoff_of(config: &CollectorConfig) -> Backoff {
-    Backoff {
-        initial: Duration::from_millis(config.retry_initial_backoff_ms),
-        max: Duration::from_millis(config.retry_max_backoff_ms),
-    }
-}
+use crate::config::CollectorSettings;
+use crate::ops::health::Health;
+use crate::ops::metrics::{DeadReason, Metrics};
 
 /// How a batch ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +142,7 @@ pub struct Sender {
 impl Sender {
     /// The collector client for `config`, and the relay's state around it.
     pub fn new(
-        config: &CollectorConfig,
+        config: &CollectorSettings,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Result<Arc<Sender>, crate::Error> {
@@ -160,29 +150,24 @@ impl Sender {
         let invalid = |key: &'static str, expected: String| {
             crate::Error::Config(crate::config::ConfigError::Invalid { key, expected })
         };
-        let client = Client::new(&client_settings(config)?).map_err(|e| match e {
+        let client = Client::new(&config.client).map_err(|e| match e {
             ClientError::TrustStore(why) => crate::Error::TrustStore(why),
             ClientError::NoCertificates => invalid(
-                "collector.tls_ca_file",
-                format!(
-                    "PEM certificates ({} holds none)",
-                    config
-                        .tls_ca_file
-                        .as_deref()
-                        .unwrap_or(std::path::Path::new(""))
-                        .display()
-                ),
+                crate::config::key::COLLECTOR_TLS_CA_FILE,
+                "PEM certificates (the file holds none)".into(),
             ),
             ClientError::Identity(why) => invalid(
-                "collector.tls_client_cert_file",
+                crate::config::key::COLLECTOR_TLS_CLIENT_CERT_FILE,
                 format!("a PEM certificate and its private key ({why})"),
             ),
-            ClientError::Proxy => invalid("collector.proxy", "a proxy URL".into()),
+            ClientError::Proxy => {
+                invalid(crate::config::key::COLLECTOR_PROXY, "a proxy URL".into())
+            }
             other => crate::Error::HttpClient(other.to_string()),
         })?;
         Ok(Arc::new(Sender {
             client,
-            backoff: std::sync::RwLock::new(backoff_of(config)),
+            backoff: std::sync::RwLock::new(config.backoff),
             park_after_failures: config.park_after_failures.into(),
             healthy: watch::channel(true).0,
             failing_batches: AtomicUsize::new(0),
@@ -197,9 +182,9 @@ impl Sender {
 
     /// Applies new retry settings (`retry_*_backoff_ms`, `park_after_failures`) to every
     /// request from its next attempt on.
-    pub fn set_retry(&self, config: &CollectorConfig) {
+    pub fn set_retry(&self, config: &CollectorSettings) {
         if let Ok(mut backoff) = self.backoff.write() {
-            *backoff = backoff_of(config);
+            *backoff = config.backoff;
         }
         self.park_after_failures
             .store(config.park_after_failures, Ordering::Relaxed);
@@ -416,39 +401,4 @@ enum Change<'a> {
     Failed(&'a AttemptError),
     Succeeded,
     Ended,
-}
-
-/// The client's settings from the collector's: where, how, and with which TLS files.
-pub(crate) fn client_settings(config: &CollectorConfig) -> Result<ClientSettings, crate::Error> {
-    use crate::config::read_file;
-    let url = config.request_url()?;
-    let identity = match (&config.tls_client_cert_file, &config.tls_client_key_file) {
-        (Some(cert), Some(key)) => {
-            let mut pem = read_file("collector.tls_client_cert_file", cert)?;
-            pem.push(b'\n');
-            pem.extend(read_file("collector.tls_client_key_file", key)?);
-            Some(pem)
-        }
-        _ => None,
-    };
-    let ca = match &config.tls_ca_file {
-        Some(file) => Some(read_file("collector.tls_ca_file", file)?),
-        None => None,
-    };
-    Ok(ClientSettings {
-        url: Some(url),
-        method: Some(config.method),
-        byte_limit: config.byte_limit,
-        no_retry_statuses: config.no_retry_statuses.clone(),
-        request_timeout: Some(config.request_timeout()),
-        anonymous: config.anonymous,
-        max_idle_connections: config.max_requests_in_flight.get(),
-        tls_ca_pem: ca,
-        tls_ca_only: config.tls_ca_only,
-        tls_identity_pem: identity,
-        proxy: config
-            .proxy
-            .clone()
-            .map(|proxy| (proxy, config.no_proxy.clone())),
-    })
 }

@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use snowplow_relay::config::{Config, Overrides, Valid};
+use snowplow_relay::config::{Overrides, Settings};
 use tokio::sync::oneshot;
 
 /// The events real Python trackers write, one JSON object per line.
@@ -442,7 +442,11 @@ impl Collector {
 }
 
 /// A configuration pointing at `redis` and `collector`, with fast retries for tests.
-pub fn config(redis: &RedisServer, collector: &Collector, extra: &[(&'static str, &str)]) -> Valid {
+pub fn config(
+    redis: &RedisServer,
+    collector: &Collector,
+    extra: &[(&'static str, &str)],
+) -> Settings {
     config_for_urls(&redis.url(), &collector.url(), extra)
 }
 
@@ -451,7 +455,7 @@ pub fn config_for_urls(
     redis_url: &str,
     collector_url: &str,
     extra: &[(&'static str, &str)],
-) -> Valid {
+) -> Settings {
     let mut overrides = Overrides::default();
     overrides.set("redis.url", Some(redis_url));
     overrides.set("collector.url", Some(collector_url));
@@ -460,7 +464,7 @@ pub fn config_for_urls(
     for (key, value) in extra {
         overrides.set(key, Some(value));
     }
-    Config::load_with_env(None, &overrides, Some(Default::default())).unwrap()
+    Settings::load(None, &overrides, Some(&Default::default())).unwrap()
 }
 
 /// A relay running in this process until [`Relay::stop`].
@@ -471,7 +475,7 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn start(config: Valid) -> Relay {
+    pub fn start(config: Settings) -> Relay {
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let (force_tx, force_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(snowplow_relay::run(

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use snowplow_relay::collector::LocalCollector;
-use snowplow_relay::config::{Config, Overrides};
+use snowplow_relay::config::{Overrides, Settings};
+use snowplow_relay::micro::LocalCollector;
 use snowplow_relay_tracker::protocol::{
     Element, Method, PAYLOAD_DATA_FIELDS, PAYLOAD_DATA_SCHEMA, ParseOptions, get_query,
     write_post_body,
@@ -142,7 +142,7 @@ pub fn config_loading(data: &[u8]) {
         if with_env_password {
             vars.insert("SNOWPLOW_RELAY_REDIS__PASSWORD".into(), SECRET.into());
         }
-        match Config::load_text(Some(&file), &Overrides::default(), &vars) {
+        match Settings::load_text(Some(&file), &Overrides::default(), &vars) {
             Err(error) => {
                 let shown = error.to_string();
                 assert!(
@@ -170,7 +170,7 @@ pub const COLLECTOR_STORE_BYTES: usize = 1024 * 1024;
 
 /// A local collector with small bounds, for [`collector_requests`].
 pub fn collector_with_bounds() -> LocalCollector {
-    LocalCollector::new(snowplow_relay::collector::CollectorOptions {
+    LocalCollector::new(snowplow_relay::micro::CollectorOptions {
         max_events: 1_000,
         max_store_bytes: COLLECTOR_STORE_BYTES,
         ..Default::default()

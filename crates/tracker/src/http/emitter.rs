@@ -104,8 +104,9 @@ impl HttpEmitterBuilder {
         self
     }
 
-    /// TLS and proxy settings (extra CA, client certificate, proxy), as [`ClientSettings`]
-    /// holds them; the URL, method, limits and timeout set on this builder win.
+    /// TLS and proxy settings (extra CA, client certificate, proxy), and the request URL
+    /// (for a POST path of its own), as [`ClientSettings`] holds them; the method, limits
+    /// and timeout set on this builder win.
     pub fn client_settings(mut self, settings: ClientSettings) -> Self {
         let keep = std::mem::replace(&mut self.settings, settings);
         self.settings.method = keep.method.or(self.settings.method);
@@ -143,8 +144,10 @@ impl HttpEmitterBuilder {
             Method::Get => "/i",
             Method::Post => "/com.snowplowanalytics.snowplow/tp2",
         };
-        let joined = format!("{}{path}", base.as_str().trim_end_matches('/'));
-        self.settings.url = Some(reqwest::Url::parse(&joined).map_err(|e| bad(e.to_string()))?);
+        if self.settings.url.is_none() {
+            let joined = format!("{}{path}", base.as_str().trim_end_matches('/'));
+            self.settings.url = Some(reqwest::Url::parse(&joined).map_err(|e| bad(e.to_string()))?);
+        }
         let buffer_size = match method {
             Method::Get => 1,
             Method::Post => self.buffer_size.unwrap_or(50),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::health::Health;
+use crate::ops::health::Health;
 
 /// How often the status is looked at when no watchdog asks for more.
 const STATUS_EVERY: Duration = Duration::from_millis(500);

@@ -40,7 +40,7 @@ use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::listener::{Body, Limits, full};
+use crate::ops::listener::{Body, Limits, full};
 
 use snowplow_relay_tracker::protocol::{
     PAYLOAD_DATA_FIELDS, PAYLOAD_DATA_SCHEMA, REQUIRED_FIELDS, shorten,
@@ -239,7 +239,7 @@ impl LocalCollector {
             let collector = self.clone();
             async move { collector.answer(request).await }
         };
-        crate::listener::serve_http(listener, limits, answer, shutdown).await;
+        crate::ops::listener::serve_http(listener, limits, answer, shutdown).await;
     }
 
     async fn answer(&self, request: Request<Incoming>) -> Response<Body> {

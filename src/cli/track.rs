@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::{Args, Subcommand};
 
-use crate::Valid;
+use snowplow_relay::config::{CollectorSettings, RedisSettings};
 use snowplow_relay_tracker::{
     EcommerceTransaction, Emit, Error, Event, HttpEmitter, PageView, Payload, Platform,
     RedisEmitter, ScreenView, SelfDescribingJson, Structured, Subject, Timestamp, TrackOptions,
@@ -19,6 +19,12 @@ use snowplow_relay_tracker::{
 pub struct TrackArgs {
     #[command(subcommand)]
     event: EventArgs,
+    #[command(flatten)]
+    common: super::CommonFlags,
+    #[command(flatten)]
+    redis: super::RedisFlags,
+    #[command(flatten)]
+    collector: super::CollectorFlags,
     /// Track the event this many times, each with a fresh event id (load generation).
     #[arg(long, global = true, default_value_t = 1, value_name = "N")]
     count: u64,
@@ -314,7 +320,7 @@ impl TrackArgs {
 
 /// Why `track` failed, and its exit code.
 #[derive(Debug, thiserror::Error)]
-pub enum TrackError {
+enum TrackError {
     /// The event or its options were refused (exit 2).
     #[error("{0}")]
     Input(Error),
@@ -345,10 +351,17 @@ impl TrackError {
     }
 }
 
-/// Tracks as `args` say: into Redis with `settings`' `[redis]`, or to the collector in
-/// `settings` when `direct` (`--collector URL`). Prints each event id to stdout unless
-/// `--quiet`; returns how many events were tracked.
-pub async fn run(args: &TrackArgs, settings: &Valid, direct: bool) -> Result<usize, TrackError> {
+/// Where `track` sends events.
+enum Target<'a> {
+    /// Onto the relay's list (the `[redis]` settings).
+    Redis(&'a RedisSettings),
+    /// Straight to a collector (`--collector URL` and the `[collector]` settings).
+    Collector(&'a CollectorSettings),
+}
+
+/// Tracks as `args` say, to `target`. Prints each event id to stdout unless `--quiet`;
+/// returns how many events were tracked.
+async fn run(args: &TrackArgs, target: Target<'_>) -> Result<usize, TrackError> {
     let event = args.event().map_err(TrackError::Input)?;
     let options = args.options().map_err(TrackError::Input)?;
     let tracker = Tracker::builder(&args.namespace, &args.app_id)
@@ -359,37 +372,31 @@ pub async fn run(args: &TrackArgs, settings: &Valid, direct: bool) -> Result<usi
         .payloads(&event, &options)
         .map_err(TrackError::Input)?;
     let unsent = Arc::new(AtomicUsize::new(0));
-    let emitter: Box<dyn Emit> = if direct {
-        let counter = unsent.clone();
-        Box::new(
-            HttpEmitter::builder(
-                settings
-                    .collector
-                    .base_url()
-                    .map_err(|e| TrackError::Emit(Error::Collector(e.to_string())))?
-                    .as_str(),
+    let emitter: Box<dyn Emit> = match target {
+        Target::Collector(collector) => {
+            let counter = unsent.clone();
+            Box::new(
+                HttpEmitter::builder(collector.base_url.as_str())
+                    .method(collector.method)
+                    .buffer_size(collector.buffer_size.get())
+                    .byte_limit(collector.byte_limit.get())
+                    .max_requests_in_flight(collector.max_requests_in_flight)
+                    .retry_backoff(collector.backoff)
+                    .client_settings(collector.client.clone())
+                    .give_up_after(std::time::Duration::from_secs(10))
+                    .on_failure(move |_, events: Vec<Payload>| {
+                        counter.fetch_add(events.len(), Ordering::Relaxed);
+                    })
+                    .build()
+                    .map_err(TrackError::Emit)?,
             )
-            .method(settings.collector.method)
-            .buffer_size(settings.buffer_size().get())
-            .byte_limit(settings.byte_limit().get())
-            .max_requests_in_flight(settings.collector.max_requests_in_flight.get())
-            .retry_backoff(crate::relay::backoff_of(&settings.collector))
-            .client_settings(
-                crate::relay::client_settings(&settings.collector)
-                    .map_err(|e| TrackError::Emit(Error::Collector(e.to_string())))?,
-            )
-            .give_up_after(std::time::Duration::from_secs(10))
-            .on_failure(move |_, events: Vec<Payload>| {
-                counter.fetch_add(events.len(), Ordering::Relaxed);
-            })
-            .build()
-            .map_err(TrackError::Emit)?,
-        )
-    } else {
-        let conn = crate::queue::open_connection(settings)
-            .await
-            .map_err(|e| TrackError::Emit(Error::Redis(e.to_string())))?;
-        Box::new(RedisEmitter::new(conn, settings.redis.key.clone()))
+        }
+        Target::Redis(redis) => {
+            let conn = snowplow_relay::queue::open_connection(redis)
+                .await
+                .map_err(|e| TrackError::Emit(Error::Redis(e.to_string())))?;
+            Box::new(RedisEmitter::new(conn, redis.key.clone()))
+        }
     };
     let mut total = 0;
     let mut chunk = Vec::new();
@@ -425,5 +432,42 @@ pub async fn run(args: &TrackArgs, settings: &Valid, direct: bool) -> Result<usi
     match unsent.load(Ordering::Relaxed) {
         0 => Ok(total),
         unsent => Err(TrackError::Undelivered { unsent, total }),
+    }
+}
+
+/// Runs `track` with `args` (flags given before the subcommand in `before`).
+pub(super) fn track(args: TrackArgs, before: &super::RelayFlags) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let flags = super::RelayFlags {
+        common: args.common.clone().or(&before.common),
+        redis: args.redis.clone().or(&before.redis),
+        collector: args.collector.clone().or(&before.collector),
+        admin: super::AdminFlags::default(),
+    };
+    let Some(runtime) = super::runtime(1) else {
+        return ExitCode::FAILURE;
+    };
+    let result = if flags.collector.collector.is_some() {
+        let settings = match flags.settings() {
+            Ok(settings) => settings,
+            Err(code) => return code,
+        };
+        snowplow_relay::ops::telemetry::init(&settings.log);
+        runtime.block_on(run(&args, Target::Collector(&settings.collector)))
+    } else {
+        // Without --collector, track only needs Redis.
+        let settings = match flags.tool_settings() {
+            Ok(settings) => settings,
+            Err(code) => return code,
+        };
+        snowplow_relay::ops::telemetry::init(&settings.log);
+        runtime.block_on(run(&args, Target::Redis(&settings.redis)))
+    };
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("snowplow-relay track: {error}");
+            ExitCode::from(error.exit_code())
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! (slim container images have no curl).
 //!
 //! It only reads shared state; a slow or hostile scraper cannot hold up the relay. It
-//! is bounded as [`crate::listener`] says: at most 64 connections, 8 KiB of headers each,
+//! is bounded as [`crate::ops::listener`] says: at most 64 connections, 8 KiB of headers each,
 //! 2 s to send them, one request per connection, 10 s per connection at most.
 
 use std::net::SocketAddr;
@@ -15,10 +15,10 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
-use crate::listener::{Body, Limits, full};
+use crate::ops::listener::{Body, Limits, full};
 
-use crate::health::Health;
-use crate::metrics::Metrics;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
 
 /// What the listener serves.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
         let response = admin.answer(&request);
         async move { response }
     };
-    crate::listener::serve_http(listener, LIMITS, answer, std::future::pending()).await;
+    crate::ops::listener::serve_http(listener, LIMITS, answer, std::future::pending()).await;
 }
 
 impl Admin {

@@ -1,0 +1,130 @@
+//! `snowplow-relay collector`: the local Micro-like collector ([`snowplow_relay::micro`])
+//! until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use snowplow_relay::config::{LogConfig, LogFormat};
+use snowplow_relay::micro::{self, CollectorOptions, LocalCollector};
+use snowplow_relay::ops::telemetry;
+
+use super::{CommonFlags, runtime};
+
+#[derive(Debug, Args)]
+pub(super) struct CollectorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9090", value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+    /// Append every good event to FILE as one JSON line.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+    /// Events kept in memory (good and bad); the oldest are dropped and counted.
+    #[arg(long, default_value_t = micro::DEFAULT_MAX_EVENTS, value_name = "N")]
+    max_events: usize,
+    /// Largest request body in bytes; larger ones are answered 413.
+    #[arg(long, default_value_t = micro::DEFAULT_MAX_BODY_BYTES, value_name = "BYTES")]
+    max_body_bytes: usize,
+    /// Bytes of events kept in memory (their JSON); the oldest are dropped and counted.
+    #[arg(long, default_value_t = micro::DEFAULT_MAX_STORE_BYTES, value_name = "BYTES")]
+    max_store_bytes: usize,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = micro::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    max_connections: usize,
+    /// error, warn, info, debug, trace or a filter directive.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// text or json.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
+pub(super) fn collector(args: CollectorArgs, before: &CommonFlags) -> ExitCode {
+    let mut log = LogConfig::default();
+    if let Some(level) = args.log_level.as_ref().or(before.log_level.as_ref()) {
+        log.level = level.clone();
+    }
+    if let Some(format) = args.log_format.as_ref().or(before.log_format.as_ref()) {
+        match LogFormat::try_from(format.clone()) {
+            Ok(format) => log.format = format,
+            Err(why) => {
+                eprintln!("snowplow-relay collector: --log-format: {why}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    telemetry::init(&log);
+    let listen = args.listen;
+    let options = CollectorOptions {
+        max_events: args.max_events,
+        max_body_bytes: args.max_body_bytes,
+        record: args.record,
+        max_store_bytes: args.max_store_bytes,
+        max_connections: args.max_connections,
+        ..Default::default()
+    };
+    raise_file_limit(options.max_connections + 256);
+    let collector = match LocalCollector::new(options) {
+        Ok(collector) => collector,
+        Err(error) => {
+            eprintln!("snowplow-relay collector: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(runtime) = runtime(2) else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("snowplow-relay collector: cannot listen on {listen}: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let stop = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                },
+                _ => std::future::pending().await,
+            }
+        };
+        let addr = listener.local_addr().unwrap_or(listen);
+        tracing::info!(%addr, "local collector listening; GET /micro/all for a summary");
+        collector.clone().serve(listener, stop).await;
+        let totals = collector.totals();
+        tracing::info!(
+            total = totals.total,
+            good = totals.good,
+            bad = totals.bad,
+            "local collector stopped"
+        );
+        ExitCode::SUCCESS
+    })
+}
+
+/// Raises this process's soft limit of open files towards `wanted` (within the hard
+/// limit), so that `--max-connections` can be reached (the soft limit is often 1024).
+fn raise_file_limit(wanted: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a rlimit of ours.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let target = (wanted as libc::rlim_t).min(limit.rlim_max);
+        if target > limit.rlim_cur {
+            limit.rlim_cur = target;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The command line: flags (clap lives here and only here), and which subcommand runs.
+//! Each subcommand is a module of its own; the settings each one reads are loaded here,
+//! once, from the same layers (file < environment < flags).
+//!
+//! Flags may stand before the subcommand (`snowplow-relay --redis-url URL check`) or
+//! after it (`snowplow-relay check --redis-url URL`); each subcommand lists only the
+//! flags it uses.
+
+mod check;
+mod collector;
+mod dead_letter;
+mod healthcheck;
+mod run;
+mod track;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use snowplow_relay::config::{Overrides, Settings, ToolSettings, key};
+
+/// Relays Snowplow events from a Redis list to a Snowplow collector, at least once.
+///
+/// Settings come from the TOML file (--config, or SNOWPLOW_RELAY_CONFIG), then
+/// SNOWPLOW_RELAY_<SECTION>__<KEY> environment variables, then these flags, each
+/// overriding the one before. Exit codes: 0 stopped cleanly, 1 failed while running,
+/// 2 invalid configuration.
+#[derive(Debug, Parser)]
+#[command(name = "snowplow-relay", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    relay: RelayFlags,
+}
+
+/// The file and the log.
+#[derive(Debug, Clone, Default, Args)]
+struct CommonFlags {
+    /// TOML configuration file (see config/snowplow-relay.toml).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// error, warn, info, debug, trace or a filter directive (log.level).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// text or json (log.format).
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
+/// Where the list is.
+#[derive(Debug, Clone, Default, Args)]
+struct RedisFlags {
+    /// Redis URL (redis.url), e.g. redis://127.0.0.1:6379/0. Give a password in
+    /// redis.password_file or SNOWPLOW_RELAY_REDIS__PASSWORD, not here: every user of the
+    /// host can read a process's flags.
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// The Redis list to relay (redis.key).
+    #[arg(long, value_name = "NAME")]
+    key: Option<String>,
+}
+
+/// Where events go.
+#[derive(Debug, Clone, Default, Args)]
+struct CollectorFlags {
+    /// Collector URL (collector.url), e.g. https://collector.example.com.
+    #[arg(long, value_name = "URL")]
+    collector: Option<String>,
+    /// get: one event per request; post: batches (collector.method).
+    #[arg(long, value_name = "get|post")]
+    method: Option<String>,
+    /// Events per POST request (collector.buffer_size).
+    #[arg(long, value_name = "N")]
+    buffer_size: Option<String>,
+    /// Largest POST body or GET URL in bytes (collector.byte_limit).
+    #[arg(long, value_name = "BYTES")]
+    byte_limit: Option<String>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Default, Args)]
+struct AdminFlags {
+    /// Serve /metrics, /healthz and /readyz on ADDR, e.g. 127.0.0.1:9187 (admin.listen).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+}
+
+/// Everything the relay reads.
+#[derive(Debug, Clone, Default, Args)]
+struct RelayFlags {
+    #[command(flatten)]
+    common: CommonFlags,
+    #[command(flatten)]
+    redis: RedisFlags,
+    #[command(flatten)]
+    collector: CollectorFlags,
+    #[command(flatten)]
+    admin: AdminFlags,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Relay events until SIGINT, SIGTERM or SIGQUIT (the default).
+    Run(RelayFlags),
+    /// Validate the configuration; print warnings, and the settings with secrets masked
+    /// and where each value came from.
+    Check {
+        #[command(flatten)]
+        flags: RelayFlags,
+        /// Print errors and warnings only (for ExecStartPre= and ExecReload=).
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Probe the running relay's /healthz on admin.listen (for container health checks):
+    /// exit 0 if alive, 1 otherwise.
+    Healthcheck {
+        #[command(flatten)]
+        common: CommonFlags,
+        #[command(flatten)]
+        admin: AdminFlags,
+        /// Probe /readyz instead (ready to relay).
+        #[arg(long)]
+        ready: bool,
+    },
+    /// Inspect the dead-letter list, or move its entries back to the list once the cause
+    /// is fixed.
+    DeadLetter {
+        #[command(flatten)]
+        common: CommonFlags,
+        #[command(flatten)]
+        redis: RedisFlags,
+        #[command(subcommand)]
+        action: dead_letter::Action,
+    },
+    /// Track events from the shell: into Redis (the [redis] settings), or straight to a
+    /// collector with --collector URL. Prints each event id.
+    Track(Box<track::TrackArgs>),
+    /// Run a local collector shaped like Snowplow Micro, for trials and tests: GET /i,
+    /// POST /com.snowplowanalytics.snowplow/tp2, /micro/all|good|bad|reset, /health.
+    Collector(collector::CollectorArgs),
+}
+
+impl CommonFlags {
+    fn or(self, before: &CommonFlags) -> CommonFlags {
+        CommonFlags {
+            config: self.config.or_else(|| before.config.clone()),
+            log_level: self.log_level.or_else(|| before.log_level.clone()),
+            log_format: self.log_format.or_else(|| before.log_format.clone()),
+        }
+    }
+
+    fn add_to(&self, overrides: &mut Overrides) {
+        overrides.set_flag(key::LOG_LEVEL, "--log-level", self.log_level.as_ref());
+        overrides.set_flag(key::LOG_FORMAT, "--log-format", self.log_format.as_ref());
+    }
+}
+
+impl RedisFlags {
+    fn or(self, before: &RedisFlags) -> RedisFlags {
+        RedisFlags {
+            redis_url: self.redis_url.or_else(|| before.redis_url.clone()),
+            key: self.key.or_else(|| before.key.clone()),
+        }
+    }
+
+    fn add_to(&self, overrides: &mut Overrides) {
+        overrides.set_flag(key::REDIS_URL, "--redis-url", self.redis_url.as_ref());
+        overrides.set_flag(key::REDIS_KEY, "--key", self.key.as_ref());
+    }
+}
+
+impl CollectorFlags {
+    fn or(self, before: &CollectorFlags) -> CollectorFlags {
+        CollectorFlags {
+            collector: self.collector.or_else(|| before.collector.clone()),
+            method: self.method.or_else(|| before.method.clone()),
+            buffer_size: self.buffer_size.or_else(|| before.buffer_size.clone()),
+            byte_limit: self.byte_limit.or_else(|| before.byte_limit.clone()),
+        }
+    }
+
+    fn add_to(&self, overrides: &mut Overrides) {
+        overrides.set_flag(key::COLLECTOR_URL, "--collector", self.collector.as_ref());
+        overrides.set_flag(key::COLLECTOR_METHOD, "--method", self.method.as_ref());
+        overrides.set_flag(
+            key::COLLECTOR_BUFFER_SIZE,
+            "--buffer-size",
+            self.buffer_size.as_ref(),
+        );
+        overrides.set_flag(
+            key::COLLECTOR_BYTE_LIMIT,
+            "--byte-limit",
+            self.byte_limit.as_ref(),
+        );
+    }
+}
+
+impl AdminFlags {
+    fn or(self, before: &AdminFlags) -> AdminFlags {
+        AdminFlags {
+            admin_listen: self.admin_listen.or_else(|| before.admin_listen.clone()),
+        }
+    }
+
+    fn add_to(&self, overrides: &mut Overrides) {
+        overrides.set_flag(
+            key::ADMIN_LISTEN,
+            "--admin-listen",
+            self.admin_listen.as_ref(),
+        );
+    }
+}
+
+impl RelayFlags {
+    /// These flags, with `before` (given ahead of the subcommand) where these are unset.
+    fn or(self, before: &RelayFlags) -> RelayFlags {
+        RelayFlags {
+            common: self.common.or(&before.common),
+            redis: self.redis.or(&before.redis),
+            collector: self.collector.or(&before.collector),
+            admin: self.admin.or(&before.admin),
+        }
+    }
+
+    fn overrides(&self) -> Overrides {
+        let mut overrides = Overrides::default();
+        self.common.add_to(&mut overrides);
+        self.redis.add_to(&mut overrides);
+        self.collector.add_to(&mut overrides);
+        self.admin.add_to(&mut overrides);
+        overrides
+    }
+
+    /// The relay's settings; exit code 2 with the reason when they are invalid.
+    fn settings(&self) -> Result<Settings, ExitCode> {
+        Settings::load(self.common.config.as_deref(), &self.overrides(), None).map_err(refused)
+    }
+
+    /// The settings of a tool that needs no collector.
+    fn tool_settings(&self) -> Result<ToolSettings, ExitCode> {
+        ToolSettings::load(self.common.config.as_deref(), &self.overrides()).map_err(refused)
+    }
+}
+
+fn refused(error: snowplow_relay::config::ConfigError) -> ExitCode {
+    eprintln!("snowplow-relay: {error}");
+    ExitCode::from(2)
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One crypto provider (ring) for every TLS connection, Redis and collector alike,
+    // installed before any subcommand opens one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let before = cli.relay;
+    match cli.command {
+        None => run::run(before),
+        Some(Command::Run(flags)) => run::run(flags.or(&before)),
+        Some(Command::Check { flags, quiet }) => check::check(flags.or(&before), quiet),
+        Some(Command::Healthcheck {
+            common,
+            admin,
+            ready,
+        }) => {
+            let flags = RelayFlags {
+                common: common.or(&before.common),
+                admin: admin.or(&before.admin),
+                ..RelayFlags::default()
+            };
+            healthcheck::healthcheck(flags, ready)
+        }
+        Some(Command::DeadLetter {
+            common,
+            redis,
+            action,
+        }) => {
+            let flags = RelayFlags {
+                common: common.or(&before.common),
+                redis: redis.or(&before.redis),
+                ..RelayFlags::default()
+            };
+            dead_letter::dead_letter(flags, action)
+        }
+        Some(Command::Track(args)) => track::track(*args, &before),
+        Some(Command::Collector(args)) => collector::collector(args, &before.common),
+    }
+}
+
+/// The async runtime: `threads` worker threads (`worker.threads` for the relay, 1 for the
+/// tools); one thread runs everything on the calling thread. Says why on stderr if it
+/// cannot start.
+fn runtime(threads: usize) -> Option<tokio::runtime::Runtime> {
+    let mut builder = if threads > 1 {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|error| eprintln!("snowplow-relay: cannot start the async runtime: {error}"))
+        .ok()
+}

@@ -1,0 +1,827 @@
+//! The settings the relay runs with: built once from a [`Config`] by validation, typed
+//! (durations, parsed URLs, sizes that are always set, PEM and password files already
+//! read), and the only thing the rest of the program reads. Each section is checked on
+//! its own, then the checks that tie sections together; every error names its key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+use snowplow_relay_tracker::http::ClientSettings;
+use snowplow_relay_tracker::protocol::{
+    MAX_POST_BYTES, Method, POST_BODY_OVERHEAD, STM_ITEM_BYTES,
+};
+use snowplow_relay_tracker::retry::Backoff;
+
+use super::layers::{Layers, Source, check_ranges, key};
+use super::{
+    CollectorConfig, Config, ConfigError, DEFAULT_POST_BUFFER_SIZE, EventsConfig, LogConfig,
+    RedisConfig, WorkerConfig, invalid, mask_url, read_file, world_readable,
+};
+
+/// Everything the relay runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where events come from.
+    pub redis: RedisSettings,
+    /// Where events go.
+    pub collector: CollectorSettings,
+    /// What counts as a relayable event.
+    pub events: EventsSettings,
+    /// How much the relay holds at once and how it stops.
+    pub worker: WorkerSettings,
+    /// Log output.
+    pub log: LogConfig,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
+    pub admin_listen: Option<SocketAddr>,
+    /// The effective configuration (derived defaults filled in), for `check` and for
+    /// telling what a reload changed.
+    effective: Config,
+    sources: BTreeMap<&'static str, Source>,
+    warnings: Vec<String>,
+}
+
+/// The settings of the tools that only talk to Redis or the admin listener
+/// (`dead-letter`, `healthcheck`, `track` into Redis): no collector needed.
+#[derive(Debug, Clone)]
+pub struct ToolSettings {
+    /// Where the list is.
+    pub redis: RedisSettings,
+    /// Log output.
+    pub log: LogConfig,
+    /// The admin listener a `healthcheck` probes.
+    pub admin_listen: Option<SocketAddr>,
+    warnings: Vec<String>,
+}
+
+/// The Redis side.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// The URL, checked by the Redis client's own parser (it may hold credentials).
+    pub url: String,
+    /// The list producers push onto.
+    pub key: String,
+    /// The dead-letter list.
+    pub dead_letter_key: String,
+    /// Events per claim.
+    pub claim_batch_size: usize,
+    /// Bytes per claim.
+    pub claim_max_bytes: usize,
+    /// Deadline of one Redis call.
+    pub command_timeout: Duration,
+    /// Lifetime of the lease.
+    pub lease_ttl: Duration,
+    /// `url` names a Redis Cluster node.
+    pub cluster: bool,
+    /// The ACL user, from `redis.username` or the URL.
+    pub username: Option<String>,
+    /// The password from `redis.password` or `redis.password_file` (a URL's stays in
+    /// the URL).
+    pub password: Option<String>,
+    /// Where the password came from, for messages (never the password).
+    pub password_from: &'static str,
+    /// TLS material, read once (`rediss://` only).
+    pub tls: RedisTls,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &mask_url(&self.url))
+            .field("key", &self.key)
+            .field("password", &self.password.as_ref().map(|_| "****"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Redis TLS material.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// The CA bundle that replaces the system's roots, and its file (for messages).
+    pub ca: Option<(Vec<u8>, PathBuf)>,
+    /// Client certificate and key (PEM).
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+    /// Certificate checks off.
+    pub insecure_skip_verify: bool,
+}
+
+/// The collector side.
+#[derive(Debug, Clone)]
+pub struct CollectorSettings {
+    /// Scheme, host, port and path prefix.
+    pub base_url: Url,
+    /// GET or POST.
+    pub method: Method,
+    /// Events per request (1 for GET).
+    pub buffer_size: NonZeroUsize,
+    /// Largest POST body or GET URL.
+    pub byte_limit: NonZeroUsize,
+    /// Requests on the wire at once.
+    pub max_requests_in_flight: usize,
+    /// The longest a partial batch waits.
+    pub flush_interval: Duration,
+    /// Failed attempts (with others succeeding) before a batch is parked.
+    pub park_after_failures: u32,
+    /// Failures of a parked event (with the collector accepting others) before it is
+    /// dead-lettered.
+    pub isolated_failure_limit: u32,
+    /// Retry delays.
+    pub backoff: Backoff,
+    /// The client's settings: request URL, limits, timeout, TLS material read once, proxy.
+    pub client: ClientSettings,
+}
+
+/// Which elements are relayed.
+#[derive(Debug, Clone, Copy)]
+pub struct EventsSettings {
+    /// POST: relay field names `payload_data` does not list.
+    pub allow_unknown_fields: bool,
+    /// Larger elements are dead-lettered from Redis.
+    pub max_element_bytes: usize,
+}
+
+/// The relay's own bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerSettings {
+    /// Events claimed and not acknowledged, at most.
+    pub max_claimed_events: usize,
+    /// Bytes of them, at most.
+    pub max_claimed_bytes: usize,
+    /// How long a drain may last.
+    pub drain_timeout: Duration,
+    /// Runtime threads.
+    pub threads: usize,
+}
+
+impl Settings {
+    /// Validates `config` (the layers' `sources` say where values came from).
+    pub fn new(
+        mut config: Config,
+        sources: BTreeMap<&'static str, Source>,
+    ) -> Result<Settings, ConfigError> {
+        check_ranges(&config)?;
+        let mut warnings = Vec::new();
+        let redis = RedisSettings::new(&mut config.redis, &mut warnings)?;
+        let collector = CollectorSettings::new(&mut config.collector, &mut warnings)?;
+        let events = EventsSettings::new(&mut config.events, &collector)?;
+        let worker = WorkerSettings::new(&config.worker, &redis, &collector, &events)?;
+        check_log_level(&config.log.level)?;
+        flag_passwords(&config, &sources, &mut warnings);
+        Ok(Settings {
+            redis,
+            collector,
+            events,
+            worker,
+            log: config.log.clone(),
+            admin_listen: config.admin.listen,
+            effective: config,
+            sources,
+            warnings,
+        })
+    }
+
+    /// Loads defaults < `file` < environment < `overrides` and validates.
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &super::Overrides,
+        env: Option<&BTreeMap<String, String>>,
+    ) -> Result<Settings, ConfigError> {
+        let layers = Layers::load(file, overrides, env)?;
+        Settings::new(Config::from_layers(&layers)?, layers.sources)
+    }
+
+    /// As [`Settings::load`], with the file's text and the environment given (the fuzz
+    /// target and tests load settings without touching the disk or the process).
+    pub fn load_text(
+        file_text: Option<&str>,
+        overrides: &super::Overrides,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let file = file_text.map(|text| (Path::new("config.toml"), text));
+        let layers = Layers::load_text(file, overrides, env)?;
+        Settings::new(Config::from_layers(&layers)?, layers.sources)
+    }
+
+    /// Where `key`'s value came from, if it was set (not a default).
+    pub fn source(&self, key: &str) -> Option<&Source> {
+        self.sources.get(key)
+    }
+
+    /// What validation found worth a warning (logged at start-up, printed by `check`).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The effective configuration (derived defaults filled in).
+    pub fn effective(&self) -> &Config {
+        &self.effective
+    }
+
+    /// The configuration as TOML, with credentials in URLs and passwords masked: what the
+    /// start-up log line shows.
+    pub fn to_masked_toml(&self) -> String {
+        self.effective.to_masked_toml()
+    }
+
+    /// The effective settings as TOML, secrets masked, each value that is not a default
+    /// followed by where it came from: what `check` prints.
+    pub fn to_shown_toml(&self) -> String {
+        let mut out = String::new();
+        let mut section = "";
+        for line in self.to_masked_toml().lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name;
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            out.push_str(line);
+            if let Some((name, _)) = line.split_once(" = ")
+                && let Some(source) = self.sources.get(format!("{section}.{name}").as_str())
+            {
+                out.push_str(&format!("  # {source}"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Every secret in the settings (passwords, user names in URLs), for masking panics.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets = url_secrets(&self.redis.url);
+        secrets.extend(url_secrets(self.collector.base_url.as_str()));
+        if let Some((proxy, _)) = &self.collector.client.proxy {
+            secrets.extend(url_secrets(proxy));
+        }
+        secrets.extend(self.redis.password.clone());
+        secrets
+    }
+}
+
+impl ToolSettings {
+    /// Loads the layers and validates what the tools use; a collector is not needed.
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &super::Overrides,
+    ) -> Result<ToolSettings, ConfigError> {
+        let layers = Layers::load(file, overrides, None)?;
+        let mut config = Config::from_layers(&layers)?;
+        check_ranges(&config)?;
+        let mut warnings = Vec::new();
+        let redis = RedisSettings::new(&mut config.redis, &mut warnings)?;
+        check_log_level(&config.log.level)?;
+        flag_passwords(&config, &layers.sources, &mut warnings);
+        Ok(ToolSettings {
+            redis,
+            log: config.log,
+            admin_listen: config.admin.listen,
+            warnings,
+        })
+    }
+
+    /// What validation found worth a warning.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+}
+
+fn url_secrets(url: &str) -> Vec<String> {
+    let Ok(url) = Url::parse(url) else {
+        return Vec::new();
+    };
+    let mut secrets = Vec::new();
+    if !url.username().is_empty() {
+        secrets.push(url.username().to_owned());
+    }
+    secrets.extend(url.password().map(str::to_owned));
+    secrets
+}
+
+/// Warns about passwords given as flags: every user of the host can read a process's
+/// flags (`ps`).
+fn flag_passwords(
+    config: &Config,
+    sources: &BTreeMap<&'static str, Source>,
+    warnings: &mut Vec<String>,
+) {
+    for (name, url) in [
+        (key::REDIS_URL, Some(&config.redis.url)),
+        (key::COLLECTOR_URL, config.collector.url.as_ref()),
+        (key::COLLECTOR_PROXY, config.collector.proxy.as_ref()),
+    ] {
+        let from_flag = matches!(sources.get(name), Some(Source::Flag(f)) if f.starts_with("--"));
+        let has_password = url
+            .and_then(|u| Url::parse(u).ok())
+            .is_some_and(|u| u.password().is_some());
+        if from_flag && has_password {
+            warnings.push(format!(
+                "{name} was given as a flag with a password: every user of this host can read \
+                 it (ps); give the password in redis.password_file or the environment \
+                 (SNOWPLOW_RELAY_REDIS__PASSWORD) instead"
+            ));
+        }
+    }
+}
+
+fn check_log_level(level: &str) -> Result<(), ConfigError> {
+    let level = level.trim();
+    let is_level_word = matches!(
+        level.to_ascii_lowercase().as_str(),
+        "off" | "error" | "warn" | "info" | "debug" | "trace"
+    );
+    let is_directive = level.contains('=') || level.contains(',');
+    if is_level_word || is_directive && tracing_subscriber::EnvFilter::try_new(level).is_ok() {
+        return Ok(());
+    }
+    Err(invalid(
+        key::LOG_LEVEL,
+        format!(
+            "error, warn, info, debug, trace, or a filter directive such as \
+             snowplow_relay=debug,warn (found `{}`)",
+            crate::ops::telemetry::one_line(level, 64)
+        ),
+    ))
+}
+
+impl RedisSettings {
+    fn new(redis: &mut RedisConfig, warnings: &mut Vec<String>) -> Result<Self, ConfigError> {
+        let url = Url::parse(&redis.url)
+            .map_err(|e| invalid(key::REDIS_URL, format!("a redis:// URL ({e})")))?;
+        if !matches!(url.scheme(), "redis" | "rediss") {
+            return Err(invalid(
+                key::REDIS_URL,
+                "a URL starting with redis:// or rediss:// (TLS)",
+            ));
+        }
+        {
+            use redis::IntoConnectionInfo;
+            // The client's own parser: what it refuses here, it would refuse at every
+            // connection attempt (a database that is not a number, an unknown protocol,
+            // a wildcard address, a password that is not UTF-8, an unknown #fragment).
+            if let Err(error) = redis.url.as_str().into_connection_info() {
+                return Err(invalid(
+                    key::REDIS_URL,
+                    format!(
+                        "a URL the Redis client accepts, \
+                         redis://[[user]:password@]host[:port][/db] ({})",
+                        crate::ops::telemetry::one_line(&error.to_string(), 200)
+                    ),
+                ));
+            }
+        }
+        let tls = Self::tls(redis, url.scheme() == "rediss")?;
+        if url.fragment() == Some("insecure") && !redis.tls_insecure_skip_verify {
+            return Err(invalid(
+                key::REDIS_URL,
+                "no #insecure (certificate checks off) unless redis.tls_insecure_skip_verify = true",
+            ));
+        }
+        let given = [
+            url.password().is_some(),
+            redis.password.is_some(),
+            redis.password_file.is_some(),
+        ];
+        if given.iter().filter(|s| **s).count() > 1 {
+            return Err(invalid(
+                key::REDIS_PASSWORD,
+                "one password source: the URL, redis.password (or SNOWPLOW_RELAY_REDIS__PASSWORD) \
+                 or redis.password_file",
+            ));
+        }
+        if !url.username().is_empty() && redis.username.is_some() {
+            return Err(invalid(
+                key::REDIS_USERNAME,
+                "one user name: in redis.url or redis.username, not both",
+            ));
+        }
+        let from_file = match &redis.password_file {
+            Some(file) => Some(Self::password_file(file, warnings)?),
+            None => None,
+        };
+        let password_from = if url.password().is_some() {
+            key::REDIS_URL
+        } else if redis.password_file.is_some() {
+            key::REDIS_PASSWORD_FILE
+        } else if redis.password.is_some() {
+            "redis.password (or SNOWPLOW_RELAY_REDIS__PASSWORD)"
+        } else {
+            "no password"
+        };
+        if redis.key.is_empty() {
+            return Err(invalid(key::REDIS_KEY, "a non-empty list name"));
+        }
+        if redis.key.contains(['{', '}']) {
+            return Err(invalid(
+                key::REDIS_KEY,
+                "a list name without `{` or `}` (the relay wraps it in a Redis Cluster hash tag)",
+            ));
+        }
+        let dead_letter_key = redis
+            .dead_letter_key
+            .get_or_insert_with(|| format!("{{{}}}:dead", redis.key))
+            .clone();
+        check_dead_letter_key(&redis.key, &dead_letter_key, redis.cluster)?;
+        Ok(RedisSettings {
+            url: redis.url.clone(),
+            key: redis.key.clone(),
+            dead_letter_key,
+            claim_batch_size: redis.claim_batch_size.get(),
+            claim_max_bytes: redis.claim_max_bytes.get(),
+            command_timeout: Duration::from_millis(redis.command_timeout_ms),
+            lease_ttl: Duration::from_millis(redis.lease_ttl_ms),
+            cluster: redis.cluster,
+            username: redis
+                .username
+                .clone()
+                .or_else(|| Some(url.username().to_owned()).filter(|user| !user.is_empty())),
+            password: redis.password.clone().or(from_file),
+            password_from,
+            tls,
+        })
+    }
+
+    /// The TLS files, read (`rediss://` only; each a readable file).
+    fn tls(redis: &RedisConfig, tls: bool) -> Result<RedisTls, ConfigError> {
+        for (name, set) in [
+            (key::REDIS_TLS_CA_FILE, redis.tls_ca_file.is_some()),
+            (
+                key::REDIS_TLS_CLIENT_CERT_FILE,
+                redis.tls_client_cert_file.is_some(),
+            ),
+            (
+                key::REDIS_TLS_CLIENT_KEY_FILE,
+                redis.tls_client_key_file.is_some(),
+            ),
+            (
+                key::REDIS_TLS_INSECURE_SKIP_VERIFY,
+                redis.tls_insecure_skip_verify,
+            ),
+        ] {
+            if set && !tls {
+                return Err(invalid(
+                    name,
+                    "a rediss:// redis.url (TLS); it does nothing for redis://",
+                ));
+            }
+        }
+        let ca = match &redis.tls_ca_file {
+            Some(file) => Some((read_file(key::REDIS_TLS_CA_FILE, file)?, file.clone())),
+            None => None,
+        };
+        let client = match (&redis.tls_client_cert_file, &redis.tls_client_key_file) {
+            (Some(cert), Some(private)) => Some((
+                read_file(key::REDIS_TLS_CLIENT_CERT_FILE, cert)?,
+                read_file(key::REDIS_TLS_CLIENT_KEY_FILE, private)?,
+            )),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    key::REDIS_TLS_CLIENT_CERT_FILE,
+                    "both redis.tls_client_cert_file and redis.tls_client_key_file, or neither",
+                ));
+            }
+        };
+        Ok(RedisTls {
+            ca,
+            client,
+            insecure_skip_verify: redis.tls_insecure_skip_verify,
+        })
+    }
+
+    fn password_file(file: &Path, warnings: &mut Vec<String>) -> Result<String, ConfigError> {
+        let text = read_file(key::REDIS_PASSWORD_FILE, file)?;
+        let text = String::from_utf8(text).map_err(|_| {
+            invalid(
+                key::REDIS_PASSWORD_FILE,
+                "a file holding the password as UTF-8 text",
+            )
+        })?;
+        if world_readable(file) {
+            warnings.push(format!(
+                "redis.password_file {} can be read by every user; chmod 600 it",
+                file.display()
+            ));
+        }
+        Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+    }
+
+    /// The host `url` names, for messages.
+    pub fn host(&self) -> String {
+        Url::parse(&self.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// The dead-letter list must be a list the relay never reads from: not the list, not one
+/// of its companion keys; and in a Redis Cluster it must share the list's hash slot (the
+/// scripts touch both), i.e. carry the `{list}` hash tag.
+fn check_dead_letter_key(list: &str, dead: &str, cluster: bool) -> Result<(), ConfigError> {
+    if dead.is_empty() {
+        return Err(invalid(key::REDIS_DEAD_LETTER_KEY, "a non-empty list name"));
+    }
+    if dead == list {
+        return Err(invalid(
+            key::REDIS_DEAD_LETTER_KEY,
+            "a list other than redis.key: the relay would claim its own dead letters again, \
+             forever",
+        ));
+    }
+    let prefix = format!("{{{list}}}:");
+    if let Some(rest) = dead.strip_prefix(&prefix)
+        && (rest == "instances"
+            || ["inflight:", "retry:", "instance:", "lease:"]
+                .iter()
+                .any(|companion| rest.starts_with(companion)))
+    {
+        return Err(invalid(
+            key::REDIS_DEAD_LETTER_KEY,
+            format!(
+                "a name that is not one of the relay's own keys ({prefix}inflight:*, \
+                 {prefix}retry:*, {prefix}instance:*, {prefix}lease:*, {prefix}instances), \
+                 e.g. {prefix}dead"
+            ),
+        ));
+    }
+    // Redis Cluster hashes only the first non-empty {…} of a key.
+    let tag = dead
+        .find('{')
+        .and_then(|open| {
+            let rest = &dead[open + 1..];
+            rest.find('}').map(|close| &rest[..close])
+        })
+        .filter(|tag| !tag.is_empty());
+    if cluster && tag != Some(list) {
+        return Err(invalid(
+            key::REDIS_DEAD_LETTER_KEY,
+            format!(
+                "a name with the list's hash tag {{{list}}} (e.g. {prefix}dead): in a Redis \
+                 Cluster every key a script touches must be in one slot"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl CollectorSettings {
+    fn new(
+        collector: &mut CollectorConfig,
+        warnings: &mut Vec<String>,
+    ) -> Result<Self, ConfigError> {
+        if collector.url.is_none() && collector.endpoint.is_none() {
+            return Err(invalid(
+                key::COLLECTOR_URL,
+                "a collector, as collector.url (e.g. https://collector.example.com) or \
+                 collector.endpoint (a host name); --collector URL on the command line",
+            ));
+        }
+        let base_url = collector.base_url()?;
+        if !collector.post_path.starts_with('/') {
+            return Err(invalid(
+                key::COLLECTOR_POST_PATH,
+                "a path starting with `/`",
+            ));
+        }
+        let (buffer_size, byte_limit) = Self::batching(collector)?;
+        if let Some(bad) = collector
+            .no_retry_statuses
+            .iter()
+            .find(|s| !(300..=599).contains(*s))
+        {
+            return Err(invalid(
+                key::COLLECTOR_NO_RETRY_STATUSES,
+                format!("HTTP statuses from 300 to 599 (found {bad})"),
+            ));
+        }
+        if collector.retry_max_backoff_ms < collector.retry_initial_backoff_ms {
+            return Err(invalid(
+                key::COLLECTOR_RETRY_MAX_BACKOFF_MS,
+                "at least collector.retry_initial_backoff_ms",
+            ));
+        }
+        let client = Self::client(collector, byte_limit, warnings)?;
+        Ok(CollectorSettings {
+            base_url,
+            method: collector.method,
+            buffer_size,
+            byte_limit,
+            max_requests_in_flight: collector.max_requests_in_flight.get(),
+            flush_interval: Duration::from_millis(collector.flush_interval_ms),
+            park_after_failures: collector.park_after_failures,
+            isolated_failure_limit: collector.isolated_failure_limit,
+            backoff: Backoff {
+                initial: Duration::from_millis(collector.retry_initial_backoff_ms),
+                max: Duration::from_millis(collector.retry_max_backoff_ms),
+            },
+            client,
+        })
+    }
+
+    /// Events per request and the byte limit, with the method's defaults filled in.
+    fn batching(
+        collector: &mut CollectorConfig,
+    ) -> Result<(NonZeroUsize, NonZeroUsize), ConfigError> {
+        match collector.method {
+            Method::Get => {
+                if collector.buffer_size.is_some_and(|n| n.get() != 1) {
+                    return Err(invalid(
+                        key::COLLECTOR_BUFFER_SIZE,
+                        "1 or unset: GET sends one event per request (use method = \"post\" \
+                         to batch)",
+                    ));
+                }
+                let limit = *collector
+                    .byte_limit
+                    .get_or_insert(NonZeroUsize::new(16_000).expect("non-zero"));
+                Ok((*collector.buffer_size.insert(NonZeroUsize::MIN), limit))
+            }
+            Method::Post => {
+                let size = *collector
+                    .buffer_size
+                    .get_or_insert(NonZeroUsize::new(DEFAULT_POST_BUFFER_SIZE).expect("non-zero"));
+                let limit = *collector
+                    .byte_limit
+                    .get_or_insert(NonZeroUsize::new(1_000_000).expect("non-zero"));
+                if limit.get() > MAX_POST_BYTES {
+                    return Err(invalid(
+                        key::COLLECTOR_BYTE_LIMIT,
+                        format!(
+                            "at most {MAX_POST_BYTES} bytes for POST: the collector turns \
+                             larger bodies into bad rows"
+                        ),
+                    ));
+                }
+                if limit.get() < 1024 {
+                    return Err(invalid(key::COLLECTOR_BYTE_LIMIT, "at least 1024 bytes"));
+                }
+                Ok((size, limit))
+            }
+        }
+    }
+
+    /// The collector client's settings, with the TLS files read once.
+    fn client(
+        collector: &CollectorConfig,
+        byte_limit: NonZeroUsize,
+        warnings: &mut Vec<String>,
+    ) -> Result<ClientSettings, ConfigError> {
+        let ca = match &collector.tls_ca_file {
+            Some(file) => Some(read_file(key::COLLECTOR_TLS_CA_FILE, file)?),
+            None => None,
+        };
+        if collector.tls_ca_only && ca.is_none() {
+            return Err(invalid(
+                key::COLLECTOR_TLS_CA_ONLY,
+                "collector.tls_ca_file as well (the CA to trust alone)",
+            ));
+        }
+        let identity = match (
+            &collector.tls_client_cert_file,
+            &collector.tls_client_key_file,
+        ) {
+            (Some(cert), Some(private)) => {
+                if world_readable(private) {
+                    warnings.push(format!(
+                        "collector.tls_client_key_file {} (a private key) can be read by every \
+                         user; chmod 600 it",
+                        private.display()
+                    ));
+                }
+                let mut pem = read_file(key::COLLECTOR_TLS_CLIENT_CERT_FILE, cert)?;
+                pem.push(b'\n');
+                pem.extend(read_file(key::COLLECTOR_TLS_CLIENT_KEY_FILE, private)?);
+                Some(pem)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    key::COLLECTOR_TLS_CLIENT_CERT_FILE,
+                    "both collector.tls_client_cert_file and collector.tls_client_key_file, \
+                     or neither",
+                ));
+            }
+        };
+        if let Some(proxy) = &collector.proxy {
+            let parsed = Url::parse(proxy).map_err(|_| {
+                invalid(
+                    key::COLLECTOR_PROXY,
+                    "a proxy URL such as http://proxy.example.com:3128",
+                )
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https" | "socks5" | "socks5h") {
+                return Err(invalid(
+                    key::COLLECTOR_PROXY,
+                    "an http://, https:// proxy URL",
+                ));
+            }
+        }
+        if collector.no_proxy.is_some() && collector.proxy.is_none() {
+            return Err(invalid(key::COLLECTOR_NO_PROXY, "collector.proxy as well"));
+        }
+        Ok(ClientSettings {
+            url: Some(collector.request_url()?),
+            method: Some(collector.method),
+            byte_limit: Some(byte_limit),
+            no_retry_statuses: collector.no_retry_statuses.clone(),
+            request_timeout: Some(collector.request_timeout()),
+            anonymous: collector.anonymous,
+            max_idle_connections: collector.max_requests_in_flight.get(),
+            tls_ca_pem: ca,
+            tls_ca_only: collector.tls_ca_only,
+            tls_identity_pem: identity,
+            proxy: collector
+                .proxy
+                .clone()
+                .map(|proxy| (proxy, collector.no_proxy.clone())),
+        })
+    }
+}
+
+impl EventsSettings {
+    /// The largest element one request can carry, the default of `max_element_bytes`.
+    fn new(events: &mut EventsConfig, collector: &CollectorSettings) -> Result<Self, ConfigError> {
+        let byte_limit = collector.byte_limit.get();
+        // The POST item adds `stm` and the envelope; the GET URL is at least as long as
+        // the pairs.
+        let sendable = match collector.method {
+            Method::Post => byte_limit.saturating_sub(POST_BODY_OVERHEAD + STM_ITEM_BYTES + 1),
+            Method::Get => byte_limit,
+        };
+        let max = match events.max_element_bytes {
+            Some(limit) if limit.get() > sendable => {
+                return Err(invalid(
+                    key::EVENTS_MAX_ELEMENT_BYTES,
+                    format!(
+                        "at most {sendable} bytes: with collector.byte_limit = {byte_limit} no \
+                         larger element can be sent"
+                    ),
+                ));
+            }
+            Some(limit) => limit,
+            None => NonZeroUsize::new(sendable)
+                .ok_or_else(|| invalid(key::COLLECTOR_BYTE_LIMIT, "room for one event"))?,
+        };
+        events.max_element_bytes = Some(max);
+        Ok(EventsSettings {
+            allow_unknown_fields: events.allow_unknown_fields,
+            max_element_bytes: max.get(),
+        })
+    }
+}
+
+impl WorkerSettings {
+    /// The bounds, checked against what one claim and one batch need.
+    fn new(
+        worker: &WorkerConfig,
+        redis: &RedisSettings,
+        collector: &CollectorSettings,
+        events: &EventsSettings,
+    ) -> Result<Self, ConfigError> {
+        let max_events = worker.max_claimed_events.get();
+        if max_events < redis.claim_batch_size {
+            return Err(invalid(
+                key::WORKER_MAX_CLAIMED_EVENTS,
+                format!(
+                    "at least redis.claim_batch_size ({})",
+                    redis.claim_batch_size
+                ),
+            ));
+        }
+        let buffer_size = collector.buffer_size.get();
+        if max_events < buffer_size {
+            return Err(invalid(
+                key::COLLECTOR_BUFFER_SIZE,
+                format!(
+                    "at most worker.max_claimed_events ({max_events}): a batch of \
+                     {buffer_size} events could never fill"
+                ),
+            ));
+        }
+        if redis.claim_max_bytes < events.max_element_bytes {
+            return Err(invalid(
+                key::REDIS_CLAIM_MAX_BYTES,
+                format!(
+                    "at least events.max_element_bytes ({}), so that every relayable element \
+                     can be claimed",
+                    events.max_element_bytes
+                ),
+            ));
+        }
+        if worker.max_claimed_bytes.get() < redis.claim_max_bytes {
+            return Err(invalid(
+                key::WORKER_MAX_CLAIMED_BYTES,
+                format!("at least redis.claim_max_bytes ({})", redis.claim_max_bytes),
+            ));
+        }
+        Ok(WorkerSettings {
+            max_claimed_events: max_events,
+            max_claimed_bytes: worker.max_claimed_bytes.get(),
+            drain_timeout: Duration::from_millis(worker.drain_timeout_ms),
+            threads: worker.threads.get(),
+        })
+    }
+}
