@@ -9,7 +9,7 @@ mod properties;
 
 use std::sync::LazyLock;
 
-static COLLECTOR: LazyLock<snowplow_relay::collector::LocalCollector> =
+static COLLECTOR: LazyLock<snowplow_relay::micro::LocalCollector> =
     LazyLock::new(properties::collector_with_bounds);
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| properties::collector_requests(&COLLECTOR, data));
