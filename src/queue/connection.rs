@@ -1,0 +1,334 @@
+//! How the relay reaches Redis: one server or a cluster, with its credentials and TLS
+//! material, and the [`Link`] that replaces a connection which missed its deadline,
+//! broke, or answers as a server that cannot take writes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult,
+    ScriptInvocation, Value,
+};
+
+use super::errors::{QueueError, one_line};
+use crate::config::RedisSettings;
+
+/// Where Redis is: one server, or a cluster reached through seed nodes.
+#[derive(Clone)]
+enum Server {
+    Single(Client),
+    Cluster(ClusterTarget),
+}
+
+/// How to reach a Redis Cluster: a seed node (with credentials) and its TLS settings.
+#[derive(Clone)]
+struct ClusterTarget {
+    seed: redis::ConnectionInfo,
+    certs: Option<redis::TlsCertificates>,
+}
+
+impl Server {
+    /// Opens a connection; `response` bounds each command (None: the caller does).
+    async fn open(&self, connect: Duration, response: Option<Duration>) -> RedisResult<Connection> {
+        Ok(match self {
+            Server::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect))
+                    .set_response_timeout(response);
+                Connection::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Server::Cluster(target) => Connection::Cluster(
+                cluster_client(target, connect, response.unwrap_or(connect * 4))?
+                    .get_async_connection()
+                    .await?,
+            ),
+        })
+    }
+}
+
+/// A connection to either kind of server.
+#[derive(Clone)]
+pub enum Connection {
+    /// One server.
+    Single(MultiplexedConnection),
+    /// A Redis Cluster; commands go to the node owning their key's slot.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(conn) => conn.get_db(),
+            Connection::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// The relay's connection to Redis, replaced when it misses a deadline, breaks, or
+/// answers as a server that cannot take writes. One connection serves every task
+/// (requests are multiplexed); a replacement is opened by the first call that needs it.
+pub(super) struct Link {
+    server: Server,
+    command_timeout: Duration,
+    /// The current connection and its generation.
+    current: tokio::sync::Mutex<Option<(u64, Connection)>>,
+    generation: AtomicU64,
+}
+
+impl Link {
+    /// A link to the server `settings` name; it opens its first connection on the
+    /// first call.
+    pub(super) fn new(settings: &RedisSettings) -> Result<Link, QueueError> {
+        Ok(Link {
+            server: server(settings)?,
+            command_timeout: settings.command_timeout,
+            current: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// The current connection, opening one if there is none.
+    pub(super) async fn connection(&self) -> Result<(u64, Connection), QueueError> {
+        let mut current = self.current.lock().await;
+        if let Some((generation, conn)) = current.as_ref() {
+            return Ok((*generation, conn.clone()));
+        }
+        let conn = tokio::time::timeout(
+            self.command_timeout,
+            self.server.open(self.command_timeout, None),
+        )
+        .await
+        .map_err(|_| QueueError::Timeout(self.command_timeout.as_millis() as u64))?
+        .map_err(QueueError::classify)?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *current = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    /// Opens a connection of its own whose replies may take `block` longer than the
+    /// command deadline (for a blocking wait).
+    pub(super) async fn open_blocking(
+        &self,
+        block: Duration,
+    ) -> Result<BlockingConnection, QueueError> {
+        let response_timeout = block + self.command_timeout;
+        let open = self.server.open(self.command_timeout, Some(response_timeout));
+        match tokio::time::timeout(self.command_timeout, open).await {
+            Ok(Ok(conn)) => Ok(BlockingConnection(conn)),
+            Ok(Err(error)) => Err(QueueError::classify(error)),
+            Err(_) => Err(QueueError::Timeout(self.command_timeout.as_millis() as u64)),
+        }
+    }
+
+    /// Drops connection `generation` (if it is still the current one), so that the next
+    /// call opens a new one.
+    async fn replace(&self, generation: u64, error: &QueueError) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *current = None;
+            tracing::warn!(%error, "dropping the Redis connection; the next call opens a new one");
+        }
+    }
+
+    /// Runs `call` on the current connection within the command deadline; replaces the
+    /// connection when the failure says it must be.
+    async fn run<T, F, Fut>(&self, call: F) -> Result<T, QueueError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let (generation, conn) = self.connection().await?;
+        let result = match tokio::time::timeout(self.command_timeout, call(conn)).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => QueueError::classify(error),
+            Err(_) => QueueError::Timeout(self.command_timeout.as_millis() as u64),
+        };
+        if result.needs_new_connection() {
+            self.replace(generation, &result).await;
+        }
+        Err(result)
+    }
+
+    /// Runs a script invocation.
+    pub(super) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, QueueError> {
+        self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+    }
+
+    /// Runs one command.
+    pub(super) async fn query<T: redis::FromRedisValue>(&self, command: &Cmd) -> Result<T, QueueError> {
+        self.run(|mut conn| async move { command.query_async(&mut conn).await })
+            .await
+    }
+}
+
+/// A connection of its own for blocking waits.
+pub struct BlockingConnection(pub(super) Connection);
+
+fn cluster_client(
+    target: &ClusterTarget,
+    connect: Duration,
+    response: Duration,
+) -> Result<ClusterClient, RedisError> {
+    let mut builder = ClusterClientBuilder::new(vec![target.seed.clone()])
+        .connection_timeout(connect)
+        .response_timeout(response)
+        .retries(2);
+    if let Some(certs) = &target.certs {
+        builder = builder.certs(certs.clone());
+    }
+    builder.build()
+}
+
+/// The URL, user and password the relay connects with (`#insecure` added when
+/// `tls_insecure_skip_verify` is on).
+fn connection_info(redis: &RedisSettings) -> Result<redis::ConnectionInfo, RedisError> {
+    use redis::IntoConnectionInfo;
+    let mut url = redis.url.clone();
+    if redis.tls.insecure_skip_verify && !url.ends_with("#insecure") {
+        url.push_str("#insecure");
+    }
+    let info = url.as_str().into_connection_info()?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(user) = &redis.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &redis.password {
+        settings = settings.set_password(password);
+    }
+    Ok(info.set_redis_settings(settings))
+}
+
+/// The CA and client certificates of a `rediss://` URL (read at start-up).
+fn tls_certificates(redis: &RedisSettings) -> Option<redis::TlsCertificates> {
+    let tls = &redis.tls;
+    if tls.ca.is_none() && tls.client.is_none() {
+        return None;
+    }
+    Some(redis::TlsCertificates {
+        client_tls: tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+        root_cert: tls.ca.as_ref().map(|(pem, _)| pem.clone()),
+    })
+}
+
+/// Says what a connection error means for an operator: a certificate problem (naming
+/// the host and the CA file), refused credentials (naming the user and where the
+/// password came from, never the password), or anything else as it is.
+pub(super) fn explain(error: QueueError, redis: &RedisSettings) -> QueueError {
+    let QueueError::Redis(error) = error else {
+        return error;
+    };
+    let refused = match error.code() {
+        Some(code @ ("WRONGPASS" | "NOAUTH")) => Some(code.to_owned()),
+        _ if error.kind() == redis::ErrorKind::AuthenticationFailed => {
+            Some("authentication failed".to_owned())
+        }
+        _ => None,
+    };
+    if let Some(reply) = refused {
+        return QueueError::Auth {
+            user: redis.username.clone().unwrap_or_else(|| "default".into()),
+            password_from: redis.password_from,
+            reply,
+        };
+    }
+    if caused_by_tls(&error) {
+        let host = redis.host();
+        let trust = redis.tls.ca.as_ref().map_or_else(
+            || "the system's CA certificates".to_owned(),
+            |(_, f)| format!("redis.tls_ca_file {}", f.display()),
+        );
+        return QueueError::Tls(format!(
+            "TLS with Redis at {host} failed ({}); check that its certificate is signed by \
+             a CA in {trust} and names {host}",
+            one_line(&error.to_string())
+        ));
+    }
+    QueueError::Redis(error)
+}
+
+/// Whether a TLS error (rustls's own type, possibly inside an I/O error or the `Arc`
+/// redis-rs keeps its causes in) is behind `error`.
+fn caused_by_tls(error: &RedisError) -> bool {
+    fn is_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+        if error.is::<rustls::Error>() || error.is::<rustls::pki_types::InvalidDnsNameError>() {
+            return true;
+        }
+        if let Some(shared) = error.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>() {
+            return is_tls(&**shared);
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return io.get_ref().is_some_and(|inner| is_tls(inner));
+        }
+        error.source().is_some_and(is_tls)
+    }
+    is_tls(error)
+}
+
+/// How to reach the configured Redis (one server or a cluster), without connecting.
+fn server(settings: &RedisSettings) -> Result<Server, QueueError> {
+    let info = connection_info(settings).map_err(QueueError::classify)?;
+    let certs = tls_certificates(settings);
+    Ok(if settings.cluster {
+        Server::Cluster(ClusterTarget { seed: info, certs })
+    } else {
+        let client = match certs {
+            Some(certs) => Client::build_with_tls(info, certs),
+            None => Client::open(info),
+        }
+        .map_err(QueueError::classify)?;
+        Server::Single(client)
+    })
+}
+
+/// A plain connection to the configured Redis with its credentials and TLS settings, for
+/// producers (the tracker's `RedisEmitter`): no scripts, no probe.
+pub async fn open_connection(settings: &RedisSettings) -> Result<Connection, QueueError> {
+    let timeout = settings.command_timeout;
+    let result = async {
+        server(settings)?
+            .open(timeout, Some(timeout))
+            .await
+            .map_err(QueueError::classify)
+    }
+    .await;
+    result.map_err(|e| explain(e, settings))
+}
+

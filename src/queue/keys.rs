@@ -1,0 +1,65 @@
+//! The key names of one list and one instance, and how a key is shown in a log line.
+
+use super::errors::one_line;
+
+/// The key names for one list and one instance.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// The list producers push onto.
+    pub list: String,
+    /// The dead-letter list.
+    pub dead: String,
+    /// The set of registered instances.
+    pub instances: String,
+    /// Prefix of every companion key: `{list}:`.
+    pub prefix: String,
+}
+
+impl Keys {
+    /// Key names for `list`, with dead-letter list `dead`.
+    pub fn new(list: &str, dead: &str) -> Keys {
+        let prefix = format!("{{{list}}}:");
+        Keys {
+            list: list.to_owned(),
+            dead: dead.to_owned(),
+            instances: format!("{prefix}instances"),
+            prefix,
+        }
+    }
+
+    /// The in-flight list of `instance`.
+    pub fn inflight(&self, instance: &str) -> String {
+        format!("{}inflight:{instance}", self.prefix)
+    }
+
+    /// The retry list (parked events) of `instance`.
+    pub fn retry(&self, instance: &str) -> String {
+        format!("{}retry:{instance}", self.prefix)
+    }
+
+    /// The bookkeeping hash of `instance`.
+    pub fn meta(&self, instance: &str) -> String {
+        format!("{}instance:{instance}", self.prefix)
+    }
+
+    /// The lease (heartbeat) key of `instance`.
+    pub fn lease(&self, instance: &str) -> String {
+        format!("{}lease:{instance}", self.prefix)
+    }
+}
+
+/// A key fit for a log line: escaped and cut (a key can be a megabyte long and hold
+/// control characters).
+pub fn shown_key(key: &str) -> String {
+    const MAX: usize = 128;
+    let escaped = one_line(key);
+    if escaped.len() <= MAX {
+        return escaped;
+    }
+    let mut end = MAX;
+    while !escaped.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &escaped[..end], key.len())
+}
+

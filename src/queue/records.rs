@@ -1,0 +1,90 @@
+//! What the relay stores beside events: dead-letter entries and retry-list (parked)
+//! entries, each one line of JSON metadata, a newline, then the element byte for byte.
+
+/// How one acknowledged position ends: the metadata line of its dead-letter entry, or
+/// of its retry-list entry when it is parked. The script appends Redis's own copy of the
+/// element to it.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry<'a> {
+    /// A dead-letter entry ([`DeadLetter::meta_line`]).
+    Dead(&'a [u8]),
+    /// A retry-list entry ([`Parked::meta_line`]).
+    Parked(&'a [u8]),
+}
+
+/// A parked event's retry-list entry: one line of JSON metadata, a newline, then the
+/// element byte for byte. The position lets release and recovery put it back in claim
+/// order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Parked {
+    /// The event's claim position in its instance.
+    pub position: u64,
+    /// When it was parked (RFC 3339, UTC).
+    pub parked_at: String,
+    /// The collector's last status for it, if it answered.
+    pub status: Option<u16>,
+    /// Attempts made before it was parked.
+    pub attempts: u32,
+    /// The relay instance that parked it.
+    pub relay: String,
+}
+
+impl Parked {
+    /// The metadata line (without the newline).
+    pub fn meta_line(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("serialisable")
+    }
+}
+
+/// An entry of the dead-letter list: one line of JSON metadata, a newline, then the
+/// original element byte for byte (whatever its bytes are).
+///
+/// ```text
+/// {"reason":"collector answered 400","status":400,"failed_at":"2026-11-28T10:00:00.123Z","relay":"host:42:ab12cd"}
+/// {"e":"pv","tv":"py-0.4.0","p":"pc",…}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    /// Why the element could not be delivered.
+    pub reason: String,
+    /// The collector's HTTP status, when it answered.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// When it was dead-lettered (RFC 3339, UTC).
+    pub failed_at: String,
+    /// The relay instance that dead-lettered it.
+    pub relay: String,
+}
+
+impl DeadLetter {
+    /// A new entry stamped with the current time.
+    pub fn new(reason: impl Into<String>, status: Option<u16>, relay: &str) -> DeadLetter {
+        DeadLetter {
+            reason: reason.into(),
+            status,
+            failed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            relay: relay.to_owned(),
+        }
+    }
+
+    /// The metadata line (without the newline); the scripts append the element.
+    pub fn meta_line(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("serialisable")
+    }
+
+    /// The entry as stored in Redis: metadata line, `\n`, original element.
+    pub fn encode(&self, element: &[u8]) -> Vec<u8> {
+        let mut out = self.meta_line();
+        out.push(b'\n');
+        out.extend_from_slice(element);
+        out
+    }
+
+    /// Splits a stored entry into its metadata and the original element.
+    pub fn decode(entry: &[u8]) -> Option<(DeadLetter, &[u8])> {
+        let newline = entry.iter().position(|&b| b == b'\n')?;
+        let meta = serde_json::from_slice(&entry[..newline]).ok()?;
+        Some((meta, &entry[newline + 1..]))
+    }
+}
+
