@@ -151,7 +151,7 @@ keys! {
 }
 
 /// The key named `path`, if the relay knows it.
-pub fn key(path: &str) -> Option<&'static Key> {
+pub fn find_key(path: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.path == path)
 }
 
@@ -281,7 +281,7 @@ impl Layers {
                 section.to_ascii_lowercase(),
                 key.to_ascii_lowercase()
             );
-            let Some(key) = self::key(&path) else {
+            let Some(key) = find_key(&path) else {
                 return Err(ConfigError::Invalid {
                     key: "environment",
                     expected: format!(
@@ -303,7 +303,7 @@ impl Layers {
         )?;
         let mut from_flags = Vec::new();
         for (path, flag, value) in &overrides.values {
-            let key = self::key(path).ok_or(ConfigError::Invalid {
+            let key = find_key(path).ok_or(ConfigError::Invalid {
                 key: path,
                 expected: "a known setting".into(),
             })?;
@@ -332,7 +332,7 @@ impl Layers {
             }
             for (name, value) in keys {
                 let path = format!("{section}.{name}");
-                let key = self::key(&path).ok_or_else(|| unknown(&path, &source))?;
+                let key = find_key(&path).ok_or_else(|| unknown(&path, &source))?;
                 check_type(key, &value, &source)?;
                 values.push((key, value, source.clone()));
             }

@@ -266,7 +266,7 @@ pub struct WorkerConfig {
     pub max_claimed_bytes: NonZeroUsize,
     /// On SIGINT/SIGTERM/SIGQUIT, how long in-flight requests may finish before the
     /// undelivered events go back to the head of the list, in milliseconds. Returning
-    /// them takes at most [`crate::worker::RELEASE_BUDGET`] (2 s) more, so keep this at
+    /// them takes at most [`crate::relay::RELEASE_BUDGET`] (2 s) more, so keep this at
     /// least that much below Docker's 10 s stop grace and systemd's stop timeout.
     pub drain_timeout_ms: u64,
     /// Threads that run the relay (at most 64). 1, the default, runs every task on one

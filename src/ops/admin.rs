@@ -98,29 +98,32 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 /// `GET path` on the admin listener at `addr`, within `timeout`: `Ok` with the body on
 /// a 200, `Err` with what went wrong otherwise.
 pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use http_body_util::{BodyExt, Empty, Limited};
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
+        let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let mut response = Vec::new();
-        stream
-            .take(64 * 1024)
-            .read_to_end(&mut response)
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), 64 * 1024)
+            .collect()
             .await
-            .map_err(|e| e.to_string())?;
-        let response = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        let status_line = head.lines().next().unwrap_or_default();
-        if status_line.split_whitespace().nth(1) == Some("200") {
-            Ok(body.to_owned())
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if status == hyper::StatusCode::OK {
+            Ok(body)
         } else {
-            Err(format!("{status_line}: {}", body.trim()))
+            Err(format!("{status}: {}", body.trim()))
         }
     };
     tokio::time::timeout(timeout, exchange)

@@ -9,18 +9,18 @@
 //! heartbeat: renews the lease and recovers dead relays' events; sampler: list lengths
 //! ```
 //!
-//! - [`claimer`] claims while it holds claim permits (the memory bound) and the collector
+//! - `claimer` claims while it holds claim permits (the memory bound) and the collector
 //!   accepts requests; while the collector fails it claims one probe batch at a time.
-//! - [`batcher`] parses elements, fills batches by count and bytes, and runs one sender
+//! - `batcher` parses elements, fills batches by count and bytes, and runs one sender
 //!   per batch (at most `max_requests_in_flight`). A sender retries its batch until it is
 //!   delivered, rejected, split (413) or parked (it kept failing while others succeeded).
-//! - [`acker`] keeps the window of claimed events in claim order and acknowledges the
+//! - `acker` keeps the window of claimed events in claim order and acknowledges the
 //!   resolved prefix in one script call, writing dead-letter and retry-list entries.
-//! - [`retrier`] retries parked events one by one and dead-letters those that keep
+//! - `retrier` retries parked events one by one and dead-letters those that keep
 //!   failing while other requests succeed.
-//! - [`heartbeat`] renews the lease and samples the lists for the metrics.
+//! - `heartbeat` renews the lease and samples the lists for the metrics.
 //!
-//! Every task follows one [`Lifecycle`]: *running* → *draining* (shutdown asked or a
+//! Every task follows one `Lifecycle`: *running* → *draining* (shutdown asked or a
 //! fatal error: claiming stops, batches are sent) → *abandoning* (drain deadline, second
 //! signal or fatal error: requests are dropped). Then, in one script, every resolution
 //! received is acknowledged and every unresolved event, in flight or parked, goes back to
@@ -32,8 +32,10 @@ mod batcher;
 mod claimer;
 mod heartbeat;
 mod retrier;
+mod daemon;
 mod sender;
 
+pub use daemon::{Controls, RELOADABLE, changed_keys, run, run_with_controls};
 pub use sender::Sender;
 
 use std::sync::{Arc, Mutex};
@@ -138,6 +140,26 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(config: &Settings, queue: Arc<Queue>, services: &Services) -> Shared {
+        let settings = config.clone();
+        Shared {
+            permits: ClaimPermits {
+                events: Semaphore::new(settings.worker.max_claimed_events),
+                bytes: Semaphore::new(settings.worker.max_claimed_bytes),
+            },
+            parse: ParseOptions::for_method(
+                settings.collector.method,
+                settings.events.allow_unknown_fields,
+            ),
+            queue,
+            emitter: services.emitter.clone(),
+            metrics: services.metrics.clone(),
+            health: services.health.clone(),
+            settings,
+            lifecycle: Lifecycle::default(),
+        }
+    }
+
     /// The instance's dead-letter metadata for `reason`.
     fn dead_letter(&self, reason: impl Into<String>, status: Option<u16>) -> Vec<u8> {
         crate::queue::DeadLetter::new(reason, status, self.queue.instance()).meta_line()
@@ -197,71 +219,33 @@ pub(crate) struct Services {
 
 /// Runs the relay on a registered queue until `shutdown` is cancelled, then drains;
 /// `force` cuts the drain short. Returns what was done.
-pub(crate) async fn run(
+pub(crate) async fn run_instance(
     config: &Settings,
     queue: Arc<Queue>,
     services: &Services,
     shutdown: CancellationToken,
     force: CancellationToken,
 ) -> Result<Summary, crate::Error> {
-    let settings = config.clone();
-    let Services {
-        emitter,
-        metrics,
-        health,
-        flush,
-    } = services;
-    let (emitter, metrics, health, flush) = (
-        emitter.clone(),
-        metrics.clone(),
-        health.clone(),
-        flush.clone(),
-    );
-    let shared = Arc::new(Shared {
-        permits: ClaimPermits {
-            events: Semaphore::new(settings.worker.max_claimed_events),
-            bytes: Semaphore::new(settings.worker.max_claimed_bytes),
-        },
-        parse: ParseOptions::for_method(
-            settings.collector.method,
-            settings.events.allow_unknown_fields,
-        ),
-        queue,
-        emitter,
-        metrics,
-        health,
-        settings,
-        lifecycle: Lifecycle::default(),
-    });
-    let (claimed_tx, claimed_rx) = mpsc::channel(2);
-    let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
-    let (parked_tx, parked_rx) = mpsc::unbounded_channel();
-
-    let mut tasks = Tasks {
-        claimer: Some(tokio::spawn(
-            claimer::Claimer::new(shared.clone(), claimed_tx).run(),
-        )),
-        batcher: Some(tokio::spawn(
-            batcher::Batcher::new(shared.clone(), claimed_rx, resolved_tx, flush).run(),
-        )),
-        acker: Some(tokio::spawn(
-            acker::Acker::new(shared.clone(), resolved_rx, parked_tx).run(),
-        )),
-        retrier: Some(tokio::spawn(
-            retrier::Retrier::new(shared.clone(), parked_rx).run(),
-        )),
-        heartbeat: Some(tokio::spawn(
-            heartbeat::Heartbeat::new(shared.clone()).run(),
-        )),
-        sampler: tokio::spawn(heartbeat::sample(shared.clone())),
-        position: None,
-        window: None,
-        unsettled: None,
-    };
+    let shared = Arc::new(Shared::new(config, queue, services));
+    let mut tasks = Tasks::start(&shared, services.flush.clone());
     shared.health.set_status("relaying");
-    let lifecycle = &shared.lifecycle;
+    run_until_stopped(&shared, &mut tasks, &shutdown).await;
+    let forced = drain(&shared, &mut tasks, &force).await;
+    // Nothing renews the lease from here on: the release ends the instance.
+    if let Some(heartbeat) = tasks.heartbeat.take() {
+        heartbeat.abort();
+    }
+    tasks.sampler.abort();
+    shared
+        .health
+        .stage_idle(crate::ops::health::Stage::Heartbeat);
+    let fatal = return_what_is_held(&shared, &mut tasks, forced, &force).await;
+    finish(&shared, fatal)
+}
 
-    // Run until shutdown or a fatal error; a task that ends before then is one.
+/// Waits for shutdown or a fatal error (a task that ends before then is one).
+async fn run_until_stopped(shared: &Shared, tasks: &mut Tasks, shutdown: &CancellationToken) {
+    let lifecycle = &shared.lifecycle;
     tokio::select! {
         () = shutdown.cancelled() => {
             shared.health.stopping();
@@ -271,7 +255,7 @@ pub(crate) async fn run(
             );
         }
         () = lifecycle.draining.cancelled() => {}
-        task = tasks.first_to_end(&shared) => {
+        task = tasks.first_to_end(shared) => {
             if !lifecycle.draining.is_cancelled() {
                 lifecycle.fail(crate::Error::TaskFailed {
                     task,
@@ -280,19 +264,23 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// Drains until every task is done, the deadline passes or a second signal (`force`)
+/// comes. Returns whether a second signal came.
+async fn drain(shared: &Shared, tasks: &mut Tasks, force: &CancellationToken) -> bool {
+    let lifecycle = &shared.lifecycle;
     lifecycle.drain();
     shared.health.stopping();
     shared
         .health
         .set_status("draining: sending what is held, then returning the rest to the list");
-
-    // Drain until every task is done, the deadline passes or a second signal comes.
     let drain_deadline = tokio::time::sleep(shared.settings.worker.drain_timeout);
     tokio::pin!(drain_deadline);
     let mut forced = false;
     while !tasks.drained() {
         tokio::select! {
-            _ = tasks.first_to_end(&shared) => {}
+            _ = tasks.first_to_end(shared) => {}
             () = &mut drain_deadline, if !lifecycle.abandoning.is_cancelled() => {
                 tracing::warn!("drain deadline passed; returning what is left to the list");
                 lifecycle.abandon();
@@ -304,21 +292,23 @@ pub(crate) async fn run(
             }
         }
     }
-    // Nothing renews the lease from here on: the release ends the instance.
-    if let Some(heartbeat) = tasks.heartbeat.take() {
-        heartbeat.abort();
-    }
-    tasks.sampler.abort();
-    shared
-        .health
-        .stage_idle(crate::ops::health::Stage::Heartbeat);
+    forced
+}
 
-    let mut fatal = lifecycle.take_fatal();
+/// Returns what the instance still holds to the list: everything (the in-flight state
+/// is not to be trusted after a state mismatch), or what is unresolved from the claim
+/// position and window the tasks left. Returns the run's fatal error, if any.
+async fn return_what_is_held(
+    shared: &Shared,
+    tasks: &mut Tasks,
+    forced: bool,
+    force: &CancellationToken,
+) -> Option<crate::Error> {
+    let mut fatal = shared.lifecycle.take_fatal();
     let needs_new_instance =
         matches!(&fatal, Some(crate::Error::Queue(e)) if e.needs_new_instance());
     if let Some(crate::Error::Queue(QueueError::StateMismatch(_))) = &fatal {
         shared.metrics.state_mismatch();
-        // Nothing positional is trusted: everything held goes back.
         match tokio::time::timeout(RELEASE_BUDGET, shared.queue.abandon()).await {
             Ok(Ok(returned)) => tracing::warn!(
                 returned,
@@ -341,7 +331,7 @@ pub(crate) async fn run(
         };
         // A second signal during the release shortens what is left of its budget; a
         // release Redis answers at once still completes (nothing is given up for nothing).
-        let release = acker::release(&shared, window, position, &unsettled, budget);
+        let release = acker::release(shared, window, position, &unsettled, budget);
         tokio::pin!(release);
         let released = tokio::select! {
             released = &mut release => released,
@@ -355,10 +345,15 @@ pub(crate) async fn run(
             fatal.get_or_insert(error);
         }
     }
-    shared.health.unregistered();
     if needs_new_instance {
         shared.metrics.nothing_in_flight();
     }
+    fatal
+}
+
+/// Marks the instance gone, logs the run's totals and returns them (or the fatal error).
+fn finish(shared: &Shared, fatal: Option<crate::Error>) -> Result<Summary, crate::Error> {
+    shared.health.unregistered();
     let summary = shared.metrics.summary();
     tracing::info!(
         claimed = summary.claimed,
@@ -389,6 +384,34 @@ struct Tasks {
 }
 
 impl Tasks {
+    /// Spawns the run's tasks, wired to each other by channels.
+    fn start(shared: &Arc<Shared>, flush: Arc<tokio::sync::Notify>) -> Tasks {
+        let (claimed_tx, claimed_rx) = mpsc::channel(2);
+        let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
+        let (parked_tx, parked_rx) = mpsc::unbounded_channel();
+        Tasks {
+            claimer: Some(tokio::spawn(
+                claimer::Claimer::new(shared.clone(), claimed_tx).run(),
+            )),
+            batcher: Some(tokio::spawn(
+                batcher::Batcher::new(shared.clone(), claimed_rx, resolved_tx, flush).run(),
+            )),
+            acker: Some(tokio::spawn(
+                acker::Acker::new(shared.clone(), resolved_rx, parked_tx).run(),
+            )),
+            retrier: Some(tokio::spawn(
+                retrier::Retrier::new(shared.clone(), parked_rx).run(),
+            )),
+            heartbeat: Some(tokio::spawn(
+                heartbeat::Heartbeat::new(shared.clone()).run(),
+            )),
+            sampler: tokio::spawn(heartbeat::sample(shared.clone())),
+            position: None,
+            window: None,
+            unsettled: None,
+        }
+    }
+
     fn drained(&self) -> bool {
         self.claimer.is_none()
             && self.batcher.is_none()
