@@ -32,22 +32,19 @@
 //! (an atomic RENAME of a staging list), so process start-up is not counted. A benchmark,
 //! not a test: it fails only if events go missing.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use http_body_util::BodyExt;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use snowplow_relay::ops::listener::{Body, Limits, full, serve_http};
 
 const LIST: &str = "snowplow";
 const STAGING: &str = "bench-staging";
@@ -75,27 +72,22 @@ impl CountingCollector {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = collector.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(state.handle(request).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let limits = Limits {
+            max_connections: 1024,
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            connection_timeout: Duration::from_secs(3600),
+            keep_alive: true,
+        };
+        let answer = move |request| {
+            let state = state.clone();
+            async move { state.handle(request).await }
+        };
+        tokio::spawn(serve_http(listener, limits, answer, std::future::pending()));
         (collector, url)
     }
 
-    async fn handle(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, request: Request<hyper::body::Incoming>) -> Response<Body> {
         let arrived = Instant::now();
         let query = request.uri().query().map(str::to_owned);
         let is_get = request.method() == hyper::Method::GET;
@@ -134,24 +126,24 @@ impl CountingCollector {
         }
         Response::builder()
             .status(status)
-            .body(Full::new(Bytes::from_static(b"ok")))
+            .body(full(Bytes::from_static(b"ok")))
             .unwrap()
     }
 }
 
 /// Events 400 to 1,200 bytes long, each with a unique eid.
 fn realistic_events(n: usize, prefix: &str) -> Vec<String> {
-    let fixtures: Vec<String> = common::fixture_events()
+    let fixtures: Vec<String> = support::fixture_events()
         .into_iter()
         .filter(|e| (400..=1200).contains(&e.len()))
         .collect();
     (0..n)
-        .map(|i| common::with_eid(&fixtures[i % fixtures.len()], &format!("{prefix}-{i}")))
+        .map(|i| support::with_eid(&fixtures[i % fixtures.len()], &format!("{prefix}-{i}")))
         .collect()
 }
 
 /// Preloads `events` into a staging list; [`publish`] makes them appear at once.
-fn stage(redis: &common::RedisServer, events: &[String]) {
+fn stage(redis: &support::RedisServer, events: &[String]) {
     let mut conn = redis.conn();
     redis::cmd("DEL")
         .arg(STAGING)
@@ -166,7 +158,7 @@ fn stage(redis: &common::RedisServer, events: &[String]) {
     }
 }
 
-fn publish(redis: &common::RedisServer) {
+fn publish(redis: &support::RedisServer) {
     redis::cmd("RENAME")
         .arg(STAGING)
         .arg(LIST)
@@ -177,7 +169,7 @@ fn publish(redis: &common::RedisServer) {
 /// `RELAY_WRAPPER="perf record -e cpu-clock -g -o /tmp/perf.data --"` runs the relay
 /// under a profiler (CPU and RSS figures then describe the wrapper, not the relay).
 fn spawn_relay(
-    redis: &common::RedisServer,
+    redis: &support::RedisServer,
     collector_url: &str,
     args: &[&str],
     env: &[(&str, &str)],
@@ -264,7 +256,7 @@ struct Throughput {
 }
 
 async fn throughput(
-    redis: &common::RedisServer,
+    redis: &support::RedisServer,
     collector: &CountingCollector,
     url: &str,
     n: usize,
@@ -277,7 +269,7 @@ async fn throughput(
 /// `copies` relays on one list: events/s of the group and relay CPU (all copies) per
 /// 100,000 events; peak RSS is the largest copy's.
 async fn throughput_of(
-    redis: &common::RedisServer,
+    redis: &support::RedisServer,
     collector: &CountingCollector,
     url: &str,
     n: usize,
@@ -311,7 +303,7 @@ async fn throughput_of(
 }
 
 /// The claim + acknowledge path alone: what Redis and the scripts allow.
-async fn raw_drain(redis: &common::RedisServer, n: usize) -> f64 {
+async fn raw_drain(redis: &support::RedisServer, n: usize) -> f64 {
     stage(redis, &realistic_events(n, "raw"));
     publish(redis);
     let mut overrides = snowplow_relay::config::Overrides::default();
@@ -350,7 +342,7 @@ async fn raw_drain(redis: &common::RedisServer, n: usize) -> f64 {
 
 /// p50 and p99 (ms) from RPUSH to arrival, at a steady 1,000 events/s for `seconds`.
 async fn latency(
-    redis: &common::RedisServer,
+    redis: &support::RedisServer,
     collector: &CountingCollector,
     url: &str,
     rate: usize,
@@ -400,7 +392,7 @@ async fn latency(
 
 /// Peak RSS (kB) with a large backlog while the collector answers 503.
 async fn backlog_rss(
-    redis: &common::RedisServer,
+    redis: &support::RedisServer,
     collector: &CountingCollector,
     url: &str,
     n: usize,
@@ -422,7 +414,7 @@ async fn backlog_rss(
 
 /// The Python tracker's RedisWorker with an AsyncEmitter, timed the same way.
 async fn python_worker(
-    redis: &common::RedisServer,
+    redis: &support::RedisServer,
     collector: &CountingCollector,
     url: &str,
     n: usize,
@@ -508,14 +500,13 @@ async fn instructions(
         let redis_out = dir.path().join(format!("redis-{n}"));
         let relay_out = dir.path().join(format!("relay-{n}"));
         let redis_flag = format!("--callgrind-out-file={}", redis_out.display());
-        let redis = common::RedisServer::start_under(
+        let redis = support::RedisServer::start_under(
             &[
                 "valgrind",
                 "--tool=callgrind",
                 "--instr-atstart=no",
                 &redis_flag,
             ],
-            common::free_port(),
             &[],
         );
         stage(&redis, &realistic_events(n, &format!("ins{n}")));
@@ -537,7 +528,7 @@ async fn instructions(
             .stderr(Stdio::null());
         let relay = command.spawn().unwrap();
         let registered = Instant::now();
-        while common::instances(&redis).is_empty() {
+        while support::instances(&redis).is_empty() {
             assert!(
                 registered.elapsed() < Duration::from_secs(120),
                 "the relay did not start"
@@ -600,7 +591,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let redis = common::RedisServer::start();
+        let redis = support::RedisServer::start();
         let (collector, url) = CountingCollector::start().await;
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut row = |name: &str, value: String| {
@@ -661,10 +652,10 @@ fn main() {
         }
         if wanted("tls") {
             // One redis-server with a plain and a TLS port: the same data, two transports.
-            let certs = common::Certs::new();
-            let (tls_redis, tls_port) = common::RedisServer::start_tls(&certs, false);
+            let certs = support::Certs::new();
+            let tls_redis = support::RedisServer::start_tls(&certs, false);
             let ca = certs.path("ca.pem");
-            let rediss = format!("rediss://127.0.0.1:{tls_port}");
+            let rediss = tls_redis.tls_url();
             let plain = throughput(&tls_redis, &collector, &url, n, &[], &[]).await;
             let tls_env = [
                 ("SNOWPLOW_RELAY_REDIS__URL", rediss.as_str()),

@@ -34,4 +34,3 @@ pub use config::{Config, Settings};
 pub use error::Error;
 pub use ops::metrics::Summary;
 pub use relay::{Controls, RELOADABLE, changed_keys, run, run_with_controls};
-

@@ -1,81 +1,77 @@
 //! The real binary: configuration errors, `check`, and signals.
 
-mod common;
-
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_snowplow-relay");
-
-fn relay_command() -> Command {
-    let mut command = Command::new(BIN);
-    // Keep the developer's environment out of the test.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("SNOWPLOW_RELAY_") || name == "RUST_LOG" {
-            command.env_remove(name);
-        }
-    }
-    command
+/// A start-up that must fail: a configuration file, flags and environment, and the key
+/// the error must name.
+struct Refused {
+    file: &'static str,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    names: &'static str,
 }
 
 #[test]
 fn bad_config_values_stop_start_up_with_exit_code_2_and_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("relay.toml");
-    let cases: &[(&str, &[&str], &[(&str, &str)], &str)] = &[
-        (
-            "[collector]\nurl = \"http://x\"\nbuffer_size = 0\n",
-            &[],
-            &[],
-            "collector.buffer_size",
-        ),
-        (
-            "[collector]\nurl = \"http://x\"\nmax_requests_in_flight = -1\n",
-            &[],
-            &[],
-            "collector.max_requests_in_flight",
-        ),
-        (
-            "[collector]\nurl = \"http://x\"\nbufer_size = 5\n",
-            &[],
-            &[],
-            "bufer_size",
-        ),
-        (
-            "",
-            &["--collector", "http://x", "--byte-limit", "5000000"],
-            &[],
-            "collector.byte_limit",
-        ),
-        (
-            "",
-            &["--collector", "http://x"],
-            &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "soon")],
-            "worker.drain_timeout_ms",
-        ),
-        ("", &[], &[], "collector.url"),
-        ("[collector\n", &[], &[], "relay.toml"),
+    let cases = [
+        Refused {
+            file: "[collector]\nurl = \"http://x\"\nbuffer_size = 0\n",
+            args: &[],
+            env: &[],
+            names: "collector.buffer_size",
+        },
+        Refused {
+            file: "[collector]\nurl = \"http://x\"\nmax_requests_in_flight = -1\n",
+            args: &[],
+            env: &[],
+            names: "collector.max_requests_in_flight",
+        },
+        Refused {
+            file: "[collector]\nurl = \"http://x\"\nbufer_size = 5\n",
+            args: &[],
+            env: &[],
+            names: "bufer_size",
+        },
+        Refused {
+            file: "",
+            args: &["--collector", "http://x", "--byte-limit", "5000000"],
+            env: &[],
+            names: "collector.byte_limit",
+        },
+        Refused {
+            file: "",
+            args: &["--collector", "http://x"],
+            env: &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "soon")],
+            names: "worker.drain_timeout_ms",
+        },
+        Refused {
+            file: "",
+            args: &[],
+            env: &[],
+            names: "collector.url",
+        },
+        Refused {
+            file: "[collector\n",
+            args: &[],
+            env: &[],
+            names: "relay.toml",
+        },
     ];
-    for (toml, args, env, key) in cases {
-        std::fs::write(&file, toml).unwrap();
-        let output = relay_command()
-            .arg("--config")
-            .arg(&file)
-            .args(*args)
-            .envs(env.iter().copied())
-            .arg("check")
-            .output()
-            .unwrap();
+    let path = file.to_str().unwrap();
+    for case in &cases {
+        std::fs::write(&file, case.file).unwrap();
+        let args = [&["--config", path][..], case.args, &["check"]].concat();
+        let output = run_bin(&args, case.env);
         let stderr = String::from_utf8_lossy(&output.stderr);
+        let key = case.names;
         assert_eq!(output.status.code(), Some(2), "{key}: {stderr}");
         assert!(stderr.contains(key), "`{stderr}` should name `{key}`");
     }
-    let output = relay_command()
-        .args(["--method", "put", "check"])
-        .output()
-        .unwrap();
+    let output = run_bin(&["--method", "put", "check"], &[]);
     assert_eq!(
         output.status.code(),
         Some(2),
@@ -85,17 +81,16 @@ fn bad_config_values_stop_start_up_with_exit_code_2_and_name_the_key() {
 
 #[test]
 fn check_prints_the_effective_configuration_with_the_password_masked() {
-    let output = relay_command()
-        .args([
+    let output = run_bin(
+        &[
             "--redis-url",
             "redis://:hunter2@127.0.0.1:6380/1",
             "--collector",
             "https://c.example.com",
             "check",
-        ])
-        .env("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "50")
-        .output()
-        .unwrap();
+        ],
+        &[("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "50")],
+    );
     assert!(output.status.success());
     let stdout = String::from_utf8(output.stdout).unwrap();
     let stderr = String::from_utf8(output.stderr).unwrap();
@@ -115,12 +110,7 @@ fn check_prints_the_effective_configuration_with_the_password_masked() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("effective.toml");
     std::fs::write(&file, stdout.replace("****", "hunter2")).unwrap();
-    let again = relay_command()
-        .arg("--config")
-        .arg(&file)
-        .arg("check")
-        .output()
-        .unwrap();
+    let again = run_bin(&["--config", file.to_str().unwrap(), "check"], &[]);
     assert!(
         again.status.success(),
         "{}",
@@ -143,43 +133,32 @@ fn check_prints_the_effective_configuration_with_the_password_masked() {
 async fn sigterm_drains_requeues_and_exits_0() {
     let redis = RedisServer::start();
     let collector = Collector::start_with(Box::new(|_| 503)).await;
-    redis.rpush("snowplow", &numbered_events(100));
-    let mut child = relay_command()
-        .args([
+    redis.rpush(LIST, &numbered_events(100));
+    let (redis_url, collector_url) = (redis.url(), collector.url());
+    let relay = RelayProcess::start_with(
+        &[
             "--redis-url",
-            &redis.url(),
+            &redis_url,
             "--collector",
-            &collector.url(),
+            &collector_url,
             "--log-format",
             "json",
-        ])
-        .env("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until("the relay tries to send", Duration::from_secs(10), || {
-        !collector.requests().is_empty()
-    })
-    .await;
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
+        ],
+        &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300")],
     );
-    let status = tokio::task::spawn_blocking(move || {
-        let status = child.wait().unwrap();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        (status, stderr)
-    })
-    .await
-    .unwrap();
-    let (status, stderr) = status;
+    wait_until(
+        "the relay tries to send",
+        Duration::from_secs(10),
+        async || !collector.requests().is_empty(),
+    )
+    .await;
+    let Finished {
+        status,
+        log: stderr,
+        ..
+    } = relay.stop(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(0), "{stderr}");
-    assert_eq!(redis.llen("snowplow"), 100, "every event back in the list");
+    assert_eq!(redis.llen(LIST), 100, "every event back in the list");
     // JSON logs: every line is an object; the start-up line carries the settings.
     for line in stderr.lines() {
         let _: serde_json::Value =
@@ -194,25 +173,24 @@ async fn dead_letter_count_list_and_replay() {
     let redis = RedisServer::start();
     let collector = Collector::start_with(Box::new(|_| 400)).await;
     let events = numbered_events(5);
-    redis.rpush("snowplow", &events);
-    redis.rpush_bytes("snowplow", b"not json");
+    redis.rpush(LIST, &events);
+    redis.rpush_bytes(LIST, b"not json");
     let relay = Relay::start(config(
         &redis,
         &collector,
         &[("collector.buffer_size", "1")],
     ));
-    wait_until("all dead-lettered", Duration::from_secs(20), || {
-        redis.llen("{snowplow}:dead") == 6
+    wait_until("all dead-lettered", Duration::from_secs(20), async || {
+        redis.llen(DEAD) == 6
     })
     .await;
     relay.stop().await;
 
     let tool = |args: &[&str]| {
-        let output = relay_command()
-            .args(["--redis-url", &redis.url(), "dead-letter"])
-            .args(args)
-            .output()
-            .unwrap();
+        let output = run_bin(
+            &[&["--redis-url", &redis.url(), "dead-letter"], args].concat(),
+            &[],
+        );
         assert!(
             output.status.success(),
             "{}",
@@ -234,9 +212,9 @@ async fn dead_letter_count_list_and_replay() {
 
     // Replay the first two, then the rest: originals, byte for byte, in order.
     assert_eq!(tool(&["replay", "--limit", "2"]).trim(), "2");
-    assert_eq!(redis.llen("{snowplow}:dead"), 4);
+    assert_eq!(redis.llen(DEAD), 4);
     assert_eq!(tool(&["replay"]).trim(), "4");
-    let list = redis.lrange("snowplow");
+    let list = redis.lrange(LIST);
     let dead_order: Vec<Vec<u8>> = listed
         .iter()
         .map(|e| e["element"].as_str().unwrap().as_bytes().to_vec())
@@ -245,6 +223,6 @@ async fn dead_letter_count_list_and_replay() {
         list, dead_order,
         "replayed in dead-letter order, original bytes"
     );
-    assert_eq!(redis.llen("{snowplow}:dead"), 0);
+    assert_eq!(redis.llen(DEAD), 0);
     assert_eq!(tool(&["count"]).trim(), "0");
 }

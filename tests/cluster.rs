@@ -1,37 +1,27 @@
 //! The relay against a local 3-master Redis Cluster on loopback ports.
 
-mod common;
-
 use std::collections::HashSet;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 /// Three `redis-server --cluster-enabled yes` joined with `redis-cli --cluster create`.
 struct Cluster {
     nodes: Vec<RedisServer>,
-    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
+    async fn start() -> Cluster {
+        // Each node keeps its nodes.conf in its own directory.
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|i| {
-                let port = free_port();
-                let config_file = dir.path().join(format!("nodes-{i}.conf"));
-                RedisServer::start_on(
-                    port,
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        config_file.to_str().unwrap(),
-                        "--dir",
-                        dir.path().to_str().unwrap(),
-                    ],
-                )
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
             })
             .collect();
         let addresses: Vec<String> = nodes
@@ -46,21 +36,21 @@ impl Cluster {
             .status()
             .expect("redis-cli comes with redis-server");
         assert!(status.success(), "redis-cli --cluster create failed");
-        let deadline = Instant::now() + Duration::from_secs(20);
         for node in &nodes {
-            loop {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query(&mut node.conn())
-                    .unwrap();
-                if info.contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "cluster did not become ready");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            wait_until(
+                "the cluster is ready",
+                Duration::from_secs(20),
+                async || {
+                    let info: String = redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query(&mut node.conn())
+                        .unwrap();
+                    info.contains("cluster_state:ok")
+                },
+            )
+            .await;
         }
-        Cluster { nodes, _dir: dir }
+        Cluster { nodes }
     }
 
     fn client(&self) -> redis::cluster::ClusterClient {
@@ -83,7 +73,7 @@ impl Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_through_a_three_master_cluster() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start().await;
     let collector = Collector::start().await;
     let total = 3000;
     let events = numbered_events(total);
@@ -121,7 +111,7 @@ async fn relays_through_a_three_master_cluster() {
         &[("redis.cluster", "true"), ("collector.buffer_size", "50")],
     );
     let relay = Relay::start(settings);
-    wait_until("all delivered", Duration::from_secs(30), || {
+    wait_until("all delivered", Duration::from_secs(30), async || {
         collector.delivered().len() >= total
     })
     .await;
@@ -131,7 +121,7 @@ async fn relays_through_a_three_master_cluster() {
         .arg(with_eid(&events[0], "late"))
         .query::<i64>(&mut conn)
         .unwrap();
-    wait_until("the late event", Duration::from_secs(10), || {
+    wait_until("the late event", Duration::from_secs(10), async || {
         collector.delivered().len() > total
     })
     .await;

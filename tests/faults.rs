@@ -3,94 +3,36 @@
 //! Every event is accounted for by its eid: delivered (at least once), still in the list,
 //! or dead-lettered. Run with `--nocapture` to see the counts.
 
-mod common;
-
-use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_snowplow-relay");
+use crate::support::*;
 
 /// worker.max_claimed_events of every relay here: what one relay can hold unacknowledged,
 /// so the most a crash or a lost acknowledgement can make arrive twice.
 const MAX_CLAIMED: usize = 1000;
 
-fn spawn_relay(redis: &RedisServer, collector: &Collector) -> Child {
-    spawn_relay_with(redis, collector, &[])
+fn spawn_relay(redis: &RedisServer, collector: &Collector) -> RelayProcess {
+    spawn_relay_with(&redis.url(), collector, &[])
 }
 
 /// The binary with short leases and retries; `env` adds SNOWPLOW_RELAY_… settings.
-fn spawn_relay_with(redis: &RedisServer, collector: &Collector, env: &[(&str, &str)]) -> Child {
-    Command::new(BIN)
-        .args([
-            "--redis-url",
-            &redis.url(),
-            "--collector",
-            &collector.url(),
-            "--log-level",
-            "warn",
-        ])
-        .env("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1000")
-        .env("SNOWPLOW_RELAY_REDIS__CLAIM_BATCH_SIZE", "200")
-        .env(
-            "SNOWPLOW_RELAY_WORKER__MAX_CLAIMED_EVENTS",
-            MAX_CLAIMED.to_string(),
-        )
-        .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "20")
-        .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_MAX_BACKOFF_MS", "200")
+fn spawn_relay_with(redis_url: &str, collector: &Collector, env: &[(&str, &str)]) -> RelayProcess {
+    let max_claimed = MAX_CLAIMED.to_string();
+    let settings = [
+        ("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1000"),
+        ("SNOWPLOW_RELAY_REDIS__CLAIM_BATCH_SIZE", "200"),
+        ("SNOWPLOW_RELAY_WORKER__MAX_CLAIMED_EVENTS", &max_claimed),
         // Small batches: many requests, so the kills land between them.
-        .env("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "10")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        ("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "10"),
+        ("SNOWPLOW_RELAY_LOG__LEVEL", "warn"),
+    ];
+    RelayProcess::start(redis_url, &collector.url(), &[&settings[..], env].concat())
 }
 
-fn kill9(child: &mut Child) {
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-}
-
-fn sigterm(child: &mut Child) {
-    let pid = child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-}
-
-/// Waits until the list and every in-flight list are empty: every event was resolved
-/// (the callers then check by eid that each one arrived). Polls Redis, which is cheap,
-/// rather than re-reading every request the collector recorded.
-async fn wait_until_all_resolved(redis: &RedisServer) {
-    wait_until(
-        "the list and every in-flight list empty",
-        Duration::from_secs(120),
-        || redis.llen("snowplow") == 0 && redis.keys().iter().all(|k| !k.contains("inflight")),
-    )
-    .await;
-}
-
-/// Asserts every event was delivered, and returns how many deliveries were duplicates.
-fn account(collector: &Collector, redis: &RedisServer, total: usize) -> usize {
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for eid in collector.delivered_eids() {
-        *seen.entry(eid).or_default() += 1;
-    }
-    let vanished: Vec<String> = (0..total)
-        .map(|i| format!("ev-{i}"))
-        .filter(|eid| !seen.contains_key(eid))
-        .collect();
-    assert!(
-        vanished.is_empty(),
-        "{} vanished, e.g. {:?}",
-        vanished.len(),
-        &vanished[..vanished.len().min(5)]
-    );
-    assert_eq!(redis.llen("snowplow"), 0);
-    assert_eq!(redis.llen("{snowplow}:dead"), 0);
-    seen.values().map(|n| n - 1).sum()
+/// SIGTERM; the relay must exit 0.
+async fn sigterm(relay: RelayProcess) {
+    let finished = relay.stop(Duration::from_secs(60)).await;
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.log);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +42,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
     // At most 16 requests of 10 events per 50 ms: the kills land mid-stream.
     collector.set_delay(Duration::from_millis(50));
     let total = 20_000;
-    redis.rpush("snowplow", &numbered_events(total));
+    redis.rpush(LIST, &numbered_events(total));
     let rounds = 12;
     let seed = std::env::var("KILL_SEED")
         .ok()
@@ -111,8 +53,9 @@ async fn sigkill_at_random_moments_loses_nothing() {
     let mut progress = Vec::new();
     for _ in 0..rounds {
         let mut relay = spawn_relay(&redis, &collector);
+        // The kill moment is the experiment: 100 to 400 ms into the run.
         tokio::time::sleep(Duration::from_millis(100 + rng.u64(0..300))).await;
-        kill9(&mut relay);
+        relay.kill9();
         progress.push(collector.delivered().len());
     }
     let delivered_before_last = collector.delivered().len();
@@ -121,10 +64,10 @@ async fn sigkill_at_random_moments_loses_nothing() {
         delivered_before_last < total,
         "the kills landed while events were in flight"
     );
-    let mut relay = spawn_relay(&redis, &collector);
+    let relay = spawn_relay(&redis, &collector);
     wait_until_all_resolved(&redis).await;
-    sigterm(&mut relay);
-    let duplicates = account(&collector, &redis, total);
+    sigterm(relay).await;
+    let duplicates = all_delivered(&collector, &redis, total);
     eprintln!(
         "sigkill x{rounds}: sent {total}, delivered {} ({delivered_before_last} before the last start), duplicates {duplicates}, vanished 0",
         collector.delivered().len()
@@ -143,17 +86,17 @@ async fn two_instances_share_the_list_and_one_takes_over_when_the_other_dies() {
     let collector = Collector::start().await;
     collector.set_delay(Duration::from_millis(5));
     let total = 6000;
-    redis.rpush("snowplow", &numbered_events(total));
+    redis.rpush(LIST, &numbered_events(total));
     let mut first = spawn_relay(&redis, &collector);
-    let mut second = spawn_relay(&redis, &collector);
-    wait_until("both working", Duration::from_secs(20), || {
+    let second = spawn_relay(&redis, &collector);
+    wait_until("both working", Duration::from_secs(20), async || {
         collector.delivered().len() >= 1000
     })
     .await;
-    kill9(&mut first);
+    first.kill9();
     wait_until_all_resolved(&redis).await;
-    sigterm(&mut second);
-    let duplicates = account(&collector, &redis, total);
+    sigterm(second).await;
+    let duplicates = all_delivered(&collector, &redis, total);
     eprintln!(
         "two instances, one SIGKILLed: sent {total}, delivered {}, duplicates {duplicates}, vanished 0",
         collector.delivered().len()
@@ -169,42 +112,43 @@ async fn two_instances_in_normal_operation_deliver_each_event_once() {
     let redis = RedisServer::start();
     let collector = Collector::start().await;
     let total = 6000;
-    redis.rpush("snowplow", &numbered_events(total));
-    let mut first = spawn_relay(&redis, &collector);
-    let mut second = spawn_relay(&redis, &collector);
-    wait_until("every event delivered", Duration::from_secs(60), || {
-        collector.delivered().len() >= total
-    })
+    redis.rpush(LIST, &numbered_events(total));
+    let first = spawn_relay(&redis, &collector);
+    let second = spawn_relay(&redis, &collector);
+    wait_until(
+        "every event delivered",
+        Duration::from_secs(60),
+        async || collector.delivered().len() >= total,
+    )
     .await;
-    sigterm(&mut first);
-    sigterm(&mut second);
-    let duplicates = account(&collector, &redis, total);
+    sigterm(first).await;
+    sigterm(second).await;
+    let duplicates = all_delivered(&collector, &redis, total);
     assert_eq!(duplicates, 0, "no duplicates without failures");
     assert_eq!(redis.keys(), Vec::<String>::new(), "both relays cleaned up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_mid_stream_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir_arg = dir.path().to_str().unwrap().to_owned();
-    let persistent = ["--appendonly", "yes", "--dir", dir_arg.as_str()];
-    let port = free_port();
-    let mut redis = RedisServer::start_on(port, &persistent);
+    // Append-only, so that the restarted server has the data; the relay reaches it
+    // through a proxy that stays at one address.
+    let persistent = ["--appendonly", "yes"];
+    let redis = RedisServer::start_with(&persistent);
+    let proxy = Proxy::start(redis.port).await;
     let collector = Collector::start().await;
     collector.set_delay(Duration::from_millis(20));
     let total = 10_000;
-    redis.rpush("snowplow", &numbered_events(total));
-    let mut relay = spawn_relay(&redis, &collector);
-    wait_until("some delivered", Duration::from_secs(20), || {
+    redis.rpush(LIST, &numbered_events(total));
+    let relay = spawn_relay_with(&proxy.url(), &collector, &[]);
+    wait_until("some delivered", Duration::from_secs(20), async || {
         collector.delivered().len() >= 1000
     })
     .await;
-    redis.terminate();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let redis = RedisServer::start_on(port, &persistent);
+    let redis = redis.restart(&persistent);
+    proxy.retarget(redis.port);
     wait_until_all_resolved(&redis).await;
-    sigterm(&mut relay);
-    let duplicates = account(&collector, &redis, total);
+    sigterm(relay).await;
+    let duplicates = all_delivered(&collector, &redis, total);
     eprintln!(
         "redis restart: sent {total}, delivered {}, duplicates {duplicates}, vanished 0",
         collector.delivered().len()
@@ -215,60 +159,16 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
     );
 }
 
-/// eid of a list element or of the original inside a dead-letter entry, if it has one.
-fn eid_of(element: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(element).ok()?;
-    value.get("eid")?.as_str().map(str::to_owned)
-}
-
-/// Every `ev-<i>` is delivered, in the list, or in the dead-letter list. Returns
-/// (delivered, duplicates, in the list, dead-lettered).
-fn account_everywhere(
-    collector: &Collector,
-    redis: &RedisServer,
-    total: usize,
-) -> (usize, usize, usize, usize) {
-    let mut delivered: HashMap<String, usize> = HashMap::new();
-    for eid in collector.delivered_eids() {
-        *delivered.entry(eid).or_default() += 1;
-    }
-    let listed: HashSet<String> = redis
-        .lrange("snowplow")
-        .iter()
-        .filter_map(|e| eid_of(e))
-        .collect();
-    let dead: HashSet<String> = redis
-        .lrange("{snowplow}:dead")
-        .iter()
-        .filter_map(|entry| {
-            snowplow_relay::queue::DeadLetter::decode(entry)
-                .and_then(|(_, original)| eid_of(original))
-        })
-        .collect();
-    let vanished: Vec<String> = (0..total)
-        .map(|i| format!("ev-{i}"))
-        .filter(|eid| !delivered.contains_key(eid) && !listed.contains(eid) && !dead.contains(eid))
-        .collect();
-    assert!(
-        vanished.is_empty(),
-        "{} vanished, e.g. {:?}",
-        vanished.len(),
-        &vanished[..vanished.len().min(5)]
-    );
-    let duplicates = delivered.values().map(|n| n - 1).sum();
-    (delivered.len(), duplicates, listed.len(), dead.len())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_redis_connections_lose_nothing() {
     let redis = RedisServer::start();
     let collector = Collector::start().await;
     collector.set_delay(Duration::from_millis(10));
     let total = 10_000;
-    redis.rpush("snowplow", &numbered_events(total));
-    let mut relay = spawn_relay(&redis, &collector);
+    redis.rpush(LIST, &numbered_events(total));
+    let relay = spawn_relay(&redis, &collector);
     for round in 1..=3 {
-        wait_until("progress", Duration::from_secs(30), || {
+        wait_until("progress", Duration::from_secs(30), async || {
             collector.delivered().len() >= round * 1500
         })
         .await;
@@ -283,8 +183,8 @@ async fn dropped_redis_connections_lose_nothing() {
         assert!(killed >= 1);
     }
     wait_until_all_resolved(&redis).await;
-    sigterm(&mut relay);
-    let duplicates = account(&collector, &redis, total);
+    sigterm(relay).await;
+    let duplicates = all_delivered(&collector, &redis, total);
     eprintln!(
         "CLIENT KILL x3: sent {total}, delivered {}, duplicates {duplicates}, vanished 0",
         collector.delivered().len()
@@ -301,21 +201,28 @@ async fn sigterm_during_a_collector_outage_returns_everything_in_order() {
     let collector = Collector::start_with(Box::new(|_| 503)).await;
     let total = 5_000;
     let events = numbered_events(total);
-    redis.rpush("snowplow", &events);
-    let mut relay = spawn_relay_with(
-        &redis,
+    redis.rpush(LIST, &events);
+    let relay = spawn_relay_with(
+        &redis.url(),
         &collector,
         &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "500")],
     );
-    wait_until("the relay is retrying", Duration::from_secs(10), || {
-        collector.requests().len() >= 10
-    })
+    wait_until(
+        "the relay is retrying",
+        Duration::from_secs(10),
+        async || collector.requests().len() >= 10,
+    )
     .await;
-    sigterm(&mut relay);
-    let (delivered, _, listed, dead) = account_everywhere(&collector, &redis, total);
+    sigterm(relay).await;
+    let Account {
+        delivered,
+        listed,
+        dead,
+        ..
+    } = account(&collector, &redis, total);
     assert_eq!((delivered, listed, dead), (0, total, 0));
     assert_eq!(
-        redis.lrange("snowplow"),
+        redis.lrange(LIST),
         events
             .iter()
             .map(|e| e.as_bytes().to_vec())
@@ -342,26 +249,31 @@ async fn malformed_elements_and_400s_are_dead_lettered_and_the_rest_delivered() 
     let total = 2_000;
     let mut malformed = 0;
     for (i, event) in numbered_events(total).iter().enumerate() {
-        redis.rpush("snowplow", std::slice::from_ref(event));
+        redis.rpush(LIST, std::slice::from_ref(event));
         if i % 50 == 0 {
-            redis.rpush_bytes("snowplow", b"{\"e\":\"pv\",\"broken\"");
+            redis.rpush_bytes(LIST, b"{\"e\":\"pv\",\"broken\"");
             malformed += 1;
         }
     }
-    let mut relay = spawn_relay_with(
-        &redis,
+    let relay = spawn_relay_with(
+        &redis.url(),
         &collector,
         &[("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "1")],
     );
     let refused = (0..total).filter(|i| i % 10 == 7).count();
-    wait_until("all resolved", Duration::from_secs(60), || {
-        redis.llen("{snowplow}:dead") >= refused + malformed && redis.llen("snowplow") == 0
+    wait_until("all resolved", Duration::from_secs(60), async || {
+        redis.llen(DEAD) >= refused + malformed && redis.llen(LIST) == 0
     })
     .await;
-    sigterm(&mut relay);
-    let (delivered, duplicates, listed, dead) = account_everywhere(&collector, &redis, total);
+    sigterm(relay).await;
+    let Account {
+        delivered,
+        duplicates,
+        listed,
+        dead,
+    } = account(&collector, &redis, total);
     assert_eq!((delivered, listed, dead), (total - refused, 0, refused));
-    assert_eq!(redis.llen("{snowplow}:dead"), refused + malformed);
+    assert_eq!(redis.llen(DEAD), refused + malformed);
     eprintln!(
         "malformed + 400s: sent {total} events + {malformed} malformed, delivered {delivered} \
          (duplicates {duplicates}), dead-lettered {dead} refused + {malformed} malformed, vanished 0"
@@ -370,12 +282,7 @@ async fn malformed_elements_and_400s_are_dead_lettered_and_the_rest_delivered() 
 
 /// Peak resident memory of a process, from /proc (kB).
 fn peak_rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    peak_rss(pid).expect("the process is running") / 1024
 }
 
 /// README: "with the defaults, the relay stays under 64 MB whatever the backlog".
@@ -386,26 +293,21 @@ async fn a_long_collector_outage_keeps_memory_bounded_and_resumes_promptly() {
     let redis = RedisServer::start();
     let collector = Collector::start_with(Box::new(|_| 503)).await;
     let total = 200_000;
-    redis.rpush("snowplow", &numbered_events(total));
+    redis.rpush(LIST, &numbered_events(total));
     // Default claim size and memory bound; retries capped at 1 s.
-    let mut relay = Command::new(BIN)
-        .args([
-            "--redis-url",
-            &redis.url(),
-            "--collector",
-            &collector.url(),
-            "--log-level",
-            "error",
-        ])
-        .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "100")
-        .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_MAX_BACKOFF_MS", "1000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let relay = RelayProcess::start(
+        &redis.url(),
+        &collector.url(),
+        &[
+            ("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "100"),
+            ("SNOWPLOW_RELAY_COLLECTOR__RETRY_MAX_BACKOFF_MS", "1000"),
+            ("SNOWPLOW_RELAY_LOG__LEVEL", "error"),
+        ],
+    );
+    // The outage lasts 30 s (the experiment's length, not a wait for something).
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let backlog = redis.llen("snowplow");
-    let peak_kb = peak_rss_kb(relay.id());
+    let backlog = redis.llen(LIST);
+    let peak_kb = peak_rss_kb(relay.pid());
     assert!(
         backlog >= total - 10_000,
         "the backlog stays in Redis ({backlog})"
@@ -417,7 +319,7 @@ async fn a_long_collector_outage_keeps_memory_bounded_and_resumes_promptly() {
 
     let recovered_at = std::time::Instant::now();
     collector.respond_with(Box::new(|_| 200));
-    wait_until("delivery resumes", Duration::from_secs(5), || {
+    wait_until("delivery resumes", Duration::from_secs(5), async || {
         !collector.delivered().is_empty()
     })
     .await;
@@ -427,9 +329,9 @@ async fn a_long_collector_outage_keeps_memory_bounded_and_resumes_promptly() {
         "resumed after {resumed_after:?}"
     );
     wait_until_all_resolved(&redis).await;
-    let final_peak_kb = peak_rss_kb(relay.id());
-    sigterm(&mut relay);
-    let duplicates = account(&collector, &redis, total);
+    let final_peak_kb = peak_rss_kb(relay.pid());
+    sigterm(relay).await;
+    let duplicates = all_delivered(&collector, &redis, total);
     eprintln!(
         "30 s outage, backlog {total}: peak RSS {peak_kb} kB during the outage, {final_peak_kb} kB overall; \
          delivery resumed {resumed_after:?} after recovery; delivered {}, duplicates {duplicates}, vanished 0",

@@ -1,12 +1,10 @@
 //! Every input the fuzzers keep (`fuzz/corpus/<target>/`, minimised) and every input that
 //! once failed (`fuzz/regressions/<target>/`), through the same checks the fuzz targets
-//! run (`tests/common/properties.rs`), on stable Rust in every test run.
-
-#[path = "common/properties.rs"]
-#[allow(dead_code)]
-mod properties;
+//! run (`tests/support/properties.rs`), on stable Rust in every test run.
 
 use std::path::Path;
+
+use crate::support::properties;
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");

@@ -2,36 +2,12 @@
 //! (issue 7): real redis-server, real HTTP collector, the relay in-process. Each test
 //! names the failure it rules out.
 
-mod common;
-
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
-use snowplow_relay::queue::{DeadLetter, Queue, QueueError};
+use snowplow_relay::queue::{Queue, QueueError};
 
-const LIST: &str = "snowplow";
-const DEAD: &str = "{snowplow}:dead";
-
-/// Dead-letter entries as (metadata, original element).
-fn dead_letters(redis: &RedisServer) -> Vec<(DeadLetter, String)> {
-    redis
-        .lrange(DEAD)
-        .iter()
-        .map(|entry| {
-            let (meta, element) = DeadLetter::decode(entry).expect("a dead-letter entry");
-            (meta, String::from_utf8_lossy(element).into_owned())
-        })
-        .collect()
-}
-
-fn eid_counts(collector: &Collector) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for eid in collector.delivered_eids() {
-        *counts.entry(eid).or_insert(0) += 1;
-    }
-    counts
-}
+use crate::support::*;
 
 /// `{"e":"pv",…,"eid":"<eid>"}` with `url` set to the raw JSON text `url_json`.
 fn element(eid: &str, url_json: &str) -> String {
@@ -56,7 +32,7 @@ async fn a_lone_surrogate_in_get_mode_is_dead_lettered_and_the_rest_keeps_flowin
             ("worker.max_claimed_events", "100"),
         ],
     ));
-    wait_until("599 delivered", Duration::from_secs(30), || {
+    wait_until("599 delivered", Duration::from_secs(30), async || {
         collector.delivered().len() >= 599
     })
     .await;
@@ -82,9 +58,11 @@ async fn redirects_are_not_followed_and_nothing_counts_as_delivered_meanwhile() 
     collector.set_location(Some(format!("{}/moved?uid=secret", collector.url())));
     redis.rpush(LIST, &numbered_events(20));
     let relay = Relay::start(config(&redis, &collector, &[]));
-    wait_until("a few redirected attempts", Duration::from_secs(10), || {
-        collector.requests().len() >= 4
-    })
+    wait_until(
+        "a few redirected attempts",
+        Duration::from_secs(10),
+        async || collector.requests().len() >= 4,
+    )
     .await;
     assert!(
         collector.requests().iter().all(|r| r.method == "POST"),
@@ -92,7 +70,7 @@ async fn redirects_are_not_followed_and_nothing_counts_as_delivered_meanwhile() 
     );
     collector.set_location(None);
     collector.respond_with(Box::new(|_| 200));
-    wait_until("all delivered", Duration::from_secs(10), || {
+    wait_until("all delivered", Duration::from_secs(10), async || {
         collector.delivered().len() >= 20
     })
     .await;
@@ -119,11 +97,11 @@ async fn a_413_splits_the_batch_down_to_the_one_event_that_cannot_pass() {
     let events = numbered_events(100);
     redis.rpush(LIST, &events);
     let relay = Relay::start(config(&redis, &collector, &[]));
-    wait_until("99 delivered", Duration::from_secs(20), || {
+    wait_until("99 delivered", Duration::from_secs(20), async || {
         collector.delivered().len() >= 99
     })
     .await;
-    wait_until("one dead letter", Duration::from_secs(5), || {
+    wait_until("one dead letter", Duration::from_secs(5), async || {
         redis.llen(DEAD) == 1
     })
     .await;
@@ -175,7 +153,7 @@ async fn a_batch_failing_while_others_succeed_is_split_then_dead_lettered() {
     wait_until(
         "every other event delivered",
         Duration::from_secs(10),
-        || eid_counts(&collector).len() == 299 + pushed,
+        async || eid_counts(&collector).len() == 299 + pushed,
     )
     .await;
     relay.stop().await;
@@ -200,9 +178,11 @@ async fn a_collector_failing_everything_is_an_outage_nothing_is_dead_lettered() 
         &collector,
         &[("collector.isolated_failure_limit", "1")],
     ));
-    wait_until("many failed attempts", Duration::from_secs(20), || {
-        collector.requests().len() >= 60
-    })
+    wait_until(
+        "many failed attempts",
+        Duration::from_secs(20),
+        async || collector.requests().len() >= 60,
+    )
     .await;
     let summary = relay.stop().await;
     assert_eq!(summary.dead_lettered, 0);
@@ -228,7 +208,7 @@ async fn a_partial_batch_is_sent_by_the_flush_timer_when_the_list_never_runs_dry
             ("worker.max_claimed_bytes", "65536"),
         ],
     ));
-    wait_until("all delivered", Duration::from_secs(30), || {
+    wait_until("all delivered", Duration::from_secs(30), async || {
         collector.delivered().len() >= 1000
     })
     .await;
@@ -256,9 +236,11 @@ async fn get_urls_over_the_limit_and_unknown_fields_in_get_mode() {
             ("collector.byte_limit", "2000"),
         ],
     ));
-    wait_until("one delivered, one dead", Duration::from_secs(10), || {
-        collector.delivered().len() == 1 && redis.llen(DEAD) == 1
-    })
+    wait_until(
+        "one delivered, one dead",
+        Duration::from_secs(10),
+        async || collector.delivered().len() == 1 && redis.llen(DEAD) == 1,
+    )
     .await;
     relay.stop().await;
     assert!(dead_letters(&redis)[0].0.reason.contains("GET request URL"));
@@ -284,18 +266,22 @@ async fn endpoint_and_port_and_a_url_path_prefix_reach_the_collector() {
         snowplow_relay::config::Settings::load(None, &overrides, Some(&Default::default())).unwrap()
     };
     let relay = Relay::start(with_endpoint);
-    wait_until("delivered via endpoint", Duration::from_secs(10), || {
-        collector.delivered().len() == 5
-    })
+    wait_until(
+        "delivered via endpoint",
+        Duration::from_secs(10),
+        async || collector.delivered().len() == 5,
+    )
     .await;
     relay.stop().await;
 
     redis.rpush(LIST, &numbered_events(5));
     let prefixed = format!("{}/prefix/", collector.url());
     let relay = Relay::start(config_for_urls(&redis.url(), &prefixed, &[]));
-    wait_until("delivered via prefix", Duration::from_secs(10), || {
-        collector.delivered().len() == 10
-    })
+    wait_until(
+        "delivered via prefix",
+        Duration::from_secs(10),
+        async || collector.delivered().len() == 10,
+    )
     .await;
     relay.stop().await;
     let paths: HashSet<String> = collector
@@ -343,9 +329,11 @@ async fn timeouts_408_and_429_are_retried_until_accepted() {
         "all claimed, none dead-lettered"
     );
     collector.set_delay(Duration::ZERO);
-    wait_until("every event delivered", Duration::from_secs(10), || {
-        eid_counts(&collector).len() == 30
-    })
+    wait_until(
+        "every event delivered",
+        Duration::from_secs(10),
+        async || eid_counts(&collector).len() == 30,
+    )
     .await;
     let summary = relay.stop().await;
     assert_eq!(summary.dead_lettered, 0);
@@ -361,13 +349,13 @@ async fn a_graceful_stop_with_everything_healthy_causes_no_duplicates() {
     collector.set_delay(Duration::from_millis(30));
     redis.rpush(LIST, &numbered_events(3000));
     let relay = Relay::start(config(&redis, &collector, &[]));
-    wait_until("some delivered", Duration::from_secs(20), || {
+    wait_until("some delivered", Duration::from_secs(20), async || {
         collector.delivered().len() >= 300
     })
     .await;
     relay.stop().await;
     let relay = Relay::start(config(&redis, &collector, &[]));
-    wait_until("the rest delivered", Duration::from_secs(30), || {
+    wait_until("the rest delivered", Duration::from_secs(30), async || {
         eid_counts(&collector).len() == 3000
     })
     .await;
@@ -379,8 +367,7 @@ async fn a_graceful_stop_with_everything_healthy_causes_no_duplicates() {
 
 /// A queue handle of its own, registered, on the default list.
 async fn queue(redis: &RedisServer) -> Queue {
-    let settings = config_for_urls(&redis.url(), "http://127.0.0.1:9", &[]);
-    let queue = Queue::connect(&settings.redis).await.unwrap();
+    let queue = connect_queue(&redis.url()).await;
     queue.register().await.unwrap();
     queue
 }
@@ -500,7 +487,7 @@ async fn the_relay_recovers_from_a_rollback_between_claim_and_ack_without_loss()
             ("worker.max_claimed_events", "100"),
         ],
     ));
-    wait_until("a claim in flight", Duration::from_secs(10), || {
+    wait_until("a claim in flight", Duration::from_secs(10), async || {
         instances(&redis).len() == 1 && redis.llen(LIST) < total
     })
     .await;
@@ -522,9 +509,11 @@ async fn the_relay_recovers_from_a_rollback_between_claim_and_ack_without_loss()
         .arg(LIST)
         .query(&mut conn)
         .unwrap();
-    wait_until("every event delivered", Duration::from_secs(60), || {
-        eid_counts(&collector).len() == total
-    })
+    wait_until(
+        "every event delivered",
+        Duration::from_secs(60),
+        async || eid_counts(&collector).len() == total,
+    )
     .await;
     relay.stop().await;
     assert_eq!(redis.llen(LIST), 0);
@@ -550,7 +539,7 @@ async fn seventy_five_thousand_fields_and_a_huge_name_are_handled_in_linear_time
             ("collector.byte_limit", "1048576"),
         ],
     ));
-    wait_until("wide delivered", Duration::from_secs(30), || {
+    wait_until("wide delivered", Duration::from_secs(30), async || {
         collector.delivered().len() == 1
     })
     .await;

@@ -1,14 +1,9 @@
 //! The relay under a least-privilege Redis user, a user missing one permission, and a
 //! Redis that is full: it must say what is wrong, back off, and never lose an event.
 
-mod common;
-
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
-
-const LIST: &str = "snowplow";
+use crate::support::*;
 
 /// The least-privilege rule the README gives, for user `relay` with password `pw`.
 fn readme_acl_rule() -> Vec<String> {
@@ -53,32 +48,29 @@ async fn the_readme_acl_rule_is_all_the_relay_and_its_tools_need() {
         &collector.url(),
         &[("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "1")],
     );
-    wait_until("299 delivered", Duration::from_secs(30), || {
+    wait_until("299 delivered", Duration::from_secs(30), async || {
         collector.delivered().len() == 299
     })
     .await;
-    assert_eq!(redis.llen("{snowplow}:dead"), 1);
+    assert_eq!(redis.llen(DEAD), 1);
     // Held events go back at shutdown, as that user.
     collector.respond_with(Box::new(|_| 503));
     redis.rpush(LIST, &numbered_events(320)[300..]);
     wait_until(
         "the relay holds the new ones",
         Duration::from_secs(10),
-        || redis.llen(LIST) < 20,
+        async || redis.llen(LIST) < 20,
     )
     .await;
-    relay.terminate();
-    let (status, log) = relay.finish(Duration::from_secs(20)).await;
-    assert_eq!(status.code(), Some(0), "{log}");
+    let log = relay.stop_cleanly().await;
     assert!(!log.contains("NOPERM"), "{log}");
     assert_eq!(redis.llen(LIST), 20, "{log}");
     // The dead-letter tools, as that user.
     let tool = |args: &[&str]| {
-        let out = Command::new(bin())
-            .args(["--redis-url", &user_url(&redis), "dead-letter"])
-            .args(args)
-            .output()
-            .unwrap();
+        let out = run_bin(
+            &[&["--redis-url", &user_url(&redis), "dead-letter"], args].concat(),
+            &[],
+        );
         assert!(out.status.success(), "{args:?}: {out:?}");
         String::from_utf8(out.stdout).unwrap()
     };
@@ -98,7 +90,7 @@ async fn a_user_missing_a_permission_stops_start_up_naming_it_and_loses_nothing(
         "ACL", "SETUSER", "relay", "on", ">pw", "~*", "&*", "+@all", "-rpush",
     ]);
     let relay = RelayProcess::start(&user_url(&redis), &collector.url(), &[]);
-    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    let Finished { status, log, .. } = relay.finish(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(
         log.contains("RPUSH {snowplow}:inflight:") && log.contains("RPUSH {snowplow}:dead"),
@@ -114,7 +106,7 @@ async fn a_user_missing_a_permission_stops_start_up_naming_it_and_loses_nothing(
         "ACL", "SETUSER", "relay", "reset", "on", ">pw", "~*", "+@all", "-evalsha",
     ]);
     let relay = RelayProcess::start(&user_url(&redis), &collector.url(), &[]);
-    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    let Finished { status, log, .. } = relay.finish(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(log.to_ascii_lowercase().contains("evalsha"), "{log}");
 }
@@ -126,7 +118,7 @@ async fn a_permission_revoked_while_running_is_named_and_backs_off() {
     let collector = Collector::start().await;
     let relay = RelayProcess::start(&user_url(&redis), &collector.url(), &[]);
     redis.rpush(LIST, &numbered_events(50));
-    wait_until("delivered", Duration::from_secs(20), || {
+    wait_until("delivered", Duration::from_secs(20), async || {
         collector.delivered().len() == 50
     })
     .await;
@@ -139,9 +131,11 @@ async fn a_permission_revoked_while_running_is_named_and_backs_off() {
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    wait_until("the refusal is logged", Duration::from_secs(10), || {
-        !refused(&relay.log()).is_empty()
-    })
+    wait_until(
+        "the refusal is logged",
+        Duration::from_secs(10),
+        async || !refused(&relay.log()).is_empty(),
+    )
     .await;
     let first = refused(&relay.log()).len();
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -158,13 +152,13 @@ async fn a_permission_revoked_while_running_is_named_and_backs_off() {
     assert!(more <= 7, "{more} more warnings in 5 s: {warnings:?}");
     // A claim as that user goes on working, and so do new events.
     redis.rpush(LIST, &numbered_events(60)[50..]);
-    wait_until("the new ones delivered", Duration::from_secs(20), || {
-        collector.delivered().len() == 60
-    })
+    wait_until(
+        "the new ones delivered",
+        Duration::from_secs(20),
+        async || collector.delivered().len() == 60,
+    )
     .await;
-    relay.terminate();
-    let (status, log) = relay.finish(Duration::from_secs(20)).await;
-    assert_eq!(status.code(), Some(0), "{log}");
+    relay.stop_cleanly().await;
 }
 
 #[tokio::test]
@@ -172,17 +166,7 @@ async fn a_full_redis_is_drained_and_said_to_be_full() {
     let redis = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
     let total = 20_000;
     redis.rpush(LIST, &numbered_events(total));
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query(&mut redis.conn())
-        .unwrap();
-    let used: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let used = redis.info_number("memory", "used_memory");
     let limit = (used - 2 * 1024 * 1024).to_string();
     redis.cmd(&["CONFIG", "SET", "maxmemory", &limit]);
     let producer = redis::cmd("RPUSH")
@@ -195,26 +179,16 @@ async fn a_full_redis_is_drained_and_said_to_be_full() {
     );
     let collector = Collector::start().await;
     let relay = RelayProcess::start(&redis.url(), &collector.url(), &[]);
-    wait_until("every event delivered", Duration::from_secs(60), || {
-        collector.delivered().len() >= total
-    })
+    wait_until(
+        "every event delivered",
+        Duration::from_secs(60),
+        async || collector.delivered().len() >= total,
+    )
     .await;
-    relay.terminate();
-    let (status, log) = relay.finish(Duration::from_secs(20)).await;
-    assert_eq!(status.code(), Some(0), "{log}");
-    let eids: std::collections::HashSet<String> = collector.delivered_eids().into_iter().collect();
-    assert_eq!(eids.len(), total, "nothing lost");
-    assert_eq!(redis.llen(LIST), 0);
+    let log = relay.stop_cleanly().await;
+    all_delivered(&collector, &redis, total);
     assert!(log.contains("Redis is out of memory"), "{log}");
-    let delivered = collector.delivered_eids().len();
-    eprintln!(
-        "full Redis: events in {total}, delivered {}, duplicates {}, dead-lettered {}, left in Redis {}, vanished {}",
-        eids.len(),
-        delivered - eids.len(),
-        redis.llen("{snowplow}:dead"),
-        redis.llen(LIST),
-        total - eids.len()
-    );
+    report("full Redis", total, &collector, &redis, None);
     assert!(!log.contains("cannot reach Redis"), "{log}");
 }
 
@@ -227,7 +201,7 @@ async fn the_lease_survives_a_storm_of_killed_connections() {
         &collector.url(),
         &[("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1500")],
     );
-    wait_until("registered", Duration::from_secs(10), || {
+    wait_until("registered", Duration::from_secs(10), async || {
         instances(&redis).len() == 1
     })
     .await;
@@ -246,13 +220,13 @@ async fn the_lease_survives_a_storm_of_killed_connections() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     redis.rpush(LIST, &numbered_events(100));
-    wait_until("delivered after the storm", Duration::from_secs(20), || {
-        collector.delivered().len() == 100
-    })
+    wait_until(
+        "delivered after the storm",
+        Duration::from_secs(20),
+        async || collector.delivered().len() == 100,
+    )
     .await;
-    relay.terminate();
-    let (status, log) = relay.finish(Duration::from_secs(20)).await;
-    assert_eq!(status.code(), Some(0), "{log}");
+    let log = relay.stop_cleanly().await;
     assert!(!log.contains("lease expired"), "{log}");
     assert!(!log.contains("registering again"), "{log}");
     assert!(log.contains(&instance), "the same instance throughout");
@@ -270,25 +244,20 @@ async fn a_lone_relay_keeps_its_own_claims_through_a_redis_stall_longer_than_its
     );
     let total = 2_000;
     redis.rpush(LIST, &numbered_events(total));
-    wait_until("some delivered", Duration::from_secs(20), || {
+    wait_until("some delivered", Duration::from_secs(20), async || {
         !collector.delivered().is_empty()
     })
     .await;
-    redis.signal("STOP");
+    redis.signal(libc::SIGSTOP);
     tokio::time::sleep(Duration::from_secs(3)).await; // two lease lifetimes
-    redis.signal("CONT");
-    wait_until("every event delivered", Duration::from_secs(60), || {
-        collector
-            .delivered_eids()
-            .into_iter()
-            .collect::<std::collections::HashSet<_>>()
-            .len()
-            == total
-    })
+    redis.signal(libc::SIGCONT);
+    wait_until(
+        "every event delivered",
+        Duration::from_secs(60),
+        async || collector.distinct_delivered() == total,
+    )
     .await;
-    relay.terminate();
-    let (status, log) = relay.finish(Duration::from_secs(20)).await;
-    assert_eq!(status.code(), Some(0), "{log}");
+    let log = relay.stop_cleanly().await;
     let delivered = collector.delivered_eids().len();
     assert!(
         delivered - total <= 50,
@@ -311,17 +280,17 @@ async fn clean_stops_log_no_error_even_when_the_heartbeat_is_due() {
                 ("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "0"),
             ],
         );
-        wait_until("registered", Duration::from_secs(10), || {
+        wait_until("registered", Duration::from_secs(10), async || {
             instances(&redis).len() == 1
         })
         .await;
         // Redis holds the release back while a heartbeat (every 333 ms) falls due and
         // queues up behind it.
-        redis.signal("STOP");
+        redis.signal(libc::SIGSTOP);
         relay.terminate();
         tokio::time::sleep(Duration::from_millis(250 + 40 * round)).await;
-        redis.signal("CONT");
-        let (status, log) = relay.finish(Duration::from_secs(20)).await;
+        redis.signal(libc::SIGCONT);
+        let Finished { status, log, .. } = relay.finish(Duration::from_secs(20)).await;
         assert_eq!(status.code(), Some(0), "round {round}: {log}");
         assert!(!log.contains("ERROR"), "round {round}: {log}");
     }
@@ -338,12 +307,12 @@ async fn every_log_record_is_one_line_whatever_a_key_holds() {
         &collector.url(),
         &[("SNOWPLOW_RELAY_REDIS__KEY", key.as_str())],
     );
-    wait_until("registered", Duration::from_secs(10), || {
+    wait_until("registered", Duration::from_secs(10), async || {
         redis.keys().iter().any(|k| k.ends_with(":instances"))
     })
     .await;
     relay.terminate();
-    let (status, log) = relay.finish(Duration::from_secs(20)).await;
+    let Finished { status, log, .. } = relay.finish(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(0), "{}", &log[..log.len().min(2000)]);
     for line in log.lines() {
         assert!(

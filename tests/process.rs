@@ -2,70 +2,23 @@
 //! frozen Redis, exit codes, what the logs and `check` may show, the eviction warning,
 //! and memory with elements near a megabyte.
 
-mod common;
-
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
-/// The binary under test; `RELAY_BIN` runs the suite against another build (e.g. a
-/// release binary, or an older one to show a test fails there).
-fn bin() -> String {
-    std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_snowplow-relay").to_owned())
-}
-const LIST: &str = "snowplow";
-
-fn relay(redis_url: &str, collector_url: &str, env: &[(&str, &str)]) -> Child {
-    Command::new(bin())
-        .args(["--redis-url", redis_url, "--collector", collector_url])
-        .env("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1000")
-        .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "20")
-        .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_MAX_BACKOFF_MS", "200")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn signal(child: &Child, name: &str) {
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
-/// Waits for the process to exit (at most `limit`); returns its status, its stderr and
-/// how long it took.
-async fn finish(mut child: Child, limit: Duration) -> (ExitStatus, String, Duration) {
-    let started = Instant::now();
-    tokio::task::spawn_blocking(move || {
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                let mut stderr = String::new();
-                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-                return (status, stderr, started.elapsed());
-            }
-            if started.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the relay did not exit within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    })
-    .await
-    .unwrap()
+/// The binary with a short lease (and the harness's fast collector retries).
+fn relay(redis_url: &str, collector_url: &str, env: &[(&str, &str)]) -> RelayProcess {
+    let lease = [("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1000")];
+    RelayProcess::start(redis_url, collector_url, &[&lease[..], env].concat())
 }
 
 #[tokio::test]
 async fn sigint_and_sigquit_stop_gracefully_like_sigterm() {
-    for name in ["INT", "QUIT", "TERM"] {
+    for (name, signal) in [
+        ("INT", libc::SIGINT),
+        ("QUIT", libc::SIGQUIT),
+        ("TERM", libc::SIGTERM),
+    ] {
         let redis = RedisServer::start();
         let collector = Collector::start_with(Box::new(|_| 503)).await;
         redis.rpush(LIST, &numbered_events(50));
@@ -74,12 +27,18 @@ async fn sigint_and_sigquit_stop_gracefully_like_sigterm() {
             &collector.url(),
             &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300")],
         );
-        wait_until("the relay tries to send", Duration::from_secs(10), || {
-            !collector.requests().is_empty()
-        })
+        wait_until(
+            "the relay tries to send",
+            Duration::from_secs(10),
+            async || !collector.requests().is_empty(),
+        )
         .await;
-        signal(&child, name);
-        let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+        child.signal(signal);
+        let Finished {
+            status,
+            log: stderr,
+            ..
+        } = child.finish(Duration::from_secs(15)).await;
         assert_eq!(status.code(), Some(0), "SIG{name}: {stderr}");
         assert_eq!(redis.llen(LIST), 50, "SIG{name}: every event back");
         assert_eq!(instances(&redis), Vec::<String>::new());
@@ -99,14 +58,19 @@ async fn a_frozen_redis_cannot_hold_up_shutdown_and_nothing_is_lost() {
         &collector.url(),
         &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "1000")],
     );
-    wait_until("some delivered", Duration::from_secs(20), || {
+    wait_until("some delivered", Duration::from_secs(20), async || {
         collector.delivered().len() >= 100
     })
     .await;
-    redis.signal("STOP");
-    signal(&child, "TERM");
-    let (status, stderr, took) = finish(child, Duration::from_secs(20)).await;
-    redis.signal("CONT");
+    redis.signal(libc::SIGSTOP);
+    child.signal(libc::SIGTERM);
+    let Finished {
+        status,
+        log: stderr,
+        took,
+        ..
+    } = child.finish(Duration::from_secs(20)).await;
+    redis.signal(libc::SIGCONT);
     // drain_timeout_ms (1 s) + the release budget (2 s) + process start-up slack.
     eprintln!("SIGTERM with Redis frozen (drain_timeout_ms 1000): exit after {took:?}");
     assert!(
@@ -123,20 +87,20 @@ async fn a_frozen_redis_cannot_hold_up_shutdown_and_nothing_is_lost() {
     // A second signal with Redis frozen exits within a second.
     let before = instances(&redis);
     let child = relay(&redis.url(), &collector.url(), &[]);
-    wait_until("registered", Duration::from_secs(10), || {
+    wait_until("registered", Duration::from_secs(10), async || {
         instances(&redis).iter().any(|id| !before.contains(id))
     })
     .await;
-    redis.signal("STOP");
-    signal(&child, "TERM");
+    redis.signal(libc::SIGSTOP);
+    child.signal(libc::SIGTERM);
     // A second signal counts from 250 ms after the first (one signal can come twice).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let second = Instant::now();
-    signal(&child, "TERM");
-    let (_, stderr, _) = finish(child, Duration::from_secs(20)).await;
+    child.signal(libc::SIGTERM);
+    let Finished { log: stderr, .. } = child.finish(Duration::from_secs(20)).await;
     let took = second.elapsed();
     eprintln!("second SIGTERM with Redis frozen: exit after {took:?}");
-    redis.signal("CONT");
+    redis.signal(libc::SIGCONT);
     assert!(
         took < Duration::from_millis(1_000),
         "exit took {took:?} after the second signal\n{stderr}"
@@ -146,14 +110,22 @@ async fn a_frozen_redis_cannot_hold_up_shutdown_and_nothing_is_lost() {
     // it was delivered before and comes again: wait until the stopped relays are
     // recovered and the list is drained, not only until every eid arrived once.)
     let child = relay(&redis.url(), &collector.url(), &[]);
-    wait_until("every event delivered", Duration::from_secs(60), || {
-        collector.distinct_delivered() == total
-            && instances(&redis).len() == 1
-            && redis.llen(LIST) == 0
-    })
+    wait_until(
+        "every event delivered",
+        Duration::from_secs(60),
+        async || {
+            collector.distinct_delivered() == total
+                && instances(&redis).len() == 1
+                && redis.llen(LIST) == 0
+        },
+    )
     .await;
-    signal(&child, "TERM");
-    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    child.signal(libc::SIGTERM);
+    let Finished {
+        status,
+        log: stderr,
+        ..
+    } = child.finish(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(redis.llen(LIST), 0);
 }
@@ -162,8 +134,8 @@ async fn a_frozen_redis_cannot_hold_up_shutdown_and_nothing_is_lost() {
 async fn logs_and_check_carry_no_secret_and_no_event_data() {
     let redis = RedisServer::start();
     // Connections refused: every request fails, and is logged.
-    let port = free_port();
-    let collector_url = format!("http://collector-user:hunter2@127.0.0.1:{port}");
+    let closed = ClosedPort::new();
+    let collector_url = format!("http://collector-user:hunter2@127.0.0.1:{}", closed.port);
     let events: Vec<String> = (0..300)
         .map(|i| {
             format!(
@@ -179,18 +151,35 @@ async fn logs_and_check_carry_no_secret_and_no_event_data() {
             r#"{{"e":"pv","p":"pc","tv":"t","{name}":"v","{name}":"w"}}"#
         )],
     );
+    // A user whose password is in the URL (the relay logs in and claims).
+    redis.cmd(&[
+        "ACL",
+        "SETUSER",
+        "relay",
+        "on",
+        ">redis-pass",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
     for method in ["get", "post"] {
         let child = relay(
-            &redis.url().replace("redis://", "redis://:redis-pass@"),
+            &redis.url().replace("redis://", "redis://relay:redis-pass@"),
             &collector_url,
             &[
                 ("SNOWPLOW_RELAY_COLLECTOR__METHOD", method),
                 ("SNOWPLOW_RELAY_LOG__LEVEL", "trace"),
             ],
         );
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        signal(&child, "TERM");
-        let (_, stderr, _) = finish(child, Duration::from_secs(15)).await;
+        child
+            .log_line("collector requests are failing", Duration::from_secs(10))
+            .await;
+        wait_until("everything claimed", Duration::from_secs(10), async || {
+            redis.llen(LIST) == 0
+        })
+        .await;
+        child.signal(libc::SIGTERM);
+        let Finished { log: stderr, .. } = child.finish(Duration::from_secs(15)).await;
         assert!(!stderr.is_empty());
         for secret in [
             "hunter2",
@@ -210,16 +199,16 @@ async fn logs_and_check_carry_no_secret_and_no_event_data() {
         assert!(warnings < 20, "{method}: {warnings} warnings:\n{stderr}");
     }
 
-    let check = Command::new(bin())
-        .args([
+    let check = run_bin(
+        &[
             "--collector",
             &collector_url,
             "--redis-url",
             "redis://user:redis-pass@10.0.0.1:6379",
             "check",
-        ])
-        .output()
-        .unwrap();
+        ],
+        &[],
+    );
     let shown = String::from_utf8(check.stdout).unwrap();
     assert!(check.status.success());
     for secret in ["hunter2", "collector-user", "redis-pass"] {
@@ -233,12 +222,16 @@ async fn an_evicting_redis_is_warned_about() {
     let redis = RedisServer::start_with(&["--maxmemory-policy", "volatile-lru"]);
     let collector = Collector::start().await;
     let child = relay(&redis.url(), &collector.url(), &[]);
-    wait_until("registered", Duration::from_secs(10), || {
+    wait_until("registered", Duration::from_secs(10), async || {
         instances(&redis).len() == 1
     })
     .await;
-    signal(&child, "TERM");
-    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    child.signal(libc::SIGTERM);
+    let Finished {
+        status,
+        log: stderr,
+        ..
+    } = child.finish(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0));
     assert!(
         stderr.contains("maxmemory_policy") && stderr.contains("volatile-lru"),
@@ -247,35 +240,13 @@ async fn an_evicting_redis_is_warned_about() {
 
     let redis = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
     let child = relay(&redis.url(), &collector.url(), &[]);
-    wait_until("registered", Duration::from_secs(10), || {
+    wait_until("registered", Duration::from_secs(10), async || {
         instances(&redis).len() == 1
     })
     .await;
-    signal(&child, "TERM");
-    let (_, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    child.signal(libc::SIGTERM);
+    let Finished { log: stderr, .. } = child.finish(Duration::from_secs(15)).await;
     assert!(!stderr.contains("maxmemory_policy"), "{stderr}");
-}
-
-fn used_memory(redis: &RedisServer) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query(&mut redis.conn())
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn rss_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -292,22 +263,26 @@ async fn elements_near_a_megabyte_keep_relay_and_redis_memory_flat() {
     for chunk in events.chunks(20) {
         redis.rpush(LIST, chunk);
     }
-    let baseline = used_memory(&redis);
+    let baseline = redis.info_number("memory", "used_memory");
     let child = relay(&redis.url(), &collector.url(), &[]);
-    let pid = child.id();
+    let pid = child.pid();
     let (mut redis_peak, mut relay_peak_kb) = (baseline, 0);
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
-        redis_peak = redis_peak.max(used_memory(&redis));
-        relay_peak_kb = relay_peak_kb.max(rss_kb(pid, "VmHWM:"));
+        redis_peak = redis_peak.max(redis.info_number("memory", "used_memory"));
+        relay_peak_kb = relay_peak_kb.max(peak_rss(pid).unwrap_or(0) / 1024);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
         !collector.requests().is_empty(),
         "the relay claimed and tried to send"
     );
-    signal(&child, "TERM");
-    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    child.signal(libc::SIGTERM);
+    let Finished {
+        status,
+        log: stderr,
+        ..
+    } = child.finish(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{stderr}");
     let growth_mb = (redis_peak - baseline) as f64 / 1e6;
     let relay_mb = relay_peak_kb as f64 / 1e3;
@@ -321,21 +296,6 @@ async fn elements_near_a_megabyte_keep_relay_and_redis_memory_flat() {
     assert!(growth_mb < 32.0, "Redis grew by {growth_mb:.1} MB");
     assert!(relay_mb < 100.0, "relay peak RSS {relay_mb:.1} MB");
     assert_eq!(redis.llen(LIST), count, "every element back in the list");
-}
-
-/// `GET path` on the admin listener: (status, body).
-async fn scrape(addr: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
 }
 
 /// The value of one sample line (`name{labels} value`) in a scrape.
@@ -365,24 +325,27 @@ async fn metrics_and_health_match_what_the_collector_and_redis_saw() {
         *bad = "not json".to_owned(); // 20 malformed
     }
     redis.rpush(LIST, &events);
-    let addr = format!("127.0.0.1:{}", free_port());
     let child = relay(
         &redis.url(),
         &collector.url(),
         &[
-            ("SNOWPLOW_RELAY_ADMIN__LISTEN", addr.as_str()),
+            ("SNOWPLOW_RELAY_ADMIN__LISTEN", "127.0.0.1:0"),
             ("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "1"),
         ],
     );
-    wait_until("every event resolved", Duration::from_secs(30), || {
-        redis.llen(LIST) == 0 && redis.llen("{snowplow}:dead") > 0
-    })
+    let addr = child.admin_addr().await;
+    wait_until(
+        "every event resolved",
+        Duration::from_secs(30),
+        async || redis.llen(LIST) == 0 && redis.llen(DEAD) > 0,
+    )
     .await;
     // Until the acknowledgements are in, the counters may trail the collector.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        let (status, text) = scrape(&addr, "/metrics").await;
+    let mut text = String::new();
+    wait_until("the counters settle", Duration::from_secs(10), async || {
+        let (status, scraped) = http_get(addr, "/metrics").await;
         assert_eq!(status, 200);
+        text = scraped;
         let dead = sample(
             &text,
             "snowplow_relay_events_dead_lettered_total{reason=\"rejected\"}",
@@ -390,14 +353,9 @@ async fn metrics_and_health_match_what_the_collector_and_redis_saw() {
             &text,
             "snowplow_relay_events_dead_lettered_total{reason=\"malformed\"}",
         );
-        if dead as usize == redis.llen("{snowplow}:dead")
-            && sample(&text, "snowplow_relay_events_in_flight") == 0.0
-        {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "counters never settled:\n{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        dead as usize == redis.llen(DEAD) && sample(&text, "snowplow_relay_events_in_flight") == 0.0
+    })
+    .await;
     let delivered = collector.delivered().len() as f64;
     let refused = collector
         .requests()
@@ -437,46 +395,40 @@ async fn metrics_and_health_match_what_the_collector_and_redis_saw() {
     );
     assert!(text.contains("snowplow_relay_build_info{version=\""));
     assert!(text.ends_with("# EOF\n"));
-    assert_eq!(scrape(&addr, "/healthz").await.0, 200);
-    assert_eq!(scrape(&addr, "/readyz").await, (200, "ready\n".to_owned()));
-    let probe = Command::new(bin())
-        .args(["--admin-listen", &addr, "healthcheck", "--ready"])
-        .output()
-        .unwrap();
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(addr, "/readyz").await, (200, "ready\n".to_owned()));
+    let admin = addr.to_string();
+    let probe = run_bin(&["--admin-listen", &admin, "healthcheck", "--ready"], &[]);
     assert!(probe.status.success(), "{probe:?}");
     // The sampler reads the list lengths every 5 s.
-    wait_until("sampled lengths", Duration::from_secs(8), || {
-        let text = futures_block(scrape(&addr, "/metrics")).1;
-        sample(&text, "snowplow_relay_dead_letter_length") == redis.llen("{snowplow}:dead") as f64
+    wait_until("sampled lengths", Duration::from_secs(8), async || {
+        let text = http_get(addr, "/metrics").await.1;
+        sample(&text, "snowplow_relay_dead_letter_length") == redis.llen(DEAD) as f64
     })
     .await;
 
     // A failing collector makes the relay not ready, with the reason.
     collector.respond_with(Box::new(|_| 503));
     redis.rpush(LIST, &numbered_events(200));
-    wait_until("not ready", Duration::from_secs(10), || {
-        futures_block(scrape(&addr, "/readyz")).0 == 503
+    wait_until("not ready", Duration::from_secs(10), async || {
+        http_get(addr, "/readyz").await.0 == 503
     })
     .await;
-    let (_, why) = scrape(&addr, "/readyz").await;
+    let (_, why) = http_get(addr, "/readyz").await;
     assert!(why.contains("collector"), "{why}");
-    signal(&child, "TERM");
-    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    child.signal(libc::SIGTERM);
+    let Finished {
+        status,
+        log: stderr,
+        ..
+    } = child.finish(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{stderr}");
-    let refused_probe = Command::new(bin())
-        .args(["--admin-listen", &addr, "healthcheck"])
-        .output()
-        .unwrap();
+    let refused_probe = run_bin(&["--admin-listen", &admin, "healthcheck"], &[]);
     assert_eq!(
         refused_probe.status.code(),
         Some(1),
         "nothing listens any more"
     );
-}
-
-/// Runs a future to completion from a synchronous closure (for `wait_until`).
-fn futures_block<F: std::future::Future>(future: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,11 +458,11 @@ async fn systemd_hears_ready_only_once_registered_then_status_watchdog_and_stopp
     });
     let seen = |what: &str| messages.lock().unwrap().iter().any(|m| m.contains(what));
     let collector = Collector::start().await;
-    let port = free_port();
-    let redis_url = format!("redis://127.0.0.1:{port}");
+    // Redis appears later behind this address.
+    let proxy = Proxy::start_unrouted().await;
     let socket_env = socket_path.to_str().unwrap().to_owned();
     let child = relay(
-        &redis_url,
+        &proxy.url(),
         &collector.url(),
         &[
             ("NOTIFY_SOCKET", socket_env.as_str()),
@@ -522,7 +474,7 @@ async fn systemd_hears_ready_only_once_registered_then_status_watchdog_and_stopp
     wait_until(
         "waiting status and watchdog pings",
         Duration::from_secs(10),
-        || {
+        async || {
             seen("STATUS=waiting for Redis")
                 && messages
                     .lock()
@@ -535,20 +487,30 @@ async fn systemd_hears_ready_only_once_registered_then_status_watchdog_and_stopp
     )
     .await;
     assert!(!seen("READY=1"), "READY while Redis is unreachable");
-    let redis = RedisServer::start_on(port, &[]);
-    wait_until("READY once registered", Duration::from_secs(40), || {
-        seen("READY=1")
-    })
+    let redis = RedisServer::start();
+    proxy.retarget(redis.port);
+    wait_until(
+        "READY once registered",
+        Duration::from_secs(40),
+        async || seen("READY=1"),
+    )
     .await;
     assert_eq!(instances(&redis).len(), 1, "READY came after registration");
-    wait_until("relaying status", Duration::from_secs(5), || {
+    wait_until("relaying status", Duration::from_secs(5), async || {
         seen("STATUS=relaying")
     })
     .await;
-    signal(&child, "TERM");
-    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    child.signal(libc::SIGTERM);
+    let Finished {
+        status,
+        log: stderr,
+        ..
+    } = child.finish(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{stderr}");
-    wait_until("STOPPING", Duration::from_secs(2), || seen("STOPPING=1")).await;
+    wait_until("STOPPING", Duration::from_secs(2), async || {
+        seen("STOPPING=1")
+    })
+    .await;
     let log = messages.lock().unwrap().clone();
     let ready = log.iter().position(|m| m.contains("READY=1")).unwrap();
     let stopping = log.iter().position(|m| m.contains("STOPPING=1")).unwrap();
@@ -566,16 +528,24 @@ async fn a_host_without_ca_certificates_relays_over_http_and_says_what_https_nee
         ("SSL_CERT_DIR", "/nonexistent"),
     ];
     let child = relay(&redis.url(), &collector.url(), &no_roots);
-    wait_until("delivered over http", Duration::from_secs(10), || {
+    wait_until("delivered over http", Duration::from_secs(10), async || {
         collector.delivered().len() == 20
     })
     .await;
-    signal(&child, "TERM");
-    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    child.signal(libc::SIGTERM);
+    let Finished {
+        status,
+        log: stderr,
+        ..
+    } = child.finish(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{stderr}");
 
     let child = relay(&redis.url(), "https://collector.invalid", &no_roots);
-    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    let Finished {
+        status,
+        log: stderr,
+        ..
+    } = child.finish(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(1));
     assert!(stderr.contains("ca-certificates"), "{stderr}");
 }
@@ -598,7 +568,7 @@ async fn sigusr1_flushes_a_partial_batch_at_once() {
             ("SNOWPLOW_RELAY_WORKER__MAX_CLAIMED_BYTES", "65536"),
         ],
     );
-    wait_until("claimed", Duration::from_secs(10), || {
+    wait_until("claimed", Duration::from_secs(10), async || {
         redis.llen(LIST) < 1000
     })
     .await;
@@ -607,15 +577,19 @@ async fn sigusr1_flushes_a_partial_batch_at_once() {
         collector.requests().is_empty(),
         "nothing is sent without a flush"
     );
-    signal(&child, "USR1");
-    wait_until("the flushed batch", Duration::from_secs(5), || {
+    child.signal(libc::SIGUSR1);
+    wait_until("the flushed batch", Duration::from_secs(5), async || {
         !collector.requests().is_empty()
     })
     .await;
     let sent = collector.delivered().len();
     assert!(sent > 0 && sent < 500, "one partial batch: {sent}");
-    signal(&child, "TERM");
-    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    child.signal(libc::SIGTERM);
+    let Finished {
+        status,
+        log: stderr,
+        ..
+    } = child.finish(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("flush requested"), "{stderr}");
     let delivered: std::collections::HashSet<String> =
@@ -634,41 +608,72 @@ async fn sighup_reloads_the_log_level_and_retry_settings_and_names_what_needs_a_
     let collector = Collector::start_with(Box::new(|_| 503)).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("relay.toml");
-    let write = |level: &str, backoff: u64, key: &str| {
+    let write = |level: &str, initial_ms: u64, max_ms: u64, key: &str| {
         let toml = format!(
-            "[redis]\nurl = \"{}\"\nkey = \"{key}\"\n[collector]\nurl = \"{}\"\n\
-             retry_initial_backoff_ms = {backoff}\nretry_max_backoff_ms = 2000\n[log]\nlevel = \"{level}\"\n",
+            "[redis]\nurl = \"{}\"\nkey = \"{key}\"\n[collector]\nurl = \"{}\"\nbuffer_size = 100\n\
+             retry_initial_backoff_ms = {initial_ms}\nretry_max_backoff_ms = {max_ms}\n[log]\nlevel = \"{level}\"\n",
             redis.url(),
             collector.url()
         );
         std::fs::write(&file, toml).unwrap();
     };
-    write("warn", 20, LIST);
+    // One batch of 100, retried every 100 to 200 ms.
+    write("warn", 20, 200, LIST);
     redis.rpush(LIST, &numbered_events(100));
-    let child = Command::new(bin())
-        .args(["--config", file.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until("retrying", Duration::from_secs(10), || {
-        collector.requests().len() >= 3
+    // Without the harness's retry variables: they would override the file.
+    let mut command = bin_command();
+    command.args(["--config", file.to_str().unwrap()]);
+    let child = RelayProcess::spawn(command);
+    wait_until("retrying", Duration::from_secs(10), async || {
+        collector.requests().len() >= 5
     })
     .await;
     std::fs::write(&file, "not toml [").unwrap();
-    signal(&child, "HUP");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    write("debug", 1000, "other-list");
-    signal(&child, "HUP");
-    // With a 1 s first retry the attempts slow down.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    collector.respond_with(Box::new(|_| 200));
-    wait_until("every event delivered", Duration::from_secs(20), || {
-        collector.delivered().len() >= 100
-    })
+    child.signal(libc::SIGHUP);
+    child
+        .log_line("the new configuration is invalid", Duration::from_secs(10))
+        .await;
+    // Retries every 1 to 2 s from the next failure on.
+    write("debug", 1000, 2000, "other-list");
+    child.signal(libc::SIGHUP);
+    child
+        .log_line("configuration reloaded", Duration::from_secs(10))
+        .await;
+    let reloaded_at = collector.requests().len();
+    wait_until(
+        "three retries after the reload",
+        Duration::from_secs(20),
+        async || collector.requests().len() >= reloaded_at + 3,
+    )
     .await;
-    signal(&child, "TERM");
-    let (status, stderr, _) = finish(child, Duration::from_secs(15)).await;
+    let gaps = |requests: &[Received]| -> Vec<Duration> {
+        requests.windows(2).map(|w| w[1].at - w[0].at).collect()
+    };
+    let requests = collector.requests();
+    let before = gaps(&requests[1..reloaded_at]);
+    // The first wait after the reload was already scheduled with the old backoff.
+    let after = gaps(&requests[reloaded_at..]);
+    assert!(
+        before.iter().all(|gap| *gap < Duration::from_millis(400)),
+        "retries before the reload: {before:?}"
+    );
+    assert!(
+        after.iter().all(|gap| *gap >= Duration::from_millis(450)),
+        "the reloaded backoff slows the retries: {after:?}"
+    );
+    collector.respond_with(Box::new(|_| 200));
+    wait_until(
+        "every event delivered",
+        Duration::from_secs(20),
+        async || collector.delivered().len() >= 100,
+    )
+    .await;
+    child.signal(libc::SIGTERM);
+    let Finished {
+        status,
+        log: stderr,
+        ..
+    } = child.finish(Duration::from_secs(15)).await;
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(
         stderr.contains("the new configuration is invalid"),
@@ -680,7 +685,8 @@ async fn sighup_reloads_the_log_level_and_retry_settings_and_names_what_needs_a_
         .unwrap_or_else(|| panic!("no reload line:\n{stderr}"));
     assert!(reloaded.contains("log.level"), "{reloaded}");
     assert!(
-        reloaded.contains("collector.retry_initial_backoff_ms"),
+        reloaded.contains("collector.retry_initial_backoff_ms")
+            && reloaded.contains("collector.retry_max_backoff_ms"),
         "{reloaded}"
     );
     let need_restart = reloaded.split("need_restart=").nth(1).unwrap_or_default();

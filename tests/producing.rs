@@ -2,14 +2,11 @@
 //! and the local collector (`snowplow-relay collector`) that validates what it receives;
 //! the HTTP emitter's hooks; the `track` and `collector` commands as processes.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::*;
 use serde_json::{Map, Value, json};
 use snowplow_relay::config::Method;
 use snowplow_relay::micro::{CollectorOptions, LocalCollector};
@@ -19,20 +16,10 @@ use snowplow_relay_tracker::{
     TransactionItem,
 };
 
+use crate::support::*;
+
 const CONTEXTS_SCHEMA_JSON: &str = include_str!("fixtures/schemas/contexts-1-0-1.json");
 const UNSTRUCT_SCHEMA_JSON: &str = include_str!("fixtures/schemas/unstruct_event-1-0-0.json");
-
-/// A JSON Schema validator for an Iglu schema (its `$schema` and `self` removed).
-fn validator(iglu_schema: &str) -> jsonschema::Validator {
-    let mut schema: Value = serde_json::from_str(iglu_schema).unwrap();
-    let object = schema.as_object_mut().unwrap();
-    object.remove("$schema");
-    object.remove("self");
-    jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft4)
-        .build(&schema)
-        .unwrap()
-}
 
 /// Starts the local collector on a free port; returns it and its URL.
 async fn local_collector(options: CollectorOptions) -> (LocalCollector, String) {
@@ -208,9 +195,7 @@ fn assert_schemas_accept(parameters: &Map<String, Value>) {
 async fn rust_tracker_through_redis_and_the_relay(method: &str) {
     let redis = RedisServer::start();
     let (collector, url) = local_collector(CollectorOptions::default()).await;
-    let emitter = RedisEmitter::connect(&redis.url(), "snowplow")
-        .await
-        .unwrap();
+    let emitter = RedisEmitter::connect(&redis.url(), LIST).await.unwrap();
     let base64 = Tracker::new(
         "web",
         "shop",
@@ -233,8 +218,8 @@ async fn rust_tracker_through_redis_and_the_relay(method: &str) {
         .track(PageView::new("https://tv.example/"), None)
         .await
         .unwrap();
-    assert_eq!(redis.llen("snowplow"), sent.len() + 1);
-    let last: Value = serde_json::from_slice(&redis.lrange("snowplow").pop().unwrap()).unwrap();
+    assert_eq!(redis.llen(LIST), sent.len() + 1);
+    let last: Value = serde_json::from_slice(&redis.lrange(LIST).pop().unwrap()).unwrap();
     assert_eq!(last["eid"], id.to_string());
     assert_eq!(
         (last["p"].as_str(), last["uid"].as_str()),
@@ -249,7 +234,7 @@ async fn rust_tracker_through_redis_and_the_relay(method: &str) {
     wait_until(
         "the collector holds every event",
         Duration::from_secs(20),
-        || collector.totals().total as usize == sent.len() + 1,
+        async || collector.totals().total as usize == sent.len() + 1,
     )
     .await;
     relay.stop().await;
@@ -309,9 +294,9 @@ async fn python_fixtures_are_all_good_at_the_local_collector() {
     let redis = RedisServer::start();
     let (collector, url) = local_collector(CollectorOptions::default()).await;
     let events = numbered_events(360);
-    redis.rpush("snowplow", &events);
+    redis.rpush(LIST, &events);
     let relay = Relay::start(config_for_urls(&redis.url(), &url, &[]));
-    wait_until("360 events", Duration::from_secs(20), || {
+    wait_until("360 events", Duration::from_secs(20), async || {
         collector.totals().total == 360
     })
     .await;
@@ -540,8 +525,10 @@ async fn the_http_emitter_reports_delivered_and_refused_events_to_its_hooks() {
         }
     }))
     .await;
+    /// What an `on_failure` hook hears: events sent before the failure, and the rest.
+    type Refused = (usize, Vec<Payload>);
     let delivered = Arc::new(Mutex::new(0usize));
-    let failed: Arc<Mutex<Vec<(usize, Vec<Payload>)>>> = Arc::default();
+    let failed: Arc<Mutex<Vec<Refused>>> = Arc::default();
     let (d, f) = (delivered.clone(), failed.clone());
     let emitter = HttpEmitter::builder(collector.url())
         .buffer_size(5)
@@ -562,7 +549,7 @@ async fn the_http_emitter_reports_delivered_and_refused_events_to_its_hooks() {
         }
     }
     tracker.close().await.unwrap();
-    let failed = failed.lock().unwrap();
+    let failed = std::mem::take(&mut *failed.lock().unwrap());
     assert_eq!(failed.len(), 1, "one batch refused");
     let (sent, unsent) = &failed[0];
     assert_eq!((*sent, unsent.len()), (0, 5));
@@ -581,10 +568,10 @@ async fn the_http_emitter_reports_delivered_and_refused_events_to_its_hooks() {
 
 #[tokio::test]
 async fn closing_an_http_emitter_that_cannot_deliver_hands_the_events_back() {
-    let port = free_port(); // nothing listens
+    let closed = ClosedPort::new(); // connections refused
     let unsent = Arc::new(Mutex::new(Vec::new()));
     let u = unsent.clone();
-    let emitter = HttpEmitter::builder(format!("http://127.0.0.1:{port}"))
+    let emitter = HttpEmitter::builder(closed.http_url())
         .method(Method::Get)
         .close_timeout(Duration::from_millis(300))
         .on_failure(move |_, events| u.lock().unwrap().extend(events))
@@ -617,20 +604,17 @@ async fn closing_an_http_emitter_that_cannot_deliver_hands_the_events_back() {
 
 #[tokio::test]
 async fn the_track_and_collector_commands_work_as_processes() {
-    let bin = env!("CARGO_BIN_EXE_snowplow-relay");
     let redis = RedisServer::start();
     // Into Redis: one id per line, the element as the Python RedisEmitter writes it.
-    let output = std::process::Command::new(bin)
-        .args([
+    let output = run_bin(
+        &[
             "track",
             "--redis-url",
             &redis.url(),
             "--user-id",
             "u-9",
             "--context",
-        ])
-        .arg(r#"{"schema":"iglu:com.acme/c/jsonschema/1-0-0","data":{"a":1}}"#)
-        .args([
+            r#"{"schema":"iglu:com.acme/c/jsonschema/1-0-0","data":{"a":1}}"#,
             "transaction",
             "--order-id",
             "o-1",
@@ -638,9 +622,9 @@ async fn the_track_and_collector_commands_work_as_processes() {
             "3",
             "--item",
             "s1,1.5,2,Mug",
-        ])
-        .output()
-        .unwrap();
+        ],
+        &[],
+    );
     assert!(
         output.status.success(),
         "{}",
@@ -652,7 +636,7 @@ async fn the_track_and_collector_commands_work_as_processes() {
         .map(str::to_owned)
         .collect();
     assert_eq!(ids.len(), 2, "the transaction and its item");
-    let elements = redis.lrange("snowplow");
+    let elements = redis.lrange(LIST);
     assert_eq!(elements.len(), 2);
     let item: Value = serde_json::from_slice(&elements[1]).unwrap();
     assert_eq!(item["eid"], ids[1].as_str());
@@ -665,8 +649,8 @@ async fn the_track_and_collector_commands_work_as_processes() {
         (Some("ti"), Some(2), Some("u-9"))
     );
     // --count, quietly.
-    let status = std::process::Command::new(bin)
-        .args([
+    let output = run_bin(
+        &[
             "track",
             "--redis-url",
             &redis.url(),
@@ -676,11 +660,11 @@ async fn the_track_and_collector_commands_work_as_processes() {
             "page-view",
             "--url",
             "https://x/",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert_eq!(redis.llen("snowplow"), 2502);
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(redis.llen(LIST), 2502);
     // Bad input: exit 2 and a message naming the problem; nothing pushed.
     for (args, says) in [
         (vec!["page-view", "--url", ""], "url must not be empty"),
@@ -693,11 +677,10 @@ async fn the_track_and_collector_commands_work_as_processes() {
             "must be an object",
         ),
     ] {
-        let output = std::process::Command::new(bin)
-            .args(["track", "--redis-url", &redis.url()])
-            .args(&args)
-            .output()
-            .unwrap();
+        let output = run_bin(
+            &[&["track", "--redis-url", &redis.url()], &args[..]].concat(),
+            &[],
+        );
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(
             String::from_utf8_lossy(&output.stderr).contains(says),
@@ -705,20 +688,14 @@ async fn the_track_and_collector_commands_work_as_processes() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    assert_eq!(redis.llen("snowplow"), 2502);
+    assert_eq!(redis.llen(LIST), 2502);
 
     // The collector process, fed directly by track --collector.
-    let port = free_port();
-    let mut collector = std::process::Command::new(bin)
-        .args(["collector", "--listen", &format!("127.0.0.1:{port}")])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let client = http_client();
-    wait_until_async(|| async { client.get(format!("{url}/health")).send().await.is_ok() }).await;
-    let status = std::process::Command::new(bin)
-        .args([
+    let collector = RelayProcess::start_with(&["collector", "--listen", "127.0.0.1:0"], &[]);
+    let addr = collector.listening_addr("local collector listening").await;
+    let url = format!("http://{addr}");
+    let output = run_bin(
+        &[
             "track",
             "--collector",
             &url,
@@ -730,41 +707,13 @@ async fn the_track_and_collector_commands_work_as_processes() {
             "c",
             "--action",
             "a",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let all: Value = client
-        .get(format!("{url}/micro/all"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-        .unwrap();
-    assert_eq!(all["good"], 3);
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &collector.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    assert!(
-        collector.wait().unwrap().success(),
-        "SIGTERM stops the collector cleanly"
+        ],
+        &[],
     );
-}
-
-async fn wait_until_async<F, Fut>(mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..500 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out");
+    assert!(output.status.success(), "{output:?}");
+    let (status, all) = http_get(addr, "/micro/all").await;
+    assert_eq!(status, 200);
+    let all: Value = serde_json::from_str(&all).unwrap();
+    assert_eq!(all["good"], 3);
+    collector.stop_cleanly().await;
 }

@@ -1,24 +1,11 @@
 //! End to end: a real redis-server, a real HTTP collector, the relay in-process.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::*;
 use snowplow_relay::queue::DeadLetter;
 
-const LIST: &str = "snowplow";
-const DEAD: &str = "{snowplow}:dead";
-
-/// Every key the relay leaves behind besides the main and dead-letter lists.
-fn leftover_keys(redis: &RedisServer) -> Vec<String> {
-    redis
-        .keys()
-        .into_iter()
-        .filter(|k| k != LIST && k != DEAD)
-        .collect()
-}
+use crate::support::*;
 
 fn by_eid(events: &[String]) -> HashMap<String, serde_json::Map<String, serde_json::Value>> {
     events
@@ -59,9 +46,11 @@ async fn post_delivers_every_fixture_event_with_every_field() {
     redis.rpush(LIST, &events);
     let relay = Relay::start(config(&redis, &collector, &[]));
 
-    wait_until("all 360 events delivered", Duration::from_secs(20), || {
-        collector.delivered().len() >= 360
-    })
+    wait_until(
+        "all 360 events delivered",
+        Duration::from_secs(20),
+        async || collector.delivered().len() >= 360,
+    )
     .await;
     let summary = relay.stop().await;
 
@@ -115,9 +104,11 @@ async fn get_delivers_every_event_one_per_request() {
         &[("collector.method", "get"), ("collector.anonymous", "true")],
     ));
 
-    wait_until("all events delivered", Duration::from_secs(20), || {
-        collector.delivered().len() >= 120
-    })
+    wait_until(
+        "all events delivered",
+        Duration::from_secs(20),
+        async || collector.delivered().len() >= 120,
+    )
     .await;
     relay.stop().await;
 
@@ -143,7 +134,7 @@ async fn batches_split_by_count_and_by_bytes() {
         &collector,
         &[("collector.buffer_size", "7")],
     ));
-    wait_until("200 delivered", Duration::from_secs(20), || {
+    wait_until("200 delivered", Duration::from_secs(20), async || {
         collector.delivered().len() >= 200
     })
     .await;
@@ -171,7 +162,7 @@ async fn batches_split_by_count_and_by_bytes() {
             ("collector.byte_limit", "6000"),
         ],
     ));
-    wait_until("200 delivered", Duration::from_secs(20), || {
+    wait_until("200 delivered", Duration::from_secs(20), async || {
         collector.delivered().len() >= 200
     })
     .await;
@@ -213,14 +204,16 @@ async fn a_lone_event_is_sent_at_once() {
     wait_until(
         "the relay blocks on the empty list",
         Duration::from_secs(10),
-        || redis.blocked_clients() == 1,
+        async || redis.blocked_clients() == 1,
     )
     .await;
     let pushed = Instant::now();
     redis.rpush(LIST, &numbered_events(1));
-    wait_until("the lone event arrives", Duration::from_secs(5), || {
-        collector.delivered().len() == 1
-    })
+    wait_until(
+        "the lone event arrives",
+        Duration::from_secs(5),
+        async || collector.delivered().len() == 1,
+    )
     .await;
     let latency = pushed.elapsed();
     relay.stop().await;
@@ -251,7 +244,7 @@ async fn server_errors_are_retried_until_accepted_with_nothing_lost_or_duplicate
         &collector,
         &[("collector.buffer_size", "10")],
     ));
-    wait_until("all delivered", Duration::from_secs(30), || {
+    wait_until("all delivered", Duration::from_secs(30), async || {
         collector.delivered().len() >= 300
     })
     .await;
@@ -287,9 +280,11 @@ async fn a_400_sends_the_batch_to_the_dead_letter_list_byte_for_byte() {
         &collector,
         &[("collector.buffer_size", "1")],
     ));
-    wait_until("19 delivered, 1 dead", Duration::from_secs(20), || {
-        collector.delivered().len() >= 19 && redis.llen(DEAD) == 1
-    })
+    wait_until(
+        "19 delivered, 1 dead",
+        Duration::from_secs(20),
+        async || collector.delivered().len() >= 19 && redis.llen(DEAD) == 1,
+    )
     .await;
     let summary = relay.stop().await;
 
@@ -350,9 +345,11 @@ async fn malformed_elements_are_dead_lettered_and_the_rest_delivered() {
         }
     }
     let relay = Relay::start(config(&redis, &collector, &[]));
-    wait_until("good delivered, bad dead", Duration::from_secs(20), || {
-        collector.delivered().len() >= 30 && redis.llen(DEAD) == bad.len()
-    })
+    wait_until(
+        "good delivered, bad dead",
+        Duration::from_secs(20),
+        async || collector.delivered().len() >= 30 && redis.llen(DEAD) == bad.len(),
+    )
     .await;
     relay.stop().await;
 
@@ -373,22 +370,6 @@ async fn malformed_elements_are_dead_lettered_and_the_rest_delivered() {
     }
 }
 
-/// Events still in the list, by eid, in list order.
-fn list_eids(redis: &RedisServer) -> Vec<String> {
-    redis
-        .lrange(LIST)
-        .iter()
-        .map(|e| {
-            let v: serde_json::Value = serde_json::from_slice(e).unwrap();
-            v["eid"].as_str().unwrap().to_owned()
-        })
-        .collect()
-}
-
-fn index_of(eid: &str) -> usize {
-    eid.strip_prefix("ev-").unwrap().parse().unwrap()
-}
-
 #[tokio::test]
 async fn shutdown_mid_stream_delivers_or_returns_every_event_in_order() {
     let redis = RedisServer::start();
@@ -401,7 +382,7 @@ async fn shutdown_mid_stream_delivers_or_returns_every_event_in_order() {
         &collector,
         &[("worker.drain_timeout_ms", "200")],
     ));
-    wait_until("some delivered", Duration::from_secs(20), || {
+    wait_until("some delivered", Duration::from_secs(20), async || {
         collector.delivered().len() >= 200
     })
     .await;
@@ -450,16 +431,18 @@ async fn shutdown_during_an_outage_returns_everything_in_order() {
             ("worker.max_claimed_events", "1000"),
         ],
     ));
-    wait_until("the relay is retrying", Duration::from_secs(10), || {
-        collector.requests().len() >= 5
-    })
+    wait_until(
+        "the relay is retrying",
+        Duration::from_secs(10),
+        async || collector.requests().len() >= 5,
+    )
     .await;
     let backlog = redis.llen(LIST);
     assert!(
         backlog >= 2000,
         "at most max_claimed_events leave Redis ({backlog} left)"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the observation window
     // While the collector fails, at most one probe batch (buffer_size events) is claimed
     // at a time, and a failing probe stops the next one.
     let probed = backlog - redis.llen(LIST);
@@ -486,7 +469,7 @@ async fn a_second_signal_skips_the_drain() {
         &collector,
         &[("worker.drain_timeout_ms", "20000")],
     ));
-    wait_until("requests in flight", Duration::from_secs(10), || {
+    wait_until("requests in flight", Duration::from_secs(10), async || {
         redis.llen(LIST) < 50
     })
     .await;
@@ -504,33 +487,33 @@ async fn a_second_signal_skips_the_drain() {
 #[tokio::test]
 async fn collector_down_then_up_loses_nothing() {
     let redis = RedisServer::start();
-    // Reserve a port with nothing listening: connections are refused.
-    let port = free_port();
+    // A port reserved with nothing listening: connections are refused.
+    let port = ClosedPort::new();
     let events = numbered_events(2000);
     redis.rpush(LIST, &events);
     let settings = config_for_urls(
         &redis.url(),
-        &format!("http://127.0.0.1:{port}"),
+        &port.http_url(),
         &[
             ("redis.claim_batch_size", "100"),
             ("worker.max_claimed_events", "500"),
         ],
     );
     let relay = Relay::start(settings);
-    // Wait until the relay claimed (and so tried to send), then give it time to claim
-    // more if it wrongly kept claiming.
-    wait_until("first claim", Duration::from_secs(10), || {
+    // Wait until the relay claimed (and so tried to send), then watch for 300 ms
+    // whether it wrongly keeps claiming.
+    wait_until("first claim", Duration::from_secs(10), async || {
         redis.llen(LIST) < 2000
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // the observation window
     assert!(
         redis.llen(LIST) >= 2000 - 500,
         "the backlog stays in Redis while the collector is down (at most \
          worker.max_claimed_events claimed)"
     );
-    let collector = Collector::start_on(port).await;
-    wait_until("all delivered", Duration::from_secs(20), || {
+    let collector = Collector::start_on(port);
+    wait_until("all delivered", Duration::from_secs(20), async || {
         collector.delivered().len() >= 2000
     })
     .await;
@@ -541,17 +524,24 @@ async fn collector_down_then_up_loses_nothing() {
 
 #[tokio::test]
 async fn redis_down_at_start_is_waited_for() {
-    let port = free_port();
+    // Redis appears later behind this address.
+    let proxy = Proxy::start_unrouted().await;
     let collector = Collector::start().await;
-    let settings = config_for_urls(&format!("redis://127.0.0.1:{port}"), &collector.url(), &[]);
+    let settings = config_for_urls(&proxy.url(), &collector.url(), &[]);
     let relay = Relay::start(settings);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let redis = RedisServer::start_on(port, &[]);
+    wait_until(
+        "the relay tried Redis twice",
+        Duration::from_secs(10),
+        async || proxy.connections() >= 2,
+    )
+    .await;
+    let redis = RedisServer::start();
+    proxy.retarget(redis.port);
     redis.rpush(LIST, &numbered_events(10));
     wait_until(
         "delivered after Redis came up",
         Duration::from_secs(40),
-        || collector.delivered().len() >= 10,
+        async || collector.delivered().len() >= 10,
     )
     .await;
     relay.stop().await;
@@ -574,9 +564,11 @@ async fn oversized_elements_go_to_the_dead_letter_list_from_redis() {
         &collector,
         &[("events.max_element_bytes", "20000")],
     ));
-    wait_until("10 delivered, 1 dead", Duration::from_secs(20), || {
-        collector.delivered().len() >= 10 && redis.llen(DEAD) == 1
-    })
+    wait_until(
+        "10 delivered, 1 dead",
+        Duration::from_secs(20),
+        async || collector.delivered().len() >= 10 && redis.llen(DEAD) == 1,
+    )
     .await;
     let summary = relay.stop().await;
     let dead = redis.lrange(DEAD);
@@ -631,7 +623,7 @@ async fn a_dead_relays_in_flight_events_are_recovered_at_start_up_in_order() {
             ("collector.max_requests_in_flight", "1"),
         ],
     ));
-    wait_until("30 delivered", Duration::from_secs(20), || {
+    wait_until("30 delivered", Duration::from_secs(20), async || {
         collector.delivered().len() >= 30
     })
     .await;
@@ -662,7 +654,7 @@ async fn a_relay_whose_lease_was_taken_registers_again_and_goes_on() {
     let events = numbered_events(20);
     redis.rpush(LIST, &events[..10]);
     let relay = Relay::start(config(&redis, &collector, &[]));
-    wait_until("first 10 delivered", Duration::from_secs(20), || {
+    wait_until("first 10 delivered", Duration::from_secs(20), async || {
         collector.delivered().len() >= 10
     })
     .await;
@@ -675,7 +667,7 @@ async fn a_relay_whose_lease_was_taken_registers_again_and_goes_on() {
         }
     }
     redis.rpush(LIST, &events[10..]);
-    wait_until("the rest delivered", Duration::from_secs(20), || {
+    wait_until("the rest delivered", Duration::from_secs(20), async || {
         collector.delivered().len() >= 20
     })
     .await;

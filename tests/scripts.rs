@@ -3,14 +3,12 @@
 //! it, so each script checks its permissions before its first write and copies before it
 //! removes. Real redis-server, real ACL users (selectors refuse one command on one key).
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
 use snowplow_relay::queue::{DeadLetter, Entry, Parked, Queue, QueueError};
 
-const LIST: &str = "snowplow";
+use crate::support::*;
+
 const USER: &str = "relay";
 
 /// The key patterns the relay uses; a refusal allows the command on all but one.
@@ -48,9 +46,7 @@ fn refuse(redis: &RedisServer, command: &str, pattern: &str) {
 /// A queue connected as user `relay`.
 async fn queue(redis: &RedisServer) -> Queue {
     allow_all(redis);
-    let url = format!("redis://{USER}:pw@127.0.0.1:{}", redis.port);
-    let settings = config_for_urls(&url, "http://127.0.0.1:9", &[]);
-    Queue::connect(&settings.redis).await.unwrap()
+    connect_queue(&format!("redis://{USER}:pw@127.0.0.1:{}", redis.port)).await
 }
 
 /// Every event id in Redis and how many times it is there, wherever it is (list,

@@ -3,37 +3,9 @@
 //! (and, in the same test, a real outage that must dead-letter nothing), replies larger
 //! than Redis lets through, and liveness that means work is attempted.
 
-mod common;
-
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::*;
-
-const LIST: &str = "snowplow";
-
-fn distinct(collector: &Collector) -> HashSet<String> {
-    collector.distinct_eids()
-}
-
-/// One line for the closing note: what became of the events of a scenario.
-fn account(
-    scenario: &str,
-    total: usize,
-    collector: &Collector,
-    redis: &RedisServer,
-    took: Duration,
-) {
-    let distinct = collector.distinct_delivered();
-    let delivered = collector.delivered_eids().len();
-    let dead = redis.llen("{snowplow}:dead");
-    let left = redis.llen(LIST);
-    eprintln!(
-        "{scenario}: events in {total}, delivered {distinct}, duplicates {}, dead-lettered {dead}, left in Redis {left}, vanished {}, fault to full recovery {took:.1?}",
-        delivered - distinct,
-        total - distinct - dead - left,
-    );
-}
+use crate::support::*;
 
 #[tokio::test]
 async fn a_redis_connection_that_stops_answering_is_replaced() {
@@ -52,20 +24,28 @@ async fn a_redis_connection_that_stops_answering_is_replaced() {
             ("worker.max_claimed_events", "500"),
         ],
     ));
-    wait_until("some delivered", Duration::from_secs(20), || {
+    wait_until("some delivered", Duration::from_secs(20), async || {
         collector.delivered().len() >= 1_000
     })
     .await;
     // Every connection the relay holds now answers nothing; new ones get through.
     proxy.freeze_existing();
     let frozen = Instant::now();
-    wait_until("every event delivered", Duration::from_secs(30), || {
-        collector.distinct_delivered() == total
-    })
+    wait_until(
+        "every event delivered",
+        Duration::from_secs(30),
+        async || collector.distinct_delivered() == total,
+    )
     .await;
     let took = frozen.elapsed();
     let summary = relay.stop().await;
-    account("frozen Redis connections", total, &collector, &redis, took);
+    report(
+        "frozen Redis connections",
+        total,
+        &collector,
+        &redis,
+        Some(took),
+    );
     assert_eq!(summary.dead_lettered, 0);
     assert_eq!(redis.llen(LIST), 0);
 }
@@ -77,9 +57,11 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
     new.cmd(&["REPLICAOF", "127.0.0.1", &old.port.to_string()]);
     let total = 6_000;
     old.rpush(LIST, &numbered_events(total));
-    wait_until("the replica is in sync", Duration::from_secs(10), || {
-        new.llen(LIST) == total
-    })
+    wait_until(
+        "the replica is in sync",
+        Duration::from_secs(10),
+        async || new.llen(LIST) == total,
+    )
     .await;
     let proxy = Proxy::start(old.port).await;
     let collector = Collector::start().await;
@@ -93,7 +75,7 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
             ("worker.max_claimed_events", "500"),
         ],
     ));
-    wait_until("some delivered", Duration::from_secs(20), || {
+    wait_until("some delivered", Duration::from_secs(20), async || {
         collector.delivered().len() >= 1_000
     })
     .await;
@@ -110,7 +92,7 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     };
-    wait_until("caught up", Duration::from_secs(10), || {
+    wait_until("caught up", Duration::from_secs(10), async || {
         offset(&new, "slave_repl_offset:") >= offset(&old, "master_repl_offset:")
     })
     .await;
@@ -119,13 +101,15 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
     proxy.retarget(new.port);
     old.cmd(&["CLIENT", "UNPAUSE"]);
     let switched = Instant::now();
-    wait_until("every event delivered", Duration::from_secs(30), || {
-        collector.distinct_delivered() == total
-    })
+    wait_until(
+        "every event delivered",
+        Duration::from_secs(30),
+        async || collector.distinct_delivered() == total,
+    )
     .await;
     let took = switched.elapsed();
     relay.stop().await;
-    account("switchover (READONLY)", total, &collector, &new, took);
+    report("switchover (READONLY)", total, &collector, &new, Some(took));
     assert_eq!(new.llen(LIST), 0);
 }
 
@@ -159,19 +143,29 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
     redis.rpush(LIST, &numbered_events(total));
     let relay = Relay::start(config(&redis, &collector, settings));
     let started = Instant::now();
-    wait_until("the others delivered", Duration::from_secs(60), || {
-        collector.distinct_delivered() == total - 2
-    })
+    wait_until(
+        "the others delivered",
+        Duration::from_secs(60),
+        async || collector.distinct_delivered() == total - 2,
+    )
     .await;
-    wait_until("the two dead-lettered", Duration::from_secs(60), || {
-        redis.llen("{snowplow}:dead") == 2
-    })
+    wait_until(
+        "the two dead-lettered",
+        Duration::from_secs(60),
+        async || redis.llen(DEAD) == 2,
+    )
     .await;
     let took = started.elapsed();
     let summary = relay.stop().await;
-    account("two events refused alone", total, &collector, &redis, took);
+    report(
+        "two events refused alone",
+        total,
+        &collector,
+        &redis,
+        Some(took),
+    );
     assert_eq!(summary.dead_lettered, 2);
-    for entry in redis.lrange("{snowplow}:dead") {
+    for entry in redis.lrange(DEAD) {
         let (meta, element) = snowplow_relay::queue::DeadLetter::decode(&entry).unwrap();
         assert_eq!(meta.status, Some(500));
         assert!(meta.reason.contains("attempts"), "{}", meta.reason);
@@ -179,16 +173,13 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
         assert!(poisoned.iter().any(|p| element.contains(p)));
     }
     assert!(
-        !distinct(&collector)
+        !collector
+            .distinct_eids()
             .iter()
             .any(|e| poisoned.contains(&e.as_str()))
     );
     assert_eq!(redis.llen(LIST), 0);
-    assert_eq!(
-        redis.keys(),
-        vec!["{snowplow}:dead".to_owned()],
-        "nothing left parked"
-    );
+    assert_eq!(redis.keys(), vec![DEAD.to_owned()], "nothing left parked");
 
     // A real outage: every request refused for 8 s (40 times the longest retry delay).
     let redis = RedisServer::start();
@@ -196,30 +187,28 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
     let total = 20_000;
     redis.rpush(LIST, &numbered_events(total));
     let relay = Relay::start(config(&redis, &collector, settings));
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await; // the outage's length
     assert!(collector.delivered().is_empty());
-    assert_eq!(
-        redis.llen("{snowplow}:dead"),
-        0,
-        "an outage dead-letters nothing"
-    );
+    assert_eq!(redis.llen(DEAD), 0, "an outage dead-letters nothing");
     collector.respond_with(Box::new(|_| 200));
     let recovered = Instant::now();
-    wait_until("every event delivered", Duration::from_secs(60), || {
-        collector.distinct_delivered() == total
-    })
+    wait_until(
+        "every event delivered",
+        Duration::from_secs(60),
+        async || collector.distinct_delivered() == total,
+    )
     .await;
     let took = recovered.elapsed();
     let summary = relay.stop().await;
-    account(
+    report(
         "8 s outage (time after it ended)",
         total,
         &collector,
         &redis,
-        took,
+        Some(took),
     );
     assert_eq!(summary.dead_lettered, 0);
-    assert_eq!(redis.llen("{snowplow}:dead"), 0);
+    assert_eq!(redis.llen(DEAD), 0);
     assert_eq!(redis.llen(LIST), 0);
 }
 
@@ -254,18 +243,20 @@ async fn claims_fit_the_largest_reply_redis_allows() {
         redis.rpush(LIST, &big_events(total));
         let started = Instant::now();
         let relay = Relay::start(config_for_urls(&url, &collector.url(), &[]));
-        wait_until("every event delivered", Duration::from_secs(45), || {
-            collector.distinct_delivered() == total
-        })
+        wait_until(
+            "every event delivered",
+            Duration::from_secs(45),
+            async || collector.distinct_delivered() == total,
+        )
         .await;
         let took = started.elapsed();
         let summary = relay.stop().await;
-        account(
+        report(
             &format!("1 MB reply limit, CONFIG allowed {config_allowed} (time from start)"),
             total,
             &collector,
             &redis,
-            took,
+            Some(took),
         );
         assert_eq!(summary.dead_lettered, 0, "CONFIG allowed: {config_allowed}");
         assert_eq!(redis.llen(LIST), 0);
@@ -277,14 +268,24 @@ async fn claims_fit_the_largest_reply_redis_allows() {
 /// (attempts go on), but not ready.
 #[tokio::test]
 async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
-    let settings: &[(&'static str, &str)] = &[
+    let settings: &[(&str, &str)] = &[
         ("redis.lease_ttl_ms", "3000"),
         ("collector.request_timeout_ms", "1000"),
+        ("admin.listen", "127.0.0.1:0"),
     ];
     // stuck_after = max(3 s, 0.2 s + 1 s) + 10 s = 13 s.
     let bound = Duration::from_secs(13);
     let get = |addr: std::net::SocketAddr, path: &'static str| async move {
         snowplow_relay::ops::admin::probe(addr, path, Duration::from_secs(2)).await
+    };
+    // Waits until `path` answers other than 200; returns why.
+    let refused = async |addr, path, within| {
+        let mut why = String::new();
+        wait_until(&format!("{path} refuses"), within, async || {
+            get(addr, path).await.map_err(|w| why = w).is_err()
+        })
+        .await;
+        why
     };
 
     // Claims refused (this user may no longer write the in-flight list) while the
@@ -292,17 +293,13 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
     let redis = RedisServer::start();
     redis.cmd(&["ACL", "SETUSER", "relay", "on", ">pw", "~*", "&*", "+@all"]);
     let collector = Collector::start().await;
-    let port = free_port();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut extra = settings.to_vec();
-    let listen = addr.to_string();
-    extra.push(("admin.listen", &listen));
-    let relay = Relay::start(config_for_urls(
+    let relay = RelayProcess::start_with_settings(
         &format!("redis://relay:pw@127.0.0.1:{}", redis.port),
         &collector.url(),
-        &extra,
-    ));
-    wait_until("ready", Duration::from_secs(10), || {
+        settings,
+    );
+    let addr = relay.admin_addr().await;
+    wait_until("ready", Duration::from_secs(10), async || {
         instances(&redis).len() == 1
     })
     .await;
@@ -311,37 +308,19 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
     ]);
     redis.rpush(LIST, &numbered_events(10));
     let wedged = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if let Err(why) = get(addr, "/readyz").await {
-            assert!(why.contains("claim failing"), "{why}");
-            break;
-        }
-        assert!(
-            wedged.elapsed() < Duration::from_secs(5),
-            "/readyz says so at once"
-        );
-    }
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        match get(addr, "/healthz").await {
-            Ok(_) => assert!(
-                wedged.elapsed() < bound + Duration::from_secs(5),
-                "/healthz still 200 after {:?}",
-                wedged.elapsed()
-            ),
-            Err(why) => {
-                assert!(wedged.elapsed() >= bound - Duration::from_secs(1), "{why}");
-                assert!(
-                    why.contains("while Redis answers the lease renewal"),
-                    "{why}"
-                );
-                break;
-            }
-        }
-    }
+    let why = refused(addr, "/readyz", Duration::from_secs(5)).await;
+    assert!(
+        why.contains("claim failing"),
+        "/readyz says so at once: {why}"
+    );
+    let why = refused(addr, "/healthz", bound + Duration::from_secs(5)).await;
+    assert!(wedged.elapsed() >= bound - Duration::from_secs(1), "{why}");
+    assert!(
+        why.contains("while Redis answers the lease renewal"),
+        "{why}"
+    );
     eprintln!("claims refused: /healthz 503 after {:?}", wedged.elapsed());
-    relay.stop().await;
+    relay.stop_cleanly().await;
     assert_eq!(redis.llen(LIST), 10, "nothing lost");
 
     // One event refused on its own, with parking effectively off (as before parking
@@ -357,62 +336,51 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
     }))
     .await;
     redis.rpush(LIST, &numbered_events(2_000));
-    let port = free_port();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut extra = settings.to_vec();
-    let listen = addr.to_string();
-    extra.push(("admin.listen", &listen));
-    extra.push(("collector.park_after_failures", "1000"));
-    extra.push(("worker.max_claimed_events", "500"));
-    let relay = Relay::start(config(&redis, &collector, &extra));
+    let no_parking = [
+        ("collector.park_after_failures", "1000"),
+        ("worker.max_claimed_events", "500"),
+        ("worker.drain_timeout_ms", "0"),
+    ];
+    let relay = RelayProcess::start_with_settings(
+        &redis.url(),
+        &collector.url(),
+        &[settings, &no_parking].concat(),
+    );
+    let addr = relay.admin_addr().await;
     let blocked = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if let Err(why) = get(addr, "/healthz").await {
-            assert!(
-                why.contains("window is blocked") || why.contains("other requests succeed"),
-                "{why}"
-            );
-            break;
-        }
-        assert!(
-            blocked.elapsed() < bound + Duration::from_secs(5),
-            "/healthz still 200 after {:?}",
-            blocked.elapsed()
-        );
-    }
+    let why = refused(addr, "/healthz", bound + Duration::from_secs(5)).await;
+    assert!(
+        why.contains("window is blocked") || why.contains("other requests succeed"),
+        "{why}"
+    );
     eprintln!(
         "a refused event holding the window: /healthz 503 after {:?}",
         blocked.elapsed()
     );
-    relay.stop_now().await;
+    relay.stop_cleanly().await;
 
     // The collector refuses everything for the bound and 5 s more: alive all along.
     let redis = RedisServer::start();
     let collector = Collector::start_with(Box::new(|_| 503)).await;
     redis.rpush(LIST, &numbered_events(2_000));
-    let port = free_port();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut extra = settings.to_vec();
-    let listen = addr.to_string();
-    extra.push(("admin.listen", &listen));
-    let relay = Relay::start(config(&redis, &collector, &extra));
+    let relay = RelayProcess::start_with_settings(&redis.url(), &collector.url(), settings);
+    let addr = relay.admin_addr().await;
     let outage = Instant::now();
     let mut not_ready = false;
     while outage.elapsed() < bound + Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
         if let Err(why) = get(addr, "/healthz").await {
             panic!("an outage is alive, but /healthz said: {why}");
         }
         not_ready |= get(addr, "/readyz")
             .await
             .is_err_and(|why| why.contains("collector requests failing"));
+        tokio::time::sleep(Duration::from_millis(250)).await; // between probes
     }
     assert!(not_ready, "/readyz says the collector is failing");
     collector.respond_with(Box::new(|_| 200));
-    wait_until("all delivered", Duration::from_secs(30), || {
+    wait_until("all delivered", Duration::from_secs(30), async || {
         collector.distinct_delivered() == 2_000
     })
     .await;
-    relay.stop().await;
+    relay.stop_cleanly().await;
 }

@@ -4,52 +4,20 @@
 //! redis-server with `--tls-port`, certificates made by `openssl`, and the relay binary
 //! run as a process.
 
-mod common;
+use std::time::Duration;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use crate::support::*;
 
-use common::*;
-
-const LIST: &str = "snowplow";
-
-fn bin() -> String {
-    std::env::var("RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_snowplow-relay").to_owned())
-}
-
-fn relay(args: &[&str], env: &[(&str, &str)]) -> Child {
-    Command::new(bin())
-        .args(args)
-        .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "20")
-        .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_MAX_BACKOFF_MS", "200")
-        .env("SNOWPLOW_RELAY_LOG__LEVEL", "trace")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// The binary at trace level (and the harness's fast collector retries).
+fn relay(args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
+    let trace = [("SNOWPLOW_RELAY_LOG__LEVEL", "trace")];
+    RelayProcess::start_with(args, &[&trace[..], env].concat())
 }
 
 /// SIGTERM, then the exit code and everything the relay logged.
-fn stop(mut child: Child) -> (Option<i32>, String) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    wait(&mut child)
-}
-
-fn wait(child: &mut Child) -> (Option<i32>, String) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the relay did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut log = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
-    (status.code(), log)
+async fn stop(child: RelayProcess) -> (Option<i32>, String) {
+    let finished = child.stop(Duration::from_secs(20)).await;
+    (finished.status.code(), finished.log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,11 +48,13 @@ async fn an_https_collector_with_a_private_ca_and_mutual_tls() {
             ),
         ],
     );
-    wait_until("delivered over mutual TLS", Duration::from_secs(15), || {
-        collector.delivered().len() == 50
-    })
+    wait_until(
+        "delivered over mutual TLS",
+        Duration::from_secs(15),
+        async || collector.delivered().len() == 50,
+    )
     .await;
-    let (code, log) = stop(child);
+    let (code, log) = stop(child).await;
     assert_eq!(code, Some(0), "{log}");
 
     // The same collector, without the client certificate: refused, retried, not sent.
@@ -101,8 +71,10 @@ async fn an_https_collector_with_a_private_ca_and_mutual_tls() {
             ("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300"),
         ],
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (code, _) = stop(child);
+    child
+        .log_line("collector request failed", Duration::from_secs(10))
+        .await;
+    let (code, _) = stop(child).await;
     assert_eq!(code, Some(0));
     assert_eq!(
         collector.delivered().len(),
@@ -126,8 +98,10 @@ async fn an_https_collector_with_a_private_ca_and_mutual_tls() {
             ("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300"),
         ],
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (code, log) = stop(child);
+    child
+        .log_line("collector request failed", Duration::from_secs(10))
+        .await;
+    let (code, log) = stop(child).await;
     assert_eq!(code, Some(0));
     assert_eq!(redis.llen(LIST), 5);
     assert!(log.to_lowercase().contains("certificate"), "{log}");
@@ -136,10 +110,10 @@ async fn an_https_collector_with_a_private_ca_and_mutual_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_with_a_ca_file_and_client_certificates() {
     let certs = Certs::new();
-    let (redis, tls_port) = RedisServer::start_tls(&certs, true);
+    let redis = RedisServer::start_tls(&certs, true);
     let collector = Collector::start().await;
     redis.rpush(LIST, &numbered_events(30));
-    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let url = redis.tls_url();
     let ca = certs.path("ca.pem");
     let (cert, key) = (certs.path("client.pem"), certs.path("client.key"));
     let child = relay(
@@ -153,21 +127,22 @@ async fn redis_over_tls_with_a_ca_file_and_client_certificates() {
     wait_until(
         "delivered from Redis over TLS",
         Duration::from_secs(15),
-        || collector.delivered().len() == 30,
+        async || collector.delivered().len() == 30,
     )
     .await;
-    let (code, log) = stop(child);
+    let (code, log) = stop(child).await;
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(redis.llen(LIST), 0);
 
     // The dead-letter tools speak TLS too.
-    let count = Command::new(bin())
-        .args(["--redis-url", &url, "dead-letter", "count"])
-        .env("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", &ca)
-        .env("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_CERT_FILE", &cert)
-        .env("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_KEY_FILE", &key)
-        .output()
-        .unwrap();
+    let count = run_bin(
+        &["--redis-url", &url, "dead-letter", "count"],
+        &[
+            ("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", &ca),
+            ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_CERT_FILE", &cert),
+            ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_KEY_FILE", &key),
+        ],
+    );
     assert!(count.status.success(), "{count:?}");
     assert_eq!(String::from_utf8_lossy(&count.stdout).trim(), "0");
 
@@ -183,12 +158,10 @@ async fn redis_over_tls_with_a_ca_file_and_client_certificates() {
         ],
     );
     redis.rpush(LIST, &numbered_events(7));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_, log) = stop(child);
-    let warning = log
-        .lines()
-        .find(|l| l.contains("cannot set up TLS with Redis"))
-        .unwrap_or_else(|| panic!("{log}"));
+    let warning = child
+        .log_line("cannot set up TLS with Redis", Duration::from_secs(10))
+        .await;
+    stop(child).await;
     assert!(
         warning.contains("127.0.0.1") && warning.contains("other.pem"),
         "{warning}"
@@ -205,12 +178,16 @@ async fn redis_over_tls_with_a_ca_file_and_client_certificates() {
         &["--redis-url", &url, "--collector", &collector.url()],
         &[("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", ca.as_str())],
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_, log) = stop(child);
-    assert!(
-        log.contains("cannot set up TLS with Redis") || log.contains("cannot reach Redis"),
-        "{log}"
-    );
+    let refused = |log: &str| {
+        log.contains("cannot set up TLS with Redis") || log.contains("cannot reach Redis")
+    };
+    wait_until(
+        "the refusal is logged",
+        Duration::from_secs(10),
+        async || refused(&child.log()),
+    )
+    .await;
+    stop(child).await;
     assert_eq!(
         redis.llen(LIST),
         7,
@@ -221,10 +198,10 @@ async fn redis_over_tls_with_a_ca_file_and_client_certificates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_without_client_certificates_and_a_collector_ca_added_to_the_roots() {
     let certs = Certs::new();
-    let (redis, tls_port) = RedisServer::start_tls(&certs, false);
+    let redis = RedisServer::start_tls(&certs, false);
     let collector = Collector::start_tls(&certs, false).await;
     redis.rpush(LIST, &numbered_events(20));
-    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let url = redis.tls_url();
     let ca = certs.path("ca.pem");
     let child = relay(
         &["--redis-url", &url, "--collector", &collector.https_url()],
@@ -234,11 +211,11 @@ async fn redis_over_tls_without_client_certificates_and_a_collector_ca_added_to_
             ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", ca.as_str()),
         ],
     );
-    wait_until("delivered", Duration::from_secs(15), || {
+    wait_until("delivered", Duration::from_secs(15), async || {
         collector.delivered().len() == 20
     })
     .await;
-    let (code, log) = stop(child);
+    let (code, log) = stop(child).await;
     assert_eq!(code, Some(0), "{log}");
 }
 
@@ -258,11 +235,17 @@ async fn no_subcommand_and_no_failure_path_prints_a_secret_at_trace_level() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("password");
     std::fs::write(&file, "file-secret-2\n").unwrap();
+    // Nothing answers on this port: Redis, collector, proxy and admin listener there
+    // are all refused.
+    let closed = ClosedPort::new();
     let good_url = format!("redis://relay:redis-secret-1@127.0.0.1:{}", redis.port);
-    let bad_url = format!("redis://relay:redis-secret-1@127.0.0.1:{}", free_port());
+    let bad_url = format!("redis://relay:redis-secret-1@127.0.0.1:{}", closed.port);
     let user_only = format!("redis://relay@127.0.0.1:{}", redis.port);
-    let collector = "http://collector-user:collector-secret-3@127.0.0.1:9";
-    let proxy = "http://proxy-user:proxy-secret-4@127.0.0.1:9";
+    let collector = &format!(
+        "http://collector-user:collector-secret-3@127.0.0.1:{}",
+        closed.port
+    );
+    let proxy = &format!("http://proxy-user:proxy-secret-4@127.0.0.1:{}", closed.port);
     let secrets = [
         "redis-secret-1",
         "file-secret-2",
@@ -273,30 +256,65 @@ async fn no_subcommand_and_no_failure_path_prints_a_secret_at_trace_level() {
     ];
     let file_arg = file.to_str().unwrap().to_owned();
     let password_file = [("SNOWPLOW_RELAY_REDIS__PASSWORD_FILE", file_arg.as_str())];
-    let admin = [("SNOWPLOW_RELAY_ADMIN__LISTEN", "127.0.0.1:9")];
-    let runs: Vec<(&str, Vec<&str>, &[(&str, &str)])> = vec![
-        (good_url.as_str(), vec!["check"], &[]),
-        (good_url.as_str(), vec!["dead-letter", "count"], &[]),
-        (good_url.as_str(), vec!["dead-letter", "list"], &[]),
-        (good_url.as_str(), vec!["dead-letter", "replay"], &[]),
-        (good_url.as_str(), vec!["healthcheck"], &admin),
-        (bad_url.as_str(), vec!["dead-letter", "count"], &[]),
-        (user_only.as_str(), vec!["check"], &password_file),
-        (
-            user_only.as_str(),
-            vec!["dead-letter", "count"],
-            &password_file,
-        ),
+    let admin_listen = format!("127.0.0.1:{}", closed.port);
+    let admin = [("SNOWPLOW_RELAY_ADMIN__LISTEN", admin_listen.as_str())];
+    /// One subcommand run: the Redis URL, the arguments, more environment.
+    struct Run<'a> {
+        url: &'a str,
+        args: &'a [&'a str],
+        env: &'a [(&'a str, &'a str)],
+    }
+    let runs = [
+        Run {
+            url: &good_url,
+            args: &["check"],
+            env: &[],
+        },
+        Run {
+            url: &good_url,
+            args: &["dead-letter", "count"],
+            env: &[],
+        },
+        Run {
+            url: &good_url,
+            args: &["dead-letter", "list"],
+            env: &[],
+        },
+        Run {
+            url: &good_url,
+            args: &["dead-letter", "replay"],
+            env: &[],
+        },
+        Run {
+            url: &good_url,
+            args: &["healthcheck"],
+            env: &admin,
+        },
+        Run {
+            url: &bad_url,
+            args: &["dead-letter", "count"],
+            env: &[],
+        },
+        Run {
+            url: &user_only,
+            args: &["check"],
+            env: &password_file,
+        },
+        Run {
+            url: &user_only,
+            args: &["dead-letter", "count"],
+            env: &password_file,
+        },
     ];
-    for (url, args, env) in runs {
-        let out = Command::new(bin())
-            .args(["--redis-url", url, "--collector", collector])
-            .args(&args)
-            .env("RUST_LOG", "trace")
-            .env("SNOWPLOW_RELAY_COLLECTOR__PROXY", proxy)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+    for Run { url, args, env } in runs {
+        let trace = [
+            ("RUST_LOG", "trace"),
+            ("SNOWPLOW_RELAY_COLLECTOR__PROXY", proxy),
+        ];
+        let out = run_bin(
+            &[&["--redis-url", url, "--collector", collector], args].concat(),
+            &[&trace[..], env].concat(),
+        );
         let all = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -319,8 +337,14 @@ async fn no_subcommand_and_no_failure_path_prints_a_secret_at_trace_level() {
                 ("RUST_LOG", "trace"),
             ],
         );
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        let (_, log) = stop(child);
+        // Redis reachable: the collector fails; unreachable: Redis does.
+        let failing = if url == &bad_url {
+            "cannot reach Redis"
+        } else {
+            "collector request failed"
+        };
+        child.log_line(failing, Duration::from_secs(10)).await;
+        let (_, log) = stop(child).await;
         assert!(
             log.contains("TRACE") || url == &bad_url,
             "ran at trace:\n{log}"
@@ -362,16 +386,18 @@ async fn acl_users_and_password_files_and_refusals_that_never_show_the_password(
             ("SNOWPLOW_RELAY_REDIS__PASSWORD_FILE", file_arg.as_str()),
         ],
     );
-    wait_until("delivered as user relay", Duration::from_secs(15), || {
-        collector.delivered().len() == 20
-    })
+    wait_until(
+        "delivered as user relay",
+        Duration::from_secs(15),
+        async || collector.delivered().len() == 20,
+    )
     .await;
     let clients: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query(&mut redis.conn())
         .unwrap();
     assert!(clients.contains("user=relay"), "{clients}");
-    let (code, log) = stop(child);
+    let (code, log) = stop(child).await;
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("can be read by every user"), "{log}");
     assert!(!log.contains("s3cret-pw"), "{log}");
@@ -384,12 +410,10 @@ async fn acl_users_and_password_files_and_refusals_that_never_show_the_password(
             ("SNOWPLOW_RELAY_REDIS__PASSWORD", "wrong-pw-123"),
         ],
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let (_, log) = stop(child);
-    let warning = log
-        .lines()
-        .find(|l| l.contains("cannot log in to Redis"))
-        .unwrap_or_else(|| panic!("{log}"));
+    let warning = child
+        .log_line("cannot log in to Redis", Duration::from_secs(10))
+        .await;
+    let (_, log) = stop(child).await;
     assert!(
         warning.contains("`relay`") && warning.contains("SNOWPLOW_RELAY_REDIS__PASSWORD"),
         "{warning}"
@@ -400,11 +424,10 @@ async fn acl_users_and_password_files_and_refusals_that_never_show_the_password(
     );
 
     // `check` masks the inline password.
-    let check = Command::new(bin())
-        .args(["--collector", &collector.url(), "check"])
-        .env("SNOWPLOW_RELAY_REDIS__PASSWORD", "wrong-pw-123")
-        .output()
-        .unwrap();
+    let check = run_bin(
+        &["--collector", &collector.url(), "check"],
+        &[("SNOWPLOW_RELAY_REDIS__PASSWORD", "wrong-pw-123")],
+    );
     let shown = String::from_utf8_lossy(&check.stdout);
     assert!(
         !shown.contains("wrong-pw-123") && shown.contains("password = \"****\""),
@@ -414,7 +437,8 @@ async fn acl_users_and_password_files_and_refusals_that_never_show_the_password(
 
 #[test]
 fn tls_settings_are_checked_at_start_up() {
-    let cases: &[(&[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             &[("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", "/nonexistent.pem")],
             "redis.tls_ca_file",
@@ -450,11 +474,10 @@ fn tls_settings_are_checked_at_start_up() {
         ),
     ];
     for (env, expected) in cases {
-        let out = Command::new(bin())
-            .args(["--collector", "https://collector.example.com", "check"])
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+        let out = run_bin(
+            &["--collector", "https://collector.example.com", "check"],
+            env,
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{env:?}: {stderr}");
         assert!(
@@ -483,10 +506,10 @@ async fn proxy_credentials_are_masked_and_the_proxy_is_used() {
     wait_until(
         "the request went through the proxy",
         Duration::from_secs(10),
-        || !proxy.requests().is_empty(),
+        async || !proxy.requests().is_empty(),
     )
     .await;
-    let (code, log) = stop(child);
+    let (code, log) = stop(child).await;
     assert_eq!(code, Some(0), "{log}");
     let request = &proxy.requests()[0];
     assert!(request.headers.contains_key("proxy-authorization"));

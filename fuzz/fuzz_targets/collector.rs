@@ -1,9 +1,9 @@
 //! Any request to the local collector: never a panic, every event counted, the store
-//! within its byte bound (see `tests/common/properties.rs`, `collector_requests`). One
+//! within its byte bound (see `tests/support/properties.rs`, `collector_requests`). One
 //! collector serves every input of a run, so the bound is tested as the store fills.
 #![no_main]
 
-#[path = "../../tests/common/properties.rs"]
+#[path = "../../tests/support/properties.rs"]
 #[allow(dead_code)]
 mod properties;
 

@@ -1,8 +1,8 @@
 //! Any configuration file and environment: the loader never panics and never shows the
-//! password (see `tests/common/properties.rs`, `config_loading`).
+//! password (see `tests/support/properties.rs`, `config_loading`).
 #![no_main]
 
-#[path = "../../tests/common/properties.rs"]
+#[path = "../../tests/support/properties.rs"]
 #[allow(dead_code)]
 mod properties;
 

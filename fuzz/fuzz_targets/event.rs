@@ -1,8 +1,8 @@
 //! Any bytes as a Redis list element: the scanner and both encoders (see
-//! `tests/common/properties.rs`, `event_encodings`).
+//! `tests/support/properties.rs`, `event_encodings`).
 #![no_main]
 
-#[path = "../../tests/common/properties.rs"]
+#[path = "../../tests/support/properties.rs"]
 #[allow(dead_code)]
 mod properties;
 

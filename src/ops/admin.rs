@@ -112,7 +112,10 @@ pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<St
             .header(hyper::header::HOST, addr.to_string())
             .body(Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = response.status();
         let body = Limited::new(response.into_body(), 64 * 1024)
             .collect()

@@ -140,7 +140,9 @@ impl Link {
         block: Duration,
     ) -> Result<BlockingConnection, QueueError> {
         let response_timeout = block + self.command_timeout;
-        let open = self.server.open(self.command_timeout, Some(response_timeout));
+        let open = self
+            .server
+            .open(self.command_timeout, Some(response_timeout));
         match tokio::time::timeout(self.command_timeout, open).await {
             Ok(Ok(conn)) => Ok(BlockingConnection(conn)),
             Ok(Err(error)) => Err(QueueError::classify(error)),
@@ -187,7 +189,10 @@ impl Link {
     }
 
     /// Runs one command.
-    pub(super) async fn query<T: redis::FromRedisValue>(&self, command: &Cmd) -> Result<T, QueueError> {
+    pub(super) async fn query<T: redis::FromRedisValue>(
+        &self,
+        command: &Cmd,
+    ) -> Result<T, QueueError> {
         self.run(|mut conn| async move { command.query_async(&mut conn).await })
             .await
     }
@@ -331,4 +336,3 @@ pub async fn open_connection(settings: &RedisSettings) -> Result<Connection, Que
     .await;
     result.map_err(|e| explain(e, settings))
 }
-

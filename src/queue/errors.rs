@@ -133,8 +133,6 @@ impl QueueError {
     }
 }
 
-
-
 /// `text` on one line and at most 512 bytes (see [`crate::ops::telemetry::one_line`]).
 pub fn one_line(text: &str) -> String {
     crate::ops::telemetry::one_line(text, 512)

@@ -62,4 +62,3 @@ pub fn shown_key(key: &str) -> String {
     }
     format!("{}… ({} bytes)", &escaped[..end], key.len())
 }
-

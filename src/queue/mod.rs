@@ -79,8 +79,8 @@ use redis::Script;
 
 use bytes::Bytes;
 
-use connection::{Link, explain};
 pub use connection::{BlockingConnection, Connection, open_connection};
+use connection::{Link, explain};
 pub use errors::{QueueError, one_line};
 pub use keys::{Keys, shown_key};
 pub use records::{DeadLetter, Entry, Parked};

@@ -87,4 +87,3 @@ impl DeadLetter {
         Some((meta, &entry[newline + 1..]))
     }
 }
-

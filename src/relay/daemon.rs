@@ -11,12 +11,12 @@ use snowplow_relay_tracker::retry::{Backoff, Retry};
 use tokio_util::sync::CancellationToken;
 
 use super::{Sender, Services};
+use crate::Error;
 use crate::config::{self, Config, Settings};
 use crate::ops::health::Health;
 use crate::ops::metrics::{Metrics, Summary};
 use crate::ops::{admin, notify};
 use crate::queue::{self, Queue, QueueError};
-use crate::Error;
 
 /// Asks a running relay to act now: flush partial batches (the tracker's `flush()`;
 /// SIGUSR1) or apply new settings where that is safe (SIGHUP). Clone it freely.
@@ -141,6 +141,7 @@ pub async fn run_with_controls(
             let listener = admin::bind(addr)
                 .await
                 .map_err(|source| Error::AdminListen { addr, source })?;
+            let addr = listener.local_addr().unwrap_or(addr);
             tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz");
             Some(tokio::spawn(admin::serve(
                 listener,
@@ -255,7 +256,8 @@ async fn relay_until_stopped(
             method = ?config.collector.method,
             "connected; relaying"
         );
-        let result = super::run_instance(config, queue, &services, stop.clone(), hurry.clone()).await;
+        let result =
+            super::run_instance(config, queue, &services, stop.clone(), hurry.clone()).await;
         match result {
             Err(Error::Queue(error)) if error.needs_new_instance() && !stop.is_cancelled() => {
                 // What this instance held is back in the list already (or goes back when

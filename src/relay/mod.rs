@@ -30,9 +30,9 @@
 mod acker;
 mod batcher;
 mod claimer;
+mod daemon;
 mod heartbeat;
 mod retrier;
-mod daemon;
 mod sender;
 
 pub use daemon::{Controls, RELOADABLE, changed_keys, run, run_with_controls};

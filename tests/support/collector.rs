@@ -1,0 +1,270 @@
+//! A collector stand-in that records every request and answers as the test says, served
+//! by the relay's own accept loop (`snowplow_relay::ops::listener::serve_http`); HTTPS
+//! by a TLS terminator in front of it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use snowplow_relay::ops::listener::{Body, Limits, full, serve_http};
+
+use super::net::ClosedPort;
+
+/// One request as the collector saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+    pub status: u16,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Received {
+    /// The events this request carried, as name -> value maps.
+    pub fn events(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        if self.method == "GET" {
+            let pairs = form_urlencoded_pairs(self.query.as_deref().unwrap_or(""));
+            vec![
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect(),
+            ]
+        } else {
+            let body: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
+            body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|item| item.as_object().unwrap().clone())
+                .collect()
+        }
+    }
+}
+
+fn form_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// Decides the status of each request; the default answers 200.
+pub type Responder = Box<dyn FnMut(&Received) -> u16 + Send>;
+
+#[derive(Clone)]
+pub struct Collector {
+    pub addr: SocketAddr,
+    /// The HTTPS address, for [`Collector::start_tls`].
+    pub tls_addr: Option<SocketAddr>,
+    received: Arc<Mutex<Vec<Received>>>,
+    /// Distinct eids answered 2xx, kept as requests arrive (cheap to poll).
+    delivered_set: Arc<Mutex<std::collections::HashSet<String>>>,
+    responder: Arc<Mutex<Responder>>,
+    delay: Arc<Mutex<Duration>>,
+    location: Arc<Mutex<Option<String>>>,
+}
+
+impl Collector {
+    pub async fn start() -> Collector {
+        Self::start_with(Box::new(|_| 200)).await
+    }
+
+    /// Answers each request with `responder(request)`.
+    pub async fn start_with(responder: Responder) -> Collector {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, responder)
+    }
+
+    /// A collector answering 200 on a port reserved earlier.
+    pub fn start_on(port: ClosedPort) -> Collector {
+        Self::serve(port.listen(), Box::new(|_| 200))
+    }
+
+    /// Serves `listener` on the relay's own accept loop until the test ends.
+    fn serve(listener: tokio::net::TcpListener, responder: Responder) -> Collector {
+        let collector = Collector {
+            addr: listener.local_addr().unwrap(),
+            tls_addr: None,
+            received: Arc::default(),
+            delivered_set: Arc::default(),
+            responder: Arc::new(Mutex::new(responder)),
+            delay: Arc::default(),
+            location: Arc::default(),
+        };
+        let state = collector.clone();
+        let limits = Limits {
+            max_connections: 1024,
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            connection_timeout: Duration::from_secs(3600),
+            keep_alive: true,
+        };
+        let answer = move |request| {
+            let state = state.clone();
+            async move { state.handle(request).await }
+        };
+        tokio::spawn(serve_http(listener, limits, answer, std::future::pending()));
+        collector
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut received = Received {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            body,
+            status: 0,
+            at: Instant::now(),
+        };
+        let delay = *self.delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        received.status = (self.responder.lock().unwrap())(&received);
+        let status = received.status;
+        if (200..300).contains(&status) {
+            let mut set = self.delivered_set.lock().unwrap();
+            for event in received.events() {
+                if let Some(eid) = event.get("eid").and_then(|e| e.as_str()) {
+                    set.insert(eid.to_owned());
+                }
+            }
+        }
+        self.received.lock().unwrap().push(received);
+        let mut response = Response::builder().status(status);
+        if let Some(location) = self.location.lock().unwrap().clone() {
+            response = response.header("location", location);
+        }
+        response.body(full(Bytes::from_static(b"ok"))).unwrap()
+    }
+
+    /// Adds a `Location` header to every answer from now on (for 3xx answers).
+    pub fn set_location(&self, location: Option<String>) {
+        *self.location.lock().unwrap() = location;
+    }
+
+    /// Changes how requests are answered from now on.
+    pub fn respond_with(&self, responder: Responder) {
+        *self.responder.lock().unwrap() = responder;
+    }
+
+    /// Holds every answer back this long (requests still count when answered).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Events from the requests that were answered 2xx.
+    pub fn delivered(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        self.requests()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .flat_map(Received::events)
+            .collect()
+    }
+
+    /// How many distinct eids were delivered (answered 2xx).
+    pub fn distinct_delivered(&self) -> usize {
+        self.delivered_set.lock().unwrap().len()
+    }
+
+    /// The distinct eids delivered.
+    pub fn distinct_eids(&self) -> std::collections::HashSet<String> {
+        self.delivered_set.lock().unwrap().clone()
+    }
+
+    /// eids of delivered events.
+    pub fn delivered_eids(&self) -> Vec<String> {
+        self.delivered()
+            .iter()
+            .map(|e| e["eid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+impl Collector {
+    /// A collector answering 200 over HTTPS with the server certificate of `certs`;
+    /// with `client_auth`, only clients with a certificate from its CA get through.
+    pub async fn start_tls(certs: &super::Certs, client_auth: bool) -> Collector {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(certs.path("server.pem"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_file(certs.path("server.key")).unwrap();
+        let builder = rustls::ServerConfig::builder();
+        let builder = if client_auth {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(certs.path("ca.pem")).unwrap() {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = builder.with_single_cert(chain, key).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let plain = Self::start().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tls_addr = listener.local_addr().unwrap();
+        tokio::spawn(terminate_tls(listener, acceptor, plain.addr));
+        Collector {
+            tls_addr: Some(tls_addr),
+            ..plain
+        }
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.tls_addr.expect("a TLS collector"))
+    }
+}
+
+/// Accepts TLS connections on `listener` and forwards their plain bytes to `inner`.
+async fn terminate_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    inner: SocketAddr,
+) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            // A refused handshake (no client certificate, an untrusted one) ends here.
+            let Ok(mut tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let Ok(mut plain) = tokio::net::TcpStream::connect(inner).await else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+        });
+    }
+}

@@ -1,0 +1,67 @@
+//! What every test stands on: a private `redis-server` per test ([`redis_server`]), a recording
+//! HTTP collector on the relay's own accept loop ([`collector`]), the relay in-process
+//! ([`in_process`]) or as the binary an operator runs ([`process`]), test events
+//! ([`events`]), network stand-ins ([`net`]: a proxy that can freeze, a port nothing
+//! answers on), certificates ([`certs`]), and one way to wait ([`wait_until`]).
+//!
+//! Every port is bound before it is handed out: in-process servers bind port 0, the
+//! relay's admin listener binds port 0 and logs the address it got, and a redis-server
+//! that finds its port taken is started again on another.
+#![allow(dead_code, unused_imports)]
+
+pub mod accounting;
+pub mod certs;
+pub mod collector;
+pub mod events;
+pub mod in_process;
+pub mod net;
+pub mod process;
+pub mod properties;
+pub mod redis_server;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+pub use accounting::*;
+pub use certs::Certs;
+pub use collector::{Collector, Received, Responder};
+pub use events::*;
+pub use in_process::{Relay, config, config_for_urls, connect_queue};
+pub use net::{ClosedPort, Proxy};
+pub use process::{Finished, RelayProcess, bin, bin_command, peak_rss, run_bin, send_signal};
+pub use redis_server::{RedisServer, instances};
+
+/// The list the relay reads by default.
+pub const LIST: &str = "snowplow";
+/// The default dead-letter list.
+pub const DEAD: &str = "{snowplow}:dead";
+
+/// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
+/// The one way a test waits for something (a plain closure is an `AsyncFnMut` too).
+pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `GET path` from an HTTP server at `addr` (the admin listener, the local collector):
+/// the status and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}

@@ -1,0 +1,19 @@
+//! The integration tests, in one binary (one link of the dependency tree): each module
+//! is one area, standing on [`support`]. Every test starts its own redis-server and
+//! collector; none needs anything running beforehand.
+
+mod support;
+
+mod cli;
+mod cluster;
+mod faults;
+mod fuzz_regressions;
+mod hardening;
+mod hostile;
+mod permissions;
+mod process;
+mod producing;
+mod relay;
+mod scripts;
+mod stalls;
+mod tls;
