@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::{Request, Response};
-use snowplow_relay::ops::listener::{Body, Limits, full, serve_http};
+use snowplow_relay::ops::listener::{Body, full, serve_http};
 
 const LIST: &str = "snowplow";
 const STAGING: &str = "bench-staging";
@@ -72,18 +72,16 @@ impl CountingCollector {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = collector.clone();
-        let limits = Limits {
-            max_connections: 1024,
-            max_header_bytes: 64 * 1024,
-            header_timeout: Duration::from_secs(10),
-            connection_timeout: Duration::from_secs(3600),
-            keep_alive: true,
-        };
         let answer = move |request| {
             let state = state.clone();
             async move { state.handle(request).await }
         };
-        tokio::spawn(serve_http(listener, limits, answer, std::future::pending()));
+        tokio::spawn(serve_http(
+            listener,
+            support::collector::LIMITS,
+            answer,
+            std::future::pending(),
+        ));
         (collector, url)
     }
 
@@ -144,18 +142,8 @@ fn realistic_events(n: usize, prefix: &str) -> Vec<String> {
 
 /// Preloads `events` into a staging list; [`publish`] makes them appear at once.
 fn stage(redis: &support::RedisServer, events: &[String]) {
-    let mut conn = redis.conn();
-    redis::cmd("DEL")
-        .arg(STAGING)
-        .query::<i64>(&mut conn)
-        .unwrap();
-    for chunk in events.chunks(2000) {
-        redis::cmd("RPUSH")
-            .arg(STAGING)
-            .arg(chunk)
-            .query::<i64>(&mut conn)
-            .unwrap();
-    }
+    redis.cmd(&["DEL", STAGING]);
+    redis.rpush(STAGING, events);
 }
 
 fn publish(redis: &support::RedisServer) {
@@ -680,7 +668,9 @@ fn main() {
             row(&format!("d. peak RSS, {backlog} backlog, collector down, MB"), format!("{:.1}", kb as f64 / 1024.0));
         }
         if wanted("instructions") {
-            let cases: [(&str, &[&str], &[(&str, &str)]); 3] = [
+            /// A row: its name, flags and environment.
+            type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+            let cases: [Case; 3] = [
                 ("POST default", &[], &[]),
                 ("POST tuned (buffer 500, claim 2000)", &["--buffer-size", "500"], &[("SNOWPLOW_RELAY_REDIS__CLAIM_BATCH_SIZE", "2000")]),
                 ("GET (32 in flight)", &["--method", "get"], &[("SNOWPLOW_RELAY_COLLECTOR__MAX_REQUESTS_IN_FLIGHT", "32")]),

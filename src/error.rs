@@ -18,16 +18,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The system's CA certificates, needed for an https collector, could not be loaded.
-    #[error(
-        "cannot load the system's CA certificates to verify the https collector ({0}); \
-         install them (Debian: apt-get install ca-certificates) or point SSL_CERT_FILE at \
-         a PEM bundle"
-    )]
-    TrustStore(String),
-    /// The HTTP client could not be built.
-    #[error("cannot build the HTTP client: {0}")]
-    HttpClient(String),
+    /// The collector client could not be built (the system's CA certificates, a client
+    /// certificate, the proxy).
+    #[error(transparent)]
+    HttpClient(#[from] snowplow_relay_tracker::http::ClientError),
     /// Redis failed in a way the relay cannot work around.
     #[error(transparent)]
     Queue(#[from] QueueError),

@@ -111,10 +111,9 @@ async fn relays_through_a_three_master_cluster() {
         &[("redis.cluster", "true"), ("collector.buffer_size", "50")],
     );
     let relay = Relay::start(settings);
-    wait_until("all delivered", Duration::from_secs(30), async || {
-        collector.delivered().len() >= total
-    })
-    .await;
+    collector
+        .until_delivered(total, Duration::from_secs(30))
+        .await;
     // An event pushed while the relay waits on the empty list arrives too.
     redis::cmd("RPUSH")
         .arg("snowplow")

@@ -89,10 +89,9 @@ async fn two_instances_share_the_list_and_one_takes_over_when_the_other_dies() {
     redis.rpush(LIST, &numbered_events(total));
     let mut first = spawn_relay(&redis, &collector);
     let second = spawn_relay(&redis, &collector);
-    wait_until("both working", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 1000
-    })
-    .await;
+    collector
+        .until_delivered(1000, Duration::from_secs(20))
+        .await;
     first.kill9();
     wait_until_all_resolved(&redis).await;
     sigterm(second).await;
@@ -115,12 +114,9 @@ async fn two_instances_in_normal_operation_deliver_each_event_once() {
     redis.rpush(LIST, &numbered_events(total));
     let first = spawn_relay(&redis, &collector);
     let second = spawn_relay(&redis, &collector);
-    wait_until(
-        "every event delivered",
-        Duration::from_secs(60),
-        async || collector.delivered().len() >= total,
-    )
-    .await;
+    collector
+        .until_delivered(total, Duration::from_secs(60))
+        .await;
     sigterm(first).await;
     sigterm(second).await;
     let duplicates = all_delivered(&collector, &redis, total);
@@ -140,10 +136,9 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
     let total = 10_000;
     redis.rpush(LIST, &numbered_events(total));
     let relay = spawn_relay_with(&proxy.url(), &collector, &[]);
-    wait_until("some delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 1000
-    })
-    .await;
+    collector
+        .until_delivered(1000, Duration::from_secs(20))
+        .await;
     let redis = redis.restart(&persistent);
     proxy.retarget(redis.port);
     wait_until_all_resolved(&redis).await;
@@ -168,10 +163,9 @@ async fn dropped_redis_connections_lose_nothing() {
     redis.rpush(LIST, &numbered_events(total));
     let relay = spawn_relay(&redis, &collector);
     for round in 1..=3 {
-        wait_until("progress", Duration::from_secs(30), async || {
-            collector.delivered().len() >= round * 1500
-        })
-        .await;
+        collector
+            .until_delivered(round * 1500, Duration::from_secs(30))
+            .await;
         // Drops every client connection but this one: the relay's commands and its
         // blocking wait fail mid-flight and have to reconnect.
         let killed: i64 = redis::cmd("CLIENT")

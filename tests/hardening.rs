@@ -32,10 +32,9 @@ async fn a_lone_surrogate_in_get_mode_is_dead_lettered_and_the_rest_keeps_flowin
             ("worker.max_claimed_events", "100"),
         ],
     ));
-    wait_until("599 delivered", Duration::from_secs(30), async || {
-        collector.delivered().len() >= 599
-    })
-    .await;
+    collector
+        .until_delivered(599, Duration::from_secs(30))
+        .await;
     relay.stop().await;
     let dead = dead_letters(&redis);
     assert_eq!(dead.len(), 1);
@@ -70,10 +69,7 @@ async fn redirects_are_not_followed_and_nothing_counts_as_delivered_meanwhile() 
     );
     collector.set_location(None);
     collector.respond_with(Box::new(|_| 200));
-    wait_until("all delivered", Duration::from_secs(10), async || {
-        collector.delivered().len() >= 20
-    })
-    .await;
+    collector.until_delivered(20, Duration::from_secs(10)).await;
     let summary = relay.stop().await;
     assert_eq!(summary.delivered, 20);
     assert_eq!(collector.delivered().len(), 20, "each once");
@@ -97,10 +93,7 @@ async fn a_413_splits_the_batch_down_to_the_one_event_that_cannot_pass() {
     let events = numbered_events(100);
     redis.rpush(LIST, &events);
     let relay = Relay::start(config(&redis, &collector, &[]));
-    wait_until("99 delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 99
-    })
-    .await;
+    collector.until_delivered(99, Duration::from_secs(20)).await;
     wait_until("one dead letter", Duration::from_secs(5), async || {
         redis.llen(DEAD) == 1
     })
@@ -208,10 +201,9 @@ async fn a_partial_batch_is_sent_by_the_flush_timer_when_the_list_never_runs_dry
             ("worker.max_claimed_bytes", "65536"),
         ],
     ));
-    wait_until("all delivered", Duration::from_secs(30), async || {
-        collector.delivered().len() >= 1000
-    })
-    .await;
+    collector
+        .until_delivered(1000, Duration::from_secs(30))
+        .await;
     relay.stop().await;
     let largest = collector.requests().iter().map(|r| r.events().len()).max();
     assert!(largest < Some(500), "batches were partial: {largest:?}");
@@ -237,9 +229,9 @@ async fn get_urls_over_the_limit_and_unknown_fields_in_get_mode() {
         ],
     ));
     wait_until(
-        "one delivered, one dead",
+        "delivered and dead-lettered",
         Duration::from_secs(10),
-        async || collector.delivered().len() == 1 && redis.llen(DEAD) == 1,
+        async || collector.delivered_count() == 1 && redis.llen(DEAD) == 1,
     )
     .await;
     relay.stop().await;
@@ -266,23 +258,17 @@ async fn endpoint_and_port_and_a_url_path_prefix_reach_the_collector() {
         snowplow_relay::config::Settings::load(None, &overrides, Some(&Default::default())).unwrap()
     };
     let relay = Relay::start(with_endpoint);
-    wait_until(
-        "delivered via endpoint",
-        Duration::from_secs(10),
-        async || collector.delivered().len() == 5,
-    )
-    .await;
+    collector
+        .until_exactly_delivered(5, Duration::from_secs(10))
+        .await;
     relay.stop().await;
 
     redis.rpush(LIST, &numbered_events(5));
     let prefixed = format!("{}/prefix/", collector.url());
     let relay = Relay::start(config_for_urls(&redis.url(), &prefixed, &[]));
-    wait_until(
-        "delivered via prefix",
-        Duration::from_secs(10),
-        async || collector.delivered().len() == 10,
-    )
-    .await;
+    collector
+        .until_exactly_delivered(10, Duration::from_secs(10))
+        .await;
     relay.stop().await;
     let paths: HashSet<String> = collector
         .requests()
@@ -349,10 +335,9 @@ async fn a_graceful_stop_with_everything_healthy_causes_no_duplicates() {
     collector.set_delay(Duration::from_millis(30));
     redis.rpush(LIST, &numbered_events(3000));
     let relay = Relay::start(config(&redis, &collector, &[]));
-    wait_until("some delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 300
-    })
-    .await;
+    collector
+        .until_delivered(300, Duration::from_secs(20))
+        .await;
     relay.stop().await;
     let relay = Relay::start(config(&redis, &collector, &[]));
     wait_until("the rest delivered", Duration::from_secs(30), async || {
@@ -539,10 +524,9 @@ async fn seventy_five_thousand_fields_and_a_huge_name_are_handled_in_linear_time
             ("collector.byte_limit", "1048576"),
         ],
     ));
-    wait_until("wide delivered", Duration::from_secs(30), async || {
-        collector.delivered().len() == 1
-    })
-    .await;
+    collector
+        .until_exactly_delivered(1, Duration::from_secs(30))
+        .await;
     let summary = relay.stop().await;
     assert_eq!(summary.dead_lettered, 1, "the duplicate 100 KB name");
     let dead = dead_letters(&redis);

@@ -109,12 +109,9 @@ async fn the_admin_listener_survives_a_flood_and_the_relay_goes_on() {
         redis.rpush(LIST, &numbered_events(200 * (round + 1))[200 * round..]);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    wait_until(
-        "events delivered during the flood",
-        Duration::from_secs(20),
-        async || collector.distinct_delivered() == 1_000,
-    )
-    .await;
+    collector
+        .until_distinct(1_000, Duration::from_secs(20))
+        .await;
     while flood.join_next().await.is_some() {}
     done.store(true, Ordering::Relaxed);
     let peak = watcher.await.unwrap();
@@ -232,9 +229,7 @@ async fn the_local_collector_stays_bounded_under_huge_events_and_trickled_bodies
     // on two cores (the figure above is the one to report).
     assert!(slowest < Duration::from_secs(3), "{slowest:?}");
     flood.abort_all();
-    collector.signal(libc::SIGTERM);
-    let Finished { status, log, .. } = collector.finish(Duration::from_secs(20)).await;
-    assert_eq!(status.code(), Some(0), "{log}");
+    collector.stop_cleanly().await;
 }
 
 #[tokio::test]
@@ -359,12 +354,7 @@ async fn kubernetes_variables_and_string_settings_mean_what_they_say() {
         ],
     );
     redis.rpush("007", &numbered_events(10));
-    wait_until(
-        "the list named 007 relayed",
-        Duration::from_secs(20),
-        async || collector.distinct_delivered() == 10,
-    )
-    .await;
+    collector.until_distinct(10, Duration::from_secs(20)).await;
     relay.stop_cleanly().await;
 
     // A dead-letter list equal to the list would feed the relay its own dead letters.

@@ -48,10 +48,9 @@ async fn the_readme_acl_rule_is_all_the_relay_and_its_tools_need() {
         &collector.url(),
         &[("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "1")],
     );
-    wait_until("299 delivered", Duration::from_secs(30), async || {
-        collector.delivered().len() == 299
-    })
-    .await;
+    collector
+        .until_exactly_delivered(299, Duration::from_secs(30))
+        .await;
     assert_eq!(redis.llen(DEAD), 1);
     // Held events go back at shutdown, as that user.
     collector.respond_with(Box::new(|_| 503));
@@ -118,10 +117,9 @@ async fn a_permission_revoked_while_running_is_named_and_backs_off() {
     let collector = Collector::start().await;
     let relay = RelayProcess::start(&user_url(&redis), &collector.url(), &[]);
     redis.rpush(LIST, &numbered_events(50));
-    wait_until("delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() == 50
-    })
-    .await;
+    collector
+        .until_exactly_delivered(50, Duration::from_secs(20))
+        .await;
     // The list runs dry, so the relay waits with BLMOVE; take that away. (The wait in
     // progress ends within 5 s; the next one is refused.)
     redis.cmd(&["ACL", "SETUSER", "relay", "-blmove"]);
@@ -152,12 +150,9 @@ async fn a_permission_revoked_while_running_is_named_and_backs_off() {
     assert!(more <= 7, "{more} more warnings in 5 s: {warnings:?}");
     // A claim as that user goes on working, and so do new events.
     redis.rpush(LIST, &numbered_events(60)[50..]);
-    wait_until(
-        "the new ones delivered",
-        Duration::from_secs(20),
-        async || collector.delivered().len() == 60,
-    )
-    .await;
+    collector
+        .until_exactly_delivered(60, Duration::from_secs(20))
+        .await;
     relay.stop_cleanly().await;
 }
 
@@ -179,12 +174,9 @@ async fn a_full_redis_is_drained_and_said_to_be_full() {
     );
     let collector = Collector::start().await;
     let relay = RelayProcess::start(&redis.url(), &collector.url(), &[]);
-    wait_until(
-        "every event delivered",
-        Duration::from_secs(60),
-        async || collector.delivered().len() >= total,
-    )
-    .await;
+    collector
+        .until_delivered(total, Duration::from_secs(60))
+        .await;
     let log = relay.stop_cleanly().await;
     all_delivered(&collector, &redis, total);
     assert!(log.contains("Redis is out of memory"), "{log}");
@@ -220,12 +212,9 @@ async fn the_lease_survives_a_storm_of_killed_connections() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     redis.rpush(LIST, &numbered_events(100));
-    wait_until(
-        "delivered after the storm",
-        Duration::from_secs(20),
-        async || collector.delivered().len() == 100,
-    )
-    .await;
+    collector
+        .until_exactly_delivered(100, Duration::from_secs(20))
+        .await;
     let log = relay.stop_cleanly().await;
     assert!(!log.contains("lease expired"), "{log}");
     assert!(!log.contains("registering again"), "{log}");
@@ -251,12 +240,9 @@ async fn a_lone_relay_keeps_its_own_claims_through_a_redis_stall_longer_than_its
     redis.signal(libc::SIGSTOP);
     tokio::time::sleep(Duration::from_secs(3)).await; // two lease lifetimes
     redis.signal(libc::SIGCONT);
-    wait_until(
-        "every event delivered",
-        Duration::from_secs(60),
-        async || collector.distinct_delivered() == total,
-    )
-    .await;
+    collector
+        .until_distinct(total, Duration::from_secs(60))
+        .await;
     let log = relay.stop_cleanly().await;
     let delivered = collector.delivered_eids().len();
     assert!(

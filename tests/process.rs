@@ -58,10 +58,9 @@ async fn a_frozen_redis_cannot_hold_up_shutdown_and_nothing_is_lost() {
         &collector.url(),
         &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "1000")],
     );
-    wait_until("some delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 100
-    })
-    .await;
+    collector
+        .until_delivered(100, Duration::from_secs(20))
+        .await;
     redis.signal(libc::SIGSTOP);
     child.signal(libc::SIGTERM);
     let Finished {
@@ -120,13 +119,7 @@ async fn a_frozen_redis_cannot_hold_up_shutdown_and_nothing_is_lost() {
         },
     )
     .await;
-    child.signal(libc::SIGTERM);
-    let Finished {
-        status,
-        log: stderr,
-        ..
-    } = child.finish(Duration::from_secs(15)).await;
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    child.stop_cleanly().await;
     assert_eq!(redis.llen(LIST), 0);
 }
 
@@ -277,13 +270,7 @@ async fn elements_near_a_megabyte_keep_relay_and_redis_memory_flat() {
         !collector.requests().is_empty(),
         "the relay claimed and tried to send"
     );
-    child.signal(libc::SIGTERM);
-    let Finished {
-        status,
-        log: stderr,
-        ..
-    } = child.finish(Duration::from_secs(15)).await;
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    child.stop_cleanly().await;
     let growth_mb = (redis_peak - baseline) as f64 / 1e6;
     let relay_mb = relay_peak_kb as f64 / 1e3;
     eprintln!(
@@ -416,13 +403,7 @@ async fn metrics_and_health_match_what_the_collector_and_redis_saw() {
     .await;
     let (_, why) = http_get(addr, "/readyz").await;
     assert!(why.contains("collector"), "{why}");
-    child.signal(libc::SIGTERM);
-    let Finished {
-        status,
-        log: stderr,
-        ..
-    } = child.finish(Duration::from_secs(15)).await;
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    child.stop_cleanly().await;
     let refused_probe = run_bin(&["--admin-listen", &admin, "healthcheck"], &[]);
     assert_eq!(
         refused_probe.status.code(),
@@ -500,13 +481,7 @@ async fn systemd_hears_ready_only_once_registered_then_status_watchdog_and_stopp
         seen("STATUS=relaying")
     })
     .await;
-    child.signal(libc::SIGTERM);
-    let Finished {
-        status,
-        log: stderr,
-        ..
-    } = child.finish(Duration::from_secs(15)).await;
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    child.stop_cleanly().await;
     wait_until("STOPPING", Duration::from_secs(2), async || {
         seen("STOPPING=1")
     })
@@ -528,17 +503,10 @@ async fn a_host_without_ca_certificates_relays_over_http_and_says_what_https_nee
         ("SSL_CERT_DIR", "/nonexistent"),
     ];
     let child = relay(&redis.url(), &collector.url(), &no_roots);
-    wait_until("delivered over http", Duration::from_secs(10), async || {
-        collector.delivered().len() == 20
-    })
-    .await;
-    child.signal(libc::SIGTERM);
-    let Finished {
-        status,
-        log: stderr,
-        ..
-    } = child.finish(Duration::from_secs(15)).await;
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    collector
+        .until_exactly_delivered(20, Duration::from_secs(10))
+        .await;
+    child.stop_cleanly().await;
 
     let child = relay(&redis.url(), "https://collector.invalid", &no_roots);
     let Finished {
@@ -584,13 +552,7 @@ async fn sigusr1_flushes_a_partial_batch_at_once() {
     .await;
     let sent = collector.delivered().len();
     assert!(sent > 0 && sent < 500, "one partial batch: {sent}");
-    child.signal(libc::SIGTERM);
-    let Finished {
-        status,
-        log: stderr,
-        ..
-    } = child.finish(Duration::from_secs(15)).await;
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    let stderr = child.stop_cleanly().await;
     assert!(stderr.contains("flush requested"), "{stderr}");
     let delivered: std::collections::HashSet<String> =
         collector.delivered_eids().into_iter().collect();
@@ -662,19 +624,10 @@ async fn sighup_reloads_the_log_level_and_retry_settings_and_names_what_needs_a_
         "the reloaded backoff slows the retries: {after:?}"
     );
     collector.respond_with(Box::new(|_| 200));
-    wait_until(
-        "every event delivered",
-        Duration::from_secs(20),
-        async || collector.delivered().len() >= 100,
-    )
-    .await;
-    child.signal(libc::SIGTERM);
-    let Finished {
-        status,
-        log: stderr,
-        ..
-    } = child.finish(Duration::from_secs(15)).await;
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    collector
+        .until_delivered(100, Duration::from_secs(20))
+        .await;
+    let stderr = child.stop_cleanly().await;
     assert!(
         stderr.contains("the new configuration is invalid"),
         "{stderr}"

@@ -46,12 +46,9 @@ async fn post_delivers_every_fixture_event_with_every_field() {
     redis.rpush(LIST, &events);
     let relay = Relay::start(config(&redis, &collector, &[]));
 
-    wait_until(
-        "all 360 events delivered",
-        Duration::from_secs(20),
-        async || collector.delivered().len() >= 360,
-    )
-    .await;
+    collector
+        .until_delivered(360, Duration::from_secs(20))
+        .await;
     let summary = relay.stop().await;
 
     let sent = by_eid(&events);
@@ -104,12 +101,9 @@ async fn get_delivers_every_event_one_per_request() {
         &[("collector.method", "get"), ("collector.anonymous", "true")],
     ));
 
-    wait_until(
-        "all events delivered",
-        Duration::from_secs(20),
-        async || collector.delivered().len() >= 120,
-    )
-    .await;
+    collector
+        .until_delivered(120, Duration::from_secs(20))
+        .await;
     relay.stop().await;
 
     let sent = by_eid(&events);
@@ -134,10 +128,9 @@ async fn batches_split_by_count_and_by_bytes() {
         &collector,
         &[("collector.buffer_size", "7")],
     ));
-    wait_until("200 delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 200
-    })
-    .await;
+    collector
+        .until_delivered(200, Duration::from_secs(20))
+        .await;
     relay.stop().await;
     let sizes: Vec<usize> = collector
         .requests()
@@ -162,10 +155,9 @@ async fn batches_split_by_count_and_by_bytes() {
             ("collector.byte_limit", "6000"),
         ],
     ));
-    wait_until("200 delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 200
-    })
-    .await;
+    collector
+        .until_delivered(200, Duration::from_secs(20))
+        .await;
     relay.stop().await;
     let requests = collector.requests();
     for request in &requests {
@@ -209,12 +201,9 @@ async fn a_lone_event_is_sent_at_once() {
     .await;
     let pushed = Instant::now();
     redis.rpush(LIST, &numbered_events(1));
-    wait_until(
-        "the lone event arrives",
-        Duration::from_secs(5),
-        async || collector.delivered().len() == 1,
-    )
-    .await;
+    collector
+        .until_exactly_delivered(1, Duration::from_secs(5))
+        .await;
     let latency = pushed.elapsed();
     relay.stop().await;
     // A relay that waited for a full batch would never send it; one that polled on a
@@ -244,10 +233,9 @@ async fn server_errors_are_retried_until_accepted_with_nothing_lost_or_duplicate
         &collector,
         &[("collector.buffer_size", "10")],
     ));
-    wait_until("all delivered", Duration::from_secs(30), async || {
-        collector.delivered().len() >= 300
-    })
-    .await;
+    collector
+        .until_delivered(300, Duration::from_secs(30))
+        .await;
     relay.stop().await;
 
     let eids = collector.delivered_eids();
@@ -281,9 +269,9 @@ async fn a_400_sends_the_batch_to_the_dead_letter_list_byte_for_byte() {
         &[("collector.buffer_size", "1")],
     ));
     wait_until(
-        "19 delivered, 1 dead",
+        "delivered and dead-lettered",
         Duration::from_secs(20),
-        async || collector.delivered().len() >= 19 && redis.llen(DEAD) == 1,
+        async || collector.delivered_count() >= 19 && redis.llen(DEAD) == 1,
     )
     .await;
     let summary = relay.stop().await;
@@ -346,9 +334,9 @@ async fn malformed_elements_are_dead_lettered_and_the_rest_delivered() {
     }
     let relay = Relay::start(config(&redis, &collector, &[]));
     wait_until(
-        "good delivered, bad dead",
+        "delivered and dead-lettered",
         Duration::from_secs(20),
-        async || collector.delivered().len() >= 30 && redis.llen(DEAD) == bad.len(),
+        async || collector.delivered_count() >= 30 && redis.llen(DEAD) == bad.len(),
     )
     .await;
     relay.stop().await;
@@ -382,10 +370,9 @@ async fn shutdown_mid_stream_delivers_or_returns_every_event_in_order() {
         &collector,
         &[("worker.drain_timeout_ms", "200")],
     ));
-    wait_until("some delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 200
-    })
-    .await;
+    collector
+        .until_delivered(200, Duration::from_secs(20))
+        .await;
     // From now on the collector hangs: the drain deadline has to cut requests short.
     collector.set_delay(Duration::from_secs(3));
     let summary = relay.stop().await;
@@ -513,10 +500,9 @@ async fn collector_down_then_up_loses_nothing() {
          worker.max_claimed_events claimed)"
     );
     let collector = Collector::start_on(port);
-    wait_until("all delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 2000
-    })
-    .await;
+    collector
+        .until_delivered(2000, Duration::from_secs(20))
+        .await;
     relay.stop().await;
     let unique: HashSet<String> = collector.delivered_eids().into_iter().collect();
     assert_eq!(unique.len(), 2000);
@@ -538,12 +524,7 @@ async fn redis_down_at_start_is_waited_for() {
     let redis = RedisServer::start();
     proxy.retarget(redis.port);
     redis.rpush(LIST, &numbered_events(10));
-    wait_until(
-        "delivered after Redis came up",
-        Duration::from_secs(40),
-        async || collector.delivered().len() >= 10,
-    )
-    .await;
+    collector.until_delivered(10, Duration::from_secs(40)).await;
     relay.stop().await;
 }
 
@@ -565,9 +546,9 @@ async fn oversized_elements_go_to_the_dead_letter_list_from_redis() {
         &[("events.max_element_bytes", "20000")],
     ));
     wait_until(
-        "10 delivered, 1 dead",
+        "delivered and dead-lettered",
         Duration::from_secs(20),
-        async || collector.delivered().len() >= 10 && redis.llen(DEAD) == 1,
+        async || collector.delivered_count() >= 10 && redis.llen(DEAD) == 1,
     )
     .await;
     let summary = relay.stop().await;
@@ -623,10 +604,7 @@ async fn a_dead_relays_in_flight_events_are_recovered_at_start_up_in_order() {
             ("collector.max_requests_in_flight", "1"),
         ],
     ));
-    wait_until("30 delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 30
-    })
-    .await;
+    collector.until_delivered(30, Duration::from_secs(20)).await;
     let summary = relay.stop().await;
     assert_eq!(summary.redelivered, 10);
     let order: Vec<usize> = collector
@@ -654,10 +632,7 @@ async fn a_relay_whose_lease_was_taken_registers_again_and_goes_on() {
     let events = numbered_events(20);
     redis.rpush(LIST, &events[..10]);
     let relay = Relay::start(config(&redis, &collector, &[]));
-    wait_until("first 10 delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 10
-    })
-    .await;
+    collector.until_delivered(10, Duration::from_secs(20)).await;
     // As the recover script does when it finds this relay's lease expired (its in-flight
     // list is empty: everything was delivered).
     let mut conn = redis.conn();
@@ -667,10 +642,7 @@ async fn a_relay_whose_lease_was_taken_registers_again_and_goes_on() {
         }
     }
     redis.rpush(LIST, &events[10..]);
-    wait_until("the rest delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 20
-    })
-    .await;
+    collector.until_delivered(20, Duration::from_secs(20)).await;
     relay.stop().await;
     let unique: HashSet<String> = collector.delivered_eids().into_iter().collect();
     assert_eq!(unique.len(), 20);

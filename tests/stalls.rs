@@ -24,19 +24,15 @@ async fn a_redis_connection_that_stops_answering_is_replaced() {
             ("worker.max_claimed_events", "500"),
         ],
     ));
-    wait_until("some delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 1_000
-    })
-    .await;
+    collector
+        .until_delivered(1_000, Duration::from_secs(20))
+        .await;
     // Every connection the relay holds now answers nothing; new ones get through.
     proxy.freeze_existing();
     let frozen = Instant::now();
-    wait_until(
-        "every event delivered",
-        Duration::from_secs(30),
-        async || collector.distinct_delivered() == total,
-    )
-    .await;
+    collector
+        .until_distinct(total, Duration::from_secs(30))
+        .await;
     let took = frozen.elapsed();
     let summary = relay.stop().await;
     report(
@@ -75,10 +71,9 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
             ("worker.max_claimed_events", "500"),
         ],
     ));
-    wait_until("some delivered", Duration::from_secs(20), async || {
-        collector.delivered().len() >= 1_000
-    })
-    .await;
+    collector
+        .until_delivered(1_000, Duration::from_secs(20))
+        .await;
     // An orderly switchover: writes paused, the replica caught up, promoted, the old
     // master demoted, the address moved; the relay's connections stay open to the old one.
     old.cmd(&["CLIENT", "PAUSE", "5000", "WRITE"]);
@@ -101,12 +96,9 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
     proxy.retarget(new.port);
     old.cmd(&["CLIENT", "UNPAUSE"]);
     let switched = Instant::now();
-    wait_until(
-        "every event delivered",
-        Duration::from_secs(30),
-        async || collector.distinct_delivered() == total,
-    )
-    .await;
+    collector
+        .until_distinct(total, Duration::from_secs(30))
+        .await;
     let took = switched.elapsed();
     relay.stop().await;
     report("switchover (READONLY)", total, &collector, &new, Some(took));
@@ -143,12 +135,9 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
     redis.rpush(LIST, &numbered_events(total));
     let relay = Relay::start(config(&redis, &collector, settings));
     let started = Instant::now();
-    wait_until(
-        "the others delivered",
-        Duration::from_secs(60),
-        async || collector.distinct_delivered() == total - 2,
-    )
-    .await;
+    collector
+        .until_distinct(total - 2, Duration::from_secs(60))
+        .await;
     wait_until(
         "the two dead-lettered",
         Duration::from_secs(60),
@@ -192,12 +181,9 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
     assert_eq!(redis.llen(DEAD), 0, "an outage dead-letters nothing");
     collector.respond_with(Box::new(|_| 200));
     let recovered = Instant::now();
-    wait_until(
-        "every event delivered",
-        Duration::from_secs(60),
-        async || collector.distinct_delivered() == total,
-    )
-    .await;
+    collector
+        .until_distinct(total, Duration::from_secs(60))
+        .await;
     let took = recovered.elapsed();
     let summary = relay.stop().await;
     report(
@@ -243,12 +229,9 @@ async fn claims_fit_the_largest_reply_redis_allows() {
         redis.rpush(LIST, &big_events(total));
         let started = Instant::now();
         let relay = Relay::start(config_for_urls(&url, &collector.url(), &[]));
-        wait_until(
-            "every event delivered",
-            Duration::from_secs(45),
-            async || collector.distinct_delivered() == total,
-        )
-        .await;
+        collector
+            .until_distinct(total, Duration::from_secs(45))
+            .await;
         let took = started.elapsed();
         let summary = relay.stop().await;
         report(
@@ -378,9 +361,8 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
     }
     assert!(not_ready, "/readyz says the collector is failing");
     collector.respond_with(Box::new(|_| 200));
-    wait_until("all delivered", Duration::from_secs(30), async || {
-        collector.distinct_delivered() == 2_000
-    })
-    .await;
+    collector
+        .until_distinct(2_000, Duration::from_secs(30))
+        .await;
     relay.stop_cleanly().await;
 }

@@ -48,12 +48,9 @@ async fn an_https_collector_with_a_private_ca_and_mutual_tls() {
             ),
         ],
     );
-    wait_until(
-        "delivered over mutual TLS",
-        Duration::from_secs(15),
-        async || collector.delivered().len() == 50,
-    )
-    .await;
+    collector
+        .until_exactly_delivered(50, Duration::from_secs(15))
+        .await;
     let (code, log) = stop(child).await;
     assert_eq!(code, Some(0), "{log}");
 
@@ -124,12 +121,9 @@ async fn redis_over_tls_with_a_ca_file_and_client_certificates() {
             ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_KEY_FILE", key.as_str()),
         ],
     );
-    wait_until(
-        "delivered from Redis over TLS",
-        Duration::from_secs(15),
-        async || collector.delivered().len() == 30,
-    )
-    .await;
+    collector
+        .until_exactly_delivered(30, Duration::from_secs(15))
+        .await;
     let (code, log) = stop(child).await;
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(redis.llen(LIST), 0);
@@ -211,10 +205,9 @@ async fn redis_over_tls_without_client_certificates_and_a_collector_ca_added_to_
             ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", ca.as_str()),
         ],
     );
-    wait_until("delivered", Duration::from_secs(15), async || {
-        collector.delivered().len() == 20
-    })
-    .await;
+    collector
+        .until_exactly_delivered(20, Duration::from_secs(15))
+        .await;
     let (code, log) = stop(child).await;
     assert_eq!(code, Some(0), "{log}");
 }
@@ -386,12 +379,9 @@ async fn acl_users_and_password_files_and_refusals_that_never_show_the_password(
             ("SNOWPLOW_RELAY_REDIS__PASSWORD_FILE", file_arg.as_str()),
         ],
     );
-    wait_until(
-        "delivered as user relay",
-        Duration::from_secs(15),
-        async || collector.delivered().len() == 20,
-    )
-    .await;
+    collector
+        .until_exactly_delivered(20, Duration::from_secs(15))
+        .await;
     let clients: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query(&mut redis.conn())

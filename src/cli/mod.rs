@@ -141,76 +141,41 @@ enum Command {
     Collector(collector::CollectorArgs),
 }
 
-impl CommonFlags {
-    fn or(self, before: &CommonFlags) -> CommonFlags {
-        CommonFlags {
-            config: self.config.or_else(|| before.config.clone()),
-            log_level: self.log_level.or_else(|| before.log_level.clone()),
-            log_format: self.log_format.or_else(|| before.log_format.clone()),
-        }
-    }
+/// A flag group's `or` (these flags, with `before`, given ahead of the subcommand,
+/// where these are unset) and `add_to` (its flags as overrides of their keys).
+macro_rules! flag_group {
+    ($group:ident { $($field:ident),* } sets { $($key:ident $flag:literal $set:ident),* }) => {
+        impl $group {
+            fn or(self, before: &$group) -> $group {
+                $group {
+                    $($field: self.$field.or_else(|| before.$field.clone()),)*
+                }
+            }
 
-    fn add_to(&self, overrides: &mut Overrides) {
-        overrides.set_flag(key::LOG_LEVEL, "--log-level", self.log_level.as_ref());
-        overrides.set_flag(key::LOG_FORMAT, "--log-format", self.log_format.as_ref());
-    }
+            fn add_to(&self, overrides: &mut Overrides) {
+                $(overrides.set_flag(key::$key, $flag, self.$set.as_ref());)*
+            }
+        }
+    };
 }
 
-impl RedisFlags {
-    fn or(self, before: &RedisFlags) -> RedisFlags {
-        RedisFlags {
-            redis_url: self.redis_url.or_else(|| before.redis_url.clone()),
-            key: self.key.or_else(|| before.key.clone()),
-        }
-    }
-
-    fn add_to(&self, overrides: &mut Overrides) {
-        overrides.set_flag(key::REDIS_URL, "--redis-url", self.redis_url.as_ref());
-        overrides.set_flag(key::REDIS_KEY, "--key", self.key.as_ref());
-    }
-}
-
-impl CollectorFlags {
-    fn or(self, before: &CollectorFlags) -> CollectorFlags {
-        CollectorFlags {
-            collector: self.collector.or_else(|| before.collector.clone()),
-            method: self.method.or_else(|| before.method.clone()),
-            buffer_size: self.buffer_size.or_else(|| before.buffer_size.clone()),
-            byte_limit: self.byte_limit.or_else(|| before.byte_limit.clone()),
-        }
-    }
-
-    fn add_to(&self, overrides: &mut Overrides) {
-        overrides.set_flag(key::COLLECTOR_URL, "--collector", self.collector.as_ref());
-        overrides.set_flag(key::COLLECTOR_METHOD, "--method", self.method.as_ref());
-        overrides.set_flag(
-            key::COLLECTOR_BUFFER_SIZE,
-            "--buffer-size",
-            self.buffer_size.as_ref(),
-        );
-        overrides.set_flag(
-            key::COLLECTOR_BYTE_LIMIT,
-            "--byte-limit",
-            self.byte_limit.as_ref(),
-        );
-    }
-}
-
-impl AdminFlags {
-    fn or(self, before: &AdminFlags) -> AdminFlags {
-        AdminFlags {
-            admin_listen: self.admin_listen.or_else(|| before.admin_listen.clone()),
-        }
-    }
-
-    fn add_to(&self, overrides: &mut Overrides) {
-        overrides.set_flag(
-            key::ADMIN_LISTEN,
-            "--admin-listen",
-            self.admin_listen.as_ref(),
-        );
-    }
-}
+flag_group!(CommonFlags { config, log_level, log_format } sets {
+    LOG_LEVEL "--log-level" log_level,
+    LOG_FORMAT "--log-format" log_format
+});
+flag_group!(RedisFlags { redis_url, key } sets {
+    REDIS_URL "--redis-url" redis_url,
+    REDIS_KEY "--key" key
+});
+flag_group!(CollectorFlags { collector, method, buffer_size, byte_limit } sets {
+    COLLECTOR_URL "--collector" collector,
+    COLLECTOR_METHOD "--method" method,
+    COLLECTOR_BUFFER_SIZE "--buffer-size" buffer_size,
+    COLLECTOR_BYTE_LIMIT "--byte-limit" byte_limit
+});
+flag_group!(AdminFlags { admin_listen } sets {
+    ADMIN_LISTEN "--admin-listen" admin_listen
+});
 
 impl RelayFlags {
     /// These flags, with `before` (given ahead of the subcommand) where these are unset.

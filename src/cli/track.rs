@@ -191,6 +191,18 @@ fn parse_item(text: &str) -> Result<TransactionItem, String> {
     Ok(item)
 }
 
+/// Sets an optional value on a builder: `builder.maybe(value, Builder::setter)`.
+trait Maybe: Sized {
+    fn maybe<V>(self, value: Option<V>, set: impl FnOnce(Self, V) -> Self) -> Self {
+        match value {
+            Some(value) => set(self, value),
+            None => self,
+        }
+    }
+}
+
+impl<T> Maybe for T {}
+
 impl TrackArgs {
     fn event(&self) -> Result<Event, Error> {
         Ok(match &self.event {
@@ -198,46 +210,26 @@ impl TrackArgs {
                 url,
                 title,
                 referrer,
-            } => {
-                let mut view = PageView::new(url);
-                if let Some(title) = title {
-                    view = view.title(title);
-                }
-                if let Some(referrer) = referrer {
-                    view = view.referrer(referrer);
-                }
-                view.into()
-            }
+            } => PageView::new(url)
+                .maybe(title.as_ref(), PageView::title)
+                .maybe(referrer.as_ref(), PageView::referrer)
+                .into(),
             EventArgs::Struct {
                 category,
                 action,
                 label,
                 property,
                 value,
-            } => {
-                let mut event = Structured::new(category, action);
-                if let Some(label) = label {
-                    event = event.label(label);
-                }
-                if let Some(property) = property {
-                    event = event.property(property);
-                }
-                if let Some(value) = value {
-                    event = event.value(*value);
-                }
-                event.into()
-            }
+            } => Structured::new(category, action)
+                .maybe(label.as_ref(), Structured::label)
+                .maybe(property.as_ref(), Structured::property)
+                .maybe(*value, Structured::value)
+                .into(),
             EventArgs::SelfDescribing { json } => SelfDescribingJson::from_json(json)?.into(),
-            EventArgs::ScreenView { name, id } => {
-                let mut screen = ScreenView::new();
-                if let Some(name) = name {
-                    screen = screen.name(name);
-                }
-                if let Some(id) = id {
-                    screen = screen.id(id);
-                }
-                screen.into()
-            }
+            EventArgs::ScreenView { name, id } => ScreenView::new()
+                .maybe(name.as_ref(), ScreenView::name)
+                .maybe(id.as_ref(), ScreenView::id)
+                .into(),
             EventArgs::Transaction {
                 order_id,
                 total,
@@ -247,61 +239,35 @@ impl TrackArgs {
                 shipping,
                 items,
             } => {
-                let mut order = EcommerceTransaction::new(order_id, *total);
-                if let Some(currency) = currency {
-                    order = order.currency(currency);
-                }
-                if let Some(affiliation) = affiliation {
-                    order = order.affiliation(affiliation);
-                }
-                if let Some(tax) = tax {
-                    order = order.tax_value(*tax);
-                }
-                if let Some(shipping) = shipping {
-                    order = order.shipping(*shipping);
-                }
-                for item in items {
-                    order = order.item(item.clone());
-                }
-                order.into()
+                let order = EcommerceTransaction::new(order_id, *total)
+                    .maybe(currency.as_ref(), EcommerceTransaction::currency)
+                    .maybe(affiliation.as_ref(), EcommerceTransaction::affiliation)
+                    .maybe(*tax, EcommerceTransaction::tax_value)
+                    .maybe(*shipping, EcommerceTransaction::shipping);
+                items
+                    .iter()
+                    .fold(order, |order, item| order.item(item.clone()))
+                    .into()
             }
         })
     }
 
     fn subject(&self) -> Subject {
         let s = &self.subject;
-        let mut subject = Subject::new().platform(s.platform);
-        if let Some(v) = &s.user_id {
-            subject = subject.user_id(v);
-        }
-        if let Some((w, h)) = s.screen_resolution {
-            subject = subject.screen_resolution(w, h);
-        }
-        if let Some((w, h)) = s.viewport {
-            subject = subject.viewport(w, h);
-        }
-        if let Some(v) = s.color_depth {
-            subject = subject.color_depth(v);
-        }
-        if let Some(v) = &s.timezone {
-            subject = subject.timezone(v);
-        }
-        if let Some(v) = &s.lang {
-            subject = subject.language(v);
-        }
-        if let Some(v) = &s.ip {
-            subject = subject.ip_address(v);
-        }
-        if let Some(v) = &s.useragent {
-            subject = subject.useragent(v);
-        }
-        if let Some(v) = &s.domain_user_id {
-            subject = subject.domain_user_id(v);
-        }
-        if let Some(v) = &s.network_user_id {
-            subject = subject.network_user_id(v);
-        }
-        subject
+        Subject::new()
+            .platform(s.platform)
+            .maybe(s.user_id.as_ref(), Subject::user_id)
+            .maybe(s.screen_resolution, |subject, (w, h)| {
+                subject.screen_resolution(w, h)
+            })
+            .maybe(s.viewport, |subject, (w, h)| subject.viewport(w, h))
+            .maybe(s.color_depth, Subject::color_depth)
+            .maybe(s.timezone.as_ref(), Subject::timezone)
+            .maybe(s.lang.as_ref(), Subject::language)
+            .maybe(s.ip.as_ref(), Subject::ip_address)
+            .maybe(s.useragent.as_ref(), Subject::useragent)
+            .maybe(s.domain_user_id.as_ref(), Subject::domain_user_id)
+            .maybe(s.network_user_id.as_ref(), Subject::network_user_id)
     }
 
     fn options(&self) -> Result<TrackOptions, Error> {

@@ -525,7 +525,14 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key_and_what_is_expected() {
-        let cases: &[(&str, &[(&'static str, &str)], &str, &str)] = &[
+        /// A file, overrides, the key the error names and what it says is expected.
+        type Case = (
+            &'static str,
+            &'static [(&'static str, &'static str)],
+            &'static str,
+            &'static str,
+        );
+        let cases: &[Case] = &[
             (
                 MINIMAL,
                 &[("collector.buffer_size", "0")],

@@ -59,6 +59,16 @@ struct StageState {
     last_error: Mutex<String>,
 }
 
+impl StageState {
+    /// The kind of the last failure, for a health message.
+    fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// The relay's health, shared by the worker, the admin listener and the notifier.
 #[derive(Debug)]
 pub struct Health {
@@ -232,11 +242,7 @@ impl Health {
             let state = self.stage(stage);
             let at = state.failing_since.load(Ordering::Relaxed);
             if at != 0 {
-                let kind = state
-                    .last_error
-                    .lock()
-                    .map(|k| k.clone())
-                    .unwrap_or_default();
+                let kind = state.last_error();
                 return Err(format!(
                     "Redis {} failing for {} ms ({kind})",
                     stage.name(),
@@ -275,11 +281,7 @@ impl Health {
                 && since(failing) > bound
                 && heartbeat_ok > failing
             {
-                let kind = state
-                    .last_error
-                    .lock()
-                    .map(|k| k.clone())
-                    .unwrap_or_default();
+                let kind = state.last_error();
                 return Err(format!(
                     "Redis {} has failed for {} ms ({kind}) while Redis answers the lease \
                      renewal",

@@ -35,6 +35,17 @@ pub enum DeadReason {
     FailedAlone,
 }
 
+impl From<snowplow_relay_tracker::http::Refusal> for DeadReason {
+    fn from(refusal: snowplow_relay_tracker::http::Refusal) -> DeadReason {
+        use snowplow_relay_tracker::http::Refusal;
+        match refusal {
+            Refusal::Status => DeadReason::Rejected,
+            Refusal::TooLarge => DeadReason::TooLarge,
+            Refusal::Unsendable => DeadReason::Unsendable,
+        }
+    }
+}
+
 impl DeadReason {
     /// Every reason, for sums and for a scrape that shows zeros.
     pub const ALL: [DeadReason; 6] = [

@@ -48,6 +48,33 @@ impl Keys {
     }
 }
 
+/// One of the keys a script is given (its `KEYS[i]` in the order the call names them).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Key {
+    List,
+    Dead,
+    Instances,
+    Inflight,
+    Meta,
+    Lease,
+    Retry,
+}
+
+impl Keys {
+    /// The name of `key` for this list and `instance`.
+    pub(super) fn name(&self, key: Key, instance: &str) -> String {
+        match key {
+            Key::List => self.list.clone(),
+            Key::Dead => self.dead.clone(),
+            Key::Instances => self.instances.clone(),
+            Key::Inflight => self.inflight(instance),
+            Key::Meta => self.meta(instance),
+            Key::Lease => self.lease(instance),
+            Key::Retry => self.retry(instance),
+        }
+    }
+}
+
 /// A key fit for a log line: escaped and cut (a key can be a megabyte long and hold
 /// control characters).
 pub fn shown_key(key: &str) -> String {

@@ -82,6 +82,7 @@ use bytes::Bytes;
 pub use connection::{BlockingConnection, Connection, open_connection};
 use connection::{Link, explain};
 pub use errors::{QueueError, one_line};
+use keys::Key;
 pub use keys::{Keys, shown_key};
 pub use records::{DeadLetter, Entry, Parked};
 
@@ -205,6 +206,16 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// An invocation of `script` with `keys` (its `KEYS`, in this order) for this list
+    /// and instance.
+    fn invocation<'a>(&self, script: &'a Script, keys: &[Key]) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(self.keys.name(*key, &self.instance));
+        }
+        invocation
+    }
+
     /// Connects (one attempt; the caller decides how to retry), finds out what the server
     /// supports ([`Queue::probe`]) and names this instance. Call [`Queue::register`]
     /// before claiming.
@@ -237,15 +248,18 @@ impl Queue {
     /// `CONFIG` is allowed).
     async fn run_probe(&self) -> Result<Probe, QueueError> {
         let script = Script::new(&format!("{HELPERS}{}", include_str!("scripts/probe.lua")));
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(&self.keys.list)
-            .key(&self.keys.dead)
-            .key(self.keys.inflight(&self.instance))
-            .key(self.keys.meta(&self.instance))
-            .key(self.keys.lease(&self.instance))
-            .key(&self.keys.instances)
-            .key(self.keys.retry(&self.instance));
+        let invocation = self.invocation(
+            &script,
+            &[
+                Key::List,
+                Key::Dead,
+                Key::Inflight,
+                Key::Meta,
+                Key::Lease,
+                Key::Instances,
+                Key::Retry,
+            ],
+        );
         let (version, denied, not_lists): (u64, Vec<String>, Vec<String>) =
             self.link.invoke(&invocation).await?;
         let reply_limit_bytes = self
@@ -298,11 +312,11 @@ impl Queue {
     /// Registers this instance and takes its first lease.
     pub async fn register(&self) -> Result<(), QueueError> {
         let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let mut invocation = self.scripts.register.prepare_invoke();
+        let mut invocation = self.invocation(
+            &self.scripts.register,
+            &[Key::Instances, Key::Meta, Key::Lease],
+        );
         invocation
-            .key(&self.keys.instances)
-            .key(self.keys.meta(&self.instance))
-            .key(self.keys.lease(&self.instance))
             .arg(&self.instance)
             .arg(self.lease_ttl.as_millis() as u64)
             .arg(hostname())
@@ -314,10 +328,9 @@ impl Queue {
 
     /// Renews the lease.
     pub async fn heartbeat(&self) -> Result<(), QueueError> {
-        let mut invocation = self.scripts.heartbeat.prepare_invoke();
+        let mut invocation =
+            self.invocation(&self.scripts.heartbeat, &[Key::Instances, Key::Lease]);
         invocation
-            .key(&self.keys.instances)
-            .key(self.keys.lease(&self.instance))
             .arg(&self.instance)
             .arg(self.lease_ttl.as_millis() as u64);
         self.link.invoke::<i64>(&invocation).await?;
@@ -327,12 +340,8 @@ impl Queue {
     /// Returns the events of every other instance whose lease expired (in flight and
     /// parked) to the head of the list.
     pub async fn recover_expired(&self) -> Result<Recovered, QueueError> {
-        let mut invocation = self.scripts.recover.prepare_invoke();
-        invocation
-            .key(&self.keys.list)
-            .key(&self.keys.instances)
-            .arg(&self.keys.prefix)
-            .arg(&self.instance);
+        let mut invocation = self.invocation(&self.scripts.recover, &[Key::List, Key::Instances]);
+        invocation.arg(&self.keys.prefix).arg(&self.instance);
         let (instances, events): (u64, u64) = self.link.invoke(&invocation).await?;
         Ok(Recovered { instances, events })
     }
@@ -350,13 +359,17 @@ impl Queue {
         max_bytes: usize,
     ) -> Result<Claim, QueueError> {
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        let mut invocation = self.scripts.claim.prepare_invoke();
+        let mut invocation = self.invocation(
+            &self.scripts.claim,
+            &[
+                Key::List,
+                Key::Inflight,
+                Key::Meta,
+                Key::Instances,
+                Key::Dead,
+            ],
+        );
         invocation
-            .key(&self.keys.list)
-            .key(self.keys.inflight(&self.instance))
-            .key(self.keys.meta(&self.instance))
-            .key(&self.keys.instances)
-            .key(&self.keys.dead)
             .arg(&self.instance)
             .arg(position)
             .arg(max)
@@ -381,16 +394,17 @@ impl Queue {
         to: u64,
         entries: &[(u64, Entry<'_>)],
     ) -> Result<(), QueueError> {
-        let mut invocation = self.scripts.ack.prepare_invoke();
-        invocation
-            .key(self.keys.inflight(&self.instance))
-            .key(self.keys.meta(&self.instance))
-            .key(&self.keys.instances)
-            .key(&self.keys.dead)
-            .key(self.keys.retry(&self.instance))
-            .arg(&self.instance)
-            .arg(from)
-            .arg(to);
+        let mut invocation = self.invocation(
+            &self.scripts.ack,
+            &[
+                Key::Inflight,
+                Key::Meta,
+                Key::Instances,
+                Key::Dead,
+                Key::Retry,
+            ],
+        );
+        invocation.arg(&self.instance).arg(from).arg(to);
         for (position, entry) in entries {
             let (kind, meta) = match entry {
                 Entry::Dead(meta) => ("d", meta),
@@ -406,12 +420,11 @@ impl Queue {
     /// dead-letter metadata line go to the dead-letter list (Redis's own copy of the
     /// element), those given with `None` were delivered. Safe to retry.
     pub async fn settle_parked(&self, settled: &[(u64, Option<&[u8]>)]) -> Result<(), QueueError> {
-        let mut invocation = self.scripts.settle_parked.prepare_invoke();
-        invocation
-            .key(self.keys.retry(&self.instance))
-            .key(&self.keys.dead)
-            .key(&self.keys.instances)
-            .arg(&self.instance);
+        let mut invocation = self.invocation(
+            &self.scripts.settle_parked,
+            &[Key::Retry, Key::Dead, Key::Instances],
+        );
+        invocation.arg(&self.instance);
         for (position, meta) in settled {
             invocation.arg(*position).arg(meta.unwrap_or_default());
         }
@@ -437,15 +450,19 @@ impl Queue {
             .iter()
             .map(|&r| if r { '1' } else { '0' })
             .collect();
-        let mut invocation = self.scripts.release.prepare_invoke();
+        let mut invocation = self.invocation(
+            &self.scripts.release,
+            &[
+                Key::List,
+                Key::Inflight,
+                Key::Meta,
+                Key::Instances,
+                Key::Dead,
+                Key::Lease,
+                Key::Retry,
+            ],
+        );
         invocation
-            .key(&self.keys.list)
-            .key(self.keys.inflight(&self.instance))
-            .key(self.keys.meta(&self.instance))
-            .key(&self.keys.instances)
-            .key(&self.keys.dead)
-            .key(self.keys.lease(&self.instance))
-            .key(self.keys.retry(&self.instance))
             .arg(&self.instance)
             .arg(window_start)
             .arg(flags)
@@ -468,15 +485,18 @@ impl Queue {
     /// list in claim order and removes the instance: what a relay does when it can no
     /// longer trust positions. Returns how many events went back.
     pub async fn abandon(&self) -> Result<u64, QueueError> {
-        let mut invocation = self.scripts.abandon.prepare_invoke();
-        invocation
-            .key(&self.keys.list)
-            .key(self.keys.inflight(&self.instance))
-            .key(self.keys.meta(&self.instance))
-            .key(&self.keys.instances)
-            .key(self.keys.lease(&self.instance))
-            .key(self.keys.retry(&self.instance))
-            .arg(&self.instance);
+        let mut invocation = self.invocation(
+            &self.scripts.abandon,
+            &[
+                Key::List,
+                Key::Inflight,
+                Key::Meta,
+                Key::Instances,
+                Key::Lease,
+                Key::Retry,
+            ],
+        );
+        invocation.arg(&self.instance);
         self.link.invoke(&invocation).await
     }
 
@@ -563,11 +583,8 @@ impl Queue {
     /// Moves up to `max` of the oldest dead-letter entries back to the tail of the list
     /// (original bytes only), atomically. Returns how many moved; 0 when none are left.
     pub async fn replay_dead_letters(&self, max: usize) -> Result<u64, QueueError> {
-        let mut invocation = self.scripts.replay.prepare_invoke();
-        invocation
-            .key(&self.keys.dead)
-            .key(&self.keys.list)
-            .arg(max);
+        let mut invocation = self.invocation(&self.scripts.replay, &[Key::Dead, Key::List]);
+        invocation.arg(max);
         self.link.invoke(&invocation).await
     }
 

@@ -18,10 +18,10 @@ use tokio::time::Instant;
 use super::{ParkedEvent, Shared, Unsettled};
 use snowplow_relay_tracker::protocol::{Batch, Element};
 
-use super::sender::Attempt;
 use crate::ops::health::Stage;
 use crate::ops::metrics::DeadReason;
 use crate::queue::QueueError;
+use snowplow_relay_tracker::http::Attempt;
 use snowplow_relay_tracker::retry::{self, Backoff, Retry};
 
 /// One parked event and its attempts since it was parked.
@@ -135,13 +135,10 @@ impl Retrier {
                 let Some(held) = due.next() else { break };
                 let shared = self.shared.clone();
                 running.spawn(async move {
+                    // None: the parked element no longer parses.
                     let attempt = match single_batch(&shared, &held.event) {
-                        Some(batch) => shared.emitter.attempt(&batch).await,
-                        None => Attempt::Rejected {
-                            status: None,
-                            reason: "the parked element no longer parses".into(),
-                            kind: DeadReason::Malformed,
-                        },
+                        Some(batch) => Some(shared.emitter.attempt(&batch).await),
+                        None => None,
                     };
                     (held, attempt)
                 });
@@ -164,25 +161,29 @@ impl Retrier {
         self.held.extend(due);
     }
 
-    fn resolve(&mut self, mut held: Held, attempt: Attempt) {
+    fn resolve(&mut self, mut held: Held, attempt: Option<Attempt>) {
         let shared = &self.shared;
         let position = held.event.position;
         let bytes = held.event.element.len();
         let dead = match attempt {
-            Attempt::Delivered => {
+            None => Some((
+                shared.dead_letter("the parked element no longer parses", None),
+                DeadReason::Malformed,
+            )),
+            Some(Attempt::Delivered) => {
                 shared.metrics.delivered(1);
                 None
             }
-            Attempt::Rejected {
+            Some(Attempt::Rejected {
                 status,
                 reason,
-                kind,
-            } => Some((shared.dead_letter(reason, status), kind)),
-            Attempt::TooLarge => Some((
+                refusal,
+            }) => Some((shared.dead_letter(reason, status), refusal.into())),
+            Some(Attempt::TooLarge) => Some((
                 shared.dead_letter("collector answered 413 to this event alone", Some(413)),
                 DeadReason::TooLarge,
             )),
-            Attempt::Failed(error) => {
+            Some(Attempt::Failed(error)) => {
                 held.attempts += 1;
                 if shared.emitter.accepting(accepting_window(self.backoff())) {
                     held.isolated += 1;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use snowplow_relay_tracker::http::{Attempt as ClientAttempt, AttemptError, Client, Refusal};
+use snowplow_relay_tracker::http::{Attempt, AttemptError, Client};
 use snowplow_relay_tracker::protocol::{Batch, now_millis};
 use snowplow_relay_tracker::retry::{Backoff, Retry};
 use tokio::sync::watch;
@@ -53,26 +53,6 @@ pub enum Outcome {
     },
     /// The caller gave up (shutdown deadline) before it was accepted.
     Abandoned,
-}
-
-/// What one attempt to send a batch came to, in the relay's terms.
-#[derive(Debug)]
-pub enum Attempt {
-    /// 2xx.
-    Delivered,
-    /// Refused for good (a no-retry status, 413 for a single event, or unsendable).
-    Rejected {
-        /// The collector's status, if it answered.
-        status: Option<u16>,
-        /// What to store in the dead-letter entry.
-        reason: String,
-        /// The metrics' reason label.
-        kind: DeadReason,
-    },
-    /// 413 for a batch of several events.
-    TooLarge,
-    /// Worth retrying.
-    Failed(AttemptError),
 }
 
 /// Takes a batch off the failing count (and the batches failing alone) when it ends,
@@ -151,7 +131,6 @@ impl Sender {
             crate::Error::Config(crate::config::ConfigError::Invalid { key, expected })
         };
         let client = Client::new(&config.client).map_err(|e| match e {
-            ClientError::TrustStore(why) => crate::Error::TrustStore(why),
             ClientError::NoCertificates => invalid(
                 crate::config::key::COLLECTOR_TLS_CA_FILE,
                 "PEM certificates (the file holds none)".into(),
@@ -163,7 +142,7 @@ impl Sender {
             ClientError::Proxy => {
                 invalid(crate::config::key::COLLECTOR_PROXY, "a proxy URL".into())
             }
-            other => crate::Error::HttpClient(other.to_string()),
+            other => crate::Error::HttpClient(other),
         })?;
         Ok(Arc::new(Sender {
             client,
@@ -307,12 +286,12 @@ impl Sender {
                 Attempt::Rejected {
                     status,
                     reason,
-                    kind,
+                    refusal,
                 } => {
                     return Outcome::Rejected {
                         status,
                         reason,
-                        kind,
+                        kind: refusal.into(),
                     };
                 }
                 Attempt::TooLarge => return Outcome::Split { status: Some(413) },
@@ -371,28 +350,11 @@ impl Sender {
             self.metrics
                 .request(report.status, report.seconds, batch.len());
         }
-        match report.attempt {
-            ClientAttempt::Delivered => {
-                self.successes.fetch_add(1, Ordering::Relaxed);
-                self.last_success_ms.store(now_millis(), Ordering::Relaxed);
-                Attempt::Delivered
-            }
-            ClientAttempt::Rejected {
-                status,
-                reason,
-                refusal,
-            } => Attempt::Rejected {
-                status,
-                reason,
-                kind: match refusal {
-                    Refusal::Status => DeadReason::Rejected,
-                    Refusal::TooLarge => DeadReason::TooLarge,
-                    Refusal::Unsendable => DeadReason::Unsendable,
-                },
-            },
-            ClientAttempt::TooLarge => Attempt::TooLarge,
-            ClientAttempt::Failed(error) => Attempt::Failed(error),
+        if let Attempt::Delivered = report.attempt {
+            self.successes.fetch_add(1, Ordering::Relaxed);
+            self.last_success_ms.store(now_millis(), Ordering::Relaxed);
         }
+        report.attempt
     }
 }
 

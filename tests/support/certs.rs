@@ -24,21 +24,16 @@ impl Certs {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test CA",
-        ]);
+        // A self-signed CA: `ca` for the certificates below, `other` trusted by no one.
+        let self_signed = |name: &str, subject: &str| {
+            let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+            run(&[
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem,
+                "-days", "2", "-subj", subject,
+            ]);
+        };
+        self_signed("ca", "/CN=test CA");
+        self_signed("other", "/CN=other CA");
         std::fs::write(
             dir.path().join("server.ext"),
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
@@ -50,52 +45,34 @@ impl Certs {
         )
         .unwrap();
         for name in ["server", "client"] {
+            let (key, csr, pem) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+            );
+            let (subject, ext) = (format!("/CN={name}"), format!("{name}.ext"));
             run(&[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+                &subject,
             ]);
             run(&[
                 "x509",
                 "-req",
                 "-in",
-                &format!("{name}.csr"),
+                &csr,
                 "-CA",
                 "ca.pem",
                 "-CAkey",
                 "ca.key",
                 "-CAcreateserial",
                 "-out",
-                &format!("{name}.pem"),
+                &pem,
                 "-days",
                 "2",
                 "-extfile",
-                &format!("{name}.ext"),
+                &ext,
             ]);
         }
-        // A CA nobody trusts, for the failure paths.
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=other CA",
-        ]);
         Certs { dir }
     }
 

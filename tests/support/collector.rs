@@ -14,6 +14,15 @@ use snowplow_relay::ops::listener::{Body, Limits, full, serve_http};
 
 use super::net::ClosedPort;
 
+/// A stand-in collector's limits: wide, so that no test meets them by accident.
+pub const LIMITS: Limits = Limits {
+    max_connections: 1024,
+    max_header_bytes: 64 * 1024,
+    header_timeout: Duration::from_secs(10),
+    connection_timeout: Duration::from_secs(3600),
+    keep_alive: true,
+};
+
 /// One request as the collector saw it.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -67,6 +76,8 @@ pub struct Collector {
     received: Arc<Mutex<Vec<Received>>>,
     /// Distinct eids answered 2xx, kept as requests arrive (cheap to poll).
     delivered_set: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Events answered 2xx, repeats counted.
+    delivered_total: Arc<Mutex<usize>>,
     responder: Arc<Mutex<Responder>>,
     delay: Arc<Mutex<Duration>>,
     location: Arc<Mutex<Option<String>>>,
@@ -95,23 +106,17 @@ impl Collector {
             tls_addr: None,
             received: Arc::default(),
             delivered_set: Arc::default(),
+            delivered_total: Arc::default(),
             responder: Arc::new(Mutex::new(responder)),
             delay: Arc::default(),
             location: Arc::default(),
         };
         let state = collector.clone();
-        let limits = Limits {
-            max_connections: 1024,
-            max_header_bytes: 64 * 1024,
-            header_timeout: Duration::from_secs(10),
-            connection_timeout: Duration::from_secs(3600),
-            keep_alive: true,
-        };
         let answer = move |request| {
             let state = state.clone();
             async move { state.handle(request).await }
         };
-        tokio::spawn(serve_http(listener, limits, answer, std::future::pending()));
+        tokio::spawn(serve_http(listener, LIMITS, answer, std::future::pending()));
         collector
     }
 
@@ -139,7 +144,9 @@ impl Collector {
         let status = received.status;
         if (200..300).contains(&status) {
             let mut set = self.delivered_set.lock().unwrap();
-            for event in received.events() {
+            let events = received.events();
+            *self.delivered_total.lock().unwrap() += events.len();
+            for event in events {
                 if let Some(eid) = event.get("eid").and_then(|e| e.as_str()) {
                     set.insert(eid.to_owned());
                 }
@@ -183,6 +190,29 @@ impl Collector {
             .filter(|r| (200..300).contains(&r.status))
             .flat_map(Received::events)
             .collect()
+    }
+
+    /// Waits up to `timeout` until at least `n` events were delivered (repeats count).
+    pub async fn until_delivered(&self, n: usize, timeout: Duration) {
+        let what = format!("{n} events delivered");
+        super::wait_until(&what, timeout, async || self.delivered_count() >= n).await;
+    }
+
+    /// Waits up to `timeout` until exactly `n` events were delivered (repeats count).
+    pub async fn until_exactly_delivered(&self, n: usize, timeout: Duration) {
+        let what = format!("exactly {n} events delivered");
+        super::wait_until(&what, timeout, async || self.delivered_count() == n).await;
+    }
+
+    /// Waits up to `timeout` until `n` distinct eids were delivered.
+    pub async fn until_distinct(&self, n: usize, timeout: Duration) {
+        let what = format!("{n} distinct events delivered");
+        super::wait_until(&what, timeout, async || self.distinct_delivered() == n).await;
+    }
+
+    /// How many events were delivered, repeats counted (cheap to poll).
+    pub fn delivered_count(&self) -> usize {
+        *self.delivered_total.lock().unwrap()
     }
 
     /// How many distinct eids were delivered (answered 2xx).

@@ -66,19 +66,20 @@ impl Relay {
     }
 
     /// Graceful shutdown; waits for the relay to finish.
-    pub async fn stop(mut self) -> snowplow_relay::Summary {
-        let _ = self.shutdown.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("relay stops within 30 s")
-            .unwrap()
-            .expect("relay stops cleanly")
+    pub async fn stop(self) -> snowplow_relay::Summary {
+        self.stop_with(false).await
     }
 
     /// Shutdown followed at once by a second signal.
-    pub async fn stop_now(mut self) -> snowplow_relay::Summary {
+    pub async fn stop_now(self) -> snowplow_relay::Summary {
+        self.stop_with(true).await
+    }
+
+    async fn stop_with(mut self, second_signal: bool) -> snowplow_relay::Summary {
         let _ = self.shutdown.take().unwrap().send(());
-        let _ = self.force.take().unwrap().send(());
+        if second_signal {
+            let _ = self.force.take().unwrap().send(());
+        }
         tokio::time::timeout(Duration::from_secs(30), self.task)
             .await
             .expect("relay stops within 30 s")

@@ -15,27 +15,9 @@ use snowplow_relay_tracker::protocol::{
 /// The send time every encoding gets.
 pub const STM: &str = "1700000000000";
 
-/// The text a value stands for on the wire: a string's decoded text, or a number's or
-/// boolean's JSON text as written. `None` for a string with no Unicode text.
-fn wire_text(raw: &RawValue) -> Option<String> {
-    let text = raw.get();
-    if text.starts_with('"') {
-        serde_json::from_str::<String>(text).ok()
-    } else {
-        Some(text.to_owned())
-    }
-}
-
-/// The fields an accepted element must be sent with: nulls and `stm` left out.
-fn expected_fields(element: &str) -> BTreeMap<String, Option<String>> {
-    let fields: BTreeMap<String, &RawValue> =
-        serde_json::from_str(element).expect("an accepted element is a JSON object");
-    fields
-        .into_iter()
-        .filter(|(name, raw)| raw.get() != "null" && name != "stm")
-        .map(|(name, raw)| (name, wire_text(raw)))
-        .collect()
-}
+#[path = "../../crates/tracker/tests/shared/wire.rs"]
+mod wire;
+use wire::{expected_fields, wire_text};
 
 /// Any bytes as a list element, for both methods: parsing never panics, and an accepted
 /// element encodes to exactly its own fields. The POST body is `payload_data` (the schema

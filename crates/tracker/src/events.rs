@@ -112,16 +112,11 @@ impl PageView {
         }
     }
 
-    /// The page title (`page`).
-    pub fn title(mut self, title: impl Into<String>) -> Self {
-        self.title = Some(title.into());
-        self
-    }
-
-    /// The referrer (`refr`).
-    pub fn referrer(mut self, referrer: impl Into<String>) -> Self {
-        self.referrer = Some(referrer.into());
-        self
+    optional_setters! {
+        /// The page title (`page`).
+        fn title(title: text);
+        /// The referrer (`refr`).
+        fn referrer(referrer: text);
     }
 }
 
@@ -150,16 +145,11 @@ impl PagePing {
         }
     }
 
-    /// The page title (`page`).
-    pub fn title(mut self, title: impl Into<String>) -> Self {
-        self.title = Some(title.into());
-        self
-    }
-
-    /// The referrer (`refr`).
-    pub fn referrer(mut self, referrer: impl Into<String>) -> Self {
-        self.referrer = Some(referrer.into());
-        self
+    optional_setters! {
+        /// The page title (`page`).
+        fn title(title: text);
+        /// The referrer (`refr`).
+        fn referrer(referrer: text);
     }
 
     /// Scroll offsets seen since the last ping: `pp_mix`, `pp_max`, `pp_miy`, `pp_may`.
@@ -196,22 +186,13 @@ impl Structured {
         }
     }
 
-    /// `se_la`.
-    pub fn label(mut self, label: impl Into<String>) -> Self {
-        self.label = Some(label.into());
-        self
-    }
-
-    /// `se_pr`.
-    pub fn property(mut self, property: impl Into<String>) -> Self {
-        self.property = Some(property.into());
-        self
-    }
-
-    /// `se_va` (must be finite).
-    pub fn value(mut self, value: f64) -> Self {
-        self.value = Some(value);
-        self
+    optional_setters! {
+        /// `se_la`.
+        fn label(label: text);
+        /// `se_pr`.
+        fn property(property: text);
+        /// `se_va` (must be finite).
+        fn value(value: f64);
     }
 }
 
@@ -235,16 +216,11 @@ impl ScreenView {
         ScreenView::default()
     }
 
-    /// The screen's name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// The screen's id.
-    pub fn id(mut self, id: impl Into<String>) -> Self {
-        self.id = Some(id.into());
-        self
+    optional_setters! {
+        /// The screen's name.
+        fn name(name: text);
+        /// The screen's id.
+        fn id(id: text);
     }
 }
 
@@ -303,16 +279,11 @@ impl TransactionItem {
         }
     }
 
-    /// `ti_nm`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// `ti_ca`.
-    pub fn category(mut self, category: impl Into<String>) -> Self {
-        self.category = Some(category.into());
-        self
+    optional_setters! {
+        /// `ti_nm`.
+        fn name(name: text);
+        /// `ti_ca`.
+        fn category(category: text);
     }
 }
 
@@ -356,22 +327,13 @@ impl EcommerceTransaction {
         }
     }
 
-    /// `tr_af`.
-    pub fn affiliation(mut self, affiliation: impl Into<String>) -> Self {
-        self.affiliation = Some(affiliation.into());
-        self
-    }
-
-    /// `tr_tx`.
-    pub fn tax_value(mut self, tax: f64) -> Self {
-        self.tax_value = Some(tax);
-        self
-    }
-
-    /// `tr_sh`.
-    pub fn shipping(mut self, shipping: f64) -> Self {
-        self.shipping = Some(shipping);
-        self
+    optional_setters! {
+        /// `tr_af`.
+        fn affiliation(affiliation: text);
+        /// `tr_tx`.
+        fn tax_value(tax_value: f64);
+        /// `tr_sh`.
+        fn shipping(shipping: f64);
     }
 
     /// `tr_ci`, `tr_st`, `tr_co`.

@@ -37,6 +37,29 @@
 
 #![warn(missing_docs)]
 
+/// Builder setters for optional fields: `fn name(field: text);` takes any
+/// `impl Into<String>`, `fn name(field: u32);` takes that type; each sets the field and
+/// returns the builder.
+macro_rules! optional_setters {
+    ($( $(#[$doc:meta])* fn $name:ident($field:ident: $kind:tt); )*) => {
+        $( optional_setters!(@one $(#[$doc])* $name $field $kind); )*
+    };
+    (@one $(#[$doc:meta])* $name:ident $field:ident text) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: impl Into<String>) -> Self {
+            self.$field = Some(value.into());
+            self
+        }
+    };
+    (@one $(#[$doc:meta])* $name:ident $field:ident $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.$field = Some(value);
+            self
+        }
+    };
+}
+
 pub mod emit;
 mod events;
 #[cfg(feature = "http")]

@@ -135,59 +135,26 @@ impl Subject {
         self
     }
 
-    /// Colour depth in bits (`cd`).
-    pub fn color_depth(mut self, bits: u32) -> Self {
-        self.color_depth = Some(bits);
-        self
-    }
-
-    /// Time zone, e.g. `Europe/London` (`tz`).
-    pub fn timezone(mut self, timezone: impl Into<String>) -> Self {
-        self.timezone = Some(timezone.into());
-        self
-    }
-
-    /// Language, e.g. `en-GB` (`lang`).
-    pub fn language(mut self, language: impl Into<String>) -> Self {
-        self.language = Some(language.into());
-        self
-    }
-
-    /// The user's IP address (`ip`).
-    pub fn ip_address(mut self, ip: impl Into<String>) -> Self {
-        self.ip_address = Some(ip.into());
-        self
-    }
-
-    /// The user agent (`ua`).
-    pub fn useragent(mut self, useragent: impl Into<String>) -> Self {
-        self.useragent = Some(useragent.into());
-        self
-    }
-
-    /// The domain user id, the first-party cookie id (`duid`).
-    pub fn domain_user_id(mut self, duid: impl Into<String>) -> Self {
-        self.domain_user_id = Some(duid.into());
-        self
-    }
-
-    /// The domain session id (`sid`).
-    pub fn domain_session_id(mut self, sid: impl Into<String>) -> Self {
-        self.domain_session_id = Some(sid.into());
-        self
-    }
-
-    /// The domain session index (`vid`).
-    pub fn domain_session_index(mut self, index: u32) -> Self {
-        self.domain_session_index = Some(index);
-        self
-    }
-
-    /// The network user id, the collector's cookie id (`tnuid`, as the Python tracker
-    /// sends it).
-    pub fn network_user_id(mut self, nuid: impl Into<String>) -> Self {
-        self.network_user_id = Some(nuid.into());
-        self
+    optional_setters! {
+        /// Colour depth in bits (`cd`).
+        fn color_depth(color_depth: u32);
+        /// Time zone, e.g. `Europe/London` (`tz`).
+        fn timezone(timezone: text);
+        /// Language, e.g. `en-GB` (`lang`).
+        fn language(language: text);
+        /// The user's IP address (`ip`).
+        fn ip_address(ip_address: text);
+        /// The user agent (`ua`).
+        fn useragent(useragent: text);
+        /// The domain user id, the first-party cookie id (`duid`).
+        fn domain_user_id(domain_user_id: text);
+        /// The domain session id (`sid`).
+        fn domain_session_id(domain_session_id: text);
+        /// The domain session index (`vid`).
+        fn domain_session_index(domain_session_index: u32);
+        /// The network user id, the collector's cookie id (`tnuid`, as the Python tracker
+        /// sends it).
+        fn network_user_id(network_user_id: text);
     }
 
     /// Adds this subject's fields, in the Python tracker's order.

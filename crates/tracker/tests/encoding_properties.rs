@@ -101,27 +101,9 @@ fn json_element() -> impl Strategy<Value = String> {
         })
 }
 
-/// The text a value stands for on the wire: a string's decoded text, or a number's or
-/// boolean's JSON text as written. `None` for a string with no Unicode text.
-fn wire_text(raw: &RawValue) -> Option<String> {
-    let text = raw.get();
-    if text.starts_with('"') {
-        serde_json::from_str::<String>(text).ok()
-    } else {
-        Some(text.to_owned())
-    }
-}
-
-/// The fields an accepted element must be sent with: nulls and `stm` left out.
-fn expected_fields(element: &str) -> BTreeMap<String, Option<String>> {
-    let fields: BTreeMap<String, &RawValue> =
-        serde_json::from_str(element).expect("an accepted element is a JSON object");
-    fields
-        .into_iter()
-        .filter(|(name, raw)| raw.get() != "null" && name != "stm")
-        .map(|(name, raw)| (name, wire_text(raw)))
-        .collect()
-}
+#[path = "shared/wire.rs"]
+mod wire;
+use wire::{expected_fields, wire_text};
 
 fn check_post(element: &str) -> Result<(), TestCaseError> {
     let options = ParseOptions::for_method(Method::Post, true);

@@ -577,7 +577,9 @@ mod tests {
 
     #[test]
     fn bad_elements_are_named() {
-        let cases: &[(&str, fn(&BadElement) -> bool)] = &[
+        /// Whether an error is the one expected.
+        type Expected = fn(&BadElement) -> bool;
+        let cases: &[(&str, Expected)] = &[
             ("not json", |e| matches!(e, BadElement::NotJson(_))),
             (r#"{"e":"pv""#, |e| matches!(e, BadElement::NotJson(_))),
             (r#"{"e":"pv","tv":"t","p":"pc"} trailing"#, |e| {
