@@ -131,8 +131,7 @@ fn check_prints_the_effective_configuration_with_the_password_masked() {
 
 #[tokio::test]
 async fn sigterm_drains_requeues_and_exits_0() {
-    let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    let (redis, collector) = setup(always(503)).await;
     redis.rpush(LIST, &numbered_events(100));
     let (redis_url, collector_url) = (redis.url(), collector.url());
     let relay = RelayProcess::start_with(
@@ -146,17 +145,8 @@ async fn sigterm_drains_requeues_and_exits_0() {
         ],
         &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300")],
     );
-    wait_until(
-        "the relay tries to send",
-        Duration::from_secs(10),
-        async || !collector.requests().is_empty(),
-    )
-    .await;
-    let Finished {
-        status,
-        log: stderr,
-        ..
-    } = relay.stop(Duration::from_secs(20)).await;
+    collector.until_requests(1, 10).await;
+    let (status, stderr) = relay.stop(Duration::from_secs(20)).await.parts();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(redis.llen(LIST), 100, "every event back in the list");
     // JSON logs: every line is an object; the start-up line carries the settings.
@@ -170,20 +160,12 @@ async fn sigterm_drains_requeues_and_exits_0() {
 
 #[tokio::test]
 async fn dead_letter_count_list_and_replay() {
-    let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|_| 400)).await;
+    let (redis, collector) = setup(always(400)).await;
     let events = numbered_events(5);
     redis.rpush(LIST, &events);
     redis.rpush_bytes(LIST, b"not json");
-    let relay = Relay::start(config(
-        &redis,
-        &collector,
-        &[("collector.buffer_size", "1")],
-    ));
-    wait_until("all dead-lettered", Duration::from_secs(20), async || {
-        redis.llen(DEAD) == 6
-    })
-    .await;
+    let relay = Relay::with(&redis, &collector, &[("collector.buffer_size", "1")]);
+    wait_until("all dead-lettered", 20, async || redis.llen(DEAD) == 6).await;
     relay.stop().await;
 
     let tool = |args: &[&str]| {

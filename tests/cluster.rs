@@ -2,7 +2,6 @@
 
 use std::collections::HashSet;
 use std::process::Command;
-use std::time::Duration;
 
 use crate::support::*;
 
@@ -37,17 +36,13 @@ impl Cluster {
             .expect("redis-cli comes with redis-server");
         assert!(status.success(), "redis-cli --cluster create failed");
         for node in &nodes {
-            wait_until(
-                "the cluster is ready",
-                Duration::from_secs(20),
-                async || {
-                    let info: String = redis::cmd("CLUSTER")
-                        .arg("INFO")
-                        .query(&mut node.conn())
-                        .unwrap();
-                    info.contains("cluster_state:ok")
-                },
-            )
+            wait_until("the cluster is ready", 20, async || {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.conn())
+                    .unwrap();
+                info.contains("cluster_state:ok")
+            })
             .await;
         }
         Cluster { nodes }
@@ -111,16 +106,14 @@ async fn relays_through_a_three_master_cluster() {
         &[("redis.cluster", "true"), ("collector.buffer_size", "50")],
     );
     let relay = Relay::start(settings);
-    collector
-        .until_delivered(total, Duration::from_secs(30))
-        .await;
+    collector.until_delivered(total, 30).await;
     // An event pushed while the relay waits on the empty list arrives too.
     redis::cmd("RPUSH")
         .arg("snowplow")
         .arg(with_eid(&events[0], "late"))
         .query::<i64>(&mut conn)
         .unwrap();
-    wait_until("the late event", Duration::from_secs(10), async || {
+    wait_until("the late event", 10, async || {
         collector.delivered().len() > total
     })
     .await;

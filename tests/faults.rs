@@ -29,6 +29,30 @@ fn spawn_relay_with(redis_url: &str, collector: &Collector, env: &[(&str, &str)]
     RelayProcess::start(redis_url, &collector.url(), &[&settings[..], env].concat())
 }
 
+/// The end of a fault scenario: waits until every event is resolved, stops `relay`
+/// (exit 0), checks that all `total` events arrived and that the repeats stay within
+/// `bound` (what was in flight at the faults), and prints the counts. Returns the number
+/// of repeats.
+async fn settle(
+    (scenario, bound): (&str, usize),
+    relay: RelayProcess,
+    (collector, redis): (&Collector, &RedisServer),
+    total: usize,
+) -> usize {
+    wait_until_all_resolved(redis).await;
+    sigterm(relay).await;
+    let duplicates = all_delivered(collector, redis, total);
+    eprintln!(
+        "{scenario}: sent {total}, delivered {}, duplicates {duplicates}, vanished 0",
+        collector.delivered_count()
+    );
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates: more than the {bound} in flight at the faults"
+    );
+    duplicates
+}
+
 /// SIGTERM; the relay must exit 0.
 async fn sigterm(relay: RelayProcess) {
     let finished = relay.stop(Duration::from_secs(60)).await;
@@ -37,8 +61,7 @@ async fn sigterm(relay: RelayProcess) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     // At most 16 requests of 10 events per 50 ms: the kills land mid-stream.
     collector.set_delay(Duration::from_millis(50));
     let total = 20_000;
@@ -82,41 +105,31 @@ async fn sigkill_at_random_moments_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_list_and_one_takes_over_when_the_other_dies() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     collector.set_delay(Duration::from_millis(5));
     let total = 6000;
     redis.rpush(LIST, &numbered_events(total));
     let mut first = spawn_relay(&redis, &collector);
     let second = spawn_relay(&redis, &collector);
-    collector
-        .until_delivered(1000, Duration::from_secs(20))
-        .await;
+    collector.until_delivered(1000, 20).await;
     first.kill9();
-    wait_until_all_resolved(&redis).await;
-    sigterm(second).await;
-    let duplicates = all_delivered(&collector, &redis, total);
-    eprintln!(
-        "two instances, one SIGKILLed: sent {total}, delivered {}, duplicates {duplicates}, vanished 0",
-        collector.delivered().len()
-    );
-    assert!(
-        duplicates <= MAX_CLAIMED,
-        "{duplicates} duplicates: more than was in flight"
-    );
+    settle(
+        ("two instances, one SIGKILLed", MAX_CLAIMED),
+        second,
+        (&collector, &redis),
+        total,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_in_normal_operation_deliver_each_event_once() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     let total = 6000;
     redis.rpush(LIST, &numbered_events(total));
     let first = spawn_relay(&redis, &collector);
     let second = spawn_relay(&redis, &collector);
-    collector
-        .until_delivered(total, Duration::from_secs(60))
-        .await;
+    collector.until_delivered(total, 60).await;
     sigterm(first).await;
     sigterm(second).await;
     let duplicates = all_delivered(&collector, &redis, total);
@@ -136,36 +149,27 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
     let total = 10_000;
     redis.rpush(LIST, &numbered_events(total));
     let relay = spawn_relay_with(&proxy.url(), &collector, &[]);
-    collector
-        .until_delivered(1000, Duration::from_secs(20))
-        .await;
+    collector.until_delivered(1000, 20).await;
     let redis = redis.restart(&persistent);
     proxy.retarget(redis.port);
-    wait_until_all_resolved(&redis).await;
-    sigterm(relay).await;
-    let duplicates = all_delivered(&collector, &redis, total);
-    eprintln!(
-        "redis restart: sent {total}, delivered {}, duplicates {duplicates}, vanished 0",
-        collector.delivered().len()
-    );
-    assert!(
-        duplicates <= MAX_CLAIMED,
-        "{duplicates} duplicates: more than was in flight"
-    );
+    settle(
+        ("redis restart", MAX_CLAIMED),
+        relay,
+        (&collector, &redis),
+        total,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_redis_connections_lose_nothing() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     collector.set_delay(Duration::from_millis(10));
     let total = 10_000;
     redis.rpush(LIST, &numbered_events(total));
     let relay = spawn_relay(&redis, &collector);
     for round in 1..=3 {
-        collector
-            .until_delivered(round * 1500, Duration::from_secs(30))
-            .await;
+        collector.until_delivered(round * 1500, 30).await;
         // Drops every client connection but this one: the relay's commands and its
         // blocking wait fail mid-flight and have to reconnect.
         let killed: i64 = redis::cmd("CLIENT")
@@ -176,23 +180,18 @@ async fn dropped_redis_connections_lose_nothing() {
             .unwrap();
         assert!(killed >= 1);
     }
-    wait_until_all_resolved(&redis).await;
-    sigterm(relay).await;
-    let duplicates = all_delivered(&collector, &redis, total);
-    eprintln!(
-        "CLIENT KILL x3: sent {total}, delivered {}, duplicates {duplicates}, vanished 0",
-        collector.delivered().len()
-    );
-    assert!(
-        duplicates <= 3 * MAX_CLAIMED,
-        "{duplicates} duplicates: more than was in flight"
-    );
+    settle(
+        ("CLIENT KILL x3", 3 * MAX_CLAIMED),
+        relay,
+        (&collector, &redis),
+        total,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_collector_outage_returns_everything_in_order() {
-    let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    let (redis, collector) = setup(always(503)).await;
     let total = 5_000;
     let events = numbered_events(total);
     redis.rpush(LIST, &events);
@@ -201,12 +200,7 @@ async fn sigterm_during_a_collector_outage_returns_everything_in_order() {
         &collector,
         &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "500")],
     );
-    wait_until(
-        "the relay is retrying",
-        Duration::from_secs(10),
-        async || collector.requests().len() >= 10,
-    )
-    .await;
+    collector.until_requests(10, 10).await;
     sigterm(relay).await;
     let Account {
         delivered,
@@ -255,7 +249,7 @@ async fn malformed_elements_and_400s_are_dead_lettered_and_the_rest_delivered() 
         &[("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "1")],
     );
     let refused = (0..total).filter(|i| i % 10 == 7).count();
-    wait_until("all resolved", Duration::from_secs(60), async || {
+    wait_until("all resolved", 60, async || {
         redis.llen(DEAD) >= refused + malformed && redis.llen(LIST) == 0
     })
     .await;
@@ -284,14 +278,13 @@ const MEMORY_BOUND_KB: u64 = 64 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_collector_outage_keeps_memory_bounded_and_resumes_promptly() {
-    let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    let (redis, collector) = setup(always(503)).await;
     let total = 200_000;
     redis.rpush(LIST, &numbered_events(total));
     // Default claim size and memory bound; retries capped at 1 s.
-    let relay = RelayProcess::start(
-        &redis.url(),
-        &collector.url(),
+    let relay = RelayProcess::between(
+        &redis,
+        &collector,
         &[
             ("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "100"),
             ("SNOWPLOW_RELAY_COLLECTOR__RETRY_MAX_BACKOFF_MS", "1000"),
@@ -312,8 +305,8 @@ async fn a_long_collector_outage_keeps_memory_bounded_and_resumes_promptly() {
     );
 
     let recovered_at = std::time::Instant::now();
-    collector.respond_with(Box::new(|_| 200));
-    wait_until("delivery resumes", Duration::from_secs(5), async || {
+    collector.respond_with(always(200));
+    wait_until("delivery resumes", 5, async || {
         !collector.delivered().is_empty()
     })
     .await;

@@ -18,12 +18,11 @@ fn element(eid: &str, url_json: &str) -> String {
 async fn a_lone_surrogate_in_get_mode_is_dead_lettered_and_the_rest_keeps_flowing() {
     // Before: the GET encoder panicked, the event was never resolved, and once
     // max_claimed_events were claimed the relay delivered nothing more.
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     let mut events = numbered_events(600);
     events[10] = element("bad-surrogate", r#""http://x/\ud800""#);
     redis.rpush(LIST, &events);
-    let relay = Relay::start(config(
+    let relay = Relay::with(
         &redis,
         &collector,
         &[
@@ -31,10 +30,8 @@ async fn a_lone_surrogate_in_get_mode_is_dead_lettered_and_the_rest_keeps_flowin
             ("redis.claim_batch_size", "50"),
             ("worker.max_claimed_events", "100"),
         ],
-    ));
-    collector
-        .until_delivered(599, Duration::from_secs(30))
-        .await;
+    );
+    collector.until_delivered(599, 30).await;
     relay.stop().await;
     let dead = dead_letters(&redis);
     assert_eq!(dead.len(), 1);
@@ -56,20 +53,15 @@ async fn redirects_are_not_followed_and_nothing_counts_as_delivered_meanwhile() 
         Collector::start_with(Box::new(|r| if r.method == "POST" { 301 } else { 200 })).await;
     collector.set_location(Some(format!("{}/moved?uid=secret", collector.url())));
     redis.rpush(LIST, &numbered_events(20));
-    let relay = Relay::start(config(&redis, &collector, &[]));
-    wait_until(
-        "a few redirected attempts",
-        Duration::from_secs(10),
-        async || collector.requests().len() >= 4,
-    )
-    .await;
+    let relay = Relay::with(&redis, &collector, &[]);
+    collector.until_requests(4, 10).await;
     assert!(
         collector.requests().iter().all(|r| r.method == "POST"),
         "the redirect was followed"
     );
     collector.set_location(None);
-    collector.respond_with(Box::new(|_| 200));
-    collector.until_delivered(20, Duration::from_secs(10)).await;
+    collector.respond_with(always(200));
+    collector.until_delivered(20, 10).await;
     let summary = relay.stop().await;
     assert_eq!(summary.delivered, 20);
     assert_eq!(collector.delivered().len(), 20, "each once");
@@ -92,12 +84,9 @@ async fn a_413_splits_the_batch_down_to_the_one_event_that_cannot_pass() {
     .await;
     let events = numbered_events(100);
     redis.rpush(LIST, &events);
-    let relay = Relay::start(config(&redis, &collector, &[]));
-    collector.until_delivered(99, Duration::from_secs(20)).await;
-    wait_until("one dead letter", Duration::from_secs(5), async || {
-        redis.llen(DEAD) == 1
-    })
-    .await;
+    let relay = Relay::with(&redis, &collector, &[]);
+    collector.until_delivered(99, 20).await;
+    wait_until("one dead letter", 5, async || redis.llen(DEAD) == 1).await;
     relay.stop().await;
     let dead = dead_letters(&redis);
     assert_eq!(dead[0].0.status, Some(413));
@@ -110,22 +99,14 @@ async fn a_413_splits_the_batch_down_to_the_one_event_that_cannot_pass() {
 #[tokio::test]
 async fn a_batch_failing_while_others_succeed_is_split_then_dead_lettered() {
     // Before: one batch answered 500 forever stalled every acknowledgement behind it.
-    let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|r| {
-        if r.events().iter().any(|e| e["eid"] == "ev-7") {
-            500
-        } else {
-            200
-        }
-    }))
-    .await;
+    let (redis, collector) = setup(refusing(&["ev-7"], 500)).await;
     let events = numbered_events(300);
     redis.rpush(LIST, &events);
-    let relay = Relay::start(config(
+    let relay = Relay::with(
         &redis,
         &collector,
         &[("collector.isolated_failure_limit", "2")],
-    ));
+    );
     // Other traffic keeps flowing (as it does in production): that is what tells a
     // failing batch from a failing collector. A lone failing batch with no other traffic
     // is retried like an outage.
@@ -143,11 +124,9 @@ async fn a_batch_failing_while_others_succeed_is_split_then_dead_lettered() {
         pushed += 10;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    wait_until(
-        "every other event delivered",
-        Duration::from_secs(10),
-        async || eid_counts(&collector).len() == 299 + pushed,
-    )
+    wait_until("every other event delivered", 10, async || {
+        eid_counts(&collector).len() == 299 + pushed
+    })
     .await;
     relay.stop().await;
     let dead = dead_letters(&redis);
@@ -163,20 +142,14 @@ async fn a_batch_failing_while_others_succeed_is_split_then_dead_lettered() {
 
 #[tokio::test]
 async fn a_collector_failing_everything_is_an_outage_nothing_is_dead_lettered() {
-    let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|_| 500)).await;
+    let (redis, collector) = setup(always(500)).await;
     redis.rpush(LIST, &numbered_events(500));
-    let relay = Relay::start(config(
+    let relay = Relay::with(
         &redis,
         &collector,
         &[("collector.isolated_failure_limit", "1")],
-    ));
-    wait_until(
-        "many failed attempts",
-        Duration::from_secs(20),
-        async || collector.requests().len() >= 60,
-    )
-    .await;
+    );
+    collector.until_requests(60, 20).await;
     let summary = relay.stop().await;
     assert_eq!(summary.dead_lettered, 0);
     assert_eq!(redis.llen(DEAD), 0);
@@ -187,10 +160,9 @@ async fn a_collector_failing_everything_is_an_outage_nothing_is_dead_lettered() 
 async fn a_partial_batch_is_sent_by_the_flush_timer_when_the_list_never_runs_dry() {
     // With a byte bound of 64 KiB only ~60 events are held at once, so a batch of 500
     // never fills by count and the list never runs dry: only the timer sends.
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     redis.rpush(LIST, &numbered_events(1000));
-    let relay = Relay::start(config(
+    let relay = Relay::with(
         &redis,
         &collector,
         &[
@@ -200,10 +172,8 @@ async fn a_partial_batch_is_sent_by_the_flush_timer_when_the_list_never_runs_dry
             ("redis.claim_max_bytes", "65536"),
             ("worker.max_claimed_bytes", "65536"),
         ],
-    ));
-    collector
-        .until_delivered(1000, Duration::from_secs(30))
-        .await;
+    );
+    collector.until_delivered(1000, 30).await;
     relay.stop().await;
     let largest = collector.requests().iter().map(|r| r.events().len()).max();
     assert!(largest < Some(500), "batches were partial: {largest:?}");
@@ -212,27 +182,24 @@ async fn a_partial_batch_is_sent_by_the_flush_timer_when_the_list_never_runs_dry
 
 #[tokio::test]
 async fn get_urls_over_the_limit_and_unknown_fields_in_get_mode() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     let long = format!("\"http://x/{}\"", "é".repeat(600)); // 1.2 KB raw, 3.6 KB encoded
     let events = vec![
         element("too-long", &long),
         r#"{"e":"pv","p":"pc","tv":"t","eid":"custom","my_field":"kept"}"#.to_owned(),
     ];
     redis.rpush(LIST, &events);
-    let relay = Relay::start(config(
+    let relay = Relay::with(
         &redis,
         &collector,
         &[
             ("collector.method", "get"),
             ("collector.byte_limit", "2000"),
         ],
-    ));
-    wait_until(
-        "delivered and dead-lettered",
-        Duration::from_secs(10),
-        async || collector.delivered_count() == 1 && redis.llen(DEAD) == 1,
-    )
+    );
+    wait_until("delivered and dead-lettered", 10, async || {
+        collector.delivered_count() == 1 && redis.llen(DEAD) == 1
+    })
     .await;
     relay.stop().await;
     assert!(dead_letters(&redis)[0].0.reason.contains("GET request URL"));
@@ -245,8 +212,7 @@ async fn get_urls_over_the_limit_and_unknown_fields_in_get_mode() {
 
 #[tokio::test]
 async fn endpoint_and_port_and_a_url_path_prefix_reach_the_collector() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     redis.rpush(LIST, &numbered_events(5));
     let port = collector.addr.port().to_string();
     let with_endpoint = {
@@ -258,17 +224,13 @@ async fn endpoint_and_port_and_a_url_path_prefix_reach_the_collector() {
         snowplow_relay::config::Settings::load(None, &overrides, Some(&Default::default())).unwrap()
     };
     let relay = Relay::start(with_endpoint);
-    collector
-        .until_exactly_delivered(5, Duration::from_secs(10))
-        .await;
+    collector.until_exactly_delivered(5, 10).await;
     relay.stop().await;
 
     redis.rpush(LIST, &numbered_events(5));
     let prefixed = format!("{}/prefix/", collector.url());
     let relay = Relay::start(config_for_urls(&redis.url(), &prefixed, &[]));
-    collector
-        .until_exactly_delivered(10, Duration::from_secs(10))
-        .await;
+    collector.until_exactly_delivered(10, 10).await;
     relay.stop().await;
     let paths: HashSet<String> = collector
         .requests()
@@ -300,11 +262,11 @@ async fn timeouts_408_and_429_are_retried_until_accepted() {
     // The first answers also come too late for the request timeout.
     collector.set_delay(Duration::from_millis(400));
     redis.rpush(LIST, &numbered_events(30));
-    let relay = Relay::start(config(
+    let relay = Relay::with(
         &redis,
         &collector,
         &[("collector.request_timeout_ms", "200")],
-    ));
+    );
     // Answers come after the timeout: the collector never finishes a request (hyper
     // drops it with the connection), so there is no state to wait on but time.
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -315,11 +277,9 @@ async fn timeouts_408_and_429_are_retried_until_accepted() {
         "all claimed, none dead-lettered"
     );
     collector.set_delay(Duration::ZERO);
-    wait_until(
-        "every event delivered",
-        Duration::from_secs(10),
-        async || eid_counts(&collector).len() == 30,
-    )
+    wait_until("every event delivered", 10, async || {
+        eid_counts(&collector).len() == 30
+    })
     .await;
     let summary = relay.stop().await;
     assert_eq!(summary.dead_lettered, 0);
@@ -330,17 +290,14 @@ async fn timeouts_408_and_429_are_retried_until_accepted() {
 async fn a_graceful_stop_with_everything_healthy_causes_no_duplicates() {
     // Before: resolutions received during the drain were not acknowledged before the
     // release, so delivered events went back to the list and were sent again.
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     collector.set_delay(Duration::from_millis(30));
     redis.rpush(LIST, &numbered_events(3000));
-    let relay = Relay::start(config(&redis, &collector, &[]));
-    collector
-        .until_delivered(300, Duration::from_secs(20))
-        .await;
+    let relay = Relay::with(&redis, &collector, &[]);
+    collector.until_delivered(300, 20).await;
     relay.stop().await;
-    let relay = Relay::start(config(&redis, &collector, &[]));
-    wait_until("the rest delivered", Duration::from_secs(30), async || {
+    let relay = Relay::with(&redis, &collector, &[]);
+    wait_until("the rest delivered", 30, async || {
         eid_counts(&collector).len() == 3000
     })
     .await;
@@ -459,20 +416,19 @@ async fn the_relay_recovers_from_a_rollback_between_claim_and_ack_without_loss()
     // Before: after a rolled-back claim, the next claim's first events landed at
     // positions the relay had already seen, were never sent, and were trimmed by the
     // next acknowledgement: lost.
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     collector.set_delay(Duration::from_millis(300));
     let total = 400;
     redis.rpush(LIST, &numbered_events(total));
-    let relay = Relay::start(config(
+    let relay = Relay::with(
         &redis,
         &collector,
         &[
             ("redis.claim_batch_size", "50"),
             ("worker.max_claimed_events", "100"),
         ],
-    ));
-    wait_until("a claim in flight", Duration::from_secs(10), async || {
+    );
+    wait_until("a claim in flight", 10, async || {
         instances(&redis).len() == 1 && redis.llen(LIST) < total
     })
     .await;
@@ -494,11 +450,9 @@ async fn the_relay_recovers_from_a_rollback_between_claim_and_ack_without_loss()
         .arg(LIST)
         .query(&mut conn)
         .unwrap();
-    wait_until(
-        "every event delivered",
-        Duration::from_secs(60),
-        async || eid_counts(&collector).len() == total,
-    )
+    wait_until("every event delivered", 60, async || {
+        eid_counts(&collector).len() == total
+    })
     .await;
     relay.stop().await;
     assert_eq!(redis.llen(LIST), 0);
@@ -509,24 +463,21 @@ async fn the_relay_recovers_from_a_rollback_between_claim_and_ack_without_loss()
 async fn seventy_five_thousand_fields_and_a_huge_name_are_handled_in_linear_time() {
     // Before: with unknown fields allowed the duplicate check was quadratic (75,000
     // fields took ~47 CPU-s), and reasons repeated a 1 MB name into logs and entries.
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     let many: String = (0..75_000).map(|i| format!(",\"f{i}\":\"v\"")).collect();
     let wide = format!(r#"{{"e":"pv","p":"pc","tv":"t","eid":"wide"{many}}}"#);
     let name = "n".repeat(100_000);
     let long_name = format!(r#"{{"e":"pv","p":"pc","tv":"t","{name}":"a","{name}":"b"}}"#);
     redis.rpush(LIST, &[wide, long_name]);
-    let relay = Relay::start(config(
+    let relay = Relay::with(
         &redis,
         &collector,
         &[
             ("events.allow_unknown_fields", "true"),
             ("collector.byte_limit", "1048576"),
         ],
-    ));
-    collector
-        .until_exactly_delivered(1, Duration::from_secs(30))
-        .await;
+    );
+    collector.until_exactly_delivered(1, 30).await;
     let summary = relay.stop().await;
     assert_eq!(summary.dead_lettered, 1, "the duplicate 100 KB name");
     let dead = dead_letters(&redis);

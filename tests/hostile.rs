@@ -75,19 +75,16 @@ fn trickle(
 #[tokio::test]
 async fn the_admin_listener_survives_a_flood_and_the_relay_goes_on() {
     more_files();
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
-    let relay = RelayProcess::start(
-        &redis.url(),
-        &collector.url(),
+    let (redis, collector) = setup(always(200)).await;
+    let relay = RelayProcess::between(
+        &redis,
+        &collector,
         &[("SNOWPLOW_RELAY_ADMIN__LISTEN", "127.0.0.1:0")],
     );
     let addr = relay.admin_addr().await;
-    wait_until(
-        "the relay is registered",
-        Duration::from_secs(10),
-        async || instances(&redis).len() == 1,
-    )
+    wait_until("the relay is registered", 10, async || {
+        instances(&redis).len() == 1
+    })
     .await;
     // 900 connections, each trickling a 400 KB header for 10 s.
     let started = Instant::now();
@@ -109,9 +106,7 @@ async fn the_admin_listener_survives_a_flood_and_the_relay_goes_on() {
         redis.rpush(LIST, &numbered_events(200 * (round + 1))[200 * round..]);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    collector
-        .until_distinct(1_000, Duration::from_secs(20))
-        .await;
+    collector.until_distinct(1_000, 20).await;
     while flood.join_next().await.is_some() {}
     done.store(true, Ordering::Relaxed);
     let peak = watcher.await.unwrap();
@@ -203,11 +198,9 @@ async fn the_local_collector_stays_bounded_under_huge_events_and_trickled_bodies
         100,
         Duration::from_millis(100),
     );
-    wait_until(
-        "1,000 trickling connections open",
-        Duration::from_secs(20),
-        async || connected.load(Ordering::SeqCst) == 1_000,
-    )
+    wait_until("1,000 trickling connections open", 20, async || {
+        connected.load(Ordering::SeqCst) == 1_000
+    })
     .await;
     let mut slowest = Duration::ZERO;
     for _ in 0..10 {
@@ -289,8 +282,7 @@ async fn track_stays_bounded_with_a_healthy_and_an_unreachable_collector() {
 
 #[tokio::test]
 async fn no_error_path_shows_a_password_from_a_broken_file() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("relay.toml");
     let good = format!(
@@ -321,17 +313,12 @@ async fn no_error_path_shows_a_password_from_a_broken_file() {
         &["--config", file.to_str().unwrap()],
         &[("SNOWPLOW_RELAY_LOG__FORMAT", "json")],
     );
-    wait_until("registered", Duration::from_secs(10), async || {
-        instances(&redis).len() == 1
-    })
-    .await;
+    wait_until("registered", 10, async || instances(&redis).len() == 1).await;
     std::fs::write(&file, broken).unwrap();
     relay.signal(libc::SIGHUP);
-    wait_until(
-        "the reload is refused",
-        Duration::from_secs(10),
-        async || relay.log().contains("keeping the running one"),
-    )
+    wait_until("the reload is refused", 10, async || {
+        relay.log().contains("keeping the running one")
+    })
     .await;
     let log = relay.stop_cleanly().await;
     assert!(!log.contains("s3cret"), "{log}");
@@ -339,12 +326,11 @@ async fn no_error_path_shows_a_password_from_a_broken_file() {
 
 #[tokio::test]
 async fn kubernetes_variables_and_string_settings_mean_what_they_say() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     // A Service named snowplow-relay injects these into every pod of its namespace.
-    let relay = RelayProcess::start(
-        &redis.url(),
-        &collector.url(),
+    let relay = RelayProcess::between(
+        &redis,
+        &collector,
         &[
             ("SNOWPLOW_RELAY_SERVICE_HOST", "10.0.0.7"),
             ("SNOWPLOW_RELAY_SERVICE_PORT", "9187"),
@@ -354,7 +340,7 @@ async fn kubernetes_variables_and_string_settings_mean_what_they_say() {
         ],
     );
     redis.rpush("007", &numbered_events(10));
-    collector.until_distinct(10, Duration::from_secs(20)).await;
+    collector.until_distinct(10, 20).await;
     relay.stop_cleanly().await;
 
     // A dead-letter list equal to the list would feed the relay its own dead letters.
@@ -389,25 +375,19 @@ async fn kubernetes_variables_and_string_settings_mean_what_they_say() {
 
 #[tokio::test]
 async fn one_signal_delivered_twice_is_one_graceful_stop() {
-    let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    let (redis, collector) = setup(always(503)).await;
     for round in 0..10 {
         redis.rpush(LIST, &numbered_events(50));
-        let relay = RelayProcess::start(
-            &redis.url(),
-            &collector.url(),
+        let relay = RelayProcess::between(
+            &redis,
+            &collector,
             &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "200")],
         );
-        wait_until(
-            "the relay holds events",
-            Duration::from_secs(10),
-            async || redis.llen(LIST) == 0,
-        )
-        .await;
+        wait_until("the relay holds events", 10, async || redis.llen(LIST) == 0).await;
         // As `timeout -s INT` does: to the process, then to its group.
         relay.signal(libc::SIGINT);
         relay.signal(libc::SIGINT);
-        let Finished { status, log, .. } = relay.finish(Duration::from_secs(20)).await;
+        let (status, log) = relay.finish(Duration::from_secs(20)).await.parts();
         assert_eq!(status.code(), Some(0), "round {round}: {log}");
         assert!(!log.contains("second signal"), "round {round}: {log}");
         assert_eq!(redis.llen(LIST), 50, "round {round}: every event back");

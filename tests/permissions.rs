@@ -33,14 +33,7 @@ fn user_url(redis: &RedisServer) -> String {
 async fn the_readme_acl_rule_is_all_the_relay_and_its_tools_need() {
     let redis = RedisServer::start();
     acl(&redis, &readme_acl_rule());
-    let collector = Collector::start_with(Box::new(|request| {
-        if request.events().iter().any(|e| e["eid"] == "ev-7") {
-            400
-        } else {
-            200
-        }
-    }))
-    .await;
+    let collector = Collector::start_with(refusing(&["ev-7"], 400)).await;
     // A dead relay's events to recover, as the default user left them.
     redis.rpush(LIST, &numbered_events(300));
     let relay = RelayProcess::start(
@@ -48,18 +41,14 @@ async fn the_readme_acl_rule_is_all_the_relay_and_its_tools_need() {
         &collector.url(),
         &[("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "1")],
     );
-    collector
-        .until_exactly_delivered(299, Duration::from_secs(30))
-        .await;
+    collector.until_exactly_delivered(299, 30).await;
     assert_eq!(redis.llen(DEAD), 1);
     // Held events go back at shutdown, as that user.
-    collector.respond_with(Box::new(|_| 503));
+    collector.respond_with(always(503));
     redis.rpush(LIST, &numbered_events(320)[300..]);
-    wait_until(
-        "the relay holds the new ones",
-        Duration::from_secs(10),
-        async || redis.llen(LIST) < 20,
-    )
+    wait_until("the relay holds the new ones", 10, async || {
+        redis.llen(LIST) < 20
+    })
     .await;
     let log = relay.stop_cleanly().await;
     assert!(!log.contains("NOPERM"), "{log}");
@@ -89,7 +78,7 @@ async fn a_user_missing_a_permission_stops_start_up_naming_it_and_loses_nothing(
         "ACL", "SETUSER", "relay", "on", ">pw", "~*", "&*", "+@all", "-rpush",
     ]);
     let relay = RelayProcess::start(&user_url(&redis), &collector.url(), &[]);
-    let Finished { status, log, .. } = relay.finish(Duration::from_secs(20)).await;
+    let (status, log) = relay.finish(Duration::from_secs(20)).await.parts();
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(
         log.contains("RPUSH {snowplow}:inflight:") && log.contains("RPUSH {snowplow}:dead"),
@@ -105,7 +94,7 @@ async fn a_user_missing_a_permission_stops_start_up_naming_it_and_loses_nothing(
         "ACL", "SETUSER", "relay", "reset", "on", ">pw", "~*", "+@all", "-evalsha",
     ]);
     let relay = RelayProcess::start(&user_url(&redis), &collector.url(), &[]);
-    let Finished { status, log, .. } = relay.finish(Duration::from_secs(20)).await;
+    let (status, log) = relay.finish(Duration::from_secs(20)).await.parts();
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(log.to_ascii_lowercase().contains("evalsha"), "{log}");
 }
@@ -117,9 +106,7 @@ async fn a_permission_revoked_while_running_is_named_and_backs_off() {
     let collector = Collector::start().await;
     let relay = RelayProcess::start(&user_url(&redis), &collector.url(), &[]);
     redis.rpush(LIST, &numbered_events(50));
-    collector
-        .until_exactly_delivered(50, Duration::from_secs(20))
-        .await;
+    collector.until_exactly_delivered(50, 20).await;
     // The list runs dry, so the relay waits with BLMOVE; take that away. (The wait in
     // progress ends within 5 s; the next one is refused.)
     redis.cmd(&["ACL", "SETUSER", "relay", "-blmove"]);
@@ -129,11 +116,9 @@ async fn a_permission_revoked_while_running_is_named_and_backs_off() {
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    wait_until(
-        "the refusal is logged",
-        Duration::from_secs(10),
-        async || !refused(&relay.log()).is_empty(),
-    )
+    wait_until("the refusal is logged", 10, async || {
+        !refused(&relay.log()).is_empty()
+    })
     .await;
     let first = refused(&relay.log()).len();
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -150,9 +135,7 @@ async fn a_permission_revoked_while_running_is_named_and_backs_off() {
     assert!(more <= 7, "{more} more warnings in 5 s: {warnings:?}");
     // A claim as that user goes on working, and so do new events.
     redis.rpush(LIST, &numbered_events(60)[50..]);
-    collector
-        .until_exactly_delivered(60, Duration::from_secs(20))
-        .await;
+    collector.until_exactly_delivered(60, 20).await;
     relay.stop_cleanly().await;
 }
 
@@ -173,30 +156,24 @@ async fn a_full_redis_is_drained_and_said_to_be_full() {
         "Redis is full: producers are refused"
     );
     let collector = Collector::start().await;
-    let relay = RelayProcess::start(&redis.url(), &collector.url(), &[]);
-    collector
-        .until_delivered(total, Duration::from_secs(60))
-        .await;
+    let relay = RelayProcess::between(&redis, &collector, &[]);
+    collector.until_delivered(total, 60).await;
     let log = relay.stop_cleanly().await;
     all_delivered(&collector, &redis, total);
     assert!(log.contains("Redis is out of memory"), "{log}");
-    report("full Redis", total, &collector, &redis, None);
+    report(("full Redis", total), (&collector, &redis), None);
     assert!(!log.contains("cannot reach Redis"), "{log}");
 }
 
 #[tokio::test]
 async fn the_lease_survives_a_storm_of_killed_connections() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
-    let relay = RelayProcess::start(
-        &redis.url(),
-        &collector.url(),
+    let (redis, collector) = setup(always(200)).await;
+    let relay = RelayProcess::between(
+        &redis,
+        &collector,
         &[("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1500")],
     );
-    wait_until("registered", Duration::from_secs(10), async || {
-        instances(&redis).len() == 1
-    })
-    .await;
+    wait_until("registered", 10, async || instances(&redis).len() == 1).await;
     let instance = instances(&redis)[0].clone();
     // Kill every other client every 150 ms for 6 s (four lease lifetimes).
     let storm = Instant::now();
@@ -212,9 +189,7 @@ async fn the_lease_survives_a_storm_of_killed_connections() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     redis.rpush(LIST, &numbered_events(100));
-    collector
-        .until_exactly_delivered(100, Duration::from_secs(20))
-        .await;
+    collector.until_exactly_delivered(100, 20).await;
     let log = relay.stop_cleanly().await;
     assert!(!log.contains("lease expired"), "{log}");
     assert!(!log.contains("registering again"), "{log}");
@@ -223,26 +198,23 @@ async fn the_lease_survives_a_storm_of_killed_connections() {
 
 #[tokio::test]
 async fn a_lone_relay_keeps_its_own_claims_through_a_redis_stall_longer_than_its_lease() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     collector.set_delay(Duration::from_millis(300));
-    let relay = RelayProcess::start(
-        &redis.url(),
-        &collector.url(),
+    let relay = RelayProcess::between(
+        &redis,
+        &collector,
         &[("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1500")],
     );
     let total = 2_000;
     redis.rpush(LIST, &numbered_events(total));
-    wait_until("some delivered", Duration::from_secs(20), async || {
+    wait_until("some delivered", 20, async || {
         !collector.delivered().is_empty()
     })
     .await;
     redis.signal(libc::SIGSTOP);
     tokio::time::sleep(Duration::from_secs(3)).await; // two lease lifetimes
     redis.signal(libc::SIGCONT);
-    collector
-        .until_distinct(total, Duration::from_secs(60))
-        .await;
+    collector.until_distinct(total, 60).await;
     let log = relay.stop_cleanly().await;
     let delivered = collector.delivered_eids().len();
     assert!(
@@ -255,28 +227,24 @@ async fn a_lone_relay_keeps_its_own_claims_through_a_redis_stall_longer_than_its
 
 #[tokio::test]
 async fn clean_stops_log_no_error_even_when_the_heartbeat_is_due() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     for round in 0..8 {
-        let relay = RelayProcess::start(
-            &redis.url(),
-            &collector.url(),
+        let relay = RelayProcess::between(
+            &redis,
+            &collector,
             &[
                 ("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1000"),
                 ("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "0"),
             ],
         );
-        wait_until("registered", Duration::from_secs(10), async || {
-            instances(&redis).len() == 1
-        })
-        .await;
+        wait_until("registered", 10, async || instances(&redis).len() == 1).await;
         // Redis holds the release back while a heartbeat (every 333 ms) falls due and
         // queues up behind it.
         redis.signal(libc::SIGSTOP);
         relay.terminate();
         tokio::time::sleep(Duration::from_millis(250 + 40 * round)).await;
         redis.signal(libc::SIGCONT);
-        let Finished { status, log, .. } = relay.finish(Duration::from_secs(20)).await;
+        let (status, log) = relay.finish(Duration::from_secs(20)).await.parts();
         assert_eq!(status.code(), Some(0), "round {round}: {log}");
         assert!(!log.contains("ERROR"), "round {round}: {log}");
     }
@@ -284,21 +252,20 @@ async fn clean_stops_log_no_error_even_when_the_heartbeat_is_due() {
 
 #[tokio::test]
 async fn every_log_record_is_one_line_whatever_a_key_holds() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     // A list name with a newline, an escape sequence and 100 KB of text.
     let key = format!("evil\n\u{1b}[31mFAKE ERROR line{}", "k".repeat(100_000));
-    let relay = RelayProcess::start(
-        &redis.url(),
-        &collector.url(),
+    let relay = RelayProcess::between(
+        &redis,
+        &collector,
         &[("SNOWPLOW_RELAY_REDIS__KEY", key.as_str())],
     );
-    wait_until("registered", Duration::from_secs(10), async || {
+    wait_until("registered", 10, async || {
         redis.keys().iter().any(|k| k.ends_with(":instances"))
     })
     .await;
     relay.terminate();
-    let Finished { status, log, .. } = relay.finish(Duration::from_secs(20)).await;
+    let (status, log) = relay.finish(Duration::from_secs(20)).await.parts();
     assert_eq!(status.code(), Some(0), "{}", &log[..log.len().min(2000)]);
     for line in log.lines() {
         assert!(

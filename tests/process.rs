@@ -19,26 +19,16 @@ async fn sigint_and_sigquit_stop_gracefully_like_sigterm() {
         ("QUIT", libc::SIGQUIT),
         ("TERM", libc::SIGTERM),
     ] {
-        let redis = RedisServer::start();
-        let collector = Collector::start_with(Box::new(|_| 503)).await;
+        let (redis, collector) = setup(always(503)).await;
         redis.rpush(LIST, &numbered_events(50));
         let child = relay(
             &redis.url(),
             &collector.url(),
             &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300")],
         );
-        wait_until(
-            "the relay tries to send",
-            Duration::from_secs(10),
-            async || !collector.requests().is_empty(),
-        )
-        .await;
+        collector.until_requests(1, 10).await;
         child.signal(signal);
-        let Finished {
-            status,
-            log: stderr,
-            ..
-        } = child.finish(Duration::from_secs(15)).await;
+        let (status, stderr) = child.finish(Duration::from_secs(15)).await.parts();
         assert_eq!(status.code(), Some(0), "SIG{name}: {stderr}");
         assert_eq!(redis.llen(LIST), 50, "SIG{name}: every event back");
         assert_eq!(instances(&redis), Vec::<String>::new());
@@ -48,8 +38,7 @@ async fn sigint_and_sigquit_stop_gracefully_like_sigterm() {
 #[tokio::test]
 async fn a_frozen_redis_cannot_hold_up_shutdown_and_nothing_is_lost() {
     // Before: drain + uncancellable claim/ack + 5 release attempts of ~5 s each.
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     collector.set_delay(Duration::from_millis(100));
     let total = 3000;
     redis.rpush(LIST, &numbered_events(total));
@@ -58,9 +47,7 @@ async fn a_frozen_redis_cannot_hold_up_shutdown_and_nothing_is_lost() {
         &collector.url(),
         &[("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "1000")],
     );
-    collector
-        .until_delivered(100, Duration::from_secs(20))
-        .await;
+    collector.until_delivered(100, 20).await;
     redis.signal(libc::SIGSTOP);
     child.signal(libc::SIGTERM);
     let Finished {
@@ -86,7 +73,7 @@ async fn a_frozen_redis_cannot_hold_up_shutdown_and_nothing_is_lost() {
     // A second signal with Redis frozen exits within a second.
     let before = instances(&redis);
     let child = relay(&redis.url(), &collector.url(), &[]);
-    wait_until("registered", Duration::from_secs(10), async || {
+    wait_until("registered", 10, async || {
         instances(&redis).iter().any(|id| !before.contains(id))
     })
     .await;
@@ -109,15 +96,11 @@ async fn a_frozen_redis_cannot_hold_up_shutdown_and_nothing_is_lost() {
     // it was delivered before and comes again: wait until the stopped relays are
     // recovered and the list is drained, not only until every eid arrived once.)
     let child = relay(&redis.url(), &collector.url(), &[]);
-    wait_until(
-        "every event delivered",
-        Duration::from_secs(60),
-        async || {
-            collector.distinct_delivered() == total
-                && instances(&redis).len() == 1
-                && redis.llen(LIST) == 0
-        },
-    )
+    wait_until("every event delivered", 60, async || {
+        collector.distinct_delivered() == total
+            && instances(&redis).len() == 1
+            && redis.llen(LIST) == 0
+    })
     .await;
     child.stop_cleanly().await;
     assert_eq!(redis.llen(LIST), 0);
@@ -167,10 +150,7 @@ async fn logs_and_check_carry_no_secret_and_no_event_data() {
         child
             .log_line("collector requests are failing", Duration::from_secs(10))
             .await;
-        wait_until("everything claimed", Duration::from_secs(10), async || {
-            redis.llen(LIST) == 0
-        })
-        .await;
+        wait_until("everything claimed", 10, async || redis.llen(LIST) == 0).await;
         child.signal(libc::SIGTERM);
         let Finished { log: stderr, .. } = child.finish(Duration::from_secs(15)).await;
         assert!(!stderr.is_empty());
@@ -215,16 +195,9 @@ async fn an_evicting_redis_is_warned_about() {
     let redis = RedisServer::start_with(&["--maxmemory-policy", "volatile-lru"]);
     let collector = Collector::start().await;
     let child = relay(&redis.url(), &collector.url(), &[]);
-    wait_until("registered", Duration::from_secs(10), async || {
-        instances(&redis).len() == 1
-    })
-    .await;
+    wait_until("registered", 10, async || instances(&redis).len() == 1).await;
     child.signal(libc::SIGTERM);
-    let Finished {
-        status,
-        log: stderr,
-        ..
-    } = child.finish(Duration::from_secs(15)).await;
+    let (status, stderr) = child.finish(Duration::from_secs(15)).await.parts();
     assert_eq!(status.code(), Some(0));
     assert!(
         stderr.contains("maxmemory_policy") && stderr.contains("volatile-lru"),
@@ -233,10 +206,7 @@ async fn an_evicting_redis_is_warned_about() {
 
     let redis = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
     let child = relay(&redis.url(), &collector.url(), &[]);
-    wait_until("registered", Duration::from_secs(10), async || {
-        instances(&redis).len() == 1
-    })
-    .await;
+    wait_until("registered", 10, async || instances(&redis).len() == 1).await;
     child.signal(libc::SIGTERM);
     let Finished { log: stderr, .. } = child.finish(Duration::from_secs(15)).await;
     assert!(!stderr.contains("maxmemory_policy"), "{stderr}");
@@ -246,8 +216,7 @@ async fn an_evicting_redis_is_warned_about() {
 async fn elements_near_a_megabyte_keep_relay_and_redis_memory_flat() {
     // Before: one claim of 500 such elements made a ~450 MB reply; a timed-out claim
     // was retried and sent the whole in-flight list again, until Redis was OOM-killed.
-    let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    let (redis, collector) = setup(always(503)).await;
     let count = 300;
     let padding = "x".repeat(900_000);
     let events: Vec<String> = (0..count)
@@ -321,15 +290,13 @@ async fn metrics_and_health_match_what_the_collector_and_redis_saw() {
         ],
     );
     let addr = child.admin_addr().await;
-    wait_until(
-        "every event resolved",
-        Duration::from_secs(30),
-        async || redis.llen(LIST) == 0 && redis.llen(DEAD) > 0,
-    )
+    wait_until("every event resolved", 30, async || {
+        redis.llen(LIST) == 0 && redis.llen(DEAD) > 0
+    })
     .await;
     // Until the acknowledgements are in, the counters may trail the collector.
     let mut text = String::new();
-    wait_until("the counters settle", Duration::from_secs(10), async || {
+    wait_until("the counters settle", 10, async || {
         let (status, scraped) = http_get(addr, "/metrics").await;
         assert_eq!(status, 200);
         text = scraped;
@@ -388,16 +355,16 @@ async fn metrics_and_health_match_what_the_collector_and_redis_saw() {
     let probe = run_bin(&["--admin-listen", &admin, "healthcheck", "--ready"], &[]);
     assert!(probe.status.success(), "{probe:?}");
     // The sampler reads the list lengths every 5 s.
-    wait_until("sampled lengths", Duration::from_secs(8), async || {
+    wait_until("sampled lengths", 8, async || {
         let text = http_get(addr, "/metrics").await.1;
         sample(&text, "snowplow_relay_dead_letter_length") == redis.llen(DEAD) as f64
     })
     .await;
 
     // A failing collector makes the relay not ready, with the reason.
-    collector.respond_with(Box::new(|_| 503));
+    collector.respond_with(always(503));
     redis.rpush(LIST, &numbered_events(200));
-    wait_until("not ready", Duration::from_secs(10), async || {
+    wait_until("not ready", 10, async || {
         http_get(addr, "/readyz").await.0 == 503
     })
     .await;
@@ -452,40 +419,25 @@ async fn systemd_hears_ready_only_once_registered_then_status_watchdog_and_stopp
     );
     // Redis is not there: status says so, the watchdog is fed (the process is fine),
     // and READY never comes.
-    wait_until(
-        "waiting status and watchdog pings",
-        Duration::from_secs(10),
-        async || {
-            seen("STATUS=waiting for Redis")
-                && messages
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|m| m.contains("WATCHDOG=1"))
-                    .count()
-                    >= 3
-        },
-    )
+    wait_until("waiting status and watchdog pings", 10, async || {
+        seen("STATUS=waiting for Redis")
+            && messages
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|m| m.contains("WATCHDOG=1"))
+                .count()
+                >= 3
+    })
     .await;
     assert!(!seen("READY=1"), "READY while Redis is unreachable");
     let redis = RedisServer::start();
     proxy.retarget(redis.port);
-    wait_until(
-        "READY once registered",
-        Duration::from_secs(40),
-        async || seen("READY=1"),
-    )
-    .await;
+    wait_until("READY once registered", 40, async || seen("READY=1")).await;
     assert_eq!(instances(&redis).len(), 1, "READY came after registration");
-    wait_until("relaying status", Duration::from_secs(5), async || {
-        seen("STATUS=relaying")
-    })
-    .await;
+    wait_until("relaying status", 5, async || seen("STATUS=relaying")).await;
     child.stop_cleanly().await;
-    wait_until("STOPPING", Duration::from_secs(2), async || {
-        seen("STOPPING=1")
-    })
-    .await;
+    wait_until("STOPPING", 2, async || seen("STOPPING=1")).await;
     let log = messages.lock().unwrap().clone();
     let ready = log.iter().position(|m| m.contains("READY=1")).unwrap();
     let stopping = log.iter().position(|m| m.contains("STOPPING=1")).unwrap();
@@ -495,25 +447,18 @@ async fn systemd_hears_ready_only_once_registered_then_status_watchdog_and_stopp
 #[tokio::test]
 async fn a_host_without_ca_certificates_relays_over_http_and_says_what_https_needs() {
     // Before: "cannot build the HTTP client: builder error", even for an http collector.
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     redis.rpush(LIST, &numbered_events(20));
     let no_roots = [
         ("SSL_CERT_FILE", "/nonexistent"),
         ("SSL_CERT_DIR", "/nonexistent"),
     ];
     let child = relay(&redis.url(), &collector.url(), &no_roots);
-    collector
-        .until_exactly_delivered(20, Duration::from_secs(10))
-        .await;
+    collector.until_exactly_delivered(20, 10).await;
     child.stop_cleanly().await;
 
     let child = relay(&redis.url(), "https://collector.invalid", &no_roots);
-    let Finished {
-        status,
-        log: stderr,
-        ..
-    } = child.finish(Duration::from_secs(15)).await;
+    let (status, stderr) = child.finish(Duration::from_secs(15)).await.parts();
     assert_eq!(status.code(), Some(1));
     assert!(stderr.contains("ca-certificates"), "{stderr}");
 }
@@ -522,8 +467,7 @@ async fn a_host_without_ca_certificates_relays_over_http_and_says_what_https_nee
 async fn sigusr1_flushes_a_partial_batch_at_once() {
     // A byte bound of 64 KiB holds ~60 events: a batch of 500 never fills, the list never
     // runs dry, and the flush timer is 10 minutes away. Only SIGUSR1 sends.
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     redis.rpush(LIST, &numbered_events(1000));
     let child = relay(
         &redis.url(),
@@ -536,17 +480,14 @@ async fn sigusr1_flushes_a_partial_batch_at_once() {
             ("SNOWPLOW_RELAY_WORKER__MAX_CLAIMED_BYTES", "65536"),
         ],
     );
-    wait_until("claimed", Duration::from_secs(10), async || {
-        redis.llen(LIST) < 1000
-    })
-    .await;
+    wait_until("claimed", 10, async || redis.llen(LIST) < 1000).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(
         collector.requests().is_empty(),
         "nothing is sent without a flush"
     );
     child.signal(libc::SIGUSR1);
-    wait_until("the flushed batch", Duration::from_secs(5), async || {
+    wait_until("the flushed batch", 5, async || {
         !collector.requests().is_empty()
     })
     .await;
@@ -566,8 +507,7 @@ async fn sigusr1_flushes_a_partial_batch_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_log_level_and_retry_settings_and_names_what_needs_a_restart() {
-    let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    let (redis, collector) = setup(always(503)).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("relay.toml");
     let write = |level: &str, initial_ms: u64, max_ms: u64, key: &str| {
@@ -586,10 +526,7 @@ async fn sighup_reloads_the_log_level_and_retry_settings_and_names_what_needs_a_
     let mut command = bin_command();
     command.args(["--config", file.to_str().unwrap()]);
     let child = RelayProcess::spawn(command);
-    wait_until("retrying", Duration::from_secs(10), async || {
-        collector.requests().len() >= 5
-    })
-    .await;
+    collector.until_requests(5, 10).await;
     std::fs::write(&file, "not toml [").unwrap();
     child.signal(libc::SIGHUP);
     child
@@ -602,11 +539,9 @@ async fn sighup_reloads_the_log_level_and_retry_settings_and_names_what_needs_a_
         .log_line("configuration reloaded", Duration::from_secs(10))
         .await;
     let reloaded_at = collector.requests().len();
-    wait_until(
-        "three retries after the reload",
-        Duration::from_secs(20),
-        async || collector.requests().len() >= reloaded_at + 3,
-    )
+    wait_until("three retries after the reload", 20, async || {
+        collector.requests().len() >= reloaded_at + 3
+    })
     .await;
     let gaps = |requests: &[Received]| -> Vec<Duration> {
         requests.windows(2).map(|w| w[1].at - w[0].at).collect()
@@ -623,10 +558,8 @@ async fn sighup_reloads_the_log_level_and_retry_settings_and_names_what_needs_a_
         after.iter().all(|gap| *gap >= Duration::from_millis(450)),
         "the reloaded backoff slows the retries: {after:?}"
     );
-    collector.respond_with(Box::new(|_| 200));
-    collector
-        .until_delivered(100, Duration::from_secs(20))
-        .await;
+    collector.respond_with(always(200));
+    collector.until_delivered(100, 20).await;
     let stderr = child.stop_cleanly().await;
     assert!(
         stderr.contains("the new configuration is invalid"),

@@ -231,11 +231,9 @@ async fn rust_tracker_through_redis_and_the_relay(method: &str) {
         &url,
         &[("collector.method", method)],
     ));
-    wait_until(
-        "the collector holds every event",
-        Duration::from_secs(20),
-        async || collector.totals().total as usize == sent.len() + 1,
-    )
+    wait_until("the collector holds every event", 20, async || {
+        collector.totals().total as usize == sent.len() + 1
+    })
     .await;
     relay.stop().await;
     assert_eq!(collector.bad(), Vec::<Value>::new(), "no bad events");
@@ -296,10 +294,7 @@ async fn python_fixtures_are_all_good_at_the_local_collector() {
     let events = numbered_events(360);
     redis.rpush(LIST, &events);
     let relay = Relay::start(config_for_urls(&redis.url(), &url, &[]));
-    wait_until("360 events", Duration::from_secs(20), async || {
-        collector.totals().total == 360
-    })
-    .await;
+    wait_until("360 events", 20, async || collector.totals().total == 360).await;
     relay.stop().await;
     assert_eq!(collector.totals().bad, 0, "{:?}", collector.bad().first());
     assert_eq!(collector.good().len(), 360);
@@ -310,6 +305,17 @@ async fn python_fixtures_are_all_good_at_the_local_collector() {
 fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
+}
+
+/// A `/micro/…` endpoint's JSON answer: GET, or POST with `body` (a filter).
+async fn micro(url: &str, path: &str, body: Option<&str>) -> Value {
+    let client = http_client();
+    let request = match body {
+        Some(body) => client.post(format!("{url}{path}")).body(body.to_owned()),
+        None => client.get(format!("{url}{path}")),
+    };
+    let answer = request.send().await.unwrap().bytes().await.unwrap();
+    serde_json::from_slice(&answer).unwrap()
 }
 
 /// Posts `body` to the collector's tp2 endpoint.
@@ -401,38 +407,18 @@ async fn the_local_collector_answers_like_micro() {
     assert_eq!(post(&url, big).await.status(), 413);
     // Not payload_data: 200 (as the real collector), one bad event.
     assert_eq!(post(&url, "[1,2]").await.status(), 200);
-    let all: Value = client
-        .get(format!("{url}/micro/all"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-        .unwrap();
+    let all = micro(&url, "/micro/all", None).await;
     assert_eq!(all, json!({"total": 5, "good": 3, "bad": 2, "dropped": 0}));
     // Filters, as Micro's.
-    let filtered: Value = client
-        .post(format!("{url}/micro/good"))
-        .body(r#"{"event_type":"struct","limit":2}"#)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-        .unwrap();
+    let filtered = micro(
+        &url,
+        "/micro/good",
+        Some(r#"{"event_type":"struct","limit":2}"#),
+    )
+    .await;
     assert_eq!(filtered.as_array().unwrap().len(), 2);
     assert_eq!(filtered[0]["rawEvent"]["parameters"]["eid"], "get2");
-    let bad: Value = client
-        .get(format!("{url}/micro/bad"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
-        .unwrap();
+    let bad = micro(&url, "/micro/bad", None).await;
     assert!(
         bad[0]["errors"][0]
             .as_str()

@@ -40,15 +40,12 @@ fn assert_same_fields(
 
 #[tokio::test]
 async fn post_delivers_every_fixture_event_with_every_field() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     let events = numbered_events(360);
     redis.rpush(LIST, &events);
-    let relay = Relay::start(config(&redis, &collector, &[]));
+    let relay = Relay::with(&redis, &collector, &[]);
 
-    collector
-        .until_delivered(360, Duration::from_secs(20))
-        .await;
+    collector.until_delivered(360, 20).await;
     let summary = relay.stop().await;
 
     let sent = by_eid(&events);
@@ -91,19 +88,16 @@ async fn post_delivers_every_fixture_event_with_every_field() {
 
 #[tokio::test]
 async fn get_delivers_every_event_one_per_request() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     let events = numbered_events(120);
     redis.rpush(LIST, &events);
-    let relay = Relay::start(config(
+    let relay = Relay::with(
         &redis,
         &collector,
         &[("collector.method", "get"), ("collector.anonymous", "true")],
-    ));
+    );
 
-    collector
-        .until_delivered(120, Duration::from_secs(20))
-        .await;
+    collector.until_delivered(120, 20).await;
     relay.stop().await;
 
     let sent = by_eid(&events);
@@ -120,17 +114,10 @@ async fn get_delivers_every_event_one_per_request() {
 
 #[tokio::test]
 async fn batches_split_by_count_and_by_bytes() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     redis.rpush(LIST, &numbered_events(200));
-    let relay = Relay::start(config(
-        &redis,
-        &collector,
-        &[("collector.buffer_size", "7")],
-    ));
-    collector
-        .until_delivered(200, Duration::from_secs(20))
-        .await;
+    let relay = Relay::with(&redis, &collector, &[("collector.buffer_size", "7")]);
+    collector.until_delivered(200, 20).await;
     relay.stop().await;
     let sizes: Vec<usize> = collector
         .requests()
@@ -143,21 +130,18 @@ async fn batches_split_by_count_and_by_bytes() {
         "batches fill up: {sizes:?}"
     );
 
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     redis.rpush(LIST, &numbered_events(200));
     let limit = 6_000;
-    let relay = Relay::start(config(
+    let relay = Relay::with(
         &redis,
         &collector,
         &[
             ("collector.buffer_size", "100"),
             ("collector.byte_limit", "6000"),
         ],
-    ));
-    collector
-        .until_delivered(200, Duration::from_secs(20))
-        .await;
+    );
+    collector.until_delivered(200, 20).await;
     relay.stop().await;
     let requests = collector.requests();
     for request in &requests {
@@ -182,28 +166,22 @@ async fn batches_split_by_count_and_by_bytes() {
 
 #[tokio::test]
 async fn a_lone_event_is_sent_at_once() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
-    let relay = Relay::start(config(
+    let (redis, collector) = setup(always(200)).await;
+    let relay = Relay::with(
         &redis,
-        &collector,
-        // The flush timer is far off: only "the list ran dry" can send at once.
+        &collector, // The flush timer is far off: only "the list ran dry" can send at once.
         &[
             ("collector.buffer_size", "100"),
             ("collector.flush_interval_ms", "10000"),
         ],
-    ));
-    wait_until(
-        "the relay blocks on the empty list",
-        Duration::from_secs(10),
-        async || redis.blocked_clients() == 1,
-    )
+    );
+    wait_until("the relay blocks on the empty list", 10, async || {
+        redis.blocked_clients() == 1
+    })
     .await;
     let pushed = Instant::now();
     redis.rpush(LIST, &numbered_events(1));
-    collector
-        .until_exactly_delivered(1, Duration::from_secs(5))
-        .await;
+    collector.until_exactly_delivered(1, 5).await;
     let latency = pushed.elapsed();
     relay.stop().await;
     // A relay that waited for a full batch would never send it; one that polled on a
@@ -228,14 +206,8 @@ async fn server_errors_are_retried_until_accepted_with_nothing_lost_or_duplicate
     let events = numbered_events(300);
     redis.rpush(LIST, &events);
     // Batches of 10: 30 requests or more, so that 30 failures fall among them.
-    let relay = Relay::start(config(
-        &redis,
-        &collector,
-        &[("collector.buffer_size", "10")],
-    ));
-    collector
-        .until_delivered(300, Duration::from_secs(30))
-        .await;
+    let relay = Relay::with(&redis, &collector, &[("collector.buffer_size", "10")]);
+    collector.until_delivered(300, 30).await;
     relay.stop().await;
 
     let eids = collector.delivered_eids();
@@ -263,16 +235,10 @@ async fn a_400_sends_the_batch_to_the_dead_letter_list_byte_for_byte() {
     .await;
     let events = numbered_events(20);
     redis.rpush(LIST, &events);
-    let relay = Relay::start(config(
-        &redis,
-        &collector,
-        &[("collector.buffer_size", "1")],
-    ));
-    wait_until(
-        "delivered and dead-lettered",
-        Duration::from_secs(20),
-        async || collector.delivered_count() >= 19 && redis.llen(DEAD) == 1,
-    )
+    let relay = Relay::with(&redis, &collector, &[("collector.buffer_size", "1")]);
+    wait_until("delivered and dead-lettered", 20, async || {
+        collector.delivered_count() >= 19 && redis.llen(DEAD) == 1
+    })
     .await;
     let summary = relay.stop().await;
 
@@ -302,8 +268,7 @@ async fn a_400_sends_the_batch_to_the_dead_letter_list_byte_for_byte() {
 
 #[tokio::test]
 async fn malformed_elements_are_dead_lettered_and_the_rest_delivered() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     let good = numbered_events(30);
     let bad: Vec<(&[u8], &str)> = vec![
         (b"not json at all", "not valid JSON"),
@@ -332,12 +297,10 @@ async fn malformed_elements_are_dead_lettered_and_the_rest_delivered() {
             redis.rpush_bytes(LIST, element);
         }
     }
-    let relay = Relay::start(config(&redis, &collector, &[]));
-    wait_until(
-        "delivered and dead-lettered",
-        Duration::from_secs(20),
-        async || collector.delivered_count() >= 30 && redis.llen(DEAD) == bad.len(),
-    )
+    let relay = Relay::with(&redis, &collector, &[]);
+    wait_until("delivered and dead-lettered", 20, async || {
+        collector.delivered_count() >= 30 && redis.llen(DEAD) == bad.len()
+    })
     .await;
     relay.stop().await;
 
@@ -360,19 +323,12 @@ async fn malformed_elements_are_dead_lettered_and_the_rest_delivered() {
 
 #[tokio::test]
 async fn shutdown_mid_stream_delivers_or_returns_every_event_in_order() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     collector.set_delay(Duration::from_millis(50));
     let events = numbered_events(3000);
     redis.rpush(LIST, &events);
-    let relay = Relay::start(config(
-        &redis,
-        &collector,
-        &[("worker.drain_timeout_ms", "200")],
-    ));
-    collector
-        .until_delivered(200, Duration::from_secs(20))
-        .await;
+    let relay = Relay::with(&redis, &collector, &[("worker.drain_timeout_ms", "200")]);
+    collector.until_delivered(200, 20).await;
     // From now on the collector hangs: the drain deadline has to cut requests short.
     collector.set_delay(Duration::from_secs(3));
     let summary = relay.stop().await;
@@ -405,11 +361,10 @@ async fn shutdown_mid_stream_delivers_or_returns_every_event_in_order() {
 
 #[tokio::test]
 async fn shutdown_during_an_outage_returns_everything_in_order() {
-    let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    let (redis, collector) = setup(always(503)).await;
     let events = numbered_events(3000);
     redis.rpush(LIST, &events);
-    let relay = Relay::start(config(
+    let relay = Relay::with(
         &redis,
         &collector,
         &[
@@ -417,13 +372,8 @@ async fn shutdown_during_an_outage_returns_everything_in_order() {
             ("redis.claim_batch_size", "100"),
             ("worker.max_claimed_events", "1000"),
         ],
-    ));
-    wait_until(
-        "the relay is retrying",
-        Duration::from_secs(10),
-        async || collector.requests().len() >= 5,
-    )
-    .await;
+    );
+    collector.until_requests(5, 10).await;
     let backlog = redis.llen(LIST);
     assert!(
         backlog >= 2000,
@@ -447,19 +397,11 @@ async fn shutdown_during_an_outage_returns_everything_in_order() {
 
 #[tokio::test]
 async fn a_second_signal_skips_the_drain() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     collector.set_delay(Duration::from_secs(20));
     redis.rpush(LIST, &numbered_events(50));
-    let relay = Relay::start(config(
-        &redis,
-        &collector,
-        &[("worker.drain_timeout_ms", "20000")],
-    ));
-    wait_until("requests in flight", Duration::from_secs(10), async || {
-        redis.llen(LIST) < 50
-    })
-    .await;
+    let relay = Relay::with(&redis, &collector, &[("worker.drain_timeout_ms", "20000")]);
+    wait_until("requests in flight", 10, async || redis.llen(LIST) < 50).await;
     let started = Instant::now();
     let summary = relay.stop_now().await;
     assert!(
@@ -489,10 +431,7 @@ async fn collector_down_then_up_loses_nothing() {
     let relay = Relay::start(settings);
     // Wait until the relay claimed (and so tried to send), then watch for 300 ms
     // whether it wrongly keeps claiming.
-    wait_until("first claim", Duration::from_secs(10), async || {
-        redis.llen(LIST) < 2000
-    })
-    .await;
+    wait_until("first claim", 10, async || redis.llen(LIST) < 2000).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // the observation window
     assert!(
         redis.llen(LIST) >= 2000 - 500,
@@ -500,9 +439,7 @@ async fn collector_down_then_up_loses_nothing() {
          worker.max_claimed_events claimed)"
     );
     let collector = Collector::start_on(port);
-    collector
-        .until_delivered(2000, Duration::from_secs(20))
-        .await;
+    collector.until_delivered(2000, 20).await;
     relay.stop().await;
     let unique: HashSet<String> = collector.delivered_eids().into_iter().collect();
     assert_eq!(unique.len(), 2000);
@@ -515,23 +452,20 @@ async fn redis_down_at_start_is_waited_for() {
     let collector = Collector::start().await;
     let settings = config_for_urls(&proxy.url(), &collector.url(), &[]);
     let relay = Relay::start(settings);
-    wait_until(
-        "the relay tried Redis twice",
-        Duration::from_secs(10),
-        async || proxy.connections() >= 2,
-    )
+    wait_until("the relay tried Redis twice", 10, async || {
+        proxy.connections() >= 2
+    })
     .await;
     let redis = RedisServer::start();
     proxy.retarget(redis.port);
     redis.rpush(LIST, &numbered_events(10));
-    collector.until_delivered(10, Duration::from_secs(40)).await;
+    collector.until_delivered(10, 40).await;
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn oversized_elements_go_to_the_dead_letter_list_from_redis() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     let events = numbered_events(10);
     let huge = format!(
         r#"{{"e":"pv","tv":"t","p":"pc","url":"{}"}}"#,
@@ -540,16 +474,10 @@ async fn oversized_elements_go_to_the_dead_letter_list_from_redis() {
     redis.rpush(LIST, &events[..5]);
     redis.rpush(LIST, std::slice::from_ref(&huge));
     redis.rpush(LIST, &events[5..]);
-    let relay = Relay::start(config(
-        &redis,
-        &collector,
-        &[("events.max_element_bytes", "20000")],
-    ));
-    wait_until(
-        "delivered and dead-lettered",
-        Duration::from_secs(20),
-        async || collector.delivered_count() >= 10 && redis.llen(DEAD) == 1,
-    )
+    let relay = Relay::with(&redis, &collector, &[("events.max_element_bytes", "20000")]);
+    wait_until("delivered and dead-lettered", 20, async || {
+        collector.delivered_count() >= 10 && redis.llen(DEAD) == 1
+    })
     .await;
     let summary = relay.stop().await;
     let dead = redis.lrange(DEAD);
@@ -569,8 +497,7 @@ async fn oversized_elements_go_to_the_dead_letter_list_from_redis() {
 
 #[tokio::test]
 async fn a_dead_relays_in_flight_events_are_recovered_at_start_up_in_order() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     let events = numbered_events(30);
     // A relay that died holding ev-0..ev-9: registered, in-flight list, no lease.
     let mut conn = redis.conn();
@@ -596,15 +523,15 @@ async fn a_dead_relays_in_flight_events_are_recovered_at_start_up_in_order() {
         .unwrap();
     redis.rpush("{snowplow}:inflight:alive", &numbered_events(35)[30..]);
 
-    let relay = Relay::start(config(
+    let relay = Relay::with(
         &redis,
         &collector,
         &[
             ("collector.buffer_size", "1"),
             ("collector.max_requests_in_flight", "1"),
         ],
-    ));
-    collector.until_delivered(30, Duration::from_secs(20)).await;
+    );
+    collector.until_delivered(30, 20).await;
     let summary = relay.stop().await;
     assert_eq!(summary.redelivered, 10);
     let order: Vec<usize> = collector
@@ -627,12 +554,11 @@ async fn a_dead_relays_in_flight_events_are_recovered_at_start_up_in_order() {
 
 #[tokio::test]
 async fn a_relay_whose_lease_was_taken_registers_again_and_goes_on() {
-    let redis = RedisServer::start();
-    let collector = Collector::start().await;
+    let (redis, collector) = setup(always(200)).await;
     let events = numbered_events(20);
     redis.rpush(LIST, &events[..10]);
-    let relay = Relay::start(config(&redis, &collector, &[]));
-    collector.until_delivered(10, Duration::from_secs(20)).await;
+    let relay = Relay::with(&redis, &collector, &[]);
+    collector.until_delivered(10, 20).await;
     // As the recover script does when it finds this relay's lease expired (its in-flight
     // list is empty: everything was delivered).
     let mut conn = redis.conn();
@@ -642,7 +568,7 @@ async fn a_relay_whose_lease_was_taken_registers_again_and_goes_on() {
         }
     }
     redis.rpush(LIST, &events[10..]);
-    collector.until_delivered(20, Duration::from_secs(20)).await;
+    collector.until_delivered(20, 20).await;
     relay.stop().await;
     let unique: HashSet<String> = collector.delivered_eids().into_iter().collect();
     assert_eq!(unique.len(), 20);

@@ -24,22 +24,16 @@ async fn a_redis_connection_that_stops_answering_is_replaced() {
             ("worker.max_claimed_events", "500"),
         ],
     ));
-    collector
-        .until_delivered(1_000, Duration::from_secs(20))
-        .await;
+    collector.until_delivered(1_000, 20).await;
     // Every connection the relay holds now answers nothing; new ones get through.
     proxy.freeze_existing();
     let frozen = Instant::now();
-    collector
-        .until_distinct(total, Duration::from_secs(30))
-        .await;
+    collector.until_distinct(total, 30).await;
     let took = frozen.elapsed();
     let summary = relay.stop().await;
     report(
-        "frozen Redis connections",
-        total,
-        &collector,
-        &redis,
+        ("frozen Redis connections", total),
+        (&collector, &redis),
         Some(took),
     );
     assert_eq!(summary.dead_lettered, 0);
@@ -53,11 +47,9 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
     new.cmd(&["REPLICAOF", "127.0.0.1", &old.port.to_string()]);
     let total = 6_000;
     old.rpush(LIST, &numbered_events(total));
-    wait_until(
-        "the replica is in sync",
-        Duration::from_secs(10),
-        async || new.llen(LIST) == total,
-    )
+    wait_until("the replica is in sync", 10, async || {
+        new.llen(LIST) == total
+    })
     .await;
     let proxy = Proxy::start(old.port).await;
     let collector = Collector::start().await;
@@ -71,9 +63,7 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
             ("worker.max_claimed_events", "500"),
         ],
     ));
-    collector
-        .until_delivered(1_000, Duration::from_secs(20))
-        .await;
+    collector.until_delivered(1_000, 20).await;
     // An orderly switchover: writes paused, the replica caught up, promoted, the old
     // master demoted, the address moved; the relay's connections stay open to the old one.
     old.cmd(&["CLIENT", "PAUSE", "5000", "WRITE"]);
@@ -87,7 +77,7 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     };
-    wait_until("caught up", Duration::from_secs(10), async || {
+    wait_until("caught up", 10, async || {
         offset(&new, "slave_repl_offset:") >= offset(&old, "master_repl_offset:")
     })
     .await;
@@ -96,12 +86,14 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
     proxy.retarget(new.port);
     old.cmd(&["CLIENT", "UNPAUSE"]);
     let switched = Instant::now();
-    collector
-        .until_distinct(total, Duration::from_secs(30))
-        .await;
+    collector.until_distinct(total, 30).await;
     let took = switched.elapsed();
     relay.stop().await;
-    report("switchover (READONLY)", total, &collector, &new, Some(took));
+    report(
+        ("switchover (READONLY)", total),
+        (&collector, &new),
+        Some(took),
+    );
     assert_eq!(new.llen(LIST), 0);
 }
 
@@ -133,24 +125,15 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
     .await;
     let total = 10_000;
     redis.rpush(LIST, &numbered_events(total));
-    let relay = Relay::start(config(&redis, &collector, settings));
+    let relay = Relay::with(&redis, &collector, settings);
     let started = Instant::now();
-    collector
-        .until_distinct(total - 2, Duration::from_secs(60))
-        .await;
-    wait_until(
-        "the two dead-lettered",
-        Duration::from_secs(60),
-        async || redis.llen(DEAD) == 2,
-    )
-    .await;
+    collector.until_distinct(total - 2, 60).await;
+    wait_until("the two dead-lettered", 60, async || redis.llen(DEAD) == 2).await;
     let took = started.elapsed();
     let summary = relay.stop().await;
     report(
-        "two events refused alone",
-        total,
-        &collector,
-        &redis,
+        ("two events refused alone", total),
+        (&collector, &redis),
         Some(took),
     );
     assert_eq!(summary.dead_lettered, 2);
@@ -171,26 +154,21 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
     assert_eq!(redis.keys(), vec![DEAD.to_owned()], "nothing left parked");
 
     // A real outage: every request refused for 8 s (40 times the longest retry delay).
-    let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    let (redis, collector) = setup(always(503)).await;
     let total = 20_000;
     redis.rpush(LIST, &numbered_events(total));
-    let relay = Relay::start(config(&redis, &collector, settings));
+    let relay = Relay::with(&redis, &collector, settings);
     tokio::time::sleep(Duration::from_secs(8)).await; // the outage's length
     assert!(collector.delivered().is_empty());
     assert_eq!(redis.llen(DEAD), 0, "an outage dead-letters nothing");
-    collector.respond_with(Box::new(|_| 200));
+    collector.respond_with(always(200));
     let recovered = Instant::now();
-    collector
-        .until_distinct(total, Duration::from_secs(60))
-        .await;
+    collector.until_distinct(total, 60).await;
     let took = recovered.elapsed();
     let summary = relay.stop().await;
     report(
-        "8 s outage (time after it ended)",
-        total,
-        &collector,
-        &redis,
+        ("8 s outage (time after it ended)", total),
+        (&collector, &redis),
         Some(took),
     );
     assert_eq!(summary.dead_lettered, 0);
@@ -229,16 +207,15 @@ async fn claims_fit_the_largest_reply_redis_allows() {
         redis.rpush(LIST, &big_events(total));
         let started = Instant::now();
         let relay = Relay::start(config_for_urls(&url, &collector.url(), &[]));
-        collector
-            .until_distinct(total, Duration::from_secs(45))
-            .await;
+        collector.until_distinct(total, 45).await;
         let took = started.elapsed();
         let summary = relay.stop().await;
         report(
-            &format!("1 MB reply limit, CONFIG allowed {config_allowed} (time from start)"),
-            total,
-            &collector,
-            &redis,
+            (
+                &format!("1 MB reply limit, CONFIG allowed {config_allowed} (time from start)"),
+                total,
+            ),
+            (&collector, &redis),
             Some(took),
         );
         assert_eq!(summary.dead_lettered, 0, "CONFIG allowed: {config_allowed}");
@@ -262,9 +239,9 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
         snowplow_relay::ops::admin::probe(addr, path, Duration::from_secs(2)).await
     };
     // Waits until `path` answers other than 200; returns why.
-    let refused = async |addr, path, within| {
+    let refused = async |addr, path, within: Duration| {
         let mut why = String::new();
-        wait_until(&format!("{path} refuses"), within, async || {
+        wait_until(&format!("{path} refuses"), within.as_secs(), async || {
             get(addr, path).await.map_err(|w| why = w).is_err()
         })
         .await;
@@ -282,10 +259,7 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
         settings,
     );
     let addr = relay.admin_addr().await;
-    wait_until("ready", Duration::from_secs(10), async || {
-        instances(&redis).len() == 1
-    })
-    .await;
+    wait_until("ready", 10, async || instances(&redis).len() == 1).await;
     redis.cmd(&[
         "ACL", "SETUSER", "relay", "reset", "on", ">pw", "~*", "&*", "+@all", "-rpush",
     ]);
@@ -309,15 +283,7 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
     // One event refused on its own, with parking effectively off (as before parking
     // existed): it holds the window, claiming waits while the collector accepts other
     // requests. A wedge.
-    let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|request| {
-        if request.events().iter().any(|e| e["eid"] == "ev-5") {
-            500
-        } else {
-            200
-        }
-    }))
-    .await;
+    let (redis, collector) = setup(refusing(&["ev-5"], 500)).await;
     redis.rpush(LIST, &numbered_events(2_000));
     let no_parking = [
         ("collector.park_after_failures", "1000"),
@@ -343,8 +309,7 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
     relay.stop_cleanly().await;
 
     // The collector refuses everything for the bound and 5 s more: alive all along.
-    let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|_| 503)).await;
+    let (redis, collector) = setup(always(503)).await;
     redis.rpush(LIST, &numbered_events(2_000));
     let relay = RelayProcess::start_with_settings(&redis.url(), &collector.url(), settings);
     let addr = relay.admin_addr().await;
@@ -360,9 +325,7 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
         tokio::time::sleep(Duration::from_millis(250)).await; // between probes
     }
     assert!(not_ready, "/readyz says the collector is failing");
-    collector.respond_with(Box::new(|_| 200));
-    collector
-        .until_distinct(2_000, Duration::from_secs(30))
-        .await;
+    collector.respond_with(always(200));
+    collector.until_distinct(2_000, 30).await;
     relay.stop_cleanly().await;
 }

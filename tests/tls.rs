@@ -9,9 +9,9 @@ use std::time::Duration;
 use crate::support::*;
 
 /// The binary at trace level (and the harness's fast collector retries).
-fn relay(args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
+fn relay(redis_url: &str, collector_url: &str, env: &[(&str, &str)]) -> RelayProcess {
     let trace = [("SNOWPLOW_RELAY_LOG__LEVEL", "trace")];
-    RelayProcess::start_with(args, &[&trace[..], env].concat())
+    RelayProcess::start(redis_url, collector_url, &[&trace[..], env].concat())
 }
 
 /// SIGTERM, then the exit code and everything the relay logged.
@@ -29,12 +29,8 @@ async fn an_https_collector_with_a_private_ca_and_mutual_tls() {
     let ca = certs.path("ca.pem");
     let (cert, key) = (certs.path("client.pem"), certs.path("client.key"));
     let child = relay(
-        &[
-            "--redis-url",
-            &redis.url(),
-            "--collector",
-            &collector.https_url(),
-        ],
+        &redis.url(),
+        &collector.https_url(),
         &[
             ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", ca.as_str()),
             ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_ONLY", "true"),
@@ -48,21 +44,14 @@ async fn an_https_collector_with_a_private_ca_and_mutual_tls() {
             ),
         ],
     );
-    collector
-        .until_exactly_delivered(50, Duration::from_secs(15))
-        .await;
-    let (code, log) = stop(child).await;
-    assert_eq!(code, Some(0), "{log}");
+    collector.until_exactly_delivered(50, 15).await;
+    child.stop_cleanly().await;
 
     // The same collector, without the client certificate: refused, retried, not sent.
     redis.rpush(LIST, &numbered_events(5));
     let child = relay(
-        &[
-            "--redis-url",
-            &redis.url(),
-            "--collector",
-            &collector.https_url(),
-        ],
+        &redis.url(),
+        &collector.https_url(),
         &[
             ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", ca.as_str()),
             ("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300"),
@@ -83,12 +72,8 @@ async fn an_https_collector_with_a_private_ca_and_mutual_tls() {
     // A collector whose certificate the relay does not trust: never delivered.
     let other = certs.path("other.pem");
     let child = relay(
-        &[
-            "--redis-url",
-            &redis.url(),
-            "--collector",
-            &collector.https_url(),
-        ],
+        &redis.url(),
+        &collector.https_url(),
         &[
             ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", other.as_str()),
             ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_ONLY", "true"),
@@ -114,18 +99,16 @@ async fn redis_over_tls_with_a_ca_file_and_client_certificates() {
     let ca = certs.path("ca.pem");
     let (cert, key) = (certs.path("client.pem"), certs.path("client.key"));
     let child = relay(
-        &["--redis-url", &url, "--collector", &collector.url()],
+        &url,
+        &collector.url(),
         &[
             ("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", ca.as_str()),
             ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_CERT_FILE", cert.as_str()),
             ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_KEY_FILE", key.as_str()),
         ],
     );
-    collector
-        .until_exactly_delivered(30, Duration::from_secs(15))
-        .await;
-    let (code, log) = stop(child).await;
-    assert_eq!(code, Some(0), "{log}");
+    collector.until_exactly_delivered(30, 15).await;
+    child.stop_cleanly().await;
     assert_eq!(redis.llen(LIST), 0);
 
     // The dead-letter tools speak TLS too.
@@ -144,7 +127,8 @@ async fn redis_over_tls_with_a_ca_file_and_client_certificates() {
     // certificate problem, naming the host and the file.
     let other = certs.path("other.pem");
     let child = relay(
-        &["--redis-url", &url, "--collector", &collector.url()],
+        &url,
+        &collector.url(),
         &[
             ("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", other.as_str()),
             ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_CERT_FILE", cert.as_str()),
@@ -169,18 +153,14 @@ async fn redis_over_tls_with_a_ca_file_and_client_certificates() {
 
     // Without a client certificate, against a server that requires one: refused too.
     let child = relay(
-        &["--redis-url", &url, "--collector", &collector.url()],
+        &url,
+        &collector.url(),
         &[("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", ca.as_str())],
     );
     let refused = |log: &str| {
         log.contains("cannot set up TLS with Redis") || log.contains("cannot reach Redis")
     };
-    wait_until(
-        "the refusal is logged",
-        Duration::from_secs(10),
-        async || refused(&child.log()),
-    )
-    .await;
+    wait_until("the refusal is logged", 10, async || refused(&child.log())).await;
     stop(child).await;
     assert_eq!(
         redis.llen(LIST),
@@ -198,18 +178,16 @@ async fn redis_over_tls_without_client_certificates_and_a_collector_ca_added_to_
     let url = redis.tls_url();
     let ca = certs.path("ca.pem");
     let child = relay(
-        &["--redis-url", &url, "--collector", &collector.https_url()],
+        &url,
+        &collector.https_url(),
         &[
             ("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", ca.as_str()),
             // Added to the system's roots (tls_ca_only is off).
             ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", ca.as_str()),
         ],
     );
-    collector
-        .until_exactly_delivered(20, Duration::from_secs(15))
-        .await;
-    let (code, log) = stop(child).await;
-    assert_eq!(code, Some(0), "{log}");
+    collector.until_exactly_delivered(20, 15).await;
+    child.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,7 +302,8 @@ async fn no_subcommand_and_no_failure_path_prints_a_secret_at_trace_level() {
     redis.rpush(LIST, &numbered_events(5));
     for url in [&good_url, &bad_url] {
         let child = relay(
-            &["--redis-url", url, "--collector", collector],
+            url,
+            collector,
             &[
                 ("SNOWPLOW_RELAY_COLLECTOR__PROXY", proxy),
                 ("RUST_LOG", "trace"),
@@ -373,28 +352,27 @@ async fn acl_users_and_password_files_and_refusals_that_never_show_the_password(
     );
     let file_arg = file.to_str().unwrap().to_owned();
     let child = relay(
-        &["--redis-url", &redis.url(), "--collector", &collector.url()],
+        &redis.url(),
+        &collector.url(),
         &[
             ("SNOWPLOW_RELAY_REDIS__USERNAME", "relay"),
             ("SNOWPLOW_RELAY_REDIS__PASSWORD_FILE", file_arg.as_str()),
         ],
     );
-    collector
-        .until_exactly_delivered(20, Duration::from_secs(15))
-        .await;
+    collector.until_exactly_delivered(20, 15).await;
     let clients: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query(&mut redis.conn())
         .unwrap();
     assert!(clients.contains("user=relay"), "{clients}");
-    let (code, log) = stop(child).await;
-    assert_eq!(code, Some(0), "{log}");
+    let log = child.stop_cleanly().await;
     assert!(log.contains("can be read by every user"), "{log}");
     assert!(!log.contains("s3cret-pw"), "{log}");
 
     // A wrong password from the environment: the warning names the user and the source.
     let child = relay(
-        &["--redis-url", &redis.url(), "--collector", &collector.url()],
+        &redis.url(),
+        &collector.url(),
         &[
             ("SNOWPLOW_RELAY_REDIS__USERNAME", "relay"),
             ("SNOWPLOW_RELAY_REDIS__PASSWORD", "wrong-pw-123"),
@@ -485,22 +463,12 @@ async fn proxy_credentials_are_masked_and_the_proxy_is_used() {
     redis.rpush(LIST, &numbered_events(3));
     let proxy_url = format!("http://proxyuser:proxy-pw@{}", proxy.addr);
     let child = relay(
-        &[
-            "--redis-url",
-            &redis.url(),
-            "--collector",
-            "http://collector.invalid",
-        ],
+        &redis.url(),
+        "http://collector.invalid",
         &[("SNOWPLOW_RELAY_COLLECTOR__PROXY", proxy_url.as_str())],
     );
-    wait_until(
-        "the request went through the proxy",
-        Duration::from_secs(10),
-        async || !proxy.requests().is_empty(),
-    )
-    .await;
-    let (code, log) = stop(child).await;
-    assert_eq!(code, Some(0), "{log}");
+    proxy.until_requests(1, 10).await;
+    let log = child.stop_cleanly().await;
     let request = &proxy.requests()[0];
     assert!(request.headers.contains_key("proxy-authorization"));
     assert!(

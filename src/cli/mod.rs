@@ -178,6 +178,14 @@ flag_group!(AdminFlags { admin_listen } sets {
 });
 
 impl RelayFlags {
+    /// Only the common flags (a subcommand that takes no others).
+    fn with_common(common: CommonFlags) -> RelayFlags {
+        RelayFlags {
+            common,
+            ..RelayFlags::default()
+        }
+    }
+
     /// These flags, with `before` (given ahead of the subcommand) where these are unset.
     fn or(self, before: &RelayFlags) -> RelayFlags {
         RelayFlags {
@@ -230,9 +238,8 @@ pub fn main() -> ExitCode {
             ready,
         }) => {
             let flags = RelayFlags {
-                common: common.or(&before.common),
                 admin: admin.or(&before.admin),
-                ..RelayFlags::default()
+                ..RelayFlags::with_common(common.or(&before.common))
             };
             healthcheck::healthcheck(flags, ready)
         }
@@ -242,9 +249,8 @@ pub fn main() -> ExitCode {
             action,
         }) => {
             let flags = RelayFlags {
-                common: common.or(&before.common),
                 redis: redis.or(&before.redis),
-                ..RelayFlags::default()
+                ..RelayFlags::with_common(common.or(&before.common))
             };
             dead_letter::dead_letter(flags, action)
         }

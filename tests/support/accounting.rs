@@ -119,21 +119,17 @@ pub fn all_delivered(collector: &Collector, redis: &RedisServer, total: usize) -
 /// Waits until the list and every in-flight list are empty: every event was resolved.
 /// Polls Redis, which is cheap, rather than re-reading every recorded request.
 pub async fn wait_until_all_resolved(redis: &RedisServer) {
-    wait_until(
-        "the list and every in-flight list empty",
-        Duration::from_secs(120),
-        async || redis.llen(LIST) == 0 && redis.keys().iter().all(|k| !k.contains("inflight")),
-    )
+    wait_until("the list and every in-flight list empty", 120, async || {
+        redis.llen(LIST) == 0 && redis.keys().iter().all(|k| !k.contains("inflight"))
+    })
     .await;
 }
 
 /// Prints one line for the closing note: what became of a scenario's events, and how
 /// long it took from the fault to full recovery (when there was one).
 pub fn report(
-    scenario: &str,
-    total: usize,
-    collector: &Collector,
-    redis: &RedisServer,
+    (scenario, total): (&str, usize),
+    (collector, redis): (&Collector, &RedisServer),
     recovery: Option<Duration>,
 ) {
     let distinct = collector.distinct_delivered();

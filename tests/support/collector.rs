@@ -68,6 +68,22 @@ fn form_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
 /// Decides the status of each request; the default answers 200.
 pub type Responder = Box<dyn FnMut(&Received) -> u16 + Send>;
 
+/// Answers every request with `status`.
+pub fn always(status: u16) -> Responder {
+    Box::new(move |_| status)
+}
+
+/// Answers `status` to any request carrying one of `eids`, 200 to the others.
+pub fn refusing(eids: &'static [&'static str], status: u16) -> Responder {
+    Box::new(move |request| {
+        let refused = request
+            .events()
+            .iter()
+            .any(|e| e["eid"].as_str().is_some_and(|eid| eids.contains(&eid)));
+        if refused { status } else { 200 }
+    })
+}
+
 #[derive(Clone)]
 pub struct Collector {
     pub addr: SocketAddr,
@@ -192,22 +208,33 @@ impl Collector {
             .collect()
     }
 
-    /// Waits up to `timeout` until at least `n` events were delivered (repeats count).
-    pub async fn until_delivered(&self, n: usize, timeout: Duration) {
+    /// Waits up to `timeout_secs` until the collector received at least `n` requests.
+    pub async fn until_requests(&self, n: usize, timeout_secs: u64) {
+        let what = format!("{n} requests");
+        super::wait_until(&what, timeout_secs, async || self.request_count() >= n).await;
+    }
+
+    /// How many requests arrived so far.
+    pub fn request_count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    /// Waits up to `timeout_secs` until at least `n` events were delivered (repeats count).
+    pub async fn until_delivered(&self, n: usize, timeout_secs: u64) {
         let what = format!("{n} events delivered");
-        super::wait_until(&what, timeout, async || self.delivered_count() >= n).await;
+        super::wait_until(&what, timeout_secs, async || self.delivered_count() >= n).await;
     }
 
-    /// Waits up to `timeout` until exactly `n` events were delivered (repeats count).
-    pub async fn until_exactly_delivered(&self, n: usize, timeout: Duration) {
+    /// Waits up to `timeout_secs` until exactly `n` events were delivered (repeats count).
+    pub async fn until_exactly_delivered(&self, n: usize, timeout_secs: u64) {
         let what = format!("exactly {n} events delivered");
-        super::wait_until(&what, timeout, async || self.delivered_count() == n).await;
+        super::wait_until(&what, timeout_secs, async || self.delivered_count() == n).await;
     }
 
-    /// Waits up to `timeout` until `n` distinct eids were delivered.
-    pub async fn until_distinct(&self, n: usize, timeout: Duration) {
+    /// Waits up to `timeout_secs` until `n` distinct eids were delivered.
+    pub async fn until_distinct(&self, n: usize, timeout_secs: u64) {
         let what = format!("{n} distinct events delivered");
-        super::wait_until(&what, timeout, async || self.distinct_delivered() == n).await;
+        super::wait_until(&what, timeout_secs, async || self.distinct_delivered() == n).await;
     }
 
     /// How many events were delivered, repeats counted (cheap to poll).

@@ -44,6 +44,15 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// A relay between `redis` and `collector` with `settings` (see [`config`]).
+    pub fn with(
+        redis: &RedisServer,
+        collector: &Collector,
+        settings: &[(&'static str, &str)],
+    ) -> Relay {
+        Relay::start(config(redis, collector, settings))
+    }
+
     pub fn start(config: Settings) -> Relay {
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let (force_tx, force_rx) = oneshot::channel::<()>();

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use accounting::*;
 pub use certs::Certs;
-pub use collector::{Collector, Received, Responder};
+pub use collector::{Collector, Received, Responder, always, refusing};
 pub use events::*;
 pub use in_process::{Relay, config, config_for_urls, connect_queue};
 pub use net::{ClosedPort, Proxy};
@@ -36,10 +36,15 @@ pub const LIST: &str = "snowplow";
 /// The default dead-letter list.
 pub const DEAD: &str = "{snowplow}:dead";
 
-/// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
-/// The one way a test waits for something (a plain closure is an `AsyncFnMut` too).
-pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
+/// A private Redis and a collector answering with `responder`: most tests start here.
+pub async fn setup(responder: Responder) -> (RedisServer, Collector) {
+    (RedisServer::start(), Collector::start_with(responder).await)
+}
+
+/// Polls `condition` every 10 ms until it holds; panics with `what` after
+/// `timeout_secs`. The one way a test waits for something.
+pub async fn wait_until(what: &str, timeout_secs: u64, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
     while !condition().await {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -71,6 +71,13 @@ pub struct Finished {
     pub took: Duration,
 }
 
+impl Finished {
+    /// The exit status and the log.
+    pub fn parts(self) -> (ExitStatus, String) {
+        (self.status, self.log)
+    }
+}
+
 /// A running relay binary (any subcommand), killed when dropped.
 pub struct RelayProcess {
     pub child: Child,
@@ -79,6 +86,15 @@ pub struct RelayProcess {
 }
 
 impl RelayProcess {
+    /// [`RelayProcess::start`] between a test's Redis and collector.
+    pub fn between(
+        redis: &super::RedisServer,
+        collector: &super::Collector,
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
+        Self::start(&redis.url(), &collector.url(), env)
+    }
+
     /// `snowplow-relay --redis-url … --collector …` with fast collector retries.
     pub fn start(redis_url: &str, collector_url: &str, env: &[(&str, &str)]) -> RelayProcess {
         Self::start_with(

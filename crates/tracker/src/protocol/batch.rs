@@ -166,13 +166,18 @@ mod tests {
         .unwrap()
     }
 
+    /// A POST batch builder closing batches at `events` events or `bytes` bytes.
+    fn post_builder(events: usize, bytes: usize) -> BatchBuilder {
+        BatchBuilder::new(
+            Method::Post,
+            NonZeroUsize::new(events).unwrap(),
+            NonZeroUsize::new(bytes).unwrap(),
+        )
+    }
+
     #[test]
     fn batches_close_at_the_event_count() {
-        let mut builder = BatchBuilder::new(
-            Method::Post,
-            NonZeroUsize::new(3).unwrap(),
-            NonZeroUsize::new(100_000).unwrap(),
-        );
+        let mut builder = post_builder(3, 100_000);
         let mut ready = Vec::new();
         for position in 0..7 {
             ready.extend(builder.push(position, event(10)).unwrap());
@@ -187,11 +192,7 @@ mod tests {
     #[test]
     fn batches_close_before_the_byte_limit_and_the_estimate_is_exact() {
         let limit = 2_000;
-        let mut builder = BatchBuilder::new(
-            Method::Post,
-            NonZeroUsize::new(100).unwrap(),
-            NonZeroUsize::new(limit).unwrap(),
-        );
+        let mut builder = post_builder(100, limit);
         let mut ready = Vec::new();
         for position in 0..20 {
             ready.extend(builder.push(position, event(300)).unwrap());
@@ -209,11 +210,7 @@ mod tests {
 
     #[test]
     fn a_split_keeps_order_and_exact_sizes() {
-        let mut builder = BatchBuilder::new(
-            Method::Post,
-            NonZeroUsize::new(5).unwrap(),
-            NonZeroUsize::new(100_000).unwrap(),
-        );
+        let mut builder = post_builder(5, 100_000);
         let mut batch = None;
         for position in 0..5 {
             batch = builder
@@ -232,11 +229,7 @@ mod tests {
 
     #[test]
     fn an_event_larger_than_the_limit_is_refused() {
-        let mut builder = BatchBuilder::new(
-            Method::Post,
-            NonZeroUsize::new(10).unwrap(),
-            NonZeroUsize::new(1_024).unwrap(),
-        );
+        let mut builder = post_builder(10, 1_024);
         let (_, error) = builder.push(0, event(2_000)).unwrap_err();
         assert_eq!(error.limit, 1_024);
         assert!(builder.take().is_none());
