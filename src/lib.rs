@@ -14,6 +14,8 @@
 //!   listener (and the one HTTP accept loop), systemd notification, logs.
 //! - [`micro`]: the local collector's request handling and bounded store (the
 //!   `collector` subcommand serves it).
+//! - [`error`] (why [`run`] stopped, and its exit code) and [`text`] (a value fit for a
+//!   log line), which every room may use.
 //!
 //! The wire format (payload_data, the element scanner, GET/POST encoding, retry
 //! backoff) lives in the `snowplow-relay-tracker` crate, which producers use without
@@ -28,7 +30,8 @@ pub mod ops;
 pub mod queue;
 pub mod relay;
 
-mod error;
+pub mod error;
+pub mod text;
 
 pub use config::{Config, Settings};
 pub use error::Error;

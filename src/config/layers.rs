@@ -400,7 +400,7 @@ fn unknown(path: &str, source: &Source) -> ConfigError {
         expected: format!(
             "no unknown field: `{}` in {source} is not a setting (see \
              config/snowplow-relay.toml for every key)",
-            crate::ops::telemetry::one_line(path, 64)
+            crate::text::one_line(path, 64)
         ),
     }
 }
@@ -441,7 +441,7 @@ fn redact(message: &str, line: &str) -> String {
             out.push_str(part);
         }
     }
-    crate::ops::telemetry::one_line(&out, 300)
+    crate::text::one_line(&out, 300)
 }
 
 /// The type a file value must have.
@@ -551,7 +551,7 @@ fn wrong(key: &Key, expected: &str, found: &str, source: &Source) -> ConfigError
 /// as given; numbers are plain decimal digits.
 fn parse_text(key: &Key, text: &str, source: &Source) -> Result<toml::Value, ConfigError> {
     let shown = || match key.shown {
-        Shown::Plain => format!("`{}`", crate::ops::telemetry::one_line(text, 64)),
+        Shown::Plain => format!("`{}`", crate::text::one_line(text, 64)),
         _ => "the value given".to_owned(),
     };
     let number = |text: &str| -> Option<i64> {

@@ -349,7 +349,7 @@ impl Config {
             .try_into::<Config>()
             .map_err(|e| ConfigError::Invalid {
                 key: "file",
-                expected: crate::ops::telemetry::one_line(e.message(), 300),
+                expected: crate::text::one_line(e.message(), 300),
             })
     }
 

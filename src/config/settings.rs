@@ -341,7 +341,7 @@ fn check_log_level(level: &str) -> Result<(), ConfigError> {
         format!(
             "error, warn, info, debug, trace, or a filter directive such as \
              snowplow_relay=debug,warn (found `{}`)",
-            crate::ops::telemetry::one_line(level, 64)
+            crate::text::one_line(level, 64)
         ),
     ))
 }
@@ -367,7 +367,7 @@ impl RedisSettings {
                     format!(
                         "a URL the Redis client accepts, \
                          redis://[[user]:password@]host[:port][/db] ({})",
-                        crate::ops::telemetry::one_line(&error.to_string(), 200)
+                        crate::text::one_line(&error.to_string(), 200)
                     ),
                 ));
             }

@@ -33,24 +33,6 @@ impl LogLevel {
     }
 }
 
-/// `text` on one line and at most `max` bytes: control characters escaped (`\n`,
-/// `\u{1b}`), the rest cut with a note of the full length.
-pub fn one_line(text: &str, max: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max + 32));
-    for c in text.chars() {
-        if out.len() >= max {
-            out.push_str(&format!("… ({} bytes)", text.len()));
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Installs the global subscriber, writing to stderr. `RUST_LOG`, when set, overrides
 /// `log.level`.
 pub fn init(config: &LogConfig) -> LogLevel {
@@ -68,7 +50,7 @@ pub fn init(config: &LogConfig) -> LogLevel {
     // One line per record, whatever a value holds.
     let one_line_fields = tracing_subscriber::field::MakeExt::delimited(
         tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-            let text = one_line(&format!("{value:?}"), 16 * 1024);
+            let text = crate::text::one_line(&format!("{value:?}"), 16 * 1024);
             if field.name() == "message" {
                 write!(writer, "{text}")
             } else {

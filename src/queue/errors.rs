@@ -133,7 +133,7 @@ impl QueueError {
     }
 }
 
-/// `text` on one line and at most 512 bytes (see [`crate::ops::telemetry::one_line`]).
+/// `text` on one line and at most 512 bytes (see [`crate::text::one_line`]).
 pub fn one_line(text: &str) -> String {
-    crate::ops::telemetry::one_line(text, 512)
+    crate::text::one_line(text, 512)
 }

@@ -254,7 +254,7 @@ pub(super) async fn release(
     position: u64,
     unsettled: &Unsettled,
     budget: Duration,
-) -> Result<(), crate::Error> {
+) -> Result<(), crate::error::Error> {
     let queue = &shared.queue;
     // A parked slot not yet acknowledged is still in the in-flight list: it goes back.
     let resolved: Vec<bool> = window

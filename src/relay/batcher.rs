@@ -177,7 +177,7 @@ impl Batcher {
     /// A sender that panicked is a fatal error: its events would never be resolved.
     fn check(&self, joined: Result<(), JoinError>) {
         if let Err(error) = joined {
-            self.shared.lifecycle.fail(crate::Error::TaskFailed {
+            self.shared.lifecycle.fail(crate::error::Error::TaskFailed {
                 task: "sender",
                 message: error.to_string(),
             });

@@ -11,7 +11,7 @@ use snowplow_relay_tracker::retry::{Backoff, Retry};
 use tokio_util::sync::CancellationToken;
 
 use super::{Sender, Services};
-use crate::Error;
+use crate::error::Error;
 use crate::config::{self, Config, Settings};
 use crate::ops::health::Health;
 use crate::ops::metrics::{Metrics, Summary};

@@ -72,7 +72,7 @@ struct Lifecycle {
     /// unresolved goes back to the list.
     abandoning: CancellationToken,
     /// The first fatal error, reported when the run returns.
-    fatal: Mutex<Option<crate::Error>>,
+    fatal: Mutex<Option<crate::error::Error>>,
 }
 
 impl Lifecycle {
@@ -86,9 +86,9 @@ impl Lifecycle {
     }
 
     /// Records a fatal error (the first one wins) and stops everything.
-    fn fail(&self, error: crate::Error) {
+    fn fail(&self, error: crate::error::Error) {
         match &error {
-            crate::Error::Queue(e) if e.needs_new_instance() => {
+            crate::error::Error::Queue(e) if e.needs_new_instance() => {
                 tracing::warn!(%error, "stopping this instance");
             }
             _ => tracing::error!(%error, "fatal error; stopping"),
@@ -106,7 +106,7 @@ impl Lifecycle {
         self.abandon();
     }
 
-    fn take_fatal(&self) -> Option<crate::Error> {
+    fn take_fatal(&self) -> Option<crate::error::Error> {
         self.fatal.lock().ok().and_then(|mut fatal| fatal.take())
     }
 }
@@ -225,7 +225,7 @@ pub(crate) async fn run_instance(
     services: &Services,
     shutdown: CancellationToken,
     force: CancellationToken,
-) -> Result<Summary, crate::Error> {
+) -> Result<Summary, crate::error::Error> {
     let shared = Arc::new(Shared::new(config, queue, services));
     let mut tasks = Tasks::start(&shared, services.flush.clone());
     shared.health.set_status("relaying");
@@ -257,7 +257,7 @@ async fn run_until_stopped(shared: &Shared, tasks: &mut Tasks, shutdown: &Cancel
         () = lifecycle.draining.cancelled() => {}
         task = tasks.first_to_end(shared) => {
             if !lifecycle.draining.is_cancelled() {
-                lifecycle.fail(crate::Error::TaskFailed {
+                lifecycle.fail(crate::error::Error::TaskFailed {
                     task,
                     message: "ended unexpectedly".into(),
                 });
@@ -303,11 +303,11 @@ async fn return_what_is_held(
     tasks: &mut Tasks,
     forced: bool,
     force: &CancellationToken,
-) -> Option<crate::Error> {
+) -> Option<crate::error::Error> {
     let mut fatal = shared.lifecycle.take_fatal();
     let needs_new_instance =
-        matches!(&fatal, Some(crate::Error::Queue(e)) if e.needs_new_instance());
-    if let Some(crate::Error::Queue(QueueError::StateMismatch(_))) = &fatal {
+        matches!(&fatal, Some(crate::error::Error::Queue(e)) if e.needs_new_instance());
+    if let Some(crate::error::Error::Queue(QueueError::StateMismatch(_))) = &fatal {
         shared.metrics.state_mismatch();
         match tokio::time::timeout(RELEASE_BUDGET, shared.queue.abandon()).await {
             Ok(Ok(returned)) => tracing::warn!(
@@ -352,7 +352,7 @@ async fn return_what_is_held(
 }
 
 /// Marks the instance gone, logs the run's totals and returns them (or the fatal error).
-fn finish(shared: &Shared, fatal: Option<crate::Error>) -> Result<Summary, crate::Error> {
+fn finish(shared: &Shared, fatal: Option<crate::error::Error>) -> Result<Summary, crate::error::Error> {
     shared.health.unregistered();
     let summary = shared.metrics.summary();
     tracing::info!(
@@ -474,7 +474,7 @@ fn check<T>(
             None
         }
         Err(error) => {
-            lifecycle.fail(crate::Error::TaskFailed {
+            lifecycle.fail(crate::error::Error::TaskFailed {
                 task,
                 message: error.to_string(),
             });
@@ -483,8 +483,8 @@ fn check<T>(
     }
 }
 
-fn unreleased(queue: &Queue, why: String) -> crate::Error {
-    crate::Error::Unreleased {
+fn unreleased(queue: &Queue, why: String) -> crate::error::Error {
+    crate::error::Error::Unreleased {
         inflight_key: crate::queue::shown_key(&queue.keys().inflight(queue.instance())),
         lease_ttl_secs: queue.lease_ttl().as_secs(),
         why,

@@ -151,7 +151,7 @@ impl Retrier {
             let Some(joined) = joined else { break };
             match joined {
                 Ok((held, attempt)) => self.resolve(held, attempt),
-                Err(error) => self.shared.lifecycle.fail(crate::Error::TaskFailed {
+                Err(error) => self.shared.lifecycle.fail(crate::error::Error::TaskFailed {
                     task: "retrier",
                     message: error.to_string(),
                 }),

@@ -125,10 +125,10 @@ impl Sender {
         config: &CollectorSettings,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
-    ) -> Result<Arc<Sender>, crate::Error> {
+    ) -> Result<Arc<Sender>, crate::error::Error> {
         use snowplow_relay_tracker::http::ClientError;
         let invalid = |key: &'static str, expected: String| {
-            crate::Error::Config(crate::config::ConfigError::Invalid { key, expected })
+            crate::error::Error::Config(crate::config::ConfigError::Invalid { key, expected })
         };
         let client = Client::new(&config.client).map_err(|e| match e {
             ClientError::NoCertificates => invalid(
@@ -142,7 +142,7 @@ impl Sender {
             ClientError::Proxy => {
                 invalid(crate::config::key::COLLECTOR_PROXY, "a proxy URL".into())
             }
-            other => crate::Error::HttpClient(other),
+            other => crate::error::Error::HttpClient(other),
         })?;
         Ok(Arc::new(Sender {
             client,

@@ -24,7 +24,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::encode::{STM_ITEM_BYTES, form_encode};
+use super::wire::{STM_ITEM_BYTES, form_encode};
 use super::{REQUIRED_FIELDS, payload_data_index, shorten};
 
 /// How strictly [`Element::parse`] checks an element; it depends on how it will be sent.

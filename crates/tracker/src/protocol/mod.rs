@@ -8,11 +8,13 @@
 mod batch;
 mod element;
 mod encode;
+mod wire;
 pub mod iglu;
 
 pub use batch::{Batch, BatchBuilder, TooLargeForRequest};
 pub use element::{BadElement, Element, ParseOptions};
-pub use encode::{POST_BODY_OVERHEAD, STM_ITEM_BYTES, get_query, write_post_body};
+pub use encode::{POST_BODY_OVERHEAD, get_query, write_post_body};
+pub use wire::STM_ITEM_BYTES;
 
 /// The field names that `payload_data` 1-0-4 allows (`additionalProperties: false`).
 pub const PAYLOAD_DATA_FIELDS: &[&str] = &[
