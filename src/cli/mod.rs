@@ -5,6 +5,8 @@
 //! Flags may stand before the subcommand (`snowplow-relay --redis-url URL check`) or
 //! after it (`snowplow-relay check --redis-url URL`); each subcommand lists only the
 //! flags it uses.
+//!
+//! It may touch everything in the library; the library never imports it.
 
 mod check;
 mod collector;

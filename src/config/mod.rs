@@ -10,6 +10,9 @@
 //! [`Settings::load`] returns the typed [`Settings`] whose method-dependent defaults
 //! (`buffer_size`, `byte_limit`, `dead_letter_key`) are filled in and whose values were
 //! all checked, so the rest of the program never re-validates.
+//!
+//! It may touch: files and the environment (nothing else), [`crate::text`] and the
+//! tracker's protocol types. Every other room reads [`Settings`]; none writes them.
 
 pub mod layers;
 mod settings;

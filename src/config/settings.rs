@@ -33,7 +33,7 @@ pub struct Settings {
     pub events: EventsSettings,
     /// How much the relay holds at once and how it stops.
     pub worker: WorkerSettings,
-    /// Log output.
+    /// `[log]`.
     pub log: LogConfig,
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
     pub admin_listen: Option<SocketAddr>,
@@ -48,33 +48,33 @@ pub struct Settings {
 /// (`dead-letter`, `healthcheck`, `track` into Redis): no collector needed.
 #[derive(Debug, Clone)]
 pub struct ToolSettings {
-    /// Where the list is.
+    /// `[redis]`.
     pub redis: RedisSettings,
-    /// Log output.
+    /// `[log]`.
     pub log: LogConfig,
     /// The admin listener a `healthcheck` probes.
     pub admin_listen: Option<SocketAddr>,
     warnings: Vec<String>,
 }
 
-/// The Redis side.
+/// `[redis]`, checked: each field means what its key says (see [`super::RedisConfig`]).
 #[derive(Clone)]
 pub struct RedisSettings {
     /// The URL, checked by the Redis client's own parser (it may hold credentials).
     pub url: String,
-    /// The list producers push onto.
+    /// `redis.key`.
     pub key: String,
-    /// The dead-letter list.
+    /// `redis.dead_letter_key`, its default filled in.
     pub dead_letter_key: String,
-    /// Events per claim.
+    /// `redis.claim_batch_size`.
     pub claim_batch_size: usize,
-    /// Bytes per claim.
+    /// `redis.claim_max_bytes`.
     pub claim_max_bytes: usize,
-    /// Deadline of one Redis call.
+    /// `redis.command_timeout_ms`.
     pub command_timeout: Duration,
-    /// Lifetime of the lease.
+    /// `redis.lease_ttl_ms`.
     pub lease_ttl: Duration,
-    /// `url` names a Redis Cluster node.
+    /// `redis.cluster`.
     pub cluster: bool,
     /// The ACL user, from `redis.username` or the URL.
     pub username: Option<String>,
@@ -97,62 +97,64 @@ impl std::fmt::Debug for RedisSettings {
     }
 }
 
-/// Redis TLS material.
+/// Redis TLS material, read from its files once at start-up.
 #[derive(Debug, Clone, Default)]
 pub struct RedisTls {
     /// The CA bundle that replaces the system's roots, and its file (for messages).
     pub ca: Option<(Vec<u8>, PathBuf)>,
     /// Client certificate and key (PEM).
     pub client: Option<(Vec<u8>, Vec<u8>)>,
-    /// Certificate checks off.
+    /// `redis.tls_insecure_skip_verify` (or the URL's `#insecure`).
     pub insecure_skip_verify: bool,
 }
 
-/// The collector side.
+/// `[collector]`, checked: each field means what its key says (see
+/// [`super::CollectorConfig`]).
 #[derive(Debug, Clone)]
 pub struct CollectorSettings {
-    /// Scheme, host, port and path prefix.
+    /// `collector.url`, or `endpoint`/`protocol`/`port` put together: scheme, host, port
+    /// and path prefix.
     pub base_url: Url,
-    /// GET or POST.
+    /// `collector.method`.
     pub method: Method,
-    /// Events per request (1 for GET).
+    /// `collector.buffer_size`, its default for the method filled in (1 for GET).
     pub buffer_size: NonZeroUsize,
-    /// Largest POST body or GET URL.
+    /// `collector.byte_limit`, its default for the method filled in.
     pub byte_limit: NonZeroUsize,
-    /// Requests on the wire at once.
+    /// `collector.max_requests_in_flight`.
     pub max_requests_in_flight: usize,
-    /// The longest a partial batch waits.
+    /// `collector.flush_interval_ms`.
     pub flush_interval: Duration,
     /// Failed attempts (with others succeeding) before a batch is parked.
     pub park_after_failures: u32,
     /// Failures of a parked event (with the collector accepting others) before it is
     /// dead-lettered.
     pub isolated_failure_limit: u32,
-    /// Retry delays.
+    /// `collector.retry_initial_backoff_ms` and `retry_max_backoff_ms`.
     pub backoff: Backoff,
     /// The client's settings: request URL, limits, timeout, TLS material read once, proxy.
     pub client: ClientSettings,
 }
 
-/// Which elements are relayed.
+/// `[events]`: which elements are relayed.
 #[derive(Debug, Clone, Copy)]
 pub struct EventsSettings {
     /// POST: relay field names `payload_data` does not list.
     pub allow_unknown_fields: bool,
-    /// Larger elements are dead-lettered from Redis.
+    /// `events.max_element_bytes`: larger elements are dead-lettered from Redis.
     pub max_element_bytes: usize,
 }
 
-/// The relay's own bounds.
+/// `[worker]`: the relay's own bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerSettings {
-    /// Events claimed and not acknowledged, at most.
+    /// `worker.max_claimed_events`.
     pub max_claimed_events: usize,
-    /// Bytes of them, at most.
+    /// `worker.max_claimed_bytes`, raised to hold one claim.
     pub max_claimed_bytes: usize,
-    /// How long a drain may last.
+    /// `worker.drain_timeout_ms`.
     pub drain_timeout: Duration,
-    /// Runtime threads.
+    /// `worker.threads`: Tokio worker threads.
     pub threads: usize,
 }
 

@@ -22,6 +22,9 @@
 //! wait), the store bounded in events and in bytes (the oldest dropped and counted), and
 //! `/micro/good|bad` answers streamed from the stored events' JSON outside the store's
 //! lock.
+//!
+//! It may touch: the tracker's protocol (the same scanner the relay uses) and
+//! [`crate::ops::listener`]; nothing of Redis or the relay.
 
 use std::collections::VecDeque;
 use std::io::Write;

@@ -5,7 +5,7 @@
 //! - each connection's header buffer is small (`max_header_bytes`), its headers must
 //!   arrive within `header_timeout`, and it lives at most `connection_timeout`;
 //! - an accept error (`EMFILE`: out of file descriptors) backs off, 10 ms doubling to
-//!   1 s, instead of spinning.
+//!   1 s (the one [`Retry`] every retry uses), instead of spinning.
 //!
 //! The service decides about bodies (the collector reads them with its own deadline and
 //! byte budget); the admin endpoints read none.
@@ -22,8 +22,15 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use snowplow_relay_tracker::retry::{Backoff, Retry};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+/// Between failed accepts: 10 ms doubling to 1 s.
+const ACCEPT_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(10),
+    max: Duration::from_secs(1),
+};
 
 /// The response body every listener answers with (a whole buffer or a stream).
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -55,7 +62,7 @@ pub async fn serve_http<F, Fut>(
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut backoff = Duration::ZERO;
+    let mut accept_failures = Retry::new(ACCEPT_BACKOFF);
     tokio::pin!(shutdown);
     loop {
         // A slot first: past the cap, connections wait in the accept queue.
@@ -70,15 +77,15 @@ pub async fn serve_http<F, Fut>(
         };
         let stream = match accepted {
             Ok((stream, _)) => {
-                backoff = Duration::ZERO;
+                accept_failures.succeeded();
                 stream
             }
             Err(error) => {
                 // Out of file descriptors, or the like: wait before trying again.
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "cannot accept a connection");
+                let delay = accept_failures.failed();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot accept a connection");
                 drop(slot);
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };

@@ -2,6 +2,10 @@
 //! failing, returning them, the dead-letter list, and the leases that let any relay
 //! recover a dead relay's events.
 //!
+//! It may touch: Redis, [`crate::config`]'s `RedisSettings`, [`crate::text`]. It knows
+//! nothing of HTTP, metrics or the relay's tasks: it answers with results and
+//! [`QueueError`]s, and the relay decides what they mean for health and logs.
+//!
 //! # Keys
 //! For a list `snowplow` and a relay instance `I` (all companions carry the hash tag
 //! `{snowplow}`, so in Redis Cluster they share the list's slot and one script can touch

@@ -26,6 +26,14 @@
 //! received is acknowledged and every unresolved event, in flight or parked, goes back to
 //! the head of the list in claim order ([`Queue::release`]). A task that panics or ends
 //! unexpectedly is a fatal error (exit 1), never swallowed: what it held stays in Redis.
+//!
+//! `daemon` wraps the runs: what outlives an instance (metrics, health, the admin
+//! listener, the collector client, reloads), connecting and registering with retry.
+//!
+//! It may touch: [`crate::queue`], [`crate::config`], [`crate::ops`] (it reports into
+//! metrics and health; they never call back), and the tracker's protocol, HTTP client
+//! and retry. One place decides a dead-letter reason: the task that resolves the event
+//! (`acker` for batches, `retrier` for parked events) from the sender's outcome.
 
 mod acker;
 mod batcher;
