@@ -786,3 +786,51 @@ impl hyper::body::Body for JsonArray {
         Poll::Ready(Some(Ok(Frame::data(frame))))
     }
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(pairs: &[(&str, &str)]) -> Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect()
+    }
+
+    #[test]
+    fn payload_data_rules() {
+        let base = [("e", "pv"), ("p", "pc"), ("tv", "t")];
+        assert_eq!(validate(&event(&base)).unwrap().event_type, "page_view");
+        let errors = validate(&event(&[("e", "pv"), ("tv", "t"), ("zz", "1")])).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains("zz is not allowed")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("p is required")),
+            "{errors:?}"
+        );
+        let mut numeric = event(&base);
+        numeric.insert("dtm".into(), json!(1));
+        assert!(validate(&numeric).unwrap_err()[0].contains("must be a string"));
+        let errors = validate(&event(&[("e", "se"), ("p", "pc"), ("tv", "t")])).unwrap_err();
+        assert!(errors[0].contains("se_ca"), "{errors:?}");
+        let errors = validate(&event(&[("e", "ue"), ("p", "pc"), ("tv", "t")])).unwrap_err();
+        assert!(errors[0].contains("ue_px"), "{errors:?}");
+        let errors = validate(&event(&[
+            ("e", "pv"),
+            ("p", "pc"),
+            ("tv", "t"),
+            ("cx", "!!"),
+        ]))
+        .unwrap_err();
+        assert!(errors[0].contains("cx is not base64"), "{errors:?}");
+    }
+
+    #[test]
+    fn bodies_must_be_payload_data() {
+        assert!(post_items(b"[1]").unwrap_err().contains("payload_data"));
+        assert!(post_items(b"{\"schema\":\"iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4\",\"data\":[]}").is_err());
+        assert!(post_items(b"not json").unwrap_err().contains("not JSON"));
+    }
+}

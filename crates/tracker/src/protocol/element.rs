@@ -613,7 +613,19 @@ mod tests {
         for (input, check) in cases {
             let err = parse(input).expect_err(input);
             assert!(check(&err), "{input}: got {err:?}");
-            assert!(!err.to_string().is_empty());
+            // The message names the field, or what was found instead of an object.
+            let names = match &err {
+                BadElement::NotJson(_) => "not valid JSON".to_owned(),
+                BadElement::NotAnObject(found) => format!("found {found}"),
+                BadElement::Empty => "no fields".to_owned(),
+                BadElement::EscapedFieldName => "escape sequences".to_owned(),
+                BadElement::NestedValue(field, _)
+                | BadElement::UnknownField(field)
+                | BadElement::DuplicateField(field) => format!("`{field}`"),
+                BadElement::MissingField(field) => format!("`{field}`"),
+                other => panic!("{input}: unexpected {other:?}"),
+            };
+            assert!(err.to_string().contains(&names), "{input}: {err}");
         }
         let invalid_utf8 = Element::parse(Bytes::from_static(b"{\"e\":\"\xff\"}"), STRICT);
         assert!(matches!(invalid_utf8, Err(BadElement::NotJson(_))));
