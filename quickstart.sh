@@ -19,17 +19,7 @@ for tool in cargo redis-server; do
   fi
 done
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() { local port=$1; while in_use "$port"; do port=$((port + 1)); done; echo "$port"; }
+source scripts/processes.sh
 # GET a path from the collector with bash alone; prints the body.
 http_get() {
   local response
@@ -39,7 +29,6 @@ http_get() {
   exec 3<&-
   printf '%s\n' "${response#*$'\r\n\r\n'}"
 }
-wait_for() { for _ in $(seq 1 300); do "$@" && return 0; sleep 0.1; done; echo "quickstart: timed out: $*" >&2; exit 1; }
 
 echo "==> building (cargo build --release)"
 cargo build --release --locked --quiet

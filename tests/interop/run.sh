@@ -6,14 +6,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$root/scripts/processes.sh"
 
 venv="${INTEROP_VENV:-$root/target/interop-venv}"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import snowplow_tracker, jsonschema, redis' 2>/dev/null; then
@@ -29,16 +22,14 @@ if [ -z "${RELAY_BIN:-}" ]; then
 fi
 export RELAY_BIN
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_for() { for _ in $(seq 1 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "timed out: $*" >&2; return 1; }
 
-REDIS_PORT="$(free_port)"
+REDIS_PORT="$(free_port 6390)"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
   --logfile "$work/redis.log" &
 pids+=($!)
 wait_for redis-cli -p "$REDIS_PORT" ping
 
-a_port="$(free_port)"; b_port="$(free_port)"
+a_port="$(free_port 9091)"; b_port="$(free_port $((a_port + 1)))"
 "$RELAY_BIN" collector --listen "127.0.0.1:$a_port" --log-level warn & pids+=($!)
 "$RELAY_BIN" collector --listen "127.0.0.1:$b_port" --log-level warn & pids+=($!)
 wait_for python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$a_port/health')"
