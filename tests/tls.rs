@@ -476,3 +476,82 @@ async fn proxy_credentials_are_masked_and_the_proxy_is_used() {
         "{log}"
     );
 }
+
+#[test]
+fn check_warns_about_every_secret_file_every_user_can_read() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret-pw\n").unwrap();
+    let readable_copy = |name: &str| {
+        let copy = dir.path().join(name);
+        std::fs::copy(certs.path("client.key"), &copy).unwrap();
+        copy.to_str().unwrap().to_owned()
+    };
+    let (redis_key, collector_key) = (readable_copy("redis.key"), readable_copy("collector.key"));
+    for file in [
+        &password.to_str().unwrap().to_owned(),
+        &redis_key,
+        &collector_key,
+    ] {
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+    }
+    let client_cert = certs.path("client.pem");
+    let env = [
+        ("SNOWPLOW_RELAY_REDIS__URL", "rediss://127.0.0.1:1"),
+        (
+            "SNOWPLOW_RELAY_REDIS__PASSWORD_FILE",
+            password.to_str().unwrap(),
+        ),
+        ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_CERT_FILE", &client_cert),
+        ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_KEY_FILE", &redis_key),
+        (
+            "SNOWPLOW_RELAY_COLLECTOR__TLS_CLIENT_CERT_FILE",
+            &client_cert,
+        ),
+        (
+            "SNOWPLOW_RELAY_COLLECTOR__TLS_CLIENT_KEY_FILE",
+            &collector_key,
+        ),
+    ];
+    let output = run_bin(
+        &["--collector", "https://collector.example.com", "check"],
+        &env,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    for key in [
+        "redis.password_file",
+        "redis.tls_client_key_file",
+        "collector.tls_client_key_file",
+    ] {
+        assert!(
+            stderr.contains(&format!("{key} ")) && stderr.contains("can be read by every user"),
+            "no warning for {key}: {stderr}"
+        );
+    }
+    assert_eq!(
+        stderr.matches("can be read by every user").count(),
+        3,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret-pw"), "{stderr}");
+
+    // chmod 600: no warning.
+    for file in [
+        &password.to_str().unwrap().to_owned(),
+        &redis_key,
+        &collector_key,
+    ] {
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+    let output = run_bin(
+        &["--collector", "https://collector.example.com", "check"],
+        &env,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("can be read by every user"), "{stderr}");
+}

@@ -302,6 +302,17 @@ fn url_secrets(url: &str) -> Vec<String> {
     secrets
 }
 
+/// Warns when a file holding a secret (a password, a private key) can be read by every
+/// user of the host.
+fn warn_if_world_readable(name: &str, file: &Path, warnings: &mut Vec<String>) {
+    if world_readable(file) {
+        warnings.push(format!(
+            "{name} {} holds a secret and can be read by every user; chmod 600 it",
+            file.display()
+        ));
+    }
+}
+
 /// Warns about passwords given as flags: every user of the host can read a process's
 /// flags (`ps`).
 fn flag_passwords(
@@ -374,7 +385,7 @@ impl RedisSettings {
                 ));
             }
         }
-        let tls = Self::tls(redis, url.scheme() == "rediss")?;
+        let tls = Self::tls(redis, url.scheme() == "rediss", warnings)?;
         if url.fragment() == Some("insecure") && !redis.tls_insecure_skip_verify {
             return Err(invalid(
                 key::REDIS_URL,
@@ -446,7 +457,11 @@ impl RedisSettings {
     }
 
     /// The TLS files, read (`rediss://` only; each a readable file).
-    fn tls(redis: &RedisConfig, tls: bool) -> Result<RedisTls, ConfigError> {
+    fn tls(
+        redis: &RedisConfig,
+        tls: bool,
+        warnings: &mut Vec<String>,
+    ) -> Result<RedisTls, ConfigError> {
         for (name, set) in [
             (key::REDIS_TLS_CA_FILE, redis.tls_ca_file.is_some()),
             (
@@ -474,10 +489,13 @@ impl RedisSettings {
             None => None,
         };
         let client = match (&redis.tls_client_cert_file, &redis.tls_client_key_file) {
-            (Some(cert), Some(private)) => Some((
-                read_file(key::REDIS_TLS_CLIENT_CERT_FILE, cert)?,
-                read_file(key::REDIS_TLS_CLIENT_KEY_FILE, private)?,
-            )),
+            (Some(cert), Some(private)) => {
+                warn_if_world_readable(key::REDIS_TLS_CLIENT_KEY_FILE, private, warnings);
+                Some((
+                    read_file(key::REDIS_TLS_CLIENT_CERT_FILE, cert)?,
+                    read_file(key::REDIS_TLS_CLIENT_KEY_FILE, private)?,
+                ))
+            }
             (None, None) => None,
             _ => {
                 return Err(invalid(
@@ -501,12 +519,7 @@ impl RedisSettings {
                 "a file holding the password as UTF-8 text",
             )
         })?;
-        if world_readable(file) {
-            warnings.push(format!(
-                "redis.password_file {} can be read by every user; chmod 600 it",
-                file.display()
-            ));
-        }
+        warn_if_world_readable(key::REDIS_PASSWORD_FILE, file, warnings);
         Ok(text.trim_end_matches(['\n', '\r']).to_owned())
     }
 
@@ -686,13 +699,7 @@ impl CollectorSettings {
             &collector.tls_client_key_file,
         ) {
             (Some(cert), Some(private)) => {
-                if world_readable(private) {
-                    warnings.push(format!(
-                        "collector.tls_client_key_file {} (a private key) can be read by every \
-                         user; chmod 600 it",
-                        private.display()
-                    ));
-                }
+                warn_if_world_readable(key::COLLECTOR_TLS_CLIENT_KEY_FILE, private, warnings);
                 let mut pem = read_file(key::COLLECTOR_TLS_CLIENT_CERT_FILE, cert)?;
                 pem.push(b'\n');
                 pem.extend(read_file(key::COLLECTOR_TLS_CLIENT_KEY_FILE, private)?);

@@ -11,8 +11,8 @@ use snowplow_relay_tracker::retry::{Backoff, Retry};
 use tokio_util::sync::CancellationToken;
 
 use super::{Sender, Services};
-use crate::error::Error;
 use crate::config::{self, Config, Settings};
+use crate::error::Error;
 use crate::ops::health::Health;
 use crate::ops::metrics::{Metrics, Summary};
 use crate::ops::{admin, notify};

@@ -360,7 +360,10 @@ async fn return_what_is_held(
 }
 
 /// Marks the instance gone, logs the run's totals and returns them (or the fatal error).
-fn finish(shared: &Shared, fatal: Option<crate::error::Error>) -> Result<Summary, crate::error::Error> {
+fn finish(
+    shared: &Shared,
+    fatal: Option<crate::error::Error>,
+) -> Result<Summary, crate::error::Error> {
     shared.health.unregistered();
     let summary = shared.metrics.summary();
     tracing::info!(

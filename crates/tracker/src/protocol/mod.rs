@@ -8,8 +8,8 @@
 mod batch;
 mod element;
 mod encode;
-mod wire;
 pub mod iglu;
+mod wire;
 
 pub use batch::{Batch, BatchBuilder, TooLargeForRequest};
 pub use element::{BadElement, Element, ParseOptions};
