@@ -69,6 +69,39 @@ async fn redirects_are_not_followed_and_nothing_counts_as_delivered_meanwhile() 
 }
 
 #[tokio::test]
+async fn a_collectors_cookie_bounce_is_followed_once_for_get_and_post() {
+    // Before: the collector's 302 to the same URL plus `n3pc=true` was never followed;
+    // the batch was retried forever and claiming stalled.
+    for method in ["get", "post"] {
+        let (redis, collector) = setup(always(200)).await;
+        collector.bounce_cookies("n3pc");
+        redis.rpush(LIST, &numbered_events(30));
+        let relay = Relay::with(&redis, &collector, &[("collector.method", method)]);
+        collector.until_exactly_delivered(30, 20).await;
+        let summary = relay.stop().await;
+        assert_eq!(summary.delivered, 30, "{method}");
+        assert_eq!(redis.llen(DEAD), 0, "{method}");
+        let requests = collector.requests();
+        let bounced = requests.iter().filter(|r| r.status == 302).count();
+        let accepted: Vec<_> = requests.iter().filter(|r| r.status == 200).collect();
+        assert_eq!(bounced, accepted.len(), "{method}: one bounce per request");
+        assert!(
+            accepted
+                .iter()
+                .all(|r| r.query.as_deref().unwrap_or("").ends_with("n3pc=true")),
+            "{method}"
+        );
+        if method == "post" {
+            assert!(
+                accepted
+                    .iter()
+                    .all(|r| r.method == "POST" && !r.body.is_empty())
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_413_splits_the_batch_down_to_the_one_event_that_cannot_pass() {
     // Before: a 413 was retried forever and the acknowledgement window stopped there.
     let redis = RedisServer::start();

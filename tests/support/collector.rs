@@ -97,6 +97,8 @@ pub struct Collector {
     responder: Arc<Mutex<Responder>>,
     delay: Arc<Mutex<Duration>>,
     location: Arc<Mutex<Option<String>>>,
+    /// Cookie bounce on: the bounce parameter's name.
+    bounce: Arc<Mutex<Option<&'static str>>>,
 }
 
 impl Collector {
@@ -126,6 +128,7 @@ impl Collector {
             responder: Arc::new(Mutex::new(responder)),
             delay: Arc::default(),
             location: Arc::default(),
+            bounce: Arc::default(),
         };
         let state = collector.clone();
         let answer = move |request| {
@@ -156,7 +159,11 @@ impl Collector {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        received.status = (self.responder.lock().unwrap())(&received);
+        let bounce = self.bounce_location(&received);
+        received.status = match bounce {
+            Some(_) => 302,
+            None => (self.responder.lock().unwrap())(&received),
+        };
         let status = received.status;
         if (200..300).contains(&status) {
             let mut set = self.delivered_set.lock().unwrap();
@@ -170,10 +177,30 @@ impl Collector {
         }
         self.received.lock().unwrap().push(received);
         let mut response = Response::builder().status(status);
-        if let Some(location) = self.location.lock().unwrap().clone() {
+        if let Some(location) = bounce.or_else(|| self.location.lock().unwrap().clone()) {
             response = response.header("location", location);
         }
         response.body(full(Bytes::from_static(b"ok"))).unwrap()
+    }
+
+    /// As the Snowplow collector's `cookieBounce`: a request without the collector's
+    /// cookie and without `parameter` is answered 302 to the same URL plus
+    /// `parameter=true`.
+    pub fn bounce_cookies(&self, parameter: &'static str) {
+        *self.bounce.lock().unwrap() = Some(parameter);
+    }
+
+    fn bounce_location(&self, request: &Received) -> Option<String> {
+        let parameter = (*self.bounce.lock().unwrap())?;
+        let query = request.query.as_deref().unwrap_or("");
+        let bounced = form_urlencoded_pairs(query)
+            .iter()
+            .any(|(k, _)| k == parameter);
+        if bounced || request.headers.contains_key("cookie") {
+            return None;
+        }
+        let joiner = if query.is_empty() { "" } else { "&" };
+        Some(format!("{}?{query}{joiner}{parameter}=true", request.path))
     }
 
     /// Adds a `Location` header to every answer from now on (for 3xx answers).

@@ -284,14 +284,12 @@ impl Client {
 
     async fn request(&self, batch: &Batch) -> Result<(), Failure> {
         let stm = epoch_millis();
-        let request = match self.method {
+        let mut url = self.url.clone();
+        let body = match self.method {
             Method::Post => {
                 let mut body = Vec::with_capacity(batch.body_bytes + 16);
                 write_post_body(&batch.events, &stm, &mut body);
-                self.client
-                    .post(self.url.clone())
-                    .header(CONTENT_TYPE, "application/json; charset=utf-8")
-                    .body(body)
+                Some(bytes::Bytes::from(body))
             }
             Method::Get => {
                 let Some(event) = batch.events.first() else {
@@ -299,7 +297,6 @@ impl Client {
                 };
                 let query =
                     get_query(event, &stm).map_err(|bad| Failure::Unsendable(bad.to_string()))?;
-                let mut url = self.url.clone();
                 url.set_query(Some(&query));
                 if url.as_str().len() > self.byte_limit {
                     return Err(Failure::Unsendable(format!(
@@ -309,19 +306,22 @@ impl Client {
                         self.byte_limit
                     )));
                 }
-                self.client.get(url)
+                None
             }
         };
-        let mut response = request.send().await.map_err(|e| {
-            Failure::Attempt(AttemptError::Transport(error_chain(&e.without_url())))
-        })?;
+        let mut response = self.send(&url, body.clone()).await?;
+        // A collector with cookie bounce answers a request without its cookie with a
+        // redirect to the same URL plus its bounce parameter: followed once, with the
+        // same method and body. Any other redirect is an error.
+        if response.status().is_redirection()
+            && let Some(bounced) = location(&response).and_then(|to| cookie_bounce(&url, to))
+        {
+            tracing::debug!("collector bounced the request for its cookie; sending it again once");
+            response = self.send(&bounced, body).await?;
+        }
         let status = response.status().as_u16();
         if response.status().is_redirection() {
-            let location = response
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|value| value.to_str().ok())
-                .map_or_else(|| "(no Location)".to_owned(), mask_url);
+            let location = location(&response).map_or_else(|| "(no Location)".to_owned(), mask_url);
             return Err(Failure::Attempt(AttemptError::Redirect {
                 status,
                 location,
@@ -340,6 +340,65 @@ impl Client {
             _ => Err(Failure::Attempt(AttemptError::Status(status))),
         }
     }
+    /// Sends one request to `url`: a POST with `body`, or a GET.
+    async fn send(
+        &self,
+        url: &Url,
+        body: Option<bytes::Bytes>,
+    ) -> Result<reqwest::Response, Failure> {
+        let request = match body {
+            Some(body) => self
+                .client
+                .post(url.clone())
+                .header(CONTENT_TYPE, "application/json; charset=utf-8")
+                .body(body),
+            None => self.client.get(url.clone()),
+        };
+        request
+            .send()
+            .await
+            .map_err(|e| Failure::Attempt(AttemptError::Transport(error_chain(&e.without_url()))))
+    }
+}
+
+/// The `Location` header of a response, if it is text.
+fn location(response: &reqwest::Response) -> Option<&str> {
+    response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|value| value.to_str().ok())
+}
+
+/// The URL to send again to, if a redirect from `sent` to `location` is a collector's
+/// cookie bounce: the same scheme, host, port and path, and the same query plus exactly
+/// one added parameter (the collector's bounce parameter, `n3pc` by default and
+/// configurable there, so any name is accepted).
+pub fn cookie_bounce(sent: &Url, location: &str) -> Option<Url> {
+    let target = sent.join(location).ok()?;
+    let same_place = target.scheme() == sent.scheme()
+        && target.host_str() == sent.host_str()
+        && target.port_or_known_default() == sent.port_or_known_default()
+        && target.path() == sent.path();
+    if !same_place {
+        return None;
+    }
+    let before: Vec<_> = sent.query_pairs().collect();
+    let after: Vec<_> = target.query_pairs().collect();
+    if after.len() != before.len() + 1 {
+        return None;
+    }
+    let mut remaining = after.clone();
+    for pair in &before {
+        let at = remaining.iter().position(|p| p == pair)?;
+        remaining.remove(at);
+    }
+    let (added, _) = remaining.first()?;
+    if before.iter().any(|(name, _)| name == added) {
+        return None;
+    }
+    let mut bounced = sent.clone();
+    bounced.set_query(target.query());
+    Some(bounced)
 }
 
 /// Why a request did not succeed: it could not even be built, or the attempt failed.
@@ -433,5 +492,30 @@ mod tests {
             assert_eq!(classify(status, &no_retry), expected, "status {status}");
         }
         assert_eq!(classify(418, &[418]), Disposition::Rejected);
+    }
+
+    #[test]
+    fn a_cookie_bounce_is_the_same_url_plus_one_parameter() {
+        let get = Url::parse("http://c.example.com:8080/i?e=pv&eid=1&stm=5").unwrap();
+        let bounced = "http://c.example.com:8080/i?e=pv&eid=1&stm=5&n3pc=true";
+        assert_eq!(cookie_bounce(&get, bounced).unwrap().as_str(), bounced);
+        // Relative, another parameter name (configurable at the collector), any order.
+        assert!(cookie_bounce(&get, "/i?n3pc=true&e=pv&eid=1&stm=5").is_some());
+        assert!(cookie_bounce(&get, "/i?e=pv&bounce=1&eid=1&stm=5").is_some());
+        let post = Url::parse("https://c.example.com/com.snowplowanalytics.snowplow/tp2").unwrap();
+        assert!(cookie_bounce(&post, "/com.snowplowanalytics.snowplow/tp2?n3pc=true").is_some());
+        for elsewhere in [
+            "http://other.example.com:8080/i?e=pv&eid=1&stm=5&n3pc=true",
+            "https://c.example.com:8080/i?e=pv&eid=1&stm=5&n3pc=true",
+            "http://c.example.com:9090/i?e=pv&eid=1&stm=5&n3pc=true",
+            "http://c.example.com:8080/other?e=pv&eid=1&stm=5&n3pc=true",
+            "http://c.example.com:8080/i?e=pv&eid=1&stm=5",
+            "http://c.example.com:8080/i?e=pv&eid=2&stm=5&n3pc=true",
+            "http://c.example.com:8080/i?e=pv&eid=1&stm=5&n3pc=true&x=1",
+            "http://c.example.com:8080/i?e=pv&eid=1&stm=5&eid=2",
+            "http://c.example.com:8080/i?e=pv&eid=1&n3pc=true",
+        ] {
+            assert!(cookie_bounce(&get, elsewhere).is_none(), "{elsewhere}");
+        }
     }
 }
