@@ -19,9 +19,9 @@ FROM ${RUNTIME_IMAGE} AS base
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
-COPY config/snowplow-relay.toml /etc/snowplow-relay/config.toml
-ENV SNOWPLOW_RELAY_LOG__FORMAT=json \
-    SNOWPLOW_RELAY_ADMIN__LISTEN=0.0.0.0:9187
+# The image's defaults (JSON logs, admin on 0.0.0.0:9187) are in this file, never in its
+# environment: a mounted file replaces them, and environment variables override any key.
+COPY config/container.toml /etc/snowplow-relay/config.toml
 LABEL org.opencontainers.image.title="snowplow-relay" \
       org.opencontainers.image.description="Moves Snowplow tracker events from a Redis list to a Snowplow collector, at least once" \
       org.opencontainers.image.licenses="Apache-2.0" \

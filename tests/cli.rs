@@ -208,3 +208,66 @@ async fn dead_letter_count_list_and_replay() {
     assert_eq!(redis.llen(DEAD), 0);
     assert_eq!(tool(&["count"]).trim(), "0");
 }
+
+#[test]
+fn the_image_and_the_unit_set_no_setting_by_environment_so_the_operators_file_wins() {
+    // Before: the Dockerfile set SNOWPLOW_RELAY_LOG__FORMAT and ..._ADMIN__LISTEN and the
+    // unit set ..._LOG__FORMAT, so a mounted file saying otherwise was silently beaten.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let mut in_env = false;
+    for line in dockerfile.lines() {
+        let trimmed = line.trim_start();
+        in_env = trimmed.starts_with("ENV ") || (in_env && !trimmed.is_empty());
+        assert!(
+            !(in_env && trimmed.contains("SNOWPLOW_RELAY_")),
+            "the Dockerfile sets a setting by environment: {line}"
+        );
+        in_env &= trimmed.ends_with('\\');
+    }
+    let unit = std::fs::read_to_string(root.join("systemd/snowplow-relay.service")).unwrap();
+    for line in unit.lines().filter(|l| l.starts_with("Environment=")) {
+        assert!(
+            !line.contains("SNOWPLOW_RELAY_"),
+            "the unit sets a setting by environment: {line}"
+        );
+    }
+    // The image's defaults come from its file, and `check` says so.
+    let image_file = root.join("config/container.toml");
+    let output = run_bin(
+        &["--config", image_file.to_str().unwrap(), "check"],
+        &[("SNOWPLOW_RELAY_COLLECTOR__URL", "https://c.example.com")],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains("format = \"json\"  # file ")
+            && stdout.contains("listen = \"0.0.0.0:9187\"  # file "),
+        "{stdout}"
+    );
+    // An operator's file in its place decides alone; the environment still overrides.
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = dir.path().join("config.toml");
+    std::fs::write(
+        &mounted,
+        "[log]\nformat = \"text\"\n[admin]\nlisten = \"127.0.0.1:9300\"\n",
+    )
+    .unwrap();
+    let output = run_bin(
+        &["--config", mounted.to_str().unwrap(), "check"],
+        &[
+            ("SNOWPLOW_RELAY_COLLECTOR__URL", "https://c.example.com"),
+            ("SNOWPLOW_RELAY_LOG__LEVEL", "debug"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("format = \"text\""), "{stdout}");
+    assert!(
+        stdout.contains("listen = \"127.0.0.1:9300\"  # file "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("level = \"debug\"  # environment SNOWPLOW_RELAY_LOG__LEVEL"),
+        "{stdout}"
+    );
+}

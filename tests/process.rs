@@ -307,7 +307,7 @@ async fn metrics_and_health_match_what_the_collector_and_redis_saw() {
             &text,
             "snowplow_relay_events_dead_lettered_total{reason=\"malformed\"}",
         );
-        dead as usize == redis.llen(DEAD) && sample(&text, "snowplow_relay_events_in_flight") == 0.0
+        dead as usize == redis.llen(DEAD) && sample(&text, "snowplow_relay_in_flight_events") == 0.0
     })
     .await;
     let delivered = collector.delivered().len() as f64;
@@ -340,15 +340,21 @@ async fn metrics_and_health_match_what_the_collector_and_redis_saw() {
     );
     assert_eq!(delivered + refused + 20.0, total as f64);
     assert_eq!(
-        sample(&text, "snowplow_relay_requests_total{class=\"2xx\"}"),
+        sample(
+            &text,
+            "snowplow_relay_requests_total{class=\"2xx\",code=\"200\"}"
+        ),
         delivered
     );
     assert_eq!(
-        sample(&text, "snowplow_relay_requests_total{class=\"4xx\"}"),
+        sample(
+            &text,
+            "snowplow_relay_requests_total{class=\"4xx\",code=\"400\"}"
+        ),
         refused
     );
     assert!(text.contains("snowplow_relay_build_info{version=\""));
-    assert!(text.ends_with("# EOF\n"));
+    assert!(sample(&text, "snowplow_relay_request_bytes_total") > 0.0);
     assert_eq!(http_get(addr, "/healthz").await.0, 200);
     assert_eq!(http_get(addr, "/readyz").await, (200, "ready\n".to_owned()));
     let admin = addr.to_string();

@@ -329,3 +329,59 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
     collector.until_distinct(2_000, 30).await;
     relay.stop_cleanly().await;
 }
+
+#[tokio::test]
+async fn readyz_turns_within_a_heartbeat_and_a_command_timeout_of_a_frozen_redis() {
+    // Before: with redis-server frozen (SIGSTOP) /readyz stayed 200 until a call's
+    // failure was recorded, after a reconnection's timeout too (18 s measured with the
+    // defaults), or for the whole lease.
+    let (redis, collector) = setup(always(200)).await;
+    let relay = RelayProcess::between(
+        &redis,
+        &collector,
+        &[("SNOWPLOW_RELAY_ADMIN__LISTEN", "127.0.0.1:0")],
+    );
+    let addr = relay.admin_addr().await;
+    wait_until("ready", 10, async || {
+        http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+    // Freeze right after a lease renewal: the next heartbeat is a whole interval away,
+    // the worst case for the bound.
+    let lease = redis
+        .keys()
+        .into_iter()
+        .find(|key| key.contains(":lease:"))
+        .expect("a lease");
+    let lease_ttl_ms = 30_000;
+    wait_until("a fresh renewal", 15, async || {
+        let pttl = redis.cmd(&["PTTL", &lease]);
+        matches!(pttl, redis::Value::Int(ms) if ms > lease_ttl_ms - 300)
+    })
+    .await;
+    redis.signal(libc::SIGSTOP);
+    let frozen = Instant::now();
+    // One heartbeat interval (a third of the lease) plus the command timeout (5 s).
+    let bound = Duration::from_millis(lease_ttl_ms as u64 / 3 + 5_000);
+    let mut answer = String::new();
+    wait_until("not ready", bound.as_secs() + 10, async || {
+        let (status, body) = http_get(addr, "/readyz").await;
+        answer = body;
+        status == 503
+    })
+    .await;
+    let took = frozen.elapsed();
+    eprintln!(
+        "frozen Redis: /readyz 503 after {took:?}: {}",
+        answer.trim()
+    );
+    assert!(took <= bound + Duration::from_secs(1), "{took:?}: {answer}");
+    // A Redis outage is not a wedged relay: still alive.
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    redis.signal(libc::SIGCONT);
+    wait_until("ready again", 30, async || {
+        http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+    relay.stop_cleanly().await;
+}

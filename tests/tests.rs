@@ -13,6 +13,7 @@ mod hostile;
 mod permissions;
 mod process;
 mod producing;
+mod prometheus;
 mod relay;
 mod scripts;
 mod stalls;

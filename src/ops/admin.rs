@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use crate::ops::listener::{Body, Limits, full};
 
 use crate::ops::health::Health;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Format, Metrics};
 
 /// What the listener serves.
 #[derive(Debug, Clone)]
@@ -58,13 +58,17 @@ impl Admin {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         }
         match request.uri().path() {
-            "/metrics" => Response::builder()
-                .header(
-                    "content-type",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )
-                .body(full(self.metrics.encode()))
-                .unwrap_or_else(|_| Response::new(full(""))),
+            "/metrics" => {
+                let accept = request
+                    .headers()
+                    .get(hyper::header::ACCEPT)
+                    .and_then(|value| value.to_str().ok());
+                let format = Format::from_accept(accept);
+                Response::builder()
+                    .header("content-type", format.content_type())
+                    .body(full(self.metrics.encode(format)))
+                    .unwrap_or_else(|_| Response::new(full("")))
+            }
             "/healthz" => match self.health.alive() {
                 Ok(()) => text(StatusCode::OK, format!("ok: {}\n", self.health.status())),
                 Err(why) => text(

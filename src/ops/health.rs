@@ -76,6 +76,9 @@ pub struct Health {
     stuck_after: Duration,
     /// How long a lease lives.
     lease_ttl: Duration,
+    /// How long one Redis call may take (`redis.command_timeout_ms`): a call outstanding
+    /// for longer makes the relay not ready.
+    command_timeout: Duration,
     /// Unix milliseconds when the heartbeat loop last turned (whatever Redis said).
     loop_turned_at: AtomicU64,
     /// Unix milliseconds of the last successful registration or lease renewal.
@@ -106,10 +109,11 @@ impl Health {
     /// Health of a relay whose lease lives `lease_ttl` and whose stages count as stuck
     /// after `stuck_after` (see [`Health::stuck_after_for`]); it starts alive and not
     /// ready.
-    pub fn new(lease_ttl: Duration, stuck_after: Duration) -> Health {
+    pub fn new(lease_ttl: Duration, command_timeout: Duration, stuck_after: Duration) -> Health {
         Health {
             stuck_after,
             lease_ttl,
+            command_timeout,
             loop_turned_at: AtomicU64::new(now_millis()),
             lease_renewed_at: AtomicU64::new(0),
             registered: AtomicBool::new(false),
@@ -335,6 +339,19 @@ impl Health {
         if !self.registered.load(Ordering::Relaxed) {
             return Err("not registered in Redis (is Redis reachable?)".into());
         }
+        // A frozen Redis: a call (the heartbeat's at the latest, every third of the
+        // lease) outlives its deadline before it fails.
+        let deadline = self.command_timeout.as_millis() as u64;
+        for stage in Stage::ALL {
+            let busy = self.stage(stage).busy_since.load(Ordering::Relaxed);
+            if busy != 0 && since(busy) > deadline {
+                return Err(format!(
+                    "a Redis {} call has not returned for {} ms (Redis frozen or overloaded?)",
+                    stage.name(),
+                    since(busy)
+                ));
+            }
+        }
         let renewed = since(self.lease_renewed_at.load(Ordering::Relaxed));
         if renewed > self.lease_ttl.as_millis() as u64 {
             return Err(format!(
@@ -355,7 +372,11 @@ mod tests {
 
     #[test]
     fn an_outage_is_alive_a_wedged_stage_is_not() {
-        let health = Health::new(Duration::from_secs(30), Duration::from_secs(40));
+        let health = Health::new(
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+            Duration::from_secs(40),
+        );
         health.lease_renewed();
         assert!(health.alive().is_ok());
         assert!(health.ready().is_ok());
@@ -373,6 +394,16 @@ mod tests {
         assert!(health.alive().unwrap_err().contains("while Redis answers"));
         health.call_ended(Stage::Claim, Ok(()));
         assert!(health.alive().is_ok());
+        // A call outstanding past its deadline: not ready at once, not yet dead.
+        health.call_started(Stage::Heartbeat);
+        health
+            .stage(Stage::Heartbeat)
+            .busy_since
+            .store(ago(6_000), Ordering::Relaxed);
+        assert!(health.alive().is_ok());
+        assert!(health.ready().unwrap_err().contains("has not returned"));
+        health.call_ended(Stage::Heartbeat, Ok(()));
+        assert!(health.ready().is_ok());
         // A call that never returns.
         health.call_started(Stage::Ack);
         health

@@ -76,8 +76,9 @@ struct ReasonLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClassLabel {
+struct StatusLabels {
     class: &'static str,
+    code: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -102,6 +103,133 @@ pub fn status_class(status: Option<u16>) -> &'static str {
     }
 }
 
+/// The statuses counted on their own in the `code` label: those the relay treats apart
+/// (413 splits, the default no-retry statuses, a cookie bounce's 302) and those a
+/// collector or a proxy in front of it commonly answers. Any other status is `other`,
+/// so the label's values stay a fixed, small set.
+const NOTABLE_STATUSES: [(u16, &str); 15] = [
+    (200, "200"),
+    (302, "302"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (408, "408"),
+    (410, "410"),
+    (413, "413"),
+    (422, "422"),
+    (429, "429"),
+    (500, "500"),
+    (502, "502"),
+    (503, "503"),
+    (504, "504"),
+];
+
+/// The `class` and `code` labels of one collector request's outcome.
+fn status_labels(status: Option<u16>) -> StatusLabels {
+    let code = match status {
+        None => "none",
+        Some(status) => NOTABLE_STATUSES
+            .iter()
+            .find(|(notable, _)| *notable == status)
+            .map_or("other", |(_, code)| code),
+    };
+    StatusLabels {
+        class: status_class(status),
+        code,
+    }
+}
+
+/// Every `class`/`code` pair that can occur, so each exists from start-up at 0.
+fn every_status_labels() -> impl Iterator<Item = StatusLabels> {
+    let notable = NOTABLE_STATUSES
+        .iter()
+        .map(|(status, _)| status_labels(Some(*status)));
+    let others = [Some(299), Some(399), Some(499), Some(599), Some(600), None]
+        .into_iter()
+        .map(status_labels);
+    notable.chain(others)
+}
+
+/// The Redis calls counted in `redis_errors_total{operation}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RedisOperation {
+    /// Connecting and registering at start-up or after a lost lease.
+    Connect,
+    /// Claiming events.
+    Claim,
+    /// Waiting for events in an empty list.
+    Wait,
+    /// Acknowledging (and parking, and dead-lettering) resolved events.
+    Ack,
+    /// Settling parked events.
+    Settle,
+    /// Renewing the lease (and recovering dead relays' events).
+    Heartbeat,
+    /// Sampling list lengths.
+    Sample,
+}
+
+impl RedisOperation {
+    /// Every operation, for a scrape that shows zeros.
+    pub const ALL: [RedisOperation; 7] = [
+        RedisOperation::Connect,
+        RedisOperation::Claim,
+        RedisOperation::Wait,
+        RedisOperation::Ack,
+        RedisOperation::Settle,
+        RedisOperation::Heartbeat,
+        RedisOperation::Sample,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisOperation::Connect => "connect",
+            RedisOperation::Claim => "claim",
+            RedisOperation::Wait => "wait",
+            RedisOperation::Ack => "ack",
+            RedisOperation::Settle => "settle",
+            RedisOperation::Heartbeat => "heartbeat",
+            RedisOperation::Sample => "sample",
+        }
+    }
+}
+
+/// The `Content-Type` of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Which text format a scrape gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4: the default, what `promtool check metrics` and
+    /// every scraper read.
+    Prometheus,
+    /// OpenMetrics 1.0, for a scraper whose `Accept` asks for it.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for: OpenMetrics when it names
+    /// `application/openmetrics-text` (Prometheus sends that first when it can read
+    /// it), else the Prometheus text format.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(accept) if accept.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    /// The response's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+        }
+    }
+}
+
 /// Every metric of one relay process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -113,7 +241,8 @@ pub struct Metrics {
     events_redelivered: Counter,
     events_parked: Counter,
     parked_events: Gauge,
-    requests: Family<ClassLabel, Counter>,
+    requests: Family<StatusLabels, Counter>,
+    request_bytes: Counter,
     request_duration: Histogram,
     retries: Counter,
     events_in_flight: Gauge,
@@ -149,6 +278,7 @@ impl Metrics {
             events_parked: Counter::default(),
             parked_events: Gauge::default(),
             requests: Family::default(),
+            request_bytes: Counter::default(),
             request_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             retries: Counter::default(),
             events_in_flight: Gauge::default(),
@@ -206,8 +336,19 @@ impl Metrics {
         );
         registry.register(
             "requests",
-            "Collector requests, by outcome class (2xx, 3xx, 4xx, 5xx, transport_error)",
+            "Collector requests, by outcome class (2xx, 3xx, 4xx, 5xx, other, \
+             transport_error) and status code (the notable ones; any other is other, none \
+             without an answer)",
             m.requests.clone(),
+        );
+        for labels in every_status_labels() {
+            let _ = m.requests.get_or_create(&labels);
+        }
+        registry.register_with_unit(
+            "request",
+            "Bytes sent to the collector: POST bodies and GET request URLs",
+            prometheus_client::registry::Unit::Bytes,
+            m.request_bytes.clone(),
         );
         registry.register_with_unit(
             "request_duration",
@@ -221,7 +362,7 @@ impl Metrics {
             m.retries.clone(),
         );
         registry.register(
-            "events_in_flight",
+            "in_flight_events",
             "Events claimed and not yet acknowledged",
             m.events_in_flight.clone(),
         );
@@ -257,6 +398,11 @@ impl Metrics {
             "Failed Redis calls, by operation; each is retried on a re-established connection",
             m.redis_errors.clone(),
         );
+        for operation in RedisOperation::ALL {
+            let _ = m.redis_errors.get_or_create(&OperationLabel {
+                operation: operation.as_str(),
+            });
+        }
         registry.register(
             "lease_renewals",
             "Lease renewals (heartbeats)",
@@ -285,11 +431,18 @@ impl Metrics {
         }
     }
 
-    /// The metrics in the OpenMetrics text format (which Prometheus scrapes).
-    pub fn encode(&self) -> String {
+    /// The metrics in `format`.
+    pub fn encode(&self, format: Format) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+        };
         out
     }
 
@@ -351,13 +504,11 @@ impl Metrics {
         self.events_redelivered.inc_by(count);
     }
 
-    /// One collector request ended with `status` (`None`: no answer) after `seconds`.
-    pub fn request(&self, status: Option<u16>, seconds: f64, events: usize) {
-        self.requests
-            .get_or_create(&ClassLabel {
-                class: status_class(status),
-            })
-            .inc();
+    /// One collector request of `bytes` ended with `status` (`None`: no answer) after
+    /// `seconds`.
+    pub fn request(&self, status: Option<u16>, seconds: f64, events: usize, bytes: u64) {
+        self.requests.get_or_create(&status_labels(status)).inc();
+        self.request_bytes.inc_by(bytes);
         self.request_duration.observe(seconds);
         self.batch_events.observe(events as f64);
     }
@@ -368,9 +519,11 @@ impl Metrics {
     }
 
     /// A Redis call for `operation` failed.
-    pub fn redis_error(&self, operation: &'static str) {
+    pub fn redis_error(&self, operation: RedisOperation) {
         self.redis_errors
-            .get_or_create(&OperationLabel { operation })
+            .get_or_create(&OperationLabel {
+                operation: operation.as_str(),
+            })
             .inc();
     }
 
@@ -438,26 +591,53 @@ mod tests {
 
     #[test]
     fn names_follow_prometheus_conventions_and_the_summary_adds_up() {
+        assert_eq!(Format::from_accept(None), Format::Prometheus);
+        assert_eq!(
+            Format::from_accept(Some("text/plain;version=0.0.4;q=0.5,*/*;q=0.1")),
+            Format::Prometheus
+        );
+        assert_eq!(
+            Format::from_accept(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
         let metrics = Metrics::new();
         metrics.claimed(10, 1000);
         metrics.delivered(7);
         metrics.dead_lettered(DeadReason::Malformed, 2);
         metrics.dead_lettered(DeadReason::Rejected, 1);
-        metrics.request(Some(200), 0.01, 7);
-        let text = metrics.encode();
+        metrics.request(Some(200), 0.01, 7, 700);
+        metrics.request(Some(413), 0.01, 7, 900);
+        metrics.request(Some(418), 0.01, 1, 100);
+        metrics.redis_error(RedisOperation::Claim);
+        let text = metrics.encode(Format::Prometheus);
         for line in [
+            "# HELP snowplow_relay_events_claimed_total Events claimed",
+            "# TYPE snowplow_relay_events_claimed_total counter",
             "snowplow_relay_events_claimed_total 10",
             "snowplow_relay_events_delivered_total 7",
             "snowplow_relay_events_dead_lettered_total{reason=\"malformed\"} 2",
             "snowplow_relay_events_dead_lettered_total{reason=\"oversized\"} 0",
-            "snowplow_relay_requests_total{class=\"2xx\"} 1",
-            "snowplow_relay_events_in_flight 10",
+            "snowplow_relay_requests_total{class=\"2xx\",code=\"200\"} 1",
+            "snowplow_relay_requests_total{class=\"4xx\",code=\"413\"} 1",
+            "snowplow_relay_requests_total{class=\"4xx\",code=\"other\"} 1",
+            "snowplow_relay_requests_total{class=\"5xx\",code=\"503\"} 0",
+            "snowplow_relay_requests_total{class=\"transport_error\",code=\"none\"} 0",
+            "snowplow_relay_request_bytes_total 1700",
+            "snowplow_relay_redis_errors_total{operation=\"claim\"} 1",
+            "snowplow_relay_redis_errors_total{operation=\"heartbeat\"} 0",
+            "snowplow_relay_in_flight_events 10",
             "snowplow_relay_in_flight_bytes 1000",
             "snowplow_relay_build_info{version=\"",
         ] {
             assert!(text.contains(line), "`{line}` missing from\n{text}");
         }
         assert!(text.contains("snowplow_relay_request_duration_seconds_bucket"));
+        assert!(!text.contains("# EOF"), "0.0.4 has no EOF marker");
+        let open = metrics.encode(Format::OpenMetrics);
+        assert!(open.contains("# TYPE snowplow_relay_events_claimed counter"));
+        assert!(open.ends_with("# EOF\n"));
         let summary = metrics.summary();
         assert_eq!(summary.dead_lettered, 3);
         assert_eq!(summary.delivered, 7);

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{ParkedEvent, Resolution, Shared, Unsettled, unreleased};
 use crate::ops::health::Stage;
-use crate::ops::metrics::DeadReason;
+use crate::ops::metrics::{DeadReason, RedisOperation};
 use crate::queue::{Entry, Parked, QueueError};
 use snowplow_relay_tracker::retry::{self, Retry};
 
@@ -219,7 +219,7 @@ impl Acker {
                             shared.lifecycle.lost_instance();
                             return Err(error);
                         }
-                        shared.metrics.redis_error("ack");
+                        shared.metrics.redis_error(RedisOperation::Ack);
                         tracing::warn!(
                             %error,
                             attempt = retry.failures() + 1,

@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{Claimed, Shared};
 use crate::ops::health::Stage;
-use crate::ops::metrics::DeadReason;
+use crate::ops::metrics::{DeadReason, RedisOperation};
 use crate::queue::{BlockingConnection, QueueError};
 use snowplow_relay_tracker::retry::{self, Retry};
 
@@ -241,7 +241,7 @@ impl Claimer {
     }
 
     fn claim_failed(&mut self, error: &QueueError) {
-        self.shared.metrics.redis_error("claim");
+        self.shared.metrics.redis_error(RedisOperation::Claim);
         let dropped =
             matches!(error, QueueError::Redis(e) if e.is_connection_dropped() || e.is_io_error());
         let floor = self.max_element_bytes;
@@ -291,7 +291,7 @@ impl Claimer {
             }
             Err(error) => {
                 self.blocking = None;
-                shared.metrics.redis_error("wait");
+                shared.metrics.redis_error(RedisOperation::Wait);
                 tracing::warn!(
                     %error,
                     attempt = self.waits.failures() + 1,

@@ -14,7 +14,7 @@ use super::{Sender, Services};
 use crate::config::{self, Config, Settings};
 use crate::error::Error;
 use crate::ops::health::Health;
-use crate::ops::metrics::{Metrics, Summary};
+use crate::ops::metrics::{Metrics, RedisOperation, Summary};
 use crate::ops::{admin, notify};
 use crate::queue::{self, Queue, QueueError};
 
@@ -126,6 +126,7 @@ pub async fn run_with_controls(
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(
         config.redis.lease_ttl,
+        config.redis.command_timeout,
         Health::stuck_after_for(
             config.redis.lease_ttl,
             config.collector.backoff.max,
@@ -294,7 +295,7 @@ async fn connect(config: &Settings, metrics: &Metrics, health: &Health) -> Resul
             Err(other) => return Err(other),
         };
         let delay = retry.failed();
-        metrics.redis_error("connect");
+        metrics.redis_error(RedisOperation::Connect);
         health.set_status(format!(
             "waiting for Redis at {url}: attempt {}, {}",
             retry.failures(),

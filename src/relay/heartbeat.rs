@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use crate::ops::health::Stage;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, RedisOperation};
 use crate::queue::{Queue, QueueError};
 use snowplow_relay_tracker::retry::{self, Retry};
 
@@ -68,7 +68,7 @@ impl Heartbeat {
                     shared
                         .health
                         .call_ended(Stage::Heartbeat, Err(error.kind()));
-                    shared.metrics.redis_error("heartbeat");
+                    shared.metrics.redis_error(RedisOperation::Heartbeat);
                     let delay = retry.failed();
                     tracing::warn!(%error, attempt = retry.failures(), "cannot renew the lease; retrying");
                     if Instant::now() + delay >= until {
@@ -98,7 +98,7 @@ pub(super) async fn sample(shared: Arc<Shared>) {
                 });
                 shared.metrics.sampled(sample.list, sample.dead, age);
             }
-            Err(_) => shared.metrics.redis_error("sample"),
+            Err(_) => shared.metrics.redis_error(RedisOperation::Sample),
         }
         if memory_readable {
             match shared.queue.memory().await {

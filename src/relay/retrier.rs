@@ -19,7 +19,7 @@ use super::{ParkedEvent, Shared, Unsettled};
 use snowplow_relay_tracker::protocol::{Batch, Element};
 
 use crate::ops::health::Stage;
-use crate::ops::metrics::DeadReason;
+use crate::ops::metrics::{DeadReason, RedisOperation};
 use crate::queue::QueueError;
 use snowplow_relay_tracker::http::Attempt;
 use snowplow_relay_tracker::retry::{self, Backoff, Retry};
@@ -254,7 +254,7 @@ impl Retrier {
             }
             Err(error) => {
                 shared.health.call_ended(Stage::Settle, Err(error.kind()));
-                shared.metrics.redis_error("settle");
+                shared.metrics.redis_error(RedisOperation::Settle);
                 tracing::warn!(%error, "cannot remove settled events from the retry list; retrying");
                 self.settle_at = Some(Instant::now() + self.settles.failed());
                 Ok(())

@@ -347,8 +347,12 @@ impl Sender {
     pub async fn attempt(&self, batch: &Batch) -> Attempt {
         let report = self.client.attempt(batch).await;
         if report.seconds > 0.0 {
-            self.metrics
-                .request(report.status, report.seconds, batch.len());
+            self.metrics.request(
+                report.status,
+                report.seconds,
+                batch.len(),
+                report.bytes_sent,
+            );
         }
         if let Attempt::Delivered = report.attempt {
             self.successes.fetch_add(1, Ordering::Relaxed);

@@ -111,6 +111,8 @@ pub struct Report {
     pub status: Option<u16>,
     /// Seconds from sending to the answer (0 when no request was made).
     pub seconds: f64,
+    /// Bytes sent: the POST body or the GET request URL, twice after a cookie bounce.
+    pub bytes_sent: u64,
 }
 
 /// How to reach a collector.
@@ -241,7 +243,8 @@ impl Client {
     /// One attempt to send `batch`, with a fresh `stm`.
     pub async fn attempt(&self, batch: &Batch) -> Report {
         let started = Instant::now();
-        let (result, status) = match self.request(batch).await {
+        let mut bytes_sent = 0;
+        let (result, status) = match self.request(batch, &mut bytes_sent).await {
             Ok(()) => (Attempt::Delivered, Some(200)),
             Err(Failure::Unsendable(reason)) => (
                 Attempt::Rejected {
@@ -279,10 +282,11 @@ impl Client {
             attempt: result,
             status,
             seconds: started.elapsed().as_secs_f64(),
+            bytes_sent,
         }
     }
 
-    async fn request(&self, batch: &Batch) -> Result<(), Failure> {
+    async fn request(&self, batch: &Batch, bytes_sent: &mut u64) -> Result<(), Failure> {
         let stm = epoch_millis();
         let mut url = self.url.clone();
         let body = match self.method {
@@ -309,7 +313,7 @@ impl Client {
                 None
             }
         };
-        let mut response = self.send(&url, body.clone()).await?;
+        let mut response = self.send(&url, body.clone(), bytes_sent).await?;
         // A collector with cookie bounce answers a request without its cookie with a
         // redirect to the same URL plus its bounce parameter: followed once, with the
         // same method and body. Any other redirect is an error.
@@ -317,7 +321,7 @@ impl Client {
             && let Some(bounced) = location(&response).and_then(|to| cookie_bounce(&url, to))
         {
             tracing::debug!("collector bounced the request for its cookie; sending it again once");
-            response = self.send(&bounced, body).await?;
+            response = self.send(&bounced, body, bytes_sent).await?;
         }
         let status = response.status().as_u16();
         if response.status().is_redirection() {
@@ -340,12 +344,15 @@ impl Client {
             _ => Err(Failure::Attempt(AttemptError::Status(status))),
         }
     }
-    /// Sends one request to `url`: a POST with `body`, or a GET.
+    /// Sends one request to `url`: a POST with `body`, or a GET; adds what it sends to
+    /// `bytes_sent`.
     async fn send(
         &self,
         url: &Url,
         body: Option<bytes::Bytes>,
+        bytes_sent: &mut u64,
     ) -> Result<reqwest::Response, Failure> {
+        *bytes_sent += body.as_ref().map_or(url.as_str().len(), bytes::Bytes::len) as u64;
         let request = match body {
             Some(body) => self
                 .client
