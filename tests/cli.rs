@@ -271,3 +271,59 @@ fn the_image_and_the_unit_set_no_setting_by_environment_so_the_operators_file_wi
         "{stdout}"
     );
 }
+
+#[test]
+fn the_config_variable_quiet_checks_and_flags_per_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(
+        &file,
+        "[collector]\nurl = \"https://c.example.com\"\n[worker]\nthreads = 2\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    // SNOWPLOW_RELAY_CONFIG names the file, as VECTOR_CONFIG does for Vector.
+    let output = run_bin(&["check"], &[("SNOWPLOW_RELAY_CONFIG", file)]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains(&format!("threads = 2  # file {file}")),
+        "{stdout}"
+    );
+    // Unattended (the unit's ExecStartPre/ExecReload): nothing on success...
+    let output = run_bin(&["check", "--quiet"], &[("SNOWPLOW_RELAY_CONFIG", file)]);
+    assert!(output.status.success());
+    assert!(
+        output.stdout.is_empty() && output.stderr.is_empty(),
+        "{output:?}"
+    );
+    // ... and the error, naming the key, on failure.
+    let output = run_bin(
+        &["check", "--quiet"],
+        &[
+            ("SNOWPLOW_RELAY_CONFIG", file),
+            ("SNOWPLOW_RELAY_WORKER__THREADS", "0"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("worker.threads"));
+    // A subcommand lists only the flags it uses.
+    let help = run_bin(&["healthcheck", "--help"], &[]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--admin-listen") && help.contains("--ready"),
+        "{help}"
+    );
+    for unused in ["--collector", "--redis-url", "--key", "--buffer-size"] {
+        assert!(
+            !help.contains(unused),
+            "healthcheck lists {unused}:\n{help}"
+        );
+    }
+    let help = run_bin(&["dead-letter", "--help"], &[]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--redis-url") && !help.contains("--collector"),
+        "{help}"
+    );
+}
