@@ -25,7 +25,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::wire::{STM_ITEM_BYTES, form_encode};
-use super::{REQUIRED_FIELDS, payload_data_index, shorten};
+use super::{REQUIRED_FIELDS, REQUIRED_MASK, payload_data_index, shorten};
 
 /// How strictly [`Element::parse`] checks an element; it depends on how it will be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,12 +249,12 @@ impl Element {
                 return Err(BadElement::UndecodableString(shorten(name)));
             }
         }
-        for required in REQUIRED_FIELDS {
-            let index =
-                payload_data_index(required).expect("required fields are payload_data fields");
-            if sent & (1 << index) == 0 {
-                return Err(BadElement::MissingField(required));
-            }
+        if sent & REQUIRED_MASK != REQUIRED_MASK {
+            let missing = REQUIRED_FIELDS
+                .iter()
+                .find(|name| payload_data_index(name).is_some_and(|i| sent & (1 << i) == 0))
+                .expect("a required field is missing");
+            return Err(BadElement::MissingField(missing));
         }
         Ok(())
     }
@@ -647,6 +647,25 @@ mod tests {
             "stm ",
         ] {
             assert_eq!(payload_data_index(other), None, "{other:?}");
+        }
+        let required: u128 = REQUIRED_FIELDS
+            .iter()
+            .map(|name| 1 << payload_data_index(name).unwrap())
+            .sum();
+        assert_eq!(REQUIRED_MASK, required);
+        assert_eq!(REQUIRED_MASK.count_ones() as usize, REQUIRED_FIELDS.len());
+        for missing in REQUIRED_FIELDS {
+            let others: Vec<String> = REQUIRED_FIELDS
+                .iter()
+                .filter(|name| *name != missing)
+                .map(|name| format!("\"{name}\":\"x\""))
+                .collect();
+            let element = format!("{{{}}}", others.join(","));
+            let parsed = Element::parse(Bytes::from(element), STRICT);
+            assert!(
+                matches!(parsed, Err(BadElement::MissingField(name)) if name == *missing),
+                "{missing}: {parsed:?}"
+            );
         }
     }
 

@@ -72,6 +72,28 @@ pub(crate) fn payload_data_index(name: &str) -> Option<usize> {
 /// The fields `payload_data` 1-0-4 requires in every event.
 pub const REQUIRED_FIELDS: &[&str] = &["e", "p", "tv"];
 
+/// One bit per [`REQUIRED_FIELDS`] entry, at its index in [`PAYLOAD_DATA_FIELDS`]:
+/// computed once, at compile time, so the check per event is one mask.
+pub(crate) const REQUIRED_MASK: u128 = {
+    let mut mask = 0u128;
+    let mut r = 0;
+    while r < REQUIRED_FIELDS.len() {
+        let Some(wanted) = pack(REQUIRED_FIELDS[r].as_bytes()) else {
+            panic!("required field names are at most 8 bytes");
+        };
+        let mut i = 0;
+        while i < PACKED_FIELDS.len() && PACKED_FIELDS[i] != wanted {
+            i += 1;
+        }
+        if i == PACKED_FIELDS.len() {
+            panic!("required fields are payload_data fields");
+        }
+        mask |= 1 << i;
+        r += 1;
+    }
+    mask
+};
+
 /// The self-describing schema of a POST body.
 pub const PAYLOAD_DATA_SCHEMA: &str =
     "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4";
