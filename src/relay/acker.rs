@@ -16,30 +16,36 @@ use crate::ops::metrics::{DeadReason, RedisOperation};
 use crate::queue::{Entry, Parked, QueueError};
 use snowplow_relay_tracker::retry::{self, Retry};
 
-/// The fate of one claimed event.
+/// The fate of one claimed event. Sixteen bytes: the rare outcomes are boxed, so the
+/// window of delivered events (one slot per event) stays small to move and drop.
 #[derive(Debug)]
 enum Slot {
     Pending,
-    Delivered {
-        bytes: usize,
-    },
-    Dead {
-        bytes: usize,
-        meta: Arc<[u8]>,
-        reason: DeadReason,
-    },
-    Parked {
-        event: ParkedEvent,
-        meta: Vec<u8>,
-    },
+    Delivered { bytes: usize },
+    Dead(Box<DeadSlot>),
+    Parked(Box<ParkedSlot>),
+}
+
+#[derive(Debug)]
+struct DeadSlot {
+    bytes: usize,
+    meta: Arc<[u8]>,
+    reason: DeadReason,
+}
+
+#[derive(Debug)]
+struct ParkedSlot {
+    event: ParkedEvent,
+    meta: Vec<u8>,
 }
 
 impl Slot {
     fn bytes(&self) -> usize {
         match self {
             Slot::Pending => 0,
-            Slot::Delivered { bytes } | Slot::Dead { bytes, .. } => *bytes,
-            Slot::Parked { event, .. } => event.element.len(),
+            Slot::Delivered { bytes } => *bytes,
+            Slot::Dead(dead) => dead.bytes,
+            Slot::Parked(parked) => parked.event.element.len(),
         }
     }
 }
@@ -82,11 +88,11 @@ impl Window {
                     let meta = meta.clone();
                     self.set(
                         position,
-                        Slot::Dead {
+                        Slot::Dead(Box::new(DeadSlot {
                             bytes,
                             meta,
                             reason,
-                        },
+                        })),
                     );
                 }
             }
@@ -102,7 +108,10 @@ impl Window {
                         relay: instance.to_owned(),
                     }
                     .meta_line();
-                    self.set(event.position, Slot::Parked { event, meta });
+                    self.set(
+                        event.position,
+                        Slot::Parked(Box::new(ParkedSlot { event, meta })),
+                    );
                 }
             }
         }
@@ -123,8 +132,8 @@ impl Window {
             .take(count)
             .zip(self.start..)
             .filter_map(|(slot, position)| match slot {
-                Slot::Dead { meta, .. } => Some((position, Entry::Dead(meta))),
-                Slot::Parked { meta, .. } => Some((position, Entry::Parked(meta))),
+                Slot::Dead(dead) => Some((position, Entry::Dead(&dead.meta))),
+                Slot::Parked(parked) => Some((position, Entry::Parked(&parked.meta))),
                 _ => None,
             })
             .collect()
@@ -143,14 +152,14 @@ impl Window {
         let mut parked = 0;
         for slot in self.slots.drain(..count) {
             match slot {
-                Slot::Parked { event, .. } => {
+                Slot::Parked(slot) => {
                     parked += 1;
                     // The retrier holds its bytes from here on.
-                    let _ = parked_tx.send(event);
+                    let _ = parked_tx.send(slot.event);
                 }
-                Slot::Dead { reason, .. } => {
-                    shared.metrics.dead_lettered(reason, 1);
-                    bytes += slot.bytes();
+                Slot::Dead(dead) => {
+                    shared.metrics.dead_lettered(dead.reason, 1);
+                    bytes += dead.bytes;
                 }
                 other => bytes += other.bytes(),
             }
@@ -260,14 +269,14 @@ pub(super) async fn release(
     let resolved: Vec<bool> = window
         .slots
         .iter()
-        .map(|slot| matches!(slot, Slot::Delivered { .. } | Slot::Dead { .. }))
+        .map(|slot| matches!(slot, Slot::Delivered { .. } | Slot::Dead(_)))
         .collect();
     let mut dead: Vec<(u64, &[u8])> = window
         .slots
         .iter()
         .zip(window.start..)
         .filter_map(|(slot, position)| match slot {
-            Slot::Dead { meta, .. } => Some((position, &meta[..])),
+            Slot::Dead(dead) => Some((position, &dead.meta[..])),
             _ => None,
         })
         .collect();
@@ -303,8 +312,8 @@ pub(super) async fn release(
                     );
                 } else {
                     for slot in &window.slots {
-                        if let Slot::Dead { reason, .. } = slot {
-                            shared.metrics.dead_lettered(*reason, 1);
+                        if let Slot::Dead(dead) = slot {
+                            shared.metrics.dead_lettered(dead.reason, 1);
                         }
                     }
                     for (_, _, reason) in &unsettled.dead {
@@ -339,6 +348,15 @@ pub(super) async fn release(
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn a_slot_is_two_words() {
+        // One slot per claimed event is moved and dropped on every acknowledgement.
+        assert_eq!(
+            std::mem::size_of::<Slot>(),
+            2 * std::mem::size_of::<usize>()
+        );
+    }
 
     #[test]
     fn the_window_acknowledges_only_the_resolved_prefix() {

@@ -313,15 +313,16 @@ impl Client {
                 None
             }
         };
-        let mut response = self.send(&url, body.clone(), bytes_sent).await?;
+        let mut response = self.send(url, body.clone(), bytes_sent).await?;
         // A collector with cookie bounce answers a request without its cookie with a
         // redirect to the same URL plus its bounce parameter: followed once, with the
         // same method and body. Any other redirect is an error.
         if response.status().is_redirection()
-            && let Some(bounced) = location(&response).and_then(|to| cookie_bounce(&url, to))
+            && let Some(bounced) =
+                location(&response).and_then(|to| cookie_bounce(response.url(), to))
         {
             tracing::debug!("collector bounced the request for its cookie; sending it again once");
-            response = self.send(&bounced, body, bytes_sent).await?;
+            response = self.send(bounced, body, bytes_sent).await?;
         }
         let status = response.status().as_u16();
         if response.status().is_redirection() {
@@ -348,7 +349,7 @@ impl Client {
     /// `bytes_sent`.
     async fn send(
         &self,
-        url: &Url,
+        url: Url,
         body: Option<bytes::Bytes>,
         bytes_sent: &mut u64,
     ) -> Result<reqwest::Response, Failure> {
@@ -356,10 +357,10 @@ impl Client {
         let request = match body {
             Some(body) => self
                 .client
-                .post(url.clone())
+                .post(url)
                 .header(CONTENT_TYPE, "application/json; charset=utf-8")
                 .body(body),
-            None => self.client.get(url.clone()),
+            None => self.client.get(url),
         };
         request
             .send()
