@@ -36,6 +36,28 @@ async fn sigint_and_sigquit_stop_gracefully_like_sigterm() {
 }
 
 #[tokio::test]
+async fn a_stop_while_redis_is_down_is_clean_when_the_relay_holds_nothing() {
+    // Before: exit 1 ("could not return undelivered events"), so systemd recorded a
+    // failure for a relay that held nothing.
+    let (mut redis, collector) = setup(always(200)).await;
+    redis.rpush(LIST, &numbered_events(100));
+    let child = relay(&redis.url(), &collector.url(), &[]);
+    collector.until_exactly_delivered(100, 20).await;
+    wait_until("everything acknowledged", 10, async || {
+        let held: usize = instances(&redis)
+            .iter()
+            .map(|id| redis.llen(&format!("{{snowplow}}:inflight:{id}")))
+            .sum();
+        held == 0
+    })
+    .await;
+    redis.kill();
+    let Finished { status, log, .. } = child.stop(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("held no event"), "{log}");
+}
+
+#[tokio::test]
 async fn a_frozen_redis_cannot_hold_up_shutdown_and_nothing_is_lost() {
     // Before: drain + uncancellable claim/ack + 5 release attempts of ~5 s each.
     let (redis, collector) = setup(always(200)).await;
@@ -442,6 +464,17 @@ async fn systemd_hears_ready_only_once_registered_then_status_watchdog_and_stopp
     wait_until("READY once registered", 40, async || seen("READY=1")).await;
     assert_eq!(instances(&redis).len(), 1, "READY came after registration");
     wait_until("relaying status", 5, async || seen("STATUS=relaying")).await;
+    // The waiting status said where and how it failed.
+    assert!(seen("attempt "), "{:?}", messages.lock().unwrap());
+    // A failing collector shows in STATUS= as in /readyz (before: "relaying" alone).
+    collector.respond_with(always(503));
+    redis.rpush(LIST, &numbered_events(200));
+    wait_until("failing collector in STATUS", 20, async || {
+        seen("STATUS=relaying; not ready: collector requests failing")
+    })
+    .await;
+    collector.respond_with(always(200));
+    collector.until_distinct(200, 40).await;
     child.stop_cleanly().await;
     wait_until("STOPPING", 2, async || seen("STOPPING=1")).await;
     let log = messages.lock().unwrap().clone();

@@ -230,11 +230,18 @@ impl Health {
         }
     }
 
-    /// What the relay is doing, and what is failing: the one-line `STATUS=`.
+    /// What the relay is doing and, when it is not ready, why (the words `/readyz`
+    /// answers): the one-line `STATUS=`.
     pub fn status(&self) -> String {
         let mut status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
-        if let Err(why) = self.failing() {
-            status.push_str("; ");
+        let stopping = self.stopping.load(Ordering::Relaxed);
+        let registered = self.registered.load(Ordering::Relaxed);
+        // Before registration the status itself says what the relay waits for.
+        if !stopping
+            && registered
+            && let Err(why) = self.ready()
+        {
+            status.push_str("; not ready: ");
             status.push_str(&why);
         }
         status

@@ -489,6 +489,11 @@ impl Metrics {
         self.parked_events.inc_by(count as i64);
     }
 
+    /// Events in this relay's retry list now.
+    pub fn parked_now(&self) -> i64 {
+        self.parked_events.get()
+    }
+
     /// `count` parked events were delivered or dead-lettered.
     pub fn unparked(&self, count: u64) {
         self.parked_events.dec_by(count as i64);

@@ -59,6 +59,11 @@ pub(super) struct Window {
 }
 
 impl Window {
+    /// No claimed event is waiting for its acknowledgement.
+    pub(super) fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     fn set(&mut self, position: u64, slot: Slot) {
         // Every position is resolved once, and only resolved positions are acknowledged.
         debug_assert!(position >= self.start, "position {position} resolved twice");

@@ -332,6 +332,10 @@ async fn return_what_is_held(
         (&tasks.window, tasks.position, needs_new_instance)
     {
         let unsettled = tasks.unsettled.take().flatten().unwrap_or_default();
+        let holds_nothing = window.is_empty()
+            && unsettled.delivered.is_empty()
+            && unsettled.dead.is_empty()
+            && shared.metrics.parked_now() == 0;
         let budget = if forced {
             FORCED_RELEASE_BUDGET
         } else {
@@ -349,8 +353,18 @@ async fn return_what_is_held(
                     .unwrap_or_else(|_| Err(unreleased(&shared.queue, "second signal".into())))
             }
         };
-        if let Err(error) = released {
-            fatal.get_or_insert(error);
+        match released {
+            // Redis down at a stop, and nothing to return: a clean stop. Only the
+            // registration is left in Redis, and it expires with the lease.
+            Err(error) if holds_nothing && fatal.is_none() => tracing::warn!(
+                %error,
+                "could not deregister from Redis; this relay held no event, so nothing waits \
+                 for its lease to expire"
+            ),
+            Err(error) => {
+                fatal.get_or_insert(error);
+            }
+            Ok(()) => {}
         }
     }
     if needs_new_instance {
