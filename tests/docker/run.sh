@@ -13,42 +13,23 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 skip() { echo "docker test skipped: $*"; exit 77; }
 
-export DEBIAN_FRONTEND=noninteractive
-need=()
-command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
-command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-    || skip "cannot install ${need[*]}"
-fi
+source tests/docker/lib.sh
+need_docker_tools
 
 work=$(mktemp -d /tmp/relay-docker.XXXXXX)
-sock="$work/docker.sock"
-export DOCKER_HOST="unix://$sock"
 cleanup() {
   set +e
   docker rm -f relay-under-test >/dev/null 2>&1
-  [ -f "$work/dockerd.pid" ] && kill "$(cat "$work/dockerd.pid")" 2>/dev/null && sleep 1
+  stop_dockerd
   [ -n "${redis_pid:-}" ] && kill "$redis_pid" 2>/dev/null
   [ -n "${collector_pid:-}" ] && kill "$collector_pid" 2>/dev/null
   rm -rf "$work" 2>/dev/null || true
 }
 trap cleanup EXIT
 
-dockerd --storage-driver vfs --data-root "$work/data" --exec-root "$work/exec" \
-  --host "$DOCKER_HOST" --pidfile "$work/dockerd.pid" --bridge none --iptables=false \
-  >"$work/dockerd.log" 2>&1 &
-for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
-docker info >/dev/null 2>&1 || { tail -n 20 "$work/dockerd.log"; skip "dockerd does not start"; }
-
-# The runtime stage's base image, from Debian's own repository.
-mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
-mirror=${mirror:-http://deb.debian.org/debian}
-if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
-  debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
-    || { tail -n 20 "$work/debootstrap.log"; skip "debootstrap failed"; }
-  tar -C "$work/rootfs" -c . | docker import - debian:bookworm-slim >/dev/null
-fi
+start_dockerd
+# The runtime stage's base image.
+import_rootfs debian:bookworm-slim
 
 [ -x target/release/snowplow-relay ] || cargo build --release --locked
 docker build --network host --target runtime-prebuilt \
@@ -57,7 +38,6 @@ docker build --network host --target runtime-prebuilt \
 size=$(docker image inspect snowplow-relay:test --format '{{.Size}}')
 echo "image snowplow-relay:test: $((size / 1000000)) MB"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 redis_port=$(free_port); collector_port=$(free_port); admin_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
 redis_pid=$!

@@ -1,0 +1,48 @@
+# Shared by tests/docker/run.sh and tests/systemd/run.sh (sourced): a private dockerd
+# (vfs storage, socket in $work) and base images made with debootstrap from Debian's
+# own repository (Docker Hub is not reachable here). Callers set `work` and call `skip`.
+
+# Installs dockerd and debootstrap from Debian's packages when missing.
+need_docker_tools() {
+  export DEBIAN_FRONTEND=noninteractive
+  local need=()
+  command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+  command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+      || skip "cannot install ${need[*]}"
+  fi
+}
+
+# Starts a dockerd of this test's own; DOCKER_HOST points at it.
+start_dockerd() {
+  sock="$work/docker.sock"
+  export DOCKER_HOST="unix://$sock"
+  dockerd --storage-driver vfs --data-root "$work/data" --exec-root "$work/exec" \
+    --host "$DOCKER_HOST" --pidfile "$work/dockerd.pid" --bridge none --iptables=false \
+    >"$work/dockerd.log" 2>&1 &
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { tail -n 20 "$work/dockerd.log"; skip "dockerd does not start"; }
+}
+
+stop_dockerd() {
+  [ -f "$work/dockerd.pid" ] && kill "$(cat "$work/dockerd.pid")" 2>/dev/null && sleep 1
+  true
+}
+
+# import_rootfs IMAGE [PACKAGES]: a minbase Debian bookworm (plus PACKAGES, comma-separated)
+# imported as IMAGE, unless it exists.
+import_rootfs() {
+  local image=$1 include=${2:-} mirror
+  docker image inspect "$image" >/dev/null 2>&1 && return 0
+  mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  local rootfs="$work/rootfs-${image//[:\/]/-}"
+  debootstrap --variant=minbase ${include:+--include="$include"} bookworm "$rootfs" "$mirror" \
+    >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log"; skip "debootstrap failed"; }
+  tar -C "$rootfs" -c . | docker import - "$image" >/dev/null
+  rm -rf "$rootfs"
+}
+
+# A free TCP port on 127.0.0.1.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
