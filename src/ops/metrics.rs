@@ -140,17 +140,6 @@ fn status_labels(status: Option<u16>) -> StatusLabels {
     }
 }
 
-/// Every `class`/`code` pair that can occur, so each exists from start-up at 0.
-fn every_status_labels() -> impl Iterator<Item = StatusLabels> {
-    let notable = NOTABLE_STATUSES
-        .iter()
-        .map(|(status, _)| status_labels(Some(*status)));
-    let others = [Some(299), Some(399), Some(499), Some(599), Some(600), None]
-        .into_iter()
-        .map(status_labels);
-    notable.chain(others)
-}
-
 /// The Redis calls counted in `redis_errors_total{operation}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RedisOperation {
@@ -230,6 +219,46 @@ impl Format {
     }
 }
 
+/// The `requests_total` counter of every status, looked up by a match instead of a hash
+/// of the labels on every request (with GET, one request per event).
+#[derive(Debug)]
+struct RequestCounters {
+    notable: [Counter; NOTABLE_STATUSES.len()],
+    /// Any other status, by class: 2xx, 3xx, 4xx, 5xx, other.
+    other: [Counter; 5],
+    no_answer: Counter,
+}
+
+impl RequestCounters {
+    fn new(family: &Family<StatusLabels, Counter>) -> RequestCounters {
+        let counter = |status: Option<u16>| family.get_or_create(&status_labels(status)).clone();
+        RequestCounters {
+            notable: NOTABLE_STATUSES.map(|(status, _)| counter(Some(status))),
+            other: [299, 399, 499, 599, 600].map(|status| counter(Some(status))),
+            no_answer: counter(None),
+        }
+    }
+
+    fn get(&self, status: Option<u16>) -> &Counter {
+        let Some(status) = status else {
+            return &self.no_answer;
+        };
+        match NOTABLE_STATUSES
+            .iter()
+            .position(|(notable, _)| *notable == status)
+        {
+            Some(index) => &self.notable[index],
+            None => match status {
+                200..=299 => &self.other[0],
+                300..=399 => &self.other[1],
+                400..=499 => &self.other[2],
+                500..=599 => &self.other[3],
+                _ => &self.other[4],
+            },
+        }
+    }
+}
+
 /// Every metric of one relay process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -242,6 +271,7 @@ pub struct Metrics {
     events_parked: Counter,
     parked_events: Gauge,
     requests: Family<StatusLabels, Counter>,
+    request_counters: RequestCounters,
     request_bytes: Counter,
     request_duration: Histogram,
     retries: Counter,
@@ -278,6 +308,11 @@ impl Metrics {
             events_parked: Counter::default(),
             parked_events: Gauge::default(),
             requests: Family::default(),
+            request_counters: RequestCounters {
+                notable: Default::default(),
+                other: Default::default(),
+                no_answer: Counter::default(),
+            },
             request_bytes: Counter::default(),
             request_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             retries: Counter::default(),
@@ -341,9 +376,7 @@ impl Metrics {
              without an answer)",
             m.requests.clone(),
         );
-        for labels in every_status_labels() {
-            let _ = m.requests.get_or_create(&labels);
-        }
+        let request_counters = RequestCounters::new(&m.requests);
         registry.register_with_unit(
             "request",
             "Bytes sent to the collector: POST bodies and GET request URLs",
@@ -427,6 +460,7 @@ impl Metrics {
         registry.register("build_info", "The relay's version", build_info);
         Metrics {
             registry: root,
+            request_counters,
             ..metrics
         }
     }
@@ -512,7 +546,7 @@ impl Metrics {
     /// One collector request of `bytes` ended with `status` (`None`: no answer) after
     /// `seconds`.
     pub fn request(&self, status: Option<u16>, seconds: f64, events: usize, bytes: u64) {
-        self.requests.get_or_create(&status_labels(status)).inc();
+        self.request_counters.get(status).inc();
         self.request_bytes.inc_by(bytes);
         self.request_duration.observe(seconds);
         self.batch_events.observe(events as f64);

@@ -4,8 +4,8 @@
 # Builds the `runtime-prebuilt` image from target/release/snowplow-relay on a local
 # debian:bookworm-slim made with debootstrap (Docker Hub is not reachable here), runs it
 # with --network host against a private redis-server and a small collector, pushes
-# events, checks they arrive, checks the process runs as non-root and the health check
-# passes, then `docker stop`s it mid-outage and checks every undelivered event is back
+# events, checks they arrive (read-only root filesystem, no capabilities), checks the
+# process runs as non-root and the health check passes, then `docker stop`s it mid-outage and checks every undelivered event is back
 # in Redis. Starts its own dockerd (vfs storage, socket in a temp dir) and stops it.
 #
 # Usage: tests/docker/run.sh          exit 0 pass, 1 fail, 77 docker cannot run here
@@ -64,7 +64,8 @@ cli() { redis-cli -p "$redis_port" "$@"; }
 # One RPUSH per line; single quotes keep redis-cli from parsing the JSON's quotes.
 push() { for i in $(seq "$1" "$2"); do echo "RPUSH snowplow '{\"e\":\"pv\",\"p\":\"pc\",\"tv\":\"t\",\"eid\":\"e$i\"}'"; done | cli >/dev/null; }
 
-docker run -d --name relay-under-test --network host \
+docker run -d --name relay-under-test --network host --read-only --cap-drop ALL \
+  --security-opt no-new-privileges \
   -e SNOWPLOW_RELAY_REDIS__URL="redis://127.0.0.1:$redis_port" \
   -e SNOWPLOW_RELAY_COLLECTOR__URL="http://127.0.0.1:$collector_port" \
   -e SNOWPLOW_RELAY_ADMIN__LISTEN="127.0.0.1:$admin_port" \

@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# The unit under a real systemd (not part of `cargo test`): boots systemd as PID 1 in a
+# container of this test's own, installs the binary, config and unit exactly as the
+# README's systemd section says, and checks what an operator relies on: a start that
+# waits for Redis, delivery, reload (a bad file refused), a stop during a collector
+# outage that returns every event in order, a clean stop with Redis down, STATUS=
+# following readiness, the watchdog restarting a frozen relay, a bad configuration that
+# fails the unit without a restart loop, and the sandbox (dynamic user, no capabilities,
+# seccomp). Redis and the collector run on the host; the container shares its network.
+#
+# A drop-in makes the watchdog 6 s (90 s in the unit) and a refused system call fatal
+# (SystemCallErrorNumber=kill instead of EPERM), so any denial shows.
+#
+# Usage: tests/systemd/run.sh      exit 0 pass, 1 fail, 77 docker cannot run here
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+skip() { echo "systemd test skipped: $*"; exit 77; }
+source tests/docker/lib.sh
+need_docker_tools
+
+work=$(mktemp -d /tmp/relay-systemd.XXXXXX)
+container=relay-systemd-test
+cleanup() {
+  set +e
+  docker rm -f "$container" >/dev/null 2>&1
+  stop_dockerd
+  [ -n "${redis_pid:-}" ] && kill "$redis_pid" 2>/dev/null
+  [ -n "${collector_pid:-}" ] && kill "$collector_pid" 2>/dev/null
+  rm -rf "$work" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+failures=0
+pass() { echo "PASS: $*"; }
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+in_box() { docker exec "$container" "$@"; }
+prop() { in_box systemctl show -p "$1" --value snowplow-relay; }
+# wait_for SECONDS COMMAND...: true once COMMAND succeeds within SECONDS.
+wait_for() {
+  local limit=$1; shift
+  for _ in $(seq 1 $((limit * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  return 1
+}
+state_is() { [ "$(prop ActiveState)" = "$1" ]; }
+
+start_dockerd
+import_rootfs local/systemd:bookworm systemd,systemd-sysv,dbus,procps
+[ -x target/release/snowplow-relay ] || cargo build --release --locked
+
+# --- Redis and a collector on the host ---
+redis_port=$(free_port); collector_port=$(free_port); admin_port=$(free_port)
+start_redis() {
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+  redis_pid=$!
+  wait_for 10 redis-cli -p "$redis_port" ping
+}
+stop_redis() { kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true; redis_pid=; }
+cli() { redis-cli -p "$redis_port" "$@"; }
+push() { for i in $(seq "$1" "$2"); do echo "RPUSH snowplow '{\"e\":\"pv\",\"p\":\"pc\",\"tv\":\"t\",\"eid\":\"e$i\"}'"; done | cli >/dev/null; }
+# The collector answers 200, or 503 while $work/outage exists; it notes accepted eids.
+python3 - "$collector_port" "$work" <<'PY' &
+import http.server, json, os, sys
+port, work = int(sys.argv[1]), sys.argv[2]
+class C(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        if os.path.exists(os.path.join(work, "outage")):
+            self.send_response(503); self.end_headers(); return
+        with open(os.path.join(work, "received"), "a") as f:
+            for item in json.loads(body)["data"]:
+                f.write(item["eid"] + "\n")
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), C).serve_forever()
+PY
+collector_pid=$!
+touch "$work/received"
+received() { sort -u "$work/received" | wc -l; }
+
+# --- systemd as PID 1 (the recipe from issue 20) ---
+docker run -d --name "$container" --cap-add ALL --cap-drop SYS_RESOURCE \
+  --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+  --security-opt systempaths=unconfined --device-cgroup-rule 'a *:* rwm' \
+  --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
+  --network host -e container=docker --stop-signal SIGRTMIN+3 \
+  local/systemd:bookworm /sbin/init >/dev/null
+booted() { in_box systemctl is-system-running 2>/dev/null | grep -Eq '^(running|degraded)$'; }
+wait_for 60 booted || { docker logs "$container" 2>&1 | tail -n 20; skip "systemd does not boot in a container here"; }
+echo "systemd $(in_box systemctl --version | head -n 1 | cut -d' ' -f2) is PID 1 in the container"
+
+# --- install exactly as the README says ---
+docker exec "$container" mkdir -p /src/target/release /src/config /src/systemd
+docker cp target/release/snowplow-relay "$container:/src/target/release/snowplow-relay"
+docker cp config/snowplow-relay.toml "$container:/src/config/snowplow-relay.toml"
+docker cp systemd/snowplow-relay.service "$container:/src/systemd/snowplow-relay.service"
+in_box sh -ec '
+  cd /src
+  install -m 0755 target/release/snowplow-relay /usr/local/bin/
+  install -d /etc/snowplow-relay && install -m 0644 config/snowplow-relay.toml /etc/snowplow-relay/config.toml
+  install -m 0644 systemd/snowplow-relay.service /etc/systemd/system/'
+# "edit /etc/snowplow-relay/config.toml (collector.url at least)"
+in_box sed -i \
+  -e "s|^# url = \"redis://127.0.0.1:6379\"|url = \"redis://127.0.0.1:$redis_port\"|" \
+  -e "s|^# url = \"https://collector.example.com\"|url = \"http://127.0.0.1:$collector_port\"|" \
+  -e "s|^# listen = \"127.0.0.1:9187\"|listen = \"127.0.0.1:$admin_port\"|" \
+  /etc/snowplow-relay/config.toml
+in_box cp /etc/snowplow-relay/config.toml /etc/snowplow-relay/good.toml
+in_box mkdir -p /etc/systemd/system/snowplow-relay.service.d
+printf '[Service]\nWatchdogSec=6s\nSystemCallErrorNumber=kill\n' >"$work/test.conf"
+docker cp "$work/test.conf" "$container:/etc/systemd/system/snowplow-relay.service.d/test.conf"
+in_box systemctl daemon-reload
+
+# 1. A start waits for Redis, as long as it takes, saying what it waits for.
+[ "$(prop TimeoutStartUSec)" = infinity ] && pass "TimeoutStartSec=infinity" || fail "TimeoutStartUSec=$(prop TimeoutStartUSec)"
+in_box systemctl enable --now --no-block snowplow-relay >/dev/null 2>&1
+sleep 5
+status=$(prop StatusText)
+if state_is activating && [[ "$status" == *"waiting for Redis at"*"attempt"* ]]; then
+  pass "Redis down: the start waits in activating; STATUS=$status"
+else
+  fail "Redis down: state $(prop ActiveState), STATUS=$status"
+fi
+start_redis
+if wait_for 40 state_is active; then pass "Redis up: active (READY=1 once registered)"; else fail "not active once Redis answered: $(prop ActiveState)"; fi
+
+# 2. Delivery.
+push 1 1000
+wait_for 60 test "$(received)" -ge 1000 || true
+[ "$(received)" = 1000 ] && pass "1000 of 1000 delivered" || fail "$(received) of 1000 delivered"
+
+# 3. The sandbox.
+pid=$(prop MainPID)
+user=$(in_box ps -o user= -p "$pid" | tr -d ' ')
+caps=$(in_box awk '/^CapEff:/ {print $2}' "/proc/$pid/status")
+seccomp=$(in_box awk '/^Seccomp:/ {print $2}' "/proc/$pid/status")
+if [ "$user" != root ] && [ "$caps" = 0000000000000000 ] && [ "$seccomp" = 2 ]; then
+  pass "runs as dynamic user $user, no capabilities (CapEff $caps), seccomp filter on"
+else
+  fail "user $user, CapEff $caps, Seccomp $seccomp"
+fi
+echo "exposure: $(in_box systemd-analyze security snowplow-relay --no-pager | tail -n 1)"
+
+# 4. Reload: a good file applies; a bad one is refused and the running one kept.
+if in_box systemctl reload snowplow-relay && state_is active; then pass "reload"; else fail "reload"; fi
+in_box sh -c 'printf "[collector]\nbuffer_size = 0\n" >> /etc/snowplow-relay/config.toml'
+if in_box systemctl reload snowplow-relay 2>/dev/null; then fail "a bad file was reloaded"; else
+  state_is active && pass "a bad file is refused at reload; still active" || fail "bad reload: $(prop ActiveState)"
+fi
+in_box cp /etc/snowplow-relay/good.toml /etc/snowplow-relay/config.toml
+
+# 5. STATUS= follows readiness; a stop during an outage returns every event in order.
+touch "$work/outage"
+push 1001 1200
+wait_for 30 test "$(cli LLEN snowplow)" -lt 200 || true
+status_fails() { [[ "$(prop StatusText)" == *"not ready: collector requests failing"* ]]; }
+if wait_for 30 status_fails; then pass "collector failing: STATUS=$(prop StatusText)"; else fail "STATUS=$(prop StatusText) while the collector fails"; fi
+started=$(date +%s.%N)
+in_box systemctl stop snowplow-relay
+took=$(python3 -c "print(round($(date +%s.%N) - $started, 1))")
+first=$(cli LINDEX snowplow 0 | python3 -c 'import json,sys; print(json.load(sys.stdin)["eid"])')
+last=$(cli LINDEX snowplow -1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["eid"])')
+if [ "$(cli LLEN snowplow)" = 200 ] && [ "$first" = e1001 ] && [ "$last" = e1200 ] && [ "$(prop Result)" = success ]; then
+  pass "stop during an outage: $took s, 200 of 200 back in the list in order, result success"
+else
+  fail "stop during an outage: $took s, $(cli LLEN snowplow) in the list ($first..$last), result $(prop Result)"
+fi
+rm -f "$work/outage"
+
+# 6. A stop with Redis down, nothing held: a clean stop.
+in_box systemctl start snowplow-relay
+wait_for 60 test "$(received)" -ge 1200 || true
+wait_for 10 test "$(cli LLEN snowplow)" = 0 || true
+sleep 1
+stop_redis
+in_box systemctl stop snowplow-relay
+if [ "$(prop Result)" = success ] && [ "$(prop ExecMainStatus)" = 0 ]; then
+  pass "stop with Redis down, nothing held: exit 0, result success"
+else
+  fail "stop with Redis down: exit $(prop ExecMainStatus), result $(prop Result)"
+fi
+start_redis
+
+# 7. The watchdog restarts a frozen relay.
+in_box systemctl start snowplow-relay
+restarts=$(prop NRestarts)
+pid=$(prop MainPID)
+in_box kill -STOP "$pid"
+restarted() { [ "$(prop NRestarts)" -gt "$restarts" ] && state_is active && [ "$(prop MainPID)" != "$pid" ]; }
+if wait_for 60 restarted; then
+  pass "a frozen relay: watchdog timeout, killed and restarted ($(in_box journalctl -u snowplow-relay --no-pager | grep -c 'Watchdog timeout') watchdog timeout in the journal)"
+else
+  fail "frozen relay not restarted: $(prop ActiveState), NRestarts $(prop NRestarts)"
+fi
+push 1201 1300
+wait_for 30 test "$(received)" -ge 1300 || true
+[ "$(received)" = 1300 ] && pass "after the restart, 1300 of 1300 delivered" || fail "$(received) of 1300 after the restart"
+
+# 8. A bad configuration fails the unit with the message in the journal, no restart loop.
+in_box sh -c 'printf "[collector]\nbuffer_size = 0\n" >> /etc/snowplow-relay/config.toml'
+in_box systemctl restart snowplow-relay 2>/dev/null || true
+failed_state() { state_is failed; }
+wait_for 20 failed_state || true
+restarts=$(prop NRestarts)
+sleep 10
+journal=$(in_box journalctl -u snowplow-relay --no-pager -n 50)
+if state_is failed && [ "$(prop NRestarts)" = "$restarts" ] && [[ "$journal" == *"collector.buffer_size"* ]]; then
+  pass "bad configuration: unit failed, no restart in 10 s, the journal names collector.buffer_size"
+else
+  fail "bad configuration: $(prop ActiveState), NRestarts $restarts -> $(prop NRestarts)"
+  echo "$journal" | tail -n 5
+fi
+
+# No system call was refused (with SystemCallErrorNumber=kill a refusal kills the relay
+# with SIGSYS, which the journal would show).
+if in_box journalctl --no-pager | grep -q 'SIGSYS\|status=31/SYS'; then fail "a system call was refused"; else pass "no system call refused (SystemCallErrorNumber=kill)"; fi
+
+if [ "$failures" -gt 0 ]; then
+  in_box journalctl -u snowplow-relay --no-pager -n 30
+  echo "FAIL: $failures systemd check(s)"
+  exit 1
+fi
+echo "PASS: the unit under a real systemd"
