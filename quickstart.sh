@@ -6,18 +6,17 @@
 #
 #   ./quickstart.sh
 #
-# Needs: Rust (cargo) and redis-server (Debian: apt-get install redis-server). Nothing
-# else: no curl, no Python, no JVM. Ports: REDIS_PORT (default 6390) and COLLECTOR_PORT
+# Needs: Rust (cargo) and redis-server, which it installs when missing (Debian/Ubuntu:
+# apt-get, as root or through sudo; elsewhere it prints the command). Nothing else: no
+# curl, no Python, no JVM. Ports: REDIS_PORT (default 6390) and COLLECTOR_PORT
 # (default 9090), or the next free ones.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-for tool in cargo redis-server; do
-  if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "quickstart: $tool is missing (Debian: apt-get install redis-server; Rust: https://rustup.rs)" >&2
-    exit 2
-  fi
-done
+source scripts/install-deps.sh
+ensure_cargo quickstart
+ensure_tools quickstart "it runs a private Redis for the relay to read from" \
+  redis-server:redis-server:redis
 
 source scripts/processes.sh
 # GET a path from the collector with bash alone; prints the body.

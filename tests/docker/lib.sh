@@ -25,8 +25,13 @@ start_dockerd() {
   docker info >/dev/null 2>&1 || { tail -n 20 "$work/dockerd.log"; skip "dockerd does not start"; }
 }
 
+# Stops dockerd, any container shim it left, and unmounts what it mounted under $work.
 stop_dockerd() {
   [ -f "$work/dockerd.pid" ] && kill "$(cat "$work/dockerd.pid")" 2>/dev/null && sleep 1
+  pkill -9 -f "containerd-shim.*$work" 2>/dev/null
+  mount | awk -v w="$work" 'index($3, w) == 1 {print $3}' | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null
+  done
   true
 }
 

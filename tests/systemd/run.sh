@@ -76,6 +76,9 @@ PY
 collector_pid=$!
 touch "$work/received"
 received() { sort -u "$work/received" | wc -l; }
+# Conditions for wait_for (evaluated on every try).
+received_at_least() { [ "$(received)" -ge "$1" ]; }
+list_below() { [ "$(cli LLEN snowplow)" -lt "$1" ]; }
 
 # --- systemd as PID 1 (the recipe from issue 20) ---
 docker run -d --name "$container" --cap-add ALL --cap-drop SYS_RESOURCE \
@@ -125,7 +128,7 @@ if wait_for 40 state_is active; then pass "Redis up: active (READY=1 once regist
 
 # 2. Delivery.
 push 1 1000
-wait_for 60 test "$(received)" -ge 1000 || true
+wait_for 60 received_at_least 1000 || true
 [ "$(received)" = 1000 ] && pass "1000 of 1000 delivered" || fail "$(received) of 1000 delivered"
 
 # 3. The sandbox.
@@ -152,7 +155,7 @@ in_box cp /etc/snowplow-relay/good.toml /etc/snowplow-relay/config.toml
 # 5. STATUS= follows readiness; a stop during an outage returns every event in order.
 touch "$work/outage"
 push 1001 1200
-wait_for 30 test "$(cli LLEN snowplow)" -lt 200 || true
+wait_for 30 list_below 200 || true
 status_fails() { [[ "$(prop StatusText)" == *"not ready: collector requests failing"* ]]; }
 if wait_for 30 status_fails; then pass "collector failing: STATUS=$(prop StatusText)"; else fail "STATUS=$(prop StatusText) while the collector fails"; fi
 started=$(date +%s.%N)
@@ -169,8 +172,8 @@ rm -f "$work/outage"
 
 # 6. A stop with Redis down, nothing held: a clean stop.
 in_box systemctl start snowplow-relay
-wait_for 60 test "$(received)" -ge 1200 || true
-wait_for 10 test "$(cli LLEN snowplow)" = 0 || true
+wait_for 60 received_at_least 1200 || true
+wait_for 10 list_below 1 || true
 sleep 1
 stop_redis
 in_box systemctl stop snowplow-relay
@@ -193,7 +196,7 @@ else
   fail "frozen relay not restarted: $(prop ActiveState), NRestarts $(prop NRestarts)"
 fi
 push 1201 1300
-wait_for 30 test "$(received)" -ge 1300 || true
+wait_for 30 received_at_least 1300 || true
 [ "$(received)" = 1300 ] && pass "after the restart, 1300 of 1300 delivered" || fail "$(received) of 1300 after the restart"
 
 # 8. A bad configuration fails the unit with the message in the journal, no restart loop.

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# A fresh machine (not part of `cargo test`): a Debian bookworm chroot made with
+# `debootstrap --variant=minbase`, holding only what a Rust toolchain needs (gcc and
+# the C library's headers, for linking) and git, with the host's rustup toolchain and
+# cargo registry bind-mounted in. It asserts that redis-server, redis-cli, openssl and
+# promtool are absent, clones this repository fresh, and runs the README's two
+# commands: ./quickstart.sh and ./test.sh. Both must succeed, and ./test.sh must run as
+# many tests as the host lists (none skipped for want of Redis). Prints how long each
+# took. Needs root (chroot, mounts) and network access to Debian's mirror.
+#
+# Usage: tests/fresh/run.sh       exit 0 pass, 1 fail, 77 cannot run here
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+skip() { echo "fresh-machine test skipped: $*"; exit 77; }
+[ "$(id -u)" = 0 ] || skip "needs root for chroot and mounts"
+command -v debootstrap >/dev/null 2>&1 || {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null \
+    || skip "cannot install debootstrap"
+}
+rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+[ -d "$rustup_home/toolchains" ] || skip "no rustup toolchain at $rustup_home"
+
+work=$(mktemp -d /tmp/relay-fresh.XXXXXX)
+root="$work/root"
+cleanup() {
+  set +e
+  # Processes the commands left (none, normally), then the mounts, then the files.
+  for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+    [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$root" ] && kill -9 "$pid" 2>/dev/null
+  done
+  mount | awk -v r="$root" 'index($3, r) == 1 {print $3}' | sort -r | while read -r m; do umount -l "$m"; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The host's test count, for comparison (the host has built the tests already).
+host_tests=$(cargo test --locked --workspace --tests -q -- --list 2>/dev/null | grep -c ': test$')
+echo "host: $host_tests tests listed"
+
+mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
+mirror=${mirror:-http://deb.debian.org/debian}
+started=$(date +%s)
+debootstrap --variant=minbase --include=gcc,libc6-dev,git,ca-certificates bookworm "$root" "$mirror" \
+  >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log"; skip "debootstrap failed"; }
+echo "chroot made in $(( $(date +%s) - started )) s"
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+# As in any chroot: packages' services are not started (no init here; redis-server's
+# would otherwise keep running on the host's network).
+printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+chmod +x "$root/usr/sbin/policy-rc.d"
+for dir in proc sys dev dev/pts; do mount --bind "/$dir" "$root/$dir"; done
+mkdir -p "$root/root/.rustup" "$root/root/.cargo"
+mount --bind "$rustup_home" "$root/root/.rustup"
+mount --bind "$cargo_home" "$root/root/.cargo"
+git clone --quiet "$PWD" "$root/src"
+
+in_chroot() {
+  chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+    PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    bash -c "cd /src && $1"
+}
+
+for tool in redis-server redis-cli openssl promtool; do
+  if in_chroot "command -v $tool" >/dev/null 2>&1; then
+    echo "FAIL: $tool is already in the chroot; the test proves nothing"; exit 1
+  fi
+done
+echo "the chroot has none of redis-server, redis-cli, openssl, promtool; it has $(in_chroot 'cargo --version')"
+
+started=$(date +%s)
+in_chroot ./quickstart.sh >"$work/quickstart.log" 2>&1 || { tail -n 30 "$work/quickstart.log"; echo "FAIL: ./quickstart.sh"; exit 1; }
+quickstart_s=$(( $(date +%s) - started ))
+grep -m1 'quickstart: installing' "$work/quickstart.log" || true
+grep 'GET /micro/all' "$work/quickstart.log"
+echo "./quickstart.sh: ok in $quickstart_s s"
+
+started=$(date +%s)
+in_chroot ./test.sh >"$work/test.log" 2>&1 || { grep -E 'FAILED|panicked|failed' "$work/test.log" | head -n 30; tail -n 20 "$work/test.log"; echo "FAIL: ./test.sh"; exit 1; }
+test_s=$(( $(date +%s) - started ))
+grep -m1 'test.sh: installing' "$work/test.log" || true
+passed=$(grep -E '^test result: ok\.' "$work/test.log" | awk '{sum += $4} END {print sum + 0}')
+echo "./test.sh: ok in $test_s s; $passed tests passed"
+[ "$passed" = "$host_tests" ] || { echo "FAIL: $passed tests passed in the chroot, $host_tests listed on the host"; exit 1; }
+echo "PASS: a fresh machine runs the README's two commands (quickstart $quickstart_s s, tests $test_s s)"
