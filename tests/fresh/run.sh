@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A fresh machine (not part of `cargo test`): a Debian bookworm chroot made with
 # `debootstrap --variant=minbase`, holding only what a Rust toolchain needs (gcc and
-# the C library's headers, for linking) and git, with the host's rustup toolchain and
+# the C library's headers, for linking), with the host's rustup toolchain and
 # cargo registry bind-mounted in. It asserts that redis-server, redis-cli, openssl and
 # promtool are absent, clones this repository fresh, and runs the README's two
 # commands: ./quickstart.sh and ./test.sh. Both must succeed, and ./test.sh must run as
@@ -41,7 +41,7 @@ echo "host: $host_tests tests listed"
 mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
 mirror=${mirror:-http://deb.debian.org/debian}
 started=$(date +%s)
-debootstrap --variant=minbase --include=gcc,libc6-dev,git,ca-certificates bookworm "$root" "$mirror" \
+debootstrap --variant=minbase --include=gcc,libc6-dev bookworm "$root" "$mirror" \
   >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log"; skip "debootstrap failed"; }
 echo "chroot made in $(( $(date +%s) - started )) s"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
