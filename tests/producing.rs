@@ -300,11 +300,15 @@ async fn python_fixtures_are_all_good_at_the_local_collector() {
     assert_eq!(collector.good().len(), 360);
 }
 
-/// An HTTP client for the tests' own requests (reqwest is built without a default
-/// crypto provider).
+/// An HTTP client for the tests' own plain-HTTP requests (reqwest is built without a
+/// default crypto provider). No system trust store is loaded, so the tests run on a
+/// machine without CA certificates, as the relay does for an http collector.
 fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    reqwest::Client::builder()
+        .tls_certs_only(std::iter::empty())
+        .build()
+        .expect("a plain HTTP client")
 }
 
 /// A `/micro/…` endpoint's JSON answer: GET, or POST with `body` (a filter).
