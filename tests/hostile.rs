@@ -76,12 +76,7 @@ fn trickle(
 async fn the_admin_listener_survives_a_flood_and_the_relay_goes_on() {
     more_files();
     let (redis, collector) = setup(always(200)).await;
-    let relay = RelayProcess::between(
-        &redis,
-        &collector,
-        &[("SNOWPLOW_RELAY_ADMIN__LISTEN", "127.0.0.1:0")],
-    );
-    let addr = relay.admin_addr().await;
+    let (relay, addr) = RelayProcess::with_admin(&redis, &collector).await;
     wait_until("the relay is registered", 10, async || {
         instances(&redis).len() == 1
     })

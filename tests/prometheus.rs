@@ -51,12 +51,7 @@ async fn a_scrape_passes_promtool_and_every_series_exists_from_start_up() {
     // Before: OpenMetrics only, which `promtool check metrics` refused ("no help text"
     // for every counter), and labelled series appeared only at their first increment.
     let (redis, collector) = setup(always(200)).await;
-    let relay = RelayProcess::between(
-        &redis,
-        &collector,
-        &[("SNOWPLOW_RELAY_ADMIN__LISTEN", "127.0.0.1:0")],
-    );
-    let addr = relay.admin_addr().await;
+    let (relay, addr) = RelayProcess::with_admin(&redis, &collector).await;
     let (status, content_type, text) = http_get_with(addr, "/metrics", &[]).await;
     assert_eq!(status, 200);
     assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");

@@ -336,12 +336,7 @@ async fn readyz_turns_within_a_heartbeat_and_a_command_timeout_of_a_frozen_redis
     // failure was recorded, after a reconnection's timeout too (18 s measured with the
     // defaults), or for the whole lease.
     let (redis, collector) = setup(always(200)).await;
-    let relay = RelayProcess::between(
-        &redis,
-        &collector,
-        &[("SNOWPLOW_RELAY_ADMIN__LISTEN", "127.0.0.1:0")],
-    );
-    let addr = relay.admin_addr().await;
+    let (relay, addr) = RelayProcess::with_admin(&redis, &collector).await;
     wait_until("ready", 10, async || {
         http_get(addr, "/readyz").await.0 == 200
     })

@@ -51,3 +51,36 @@ import_rootfs() {
 
 # A free TCP port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_collector PORT: a collector on 127.0.0.1:PORT answering 200, or 503 while
+# $work/outage exists; it appends each accepted event's eid to $work/received.
+start_collector() {
+  touch "$work/received"
+  python3 - "$1" "$work" <<'PY' &
+import http.server, json, os, sys
+port, work = int(sys.argv[1]), sys.argv[2]
+class C(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        if os.path.exists(os.path.join(work, "outage")):
+            self.send_response(503); self.end_headers(); return
+        with open(os.path.join(work, "received"), "a") as f:
+            for item in json.loads(body)["data"]:
+                f.write(item["eid"] + "\n")
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), C).serve_forever()
+PY
+  collector_pid=$!
+}
+
+# Distinct events the collector accepted.
+received() { sort -u "$work/received" | wc -l; }
+
+# push FROM TO: events eFROM..eTO onto the list `snowplow` of the Redis at $redis_port,
+# one RPUSH per line (single quotes keep redis-cli from parsing the JSON's quotes).
+push() {
+  for i in $(seq "$1" "$2"); do
+    echo "RPUSH snowplow '{\"e\":\"pv\",\"p\":\"pc\",\"tv\":\"t\",\"eid\":\"e$i\"}'"
+  done | redis-cli -p "$redis_port" >/dev/null
+}

@@ -41,28 +41,9 @@ echo "image snowplow-relay:test: $((size / 1000000)) MB"
 redis_port=$(free_port); collector_port=$(free_port); admin_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
 redis_pid=$!
-# The collector answers 200, or 503 once $work/outage exists; it counts accepted events.
-python3 - "$collector_port" "$work" <<'PY' &
-import http.server, json, os, sys
-port, work = int(sys.argv[1]), sys.argv[2]
-class C(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        if os.path.exists(os.path.join(work, "outage")):
-            self.send_response(503); self.end_headers(); return
-        with open(os.path.join(work, "received"), "a") as f:
-            for item in json.loads(body)["data"]:
-                f.write(item["eid"] + "\n")
-        self.send_response(200); self.end_headers()
-    def log_message(self, *a): pass
-http.server.HTTPServer(("127.0.0.1", port), C).serve_forever()
-PY
-collector_pid=$!
-touch "$work/received"
+start_collector "$collector_port"
 sleep 0.5
 cli() { redis-cli -p "$redis_port" "$@"; }
-# One RPUSH per line; single quotes keep redis-cli from parsing the JSON's quotes.
-push() { for i in $(seq "$1" "$2"); do echo "RPUSH snowplow '{\"e\":\"pv\",\"p\":\"pc\",\"tv\":\"t\",\"eid\":\"e$i\"}'"; done | cli >/dev/null; }
 
 docker run -d --name relay-under-test --network host --read-only --cap-drop ALL \
   --security-opt no-new-privileges \
@@ -73,7 +54,7 @@ docker run -d --name relay-under-test --network host --read-only --cap-drop ALL 
   snowplow-relay:test >/dev/null
 push 1 500
 for _ in $(seq 1 100); do [ "$(wc -l <"$work/received")" -ge 500 ] && break; sleep 0.1; done
-received=$(sort -u "$work/received" | wc -l)
+received=$(received)
 [ "$received" -eq 500 ] || { docker logs relay-under-test 2>&1 | tail -n 20; echo "FAIL: $received of 500 delivered"; exit 1; }
 echo "delivered 500 of 500 through the container"
 

@@ -95,6 +95,21 @@ impl RelayProcess {
         Self::start(&redis.url(), &collector.url(), env)
     }
 
+    /// [`RelayProcess::between`] with the admin listener on a free port: the relay and
+    /// the address it bound.
+    pub async fn with_admin(
+        redis: &super::RedisServer,
+        collector: &super::Collector,
+    ) -> (RelayProcess, SocketAddr) {
+        let relay = Self::between(
+            redis,
+            collector,
+            &[("SNOWPLOW_RELAY_ADMIN__LISTEN", "127.0.0.1:0")],
+        );
+        let addr = relay.admin_addr().await;
+        (relay, addr)
+    }
+
     /// `snowplow-relay --redis-url … --collector …` with fast collector retries.
     pub fn start(redis_url: &str, collector_url: &str, env: &[(&str, &str)]) -> RelayProcess {
         Self::start_with(

@@ -56,26 +56,7 @@ start_redis() {
 }
 stop_redis() { kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true; redis_pid=; }
 cli() { redis-cli -p "$redis_port" "$@"; }
-push() { for i in $(seq "$1" "$2"); do echo "RPUSH snowplow '{\"e\":\"pv\",\"p\":\"pc\",\"tv\":\"t\",\"eid\":\"e$i\"}'"; done | cli >/dev/null; }
-# The collector answers 200, or 503 while $work/outage exists; it notes accepted eids.
-python3 - "$collector_port" "$work" <<'PY' &
-import http.server, json, os, sys
-port, work = int(sys.argv[1]), sys.argv[2]
-class C(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        if os.path.exists(os.path.join(work, "outage")):
-            self.send_response(503); self.end_headers(); return
-        with open(os.path.join(work, "received"), "a") as f:
-            for item in json.loads(body)["data"]:
-                f.write(item["eid"] + "\n")
-        self.send_response(200); self.end_headers()
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), C).serve_forever()
-PY
-collector_pid=$!
-touch "$work/received"
-received() { sort -u "$work/received" | wc -l; }
+start_collector "$collector_port"
 # Conditions for wait_for (evaluated on every try).
 received_at_least() { [ "$(received)" -ge "$1" ]; }
 list_below() { [ "$(cli LLEN snowplow)" -lt "$1" ]; }
