@@ -267,6 +267,22 @@ impl Health {
         Ok(())
     }
 
+    /// `Err` naming the first stage whose Redis call has been outstanding for more than
+    /// `bound_ms` (`hint` is appended to the message).
+    fn no_call_outstanding_for(&self, bound_ms: u64, hint: &str) -> Result<(), String> {
+        for stage in Stage::ALL {
+            let busy = self.stage(stage).busy_since.load(Ordering::Relaxed);
+            if busy != 0 && since(busy) > bound_ms {
+                return Err(format!(
+                    "a Redis {} call has not returned for {} ms{hint}",
+                    stage.name(),
+                    since(busy)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Alive: every stage that has work attempts it (see the module header). `Err` says
     /// what is stuck.
     pub fn alive(&self) -> Result<(), String> {
@@ -275,17 +291,10 @@ impl Health {
         if turned > bound {
             return Err(format!("the heartbeat loop has not turned for {turned} ms"));
         }
+        self.no_call_outstanding_for(bound, "")?;
         let heartbeat_ok = self.stage(Stage::Heartbeat).last_ok.load(Ordering::Relaxed);
         for stage in Stage::ALL {
             let state = self.stage(stage);
-            let busy = state.busy_since.load(Ordering::Relaxed);
-            if busy != 0 && since(busy) > bound {
-                return Err(format!(
-                    "a Redis {} call has not returned for {} ms",
-                    stage.name(),
-                    since(busy)
-                ));
-            }
             let failing = state.failing_since.load(Ordering::Relaxed);
             if stage != Stage::Heartbeat
                 && failing != 0
@@ -348,17 +357,10 @@ impl Health {
         }
         // A frozen Redis: a call (the heartbeat's at the latest, every third of the
         // lease) outlives its deadline before it fails.
-        let deadline = self.command_timeout.as_millis() as u64;
-        for stage in Stage::ALL {
-            let busy = self.stage(stage).busy_since.load(Ordering::Relaxed);
-            if busy != 0 && since(busy) > deadline {
-                return Err(format!(
-                    "a Redis {} call has not returned for {} ms (Redis frozen or overloaded?)",
-                    stage.name(),
-                    since(busy)
-                ));
-            }
-        }
+        self.no_call_outstanding_for(
+            self.command_timeout.as_millis() as u64,
+            " (Redis frozen or overloaded?)",
+        )?;
         let renewed = since(self.lease_renewed_at.load(Ordering::Relaxed));
         if renewed > self.lease_ttl.as_millis() as u64 {
             return Err(format!(
