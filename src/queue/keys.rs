@@ -61,17 +61,33 @@ pub(super) enum Key {
 }
 
 impl Keys {
-    /// The name of `key` for this list and `instance`.
-    pub(super) fn name(&self, key: Key, instance: &str) -> String {
-        match key {
-            Key::List => self.list.clone(),
-            Key::Dead => self.dead.clone(),
-            Key::Instances => self.instances.clone(),
-            Key::Inflight => self.inflight(instance),
-            Key::Meta => self.meta(instance),
-            Key::Lease => self.lease(instance),
-            Key::Retry => self.retry(instance),
+    /// Every key name one instance's scripts use, built once per instance rather than
+    /// once per call.
+    pub(super) fn for_instance(&self, instance: &str) -> InstanceKeys {
+        InstanceKeys {
+            names: [
+                self.list.clone(),
+                self.dead.clone(),
+                self.instances.clone(),
+                self.inflight(instance),
+                self.meta(instance),
+                self.lease(instance),
+                self.retry(instance),
+            ],
         }
+    }
+}
+
+/// The names of [`Key`]s for one list and instance, in [`Key`]'s order.
+#[derive(Debug, Clone)]
+pub(super) struct InstanceKeys {
+    names: [String; 7],
+}
+
+impl InstanceKeys {
+    /// The name of `key`.
+    pub(super) fn name(&self, key: Key) -> &str {
+        &self.names[key as usize]
     }
 }
 

@@ -86,7 +86,7 @@ use bytes::Bytes;
 pub use connection::{BlockingConnection, Connection, open_connection};
 use connection::{Link, explain};
 pub use errors::{QueueError, one_line};
-use keys::Key;
+use keys::{InstanceKeys, Key};
 pub use keys::{Keys, shown_key};
 pub use records::{DeadLetter, Entry, Parked};
 
@@ -203,6 +203,7 @@ pub struct Queue {
     link: Link,
     keys: Keys,
     instance: String,
+    instance_keys: InstanceKeys,
     lease_ttl: Duration,
     command_timeout: Duration,
     probe: Probe,
@@ -215,7 +216,7 @@ impl Queue {
     fn invocation<'a>(&self, script: &'a Script, keys: &[Key]) -> redis::ScriptInvocation<'a> {
         let mut invocation = script.prepare_invoke();
         for key in keys {
-            invocation.key(self.keys.name(*key, &self.instance));
+            invocation.key(self.instance_keys.name(*key));
         }
         invocation
     }
@@ -233,10 +234,13 @@ impl Queue {
         let command_timeout = settings.command_timeout;
         let link = Link::new(settings)?;
         link.connection().await?;
+        let keys = Keys::new(&settings.key, &settings.dead_letter_key);
+        let instance = instance_id();
         let mut queue = Queue {
             link,
-            keys: Keys::new(&settings.key, &settings.dead_letter_key),
-            instance: instance_id(),
+            instance_keys: keys.for_instance(&instance),
+            keys,
+            instance,
             lease_ttl: settings.lease_ttl,
             command_timeout,
             probe: Probe::default(),

@@ -223,13 +223,14 @@ impl Element {
         // other names (when allowed) in a set, built only if there are any.
         let mut seen: u128 = 0;
         let mut sent: u128 = 0;
-        let mut unknown: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        // Names outside payload_data (when allowed): a set made only if there are any.
+        let mut unknown: Option<std::collections::HashSet<&[u8]>> = None;
         for f in &self.fields {
-            let name = self.slice(&f.name);
+            let name = self.bytes(&f.name);
             match payload_data_index(name) {
                 Some(index) => {
                     if seen & (1 << index) != 0 {
-                        return Err(BadElement::DuplicateField(shorten(name)));
+                        return Err(BadElement::DuplicateField(shorten(self.slice(&f.name))));
                     }
                     seen |= 1 << index;
                     if f.kind != ValueKind::Null {
@@ -237,22 +238,24 @@ impl Element {
                     }
                 }
                 None if !options.allow_unknown_fields => {
-                    return Err(BadElement::UnknownField(shorten(name)));
+                    return Err(BadElement::UnknownField(shorten(self.slice(&f.name))));
                 }
                 None => {
-                    if !unknown.insert(name) {
-                        return Err(BadElement::DuplicateField(shorten(name)));
+                    if !unknown.get_or_insert_default().insert(name) {
+                        return Err(BadElement::DuplicateField(shorten(self.slice(&f.name))));
                     }
                 }
             }
             if options.require_decodable_strings && self.value_text(f).is_err() {
-                return Err(BadElement::UndecodableString(shorten(name)));
+                return Err(BadElement::UndecodableString(shorten(self.slice(&f.name))));
             }
         }
         if sent & REQUIRED_MASK != REQUIRED_MASK {
             let missing = REQUIRED_FIELDS
                 .iter()
-                .find(|name| payload_data_index(name).is_some_and(|i| sent & (1 << i) == 0))
+                .find(|name| {
+                    payload_data_index(name.as_bytes()).is_some_and(|i| sent & (1 << i) == 0)
+                })
                 .expect("a required field is missing");
             return Err(BadElement::MissingField(missing));
         }
@@ -634,7 +637,7 @@ mod tests {
     #[test]
     fn packed_lookup_finds_exactly_the_payload_data_fields() {
         for (index, name) in PAYLOAD_DATA_FIELDS.iter().enumerate() {
-            assert_eq!(payload_data_index(name), Some(index), "{name}");
+            assert_eq!(payload_data_index(name.as_bytes()), Some(index), "{name}");
         }
         for other in [
             "",
@@ -646,11 +649,11 @@ mod tests {
             "a_very_long_field",
             "stm ",
         ] {
-            assert_eq!(payload_data_index(other), None, "{other:?}");
+            assert_eq!(payload_data_index(other.as_bytes()), None, "{other:?}");
         }
         let required: u128 = REQUIRED_FIELDS
             .iter()
-            .map(|name| 1 << payload_data_index(name).unwrap())
+            .map(|name| 1 << payload_data_index(name.as_bytes()).unwrap())
             .sum();
         assert_eq!(REQUIRED_MASK, required);
         assert_eq!(REQUIRED_MASK.count_ones() as usize, REQUIRED_FIELDS.len());

@@ -65,8 +65,8 @@ const PACKED_FIELDS: [u64; PAYLOAD_DATA_FIELDS.len()] = {
 };
 
 /// The index of `name` in [`PAYLOAD_DATA_FIELDS`], if it is one.
-pub(crate) fn payload_data_index(name: &str) -> Option<usize> {
-    PACKED_FIELDS.binary_search(&pack(name.as_bytes())?).ok()
+pub(crate) fn payload_data_index(name: &[u8]) -> Option<usize> {
+    PACKED_FIELDS.binary_search(&pack(name)?).ok()
 }
 
 /// The fields `payload_data` 1-0-4 requires in every event.
