@@ -107,10 +107,8 @@ fn check_prints_the_effective_configuration_with_the_password_masked() {
     assert!(stdout.contains("buffer_size = 50"), "{stdout}");
     assert!(stdout.contains("byte_limit = 1000000"), "{stdout}");
     // What `check` prints is itself a valid configuration file that says the same.
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("effective.toml");
-    std::fs::write(&file, stdout.replace("****", "hunter2")).unwrap();
-    let again = run_bin(&["--config", file.to_str().unwrap(), "check"], &[]);
+    let file = TempFile::new("effective.toml", &stdout.replace("****", "hunter2"));
+    let again = run_bin(&["--config", &file.path, "check"], &[]);
     assert!(
         again.status.success(),
         "{}",
@@ -246,15 +244,12 @@ fn the_image_and_the_unit_set_no_setting_by_environment_so_the_operators_file_wi
         "{stdout}"
     );
     // An operator's file in its place decides alone; the environment still overrides.
-    let dir = tempfile::tempdir().unwrap();
-    let mounted = dir.path().join("config.toml");
-    std::fs::write(
-        &mounted,
+    let mounted = TempFile::new(
+        "config.toml",
         "[log]\nformat = \"text\"\n[admin]\nlisten = \"127.0.0.1:9300\"\n",
-    )
-    .unwrap();
+    );
     let output = run_bin(
-        &["--config", mounted.to_str().unwrap(), "check"],
+        &["--config", &mounted.path, "check"],
         &[
             ("SNOWPLOW_RELAY_COLLECTOR__URL", "https://c.example.com"),
             ("SNOWPLOW_RELAY_LOG__LEVEL", "debug"),
@@ -274,14 +269,11 @@ fn the_image_and_the_unit_set_no_setting_by_environment_so_the_operators_file_wi
 
 #[test]
 fn the_config_variable_quiet_checks_and_flags_per_subcommand() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("relay.toml");
-    std::fs::write(
-        &file,
+    let file = TempFile::new(
+        "relay.toml",
         "[collector]\nurl = \"https://c.example.com\"\n[worker]\nthreads = 2\n",
-    )
-    .unwrap();
-    let file = file.to_str().unwrap();
+    );
+    let file = file.path.as_str();
     // SNOWPLOW_RELAY_CONFIG names the file, as VECTOR_CONFIG does for Vector.
     let output = run_bin(&["check"], &[("SNOWPLOW_RELAY_CONFIG", file)]);
     let stdout = String::from_utf8_lossy(&output.stdout);

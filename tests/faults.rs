@@ -225,15 +225,8 @@ async fn sigterm_during_a_collector_outage_returns_everything_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_elements_and_400s_are_dead_lettered_and_the_rest_delivered() {
     let redis = RedisServer::start();
-    // The collector refuses events whose eid ends in 7.
-    let collector = Collector::start_with(Box::new(|request| {
-        let refused = request
-            .events()
-            .iter()
-            .any(|e| e["eid"].as_str().is_some_and(|eid| eid.ends_with('7')));
-        if refused { 400 } else { 200 }
-    }))
-    .await;
+    // Every batch holding an eid ending in 7 is refused: 400, dead-lettered.
+    let collector = Collector::start_with(refusing_eids_ending_in('7', 400)).await;
     let total = 2_000;
     let mut malformed = 0;
     for (i, event) in numbered_events(total).iter().enumerate() {

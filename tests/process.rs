@@ -288,15 +288,8 @@ fn sample(text: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_match_what_the_collector_and_redis_saw() {
     let redis = RedisServer::start();
-    let collector = Collector::start_with(Box::new(|r| {
-        // Refuse every batch holding an eid ending in 7: 400, dead-lettered.
-        let refused = r
-            .events()
-            .iter()
-            .any(|e| e["eid"].as_str().unwrap().ends_with('7'));
-        if refused { 400 } else { 200 }
-    }))
-    .await;
+    // Every batch holding an eid ending in 7 is refused: 400, dead-lettered.
+    let collector = Collector::start_with(refusing_eids_ending_in('7', 400)).await;
     let total = 2000;
     let mut events = numbered_events(total);
     for bad in events.iter_mut().step_by(100) {

@@ -27,15 +27,14 @@ async fn a_redis_connection_that_stops_answering_is_replaced() {
     collector.until_delivered(1_000, 20).await;
     // Every connection the relay holds now answers nothing; new ones get through.
     proxy.freeze_existing();
-    let frozen = Instant::now();
-    collector.until_distinct(total, 30).await;
-    let took = frozen.elapsed();
-    let summary = relay.stop().await;
-    report(
+    let summary = stop_once_recovered(
+        relay,
         ("frozen Redis connections", total),
         (&collector, &redis),
-        Some(took),
-    );
+        Instant::now(),
+        30,
+    )
+    .await;
     assert_eq!(summary.dead_lettered, 0);
     assert_eq!(redis.llen(LIST), 0);
 }
@@ -85,15 +84,14 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
     old.cmd(&["REPLICAOF", "127.0.0.1", &new.port.to_string()]);
     proxy.retarget(new.port);
     old.cmd(&["CLIENT", "UNPAUSE"]);
-    let switched = Instant::now();
-    collector.until_distinct(total, 30).await;
-    let took = switched.elapsed();
-    relay.stop().await;
-    report(
+    stop_once_recovered(
+        relay,
         ("switchover (READONLY)", total),
         (&collector, &new),
-        Some(took),
-    );
+        Instant::now(),
+        30,
+    )
+    .await;
     assert_eq!(new.llen(LIST), 0);
 }
 
@@ -162,15 +160,14 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
     assert!(collector.delivered().is_empty());
     assert_eq!(redis.llen(DEAD), 0, "an outage dead-letters nothing");
     collector.respond_with(always(200));
-    let recovered = Instant::now();
-    collector.until_distinct(total, 60).await;
-    let took = recovered.elapsed();
-    let summary = relay.stop().await;
-    report(
+    let summary = stop_once_recovered(
+        relay,
         ("8 s outage (time after it ended)", total),
         (&collector, &redis),
-        Some(took),
-    );
+        Instant::now(),
+        60,
+    )
+    .await;
     assert_eq!(summary.dead_lettered, 0);
     assert_eq!(redis.llen(DEAD), 0);
     assert_eq!(redis.llen(LIST), 0);
@@ -207,17 +204,10 @@ async fn claims_fit_the_largest_reply_redis_allows() {
         redis.rpush(LIST, &big_events(total));
         let started = Instant::now();
         let relay = Relay::start(config_for_urls(&url, &collector.url(), &[]));
-        collector.until_distinct(total, 45).await;
-        let took = started.elapsed();
-        let summary = relay.stop().await;
-        report(
-            (
-                &format!("1 MB reply limit, CONFIG allowed {config_allowed} (time from start)"),
-                total,
-            ),
-            (&collector, &redis),
-            Some(took),
-        );
+        let scenario =
+            format!("1 MB reply limit, CONFIG allowed {config_allowed} (time from start)");
+        let summary =
+            stop_once_recovered(relay, (&scenario, total), (&collector, &redis), started, 45).await;
         assert_eq!(summary.dead_lettered, 0, "CONFIG allowed: {config_allowed}");
         assert_eq!(redis.llen(LIST), 0);
     }

@@ -180,14 +180,6 @@ flag_group!(AdminFlags { admin_listen } sets {
 });
 
 impl RelayFlags {
-    /// Only the common flags (a subcommand that takes no others).
-    fn with_common(common: CommonFlags) -> RelayFlags {
-        RelayFlags {
-            common,
-            ..RelayFlags::default()
-        }
-    }
-
     /// These flags, with `before` (given ahead of the subcommand) where these are unset.
     fn or(self, before: &RelayFlags) -> RelayFlags {
         RelayFlags {
@@ -240,10 +232,11 @@ pub fn main() -> ExitCode {
             ready,
         }) => {
             let flags = RelayFlags {
-                admin: admin.or(&before.admin),
-                ..RelayFlags::with_common(common.or(&before.common))
+                common,
+                admin,
+                ..RelayFlags::default()
             };
-            healthcheck::healthcheck(flags, ready)
+            healthcheck::healthcheck(flags.or(&before), ready)
         }
         Some(Command::DeadLetter {
             common,
@@ -251,10 +244,11 @@ pub fn main() -> ExitCode {
             action,
         }) => {
             let flags = RelayFlags {
-                redis: redis.or(&before.redis),
-                ..RelayFlags::with_common(common.or(&before.common))
+                common,
+                redis,
+                ..RelayFlags::default()
             };
-            dead_letter::dead_letter(flags, action)
+            dead_letter::dead_letter(flags.or(&before), action)
         }
         Some(Command::Track(args)) => track::track(*args, &before),
         Some(Command::Collector(args)) => collector::collector(args, &before.common),

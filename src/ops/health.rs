@@ -379,6 +379,15 @@ mod tests {
         now_millis() - ms
     }
 
+    /// Makes `stage`'s call outstanding for `ms` already, as if started that long ago.
+    fn started_ago(health: &Health, stage: Stage, ms: u64) {
+        health.call_started(stage);
+        health
+            .stage(stage)
+            .busy_since
+            .store(ago(ms), Ordering::Relaxed);
+    }
+
     #[test]
     fn an_outage_is_alive_a_wedged_stage_is_not() {
         let health = Health::new(
@@ -404,21 +413,13 @@ mod tests {
         health.call_ended(Stage::Claim, Ok(()));
         assert!(health.alive().is_ok());
         // A call outstanding past its deadline: not ready at once, not yet dead.
-        health.call_started(Stage::Heartbeat);
-        health
-            .stage(Stage::Heartbeat)
-            .busy_since
-            .store(ago(6_000), Ordering::Relaxed);
+        started_ago(&health, Stage::Heartbeat, 6_000);
         assert!(health.alive().is_ok());
         assert!(health.ready().unwrap_err().contains("has not returned"));
         health.call_ended(Stage::Heartbeat, Ok(()));
         assert!(health.ready().is_ok());
         // A call that never returns.
-        health.call_started(Stage::Ack);
-        health
-            .stage(Stage::Ack)
-            .busy_since
-            .store(ago(41_000), Ordering::Relaxed);
+        started_ago(&health, Stage::Ack, 41_000);
         assert!(health.alive().unwrap_err().contains("has not returned"));
         health.call_ended(Stage::Ack, Ok(()));
         // A blocked window counts only while the collector accepts requests.

@@ -293,6 +293,19 @@ impl Default for Metrics {
     }
 }
 
+/// Registers each `field as "name" [in Unit]: help;` of a [`Metrics`] with `registry`.
+macro_rules! register_metrics {
+    ($registry:ident, $m:ident; $($field:ident as $name:literal $(in $unit:ident)?: $help:expr;)*) => {
+        $(register_metrics!(@one $registry, $name, $help, $m.$field.clone() $(, $unit)?);)*
+    };
+    (@one $registry:ident, $name:expr, $help:expr, $metric:expr) => {
+        $registry.register($name, $help, $metric)
+    };
+    (@one $registry:ident, $name:expr, $help:expr, $metric:expr, $unit:ident) => {
+        $registry.register_with_unit($name, $help, prometheus_client::registry::Unit::$unit, $metric)
+    };
+}
+
 impl Metrics {
     /// A fresh set of metrics, registered under the `snowplow_relay` prefix.
     pub fn new() -> Metrics {
@@ -328,129 +341,44 @@ impl Metrics {
             state_mismatches: Counter::default(),
         };
         let m = &metrics;
-        registry.register(
-            "events_claimed",
-            "Events claimed from the Redis list",
-            m.events_claimed.clone(),
-        );
-        registry.register(
-            "events_delivered",
-            "Events the collector accepted (2xx)",
-            m.events_delivered.clone(),
-        );
-        registry.register(
-            "events_dead_lettered",
-            "Events written to the dead-letter list, by reason",
-            m.events_dead_lettered.clone(),
-        );
+        // Registered in this order, so exposed in this order.
+        register_metrics! { registry, m;
+            events_claimed as "events_claimed": "Events claimed from the Redis list";
+            events_delivered as "events_delivered": "Events the collector accepted (2xx)";
+            events_dead_lettered as "events_dead_lettered": "Events written to the dead-letter list, by reason";
+            events_requeued as "events_requeued": "Events returned to the head of the list at shutdown";
+            events_redelivered as "events_redelivered": "Events returned to the list from relays whose lease expired (possible duplicates)";
+            events_parked as "events_parked": "Events parked: their batch kept failing while other requests succeeded, so they \
+             left the window for the retry list and are retried one by one";
+            parked_events as "parked_events": "Events in this relay's retry list now";
+            requests as "requests": "Collector requests, by outcome class (2xx, 3xx, 4xx, 5xx, other, \
+             transport_error) and status code (the notable ones; any other is other, none \
+             without an answer)";
+            request_bytes as "request" in Bytes: "Bytes sent to the collector: POST bodies and GET request URLs";
+            request_duration as "request_duration" in Seconds: "Time from sending a collector request to its answer";
+            retries as "retries": "Collector requests that failed and will be retried";
+            events_in_flight as "in_flight_events": "Events claimed and not yet acknowledged";
+            bytes_in_flight as "in_flight" in Bytes: "Bytes of events claimed and not yet acknowledged";
+            batch_events as "batch_events": "Events per collector request";
+            list_length as "list_length": "Events waiting in the Redis list (sampled)";
+            dead_letter_length as "dead_letter_length": "Entries in the dead-letter list (sampled)";
+            oldest_event_age as "oldest_event_age" in Seconds: "Age of the event at the head of the list, from its dtm (sampled; 0 without dtm)";
+            redis_errors as "redis_errors": "Failed Redis calls, by operation; each is retried on a re-established connection";
+            lease_renewals as "lease_renewals": "Lease renewals (heartbeats)";
+            lease_losses as "lease_losses": "Times this relay found its lease taken over and registered again";
+            state_mismatches as "state_mismatches": "Times Redis had lost writes and the in-flight list was returned whole";
+        }
         for reason in DeadReason::ALL {
             let _ = m.events_dead_lettered.get_or_create(&ReasonLabel {
                 reason: reason.as_str(),
             });
         }
-        registry.register(
-            "events_requeued",
-            "Events returned to the head of the list at shutdown",
-            m.events_requeued.clone(),
-        );
-        registry.register(
-            "events_redelivered",
-            "Events returned to the list from relays whose lease expired (possible duplicates)",
-            m.events_redelivered.clone(),
-        );
-        registry.register(
-            "events_parked",
-            "Events parked: their batch kept failing while other requests succeeded, so they \
-             left the window for the retry list and are retried one by one",
-            m.events_parked.clone(),
-        );
-        registry.register(
-            "parked_events",
-            "Events in this relay's retry list now",
-            m.parked_events.clone(),
-        );
-        registry.register(
-            "requests",
-            "Collector requests, by outcome class (2xx, 3xx, 4xx, 5xx, other, \
-             transport_error) and status code (the notable ones; any other is other, none \
-             without an answer)",
-            m.requests.clone(),
-        );
-        let request_counters = RequestCounters::new(&m.requests);
-        registry.register_with_unit(
-            "request",
-            "Bytes sent to the collector: POST bodies and GET request URLs",
-            prometheus_client::registry::Unit::Bytes,
-            m.request_bytes.clone(),
-        );
-        registry.register_with_unit(
-            "request_duration",
-            "Time from sending a collector request to its answer",
-            prometheus_client::registry::Unit::Seconds,
-            m.request_duration.clone(),
-        );
-        registry.register(
-            "retries",
-            "Collector requests that failed and will be retried",
-            m.retries.clone(),
-        );
-        registry.register(
-            "in_flight_events",
-            "Events claimed and not yet acknowledged",
-            m.events_in_flight.clone(),
-        );
-        registry.register_with_unit(
-            "in_flight",
-            "Bytes of events claimed and not yet acknowledged",
-            prometheus_client::registry::Unit::Bytes,
-            m.bytes_in_flight.clone(),
-        );
-        registry.register(
-            "batch_events",
-            "Events per collector request",
-            m.batch_events.clone(),
-        );
-        registry.register(
-            "list_length",
-            "Events waiting in the Redis list (sampled)",
-            m.list_length.clone(),
-        );
-        registry.register(
-            "dead_letter_length",
-            "Entries in the dead-letter list (sampled)",
-            m.dead_letter_length.clone(),
-        );
-        registry.register_with_unit(
-            "oldest_event_age",
-            "Age of the event at the head of the list, from its dtm (sampled; 0 without dtm)",
-            prometheus_client::registry::Unit::Seconds,
-            m.oldest_event_age.clone(),
-        );
-        registry.register(
-            "redis_errors",
-            "Failed Redis calls, by operation; each is retried on a re-established connection",
-            m.redis_errors.clone(),
-        );
         for operation in RedisOperation::ALL {
             let _ = m.redis_errors.get_or_create(&OperationLabel {
                 operation: operation.as_str(),
             });
         }
-        registry.register(
-            "lease_renewals",
-            "Lease renewals (heartbeats)",
-            m.lease_renewals.clone(),
-        );
-        registry.register(
-            "lease_losses",
-            "Times this relay found its lease taken over and registered again",
-            m.lease_losses.clone(),
-        );
-        registry.register(
-            "state_mismatches",
-            "Times Redis had lost writes and the in-flight list was returned whole",
-            m.state_mismatches.clone(),
-        );
+        let request_counters = RequestCounters::new(&m.requests);
         let build_info: Family<VersionLabel, Gauge> = Family::default();
         build_info
             .get_or_create(&VersionLabel {

@@ -1,6 +1,27 @@
 # Shared by tests/docker/run.sh and tests/systemd/run.sh (sourced): a private dockerd
 # (vfs storage, socket in $work) and base images made with debootstrap from Debian's
-# own repository (Docker Hub is not reachable here). Callers set `work` and call `skip`.
+# own repository (Docker Hub is not reachable here). A test calls `begin_test NAME
+# CONTAINER` first: it makes `work`, defines `skip` and removes what the test started on
+# exit (the container, dockerd, the `redis_pid` and `collector_pid` it set, `work`).
+
+# begin_test NAME CONTAINER: the prologue both container tests share.
+begin_test() {
+  test_name=$1
+  test_container=$2
+  skip() { echo "$test_name test skipped: $*"; exit 77; }
+  need_docker_tools
+  work=$(mktemp -d "/tmp/relay-$test_name.XXXXXX")
+  trap end_test EXIT
+}
+
+end_test() {
+  set +e
+  docker rm -f "$test_container" >/dev/null 2>&1
+  stop_dockerd
+  [ -n "${redis_pid:-}" ] && kill "$redis_pid" 2>/dev/null
+  [ -n "${collector_pid:-}" ] && kill "$collector_pid" 2>/dev/null
+  rm -rf "$work" 2>/dev/null || true
+}
 
 # Installs dockerd and debootstrap from Debian's packages when missing.
 need_docker_tools() {

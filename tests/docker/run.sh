@@ -11,21 +11,8 @@
 # Usage: tests/docker/run.sh          exit 0 pass, 1 fail, 77 docker cannot run here
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-skip() { echo "docker test skipped: $*"; exit 77; }
-
 source tests/docker/lib.sh
-need_docker_tools
-
-work=$(mktemp -d /tmp/relay-docker.XXXXXX)
-cleanup() {
-  set +e
-  docker rm -f relay-under-test >/dev/null 2>&1
-  stop_dockerd
-  [ -n "${redis_pid:-}" ] && kill "$redis_pid" 2>/dev/null
-  [ -n "${collector_pid:-}" ] && kill "$collector_pid" 2>/dev/null
-  rm -rf "$work" 2>/dev/null || true
-}
-trap cleanup EXIT
+begin_test docker relay-under-test
 
 start_dockerd
 # The runtime stage's base image.

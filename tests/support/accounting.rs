@@ -145,3 +145,20 @@ pub fn report(
         total - distinct - dead - left,
     );
 }
+
+/// The end of a fault scenario: waits until `total` distinct events were delivered
+/// (within `seconds`), stops the relay, prints [`report`] with the time since the fault
+/// ended, and returns the relay's summary.
+pub async fn stop_once_recovered(
+    relay: super::Relay,
+    (scenario, total): (&str, usize),
+    (collector, redis): (&Collector, &RedisServer),
+    fault_ended: std::time::Instant,
+    seconds: u64,
+) -> snowplow_relay::Summary {
+    collector.until_distinct(total, seconds).await;
+    let took = fault_ended.elapsed();
+    let summary = relay.stop().await;
+    report((scenario, total), (collector, redis), Some(took));
+    summary
+}

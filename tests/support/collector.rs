@@ -75,11 +75,21 @@ pub fn always(status: u16) -> Responder {
 
 /// Answers `status` to any request carrying one of `eids`, 200 to the others.
 pub fn refusing(eids: &'static [&'static str], status: u16) -> Responder {
+    refusing_where(move |eid| eids.contains(&eid), status)
+}
+
+/// Answers `status` to any request carrying an eid that ends in `digit` (one event in ten
+/// of [`super::numbered_events`]), 200 to the others.
+pub fn refusing_eids_ending_in(digit: char, status: u16) -> Responder {
+    refusing_where(move |eid| eid.ends_with(digit), status)
+}
+
+fn refusing_where(refuse: impl Fn(&str) -> bool + Send + Sync + 'static, status: u16) -> Responder {
     Box::new(move |request| {
         let refused = request
             .events()
             .iter()
-            .any(|e| e["eid"].as_str().is_some_and(|eid| eids.contains(&eid)));
+            .any(|e| e["eid"].as_str().is_some_and(&refuse));
         if refused { status } else { 200 }
     })
 }

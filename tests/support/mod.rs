@@ -18,18 +18,20 @@ pub mod net;
 pub mod process;
 pub mod properties;
 pub mod redis_server;
+pub mod temp_file;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub use accounting::*;
 pub use certs::Certs;
-pub use collector::{Collector, Received, Responder, always, refusing};
+pub use collector::{Collector, Received, Responder, always, refusing, refusing_eids_ending_in};
 pub use events::*;
 pub use in_process::{Relay, config, config_for_urls, connect_queue};
 pub use net::{ClosedPort, Proxy};
 pub use process::{Finished, RelayProcess, bin, bin_command, peak_rss, run_bin, send_signal};
 pub use redis_server::{RedisServer, instances};
+pub use temp_file::TempFile;
 
 /// The list the relay reads by default.
 pub const LIST: &str = "snowplow";

@@ -14,21 +14,9 @@
 # Usage: tests/systemd/run.sh      exit 0 pass, 1 fail, 77 docker cannot run here
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-skip() { echo "systemd test skipped: $*"; exit 77; }
 source tests/docker/lib.sh
-need_docker_tools
-
-work=$(mktemp -d /tmp/relay-systemd.XXXXXX)
+begin_test systemd relay-systemd-test
 container=relay-systemd-test
-cleanup() {
-  set +e
-  docker rm -f "$container" >/dev/null 2>&1
-  stop_dockerd
-  [ -n "${redis_pid:-}" ] && kill "$redis_pid" 2>/dev/null
-  [ -n "${collector_pid:-}" ] && kill "$collector_pid" 2>/dev/null
-  rm -rf "$work" 2>/dev/null || true
-}
-trap cleanup EXIT
 
 failures=0
 pass() { echo "PASS: $*"; }
