@@ -9,9 +9,10 @@ use clap::{Args, Subcommand};
 
 use snowplow_relay::config::{CollectorSettings, RedisSettings};
 use snowplow_relay_tracker::{
-    EcommerceTransaction, Emit, Error, Event, HttpEmitter, PageView, Payload, Platform,
-    RedisEmitter, ScreenView, SelfDescribingJson, Structured, Subject, Timestamp, TrackOptions,
-    Tracker, TransactionItem,
+    CartChange, EcommerceTransaction, Emit, Error, Event, FormChange, FormElement, FormSubmit,
+    HttpEmitter, LinkClick, MobileScreenView, Number, PagePing, PageView, Payload, Platform,
+    RedisEmitter, ScreenView, SelfDescribingJson, SiteSearch, Structured, Subject, Timestamp,
+    Timing, TrackOptions, Tracker, TransactionItem,
 };
 
 /// What to track, and how.
@@ -53,8 +54,9 @@ pub struct TrackArgs {
 /// The subject's fields.
 #[derive(Debug, Args)]
 struct SubjectArgs {
-    /// pc, tv, mob, cnsl, iot, web, srv or app (p).
-    #[arg(long, global = true, default_value = "srv")]
+    /// pc, tv, mob, cnsl, iot, web, srv or app (p); pc, as in the library and the Python
+    /// tracker, unless given.
+    #[arg(long, global = true, default_value = "pc")]
     platform: Platform,
     /// The user id (uid).
     #[arg(long, global = true)]
@@ -91,17 +93,7 @@ struct SubjectArgs {
 #[derive(Debug, Subcommand)]
 enum EventArgs {
     /// A page view (e=pv).
-    PageView {
-        /// The page URL.
-        #[arg(long)]
-        url: String,
-        /// The page title.
-        #[arg(long)]
-        title: Option<String>,
-        /// The referrer.
-        #[arg(long)]
-        referrer: Option<String>,
-    },
+    PageView(PageArgs),
     /// A structured event (e=se).
     Struct {
         /// se_ca.
@@ -116,9 +108,103 @@ enum EventArgs {
         /// se_pr.
         #[arg(long)]
         property: Option<String>,
-        /// se_va.
+        /// se_va: 9 is sent as 9, 9.0 as 9.0 (as the Python tracker sends an int and a
+        /// float).
         #[arg(long)]
-        value: Option<f64>,
+        value: Option<Number>,
+    },
+    /// A page ping (e=pp), with the scroll range seen since the last one.
+    PagePing {
+        #[command(flatten)]
+        page: PageArgs,
+        /// MIN_X,MAX_X,MIN_Y,MAX_Y scroll offsets (pp_mix, pp_max, pp_miy, pp_may).
+        #[arg(long, value_parser = parse_offsets, value_name = "MIN_X,MAX_X,MIN_Y,MAX_Y")]
+        offsets: Option<[i64; 4]>,
+    },
+    /// A timing (timing 1-0-0).
+    Timing {
+        /// What was timed, e.g. checkout.
+        #[arg(long)]
+        category: String,
+        /// Which part of it, e.g. load.
+        #[arg(long)]
+        variable: String,
+        /// How long it took, in milliseconds.
+        #[arg(long, value_name = "MS")]
+        timing: u64,
+        /// An optional label.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// A link click (link_click 1-0-1).
+    LinkClick {
+        /// Where the link leads (targetUrl).
+        #[arg(long)]
+        target_url: String,
+        /// elementId.
+        #[arg(long)]
+        element_id: Option<String>,
+        /// elementClasses; repeat for several.
+        #[arg(long = "element-class", value_name = "CLASS")]
+        element_classes: Option<Vec<String>>,
+        /// elementTarget.
+        #[arg(long)]
+        element_target: Option<String>,
+        /// elementContent.
+        #[arg(long)]
+        element_content: Option<String>,
+    },
+    /// An item added to a cart (add_to_cart 1-0-0).
+    AddToCart(CartArgs),
+    /// An item removed from a cart (remove_from_cart 1-0-0).
+    RemoveFromCart(CartArgs),
+    /// A form field changed (change_form 1-0-0).
+    FormChange {
+        /// formId.
+        #[arg(long)]
+        form_id: String,
+        /// elementId.
+        #[arg(long)]
+        element_id: String,
+        /// nodeName: INPUT, TEXTAREA or SELECT.
+        #[arg(long)]
+        node_name: String,
+        /// The new value (null without it).
+        #[arg(long)]
+        value: Option<String>,
+        /// The input's type, e.g. email.
+        #[arg(long = "type", value_name = "TYPE")]
+        input_type: Option<String>,
+        /// elementClasses; repeat for several.
+        #[arg(long = "element-class", value_name = "CLASS")]
+        element_classes: Option<Vec<String>>,
+    },
+    /// A form submitted (submit_form 1-0-0).
+    FormSubmit {
+        /// formId.
+        #[arg(long)]
+        form_id: String,
+        /// formClasses; repeat for several.
+        #[arg(long = "form-class", value_name = "CLASS")]
+        form_classes: Option<Vec<String>>,
+        /// An element: NAME,NODE_NAME[,VALUE[,TYPE]]; repeat for several.
+        #[arg(long = "element", value_parser = parse_form_element, value_name = "NAME,NODE_NAME[,VALUE[,TYPE]]")]
+        elements: Vec<FormElement>,
+    },
+    /// A site search (site_search 1-0-0).
+    SiteSearch {
+        /// A search term; repeat for several (at least one).
+        #[arg(long = "term", required = true)]
+        terms: Vec<String>,
+        /// A filter NAME=VALUE (true and false are flags); repeat for several.
+        #[arg(long = "filter", value_parser = parse_filter, value_name = "NAME=VALUE")]
+        filters: Vec<(String, String)>,
+        /// totalResults.
+        #[arg(long)]
+        total_results: Option<i64>,
+        /// pageResults.
+        #[arg(long)]
+        page_results: Option<i64>,
     },
     /// A self-describing event (e=ue), e.g.
     /// --json '{"schema":"iglu:com.acme/x/jsonschema/1-0-0","data":{"a":1}}'.
@@ -127,7 +213,9 @@ enum EventArgs {
         #[arg(long, value_name = "JSON")]
         json: String,
     },
-    /// A screen view (screen_view 1-0-0).
+    /// A screen view: the web screen_view 1-0-0, or with --mobile the mobile trackers'
+    /// (com.snowplowanalytics.mobile/screen_view 1-0-0, which needs --name and makes an
+    /// id unless given).
     ScreenView {
         /// The screen's name.
         #[arg(long)]
@@ -135,6 +223,24 @@ enum EventArgs {
         /// The screen's id.
         #[arg(long)]
         id: Option<String>,
+        /// Use the mobile screen_view schema.
+        #[arg(long)]
+        mobile: bool,
+        /// With --mobile: the kind of screen (type).
+        #[arg(long = "type", requires = "mobile", value_name = "TYPE")]
+        screen_type: Option<String>,
+        /// With --mobile: previousName.
+        #[arg(long, requires = "mobile")]
+        previous_name: Option<String>,
+        /// With --mobile: previousId.
+        #[arg(long, requires = "mobile")]
+        previous_id: Option<String>,
+        /// With --mobile: previousType.
+        #[arg(long, requires = "mobile")]
+        previous_type: Option<String>,
+        /// With --mobile: transitionType.
+        #[arg(long, requires = "mobile")]
+        transition_type: Option<String>,
     },
     /// An ecommerce transaction (e=tr) and its items (e=ti).
     Transaction {
@@ -143,7 +249,7 @@ enum EventArgs {
         order_id: String,
         /// tr_tt.
         #[arg(long)]
-        total: f64,
+        total: Number,
         /// tr_cu, also on each item.
         #[arg(long)]
         currency: Option<String>,
@@ -152,14 +258,99 @@ enum EventArgs {
         affiliation: Option<String>,
         /// tr_tx.
         #[arg(long)]
-        tax: Option<f64>,
+        tax: Option<Number>,
         /// tr_sh.
         #[arg(long)]
-        shipping: Option<f64>,
+        shipping: Option<Number>,
+        /// CITY,STATE,COUNTRY (tr_ci, tr_st, tr_co).
+        #[arg(long, value_parser = parse_address, value_name = "CITY,STATE,COUNTRY")]
+        address: Option<(String, String, String)>,
         /// An item: SKU,PRICE,QUANTITY[,NAME[,CATEGORY]]; repeat for several.
         #[arg(long = "item", value_name = "SKU,PRICE,QTY[,NAME[,CATEGORY]]", value_parser = parse_item)]
         items: Vec<TransactionItem>,
     },
+}
+
+/// The page of a page view or page ping.
+#[derive(Debug, Args)]
+struct PageArgs {
+    /// The page URL.
+    #[arg(long)]
+    url: String,
+    /// The page title.
+    #[arg(long)]
+    title: Option<String>,
+    /// The referrer.
+    #[arg(long)]
+    referrer: Option<String>,
+}
+
+/// The fields of an add-to-cart or remove-from-cart event.
+#[derive(Debug, Args)]
+struct CartArgs {
+    /// The product's SKU.
+    #[arg(long)]
+    sku: String,
+    /// How many.
+    #[arg(long)]
+    quantity: i64,
+    /// The product's name.
+    #[arg(long)]
+    name: Option<String>,
+    /// The product's category.
+    #[arg(long)]
+    category: Option<String>,
+    /// The price of one (unitPrice).
+    #[arg(long)]
+    unit_price: Option<Number>,
+    /// The price's currency.
+    #[arg(long)]
+    currency: Option<String>,
+}
+
+impl CartArgs {
+    fn event(&self, change: CartChange) -> Event {
+        change
+            .maybe(self.name.as_ref(), CartChange::name)
+            .maybe(self.category.as_ref(), CartChange::category)
+            .maybe(self.unit_price, CartChange::unit_price)
+            .maybe(self.currency.as_ref(), CartChange::currency)
+            .into()
+    }
+}
+
+fn parse_offsets(text: &str) -> Result<[i64; 4], String> {
+    let usage = || format!("expected MIN_X,MAX_X,MIN_Y,MAX_Y in whole pixels, not {text:?}");
+    let numbers: Vec<i64> = text
+        .split(',')
+        .map(|n| n.trim().parse::<i64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| usage())?;
+    numbers.try_into().map_err(|_| usage())
+}
+
+fn parse_form_element(text: &str) -> Result<FormElement, String> {
+    let parts: Vec<&str> = text.splitn(4, ',').collect();
+    if parts.len() < 2 {
+        return Err(format!(
+            "expected NAME,NODE_NAME[,VALUE[,TYPE]], not {text:?}"
+        ));
+    }
+    let element = FormElement::new(parts[0], parts.get(2).map(|v| v.to_string()), parts[1]);
+    Ok(element.maybe(parts.get(3).copied(), FormElement::input_type))
+}
+
+fn parse_address(text: &str) -> Result<(String, String, String), String> {
+    match text.split(',').collect::<Vec<_>>()[..] {
+        [city, state, country] => Ok((city.into(), state.into(), country.into())),
+        _ => Err(format!("expected CITY,STATE,COUNTRY, not {text:?}")),
+    }
+}
+
+fn parse_filter(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("expected NAME=VALUE, not {text:?}"))
 }
 
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
@@ -179,7 +370,7 @@ fn parse_item(text: &str) -> Result<TransactionItem, String> {
     if !(3..=5).contains(&parts.len()) {
         return Err(usage());
     }
-    let price = parts[1].parse::<f64>().map_err(|_| usage())?;
+    let price = parts[1].parse::<Number>().map_err(|_| usage())?;
     let quantity = parts[2].parse::<i64>().map_err(|_| usage())?;
     let mut item = TransactionItem::new(parts[0], price, quantity);
     if let Some(name) = parts.get(3) {
@@ -206,13 +397,9 @@ impl<T> Maybe for T {}
 impl TrackArgs {
     fn event(&self) -> Result<Event, Error> {
         Ok(match &self.event {
-            EventArgs::PageView {
-                url,
-                title,
-                referrer,
-            } => PageView::new(url)
-                .maybe(title.as_ref(), PageView::title)
-                .maybe(referrer.as_ref(), PageView::referrer)
+            EventArgs::PageView(page) => PageView::new(&page.url)
+                .maybe(page.title.as_ref(), PageView::title)
+                .maybe(page.referrer.as_ref(), PageView::referrer)
                 .into(),
             EventArgs::Struct {
                 category,
@@ -226,9 +413,103 @@ impl TrackArgs {
                 .maybe(*value, Structured::value)
                 .into(),
             EventArgs::SelfDescribing { json } => SelfDescribingJson::from_json(json)?.into(),
-            EventArgs::ScreenView { name, id } => ScreenView::new()
+            EventArgs::ScreenView {
+                name,
+                id,
+                mobile: false,
+                ..
+            } => ScreenView::new()
                 .maybe(name.as_ref(), ScreenView::name)
                 .maybe(id.as_ref(), ScreenView::id)
+                .into(),
+            EventArgs::ScreenView {
+                name,
+                id,
+                mobile: true,
+                screen_type,
+                previous_name,
+                previous_id,
+                previous_type,
+                transition_type,
+            } => MobileScreenView::new(name.clone().unwrap_or_default())
+                .maybe(id.as_ref(), MobileScreenView::id)
+                .maybe(screen_type.as_ref(), MobileScreenView::screen_type)
+                .maybe(previous_name.as_ref(), MobileScreenView::previous_name)
+                .maybe(previous_id.as_ref(), MobileScreenView::previous_id)
+                .maybe(previous_type.as_ref(), MobileScreenView::previous_type)
+                .maybe(transition_type.as_ref(), MobileScreenView::transition_type)
+                .into(),
+            EventArgs::PagePing { page, offsets } => PagePing::new(&page.url)
+                .maybe(page.title.as_ref(), PagePing::title)
+                .maybe(page.referrer.as_ref(), PagePing::referrer)
+                .maybe(*offsets, |ping, [min_x, max_x, min_y, max_y]| {
+                    ping.offsets(min_x, max_x, min_y, max_y)
+                })
+                .into(),
+            EventArgs::Timing {
+                category,
+                variable,
+                timing,
+                label,
+            } => Timing::new(category, variable, *timing)
+                .maybe(label.as_ref(), Timing::label)
+                .into(),
+            EventArgs::LinkClick {
+                target_url,
+                element_id,
+                element_classes,
+                element_target,
+                element_content,
+            } => LinkClick::new(target_url)
+                .maybe(element_id.as_ref(), LinkClick::element_id)
+                .maybe(element_classes.clone(), LinkClick::element_classes)
+                .maybe(element_target.as_ref(), LinkClick::element_target)
+                .maybe(element_content.as_ref(), LinkClick::element_content)
+                .into(),
+            EventArgs::AddToCart(cart) => cart.event(CartChange::add(&cart.sku, cart.quantity)),
+            EventArgs::RemoveFromCart(cart) => {
+                cart.event(CartChange::remove(&cart.sku, cart.quantity))
+            }
+            EventArgs::FormChange {
+                form_id,
+                element_id,
+                node_name,
+                value,
+                input_type,
+                element_classes,
+            } => FormChange::new(form_id, element_id, node_name)
+                .maybe(value.as_ref(), FormChange::value)
+                .maybe(input_type.as_ref(), FormChange::input_type)
+                .maybe(element_classes.clone(), FormChange::element_classes)
+                .into(),
+            EventArgs::FormSubmit {
+                form_id,
+                form_classes,
+                elements,
+            } => elements
+                .iter()
+                .fold(
+                    FormSubmit::new(form_id).maybe(form_classes.clone(), FormSubmit::form_classes),
+                    |submit, element| submit.element(element.clone()),
+                )
+                .into(),
+            EventArgs::SiteSearch {
+                terms,
+                filters,
+                total_results,
+                page_results,
+            } => filters
+                .iter()
+                .fold(
+                    SiteSearch::new(terms),
+                    |search, (name, value)| match value.as_str() {
+                        "true" => search.filter(name, true),
+                        "false" => search.filter(name, false),
+                        text => search.filter(name, text),
+                    },
+                )
+                .maybe(*total_results, SiteSearch::total_results)
+                .maybe(*page_results, SiteSearch::page_results)
                 .into(),
             EventArgs::Transaction {
                 order_id,
@@ -237,13 +518,17 @@ impl TrackArgs {
                 affiliation,
                 tax,
                 shipping,
+                address,
                 items,
             } => {
                 let order = EcommerceTransaction::new(order_id, *total)
                     .maybe(currency.as_ref(), EcommerceTransaction::currency)
                     .maybe(affiliation.as_ref(), EcommerceTransaction::affiliation)
                     .maybe(*tax, EcommerceTransaction::tax_value)
-                    .maybe(*shipping, EcommerceTransaction::shipping);
+                    .maybe(*shipping, EcommerceTransaction::shipping)
+                    .maybe(address.clone(), |order, (city, state, country)| {
+                        order.address(city, state, country)
+                    });
                 items
                     .iter()
                     .fold(order, |order, item| order.item(item.clone()))

@@ -36,4 +36,4 @@ wait_for python3 -c "import urllib.request; urllib.request.urlopen('http://127.0
 wait_for python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$b_port/health')"
 
 REDIS_PORT="$REDIS_PORT" COLLECTOR_A="127.0.0.1:$a_port" COLLECTOR_B="127.0.0.1:$b_port" \
-  FIXTURES="$root/tests/fixtures" TRACKER_FIXTURES="$root/crates/tracker/tests/fixtures" "$venv/bin/python" "$here/python_interop.py"
+  FIXTURES="$root/tests/fixtures" IGLU="$root/iglu" TRACKER_FIXTURES="$root/crates/tracker/tests/fixtures" "$venv/bin/python" "$here/python_interop.py"

@@ -7,6 +7,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
 use crate::Error;
+use crate::json::Number;
 use crate::protocol::iglu::SelfDescribingJson;
 
 /// One event's name/value pairs, in insertion order: what the `RedisEmitter` pushes as a
@@ -51,9 +52,9 @@ impl Payload {
     }
 
     /// The JSON object, as one list element (the Python RedisEmitter's
-    /// `json.dumps(payload)`, compact).
+    /// `json.dumps(payload)`, compact, numbers written as Python writes them).
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a payload of strings and numbers always serialises")
+        crate::json::compact(self)
     }
 }
 
@@ -67,15 +68,8 @@ impl Serialize for Payload {
     }
 }
 
-/// A finite number as JSON, or the typed error naming the field.
-fn finite(field: &'static str, value: f64) -> Result<Value, Error> {
-    serde_json::Number::from_f64(value)
-        .map(Value::Number)
-        .ok_or(Error::NonFinite { field, value })
-}
-
-fn finite_opt(field: &'static str, value: Option<f64>) -> Result<Value, Error> {
-    value.map_or(Ok(Value::Null), |v| finite(field, v))
+fn number_opt(field: &'static str, value: Option<Number>) -> Result<Value, Error> {
+    value.map_or(Ok(Value::Null), |v| v.to_json(field))
 }
 
 fn required<'a>(
@@ -95,7 +89,7 @@ fn required<'a>(
 /// use snowplow_relay_tracker::PageView;
 /// let view = PageView::new("https://shop.example.com/").title("Shop").referrer("https://example.com/");
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PageView {
     url: String,
     title: Option<String>,
@@ -107,8 +101,7 @@ impl PageView {
     pub fn new(url: impl Into<String>) -> Self {
         PageView {
             url: url.into(),
-            title: None,
-            referrer: None,
+            ..Default::default()
         }
     }
 
@@ -126,7 +119,7 @@ impl PageView {
 /// use snowplow_relay_tracker::PagePing;
 /// let ping = PagePing::new("https://shop.example.com/").offsets(0, 0, 120, 900);
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PagePing {
     url: String,
     title: Option<String>,
@@ -139,9 +132,7 @@ impl PagePing {
     pub fn new(url: impl Into<String>) -> Self {
         PagePing {
             url: url.into(),
-            title: None,
-            referrer: None,
-            offsets: None,
+            ..Default::default()
         }
     }
 
@@ -164,14 +155,15 @@ impl PagePing {
 /// ```
 /// use snowplow_relay_tracker::Structured;
 /// let click = Structured::new("shop", "add-to-basket").label("sku-1").value(9.99);
+/// let whole = Structured::new("shop", "view").value(70); // sent as `70`, not `70.0`
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Structured {
     category: String,
     action: String,
     label: Option<String>,
     property: Option<String>,
-    value: Option<f64>,
+    value: Option<Number>,
 }
 
 impl Structured {
@@ -180,9 +172,7 @@ impl Structured {
         Structured {
             category: category.into(),
             action: action.into(),
-            label: None,
-            property: None,
-            value: None,
+            ..Default::default()
         }
     }
 
@@ -191,8 +181,8 @@ impl Structured {
         fn label(label: text);
         /// `se_pr`.
         fn property(property: text);
-        /// `se_va` (must be finite).
-        fn value(value: f64);
+        /// `se_va`: a whole number is sent whole, a decimal as a decimal (must be finite).
+        fn value(value: number);
     }
 }
 
@@ -231,7 +221,7 @@ impl ScreenView {
 /// use snowplow_relay_tracker::Timing;
 /// let timing = Timing::new("checkout", "load", 250).label("cold cache");
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Timing {
     category: String,
     variable: String,
@@ -246,7 +236,7 @@ impl Timing {
             category: category.into(),
             variable: variable.into(),
             timing_ms,
-            label: None,
+            ..Default::default()
         }
     }
 
@@ -258,10 +248,10 @@ impl Timing {
 }
 
 /// One line of an [`EcommerceTransaction`], tracked as its own `e=ti` event.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TransactionItem {
     sku: String,
-    price: f64,
+    price: Number,
     quantity: i64,
     name: Option<String>,
     category: Option<String>,
@@ -269,13 +259,12 @@ pub struct TransactionItem {
 
 impl TransactionItem {
     /// `quantity` of `sku` at `price` each (sku not empty, price finite).
-    pub fn new(sku: impl Into<String>, price: f64, quantity: i64) -> Self {
+    pub fn new(sku: impl Into<String>, price: impl Into<Number>, quantity: i64) -> Self {
         TransactionItem {
             sku: sku.into(),
-            price,
+            price: price.into(),
             quantity,
-            name: None,
-            category: None,
+            ..Default::default()
         }
     }
 
@@ -296,13 +285,13 @@ impl TransactionItem {
 ///     .currency("EUR")
 ///     .item(TransactionItem::new("sku-1", 9.99, 2).name("Mug"));
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct EcommerceTransaction {
     order_id: String,
-    total_value: f64,
+    total_value: Number,
     affiliation: Option<String>,
-    tax_value: Option<f64>,
-    shipping: Option<f64>,
+    tax_value: Option<Number>,
+    shipping: Option<Number>,
     city: Option<String>,
     state: Option<String>,
     country: Option<String>,
@@ -312,18 +301,11 @@ pub struct EcommerceTransaction {
 
 impl EcommerceTransaction {
     /// Order `order_id` (not empty) worth `total_value` (finite).
-    pub fn new(order_id: impl Into<String>, total_value: f64) -> Self {
+    pub fn new(order_id: impl Into<String>, total_value: impl Into<Number>) -> Self {
         EcommerceTransaction {
             order_id: order_id.into(),
-            total_value,
-            affiliation: None,
-            tax_value: None,
-            shipping: None,
-            city: None,
-            state: None,
-            country: None,
-            currency: None,
-            items: Vec::new(),
+            total_value: total_value.into(),
+            ..Default::default()
         }
     }
 
@@ -331,9 +313,9 @@ impl EcommerceTransaction {
         /// `tr_af`.
         fn affiliation(affiliation: text);
         /// `tr_tx`.
-        fn tax_value(tax_value: f64);
+        fn tax_value(tax_value: number);
         /// `tr_sh`.
-        fn shipping(shipping: f64);
+        fn shipping(shipping: number);
     }
 
     /// `tr_ci`, `tr_st`, `tr_co`.
@@ -362,6 +344,411 @@ impl EcommerceTransaction {
     }
 }
 
+/// A link click, sent as the self-describing
+/// `iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1` (the Python tracker's
+/// `track_link_click`).
+///
+/// ```
+/// use snowplow_relay_tracker::LinkClick;
+/// let click = LinkClick::new("https://example.com/out").element_id("cta").element_classes(["big", "blue"]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkClick {
+    target_url: String,
+    element_id: Option<String>,
+    element_classes: Option<Vec<String>>,
+    element_target: Option<String>,
+    element_content: Option<String>,
+}
+
+impl LinkClick {
+    /// A click on a link to `target_url` (must not be empty).
+    pub fn new(target_url: impl Into<String>) -> Self {
+        LinkClick {
+            target_url: target_url.into(),
+            ..Default::default()
+        }
+    }
+
+    optional_setters! {
+        /// The link element's `id` (`elementId`).
+        fn element_id(element_id: text);
+        /// Its classes (`elementClasses`).
+        fn element_classes(element_classes: texts);
+        /// Its `target` attribute (`elementTarget`).
+        fn element_target(element_target: text);
+        /// Its text (`elementContent`).
+        fn element_content(element_content: text);
+    }
+}
+
+/// An item added to or removed from a cart, sent as the self-describing
+/// `iglu:com.snowplowanalytics.snowplow/add_to_cart/jsonschema/1-0-0` or
+/// `…/remove_from_cart/…` (the Python tracker's `track_add_to_cart` and
+/// `track_remove_from_cart`).
+///
+/// ```
+/// use snowplow_relay_tracker::CartChange;
+/// let added = CartChange::add("sku-1", 2).name("Mug").unit_price(9.99).currency("EUR");
+/// let removed = CartChange::remove("sku-1", 1);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CartChange {
+    added: bool,
+    sku: String,
+    quantity: i64,
+    name: Option<String>,
+    category: Option<String>,
+    unit_price: Option<Number>,
+    currency: Option<String>,
+}
+
+impl CartChange {
+    /// `quantity` of `sku` (not empty) added to the cart.
+    pub fn add(sku: impl Into<String>, quantity: i64) -> Self {
+        CartChange::new(true, sku.into(), quantity)
+    }
+
+    /// `quantity` of `sku` (not empty) removed from the cart.
+    pub fn remove(sku: impl Into<String>, quantity: i64) -> Self {
+        CartChange::new(false, sku.into(), quantity)
+    }
+
+    fn new(added: bool, sku: String, quantity: i64) -> Self {
+        CartChange {
+            added,
+            sku,
+            quantity,
+            ..Default::default()
+        }
+    }
+
+    optional_setters! {
+        /// The product's name.
+        fn name(name: text);
+        /// The product's category.
+        fn category(category: text);
+        /// The price of one (`unitPrice`).
+        fn unit_price(unit_price: number);
+        /// The price's currency.
+        fn currency(currency: text);
+    }
+}
+
+/// The HTML element a form event is about: `INPUT`, `TEXTAREA` or `SELECT` (the
+/// schemas' `nodeName`).
+pub const FORM_NODE_NAMES: &[&str] = &["INPUT", "TEXTAREA", "SELECT"];
+
+/// The input types the form schemas allow (`type`).
+pub const FORM_INPUT_TYPES: &[&str] = &[
+    "button",
+    "checkbox",
+    "color",
+    "date",
+    "datetime",
+    "datetime-local",
+    "email",
+    "file",
+    "hidden",
+    "image",
+    "month",
+    "number",
+    "password",
+    "radio",
+    "range",
+    "reset",
+    "search",
+    "submit",
+    "tel",
+    "text",
+    "time",
+    "url",
+    "week",
+];
+
+/// A form field's change, sent as the self-describing
+/// `iglu:com.snowplowanalytics.snowplow/change_form/jsonschema/1-0-0` (the Python
+/// tracker's `track_form_change`).
+///
+/// ```
+/// use snowplow_relay_tracker::FormChange;
+/// let change = FormChange::new("signup", "email", "INPUT").value("a@example.com").input_type("email");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FormChange {
+    form_id: String,
+    element_id: String,
+    node_name: String,
+    value: Option<String>,
+    input_type: Option<String>,
+    element_classes: Option<Vec<String>>,
+}
+
+impl FormChange {
+    /// A change of element `element_id` (a `node_name` of [`FORM_NODE_NAMES`]) in form
+    /// `form_id` (not empty). Without [`FormChange::value`] the value is sent as `null`,
+    /// as the Python tracker does.
+    pub fn new(
+        form_id: impl Into<String>,
+        element_id: impl Into<String>,
+        node_name: impl Into<String>,
+    ) -> Self {
+        FormChange {
+            form_id: form_id.into(),
+            element_id: element_id.into(),
+            node_name: node_name.into(),
+            ..Default::default()
+        }
+    }
+
+    optional_setters! {
+        /// The element's new value.
+        fn value(value: text);
+        /// The input's type, one of [`FORM_INPUT_TYPES`] (`type`).
+        fn input_type(input_type: text);
+        /// The element's classes (`elementClasses`).
+        fn element_classes(element_classes: texts);
+    }
+}
+
+/// One element of a submitted form (an entry of `submit_form`'s `elements`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FormElement {
+    name: String,
+    value: Option<String>,
+    node_name: String,
+    input_type: Option<String>,
+}
+
+impl FormElement {
+    /// Element `name` holding `value` (`None`: `null`), a `node_name` of
+    /// [`FORM_NODE_NAMES`].
+    pub fn new(
+        name: impl Into<String>,
+        value: Option<String>,
+        node_name: impl Into<String>,
+    ) -> Self {
+        FormElement {
+            name: name.into(),
+            value,
+            node_name: node_name.into(),
+            ..Default::default()
+        }
+    }
+
+    optional_setters! {
+        /// The input's type, one of [`FORM_INPUT_TYPES`] (`type`).
+        fn input_type(input_type: text);
+    }
+}
+
+/// A form's submission, sent as the self-describing
+/// `iglu:com.snowplowanalytics.snowplow/submit_form/jsonschema/1-0-0` (the Python
+/// tracker's `track_form_submit`).
+///
+/// ```
+/// use snowplow_relay_tracker::{FormElement, FormSubmit};
+/// let submit = FormSubmit::new("signup")
+///     .form_classes(["wide"])
+///     .element(FormElement::new("email", Some("a@example.com".into()), "INPUT").input_type("email"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FormSubmit {
+    form_id: String,
+    form_classes: Option<Vec<String>>,
+    elements: Vec<FormElement>,
+}
+
+impl FormSubmit {
+    /// A submission of form `form_id` (not empty).
+    pub fn new(form_id: impl Into<String>) -> Self {
+        FormSubmit {
+            form_id: form_id.into(),
+            ..Default::default()
+        }
+    }
+
+    optional_setters! {
+        /// The form's classes (`formClasses`).
+        fn form_classes(form_classes: texts);
+    }
+
+    /// Adds an element (`elements`, sent only when there is at least one).
+    pub fn element(mut self, element: FormElement) -> Self {
+        self.elements.push(element);
+        self
+    }
+}
+
+/// A search on the site, sent as the self-describing
+/// `iglu:com.snowplowanalytics.snowplow/site_search/jsonschema/1-0-0` (the Python
+/// tracker's `track_site_search`).
+///
+/// ```
+/// use snowplow_relay_tracker::SiteSearch;
+/// let search = SiteSearch::new(["red", "mug"]).filter("in_stock", true).total_results(12);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SiteSearch {
+    terms: Vec<String>,
+    filters: Option<serde_json::Map<String, Value>>,
+    total_results: Option<i64>,
+    page_results: Option<i64>,
+}
+
+impl SiteSearch {
+    /// A search for `terms` (at least one).
+    pub fn new<S: Into<String>>(terms: impl IntoIterator<Item = S>) -> Self {
+        SiteSearch {
+            terms: terms.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds a filter: a text or a flag (`filters`).
+    pub fn filter(mut self, name: impl Into<String>, value: impl Into<SearchFilter>) -> Self {
+        let value = match value.into() {
+            SearchFilter::Text(text) => Value::from(text),
+            SearchFilter::Flag(flag) => Value::from(flag),
+        };
+        self.filters
+            .get_or_insert_default()
+            .insert(name.into(), value);
+        self
+    }
+
+    optional_setters! {
+        /// How many results the search found (`totalResults`).
+        fn total_results(total_results: i64);
+        /// How many were shown on the page (`pageResults`).
+        fn page_results(page_results: i64);
+    }
+}
+
+/// The value of a [`SiteSearch`] filter: the schema allows text or a flag.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SearchFilter {
+    /// A text value.
+    Text(String),
+    /// A flag.
+    Flag(bool),
+}
+
+impl From<&str> for SearchFilter {
+    fn from(text: &str) -> Self {
+        SearchFilter::Text(text.to_owned())
+    }
+}
+
+impl From<String> for SearchFilter {
+    fn from(text: String) -> Self {
+        SearchFilter::Text(text)
+    }
+}
+
+impl From<bool> for SearchFilter {
+    fn from(flag: bool) -> Self {
+        SearchFilter::Flag(flag)
+    }
+}
+
+/// A mobile screen view, sent as the self-describing
+/// `iglu:com.snowplowanalytics.mobile/screen_view/jsonschema/1-0-0` (the Python tracker's
+/// `track_mobile_screen_view`; the mobile trackers' screen view). Its `id` is a fresh
+/// UUID unless given.
+///
+/// ```
+/// use snowplow_relay_tracker::MobileScreenView;
+/// let screen = MobileScreenView::new("Basket").screen_type("feed").previous_name("Home");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MobileScreenView {
+    name: String,
+    id: Option<String>,
+    screen_type: Option<String>,
+    previous_name: Option<String>,
+    previous_id: Option<String>,
+    previous_type: Option<String>,
+    transition_type: Option<String>,
+}
+
+impl MobileScreenView {
+    /// A view of the screen called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        MobileScreenView {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    optional_setters! {
+        /// The screen view's id (default: a fresh UUID).
+        fn id(id: text);
+        /// The kind of screen (`type`).
+        fn screen_type(screen_type: text);
+        /// The screen seen before (`previousName`).
+        fn previous_name(previous_name: text);
+        /// Its id (`previousId`).
+        fn previous_id(previous_id: text);
+        /// Its kind (`previousType`).
+        fn previous_type(previous_type: text);
+        /// How the screen was reached (`transitionType`).
+        fn transition_type(transition_type: text);
+    }
+}
+
+/// The data of a self-describing event, members in the order they are set (as the
+/// Python tracker builds its `properties` dict), unset ones left out.
+struct Properties(serde_json::Map<String, Value>);
+
+impl Properties {
+    fn new() -> Self {
+        Properties(serde_json::Map::new())
+    }
+
+    fn set(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.0.insert(name.to_owned(), value.into());
+        self
+    }
+
+    fn maybe(self, name: &str, value: Option<impl Into<Value>>) -> Self {
+        match value {
+            Some(value) => self.set(name, value),
+            None => self,
+        }
+    }
+
+    fn event(self, schema: &str) -> Value {
+        serde_json::json!({"schema": schema, "data": self.0})
+    }
+}
+
+fn one_of(
+    event: &'static str,
+    field: &'static str,
+    value: &str,
+    allowed: &'static [&'static str],
+) -> Result<(), Error> {
+    if allowed.contains(&value) {
+        return Ok(());
+    }
+    Err(Error::NotOneOf {
+        event,
+        field,
+        value: crate::protocol::shorten(value),
+        allowed: allowed.join(", "),
+    })
+}
+
+fn input_type_ok(event: &'static str, input_type: Option<&String>) -> Result<(), Error> {
+    match input_type {
+        Some(t) => one_of(event, "type", &t.to_lowercase(), FORM_INPUT_TYPES),
+        None => Ok(()),
+    }
+}
+
+const SNOWPLOW: &str = "iglu:com.snowplowanalytics.snowplow";
+
 /// Any event a tracker can track. Every event type converts into it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -379,6 +766,18 @@ pub enum Event {
     Timing(Timing),
     /// `e=tr`, then `e=ti` per item.
     EcommerceTransaction(EcommerceTransaction),
+    /// `e=ue`, link_click.
+    LinkClick(LinkClick),
+    /// `e=ue`, add_to_cart or remove_from_cart.
+    CartChange(CartChange),
+    /// `e=ue`, change_form.
+    FormChange(FormChange),
+    /// `e=ue`, submit_form.
+    FormSubmit(FormSubmit),
+    /// `e=ue`, site_search.
+    SiteSearch(SiteSearch),
+    /// `e=ue`, the mobile screen_view.
+    MobileScreenView(MobileScreenView),
 }
 
 macro_rules! into_event {
@@ -396,7 +795,13 @@ into_event!(
     Structured,
     ScreenView,
     Timing,
-    EcommerceTransaction
+    EcommerceTransaction,
+    LinkClick,
+    CartChange,
+    FormChange,
+    FormSubmit,
+    SiteSearch,
+    MobileScreenView
 );
 
 impl From<SelfDescribingJson> for Event {
@@ -451,7 +856,7 @@ impl Event {
                 );
                 own.add_opt("se_la", event.label.as_deref());
                 own.add_opt("se_pr", event.property.as_deref());
-                own.add("se_va", finite_opt("se_va", event.value)?);
+                own.add("se_va", number_opt("se_va", event.value)?);
             }
             Event::SelfDescribing(event) => {
                 own.add_str("e", "ue");
@@ -459,46 +864,164 @@ impl Event {
             }
             Event::ScreenView(screen) => {
                 own.add_str("e", "ue");
-                let mut data = serde_json::Map::new();
-                if let Some(name) = &screen.name {
-                    data.insert("name".into(), Value::from(name.as_str()));
-                }
-                if let Some(id) = &screen.id {
-                    data.insert("id".into(), Value::from(id.as_str()));
-                }
-                self_describing = Some(serde_json::json!({
-                    "schema": "iglu:com.snowplowanalytics.snowplow/screen_view/jsonschema/1-0-0",
-                    "data": data,
-                }));
+                self_describing = Some(
+                    Properties::new()
+                        .maybe("name", screen.name.as_deref())
+                        .maybe("id", screen.id.as_deref())
+                        .event(&format!("{SNOWPLOW}/screen_view/jsonschema/1-0-0")),
+                );
             }
             Event::Timing(timing) => {
                 own.add_str("e", "ue");
-                let mut data = serde_json::Map::new();
-                data.insert(
-                    "category".into(),
-                    Value::from(required("timing", "category", &timing.category)?),
+                self_describing = Some(
+                    Properties::new()
+                        .set(
+                            "category",
+                            required("timing", "category", &timing.category)?,
+                        )
+                        .set(
+                            "variable",
+                            required("timing", "variable", &timing.variable)?,
+                        )
+                        .set("timing", timing.timing_ms)
+                        .maybe("label", timing.label.as_deref())
+                        .event(&format!("{SNOWPLOW}/timing/jsonschema/1-0-0")),
                 );
-                data.insert(
-                    "variable".into(),
-                    Value::from(required("timing", "variable", &timing.variable)?),
+            }
+            Event::LinkClick(click) => {
+                own.add_str("e", "ue");
+                self_describing = Some(
+                    Properties::new()
+                        .set(
+                            "targetUrl",
+                            required("link click", "target_url", &click.target_url)?,
+                        )
+                        .maybe("elementId", click.element_id.as_deref())
+                        .maybe("elementClasses", click.element_classes.clone())
+                        .maybe("elementTarget", click.element_target.as_deref())
+                        .maybe("elementContent", click.element_content.as_deref())
+                        .event(&format!("{SNOWPLOW}/link_click/jsonschema/1-0-1")),
                 );
-                data.insert("timing".into(), Value::from(timing.timing_ms));
-                if let Some(label) = &timing.label {
-                    data.insert("label".into(), Value::from(label.as_str()));
+            }
+            Event::CartChange(change) => {
+                own.add_str("e", "ue");
+                let (kind, name) = match change.added {
+                    true => ("add to cart", "add_to_cart"),
+                    false => ("remove from cart", "remove_from_cart"),
+                };
+                let unit_price = match change.unit_price {
+                    Some(price) => Some(price.to_json("unitPrice")?),
+                    None => None,
+                };
+                self_describing = Some(
+                    Properties::new()
+                        .set("sku", required(kind, "sku", &change.sku)?)
+                        .set("quantity", change.quantity)
+                        .maybe("name", change.name.as_deref())
+                        .maybe("category", change.category.as_deref())
+                        .maybe("unitPrice", unit_price)
+                        .maybe("currency", change.currency.as_deref())
+                        .event(&format!("{SNOWPLOW}/{name}/jsonschema/1-0-0")),
+                );
+            }
+            Event::FormChange(change) => {
+                own.add_str("e", "ue");
+                one_of(
+                    "form change",
+                    "node_name",
+                    &change.node_name,
+                    FORM_NODE_NAMES,
+                )?;
+                input_type_ok("form change", change.input_type.as_ref())?;
+                self_describing = Some(
+                    Properties::new()
+                        .set(
+                            "formId",
+                            required("form change", "form_id", &change.form_id)?,
+                        )
+                        .set("elementId", change.element_id.as_str())
+                        .set("nodeName", change.node_name.as_str())
+                        .set("value", change.value.as_deref())
+                        .maybe("type", change.input_type.as_deref())
+                        .maybe("elementClasses", change.element_classes.clone())
+                        .event(&format!("{SNOWPLOW}/change_form/jsonschema/1-0-0")),
+                );
+            }
+            Event::FormSubmit(submit) => {
+                own.add_str("e", "ue");
+                let mut elements = Vec::with_capacity(submit.elements.len());
+                for element in &submit.elements {
+                    one_of(
+                        "form submit",
+                        "node_name",
+                        &element.node_name,
+                        FORM_NODE_NAMES,
+                    )?;
+                    input_type_ok("form submit", element.input_type.as_ref())?;
+                    let element = Properties::new()
+                        .set("name", element.name.as_str())
+                        .set("value", element.value.as_deref())
+                        .set("nodeName", element.node_name.as_str())
+                        .maybe("type", element.input_type.as_deref());
+                    elements.push(Value::Object(element.0));
                 }
-                self_describing = Some(serde_json::json!({
-                    "schema": "iglu:com.snowplowanalytics.snowplow/timing/jsonschema/1-0-0",
-                    "data": data,
-                }));
+                self_describing = Some(
+                    Properties::new()
+                        .set(
+                            "formId",
+                            required("form submit", "form_id", &submit.form_id)?,
+                        )
+                        .maybe("formClasses", submit.form_classes.clone())
+                        .maybe("elements", (!elements.is_empty()).then_some(elements))
+                        .event(&format!("{SNOWPLOW}/submit_form/jsonschema/1-0-0")),
+                );
+            }
+            Event::SiteSearch(search) => {
+                own.add_str("e", "ue");
+                if search.terms.is_empty() {
+                    return Err(Error::EmptyField {
+                        event: "site search",
+                        field: "terms",
+                    });
+                }
+                self_describing = Some(
+                    Properties::new()
+                        .set("terms", search.terms.clone())
+                        .maybe("filters", search.filters.clone())
+                        .maybe("totalResults", search.total_results)
+                        .maybe("pageResults", search.page_results)
+                        .event(&format!("{SNOWPLOW}/site_search/jsonschema/1-0-0")),
+                );
+            }
+            Event::MobileScreenView(screen) => {
+                own.add_str("e", "ue");
+                let id = screen
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                self_describing = Some(
+                    Properties::new()
+                        .set("id", id)
+                        .set(
+                            "name",
+                            required("mobile screen view", "name", &screen.name)?,
+                        )
+                        .maybe("type", screen.screen_type.as_deref())
+                        .maybe("previousName", screen.previous_name.as_deref())
+                        .maybe("previousId", screen.previous_id.as_deref())
+                        .maybe("previousType", screen.previous_type.as_deref())
+                        .maybe("transitionType", screen.transition_type.as_deref())
+                        .event("iglu:com.snowplowanalytics.mobile/screen_view/jsonschema/1-0-0"),
+                );
             }
             Event::EcommerceTransaction(order) => {
                 let order_id = required("transaction", "order_id", &order.order_id)?;
                 own.add_str("e", "tr");
                 own.add_str("tr_id", order_id);
-                own.add("tr_tt", finite("tr_tt", order.total_value)?);
+                own.add("tr_tt", order.total_value.to_json("tr_tt")?);
                 own.add_opt("tr_af", order.affiliation.as_deref());
-                own.add("tr_tx", finite_opt("tr_tx", order.tax_value)?);
-                own.add("tr_sh", finite_opt("tr_sh", order.shipping)?);
+                own.add("tr_tx", number_opt("tr_tx", order.tax_value)?);
+                own.add("tr_sh", number_opt("tr_sh", order.shipping)?);
                 own.add_opt("tr_ci", order.city.as_deref());
                 own.add_opt("tr_st", order.state.as_deref());
                 own.add_opt("tr_co", order.country.as_deref());
@@ -510,7 +1033,7 @@ impl Event {
                     fields.add_str("ti_sk", required("transaction item", "sku", &item.sku)?);
                     fields.add_opt("ti_nm", item.name.as_deref());
                     fields.add_opt("ti_ca", item.category.as_deref());
-                    fields.add("ti_pr", finite("ti_pr", item.price)?);
+                    fields.add("ti_pr", item.price.to_json("ti_pr")?);
                     fields.add("ti_qu", Value::from(item.quantity));
                     fields.add_opt("ti_cu", order.currency.as_deref());
                     items.push(fields);

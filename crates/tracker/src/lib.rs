@@ -38,8 +38,8 @@
 #![warn(missing_docs)]
 
 /// Builder setters for optional fields: `fn name(field: text);` takes any
-/// `impl Into<String>`, `fn name(field: u32);` takes that type; each sets the field and
-/// returns the builder.
+/// `impl Into<String>`, `number` any `impl Into<Number>`, `texts` any list of strings,
+/// `fn name(field: u32);` that type; each sets the field and returns the builder.
 macro_rules! optional_setters {
     ($( $(#[$doc:meta])* fn $name:ident($field:ident: $kind:tt); )*) => {
         $( optional_setters!(@one $(#[$doc])* $name $field $kind); )*
@@ -48,6 +48,20 @@ macro_rules! optional_setters {
         $(#[$doc])*
         pub fn $name(mut self, value: impl Into<String>) -> Self {
             self.$field = Some(value.into());
+            self
+        }
+    };
+    (@one $(#[$doc:meta])* $name:ident $field:ident number) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: impl Into<crate::Number>) -> Self {
+            self.$field = Some(value.into());
+            self
+        }
+    };
+    (@one $(#[$doc:meta])* $name:ident $field:ident texts) => {
+        $(#[$doc])*
+        pub fn $name<S: Into<String>>(mut self, values: impl IntoIterator<Item = S>) -> Self {
+            self.$field = Some(values.into_iter().map(Into::into).collect());
             self
         }
     };
@@ -64,6 +78,7 @@ pub mod emit;
 mod events;
 #[cfg(feature = "http")]
 pub mod http;
+mod json;
 pub mod protocol;
 #[cfg(feature = "redis")]
 mod redis;
@@ -73,11 +88,13 @@ mod tracker;
 
 pub use emit::{BoxFuture, Emit};
 pub use events::{
-    EcommerceTransaction, Event, PagePing, PageView, Payload, ScreenView, Structured, Timing,
-    TransactionItem,
+    CartChange, EcommerceTransaction, Event, FORM_INPUT_TYPES, FORM_NODE_NAMES, FormChange,
+    FormElement, FormSubmit, LinkClick, MobileScreenView, PagePing, PageView, Payload, ScreenView,
+    SearchFilter, SiteSearch, Structured, Timing, TransactionItem,
 };
 #[cfg(feature = "http")]
 pub use http::{HttpEmitter, HttpEmitterBuilder, OnFailure, OnSuccess};
+pub use json::{Number, python_dumps, python_float};
 pub use protocol::iglu::{
     CONTEXTS_SCHEMA, SelfDescribingJson, UNSTRUCT_EVENT_SCHEMA, check_contexts,
     check_self_describing_event, is_iglu_uri,
@@ -85,4 +102,4 @@ pub use protocol::iglu::{
 #[cfg(feature = "redis")]
 pub use redis::RedisEmitter;
 pub use subject::{Platform, Subject};
-pub use tracker::{Error, TRACKER_VERSION, Timestamp, TrackOptions, Tracker};
+pub use tracker::{Error, SubjectMerging, TRACKER_VERSION, Timestamp, TrackOptions, Tracker};

@@ -85,7 +85,8 @@ impl std::str::FromStr for Platform {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Subject {
-    platform: Platform,
+    /// `None`: not set, `pc` when sent.
+    platform: Option<Platform>,
     user_id: Option<String>,
     screen_resolution: Option<(u32, u32)>,
     viewport: Option<(u32, u32)>,
@@ -108,13 +109,39 @@ impl Subject {
 
     /// The platform (`p`).
     pub fn platform(mut self, platform: Platform) -> Self {
-        self.platform = platform;
+        self.platform = Some(platform);
         self
     }
 
-    /// The platform this subject reports.
+    /// The platform this subject reports (`pc` unless set).
     pub fn get_platform(&self) -> Platform {
-        self.platform
+        self.platform.unwrap_or_default()
+    }
+
+    /// This subject (an event's own) over `base` (the tracker's): each field this one
+    /// sets, the others from `base`; the platform too only if set here. What the Python
+    /// tracker 1.x and Snowplow's Rust tracker do with a per-event subject.
+    pub fn merged_over(&self, base: &Subject) -> Subject {
+        macro_rules! each_field_own_or_base {
+            ($($field:ident),*) => {
+                Subject { $($field: self.$field.clone().or_else(|| base.$field.clone()),)* }
+            };
+        }
+        each_field_own_or_base!(
+            platform,
+            user_id,
+            screen_resolution,
+            viewport,
+            color_depth,
+            timezone,
+            language,
+            ip_address,
+            useragent,
+            domain_user_id,
+            domain_session_id,
+            domain_session_index,
+            network_user_id
+        )
     }
 
     /// The business user id (`uid`).
@@ -159,7 +186,7 @@ impl Subject {
 
     /// Adds this subject's fields, in the Python tracker's order.
     pub(super) fn add_to(&self, payload: &mut Payload) {
-        payload.add_str("p", self.platform.code());
+        payload.add_str("p", self.get_platform().code());
         payload.add_opt("uid", self.user_id.as_deref());
         if let Some((w, h)) = self.screen_resolution {
             payload.add_str("res", &format!("{w}x{h}"));

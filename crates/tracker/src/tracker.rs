@@ -39,6 +39,18 @@ pub enum Error {
     /// Self-describing JSON text was not `{"schema": "iglu:…", "data": …}`.
     #[error("not a self-describing JSON: {0}")]
     InvalidJson(String),
+    /// A field holds a value its schema does not allow.
+    #[error("the {event}'s {field} must be one of {allowed}, not {value:?}")]
+    NotOneOf {
+        /// The event kind.
+        event: &'static str,
+        /// The field.
+        field: &'static str,
+        /// The value given (shortened).
+        value: String,
+        /// The values allowed.
+        allowed: String,
+    },
     /// A number was NaN or infinite.
     #[error("{field} must be a finite number, not {value}")]
     NonFinite {
@@ -72,6 +84,17 @@ pub enum Timestamp {
     Device(u64),
 }
 
+/// What an event's own subject ([`TrackOptions::subject`]) does to the tracker's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SubjectMerging {
+    /// The event's subject sets what it sets; the rest comes from the tracker's subject
+    /// (the Python tracker 1.x, Snowplow's Rust tracker). The default.
+    #[default]
+    Merge,
+    /// The event's subject replaces the tracker's whole (the Python tracker 0.15).
+    Replace,
+}
+
 /// What may accompany one event besides its own fields.
 #[derive(Debug, Clone, Default)]
 pub struct TrackOptions {
@@ -79,7 +102,8 @@ pub struct TrackOptions {
     pub contexts: Option<Vec<SelfDescribingJson>>,
     /// A true or device timestamp instead of "now".
     pub timestamp: Option<Timestamp>,
-    /// A subject for this event instead of the tracker's.
+    /// A subject of this event's own, merged over the tracker's or replacing it (see
+    /// [`Tracker::subject_merging`]).
     pub subject: Option<Subject>,
 }
 
@@ -105,6 +129,7 @@ pub struct Tracker {
     app_id: String,
     emitters: Vec<Arc<dyn Emit>>,
     subject: Subject,
+    subject_merging: SubjectMerging,
     encode_base64: bool,
 }
 
@@ -115,6 +140,7 @@ impl std::fmt::Debug for Tracker {
             .field("app_id", &self.app_id)
             .field("emitters", &self.emitters.len())
             .field("subject", &self.subject)
+            .field("subject_merging", &self.subject_merging)
             .field("encode_base64", &self.encode_base64)
             .finish()
     }
@@ -142,8 +168,15 @@ impl Tracker {
             app_id: app_id.into(),
             emitters: Vec::new(),
             subject: Subject::default(),
+            subject_merging: SubjectMerging::default(),
             encode_base64: true,
         }
+    }
+
+    /// How an event's own subject combines with the tracker's (default: merged over it).
+    pub fn subject_merging(mut self, merging: SubjectMerging) -> Tracker {
+        self.subject_merging = merging;
+        self
     }
 
     /// Adds an emitter: every event goes to each.
@@ -152,7 +185,7 @@ impl Tracker {
         self
     }
 
-    /// Sets the subject of every event that brings none of its own.
+    /// Sets the tracker's subject: every event's, under or instead of an event's own.
     pub fn subject(mut self, subject: Subject) -> Tracker {
         self.subject = subject;
         self
@@ -240,14 +273,19 @@ impl Tracker {
         let (device, true_time) = match options.timestamp {
             Some(Timestamp::Device(ms)) => (ms, None),
             Some(Timestamp::True(ms)) => (now, Some(ms)),
-            // A transaction and its items share one true timestamp (as in the Python
-            // tracker).
-            None if !fields.items.is_empty() || matches!(event, Event::EcommerceTransaction(_)) => {
-                (now, Some(now))
-            }
+            // A transaction's items carry its true timestamp (as in the Python tracker).
+            None if matches!(event, Event::EcommerceTransaction(_)) => (now, Some(now)),
             None => (now, None),
         };
-        let subject = options.subject.as_ref().unwrap_or(&self.subject);
+        let merged;
+        let subject = match (&options.subject, self.subject_merging) {
+            (None, _) => &self.subject,
+            (Some(own), SubjectMerging::Replace) => own,
+            (Some(own), SubjectMerging::Merge) => {
+                merged = own.merged_over(&self.subject);
+                &merged
+            }
+        };
         let mut payloads = Vec::with_capacity(1 + fields.items.len());
         let mut own = fields.own;
         if let Some(body) = fields.self_describing {
@@ -255,9 +293,13 @@ impl Tracker {
             self.add_json(&mut own, &envelope, "ue_px", "ue_pr");
         }
         payloads.push(self.complete(own, device, true_time, options.contexts.as_deref(), subject));
+        // Items are events of their own, tracked after the transaction: their own device
+        // time, the transaction's true time (its device time if it was given one), no
+        // contexts of the transaction's (as in the Python tracker).
+        let item_true_time = true_time.or(Some(device));
         for item in fields.items {
-            // Items carry no contexts of the transaction's (as in the Python tracker).
-            payloads.push(self.complete(item, device, true_time, None, subject));
+            let item_device = crate::protocol::now_millis();
+            payloads.push(self.complete(item, item_device, item_true_time, None, subject));
         }
         Ok(payloads)
     }
@@ -269,7 +311,8 @@ impl Tracker {
         encoded: &'static str,
         plain: &'static str,
     ) {
-        let text = serde_json::to_string(value).expect("JSON values serialise");
+        // json.dumps(…, ensure_ascii=False), as the Python tracker writes it.
+        let text = crate::json::python_dumps(value);
         if self.encode_base64 {
             let encoded_text = base64::engine::general_purpose::URL_SAFE.encode(text);
             payload.add_str(encoded, &encoded_text);
@@ -429,6 +472,159 @@ mod tests {
             assert_eq!(item.get("ti_cu"), Some(&json!("EUR")));
             assert_eq!(item.get("ttm"), Some(ttm));
         }
+    }
+
+    #[test]
+    fn an_events_subject_merges_over_the_trackers_or_replaces_it() {
+        let base = Subject::new()
+            .platform(Platform::Web)
+            .user_id("u-tracker")
+            .timezone("Europe/London");
+        let own = Subject::new().user_id("u-event").language("fr");
+        let options = TrackOptions {
+            subject: Some(own),
+            ..Default::default()
+        };
+        let fields = |merging| {
+            let t = tracker().subject(base.clone()).subject_merging(merging);
+            let payload = t
+                .payloads(&PageView::new("u").into(), &options)
+                .unwrap()
+                .remove(0);
+            ["p", "uid", "tz", "lang"].map(|f| payload.get(f).cloned())
+        };
+        // Merge (the default, as the Python tracker 1.x): the event's fields win, the
+        // tracker's fill the rest, the platform stays the tracker's unless set.
+        assert_eq!(
+            fields(SubjectMerging::default()),
+            [
+                Some(json!("web")),
+                Some(json!("u-event")),
+                Some(json!("Europe/London")),
+                Some(json!("fr"))
+            ]
+        );
+        // Replace (the Python tracker 0.15): the event's subject alone, platform `pc`.
+        assert_eq!(
+            fields(SubjectMerging::Replace),
+            [
+                Some(json!("pc")),
+                Some(json!("u-event")),
+                None,
+                Some(json!("fr"))
+            ]
+        );
+    }
+
+    #[test]
+    fn numbers_are_sent_as_given_and_sdj_members_in_pythons_order_and_spacing() {
+        let t = tracker().encode_base64(false);
+        let whole = one(Structured::new("c", "a").value(9), TrackOptions::default());
+        assert!(
+            String::from_utf8(whole.to_json())
+                .unwrap()
+                .contains("\"se_va\":9,")
+        );
+        let decimal = one(
+            Structured::new("c", "a").value(9.0),
+            TrackOptions::default(),
+        );
+        assert!(
+            String::from_utf8(decimal.to_json())
+                .unwrap()
+                .contains("\"se_va\":9.0,")
+        );
+        let payload = t
+            .payloads(
+                &CartChange::add("s", 2).unit_price(9.5).into(),
+                &TrackOptions::default(),
+            )
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            payload.get("ue_pr"),
+            Some(&json!(
+                "{\"schema\": \"iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0\", \
+                 \"data\": {\"schema\": \"iglu:com.snowplowanalytics.snowplow/add_to_cart/jsonschema/1-0-0\", \
+                 \"data\": {\"sku\": \"s\", \"quantity\": 2, \"unitPrice\": 9.5}}}"
+            ))
+        );
+    }
+
+    #[test]
+    fn items_are_tracked_after_their_transaction_with_its_true_time() {
+        let order = EcommerceTransaction::new("o", 1).item(TransactionItem::new("s", 1, 1));
+        let device = TrackOptions {
+            timestamp: Some(Timestamp::Device(1_000)),
+            ..Default::default()
+        };
+        let payloads = tracker().payloads(&order.into(), &device).unwrap();
+        assert_eq!(payloads[0].get("dtm"), Some(&json!(1_000)));
+        assert_eq!(payloads[0].get("tr_tt"), Some(&json!(1)));
+        // The item: its own tracking time, the transaction's time as its true time.
+        assert_ne!(payloads[1].get("dtm"), Some(&json!(1_000)));
+        assert_eq!(payloads[1].get("ttm"), Some(&json!(1_000)));
+        assert_eq!(payloads[1].get("ti_pr"), Some(&json!(1)));
+    }
+
+    #[test]
+    fn new_event_kinds_refuse_what_their_schemas_refuse() {
+        let t = tracker();
+        let none = TrackOptions::default();
+        assert!(matches!(
+            t.payloads(&FormChange::new("f", "e", "DIV").into(), &none),
+            Err(Error::NotOneOf {
+                field: "node_name",
+                ..
+            })
+        ));
+        assert!(matches!(
+            t.payloads(
+                &FormChange::new("f", "e", "INPUT")
+                    .input_type("bogus")
+                    .into(),
+                &none
+            ),
+            Err(Error::NotOneOf { field: "type", .. })
+        ));
+        assert!(matches!(
+            t.payloads(
+                &FormSubmit::new("f")
+                    .element(FormElement::new("n", None, "P"))
+                    .into(),
+                &none
+            ),
+            Err(Error::NotOneOf {
+                field: "node_name",
+                ..
+            })
+        ));
+        assert!(matches!(
+            t.payloads(&SiteSearch::new(Vec::<String>::new()).into(), &none),
+            Err(Error::EmptyField { field: "terms", .. })
+        ));
+        assert!(matches!(
+            t.payloads(&LinkClick::new("").into(), &none),
+            Err(Error::EmptyField {
+                field: "target_url",
+                ..
+            })
+        ));
+        assert!(matches!(
+            t.payloads(&CartChange::remove("", 1).into(), &none),
+            Err(Error::EmptyField { field: "sku", .. })
+        ));
+        assert!(matches!(
+            t.payloads(&CartChange::add("s", 1).unit_price(f64::NAN).into(), &none),
+            Err(Error::NonFinite {
+                field: "unitPrice",
+                ..
+            })
+        ));
+        assert!(matches!(
+            t.payloads(&MobileScreenView::new("").into(), &none),
+            Err(Error::EmptyField { field: "name", .. })
+        ));
     }
 
     #[test]
