@@ -82,6 +82,7 @@ COPY src ./src
 COPY benches ./benches
 COPY config ./config
 COPY crates ./crates
+COPY iglu ./iglu
 RUN touch src/main.rs src/lib.rs crates/tracker/src/lib.rs \
     && cargo build --release --locked \
     && cp target/release/snowplow-relay /usr/local/bin/snowplow-relay

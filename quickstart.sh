@@ -45,7 +45,7 @@ wait_for in_use "$redis_port"
 
 echo "==> starting the local collector on 127.0.0.1:$collector_port"
 "$relay" collector --listen "127.0.0.1:$collector_port" --record "$work/good.jsonl" \
-  --log-level warn &
+  --iglu-dir examples/iglu --log-level warn &
 pids+=($!)
 wait_for in_use "$collector_port"
 

@@ -1,21 +1,24 @@
-//! `snowplow-relay collector`: a local collector for trials and tests, shaped like
-//! Snowplow Micro. It accepts the tracker protocol (`GET /i`, `/ice.png`,
+//! `snowplow-relay collector`: a local collector for trials and tests, a drop-in for
+//! Snowplow Micro's API. It accepts the tracker protocol (`GET /i`, `/ice.png`,
 //! `/com.snowplowanalytics.snowplow/tp1`; `POST /com.snowplowanalytics.snowplow/tp2`;
 //! CORS preflight), answers as the real collector does (200; 413 above the body limit),
-//! validates each event against `payload_data` 1-0-4 and each context's and
-//! self-describing event's envelope, and keeps what it received in memory (bounded: the
-//! oldest are dropped and counted) behind Micro's endpoints:
+//! checks each event as Micro does ([`event`]: `payload_data`, the atomic fields' types,
+//! self-describing data against Iglu schemas from [`iglu`]) and keeps what it received
+//! in memory (bounded: the oldest are dropped and counted) behind Micro's endpoints:
 //!
 //! | endpoint | answer |
 //! |---|---|
-//! | `GET /micro/all` | `{"total":N,"good":N,"bad":N,"dropped":N}` since the last reset |
-//! | `GET\|POST /micro/good` | good events, oldest first; filters `event_type`, `schema`, `limit` (JSON body or query) |
-//! | `GET\|POST /micro/bad` | bad events with their errors; filter `limit` |
+//! | `GET /micro/all` | `{"total":N,"good":N,"bad":N}` since the last reset |
+//! | `GET\|POST /micro/good` | good events, newest first; filters `event_type`, `schema`, `contexts`, `limit` (JSON body; as query parameters too, our extension) |
+//! | `GET\|POST /micro/bad` | bad events with their `errors`, newest first; filters `vendor`, `version`, `limit` |
 //! | `GET\|POST /micro/reset` | forgets everything |
+//! | `GET /micro/iglu/VENDOR/NAME/FORMAT/VERSION` | a schema the collector resolves |
+//! | `GET /micro/ui` | a page listing the events, filterable, each expandable |
+//! | `GET /micro/stats` | our extension: the counts plus `dropped` and the bytes held |
 //! | `GET /health` | `OK` |
 //!
-//! It is not a production collector: nothing is enriched or stored beyond memory and the
-//! optional `--record` file (one good event per JSON line).
+//! It is not a production collector: no third-party enrichment runs, and nothing is
+//! stored beyond memory and the optional `--record` file (one good event per JSON line).
 //!
 //! Bounded whatever clients send: at most `max_connections` connections, request bodies
 //! read within `body_timeout` and within a budget of body bytes read at once (the rest
@@ -26,6 +29,9 @@
 //! It may touch: the tracker's protocol (the same scanner the relay uses) and
 //! [`crate::ops::listener`]; nothing of Redis or the relay.
 
+pub mod event;
+pub mod iglu;
+
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
@@ -34,7 +40,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Frame, Incoming};
@@ -43,12 +48,13 @@ use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::ops::listener::{Body, Limits, full};
+use crate::ops::listener::{Body, Limits, Peer, full};
 
-use snowplow_relay_tracker::protocol::{
-    PAYLOAD_DATA_FIELDS, PAYLOAD_DATA_SCHEMA, REQUIRED_FIELDS, shorten,
-};
-use snowplow_relay_tracker::{check_contexts, check_self_describing_event, is_iglu_uri};
+use snowplow_relay_tracker::is_iglu_uri;
+use snowplow_relay_tracker::protocol::{PAYLOAD_DATA_SCHEMA, shorten};
+
+use event::Good;
+use iglu::Registry;
 
 /// The real collector's default body limit (`collector.streams.maxBytes` aside): 2 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -84,6 +90,9 @@ pub struct CollectorOptions {
     pub max_connections: usize,
     /// Time for a request body to arrive, whole.
     pub body_timeout: Duration,
+    /// Static Iglu registries (`DIR/schemas/VENDOR/NAME/jsonschema/M-R-A`) searched before
+    /// Snowplow's own schemas.
+    pub iglu_dirs: Vec<PathBuf>,
 }
 
 impl Default for CollectorOptions {
@@ -95,6 +104,7 @@ impl Default for CollectorOptions {
             max_store_bytes: DEFAULT_MAX_STORE_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             body_timeout: Duration::from_secs(10),
+            iglu_dirs: Vec::new(),
         }
     }
 }
@@ -106,7 +116,8 @@ impl CollectorOptions {
     }
 }
 
-/// Counts since the last reset.
+/// Counts since the last reset (`/micro/stats`; `/micro/all` shows the first three, as
+/// Micro does).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Totals {
     /// Events received.
@@ -119,13 +130,38 @@ pub struct Totals {
     pub dropped: u64,
 }
 
+/// Micro's `/micro/all`.
+#[derive(serde::Serialize)]
+struct Summary {
+    total: u64,
+    good: u64,
+    bad: u64,
+}
+
+impl Summary {
+    fn of(totals: Totals) -> Summary {
+        Summary {
+            total: totals.total,
+            good: totals.good,
+            bad: totals.bad,
+        }
+    }
+}
+
 /// One stored event: its JSON as served, and what the filters look at.
+#[derive(Default)]
 struct Stored {
     json: Bytes,
     event_type: String,
     schema: String,
+    contexts: Vec<String>,
+    /// The API the event came through (`com.snowplowanalytics.snowplow`, `tp2`).
+    vendor: &'static str,
+    version: &'static str,
     /// Order of arrival.
     seq: u64,
+    /// The request it came in.
+    batch: u64,
 }
 
 #[derive(Default)]
@@ -136,6 +172,25 @@ struct Store {
     /// Bytes of JSON held.
     bytes: usize,
     seq: u64,
+    batches: u64,
+}
+
+/// Events as Micro lists them: the newest request's first, each request's in the order
+/// they were sent (Micro prepends each request's list).
+fn newest_first(events: &VecDeque<Arc<Stored>>) -> Vec<Arc<Stored>> {
+    let mut listed: Vec<Arc<Stored>> = events.iter().rev().cloned().collect();
+    let mut start = 0;
+    while start < listed.len() {
+        let batch = listed[start].batch;
+        let end = start
+            + listed[start..]
+                .iter()
+                .take_while(|e| e.batch == batch)
+                .count();
+        listed[start..end].reverse();
+        start = end;
+    }
+    listed
 }
 
 impl Store {
@@ -169,6 +224,7 @@ pub struct LocalCollector {
     record: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
     /// Bytes of request bodies being read now.
     body_budget: Arc<Semaphore>,
+    registry: Registry,
 }
 
 impl LocalCollector {
@@ -192,6 +248,7 @@ impl LocalCollector {
         };
         Ok(LocalCollector {
             body_budget: Arc::new(Semaphore::new(options.body_budget())),
+            registry: Registry::new(options.iglu_dirs.clone()),
             options: Arc::new(options),
             store: Arc::default(),
             record,
@@ -203,21 +260,18 @@ impl LocalCollector {
         self.store.lock().expect("store lock").totals
     }
 
-    /// The good events kept, oldest first.
+    /// The good events kept, newest first (as `/micro/good` lists them).
     pub fn good(&self) -> Vec<Value> {
         self.kept(|store| &store.good)
     }
 
-    /// The bad events kept, oldest first.
+    /// The bad events kept, newest first.
     pub fn bad(&self) -> Vec<Value> {
         self.kept(|store| &store.bad)
     }
 
     fn kept(&self, which: impl Fn(&Store) -> &VecDeque<Arc<Stored>>) -> Vec<Value> {
-        let events: Vec<Arc<Stored>> = which(&self.store.lock().expect("store lock"))
-            .iter()
-            .cloned()
-            .collect();
+        let events = newest_first(which(&self.store.lock().expect("store lock")));
         events
             .iter()
             .filter_map(|e| serde_json::from_slice(&e.json).ok())
@@ -280,7 +334,8 @@ impl LocalCollector {
         }
         match (&method, path.as_str()) {
             (&Method::GET, "/i" | "/ice.png" | "/com.snowplowanalytics.snowplow/tp1") => {
-                let (good, bad) = self.receive_query(&query);
+                let origin = Origin::of(&request, "tp1", None);
+                let (good, bad) = self.receive_query(&query, &origin);
                 let response = Response::builder()
                     .header("content-type", "image/gif")
                     .body(full(Bytes::from_static(PIXEL)))
@@ -288,29 +343,64 @@ impl LocalCollector {
                 (response, good, bad)
             }
             (&Method::POST, "/com.snowplowanalytics.snowplow/tp2") => {
-                let body = match self.read_body(request).await {
-                    Ok(body) => body,
+                let content_type = request
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let origin = Origin::of(&request, "tp2", content_type);
+                // The body's share of the budget is held until its events are stored:
+                // checking and shaping them takes a few times the body's size.
+                let (body, _share) = match self.read_body(request).await {
+                    Ok(read) => read,
                     Err(response) => return (response, 0, 0),
                 };
-                let (good, bad) = self.receive_post(&body);
+                let (good, bad) = self.receive_post(&body, &origin);
                 (text(StatusCode::OK, "ok"), good, bad)
             }
             (&Method::GET, "/health") => (text(StatusCode::OK, "OK"), 0, 0),
-            (&Method::GET | &Method::POST, "/micro/all") => (self.json(&self.totals()), 0, 0),
+            (&Method::GET | &Method::POST, "/micro/all") => {
+                (self.json(&Summary::of(self.totals())), 0, 0)
+            }
+            (&Method::GET, "/micro/stats") => {
+                let stats = json!({"totals": self.totals(), "stored_bytes": self.stored_bytes()});
+                (self.json(&stats), 0, 0)
+            }
             (&Method::GET | &Method::POST, "/micro/reset") => {
                 *self.store.lock().expect("store lock") = Store::default();
-                (self.json(&self.totals()), 0, 0)
+                (self.json(&Summary::of(Totals::default())), 0, 0)
+            }
+            (&Method::GET, "/micro/ui" | "/micro/ui/") => {
+                let response = Response::builder()
+                    .header("content-type", "text/html; charset=utf-8")
+                    .header(
+                        "content-security-policy",
+                        "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+                    )
+                    .body(full(UI_PAGE))
+                    .unwrap_or_else(|_| Response::new(full("")));
+                (response, 0, 0)
+            }
+            (&Method::GET, iglu) if iglu.starts_with("/micro/iglu/") => {
+                let schema_path = &iglu["/micro/iglu/".len()..];
+                match self.registry.schema(schema_path) {
+                    Some(schema) => (self.json(&schema), 0, 0),
+                    None => {
+                        let message = format!("schema iglu:{} not found\n", shorten(schema_path));
+                        (text(StatusCode::NOT_FOUND, &message), 0, 0)
+                    }
+                }
             }
             (&Method::GET | &Method::POST, "/micro/good" | "/micro/bad") => {
+                let good = path == "/micro/good";
                 let filters = if method == Method::POST {
                     match self.read_body(request).await {
-                        Ok(body) if body.iter().all(u8::is_ascii_whitespace) => Filters::default(),
-                        Ok(body) => match serde_json::from_slice::<Filters>(&body) {
+                        Ok((body, _)) if body.iter().all(u8::is_ascii_whitespace) => {
+                            Filters::default()
+                        }
+                        Ok((body, _)) => match Filters::from_json(&body, good) {
                             Ok(filters) => filters,
-                            Err(e) => {
-                                let message = format!(
-                                    "filters must be JSON like {{\"event_type\":\"page_view\",\"schema\":\"iglu:…\",\"limit\":10}}: {e}\n"
-                                );
+                            Err(message) => {
                                 return (text(StatusCode::BAD_REQUEST, &message), 0, 0);
                             }
                         },
@@ -322,16 +412,11 @@ impl LocalCollector {
                 // Only references are taken under the lock; the answer is streamed.
                 let selected: Vec<Arc<Stored>> = {
                     let store = self.store.lock().expect("store lock");
-                    let events = if path == "/micro/good" {
-                        &store.good
-                    } else {
-                        &store.bad
-                    };
-                    events
-                        .iter()
+                    let events = if good { &store.good } else { &store.bad };
+                    newest_first(events)
+                        .into_iter()
                         .filter(|e| filters.matches(e))
                         .take(filters.limit.unwrap_or(usize::MAX))
-                        .cloned()
                         .collect()
                 };
                 let response = Response::builder()
@@ -343,7 +428,7 @@ impl LocalCollector {
             _ => (
                 text(
                     StatusCode::NOT_FOUND,
-                    "not found: GET /i, POST /com.snowplowanalytics.snowplow/tp2, /micro/all, /micro/good, /micro/bad, /micro/reset, /health\n",
+                    "not found: GET /i, POST /com.snowplowanalytics.snowplow/tp2, /micro/all, /micro/good, /micro/bad, /micro/reset, /micro/iglu/…, /micro/ui, /health\n",
                 ),
                 0,
                 0,
@@ -352,8 +437,12 @@ impl LocalCollector {
     }
 
     /// Reads a body within the size limit, the time limit and the budget of body bytes
-    /// read at once (a request waits for its share, within the same time limit).
-    async fn read_body(&self, request: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    /// handled at once (a request waits for its share, within the same time limit);
+    /// returns it with its share, which the caller holds while it works on the body.
+    async fn read_body(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<(Bytes, tokio::sync::SemaphorePermit<'_>), Response<Body>> {
         let limit = self.options.max_body_bytes;
         let too_large = || {
             text(
@@ -380,7 +469,7 @@ impl LocalCollector {
                 ),
             )
         };
-        let _permit =
+        let permit =
             match tokio::time::timeout_at(deadline, self.body_budget.acquire_many(share)).await {
                 Ok(Ok(permit)) => permit,
                 _ => return Err(timed_out()),
@@ -390,7 +479,7 @@ impl LocalCollector {
             return Err(timed_out());
         };
         match read {
-            Ok(collected) => Ok(collected.to_bytes()),
+            Ok(collected) => Ok((collected.to_bytes(), permit)),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
             Err(e) => Err(text(
                 StatusCode::BAD_REQUEST,
@@ -414,16 +503,16 @@ impl LocalCollector {
     /// What `GET /i?query` does to the store: validates and keeps the event. Returns how
     /// many good and bad events it brought.
     pub fn ingest_query(&self, query: &str) -> (usize, usize) {
-        self.receive_query(query)
+        self.receive_query(query, &Origin::local("tp1", None))
     }
 
     /// What `POST /com.snowplowanalytics.snowplow/tp2` with `body` does to the store.
     /// Returns how many good and bad events it brought.
     pub fn ingest_post(&self, body: &[u8]) -> (usize, usize) {
-        self.receive_post(body)
+        self.receive_post(body, &Origin::local("tp2", Some("application/json".into())))
     }
 
-    fn receive_query(&self, query: &str) -> (usize, usize) {
+    fn receive_query(&self, query: &str, origin: &Origin) -> (usize, usize) {
         let mut parameters = Map::new();
         let mut errors = Vec::new();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -435,20 +524,20 @@ impl LocalCollector {
             }
         }
         let verdict = if errors.is_empty() {
-            validate(&parameters)
+            event::check(&parameters, &self.registry, origin.millis)
         } else {
             Err(errors)
         };
-        self.store(vec![(Value::Object(parameters), verdict)])
+        self.store(vec![(Value::Object(parameters), verdict)], origin)
     }
 
-    fn receive_post(&self, body: &[u8]) -> (usize, usize) {
+    fn receive_post(&self, body: &[u8], origin: &Origin) -> (usize, usize) {
         let events = match post_items(body) {
             Ok(items) => items
                 .into_iter()
                 .map(|item| {
                     let verdict = match item.as_object() {
-                        Some(parameters) => validate(parameters),
+                        Some(parameters) => event::check(parameters, &self.registry, origin.millis),
                         None => Err(vec!["an event must be a JSON object".to_owned()]),
                     };
                     (item, verdict)
@@ -459,54 +548,65 @@ impl LocalCollector {
                 vec![(Value::from(raw), Err(vec![error]))]
             }
         };
-        self.store(events)
+        self.store(events, origin)
     }
 
-    fn store(&self, events: Vec<(Value, Result<Good, Vec<String>>)>) -> (usize, usize) {
+    fn store(
+        &self,
+        events: Vec<(Value, Result<Good, Vec<String>>)>,
+        origin: &Origin,
+    ) -> (usize, usize) {
         let (mut good, mut bad) = (0, 0);
         let mut lines = Vec::new();
         // Serialised before the lock is taken.
         let entries: Vec<(bool, Stored)> = events
             .into_iter()
-            .map(|(parameters, verdict)| match verdict {
-                Ok(kind) => {
-                    let entry = json!({
-                        "eventType": kind.event_type,
-                        "schema": kind.schema,
-                        "contexts": kind.contexts,
-                        "rawEvent": {"parameters": parameters},
-                    });
-                    let json = Bytes::from(serde_json::to_vec(&entry).unwrap_or_default());
-                    let stored = Stored {
-                        json,
-                        event_type: kind.event_type.to_owned(),
-                        schema: kind.schema,
-                        seq: 0,
-                    };
-                    (true, stored)
-                }
-                Err(errors) => {
-                    let entry = json!({
-                        "rawEvent": {"parameters": parameters},
-                        "errors": errors,
-                    });
-                    let json = Bytes::from(serde_json::to_vec(&entry).unwrap_or_default());
-                    let stored = Stored {
-                        json,
-                        event_type: String::new(),
-                        schema: String::new(),
-                        seq: 0,
-                    };
-                    (false, stored)
-                }
+            .map(|(parameters, verdict)| {
+                let raw_event = origin.raw_event(parameters);
+                let (is_good, entry, stored) = match verdict {
+                    Ok(good) => {
+                        let entry = json!({
+                            "rawEvent": raw_event,
+                            "eventType": good.event_type,
+                            "schema": good.schema,
+                            "contexts": good.contexts,
+                            "event": good.event,
+                        });
+                        let stored = Stored {
+                            event_type: good.event_type.to_owned(),
+                            schema: good.schema,
+                            contexts: good.contexts,
+                            ..Stored::default()
+                        };
+                        (true, entry, stored)
+                    }
+                    Err(errors) => {
+                        let entry = json!({
+                            "collectorPayload": origin.collector_payload(),
+                            "rawEvent": raw_event,
+                            "errors": errors,
+                        });
+                        (false, entry, Stored::default())
+                    }
+                };
+                let stored = Stored {
+                    json: Bytes::from(serde_json::to_vec(&entry).unwrap_or_default()),
+                    vendor: origin.vendor,
+                    version: origin.version,
+                    ..stored
+                };
+                (is_good, stored)
             })
             .collect();
         {
             let mut store = self.store.lock().expect("store lock");
+            store.batches += 1;
+            let batch = store.batches;
             for (is_good, mut stored) in entries {
                 store.totals.total += 1;
                 store.seq += 1;
                 stored.seq = store.seq;
+                stored.batch = batch;
                 store.bytes += stored.json.len();
                 if is_good {
                     good += 1;
@@ -540,12 +640,101 @@ impl LocalCollector {
     }
 }
 
-/// What a good event is.
-#[derive(Debug)]
-struct Good {
-    event_type: &'static str,
-    schema: String,
-    contexts: Vec<String>,
+/// Where and how a request arrived: Micro's `rawEvent` fields besides the parameters.
+struct Origin {
+    vendor: &'static str,
+    version: &'static str,
+    content_type: Option<String>,
+    hostname: Option<String>,
+    ip: Option<String>,
+    useragent: Option<String>,
+    referer: Option<String>,
+    /// `Name: value`, as Micro lists them (cookies left out).
+    headers: Vec<String>,
+    millis: u64,
+}
+
+impl Origin {
+    fn of(
+        request: &Request<Incoming>,
+        version: &'static str,
+        content_type: Option<String>,
+    ) -> Origin {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(shorten)
+        };
+        let forwarded = header("x-forwarded-for")
+            .and_then(|v| v.split(',').next().map(|ip| ip.trim().to_owned()));
+        let peer = request
+            .extensions()
+            .get::<Peer>()
+            .map(|p| p.0.ip().to_string());
+        Origin {
+            hostname: header("host").map(|h| h.split(':').next().unwrap_or_default().to_owned()),
+            ip: forwarded.or(peer),
+            useragent: header("user-agent"),
+            referer: header("referer"),
+            headers: request
+                .headers()
+                .iter()
+                .filter(|(name, _)| *name != "cookie")
+                .take(64)
+                .map(|(name, value)| {
+                    format!(
+                        "{name}: {}",
+                        shorten(&String::from_utf8_lossy(value.as_bytes()))
+                    )
+                })
+                .collect(),
+            ..Origin::local(version, content_type)
+        }
+    }
+
+    /// An origin for events handed in by code rather than over HTTP.
+    fn local(version: &'static str, content_type: Option<String>) -> Origin {
+        Origin {
+            vendor: "com.snowplowanalytics.snowplow",
+            version,
+            content_type,
+            hostname: None,
+            ip: None,
+            useragent: None,
+            referer: None,
+            headers: Vec::new(),
+            millis: snowplow_relay_tracker::protocol::now_millis(),
+        }
+    }
+
+    /// What Micro shows of the request a bad event came in (its body is in `rawEvent`).
+    fn collector_payload(&self) -> Value {
+        json!({
+            "api": {"vendor": self.vendor, "version": self.version},
+            "contentType": self.content_type,
+            "source": {"name": "snowplow-relay-collector", "encoding": "UTF-8", "hostname": self.hostname},
+            "context": {"timestamp": event::iso_timestamp(self.millis), "ipAddress": self.ip, "useragent": self.useragent},
+        })
+    }
+
+    fn raw_event(&self, parameters: Value) -> Value {
+        json!({
+            "api": {"vendor": self.vendor, "version": self.version},
+            "parameters": parameters,
+            "contentType": self.content_type,
+            "source": {"name": "snowplow-relay-collector", "encoding": "UTF-8", "hostname": self.hostname},
+            "context": {
+                "timestamp": event::iso_timestamp(self.millis),
+                "ipAddress": self.ip,
+                "useragent": self.useragent,
+                "refererUri": self.referer,
+                "headers": self.headers,
+                "userId": null,
+            },
+        })
+    }
 }
 
 /// The items of a `payload_data` POST body.
@@ -569,142 +758,83 @@ fn post_items(body: &[u8]) -> Result<Vec<Value>, String> {
     }
 }
 
-/// Decodes base64 (URL-safe or standard, padded or not) JSON.
-fn decode_json(field: &str, text: &str, base64: bool) -> Result<Value, String> {
-    let bytes = if base64 {
-        let indifferent = base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent);
-        let url_safe =
-            base64::engine::GeneralPurpose::new(&base64::alphabet::URL_SAFE, indifferent);
-        let standard =
-            base64::engine::GeneralPurpose::new(&base64::alphabet::STANDARD, indifferent);
-        url_safe
-            .decode(text)
-            .or_else(|_| standard.decode(text))
-            .map_err(|e| format!("{field} is not base64: {e}"))?
-    } else {
-        text.as_bytes().to_vec()
-    };
-    serde_json::from_slice(&bytes).map_err(|e| format!("{field} is not JSON: {e}"))
-}
-
-/// Validates one event: `payload_data` 1-0-4 (known fields only, every value a string,
-/// `e`, `p` and `tv` present), the fields its event type needs, and the envelopes of its
-/// contexts and self-describing event.
-fn validate(parameters: &Map<String, Value>) -> Result<Good, Vec<String>> {
-    let mut errors = Vec::new();
-    for (name, value) in parameters {
-        if PAYLOAD_DATA_FIELDS.binary_search(&name.as_str()).is_err() {
-            errors.push(format!(
-                "field {} is not allowed by {PAYLOAD_DATA_SCHEMA}",
-                shorten(name)
-            ));
-        } else if !value.is_string() {
-            errors.push(format!("field {name} must be a string"));
-        }
-    }
-    for required in REQUIRED_FIELDS {
-        if !parameters.contains_key(*required) {
-            errors.push(format!("field {required} is required"));
-        }
-    }
-    let field = |name: &str| parameters.get(name).and_then(Value::as_str);
-    let mut need = |names: &[&str]| {
-        for name in names {
-            if field(name).is_none_or(str::is_empty) {
-                errors.push(format!("field {name} is required for this event type"));
-            }
-        }
-    };
-    let mut schema = String::new();
-    let event_type = match field("e").unwrap_or_default() {
-        "pv" => {
-            schema = "iglu:com.snowplowanalytics.snowplow/page_view/jsonschema/1-0-0".into();
-            "page_view"
-        }
-        "pp" => {
-            schema = "iglu:com.snowplowanalytics.snowplow/page_ping/jsonschema/1-0-0".into();
-            "page_ping"
-        }
-        "se" => {
-            need(&["se_ca", "se_ac"]);
-            schema = "iglu:com.google.analytics/event/jsonschema/1-0-0".into();
-            "struct"
-        }
-        "ue" => "unstruct",
-        "tr" => {
-            need(&["tr_id", "tr_tt"]);
-            schema = "iglu:com.snowplowanalytics.snowplow/transaction/jsonschema/1-0-0".into();
-            "transaction"
-        }
-        "ti" => {
-            need(&["ti_id", "ti_sk", "ti_pr", "ti_qu"]);
-            schema = "iglu:com.snowplowanalytics.snowplow/transaction_item/jsonschema/1-0-0".into();
-            "transaction_item"
-        }
-        other => {
-            if !other.is_empty() {
-                errors.push(format!("unknown event type e={}", shorten(other)));
-            }
-            "unknown"
-        }
-    };
-    if event_type == "unstruct" {
-        let found = match (field("ue_px"), field("ue_pr")) {
-            (Some(text), _) => Some(decode_json("ue_px", text, true)),
-            (None, Some(text)) => Some(decode_json("ue_pr", text, false)),
-            (None, None) => None,
-        };
-        match found {
-            None => errors.push("a self-describing event (e=ue) needs ue_px or ue_pr".into()),
-            Some(Err(e)) => errors.push(e),
-            Some(Ok(value)) => match check_self_describing_event(&value) {
-                Ok(event) => schema = event.schema().to_owned(),
-                Err(e) => errors.push(e),
-            },
-        }
-    }
-    let mut contexts = Vec::new();
-    let found = match (field("cx"), field("co")) {
-        (Some(text), _) => Some(decode_json("cx", text, true)),
-        (None, Some(text)) => Some(decode_json("co", text, false)),
-        (None, None) => None,
-    };
-    match found {
-        None => {}
-        Some(Err(e)) => errors.push(e),
-        Some(Ok(value)) => match check_contexts(&value) {
-            Ok(list) => contexts = list.iter().map(|c| c.schema().to_owned()).collect(),
-            Err(e) => errors.push(e),
-        },
-    }
-    if errors.is_empty() {
-        Ok(Good {
-            event_type,
-            schema,
-            contexts,
-        })
-    } else {
-        Err(errors)
-    }
-}
-
-/// Micro's filters for `/micro/good` and `/micro/bad`.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Micro's filters: `/micro/good` takes `event_type`, `schema`, `contexts` (every one
+/// named must be among the event's) and `limit`; `/micro/bad` takes `vendor`, `version`
+/// and `limit`. As query parameters (our extension) any of them, `contexts` repeated or
+/// comma-separated.
+#[derive(Debug, Default)]
 struct Filters {
     event_type: Option<String>,
     schema: Option<String>,
+    contexts: Vec<String>,
+    vendor: Option<String>,
+    version: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `/micro/good`'s JSON filters, as Micro names them.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GoodFilters {
+    event_type: Option<String>,
+    schema: Option<String>,
+    contexts: Option<Vec<String>>,
+    limit: Option<usize>,
+}
+
+/// `/micro/bad`'s JSON filters, as Micro names them.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BadFilters {
+    vendor: Option<String>,
+    version: Option<String>,
     limit: Option<usize>,
 }
 
 impl Filters {
+    fn from_json(body: &[u8], good: bool) -> Result<Filters, String> {
+        if good {
+            let f: GoodFilters = serde_json::from_slice(body).map_err(|e| {
+                format!(
+                    "filters must be JSON like {{\"event_type\":\"page_view\",\"schema\":\"iglu:…\",\"contexts\":[\"iglu:…\"],\"limit\":10}}: {e}\n"
+                )
+            })?;
+            Ok(Filters {
+                event_type: f.event_type,
+                schema: f.schema,
+                contexts: f.contexts.unwrap_or_default(),
+                limit: f.limit,
+                ..Filters::default()
+            })
+        } else {
+            let f: BadFilters = serde_json::from_slice(body).map_err(|e| {
+                format!(
+                    "filters must be JSON like {{\"vendor\":\"com.snowplowanalytics.snowplow\",\"version\":\"tp2\",\"limit\":10}}: {e}\n"
+                )
+            })?;
+            Ok(Filters {
+                vendor: f.vendor,
+                version: f.version,
+                limit: f.limit,
+                ..Filters::default()
+            })
+        }
+    }
+
     fn from_query(query: &str) -> Filters {
         let mut filters = Filters::default();
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             match name.as_ref() {
                 "event_type" => filters.event_type = Some(value.into_owned()),
                 "schema" => filters.schema = Some(value.into_owned()),
+                "contexts" => filters.contexts.extend(
+                    value
+                        .split(',')
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_owned),
+                ),
+                "vendor" => filters.vendor = Some(value.into_owned()),
+                "version" => filters.version = Some(value.into_owned()),
                 "limit" => filters.limit = value.parse().ok(),
                 _ => {}
             }
@@ -715,9 +845,16 @@ impl Filters {
     fn matches(&self, event: &Stored) -> bool {
         let same =
             |found: &str, wanted: &Option<String>| wanted.as_deref().is_none_or(|w| found == w);
-        same(&event.event_type, &self.event_type) && same(&event.schema, &self.schema)
+        same(&event.event_type, &self.event_type)
+            && same(&event.schema, &self.schema)
+            && same(event.vendor, &self.vendor)
+            && same(event.version, &self.version)
+            && self.contexts.iter().all(|c| event.contexts.contains(c))
     }
 }
+
+/// The page of `/micro/ui`.
+const UI_PAGE: &str = include_str!("ui.html");
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
     Response::builder()
@@ -790,41 +927,19 @@ impl hyper::body::Body for JsonArray {
 mod tests {
     use super::*;
 
-    fn event(pairs: &[(&str, &str)]) -> Map<String, Value> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value::from(*v)))
-            .collect()
-    }
-
     #[test]
-    fn payload_data_rules() {
-        let base = [("e", "pv"), ("p", "pc"), ("tv", "t")];
-        assert_eq!(validate(&event(&base)).unwrap().event_type, "page_view");
-        let errors = validate(&event(&[("e", "pv"), ("tv", "t"), ("zz", "1")])).unwrap_err();
-        assert!(
-            errors.iter().any(|e| e.contains("zz is not allowed")),
-            "{errors:?}"
-        );
-        assert!(
-            errors.iter().any(|e| e.contains("p is required")),
-            "{errors:?}"
-        );
-        let mut numeric = event(&base);
-        numeric.insert("dtm".into(), json!(1));
-        assert!(validate(&numeric).unwrap_err()[0].contains("must be a string"));
-        let errors = validate(&event(&[("e", "se"), ("p", "pc"), ("tv", "t")])).unwrap_err();
-        assert!(errors[0].contains("se_ca"), "{errors:?}");
-        let errors = validate(&event(&[("e", "ue"), ("p", "pc"), ("tv", "t")])).unwrap_err();
-        assert!(errors[0].contains("ue_px"), "{errors:?}");
-        let errors = validate(&event(&[
-            ("e", "pv"),
-            ("p", "pc"),
-            ("tv", "t"),
-            ("cx", "!!"),
-        ]))
-        .unwrap_err();
-        assert!(errors[0].contains("cx is not base64"), "{errors:?}");
+    fn listed_newest_request_first_each_requests_events_in_order() {
+        let stored = |seq, batch| {
+            Arc::new(Stored {
+                seq,
+                batch,
+                ..Stored::default()
+            })
+        };
+        let events: VecDeque<Arc<Stored>> =
+            [stored(1, 1), stored(2, 2), stored(3, 2), stored(4, 3)].into();
+        let order: Vec<u64> = newest_first(&events).iter().map(|e| e.seq).collect();
+        assert_eq!(order, [4, 2, 3, 1]);
     }
 
     #[test]

@@ -75,10 +75,10 @@ pub async fn serve_http<F, Fut>(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => return,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => {
+        let (stream, peer) = match accepted {
+            Ok((stream, peer)) => {
                 accept_failures.succeeded();
-                stream
+                (stream, peer)
             }
             Err(error) => {
                 // Out of file descriptors, or the like: wait before trying again.
@@ -91,7 +91,8 @@ pub async fn serve_http<F, Fut>(
         };
         let answer = answer.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
+            let service = service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(Peer(peer));
                 let answer = answer.clone();
                 async move { Ok::<_, Infallible>(answer(request).await) }
             });
@@ -106,6 +107,10 @@ pub async fn serve_http<F, Fut>(
         });
     }
 }
+
+/// The address a request's connection came from, in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// A whole-buffer body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {

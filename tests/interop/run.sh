@@ -30,10 +30,13 @@ pids+=($!)
 wait_for redis-cli -p "$REDIS_PORT" ping
 
 a_port="$(free_port 9091)"; b_port="$(free_port $((a_port + 1)))"
-"$RELAY_BIN" collector --listen "127.0.0.1:$a_port" --log-level warn & pids+=($!)
-"$RELAY_BIN" collector --listen "127.0.0.1:$b_port" --log-level warn & pids+=($!)
+"$RELAY_BIN" collector --listen "127.0.0.1:$a_port" --iglu-dir "$root/examples/iglu" --log-level warn & pids+=($!)
+"$RELAY_BIN" collector --listen "127.0.0.1:$b_port" --iglu-dir "$root/examples/iglu" --log-level warn & pids+=($!)
 wait_for python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$a_port/health')"
 wait_for python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$b_port/health')"
 
 REDIS_PORT="$REDIS_PORT" COLLECTOR_A="127.0.0.1:$a_port" COLLECTOR_B="127.0.0.1:$b_port" \
   FIXTURES="$root/tests/fixtures" IGLU="$root/iglu" TRACKER_FIXTURES="$root/crates/tracker/tests/fixtures" "$venv/bin/python" "$here/python_interop.py"
+
+# A Micro user's test suite, unchanged, against the local collector.
+MICRO="127.0.0.1:$a_port" "$venv/bin/python" "$here/micro_suite.py"

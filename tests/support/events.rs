@@ -64,3 +64,9 @@ pub fn assert_valid_payload_data(body: &[u8]) {
         .collect();
     assert!(errors.is_empty(), "payload_data violations: {errors:?}");
 }
+
+/// A distinct event id of UUID form for `i` (the local collector, as Micro, refuses
+/// other forms).
+pub fn test_uuid(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}

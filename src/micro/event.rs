@@ -1,0 +1,540 @@
+//! One received event, checked and shaped as Snowplow Micro shows it: the tracker
+//! protocol's atomic fields typed as Snowplow's enrichment types them (`eid` a UUID,
+//! timestamps numbers, `p` a known platform, numeric ecommerce and `se_va` fields), its
+//! self-describing data checked against Iglu schemas ([`super::iglu`]), and the
+//! enriched event's canonical fields (`app_id`, `event_id`, `se_category`,
+//! `unstruct_event`, `contexts`, `derived_tstamp`…) mapped from the protocol's names as
+//! the enrichment's first step maps them. No third-party enrichment runs.
+
+use serde_json::{Map, Value, json};
+
+use snowplow_relay_tracker::protocol::{
+    PAYLOAD_DATA_FIELDS, PAYLOAD_DATA_SCHEMA, REQUIRED_FIELDS, shorten,
+};
+use snowplow_relay_tracker::{check_contexts, check_self_describing_event};
+
+use super::iglu::Registry;
+
+/// The platforms Snowplow's enrichment accepts (`p`).
+const PLATFORMS: &[&str] = &["web", "mob", "pc", "srv", "app", "tv", "cnsl", "iot"];
+
+/// What a good event is: Micro's `eventType`, `schema`, `contexts` and the enriched
+/// `event`.
+#[derive(Debug)]
+pub struct Good {
+    /// `page_view`, `struct`, `unstruct`…
+    pub event_type: &'static str,
+    /// The event's schema (for `unstruct`, its own).
+    pub schema: String,
+    /// The schemas of its contexts.
+    pub contexts: Vec<String>,
+    /// The enriched event's canonical fields.
+    pub event: Map<String, Value>,
+}
+
+/// The decoded self-describing parts of an event.
+struct Parts {
+    event_type: &'static str,
+    schema: String,
+    unstruct: Option<Value>,
+    contexts: Option<Value>,
+}
+
+/// Checks one event (its parameters as received) and shapes it; `collector_ms` is when
+/// it arrived. The errors name the check and the field or schema.
+pub fn check(
+    parameters: &Map<String, Value>,
+    registry: &Registry,
+    collector_ms: u64,
+) -> Result<Good, Vec<String>> {
+    let mut errors = Vec::new();
+    check_payload_data(parameters, &mut errors);
+    check_atomic_fields(parameters, &mut errors);
+    let parts = decode_parts(parameters, &mut errors);
+    let mut contexts = Vec::new();
+    if let Some(envelope) = &parts.contexts {
+        match check_contexts(envelope) {
+            Ok(list) => {
+                for context in &list {
+                    contexts.push(context.schema().to_owned());
+                    if let Err(mut found) = registry.validate(context.schema(), context.data()) {
+                        errors.append(&mut found);
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("contexts: {e}")),
+        }
+    }
+    if let Some(envelope) = &parts.unstruct {
+        match check_self_describing_event(envelope) {
+            Ok(event) => {
+                if let Err(mut found) = registry.validate(event.schema(), event.data()) {
+                    errors.append(&mut found);
+                }
+            }
+            Err(e) => errors.push(format!("unstruct_event: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let event = enrich(parameters, &parts, collector_ms);
+    Ok(Good {
+        event_type: parts.event_type,
+        schema: parts.schema,
+        contexts,
+        event,
+    })
+}
+
+/// `payload_data` 1-0-4: known fields only, each a string; `e`, `p`, `tv` present.
+fn check_payload_data(parameters: &Map<String, Value>, errors: &mut Vec<String>) {
+    for (name, value) in parameters {
+        if PAYLOAD_DATA_FIELDS.binary_search(&name.as_str()).is_err() {
+            errors.push(format!(
+                "field {} is not allowed by {PAYLOAD_DATA_SCHEMA}",
+                shorten(name)
+            ));
+        } else if !value.is_string() {
+            errors.push(format!("field {name} must be a string"));
+        }
+    }
+    for required in REQUIRED_FIELDS {
+        if !parameters.contains_key(*required) {
+            errors.push(format!("field {required} is required"));
+        }
+    }
+}
+
+/// The atomic fields' types, as the enrichment converts them.
+fn check_atomic_fields(parameters: &Map<String, Value>, errors: &mut Vec<String>) {
+    let text = |name: &str| parameters.get(name).and_then(Value::as_str);
+    let mut expect = |name: &str, what: &str, ok: fn(&str) -> bool| {
+        if let Some(value) = text(name)
+            && !ok(value)
+        {
+            errors.push(format!(
+                "atomic field {name}: expected {what}, got {:?}",
+                shorten(value)
+            ));
+        }
+    };
+    expect("eid", "a UUID", |v| uuid::Uuid::try_parse(v).is_ok());
+    for name in ["dtm", "stm", "ttm"] {
+        expect(name, "a timestamp in epoch milliseconds", |v| {
+            v.parse::<u64>().is_ok()
+        });
+    }
+    expect("p", "one of web, mob, pc, srv, app, tv, cnsl, iot", |v| {
+        PLATFORMS.contains(&v)
+    });
+    for name in ["se_va", "tr_tt", "tr_tx", "tr_sh", "ti_pr"] {
+        expect(name, "a number", is_decimal);
+    }
+    for name in [
+        "ti_qu", "pp_mix", "pp_max", "pp_miy", "pp_may", "vid", "cd", "tid",
+    ] {
+        expect(name, "a whole number", |v| v.parse::<i64>().is_ok());
+    }
+    for name in ["res", "vp", "ds"] {
+        expect(name, "WIDTHxHEIGHT in whole pixels", |v| {
+            dimensions(v).is_some()
+        });
+    }
+    let mut need = |names: &[&str]| {
+        for name in names {
+            if text(name).is_none_or(str::is_empty) {
+                errors.push(format!("field {name} is required for this event type"));
+            }
+        }
+    };
+    match text("e").unwrap_or_default() {
+        "se" => need(&["se_ca", "se_ac"]),
+        "tr" => need(&["tr_id", "tr_tt"]),
+        "ti" => need(&["ti_id", "ti_sk", "ti_pr", "ti_qu"]),
+        "pv" | "pp" | "ue" | "" => {}
+        other => errors.push(format!("unknown event type e={}", shorten(other))),
+    }
+}
+
+fn is_decimal(text: &str) -> bool {
+    text.parse::<f64>().is_ok_and(f64::is_finite)
+        && !text.eq_ignore_ascii_case("inf")
+        && !text.to_ascii_lowercase().contains("nan")
+}
+
+fn dimensions(text: &str) -> Option<(u32, u32)> {
+    let (w, h) = text.split_once('x')?;
+    Some((w.parse().ok()?, h.parse().ok()?))
+}
+
+/// The event type, its schema and the decoded `ue_px`/`ue_pr` and `cx`/`co`.
+fn decode_parts(parameters: &Map<String, Value>, errors: &mut Vec<String>) -> Parts {
+    let field = |name: &str| parameters.get(name).and_then(Value::as_str);
+    let decoded = |encoded: &str, plain: &str, errors: &mut Vec<String>| {
+        let found = match (field(encoded), field(plain)) {
+            (Some(text), _) => decode_json(encoded, text, true),
+            (None, Some(text)) => decode_json(plain, text, false),
+            (None, None) => return None,
+        };
+        found.map_err(|e| errors.push(e)).ok()
+    };
+    let snowplow =
+        |name: &str| format!("iglu:com.snowplowanalytics.snowplow/{name}/jsonschema/1-0-0");
+    let (event_type, mut schema) = match field("e").unwrap_or_default() {
+        "pv" => ("page_view", snowplow("page_view")),
+        "pp" => ("page_ping", snowplow("page_ping")),
+        "se" => (
+            "struct",
+            "iglu:com.google.analytics/event/jsonschema/1-0-0".to_owned(),
+        ),
+        "ue" => ("unstruct", String::new()),
+        "tr" => ("transaction", snowplow("transaction")),
+        "ti" => ("transaction_item", snowplow("transaction_item")),
+        _ => ("unknown", String::new()),
+    };
+    let unstruct = decoded("ue_px", "ue_pr", errors);
+    if event_type == "unstruct" {
+        match unstruct.as_ref().map(|v| v["data"]["schema"].as_str()) {
+            Some(Some(inner)) => schema = inner.to_owned(),
+            Some(None) => {}
+            None if errors.is_empty() => {
+                errors.push("a self-describing event (e=ue) needs ue_px or ue_pr".into());
+            }
+            None => {}
+        }
+    }
+    Parts {
+        event_type,
+        schema,
+        unstruct,
+        contexts: decoded("cx", "co", errors),
+    }
+}
+
+/// Decodes base64 (URL-safe or standard, padded or not) JSON.
+pub fn decode_json(field: &str, text: &str, base64: bool) -> Result<Value, String> {
+    use base64::Engine as _;
+    let bytes = if base64 {
+        let indifferent = base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent);
+        let url_safe =
+            base64::engine::GeneralPurpose::new(&base64::alphabet::URL_SAFE, indifferent);
+        let standard =
+            base64::engine::GeneralPurpose::new(&base64::alphabet::STANDARD, indifferent);
+        url_safe
+            .decode(text)
+            .or_else(|_| standard.decode(text))
+            .map_err(|e| format!("{field} is not base64: {e}"))?
+    } else {
+        text.as_bytes().to_vec()
+    };
+    serde_json::from_slice(&bytes).map_err(|e| format!("{field} is not JSON: {e}"))
+}
+
+/// The canonical fields of the enriched event, in Snowplow's column order, `null` where
+/// the event has nothing (as Micro shows them).
+fn enrich(parameters: &Map<String, Value>, parts: &Parts, collector_ms: u64) -> Map<String, Value> {
+    let text = |name: &str| {
+        parameters
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let number = |name: &str| {
+        text(name)
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(Value::from)
+    };
+    let whole = |name: &str| {
+        text(name)
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(Value::from)
+    };
+    let millis = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
+    let (dtm, stm, ttm) = (millis("dtm"), millis("stm"), millis("ttm"));
+    let derived = ttm.or_else(|| match (dtm, stm) {
+        (Some(created), Some(sent)) => {
+            Some(collector_ms.saturating_sub(sent.saturating_sub(created)))
+        }
+        _ => dtm.or(Some(collector_ms)),
+    });
+    let page = text("url").and_then(|u| reqwest::Url::parse(&u).ok());
+    let referrer = text("refr").and_then(|u| reqwest::Url::parse(&u).ok());
+    let url_parts = |url: &Option<reqwest::Url>| -> [Option<Value>; 6] {
+        match url {
+            Some(url) => [
+                Some(url.scheme().into()),
+                url.host_str().map(Value::from),
+                url.port_or_known_default().map(Value::from),
+                Some(url.path().into()),
+                url.query().map(Value::from),
+                url.fragment().map(Value::from),
+            ],
+            None => Default::default(),
+        }
+    };
+    let [
+        page_scheme,
+        page_host,
+        page_port,
+        page_path,
+        page_query,
+        page_fragment,
+    ] = url_parts(&page);
+    let [
+        refr_scheme,
+        refr_host,
+        refr_port,
+        refr_path,
+        refr_query,
+        refr_fragment,
+    ] = url_parts(&referrer);
+    let (screen_w, screen_h) = text("res").and_then(|v| dimensions(&v)).unzip();
+    let (view_w, view_h) = text("vp").and_then(|v| dimensions(&v)).unzip();
+    let (doc_w, doc_h) = text("ds").and_then(|v| dimensions(&v)).unzip();
+    let schema_parts: Vec<&str> = parts
+        .schema
+        .strip_prefix("iglu:")
+        .map(|s| s.split('/').collect())
+        .unwrap_or_default();
+    let schema_part = |i: usize| schema_parts.get(i).map(|s| Value::from(*s));
+    let timestamp = |ms: Option<u64>| ms.map(|ms| Value::from(iso_timestamp(ms)));
+    let fields: Vec<(&str, Option<Value>)> = vec![
+        ("app_id", text("aid").map(Value::from)),
+        ("platform", text("p").map(Value::from)),
+        ("etl_tstamp", timestamp(Some(collector_ms))),
+        ("collector_tstamp", timestamp(Some(collector_ms))),
+        ("dvce_created_tstamp", timestamp(dtm)),
+        ("event", Some(parts.event_type.into())),
+        ("event_id", text("eid").map(Value::from)),
+        ("txn_id", whole("tid")),
+        ("name_tracker", text("tna").map(Value::from)),
+        ("v_tracker", text("tv").map(Value::from)),
+        (
+            "v_collector",
+            Some(concat!("snowplow-relay-", env!("CARGO_PKG_VERSION")).into()),
+        ),
+        (
+            "v_etl",
+            Some(concat!("snowplow-relay-micro-", env!("CARGO_PKG_VERSION")).into()),
+        ),
+        ("user_id", text("uid").map(Value::from)),
+        ("user_ipaddress", text("ip").map(Value::from)),
+        ("user_fingerprint", text("fp").map(Value::from)),
+        ("domain_userid", text("duid").map(Value::from)),
+        ("domain_sessionidx", whole("vid")),
+        (
+            "network_userid",
+            text("tnuid").or_else(|| text("nuid")).map(Value::from),
+        ),
+        ("page_url", text("url").map(Value::from)),
+        ("page_title", text("page").map(Value::from)),
+        ("page_referrer", text("refr").map(Value::from)),
+        ("page_urlscheme", page_scheme),
+        ("page_urlhost", page_host),
+        ("page_urlport", page_port),
+        ("page_urlpath", page_path),
+        ("page_urlquery", page_query),
+        ("page_urlfragment", page_fragment),
+        ("refr_urlscheme", refr_scheme),
+        ("refr_urlhost", refr_host),
+        ("refr_urlport", refr_port),
+        ("refr_urlpath", refr_path),
+        ("refr_urlquery", refr_query),
+        ("refr_urlfragment", refr_fragment),
+        ("contexts", parts.contexts.clone()),
+        ("se_category", text("se_ca").map(Value::from)),
+        ("se_action", text("se_ac").map(Value::from)),
+        ("se_label", text("se_la").map(Value::from)),
+        ("se_property", text("se_pr").map(Value::from)),
+        ("se_value", number("se_va")),
+        ("unstruct_event", parts.unstruct.clone()),
+        ("tr_orderid", text("tr_id").map(Value::from)),
+        ("tr_affiliation", text("tr_af").map(Value::from)),
+        ("tr_total", number("tr_tt")),
+        ("tr_tax", number("tr_tx")),
+        ("tr_shipping", number("tr_sh")),
+        ("tr_city", text("tr_ci").map(Value::from)),
+        ("tr_state", text("tr_st").map(Value::from)),
+        ("tr_country", text("tr_co").map(Value::from)),
+        ("ti_orderid", text("ti_id").map(Value::from)),
+        ("ti_sku", text("ti_sk").map(Value::from)),
+        ("ti_name", text("ti_nm").map(Value::from)),
+        ("ti_category", text("ti_ca").map(Value::from)),
+        ("ti_price", number("ti_pr")),
+        ("ti_quantity", whole("ti_qu")),
+        ("pp_xoffset_min", whole("pp_mix")),
+        ("pp_xoffset_max", whole("pp_max")),
+        ("pp_yoffset_min", whole("pp_miy")),
+        ("pp_yoffset_max", whole("pp_may")),
+        ("useragent", text("ua").map(Value::from)),
+        ("br_lang", text("lang").map(Value::from)),
+        ("br_cookies", text("cookie").map(|v| Value::from(v == "1"))),
+        ("br_colordepth", text("cd").map(Value::from)),
+        ("os_timezone", text("tz").map(Value::from)),
+        ("dvce_screenwidth", screen_w.map(Value::from)),
+        ("dvce_screenheight", screen_h.map(Value::from)),
+        ("doc_charset", text("cs").map(Value::from)),
+        ("doc_width", doc_w.map(Value::from)),
+        ("doc_height", doc_h.map(Value::from)),
+        ("tr_currency", text("tr_cu").map(Value::from)),
+        ("ti_currency", text("ti_cu").map(Value::from)),
+        ("br_viewwidth", view_w.map(Value::from)),
+        ("br_viewheight", view_h.map(Value::from)),
+        ("dvce_sent_tstamp", timestamp(stm)),
+        ("domain_sessionid", text("sid").map(Value::from)),
+        ("derived_tstamp", timestamp(derived)),
+        ("event_vendor", schema_part(0)),
+        ("event_name", schema_part(1)),
+        ("event_format", schema_part(2)),
+        ("event_version", schema_part(3)),
+        ("true_tstamp", timestamp(ttm)),
+    ];
+    fields
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.unwrap_or(Value::Null)))
+        .collect()
+}
+
+/// `2026-11-30T15:04:05.123Z` for epoch milliseconds `ms` (UTC, proleptic Gregorian).
+pub fn iso_timestamp(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    let of_day = ms % 86_400_000;
+    // Days to civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        of_day / 3_600_000,
+        of_day / 60_000 % 60,
+        of_day / 1_000 % 60,
+        of_day % 1_000
+    )
+}
+
+/// The fields filters and the page read, kept beside the stored JSON.
+pub fn summary(good: &Good) -> Value {
+    json!({"eventType": good.event_type, "schema": good.schema, "contexts": good.contexts})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(pairs: &[(&str, &str)]) -> Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect()
+    }
+
+    const BASE: [(&str, &str); 4] = [
+        ("e", "pv"),
+        ("p", "web"),
+        ("tv", "t"),
+        ("eid", "5b1ce3b8-2f2d-4b4c-a7cd-2a0f6f4e2d4b"),
+    ];
+
+    fn checked(extra: &[(&str, &str)]) -> Result<Good, Vec<String>> {
+        let mut pairs = BASE.to_vec();
+        pairs.extend_from_slice(extra);
+        let mut parameters = event(&pairs);
+        // A later pair replaces a base one of the same name.
+        for (k, v) in extra {
+            parameters.insert(k.to_string(), Value::from(*v));
+        }
+        check(&parameters, &Registry::default(), 1_700_000_000_000)
+    }
+
+    #[test]
+    fn each_atomic_rule_has_a_good_and_a_bad_case() {
+        for (field, good, bad) in [
+            (
+                "eid",
+                "5b1ce3b8-2f2d-4b4c-a7cd-2a0f6f4e2d4b",
+                "invalidEventId",
+            ),
+            ("dtm", "1700000000000", "notanumber"),
+            ("stm", "1700000000001", "1.5e3x"),
+            ("ttm", "1700000000002", "-1"),
+            ("p", "mob", "xyz"),
+            ("se_va", "9.5", "notnum"),
+            ("tr_tt", "21", "twenty"),
+            ("ti_qu", "2", "2.5"),
+            ("res", "1920x1080", "big"),
+            ("vid", "3", "three"),
+        ] {
+            assert!(checked(&[(field, good)]).is_ok(), "{field}={good}");
+            let errors = checked(&[(field, bad)]).unwrap_err();
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains(&format!("atomic field {field}"))),
+                "{field}={bad}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn self_describing_data_is_checked_against_its_schema() {
+        let screen = |data: &str| {
+            format!(
+                r#"{{"schema":"iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0","data":{{"schema":"iglu:com.snowplowanalytics.snowplow/screen_view/jsonschema/1-0-0","data":{data}}}}}"#
+            )
+        };
+        let good = checked(&[("e", "ue"), ("ue_pr", &screen(r#"{"name":"Home"}"#))]).unwrap();
+        assert_eq!(good.event_type, "unstruct");
+        assert_eq!(good.event["event_name"], "screen_view");
+        assert_eq!(good.event["unstruct_event"]["data"]["data"]["name"], "Home");
+        let errors = checked(&[("e", "ue"), ("ue_pr", &screen(r#"{"name":123}"#))]).unwrap_err();
+        assert!(
+            errors[0].contains("screen_view") && errors[0].contains("/name"),
+            "{errors:?}"
+        );
+        let nowhere = r#"{"schema":"iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-1","data":[{"schema":"iglu:com.acme/nowhere/jsonschema/1-0-0","data":{}}]}"#;
+        let errors = checked(&[("co", nowhere)]).unwrap_err();
+        assert!(errors[0].contains("not found"), "{errors:?}");
+    }
+
+    #[test]
+    fn the_enriched_event_maps_the_protocol_names() {
+        let good = checked(&[
+            ("aid", "shop"),
+            ("url", "https://shop.example.com:8443/a/b?q=1#top"),
+            ("dtm", "1700000000000"),
+            ("stm", "1700000000500"),
+            ("res", "1920x1080"),
+        ])
+        .unwrap();
+        let e = &good.event;
+        assert_eq!(e["app_id"], "shop");
+        assert_eq!(e["platform"], "web");
+        assert_eq!(e["event"], "page_view");
+        assert_eq!(e["event_id"], "5b1ce3b8-2f2d-4b4c-a7cd-2a0f6f4e2d4b");
+        assert_eq!(e["page_urlhost"], "shop.example.com");
+        assert_eq!(e["page_urlport"], 8443);
+        assert_eq!(e["page_urlquery"], "q=1");
+        assert_eq!(e["dvce_screenwidth"], 1920);
+        assert_eq!(e["dvce_created_tstamp"], "2023-11-14T22:13:20.000Z");
+        // Collector time minus the time the event spent on the device.
+        assert_eq!(e["derived_tstamp"], "2023-11-14T22:13:19.500Z");
+        assert_eq!(e["se_category"], Value::Null);
+        assert_eq!(e["event_name"], "page_view");
+    }
+
+    #[test]
+    fn iso_timestamps() {
+        assert_eq!(iso_timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_timestamp(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(iso_timestamp(1_796_051_076_433), "2026-11-30T15:04:36.433Z");
+    }
+}
