@@ -120,7 +120,8 @@ impl Subject {
 
     /// This subject (an event's own) over `base` (the tracker's): each field this one
     /// sets, the others from `base`; the platform too only if set here. What the Python
-    /// tracker 1.x and Snowplow's Rust tracker do with a per-event subject.
+    /// tracker 1.x does with a per-event subject, but for the platform (a Python subject
+    /// always carries one, `pc` unless set).
     pub fn merged_over(&self, base: &Subject) -> Subject {
         macro_rules! each_field_own_or_base {
             ($($field:ident),*) => {

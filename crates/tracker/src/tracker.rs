@@ -88,7 +88,8 @@ pub enum Timestamp {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SubjectMerging {
     /// The event's subject sets what it sets; the rest comes from the tracker's subject
-    /// (the Python tracker 1.x, Snowplow's Rust tracker). The default.
+    /// (as the Python tracker 1.x merges; there a subject always carries a platform, here
+    /// only one set explicitly overrides the tracker's). The default.
     #[default]
     Merge,
     /// The event's subject replaces the tracker's whole (the Python tracker 0.15).
