@@ -23,10 +23,15 @@
 //! ```text
 //! cargo bench --bench relay -- [--events N] [--backlog N] [--python] [--only NAME]
 //! (NAME, or several separated by commas: raw, post-tuned, post-default, get, scaling,
-//! tls, latency, backlog, instructions)
+//! tls, latency, backlog, instructions) [--case PREFIX]
 //! ```
 //!
-//! `RELAY_BIN=/path/to/snowplow-relay` measures another build (an older one, to compare).
+//! `--case` keeps only the instruction rows whose name starts with PREFIX (`GET`,
+//! `POST default`, `POST tuned`).
+//!
+//! `RELAY_BIN=/path/to/snowplow-relay` measures another build (an older one, to compare);
+//! `CALLGRIND_KEEP=DIR` keeps the callgrind files of `instructions` there, for
+//! `callgrind_annotate --inclusive=yes DIR/relay-<flags>-10000.out`.
 //!
 //! Throughput runs start timing when the preloaded events appear under the relay's key
 //! (an atomic RENAME of a staging list), so process start-up is not counted. A benchmark,
@@ -541,6 +546,15 @@ async fn instructions(
                     .is_some_and(|f| f.starts_with(&format!("redis-{n}.")))
             })
             .expect("redis-server's dump");
+        if let Ok(keep) = std::env::var("CALLGRIND_KEEP") {
+            // For `callgrind_annotate`: where the instructions go, by function.
+            std::fs::create_dir_all(&keep).unwrap();
+            let case = args.join("").replace('-', "");
+            for (from, who) in [(&relay_out, "relay"), (&dumped, "redis")] {
+                let to = std::path::Path::new(&keep).join(format!("{who}-{case}-{n}.out"));
+                std::fs::copy(from, to).unwrap();
+            }
+        }
         totals.push((callgrind_total(&relay_out), callgrind_total(&dumped)));
     }
     let per_event = |big: u64, small: u64| (big as f64 - small as f64) / 8_000.0;
@@ -562,6 +576,7 @@ fn main() {
     let backlog: usize = arg(&args, "--backlog").map_or(1_000_000, |v| v.parse().unwrap());
     let python = args.iter().any(|a| a == "--python");
     let only = arg(&args, "--only");
+    let case = arg(&args, "--case");
     let wanted = |name: &str| {
         only.as_deref()
             .is_none_or(|o| o.split(',').any(|o| o == name))
@@ -676,6 +691,9 @@ fn main() {
                 ("GET (32 in flight)", &["--method", "get"], &[("SNOWPLOW_RELAY_COLLECTOR__MAX_REQUESTS_IN_FLIGHT", "32")]),
             ];
             for (name, args, env) in cases {
+                if case.as_deref().is_some_and(|wanted| !name.starts_with(wanted)) {
+                    continue;
+                }
                 let (relay, redis_server) = instructions(&collector, &url, args, env).await;
                 row(
                     &format!("i. instructions per event, {name}: relay / redis-server"),

@@ -129,8 +129,7 @@ fn check_prints_the_effective_configuration_with_the_password_masked() {
 
 #[tokio::test]
 async fn sigterm_drains_requeues_and_exits_0() {
-    let (redis, collector) = setup(always(503)).await;
-    redis.rpush(LIST, &numbered_events(100));
+    let (redis, collector) = setup_holding(always(503), 100).await;
     let (redis_url, collector_url) = (redis.url(), collector.url());
     let relay = RelayProcess::start_with(
         &[

@@ -105,28 +105,21 @@ async fn sigkill_at_random_moments_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_list_and_one_takes_over_when_the_other_dies() {
-    let (redis, collector) = setup(always(200)).await;
-    collector.set_delay(Duration::from_millis(5));
     let total = 6000;
-    redis.rpush(LIST, &numbered_events(total));
+    let (redis, collector) = setup_holding(always(200), total).await;
+    collector.set_delay(Duration::from_millis(5));
     let mut first = spawn_relay(&redis, &collector);
     let second = spawn_relay(&redis, &collector);
     collector.until_delivered(1000, 20).await;
     first.kill9();
-    settle(
-        ("two instances, one SIGKILLed", MAX_CLAIMED),
-        second,
-        (&collector, &redis),
-        total,
-    )
-    .await;
+    let fault = ("two instances, one SIGKILLed", MAX_CLAIMED);
+    settle(fault, second, (&collector, &redis), total).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_in_normal_operation_deliver_each_event_once() {
-    let (redis, collector) = setup(always(200)).await;
     let total = 6000;
-    redis.rpush(LIST, &numbered_events(total));
+    let (redis, collector) = setup_holding(always(200), total).await;
     let first = spawn_relay(&redis, &collector);
     let second = spawn_relay(&redis, &collector);
     collector.until_delivered(total, 60).await;
@@ -152,21 +145,15 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
     collector.until_delivered(1000, 20).await;
     let redis = redis.restart(&persistent);
     proxy.retarget(redis.port);
-    settle(
-        ("redis restart", MAX_CLAIMED),
-        relay,
-        (&collector, &redis),
-        total,
-    )
-    .await;
+    let fault = ("redis restart", MAX_CLAIMED);
+    settle(fault, relay, (&collector, &redis), total).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_redis_connections_lose_nothing() {
-    let (redis, collector) = setup(always(200)).await;
-    collector.set_delay(Duration::from_millis(10));
     let total = 10_000;
-    redis.rpush(LIST, &numbered_events(total));
+    let (redis, collector) = setup_holding(always(200), total).await;
+    collector.set_delay(Duration::from_millis(10));
     let relay = spawn_relay(&redis, &collector);
     for round in 1..=3 {
         collector.until_delivered(round * 1500, 30).await;
@@ -180,13 +167,8 @@ async fn dropped_redis_connections_lose_nothing() {
             .unwrap();
         assert!(killed >= 1);
     }
-    settle(
-        ("CLIENT KILL x3", 3 * MAX_CLAIMED),
-        relay,
-        (&collector, &redis),
-        total,
-    )
-    .await;
+    let fault = ("CLIENT KILL x3", 3 * MAX_CLAIMED);
+    settle(fault, relay, (&collector, &redis), total).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,19 +253,15 @@ const MEMORY_BOUND_KB: u64 = 64 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_collector_outage_keeps_memory_bounded_and_resumes_promptly() {
-    let (redis, collector) = setup(always(503)).await;
     let total = 200_000;
-    redis.rpush(LIST, &numbered_events(total));
+    let (redis, collector) = setup_holding(always(503), total).await;
     // Default claim size and memory bound; retries capped at 1 s.
-    let relay = RelayProcess::between(
-        &redis,
-        &collector,
-        &[
-            ("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "100"),
-            ("SNOWPLOW_RELAY_COLLECTOR__RETRY_MAX_BACKOFF_MS", "1000"),
-            ("SNOWPLOW_RELAY_LOG__LEVEL", "error"),
-        ],
-    );
+    let settings = [
+        ("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "100"),
+        ("SNOWPLOW_RELAY_COLLECTOR__RETRY_MAX_BACKOFF_MS", "1000"),
+        ("SNOWPLOW_RELAY_LOG__LEVEL", "error"),
+    ];
+    let relay = RelayProcess::between(&redis, &collector, &settings);
     // The outage lasts 30 s (the experiment's length, not a wait for something).
     tokio::time::sleep(Duration::from_secs(30)).await;
     let backlog = redis.llen(LIST);

@@ -22,15 +22,12 @@ async fn a_lone_surrogate_in_get_mode_is_dead_lettered_and_the_rest_keeps_flowin
     let mut events = numbered_events(600);
     events[10] = element("bad-surrogate", r#""http://x/\ud800""#);
     redis.rpush(LIST, &events);
-    let relay = Relay::with(
-        &redis,
-        &collector,
-        &[
-            ("collector.method", "get"),
-            ("redis.claim_batch_size", "50"),
-            ("worker.max_claimed_events", "100"),
-        ],
-    );
+    let settings = [
+        ("collector.method", "get"),
+        ("redis.claim_batch_size", "50"),
+        ("worker.max_claimed_events", "100"),
+    ];
+    let relay = Relay::with(&redis, &collector, &settings);
     collector.until_delivered(599, 30).await;
     relay.stop().await;
     let dead = dead_letters(&redis);
@@ -175,8 +172,7 @@ async fn a_batch_failing_while_others_succeed_is_split_then_dead_lettered() {
 
 #[tokio::test]
 async fn a_collector_failing_everything_is_an_outage_nothing_is_dead_lettered() {
-    let (redis, collector) = setup(always(500)).await;
-    redis.rpush(LIST, &numbered_events(500));
+    let (redis, collector) = setup_holding(always(500), 500).await;
     let relay = Relay::with(
         &redis,
         &collector,
@@ -191,21 +187,10 @@ async fn a_collector_failing_everything_is_an_outage_nothing_is_dead_lettered() 
 
 #[tokio::test]
 async fn a_partial_batch_is_sent_by_the_flush_timer_when_the_list_never_runs_dry() {
-    // With a byte bound of 64 KiB only ~60 events are held at once, so a batch of 500
-    // never fills by count and the list never runs dry: only the timer sends.
-    let (redis, collector) = setup(always(200)).await;
-    redis.rpush(LIST, &numbered_events(1000));
-    let relay = Relay::with(
-        &redis,
-        &collector,
-        &[
-            ("collector.buffer_size", "500"),
-            ("collector.flush_interval_ms", "50"),
-            ("events.max_element_bytes", "16384"),
-            ("redis.claim_max_bytes", "65536"),
-            ("worker.max_claimed_bytes", "65536"),
-        ],
-    );
+    let (redis, collector) = setup_holding(always(200), 1000).await;
+    let timer = [("collector.flush_interval_ms", "50")];
+    let settings = [&BATCHES_NEVER_FILL[..], &timer].concat();
+    let relay = Relay::with(&redis, &collector, &settings);
     collector.until_delivered(1000, 30).await;
     relay.stop().await;
     let largest = collector.requests().iter().map(|r| r.events().len()).max();
@@ -222,19 +207,12 @@ async fn get_urls_over_the_limit_and_unknown_fields_in_get_mode() {
         r#"{"e":"pv","p":"pc","tv":"t","eid":"custom","my_field":"kept"}"#.to_owned(),
     ];
     redis.rpush(LIST, &events);
-    let relay = Relay::with(
-        &redis,
-        &collector,
-        &[
-            ("collector.method", "get"),
-            ("collector.byte_limit", "2000"),
-        ],
-    );
-    wait_until("delivered and dead-lettered", 10, async || {
-        collector.delivered_count() == 1 && redis.llen(DEAD) == 1
-    })
-    .await;
-    relay.stop().await;
+    let settings = [
+        ("collector.method", "get"),
+        ("collector.byte_limit", "2000"),
+    ];
+    let relay = Relay::with(&redis, &collector, &settings);
+    stop_once_delivered_and_dead(relay, (&collector, &redis), (1, 1), 10).await;
     assert!(dead_letters(&redis)[0].0.reason.contains("GET request URL"));
     assert_eq!(
         collector.delivered()[0]["my_field"],
@@ -245,8 +223,7 @@ async fn get_urls_over_the_limit_and_unknown_fields_in_get_mode() {
 
 #[tokio::test]
 async fn endpoint_and_port_and_a_url_path_prefix_reach_the_collector() {
-    let (redis, collector) = setup(always(200)).await;
-    redis.rpush(LIST, &numbered_events(5));
+    let (redis, collector) = setup_holding(always(200), 5).await;
     let port = collector.addr.port().to_string();
     let with_endpoint = {
         let mut overrides = snowplow_relay::config::Overrides::default();
@@ -449,18 +426,14 @@ async fn the_relay_recovers_from_a_rollback_between_claim_and_ack_without_loss()
     // Before: after a rolled-back claim, the next claim's first events landed at
     // positions the relay had already seen, were never sent, and were trimmed by the
     // next acknowledgement: lost.
-    let (redis, collector) = setup(always(200)).await;
-    collector.set_delay(Duration::from_millis(300));
     let total = 400;
-    redis.rpush(LIST, &numbered_events(total));
-    let relay = Relay::with(
-        &redis,
-        &collector,
-        &[
-            ("redis.claim_batch_size", "50"),
-            ("worker.max_claimed_events", "100"),
-        ],
-    );
+    let (redis, collector) = setup_holding(always(200), total).await;
+    collector.set_delay(Duration::from_millis(300));
+    let settings = [
+        ("redis.claim_batch_size", "50"),
+        ("worker.max_claimed_events", "100"),
+    ];
+    let relay = Relay::with(&redis, &collector, &settings);
     wait_until("a claim in flight", 10, async || {
         instances(&redis).len() == 1 && redis.llen(LIST) < total
     })
@@ -502,14 +475,11 @@ async fn seventy_five_thousand_fields_and_a_huge_name_are_handled_in_linear_time
     let name = "n".repeat(100_000);
     let long_name = format!(r#"{{"e":"pv","p":"pc","tv":"t","{name}":"a","{name}":"b"}}"#);
     redis.rpush(LIST, &[wide, long_name]);
-    let relay = Relay::with(
-        &redis,
-        &collector,
-        &[
-            ("events.allow_unknown_fields", "true"),
-            ("collector.byte_limit", "1048576"),
-        ],
-    );
+    let settings = [
+        ("events.allow_unknown_fields", "true"),
+        ("collector.byte_limit", "1048576"),
+    ];
+    let relay = Relay::with(&redis, &collector, &settings);
     collector.until_exactly_delivered(1, 30).await;
     let summary = relay.stop().await;
     assert_eq!(summary.dead_lettered, 1, "the duplicate 100 KB name");

@@ -323,17 +323,14 @@ async fn no_error_path_shows_a_password_from_a_broken_file() {
 async fn kubernetes_variables_and_string_settings_mean_what_they_say() {
     let (redis, collector) = setup(always(200)).await;
     // A Service named snowplow-relay injects these into every pod of its namespace.
-    let relay = RelayProcess::between(
-        &redis,
-        &collector,
-        &[
-            ("SNOWPLOW_RELAY_SERVICE_HOST", "10.0.0.7"),
-            ("SNOWPLOW_RELAY_SERVICE_PORT", "9187"),
-            ("SNOWPLOW_RELAY_PORT", "tcp://10.0.0.7:9187"),
-            ("SNOWPLOW_RELAY_PORT_9187_TCP_ADDR", "10.0.0.7"),
-            ("SNOWPLOW_RELAY_REDIS__KEY", "007"),
-        ],
-    );
+    let settings = [
+        ("SNOWPLOW_RELAY_SERVICE_HOST", "10.0.0.7"),
+        ("SNOWPLOW_RELAY_SERVICE_PORT", "9187"),
+        ("SNOWPLOW_RELAY_PORT", "tcp://10.0.0.7:9187"),
+        ("SNOWPLOW_RELAY_PORT_9187_TCP_ADDR", "10.0.0.7"),
+        ("SNOWPLOW_RELAY_REDIS__KEY", "007"),
+    ];
+    let relay = RelayProcess::between(&redis, &collector, &settings);
     redis.rpush("007", &numbered_events(10));
     collector.until_distinct(10, 20).await;
     relay.stop_cleanly().await;

@@ -229,14 +229,11 @@ async fn a_lone_relay_keeps_its_own_claims_through_a_redis_stall_longer_than_its
 async fn clean_stops_log_no_error_even_when_the_heartbeat_is_due() {
     let (redis, collector) = setup(always(200)).await;
     for round in 0..8 {
-        let relay = RelayProcess::between(
-            &redis,
-            &collector,
-            &[
-                ("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1000"),
-                ("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "0"),
-            ],
-        );
+        let settings = [
+            ("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1000"),
+            ("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "0"),
+        ];
+        let relay = RelayProcess::between(&redis, &collector, &settings);
         wait_until("registered", 10, async || instances(&redis).len() == 1).await;
         // Redis holds the release back while a heartbeat (every 333 ms) falls due and
         // queues up behind it.

@@ -19,8 +19,7 @@ async fn sigint_and_sigquit_stop_gracefully_like_sigterm() {
         ("QUIT", libc::SIGQUIT),
         ("TERM", libc::SIGTERM),
     ] {
-        let (redis, collector) = setup(always(503)).await;
-        redis.rpush(LIST, &numbered_events(50));
+        let (redis, collector) = setup_holding(always(503), 50).await;
         let child = relay(
             &redis.url(),
             &collector.url(),
@@ -60,10 +59,9 @@ async fn a_stop_while_redis_is_down_is_clean_when_the_relay_holds_nothing() {
 #[tokio::test]
 async fn a_frozen_redis_cannot_hold_up_shutdown_and_nothing_is_lost() {
     // Before: drain + uncancellable claim/ack + 5 release attempts of ~5 s each.
-    let (redis, collector) = setup(always(200)).await;
-    collector.set_delay(Duration::from_millis(100));
     let total = 3000;
-    redis.rpush(LIST, &numbered_events(total));
+    let (redis, collector) = setup_holding(always(200), total).await;
+    collector.set_delay(Duration::from_millis(100));
     let child = relay(
         &redis.url(),
         &collector.url(),
@@ -161,13 +159,14 @@ async fn logs_and_check_carry_no_secret_and_no_event_data() {
         "+@all",
     ]);
     for method in ["get", "post"] {
+        let settings = [
+            ("SNOWPLOW_RELAY_COLLECTOR__METHOD", method),
+            ("SNOWPLOW_RELAY_LOG__LEVEL", "trace"),
+        ];
         let child = relay(
             &redis.url().replace("redis://", "redis://relay:redis-pass@"),
             &collector_url,
-            &[
-                ("SNOWPLOW_RELAY_COLLECTOR__METHOD", method),
-                ("SNOWPLOW_RELAY_LOG__LEVEL", "trace"),
-            ],
+            &settings,
         );
         child
             .log_line("collector requests are failing", Duration::from_secs(10))
@@ -296,14 +295,11 @@ async fn metrics_and_health_match_what_the_collector_and_redis_saw() {
         *bad = "not json".to_owned(); // 20 malformed
     }
     redis.rpush(LIST, &events);
-    let child = relay(
-        &redis.url(),
-        &collector.url(),
-        &[
-            ("SNOWPLOW_RELAY_ADMIN__LISTEN", "127.0.0.1:0"),
-            ("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "1"),
-        ],
-    );
+    let settings = [
+        ("SNOWPLOW_RELAY_ADMIN__LISTEN", "127.0.0.1:0"),
+        ("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "1"),
+    ];
+    let child = relay(&redis.url(), &collector.url(), &settings);
     let addr = child.admin_addr().await;
     wait_until("every event resolved", 30, async || {
         redis.llen(LIST) == 0 && redis.llen(DEAD) > 0
@@ -430,14 +426,11 @@ async fn systemd_hears_ready_only_once_registered_then_status_watchdog_and_stopp
     // Redis appears later behind this address.
     let proxy = Proxy::start_unrouted().await;
     let socket_env = socket_path.to_str().unwrap().to_owned();
-    let child = relay(
-        &proxy.url(),
-        &collector.url(),
-        &[
-            ("NOTIFY_SOCKET", socket_env.as_str()),
-            ("WATCHDOG_USEC", "400000"),
-        ],
-    );
+    let settings = [
+        ("NOTIFY_SOCKET", socket_env.as_str()),
+        ("WATCHDOG_USEC", "400000"),
+    ];
+    let child = relay(&proxy.url(), &collector.url(), &settings);
     // Redis is not there: status says so, the watchdog is fed (the process is fine),
     // and READY never comes.
     wait_until("waiting status and watchdog pings", 10, async || {
@@ -479,8 +472,7 @@ async fn systemd_hears_ready_only_once_registered_then_status_watchdog_and_stopp
 #[tokio::test]
 async fn a_host_without_ca_certificates_relays_over_http_and_says_what_https_needs() {
     // Before: "cannot build the HTTP client: builder error", even for an http collector.
-    let (redis, collector) = setup(always(200)).await;
-    redis.rpush(LIST, &numbered_events(20));
+    let (redis, collector) = setup_holding(always(200), 20).await;
     let no_roots = [
         ("SSL_CERT_FILE", "/nonexistent"),
         ("SSL_CERT_DIR", "/nonexistent"),
@@ -497,21 +489,14 @@ async fn a_host_without_ca_certificates_relays_over_http_and_says_what_https_nee
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_flushes_a_partial_batch_at_once() {
-    // A byte bound of 64 KiB holds ~60 events: a batch of 500 never fills, the list never
-    // runs dry, and the flush timer is 10 minutes away. Only SIGUSR1 sends.
-    let (redis, collector) = setup(always(200)).await;
-    redis.rpush(LIST, &numbered_events(1000));
-    let child = relay(
-        &redis.url(),
-        &collector.url(),
-        &[
-            ("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "500"),
-            ("SNOWPLOW_RELAY_COLLECTOR__FLUSH_INTERVAL_MS", "600000"),
-            ("SNOWPLOW_RELAY_EVENTS__MAX_ELEMENT_BYTES", "16384"),
-            ("SNOWPLOW_RELAY_REDIS__CLAIM_MAX_BYTES", "65536"),
-            ("SNOWPLOW_RELAY_WORKER__MAX_CLAIMED_BYTES", "65536"),
-        ],
-    );
+    // The flush timer is 10 minutes away: only SIGUSR1 sends.
+    let (redis, collector) = setup_holding(always(200), 1000).await;
+    let timer = [
+        ("collector.flush_interval_ms", "600000"),
+        ("redis.lease_ttl_ms", "1000"),
+    ];
+    let settings = [&BATCHES_NEVER_FILL[..], &timer].concat();
+    let child = RelayProcess::start_with_settings(&redis.url(), &collector.url(), &settings);
     wait_until("claimed", 10, async || redis.llen(LIST) < 1000).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(

@@ -63,7 +63,7 @@ async fn a_scrape_passes_promtool_and_every_series_exists_from_start_up() {
         String::from_utf8_lossy(&lint.stderr)
     );
     // Nothing has happened yet: every labelled series is there, at 0.
-    for series in [
+    let zeros = [
         "snowplow_relay_requests_total{class=\"2xx\",code=\"200\"} 0",
         "snowplow_relay_requests_total{class=\"4xx\",code=\"413\"} 0",
         "snowplow_relay_requests_total{class=\"4xx\",code=\"400\"} 0",
@@ -76,12 +76,8 @@ async fn a_scrape_passes_promtool_and_every_series_exists_from_start_up() {
         "snowplow_relay_request_bytes_total 0",
         "snowplow_relay_in_flight_events 0",
         "snowplow_relay_in_flight_bytes 0",
-    ] {
-        assert!(
-            text.lines().any(|l| l == series),
-            "`{series}` missing:\n{text}"
-        );
-    }
+    ];
+    assert_all_present(&text.lines().collect::<Vec<_>>(), &zeros);
     // A scraper that asks for OpenMetrics gets it.
     let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
     let (status, content_type, open) = http_get_with(addr, "/metrics", &[("accept", accept)]).await;

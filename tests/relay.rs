@@ -114,8 +114,7 @@ async fn get_delivers_every_event_one_per_request() {
 
 #[tokio::test]
 async fn batches_split_by_count_and_by_bytes() {
-    let (redis, collector) = setup(always(200)).await;
-    redis.rpush(LIST, &numbered_events(200));
+    let (redis, collector) = setup_holding(always(200), 200).await;
     let relay = Relay::with(&redis, &collector, &[("collector.buffer_size", "7")]);
     collector.until_delivered(200, 20).await;
     relay.stop().await;
@@ -130,17 +129,13 @@ async fn batches_split_by_count_and_by_bytes() {
         "batches fill up: {sizes:?}"
     );
 
-    let (redis, collector) = setup(always(200)).await;
-    redis.rpush(LIST, &numbered_events(200));
+    let (redis, collector) = setup_holding(always(200), 200).await;
     let limit = 6_000;
-    let relay = Relay::with(
-        &redis,
-        &collector,
-        &[
-            ("collector.buffer_size", "100"),
-            ("collector.byte_limit", "6000"),
-        ],
-    );
+    let settings = [
+        ("collector.buffer_size", "100"),
+        ("collector.byte_limit", "6000"),
+    ];
+    let relay = Relay::with(&redis, &collector, &settings);
     collector.until_delivered(200, 20).await;
     relay.stop().await;
     let requests = collector.requests();
@@ -236,11 +231,7 @@ async fn a_400_sends_the_batch_to_the_dead_letter_list_byte_for_byte() {
     let events = numbered_events(20);
     redis.rpush(LIST, &events);
     let relay = Relay::with(&redis, &collector, &[("collector.buffer_size", "1")]);
-    wait_until("delivered and dead-lettered", 20, async || {
-        collector.delivered_count() >= 19 && redis.llen(DEAD) == 1
-    })
-    .await;
-    let summary = relay.stop().await;
+    let summary = stop_once_delivered_and_dead(relay, (&collector, &redis), (19, 1), 20).await;
 
     let dead = redis.lrange(DEAD);
     let (meta, original) = DeadLetter::decode(&dead[0]).unwrap();
@@ -298,11 +289,7 @@ async fn malformed_elements_are_dead_lettered_and_the_rest_delivered() {
         }
     }
     let relay = Relay::with(&redis, &collector, &[]);
-    wait_until("delivered and dead-lettered", 20, async || {
-        collector.delivered_count() >= 30 && redis.llen(DEAD) == bad.len()
-    })
-    .await;
-    relay.stop().await;
+    stop_once_delivered_and_dead(relay, (&collector, &redis), (30, bad.len()), 20).await;
 
     assert_eq!(collector.delivered().len(), 30);
     let dead = redis.lrange(DEAD);
@@ -364,15 +351,12 @@ async fn shutdown_during_an_outage_returns_everything_in_order() {
     let (redis, collector) = setup(always(503)).await;
     let events = numbered_events(3000);
     redis.rpush(LIST, &events);
-    let relay = Relay::with(
-        &redis,
-        &collector,
-        &[
-            ("worker.drain_timeout_ms", "300"),
-            ("redis.claim_batch_size", "100"),
-            ("worker.max_claimed_events", "1000"),
-        ],
-    );
+    let settings = [
+        ("worker.drain_timeout_ms", "300"),
+        ("redis.claim_batch_size", "100"),
+        ("worker.max_claimed_events", "1000"),
+    ];
+    let relay = Relay::with(&redis, &collector, &settings);
     collector.until_requests(5, 10).await;
     let backlog = redis.llen(LIST);
     assert!(
@@ -420,14 +404,11 @@ async fn collector_down_then_up_loses_nothing() {
     let port = ClosedPort::new();
     let events = numbered_events(2000);
     redis.rpush(LIST, &events);
-    let settings = config_for_urls(
-        &redis.url(),
-        &port.http_url(),
-        &[
-            ("redis.claim_batch_size", "100"),
-            ("worker.max_claimed_events", "500"),
-        ],
-    );
+    let overrides = [
+        ("redis.claim_batch_size", "100"),
+        ("worker.max_claimed_events", "500"),
+    ];
+    let settings = config_for_urls(&redis.url(), &port.http_url(), &overrides);
     let relay = Relay::start(settings);
     // Wait until the relay claimed (and so tried to send), then watch for 300 ms
     // whether it wrongly keeps claiming.
@@ -475,11 +456,7 @@ async fn oversized_elements_go_to_the_dead_letter_list_from_redis() {
     redis.rpush(LIST, std::slice::from_ref(&huge));
     redis.rpush(LIST, &events[5..]);
     let relay = Relay::with(&redis, &collector, &[("events.max_element_bytes", "20000")]);
-    wait_until("delivered and dead-lettered", 20, async || {
-        collector.delivered_count() >= 10 && redis.llen(DEAD) == 1
-    })
-    .await;
-    let summary = relay.stop().await;
+    let summary = stop_once_delivered_and_dead(relay, (&collector, &redis), (10, 1), 20).await;
     let dead = redis.lrange(DEAD);
     let (meta, original) = DeadLetter::decode(&dead[0]).unwrap();
     assert_eq!(original, huge.as_bytes());
@@ -523,14 +500,11 @@ async fn a_dead_relays_in_flight_events_are_recovered_at_start_up_in_order() {
         .unwrap();
     redis.rpush("{snowplow}:inflight:alive", &numbered_events(35)[30..]);
 
-    let relay = Relay::with(
-        &redis,
-        &collector,
-        &[
-            ("collector.buffer_size", "1"),
-            ("collector.max_requests_in_flight", "1"),
-        ],
-    );
+    let settings = [
+        ("collector.buffer_size", "1"),
+        ("collector.max_requests_in_flight", "1"),
+    ];
+    let relay = Relay::with(&redis, &collector, &settings);
     collector.until_delivered(30, 20).await;
     let summary = relay.stop().await;
     assert_eq!(summary.redelivered, 10);

@@ -7,34 +7,36 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+/// A relay that reaches the Redis server on `redis_port` through a [`Proxy`] (claims of
+/// 100, at most 500 held, `redis.command_timeout_ms` as given) and a collector that
+/// takes 5 ms a request.
+async fn relay_through_a_proxy(
+    redis_port: u16,
+    command_timeout_ms: &str,
+) -> (Proxy, Collector, Relay) {
+    let proxy = Proxy::start(redis_port).await;
+    let collector = Collector::start().await;
+    collector.set_delay(Duration::from_millis(5));
+    let overrides = [
+        ("redis.command_timeout_ms", command_timeout_ms),
+        ("redis.claim_batch_size", "100"),
+        ("worker.max_claimed_events", "500"),
+    ];
+    let relay = Relay::start(config_for_urls(&proxy.url(), &collector.url(), &overrides));
+    (proxy, collector, relay)
+}
+
 #[tokio::test]
 async fn a_redis_connection_that_stops_answering_is_replaced() {
     let redis = RedisServer::start();
-    let proxy = Proxy::start(redis.port).await;
-    let collector = Collector::start().await;
-    collector.set_delay(Duration::from_millis(5));
     let total = 5_000;
     redis.rpush(LIST, &numbered_events(total));
-    let relay = Relay::start(config_for_urls(
-        &proxy.url(),
-        &collector.url(),
-        &[
-            ("redis.command_timeout_ms", "500"),
-            ("redis.claim_batch_size", "100"),
-            ("worker.max_claimed_events", "500"),
-        ],
-    ));
+    let (proxy, collector, relay) = relay_through_a_proxy(redis.port, "500").await;
     collector.until_delivered(1_000, 20).await;
     // Every connection the relay holds now answers nothing; new ones get through.
     proxy.freeze_existing();
-    let summary = stop_once_recovered(
-        relay,
-        ("frozen Redis connections", total),
-        (&collector, &redis),
-        Instant::now(),
-        30,
-    )
-    .await;
+    let scenario = ("frozen Redis connections", total);
+    let summary = stop_once_recovered(relay, scenario, (&collector, &redis), 30).await;
     assert_eq!(summary.dead_lettered, 0);
     assert_eq!(redis.llen(LIST), 0);
 }
@@ -50,18 +52,7 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
         new.llen(LIST) == total
     })
     .await;
-    let proxy = Proxy::start(old.port).await;
-    let collector = Collector::start().await;
-    collector.set_delay(Duration::from_millis(5));
-    let relay = Relay::start(config_for_urls(
-        &proxy.url(),
-        &collector.url(),
-        &[
-            ("redis.command_timeout_ms", "1000"),
-            ("redis.claim_batch_size", "100"),
-            ("worker.max_claimed_events", "500"),
-        ],
-    ));
+    let (proxy, collector, relay) = relay_through_a_proxy(old.port, "1000").await;
     collector.until_delivered(1_000, 20).await;
     // An orderly switchover: writes paused, the replica caught up, promoted, the old
     // master demoted, the address moved; the relay's connections stay open to the old one.
@@ -84,14 +75,8 @@ async fn a_switchover_that_leaves_connections_on_the_demoted_master_is_followed(
     old.cmd(&["REPLICAOF", "127.0.0.1", &new.port.to_string()]);
     proxy.retarget(new.port);
     old.cmd(&["CLIENT", "UNPAUSE"]);
-    stop_once_recovered(
-        relay,
-        ("switchover (READONLY)", total),
-        (&collector, &new),
-        Instant::now(),
-        30,
-    )
-    .await;
+    let scenario = ("switchover (READONLY)", total);
+    stop_once_recovered(relay, scenario, (&collector, &new), 30).await;
     assert_eq!(new.llen(LIST), 0);
 }
 
@@ -152,22 +137,15 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
     assert_eq!(redis.keys(), vec![DEAD.to_owned()], "nothing left parked");
 
     // A real outage: every request refused for 8 s (40 times the longest retry delay).
-    let (redis, collector) = setup(always(503)).await;
     let total = 20_000;
-    redis.rpush(LIST, &numbered_events(total));
+    let (redis, collector) = setup_holding(always(503), total).await;
     let relay = Relay::with(&redis, &collector, settings);
     tokio::time::sleep(Duration::from_secs(8)).await; // the outage's length
     assert!(collector.delivered().is_empty());
     assert_eq!(redis.llen(DEAD), 0, "an outage dead-letters nothing");
     collector.respond_with(always(200));
-    let summary = stop_once_recovered(
-        relay,
-        ("8 s outage (time after it ended)", total),
-        (&collector, &redis),
-        Instant::now(),
-        60,
-    )
-    .await;
+    let scenario = ("8 s outage (time after it ended)", total);
+    let summary = stop_once_recovered(relay, scenario, (&collector, &redis), 60).await;
     assert_eq!(summary.dead_lettered, 0);
     assert_eq!(redis.llen(DEAD), 0);
     assert_eq!(redis.llen(LIST), 0);
@@ -207,7 +185,8 @@ async fn claims_fit_the_largest_reply_redis_allows() {
         let scenario =
             format!("1 MB reply limit, CONFIG allowed {config_allowed} (time from start)");
         let summary =
-            stop_once_recovered(relay, (&scenario, total), (&collector, &redis), started, 45).await;
+            stop_once_recovered_since(started, relay, (&scenario, total), (&collector, &redis), 45)
+                .await;
         assert_eq!(summary.dead_lettered, 0, "CONFIG allowed: {config_allowed}");
         assert_eq!(redis.llen(LIST), 0);
     }
@@ -241,7 +220,7 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
     // Claims refused (this user may no longer write the in-flight list) while the
     // heartbeat is answered: a wedge.
     let redis = RedisServer::start();
-    redis.cmd(&["ACL", "SETUSER", "relay", "on", ">pw", "~*", "&*", "+@all"]);
+    redis.add_user("relay", "pw");
     let collector = Collector::start().await;
     let relay = RelayProcess::start_with_settings(
         &format!("redis://relay:pw@127.0.0.1:{}", redis.port),
@@ -273,8 +252,7 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
     // One event refused on its own, with parking effectively off (as before parking
     // existed): it holds the window, claiming waits while the collector accepts other
     // requests. A wedge.
-    let (redis, collector) = setup(refusing(&["ev-5"], 500)).await;
-    redis.rpush(LIST, &numbered_events(2_000));
+    let (redis, collector) = setup_holding(refusing(&["ev-5"], 500), 2_000).await;
     let no_parking = [
         ("collector.park_after_failures", "1000"),
         ("worker.max_claimed_events", "500"),
@@ -299,8 +277,7 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
     relay.stop_cleanly().await;
 
     // The collector refuses everything for the bound and 5 s more: alive all along.
-    let (redis, collector) = setup(always(503)).await;
-    redis.rpush(LIST, &numbered_events(2_000));
+    let (redis, collector) = setup_holding(always(503), 2_000).await;
     let relay = RelayProcess::start_with_settings(&redis.url(), &collector.url(), settings);
     let addr = relay.admin_addr().await;
     let outage = Instant::now();

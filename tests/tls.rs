@@ -20,6 +20,17 @@ async fn stop(child: RelayProcess) -> (Option<i32>, String) {
     (finished.status.code(), finished.log)
 }
 
+/// Waits for the relay to report a failed collector request, stops it (exit 0) and
+/// returns its log.
+async fn stop_after_a_failed_request(child: RelayProcess) -> String {
+    child
+        .log_line("collector request failed", Duration::from_secs(10))
+        .await;
+    let (code, log) = stop(child).await;
+    assert_eq!(code, Some(0), "{log}");
+    log
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_collector_with_a_private_ca_and_mutual_tls() {
     let certs = Certs::new();
@@ -28,40 +39,30 @@ async fn an_https_collector_with_a_private_ca_and_mutual_tls() {
     redis.rpush(LIST, &numbered_events(50));
     let ca = certs.path("ca.pem");
     let (cert, key) = (certs.path("client.pem"), certs.path("client.key"));
-    let child = relay(
-        &redis.url(),
-        &collector.https_url(),
-        &[
-            ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", ca.as_str()),
-            ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_ONLY", "true"),
-            (
-                "SNOWPLOW_RELAY_COLLECTOR__TLS_CLIENT_CERT_FILE",
-                cert.as_str(),
-            ),
-            (
-                "SNOWPLOW_RELAY_COLLECTOR__TLS_CLIENT_KEY_FILE",
-                key.as_str(),
-            ),
-        ],
-    );
+    let settings = [
+        ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", ca.as_str()),
+        ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_ONLY", "true"),
+        (
+            "SNOWPLOW_RELAY_COLLECTOR__TLS_CLIENT_CERT_FILE",
+            cert.as_str(),
+        ),
+        (
+            "SNOWPLOW_RELAY_COLLECTOR__TLS_CLIENT_KEY_FILE",
+            key.as_str(),
+        ),
+    ];
+    let child = relay(&redis.url(), &collector.https_url(), &settings);
     collector.until_exactly_delivered(50, 15).await;
     child.stop_cleanly().await;
 
     // The same collector, without the client certificate: refused, retried, not sent.
     redis.rpush(LIST, &numbered_events(5));
-    let child = relay(
-        &redis.url(),
-        &collector.https_url(),
-        &[
-            ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", ca.as_str()),
-            ("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300"),
-        ],
-    );
-    child
-        .log_line("collector request failed", Duration::from_secs(10))
-        .await;
-    let (code, _) = stop(child).await;
-    assert_eq!(code, Some(0));
+    let settings = [
+        ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", ca.as_str()),
+        ("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300"),
+    ];
+    let child = relay(&redis.url(), &collector.https_url(), &settings);
+    stop_after_a_failed_request(child).await;
     assert_eq!(
         collector.delivered().len(),
         50,
@@ -71,20 +72,13 @@ async fn an_https_collector_with_a_private_ca_and_mutual_tls() {
 
     // A collector whose certificate the relay does not trust: never delivered.
     let other = certs.path("other.pem");
-    let child = relay(
-        &redis.url(),
-        &collector.https_url(),
-        &[
-            ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", other.as_str()),
-            ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_ONLY", "true"),
-            ("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300"),
-        ],
-    );
-    child
-        .log_line("collector request failed", Duration::from_secs(10))
-        .await;
-    let (code, log) = stop(child).await;
-    assert_eq!(code, Some(0));
+    let settings = [
+        ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", other.as_str()),
+        ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_ONLY", "true"),
+        ("SNOWPLOW_RELAY_WORKER__DRAIN_TIMEOUT_MS", "300"),
+    ];
+    let child = relay(&redis.url(), &collector.https_url(), &settings);
+    let log = stop_after_a_failed_request(child).await;
     assert_eq!(redis.llen(LIST), 5);
     assert!(log.to_lowercase().contains("certificate"), "{log}");
 }
@@ -98,15 +92,12 @@ async fn redis_over_tls_with_a_ca_file_and_client_certificates() {
     let url = redis.tls_url();
     let ca = certs.path("ca.pem");
     let (cert, key) = (certs.path("client.pem"), certs.path("client.key"));
-    let child = relay(
-        &url,
-        &collector.url(),
-        &[
-            ("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", ca.as_str()),
-            ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_CERT_FILE", cert.as_str()),
-            ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_KEY_FILE", key.as_str()),
-        ],
-    );
+    let settings = [
+        ("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", ca.as_str()),
+        ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_CERT_FILE", cert.as_str()),
+        ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_KEY_FILE", key.as_str()),
+    ];
+    let child = relay(&url, &collector.url(), &settings);
     collector.until_exactly_delivered(30, 15).await;
     child.stop_cleanly().await;
     assert_eq!(redis.llen(LIST), 0);
@@ -126,15 +117,12 @@ async fn redis_over_tls_with_a_ca_file_and_client_certificates() {
     // A CA that did not sign Redis's certificate: every warning says it is a
     // certificate problem, naming the host and the file.
     let other = certs.path("other.pem");
-    let child = relay(
-        &url,
-        &collector.url(),
-        &[
-            ("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", other.as_str()),
-            ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_CERT_FILE", cert.as_str()),
-            ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_KEY_FILE", key.as_str()),
-        ],
-    );
+    let settings = [
+        ("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", other.as_str()),
+        ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_CERT_FILE", cert.as_str()),
+        ("SNOWPLOW_RELAY_REDIS__TLS_CLIENT_KEY_FILE", key.as_str()),
+    ];
+    let child = relay(&url, &collector.url(), &settings);
     redis.rpush(LIST, &numbered_events(7));
     let warning = child
         .log_line("cannot set up TLS with Redis", Duration::from_secs(10))
@@ -177,15 +165,12 @@ async fn redis_over_tls_without_client_certificates_and_a_collector_ca_added_to_
     redis.rpush(LIST, &numbered_events(20));
     let url = redis.tls_url();
     let ca = certs.path("ca.pem");
-    let child = relay(
-        &url,
-        &collector.https_url(),
-        &[
-            ("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", ca.as_str()),
-            // Added to the system's roots (tls_ca_only is off).
-            ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", ca.as_str()),
-        ],
-    );
+    let settings = [
+        ("SNOWPLOW_RELAY_REDIS__TLS_CA_FILE", ca.as_str()),
+        // Added to the system's roots (tls_ca_only is off).
+        ("SNOWPLOW_RELAY_COLLECTOR__TLS_CA_FILE", ca.as_str()),
+    ];
+    let child = relay(&url, &collector.https_url(), &settings);
     collector.until_exactly_delivered(20, 15).await;
     child.stop_cleanly().await;
 }
@@ -193,16 +178,7 @@ async fn redis_over_tls_without_client_certificates_and_a_collector_ca_added_to_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_subcommand_and_no_failure_path_prints_a_secret_at_trace_level() {
     let redis = RedisServer::start();
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("relay")
-        .arg("on")
-        .arg(">redis-secret-1")
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .query(&mut redis.conn())
-        .unwrap();
+    redis.add_user("relay", "redis-secret-1");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("password");
     std::fs::write(&file, "file-secret-2\n").unwrap();
@@ -301,14 +277,11 @@ async fn no_subcommand_and_no_failure_path_prints_a_secret_at_trace_level() {
     // The daemon with Redis reachable and unreachable, the collector failing, at trace.
     redis.rpush(LIST, &numbered_events(5));
     for url in [&good_url, &bad_url] {
-        let child = relay(
-            url,
-            collector,
-            &[
-                ("SNOWPLOW_RELAY_COLLECTOR__PROXY", proxy),
-                ("RUST_LOG", "trace"),
-            ],
-        );
+        let settings: [(&str, &str); 2] = [
+            ("SNOWPLOW_RELAY_COLLECTOR__PROXY", proxy),
+            ("RUST_LOG", "trace"),
+        ];
+        let child = relay(url, collector, &settings);
         // Redis reachable: the collector fails; unreachable: Redis does.
         let failing = if url == &bad_url {
             "cannot reach Redis"
@@ -331,16 +304,7 @@ async fn no_subcommand_and_no_failure_path_prints_a_secret_at_trace_level() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_users_and_password_files_and_refusals_that_never_show_the_password() {
     let redis = RedisServer::start();
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("relay")
-        .arg("on")
-        .arg(">s3cret-pw")
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .query(&mut redis.conn())
-        .unwrap();
+    redis.add_user("relay", "s3cret-pw");
     let collector = Collector::start().await;
     redis.rpush(LIST, &numbered_events(20));
     let dir = tempfile::tempdir().unwrap();
@@ -351,14 +315,11 @@ async fn acl_users_and_password_files_and_refusals_that_never_show_the_password(
         0o644,
     );
     let file_arg = file.to_str().unwrap().to_owned();
-    let child = relay(
-        &redis.url(),
-        &collector.url(),
-        &[
-            ("SNOWPLOW_RELAY_REDIS__USERNAME", "relay"),
-            ("SNOWPLOW_RELAY_REDIS__PASSWORD_FILE", file_arg.as_str()),
-        ],
-    );
+    let settings = [
+        ("SNOWPLOW_RELAY_REDIS__USERNAME", "relay"),
+        ("SNOWPLOW_RELAY_REDIS__PASSWORD_FILE", file_arg.as_str()),
+    ];
+    let child = relay(&redis.url(), &collector.url(), &settings);
     collector.until_exactly_delivered(20, 15).await;
     let clients: String = redis::cmd("CLIENT")
         .arg("LIST")
@@ -370,14 +331,11 @@ async fn acl_users_and_password_files_and_refusals_that_never_show_the_password(
     assert!(!log.contains("s3cret-pw"), "{log}");
 
     // A wrong password from the environment: the warning names the user and the source.
-    let child = relay(
-        &redis.url(),
-        &collector.url(),
-        &[
-            ("SNOWPLOW_RELAY_REDIS__USERNAME", "relay"),
-            ("SNOWPLOW_RELAY_REDIS__PASSWORD", "wrong-pw-123"),
-        ],
-    );
+    let settings = [
+        ("SNOWPLOW_RELAY_REDIS__USERNAME", "relay"),
+        ("SNOWPLOW_RELAY_REDIS__PASSWORD", "wrong-pw-123"),
+    ];
+    let child = relay(&redis.url(), &collector.url(), &settings);
     let warning = child
         .log_line("cannot log in to Redis", Duration::from_secs(10))
         .await;
@@ -489,14 +447,13 @@ fn check_warns_about_every_secret_file_every_user_can_read() {
         copy.to_str().unwrap().to_owned()
     };
     let (redis_key, collector_key) = (readable_copy("redis.key"), readable_copy("collector.key"));
-    for file in [
-        &password.to_str().unwrap().to_owned(),
-        &redis_key,
-        &collector_key,
-    ] {
-        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .unwrap();
-    }
+    let chmod = |mode: u32| {
+        for file in [password.to_str().unwrap(), &redis_key, &collector_key] {
+            let permissions = std::os::unix::fs::PermissionsExt::from_mode(mode);
+            std::fs::set_permissions(file, permissions).unwrap();
+        }
+    };
+    chmod(0o644);
     let client_cert = certs.path("client.pem");
     let env = [
         ("SNOWPLOW_RELAY_REDIS__URL", "rediss://127.0.0.1:1"),
@@ -539,14 +496,7 @@ fn check_warns_about_every_secret_file_every_user_can_read() {
     assert!(!stderr.contains("s3cret-pw"), "{stderr}");
 
     // chmod 600: no warning.
-    for file in [
-        &password.to_str().unwrap().to_owned(),
-        &redis_key,
-        &collector_key,
-    ] {
-        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-    }
+    chmod(0o600);
     let output = run_bin(
         &["--collector", "https://collector.example.com", "check"],
         &env,

@@ -158,9 +158,8 @@ fn check_atomic_fields(parameters: &Map<String, Value>, errors: &mut Vec<String>
 }
 
 fn is_decimal(text: &str) -> bool {
+    // `inf`, `infinity` and `nan` parse, but not as finite numbers.
     text.parse::<f64>().is_ok_and(f64::is_finite)
-        && !text.eq_ignore_ascii_case("inf")
-        && !text.to_ascii_lowercase().contains("nan")
 }
 
 fn dimensions(text: &str) -> Option<(u32, u32)> {
@@ -429,6 +428,16 @@ pub fn summary(good: &Good) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decimal_is_a_finite_number() {
+        for good in ["0", "-1.5", "1e3", "9.0", ".5"] {
+            assert!(is_decimal(good), "{good}");
+        }
+        for bad in ["inf", "-Infinity", "NaN", "nan", "1e999", "", "1,5", "0x10"] {
+            assert!(!is_decimal(bad), "{bad}");
+        }
+    }
 
     fn event(pairs: &[(&str, &str)]) -> Map<String, Value> {
         pairs

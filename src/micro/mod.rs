@@ -649,10 +649,15 @@ struct Origin {
     ip: Option<String>,
     useragent: Option<String>,
     referer: Option<String>,
-    /// `Name: value`, as Micro lists them (cookies left out).
+    /// `Name: value`, as Micro lists them; cookies and credentials
+    /// ([`NEVER_LISTED_HEADERS`]) left out.
     headers: Vec<String>,
     millis: u64,
 }
+
+/// Request headers never listed in an event's `rawEvent.context.headers`: whoever can
+/// read `/micro/good` must not learn a cookie, a password or a token from them.
+pub const NEVER_LISTED_HEADERS: [&str; 3] = ["cookie", "authorization", "proxy-authorization"];
 
 impl Origin {
     fn of(
@@ -681,7 +686,7 @@ impl Origin {
             headers: request
                 .headers()
                 .iter()
-                .filter(|(name, _)| *name != "cookie")
+                .filter(|(name, _)| !NEVER_LISTED_HEADERS.contains(&name.as_str()))
                 .take(64)
                 .map(|(name, value)| {
                     format!(

@@ -65,6 +65,21 @@ pub fn dead_letters(redis: &RedisServer) -> Vec<(DeadLetter, String)> {
         .collect()
 }
 
+/// Waits (up to `seconds`) until at least `delivered` events reached the collector and
+/// exactly `dead` elements were dead-lettered, then stops the relay and returns its summary.
+pub async fn stop_once_delivered_and_dead(
+    relay: super::Relay,
+    (collector, redis): (&Collector, &RedisServer),
+    (delivered, dead): (usize, usize),
+    seconds: u64,
+) -> snowplow_relay::Summary {
+    super::wait_until("delivered and dead-lettered", seconds, async || {
+        collector.delivered_count() >= delivered && redis.llen(DEAD) == dead
+    })
+    .await;
+    relay.stop().await
+}
+
 /// Every key the relay leaves behind besides the main and dead-letter lists.
 pub fn leftover_keys(redis: &RedisServer) -> Vec<String> {
     redis
@@ -146,18 +161,28 @@ pub fn report(
     );
 }
 
-/// The end of a fault scenario: waits until `total` distinct events were delivered
-/// (within `seconds`), stops the relay, prints [`report`] with the time since the fault
-/// ended, and returns the relay's summary.
+/// The end of a fault scenario whose fault has just ended: waits until `total` distinct
+/// events were delivered (within `seconds`), stops the relay, prints [`report`] with the
+/// time since the call, and returns the relay's summary.
 pub async fn stop_once_recovered(
+    relay: super::Relay,
+    scenario: (&str, usize),
+    handles: (&Collector, &RedisServer),
+    seconds: u64,
+) -> snowplow_relay::Summary {
+    stop_once_recovered_since(std::time::Instant::now(), relay, scenario, handles, seconds).await
+}
+
+/// [`stop_once_recovered`], with the recovery time measured from `since`.
+pub async fn stop_once_recovered_since(
+    since: std::time::Instant,
     relay: super::Relay,
     (scenario, total): (&str, usize),
     (collector, redis): (&Collector, &RedisServer),
-    fault_ended: std::time::Instant,
     seconds: u64,
 ) -> snowplow_relay::Summary {
     collector.until_distinct(total, seconds).await;
-    let took = fault_ended.elapsed();
+    let took = since.elapsed();
     let summary = relay.stop().await;
     report((scenario, total), (collector, redis), Some(took));
     summary

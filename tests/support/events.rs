@@ -70,3 +70,13 @@ pub fn assert_valid_payload_data(body: &[u8]) {
 pub fn test_uuid(i: usize) -> String {
     format!("00000000-0000-4000-8000-{i:012}")
 }
+
+/// Settings under which a batch of 500 never fills with [`numbered_events`]: a byte bound
+/// of 64 KiB holds ~60 of them at once, so the list never runs dry either and only the
+/// flush timer (or SIGUSR1) sends.
+pub const BATCHES_NEVER_FILL: [(&str, &str); 4] = [
+    ("collector.buffer_size", "500"),
+    ("events.max_element_bytes", "16384"),
+    ("redis.claim_max_bytes", "65536"),
+    ("worker.max_claimed_bytes", "65536"),
+];

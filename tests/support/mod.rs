@@ -43,6 +43,23 @@ pub async fn setup(responder: Responder) -> (RedisServer, Collector) {
     (RedisServer::start(), Collector::start_with(responder).await)
 }
 
+/// [`setup`], with `count` numbered events already waiting in [`LIST`].
+pub async fn setup_holding(responder: Responder, count: usize) -> (RedisServer, Collector) {
+    let (redis, collector) = setup(responder).await;
+    redis.rpush(LIST, &numbered_events(count));
+    (redis, collector)
+}
+
+/// Asserts that each of `wanted` is one of `have`, naming the first that is not.
+pub fn assert_all_present<S: AsRef<str> + std::fmt::Debug>(have: &[S], wanted: &[&str]) {
+    for one in wanted {
+        assert!(
+            have.iter().any(|h| h.as_ref() == *one),
+            "`{one}` missing from {have:#?}"
+        );
+    }
+}
+
 /// Polls `condition` every 10 ms until it holds; panics with `what` after
 /// `timeout_secs`. The one way a test waits for something.
 pub async fn wait_until(what: &str, timeout_secs: u64, mut condition: impl AsyncFnMut() -> bool) {

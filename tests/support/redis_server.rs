@@ -152,6 +152,7 @@ impl RedisServer {
                 && let Ok(info) = redis::cmd("INFO").query::<String>(&mut conn)
                 && info.contains(&format!("process_id:{pid}\r\n"))
                 && info.contains("loading:0\r\n")
+                && redis::cmd("DBSIZE").query::<i64>(&mut conn).is_ok()
             {
                 return Ok((child, client));
             }
@@ -270,6 +271,13 @@ impl RedisServer {
     }
 
     /// Runs a command on the harness's own (default, unrestricted) connection.
+    /// Adds the ACL user `name` with `password`, allowed every command on every key and
+    /// channel.
+    pub fn add_user(&self, name: &str, password: &str) {
+        let password = format!(">{password}");
+        self.cmd(&["ACL", "SETUSER", name, "on", &password, "~*", "&*", "+@all"]);
+    }
+
     pub fn cmd(&self, args: &[&str]) -> redis::Value {
         let mut command = redis::cmd(args[0]);
         for arg in &args[1..] {
