@@ -435,6 +435,42 @@ async fn proxy_credentials_are_masked_and_the_proxy_is_used() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_variables_and_a_user_in_the_collector_url_are_honoured() {
+    // A plain-HTTP collector is reached without reqwest unless one of these applies.
+    let redis = RedisServer::start();
+    let proxy = Collector::start().await;
+    let collector = Collector::start().await;
+    let proxy_url = format!("http://{}", proxy.addr);
+    // HTTP_PROXY: through the proxy.
+    redis.rpush(LIST, &numbered_events(3));
+    let child = relay(
+        &redis.url(),
+        "http://collector.invalid",
+        &[("HTTP_PROXY", proxy_url.as_str())],
+    );
+    proxy.until_exactly_delivered(3, 10).await;
+    child.stop_cleanly().await;
+    // NO_PROXY naming the collector: straight there.
+    redis.rpush(LIST, &numbered_events(3));
+    let no_proxy = [
+        ("HTTP_PROXY", proxy_url.as_str()),
+        ("NO_PROXY", "127.0.0.1"),
+    ];
+    let child = relay(&redis.url(), &collector.url(), &no_proxy);
+    collector.until_exactly_delivered(3, 10).await;
+    child.stop_cleanly().await;
+    assert_eq!(proxy.delivered_count(), 3, "nothing more through the proxy");
+    // A user and password in the URL: sent as Basic authorization.
+    redis.rpush(LIST, &numbered_events(3));
+    let with_user = collector.url().replace("http://", "http://relay:pw@");
+    let child = relay(&redis.url(), &with_user, &[]);
+    collector.until_exactly_delivered(6, 10).await;
+    child.stop_cleanly().await;
+    let last = collector.requests().pop().unwrap();
+    assert_eq!(last.headers["authorization"], "Basic cmVsYXk6cHc=");
+}
+
 #[test]
 fn check_warns_about_every_secret_file_every_user_can_read() {
     let certs = Certs::new();

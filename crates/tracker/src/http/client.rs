@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
+use super::plain::{Answer, Plain};
 use crate::protocol::{Batch, Method, epoch_millis, get_query, write_post_body};
 
 /// The `User-Agent` sent.
@@ -181,17 +182,32 @@ pub enum ClientError {
 
 /// How much of a collector's response body is read (to let the connection be reused);
 /// a larger body is dropped with its connection.
-const MAX_RESPONSE_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_RESPONSE_BODY_BYTES: usize = 64 * 1024;
 
 /// A collector: keep-alive connections, a request timeout, no cookie store, no redirects,
 /// TLS 1.2 at least, an honest `User-Agent`, and `SP-Anonymous` if asked.
 #[derive(Clone)]
 pub struct Client {
-    client: reqwest::Client,
+    transport: Transport,
     url: Url,
+    /// `url` without its query and fragment: a GET request's URL is this, `?` and the
+    /// event's query.
+    base: String,
     method: Method,
     byte_limit: usize,
     no_retry: Vec<u16>,
+}
+
+/// How requests travel. Both behave alike (headers, timeout, no redirects); the plain one
+/// costs a third of reqwest's instructions per request, which matters for GET (one
+/// request per event).
+#[derive(Clone)]
+enum Transport {
+    /// `http://`, no proxy, no user in the URL: hyper's client on its own.
+    Plain(Plain),
+    /// TLS, a proxy (`collector.proxy` or the proxy environment variables) or a URL with
+    /// credentials: reqwest, which does all of those.
+    Reqwest(reqwest::Client),
 }
 
 impl Client {
@@ -206,28 +222,44 @@ impl Client {
             headers.insert("SP-Anonymous", HeaderValue::from_static("*"));
         }
         let https = url.scheme() == "https";
-        let client = tls_and_proxy(reqwest::Client::builder(), settings, https)?
-            .user_agent(USER_AGENT)
-            .default_headers(headers)
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .pool_max_idle_per_host(settings.max_idle_connections.max(1))
-            .tcp_nodelay(true)
-            // A followed 301/302 turns a POST into a GET without its body, which a
-            // collector answers 200: the events would count as delivered and be lost.
-            .redirect(reqwest::redirect::Policy::none())
-            // An https collector is never reached over plain http.
-            .https_only(https)
-            .build()
-            .map_err(|e| {
-                if https {
-                    ClientError::TrustStore(error_chain(&e))
-                } else {
-                    ClientError::Build(error_chain(&e.without_url()))
-                }
-            })?;
+        // Built (and so checked: CA bundle, client identity, proxy URL) whichever transport
+        // is used.
+        let builder = tls_and_proxy(reqwest::Client::builder(), settings, https)?;
+        let transport = if plain_http_suffices(&url, settings) {
+            Transport::Plain(Plain::new(
+                timeout,
+                settings.max_idle_connections.max(1),
+                settings.anonymous,
+            ))
+        } else {
+            let client = builder
+                .user_agent(USER_AGENT)
+                .default_headers(headers)
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .pool_max_idle_per_host(settings.max_idle_connections.max(1))
+                .tcp_nodelay(true)
+                // A followed 301/302 turns a POST into a GET without its body, which a
+                // collector answers 200: the events would count as delivered and be lost.
+                .redirect(reqwest::redirect::Policy::none())
+                // An https collector is never reached over plain http.
+                .https_only(https)
+                .build()
+                .map_err(|e| {
+                    if https {
+                        ClientError::TrustStore(error_chain(&e))
+                    } else {
+                        ClientError::Build(error_chain(&e.without_url()))
+                    }
+                })?;
+            Transport::Reqwest(client)
+        };
+        let mut base = url.clone();
+        base.set_query(None);
+        base.set_fragment(None);
         Ok(Client {
-            client,
+            transport,
+            base: base.into(),
             url,
             method: settings.method.unwrap_or(Method::Post),
             byte_limit: settings.byte_limit.map_or(usize::MAX, NonZeroUsize::get),
@@ -288,12 +320,14 @@ impl Client {
 
     async fn request(&self, batch: &Batch, bytes_sent: &mut u64) -> Result<(), Failure> {
         let stm = epoch_millis();
-        let mut url = self.url.clone();
-        let body = match self.method {
+        let (target, body) = match self.method {
             Method::Post => {
                 let mut body = Vec::with_capacity(batch.body_bytes + 16);
                 write_post_body(&batch.events, &stm, &mut body);
-                Some(bytes::Bytes::from(body))
+                (
+                    bytes::Bytes::from(self.url.as_str().to_owned()),
+                    Some(body.into()),
+                )
             }
             Method::Get => {
                 let Some(event) = batch.events.first() else {
@@ -301,37 +335,82 @@ impl Client {
                 };
                 let query =
                     get_query(event, &stm).map_err(|bad| Failure::Unsendable(bad.to_string()))?;
-                url.set_query(Some(&query));
-                if url.as_str().len() > self.byte_limit {
+                let mut target = Vec::with_capacity(self.base.len() + 1 + query.len());
+                target.extend_from_slice(self.base.as_bytes());
+                target.push(b'?');
+                target.extend_from_slice(query.as_bytes());
+                if target.len() > self.byte_limit {
                     return Err(Failure::Unsendable(format!(
                         "the GET request URL is {} bytes, more than collector.byte_limit ({}); \
                          send it with method = \"post\"",
-                        url.as_str().len(),
+                        target.len(),
                         self.byte_limit
                     )));
                 }
-                None
+                (bytes::Bytes::from(target), None)
             }
         };
-        let mut response = self.send(url, body.clone(), bytes_sent).await?;
+        let mut answer = self.send(target.clone(), body.clone(), bytes_sent).await?;
         // A collector with cookie bounce answers a request without its cookie with a
         // redirect to the same URL plus its bounce parameter: followed once, with the
         // same method and body. Any other redirect is an error.
-        if response.status().is_redirection()
-            && let Some(bounced) =
-                location(&response).and_then(|to| cookie_bounce(response.url(), to))
+        if is_redirection(answer.status)
+            && let Some(bounced) = answer.location.as_deref().and_then(|to| {
+                let sent = Url::parse(std::str::from_utf8(&target).ok()?).ok()?;
+                cookie_bounce(&sent, to)
+            })
         {
             tracing::debug!("collector bounced the request for its cookie; sending it again once");
-            response = self.send(bounced, body, bytes_sent).await?;
+            let bounced = bytes::Bytes::from(String::from(bounced));
+            answer = self.send(bounced, body, bytes_sent).await?;
         }
-        let status = response.status().as_u16();
-        if response.status().is_redirection() {
-            let location = location(&response).map_or_else(|| "(no Location)".to_owned(), mask_url);
+        let status = answer.status;
+        if is_redirection(status) {
+            let location = answer
+                .location
+                .as_deref()
+                .map_or_else(|| "(no Location)".to_owned(), mask_url);
             return Err(Failure::Attempt(AttemptError::Redirect {
                 status,
                 location,
             }));
         }
+        match classify(status, &self.no_retry) {
+            Disposition::Accepted => Ok(()),
+            _ => Err(Failure::Attempt(AttemptError::Status(status))),
+        }
+    }
+
+    /// Sends one request to `target` (a URL): a POST with `body`, or a GET; reads a small
+    /// answer so its connection is reused; adds what it sends to `bytes_sent`.
+    async fn send(
+        &self,
+        target: bytes::Bytes,
+        body: Option<bytes::Bytes>,
+        bytes_sent: &mut u64,
+    ) -> Result<Answer, Failure> {
+        *bytes_sent += body.as_ref().map_or(target.len(), bytes::Bytes::len) as u64;
+        let failed = |text: String| Failure::Attempt(AttemptError::Transport(text));
+        let client = match &self.transport {
+            Transport::Plain(plain) => return plain.send(target, body).await.map_err(failed),
+            Transport::Reqwest(client) => client,
+        };
+        let url = std::str::from_utf8(&target).map_err(|e| failed(e.to_string()))?;
+        let request = match body {
+            Some(body) => client
+                .post(url)
+                .header(CONTENT_TYPE, "application/json; charset=utf-8")
+                .body(body),
+            None => client.get(url),
+        };
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| failed(error_chain(&e.without_url())))?;
+        let answer = Answer {
+            status: response.status().as_u16(),
+            location: location(&response).map(str::to_owned),
+        };
         // Read a small body so the connection goes back to the pool; never a large one.
         let mut read = 0;
         while read <= MAX_RESPONSE_BODY_BYTES {
@@ -340,33 +419,28 @@ impl Client {
                 _ => break,
             }
         }
-        match classify(status, &self.no_retry) {
-            Disposition::Accepted => Ok(()),
-            _ => Err(Failure::Attempt(AttemptError::Status(status))),
-        }
+        Ok(answer)
     }
-    /// Sends one request to `url`: a POST with `body`, or a GET; adds what it sends to
-    /// `bytes_sent`.
-    async fn send(
-        &self,
-        url: Url,
-        body: Option<bytes::Bytes>,
-        bytes_sent: &mut u64,
-    ) -> Result<reqwest::Response, Failure> {
-        *bytes_sent += body.as_ref().map_or(url.as_str().len(), bytes::Bytes::len) as u64;
-        let request = match body {
-            Some(body) => self
-                .client
-                .post(url)
-                .header(CONTENT_TYPE, "application/json; charset=utf-8")
-                .body(body),
-            None => self.client.get(url),
-        };
-        request
-            .send()
-            .await
-            .map_err(|e| Failure::Attempt(AttemptError::Transport(error_chain(&e.without_url()))))
-    }
+}
+
+fn is_redirection(status: u16) -> bool {
+    (300..400).contains(&status)
+}
+
+/// Whether [`Transport::Plain`] can reach the collector at `url`: plain `http`, no user or
+/// password in the URL (reqwest turns them into a Basic `Authorization`), no proxy set
+/// and none from the environment (`HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, as reqwest reads
+/// them) for this URL.
+fn plain_http_suffices(url: &Url, settings: &ClientSettings) -> bool {
+    url.scheme() == "http"
+        && url.username().is_empty()
+        && url.password().is_none()
+        && settings.proxy.is_none()
+        && url.as_str().parse::<hyper::Uri>().is_ok_and(|uri| {
+            hyper_util::client::proxy::matcher::Matcher::from_system()
+                .intercept(&uri)
+                .is_none()
+        })
 }
 
 /// The `Location` header of a response, if it is text.

@@ -3,6 +3,7 @@
 
 mod client;
 mod emitter;
+mod plain;
 
 pub use client::{
     Attempt, AttemptError, Client, ClientError, ClientSettings, Disposition, Refusal, Report,
