@@ -105,8 +105,10 @@ pub enum BadElement {
 /// The JSON type of one value, as far as encoding cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ValueKind {
-    /// A JSON string literal, quotes included.
+    /// A JSON string literal without escapes, quotes included.
     String,
+    /// A JSON string literal with escapes, quotes included.
+    EscapedString,
     /// A JSON number or `true`/`false`: raw text without quotes.
     Bare,
     /// `null`: left out of both encodings, as trackers leave out empty fields, but kept
@@ -153,7 +155,12 @@ impl Element {
         self.fields
             .iter()
             .find(|f| self.slice(&f.name) == name && f.kind != ValueKind::Null)
-            .and_then(|f| self.value_text(f).ok())
+            .and_then(|f| match self.value_bytes(f).ok()? {
+                // Values are slices of checked UTF-8 at token boundaries, or decoded
+                // strings.
+                Cow::Borrowed(bytes) => std::str::from_utf8(bytes).ok().map(Cow::Borrowed),
+                Cow::Owned(bytes) => String::from_utf8(bytes).ok().map(Cow::Owned),
+            })
     }
 
     /// The number of bytes [`Element::write_post_item`] appends, give or take the `stm`
@@ -180,7 +187,9 @@ impl Element {
             out.extend_from_slice(self.bytes(&f.name));
             out.extend_from_slice(b"\":");
             match f.kind {
-                ValueKind::String | ValueKind::Null => out.extend_from_slice(self.bytes(&f.value)),
+                ValueKind::String | ValueKind::EscapedString | ValueKind::Null => {
+                    out.extend_from_slice(self.bytes(&f.value))
+                }
                 ValueKind::Bare => {
                     out.push(b'"');
                     out.extend_from_slice(self.bytes(&f.value));
@@ -202,7 +211,7 @@ impl Element {
         for f in self.sent_fields() {
             form_encode(query, self.bytes(&f.name));
             query.push(b'=');
-            form_encode(query, self.value_text(f)?.as_bytes());
+            form_encode(query, &self.value_bytes(f)?);
             query.push(b'&');
         }
         query.extend_from_slice(b"stm=");
@@ -246,7 +255,10 @@ impl Element {
                     }
                 }
             }
-            if options.require_decodable_strings && self.value_text(f).is_err() {
+            if options.require_decodable_strings
+                && f.kind == ValueKind::EscapedString
+                && self.value_bytes(f).is_err()
+            {
                 return Err(BadElement::UndecodableString(shorten(self.slice(&f.name))));
             }
         }
@@ -271,18 +283,17 @@ impl Element {
         std::str::from_utf8(self.bytes(range)).expect("field ranges are UTF-8")
     }
 
-    fn value_text(&self, f: &Field) -> Result<Cow<'_, str>, BadElement> {
-        let raw = self.slice(&f.value);
+    /// A value's UTF-8 text: numbers as written, strings unescaped.
+    fn value_bytes(&self, f: &Field) -> Result<Cow<'_, [u8]>, BadElement> {
+        let raw = self.bytes(&f.value);
         match f.kind {
             ValueKind::Bare | ValueKind::Null => Ok(Cow::Borrowed(raw)),
             // No escapes: the text between the quotes is the value, no allocation.
-            ValueKind::String if !raw.as_bytes().contains(&b'\\') => {
-                Ok(Cow::Borrowed(&raw[1..raw.len() - 1]))
-            }
-            // serde_json checked the escapes' syntax, but a lone surrogate escape has no
+            ValueKind::String => Ok(Cow::Borrowed(&raw[1..raw.len() - 1])),
+            // The scan checked the escapes' syntax, but a lone surrogate escape has no
             // text to decode to.
-            ValueKind::String => serde_json::from_str::<String>(raw)
-                .map(Cow::Owned)
+            ValueKind::EscapedString => serde_json::from_slice::<String>(raw)
+                .map(|text| Cow::Owned(text.into_bytes()))
                 .map_err(|_| BadElement::UndecodableString(shorten(self.slice(&f.name)))),
         }
     }
@@ -334,7 +345,10 @@ fn parse_fields(text: &str) -> Result<Vec<Field>, BadElement> {
             scan.at += 1;
             scan.skip_whitespace();
             let (value, kind) = match scan.peek() {
-                Some(b'"') => (scan.string()?.0, ValueKind::String),
+                Some(b'"') => match scan.string()? {
+                    (range, false) => (range, ValueKind::String),
+                    (range, true) => (range, ValueKind::EscapedString),
+                },
                 Some(b'n') => (scan.literal(b"null")?, ValueKind::Null),
                 Some(b't') => (scan.literal(b"true")?, ValueKind::Bare),
                 Some(b'f') => (scan.literal(b"false")?, ValueKind::Bare),

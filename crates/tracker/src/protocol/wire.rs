@@ -6,17 +6,35 @@
 pub const STM_ITEM_BYTES: usize = r#""stm":"1234567890123""#.len();
 
 /// Appends `text` form-URL-encoded, byte for byte as `form_urlencoded` does: letters,
-/// digits and `*-._` as they are, space as `+`, every other byte as `%XX`. A table
-/// lookup per byte; the generic encoder's iterators cost 8 % of a GET request.
+/// digits and `*-._` as they are, space as `+`, every other byte as `%XX`. Runs of bytes
+/// that stay as they are are copied at once; the generic encoder's iterators cost 8 % of
+/// a GET request, a push per byte half of that.
 pub(super) fn form_encode(out: &mut Vec<u8>, text: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &byte in text {
-        match byte {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => out.push(byte),
-            b' ' => out.push(b'+'),
-            _ => {
-                out.extend_from_slice(&[b'%', HEX[(byte >> 4) as usize], HEX[(byte & 15) as usize]])
-            }
+    out.reserve(text.len() + text.len() / 2);
+    let mut kept_from = 0;
+    for (at, &byte) in text.iter().enumerate() {
+        if KEPT_AS_IS[byte as usize] {
+            continue;
         }
+        out.extend_from_slice(&text[kept_from..at]);
+        if byte == b' ' {
+            out.push(b'+');
+        } else {
+            out.extend_from_slice(&[b'%', HEX[(byte >> 4) as usize], HEX[(byte & 15) as usize]]);
+        }
+        kept_from = at + 1;
     }
+    out.extend_from_slice(&text[kept_from..]);
 }
+
+/// The bytes [`form_encode`] writes as they are.
+static KEPT_AS_IS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = matches!(byte as u8, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_');
+        byte += 1;
+    }
+    table
+};
