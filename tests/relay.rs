@@ -385,7 +385,9 @@ async fn a_second_signal_skips_the_drain() {
     collector.set_delay(Duration::from_secs(20));
     redis.rpush(LIST, &numbered_events(50));
     let relay = Relay::with(&redis, &collector, &[("worker.drain_timeout_ms", "20000")]);
-    wait_until("requests in flight", 10, async || redis.llen(LIST) < 50).await;
+    // A request in flight: its events were claimed and counted (waiting only for the
+    // list to shrink raced with the relay reading the claim's reply).
+    collector.until_arrived(1, 10).await;
     let started = Instant::now();
     let summary = relay.stop_now().await;
     assert!(

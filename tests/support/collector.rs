@@ -109,6 +109,8 @@ pub struct Collector {
     location: Arc<Mutex<Option<String>>>,
     /// Cookie bounce on: the bounce parameter's name.
     bounce: Arc<Mutex<Option<&'static str>>>,
+    /// Requests whose body has arrived, answered or not (a delayed answer is pending).
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Collector {
@@ -139,6 +141,7 @@ impl Collector {
             delay: Arc::default(),
             location: Arc::default(),
             bounce: Arc::default(),
+            arrived: Arc::default(),
         };
         let state = collector.clone();
         let answer = move |request| {
@@ -156,6 +159,8 @@ impl Collector {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
+        self.arrived
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut received = Received {
             method: parts.method.to_string(),
             path: parts.uri.path().to_owned(),
@@ -251,7 +256,17 @@ impl Collector {
         super::wait_until(&what, timeout_secs, async || self.request_count() >= n).await;
     }
 
-    /// How many requests arrived so far.
+    /// Waits up to `timeout_secs` until at least `n` requests arrived, answered or not
+    /// (with [`Collector::set_delay`], the answers come later).
+    pub async fn until_arrived(&self, n: usize, timeout_secs: u64) {
+        let what = format!("{n} requests arrived");
+        super::wait_until(&what, timeout_secs, async || {
+            self.arrived.load(std::sync::atomic::Ordering::SeqCst) >= n
+        })
+        .await;
+    }
+
+    /// How many requests were answered so far.
     pub fn request_count(&self) -> usize {
         self.received.lock().unwrap().len()
     }
