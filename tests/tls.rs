@@ -442,31 +442,32 @@ async fn the_proxy_variables_and_a_user_in_the_collector_url_are_honoured() {
     let proxy = Collector::start().await;
     let collector = Collector::start().await;
     let proxy_url = format!("http://{}", proxy.addr);
-    // HTTP_PROXY: through the proxy.
-    redis.rpush(LIST, &numbered_events(3));
-    let child = relay(
-        &redis.url(),
-        "http://collector.invalid",
-        &[("HTTP_PROXY", proxy_url.as_str())],
-    );
-    proxy.until_exactly_delivered(3, 10).await;
-    child.stop_cleanly().await;
-    // NO_PROXY naming the collector: straight there.
-    redis.rpush(LIST, &numbered_events(3));
+    let through_proxy = [("HTTP_PROXY", proxy_url.as_str())];
     let no_proxy = [
         ("HTTP_PROXY", proxy_url.as_str()),
         ("NO_PROXY", "127.0.0.1"),
     ];
-    let child = relay(&redis.url(), &collector.url(), &no_proxy);
-    collector.until_exactly_delivered(3, 10).await;
-    child.stop_cleanly().await;
-    assert_eq!(proxy.delivered_count(), 3, "nothing more through the proxy");
-    // A user and password in the URL: sent as Basic authorization.
-    redis.rpush(LIST, &numbered_events(3));
     let with_user = collector.url().replace("http://", "http://relay:pw@");
-    let child = relay(&redis.url(), &with_user, &[]);
-    collector.until_exactly_delivered(6, 10).await;
-    child.stop_cleanly().await;
+    let direct = collector.url();
+    /// The collector URL, the environment, who receives, how many it has received then.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a Collector, usize);
+    let cases: [Case; 3] = [
+        ("http://collector.invalid", &through_proxy, &proxy, 3),
+        (&direct, &no_proxy, &collector, 3),
+        (&with_user, &[], &collector, 6),
+    ];
+    for (url, env, receiver, total) in cases {
+        redis.rpush(LIST, &numbered_events(3));
+        let child = relay(&redis.url(), url, env);
+        receiver.until_exactly_delivered(total, 10).await;
+        child.stop_cleanly().await;
+    }
+    assert_eq!(
+        proxy.delivered_count(),
+        3,
+        "NO_PROXY: nothing more through the proxy"
+    );
+    // A user and password in the URL: sent as Basic authorization.
     let last = collector.requests().pop().unwrap();
     assert_eq!(last.headers["authorization"], "Basic cmVsYXk6cHc=");
 }
