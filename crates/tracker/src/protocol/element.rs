@@ -25,7 +25,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::wire::{STM_ITEM_BYTES, form_encode};
-use super::{REQUIRED_FIELDS, REQUIRED_MASK, payload_data_index, shorten};
+use super::{PAYLOAD_DATA_FIELDS, REQUIRED_FIELDS, REQUIRED_INDICES, payload_data_index, shorten};
 
 /// How strictly [`Element::parse`] checks an element; it depends on how it will be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,23 +228,21 @@ impl Element {
         if self.sent_fields().next().is_none() {
             return Err(BadElement::Empty);
         }
-        // One bit per payload_data field: duplicates and required fields in O(1) each;
-        // other names (when allowed) in a set, built only if there are any.
-        let mut seen: u128 = 0;
-        let mut sent: u128 = 0;
+        // One flag per payload_data field: duplicates and required fields in O(1) each
+        // (an array, not bits in a u128: a shift by a variable amount costs more).
+        let mut seen = [false; PAYLOAD_DATA_FIELDS.len()];
+        let mut sent = [false; PAYLOAD_DATA_FIELDS.len()];
         // Names outside payload_data (when allowed): a set made only if there are any.
         let mut unknown: Option<std::collections::HashSet<&[u8]>> = None;
         for f in &self.fields {
             let name = self.bytes(&f.name);
             match payload_data_index(name) {
                 Some(index) => {
-                    if seen & (1 << index) != 0 {
+                    if seen[index] {
                         return Err(BadElement::DuplicateField(shorten(self.slice(&f.name))));
                     }
-                    seen |= 1 << index;
-                    if f.kind != ValueKind::Null {
-                        sent |= 1 << index;
-                    }
+                    seen[index] = true;
+                    sent[index] = f.kind != ValueKind::Null;
                 }
                 None if !options.allow_unknown_fields => {
                     return Err(BadElement::UnknownField(shorten(self.slice(&f.name))));
@@ -262,14 +260,8 @@ impl Element {
                 return Err(BadElement::UndecodableString(shorten(self.slice(&f.name))));
             }
         }
-        if sent & REQUIRED_MASK != REQUIRED_MASK {
-            let missing = REQUIRED_FIELDS
-                .iter()
-                .find(|name| {
-                    payload_data_index(name.as_bytes()).is_some_and(|i| sent & (1 << i) == 0)
-                })
-                .expect("a required field is missing");
-            return Err(BadElement::MissingField(missing));
+        if let Some(r) = REQUIRED_INDICES.iter().position(|&index| !sent[index]) {
+            return Err(BadElement::MissingField(REQUIRED_FIELDS[r]));
         }
         Ok(())
     }
@@ -284,18 +276,24 @@ impl Element {
     }
 
     /// A value's UTF-8 text: numbers as written, strings unescaped.
+    #[inline]
     fn value_bytes(&self, f: &Field) -> Result<Cow<'_, [u8]>, BadElement> {
         let raw = self.bytes(&f.value);
         match f.kind {
             ValueKind::Bare | ValueKind::Null => Ok(Cow::Borrowed(raw)),
             // No escapes: the text between the quotes is the value, no allocation.
             ValueKind::String => Ok(Cow::Borrowed(&raw[1..raw.len() - 1])),
-            // The scan checked the escapes' syntax, but a lone surrogate escape has no
-            // text to decode to.
-            ValueKind::EscapedString => serde_json::from_slice::<String>(raw)
-                .map(|text| Cow::Owned(text.into_bytes()))
-                .map_err(|_| BadElement::UndecodableString(shorten(self.slice(&f.name)))),
+            ValueKind::EscapedString => self.unescaped(f),
         }
+    }
+
+    /// The text of a string value with escapes. The scan checked the escapes' syntax, but
+    /// a lone surrogate escape has no text to decode to.
+    #[cold]
+    fn unescaped(&self, f: &Field) -> Result<Cow<'_, [u8]>, BadElement> {
+        serde_json::from_slice::<String>(self.bytes(&f.value))
+            .map(|text| Cow::Owned(text.into_bytes()))
+            .map_err(|_| BadElement::UndecodableString(shorten(self.slice(&f.name))))
     }
 }
 
@@ -415,20 +413,40 @@ impl Scanner<'_> {
     }
 
     /// A string starting at the cursor: its range with the quotes, and whether it holds
-    /// escapes.
+    /// escapes. The common case, a string without escapes, is inlined into the caller
+    /// (it runs for every name and most values); escapes and errors go on in
+    /// [`Scanner::string_with_escapes`].
+    #[inline(always)]
     fn string(&mut self) -> Result<(Range<usize>, bool), BadElement> {
         let start = self.at;
-        self.at += 1;
+        let bytes = self.bytes;
+        let mut at = start + 1;
+        loop {
+            at = plain_run_end(bytes, at);
+            match bytes.get(at) {
+                Some(b'"') => {
+                    self.at = at + 1;
+                    return Ok((start..self.at, false));
+                }
+                Some(b'\\' | 0..0x20) | None => {
+                    self.at = at;
+                    return self.string_with_escapes(start);
+                }
+                // Near the end of the element, fewer than eight bytes are left for a word.
+                Some(_) => at += 1,
+            }
+        }
+    }
+
+    /// The rest of the string that began at `start`, from the cursor on: escapes are
+    /// checked (and the string marked as holding them), a control character or the end of
+    /// the element is an error.
+    #[cold]
+    #[inline(never)]
+    fn string_with_escapes(&mut self, start: usize) -> Result<(Range<usize>, bool), BadElement> {
         let mut escaped = false;
         loop {
-            // The common case: a run of plain bytes, eight at a time.
-            while let Some(chunk) = self.bytes.get(self.at..self.at + 8) {
-                let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-                if has_special_byte(word) {
-                    break;
-                }
-                self.at += 8;
-            }
+            self.at = plain_run_end(self.bytes, self.at);
             match self.peek() {
                 Some(b'"') => {
                     self.at += 1;
@@ -505,19 +523,37 @@ impl Scanner<'_> {
     }
 }
 
-/// Whether any of the eight bytes in `word` is `"`, `\` or a control character (below
-/// 0x20): the bytes that end a plain run inside a JSON string.
-fn has_special_byte(word: u64) -> bool {
+/// Where the run of plain string bytes from `at` on ends, eight bytes at a time: at the
+/// first special byte (see [`special_bytes`]) of the first word that holds one, or where
+/// fewer than eight bytes are left (the caller goes on byte by byte).
+#[inline(always)]
+fn plain_run_end(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let special = special_bytes(word);
+        if special != 0 {
+            return at + (special.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    at
+}
+
+/// The bytes of `word` (little-endian) that end a plain run inside a JSON string: `"`, `\\`
+/// and control characters (below 0x20). Each such byte sets the high bit of its position;
+/// the lowest set bit is always exact (the classic "has zero byte" test borrows only
+/// upwards, so bits above the first match may be false), which is all the scan uses.
+fn special_bytes(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // A zero byte in x ^ pattern marks a match; the classic "has zero byte" test.
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS != 0;
-    let quote = has_zero(word ^ (ONES * b'"' as u64));
-    let backslash = has_zero(word ^ (ONES * b'\\' as u64));
+    // A zero byte in x ^ pattern marks a match.
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let quote = zero_bytes(word ^ (ONES * b'"' as u64));
+    let backslash = zero_bytes(word ^ (ONES * b'\\' as u64));
     // Bytes below 0x20: subtracting 0x20 borrows into the high bit of bytes < 0x20
     // (bytes >= 0x80 are excluded by `!word`).
-    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS != 0;
-    quote || backslash || control
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+    quote | backslash | control
 }
 
 #[cfg(test)]
@@ -593,6 +629,47 @@ mod tests {
     }
 
     #[test]
+    fn form_encoding_finds_an_escape_at_every_offset_of_a_long_run() {
+        // Runs of kept bytes are tested sixteen at a time: put the byte to escape at each
+        // offset of such a chunk, and after it.
+        for special in [" ", "/", "%", "~", "é", "+"] {
+            for before in 0..40 {
+                let text = format!("{}{special}{}", "a".repeat(before), "Z9-_.*".repeat(5));
+                let mut ours = Vec::new();
+                form_encode(&mut ours, text.as_bytes());
+                let reference: String = form_urlencoded::byte_serialize(text.as_bytes()).collect();
+                assert_eq!(String::from_utf8(ours).unwrap(), reference, "{text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_scan_finds_a_special_byte_at_every_offset_of_a_word() {
+        // Strings are scanned eight bytes at a time: put a quote, an escape or a control
+        // character at each offset, and check the scan against serde_json.
+        for special in [
+            "\"", "\\n", "\\u00e9", "\\\\", "\u{1}", "\u{1f}", "\u{7f}", "é", "\\x",
+        ] {
+            for before in 0..20 {
+                let value = format!("{}{special}{}", "a".repeat(before), "b".repeat(before % 9));
+                let text = format!(r#"{{"e":"{value}","p":"pc","tv":"t"}}"#);
+                let reference = serde_json::from_str::<serde_json::Value>(&text);
+                match (parse(&text), reference) {
+                    (Ok(element), Ok(reference)) => {
+                        assert_eq!(
+                            element.get("e").as_deref(),
+                            reference["e"].as_str(),
+                            "{text:?}"
+                        )
+                    }
+                    (Err(_), Err(_)) => {}
+                    (ours, reference) => panic!("{text:?}: {ours:?} but serde_json {reference:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn bad_elements_are_named() {
         /// Whether an error is the one expected.
         type Expected = fn(&BadElement) -> bool;
@@ -665,12 +742,9 @@ mod tests {
         ] {
             assert_eq!(payload_data_index(other.as_bytes()), None, "{other:?}");
         }
-        let required: u128 = REQUIRED_FIELDS
-            .iter()
-            .map(|name| 1 << payload_data_index(name.as_bytes()).unwrap())
-            .sum();
-        assert_eq!(REQUIRED_MASK, required);
-        assert_eq!(REQUIRED_MASK.count_ones() as usize, REQUIRED_FIELDS.len());
+        for (name, index) in REQUIRED_FIELDS.iter().zip(REQUIRED_INDICES) {
+            assert_eq!(payload_data_index(name.as_bytes()), Some(index), "{name}");
+        }
         for missing in REQUIRED_FIELDS {
             let others: Vec<String> = REQUIRED_FIELDS
                 .iter()

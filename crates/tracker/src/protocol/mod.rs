@@ -72,10 +72,10 @@ pub(crate) fn payload_data_index(name: &[u8]) -> Option<usize> {
 /// The fields `payload_data` 1-0-4 requires in every event.
 pub const REQUIRED_FIELDS: &[&str] = &["e", "p", "tv"];
 
-/// One bit per [`REQUIRED_FIELDS`] entry, at its index in [`PAYLOAD_DATA_FIELDS`]:
-/// computed once, at compile time, so the check per event is one mask.
-pub(crate) const REQUIRED_MASK: u128 = {
-    let mut mask = 0u128;
+/// The index in [`PAYLOAD_DATA_FIELDS`] of each [`REQUIRED_FIELDS`] entry, in the same
+/// order: computed once, at compile time.
+pub(crate) const REQUIRED_INDICES: [usize; REQUIRED_FIELDS.len()] = {
+    let mut indices = [0; REQUIRED_FIELDS.len()];
     let mut r = 0;
     while r < REQUIRED_FIELDS.len() {
         let Some(wanted) = pack(REQUIRED_FIELDS[r].as_bytes()) else {
@@ -88,10 +88,10 @@ pub(crate) const REQUIRED_MASK: u128 = {
         if i == PACKED_FIELDS.len() {
             panic!("required fields are payload_data fields");
         }
-        mask |= 1 << i;
+        indices[r] = i;
         r += 1;
     }
-    mask
+    indices
 };
 
 /// The self-describing schema of a POST body.

@@ -13,19 +13,49 @@ pub(super) fn form_encode(out: &mut Vec<u8>, text: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     out.reserve(text.len() + text.len() / 2);
     let mut kept_from = 0;
-    for (at, &byte) in text.iter().enumerate() {
-        if KEPT_AS_IS[byte as usize] {
+    let mut at = 0;
+    while at < text.len() {
+        // Sixteen kept bytes at once (base64 values are long runs of them) ...
+        if let Some(chunk) = text.get(at..at + 16)
+            && all_kept(chunk.try_into().expect("sixteen bytes"))
+        {
+            at += 16;
             continue;
         }
-        out.extend_from_slice(&text[kept_from..at]);
-        if byte == b' ' {
-            out.push(b'+');
-        } else {
-            out.extend_from_slice(&[b'%', HEX[(byte >> 4) as usize], HEX[(byte & 15) as usize]]);
+        // ... else the next sixteen one by one, escaping where needed.
+        let end = text.len().min(at + 16);
+        while at < end {
+            let byte = text[at];
+            if !KEPT_AS_IS[byte as usize] {
+                out.extend_from_slice(&text[kept_from..at]);
+                if byte == b' ' {
+                    out.push(b'+');
+                } else {
+                    out.extend_from_slice(&[
+                        b'%',
+                        HEX[(byte >> 4) as usize],
+                        HEX[(byte & 15) as usize],
+                    ]);
+                }
+                kept_from = at + 1;
+            }
+            at += 1;
         }
-        kept_from = at + 1;
     }
     out.extend_from_slice(&text[kept_from..]);
+}
+
+/// Whether every byte of `chunk` is kept as it is: comparisons without branches, which the
+/// compiler turns into a few vector instructions for sixteen bytes.
+#[inline(always)]
+fn all_kept(chunk: &[u8; 16]) -> bool {
+    chunk.iter().fold(true, |all, &byte| {
+        all & (byte.is_ascii_alphanumeric()
+            | (byte == b'*')
+            | (byte == b'-')
+            | (byte == b'.')
+            | (byte == b'_'))
+    })
 }
 
 /// The bytes [`form_encode`] writes as they are.
