@@ -227,7 +227,6 @@ impl Client {
         let builder = tls_and_proxy(reqwest::Client::builder(), settings, https)?;
         let transport = if plain_http_suffices(&url, settings) {
             Transport::Plain(Plain::new(
-                &url,
                 timeout,
                 settings.max_idle_connections.max(1),
                 settings.anonymous,
