@@ -10,7 +10,7 @@ use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use super::plain::{Answer, Plain};
-use crate::protocol::{Batch, Method, epoch_millis, get_query, write_post_body};
+use crate::protocol::{Batch, Method, epoch_millis, write_post_body};
 
 /// The `User-Agent` sent.
 pub const USER_AGENT: &str = concat!("snowplow-relay/", env!("CARGO_PKG_VERSION"));
@@ -227,6 +227,7 @@ impl Client {
         let builder = tls_and_proxy(reqwest::Client::builder(), settings, https)?;
         let transport = if plain_http_suffices(&url, settings) {
             Transport::Plain(Plain::new(
+                &url,
                 timeout,
                 settings.max_idle_connections.max(1),
                 settings.anonymous,
@@ -333,12 +334,14 @@ impl Client {
                 let Some(event) = batch.events.first() else {
                     return Ok(());
                 };
-                let query =
-                    get_query(event, &stm).map_err(|bad| Failure::Unsendable(bad.to_string()))?;
-                let mut target = Vec::with_capacity(self.base.len() + 1 + query.len());
+                // The query is encoded straight behind the base URL: one buffer, one copy.
+                let mut target =
+                    Vec::with_capacity(self.base.len() + 1 + event.raw().len() * 3 / 2);
                 target.extend_from_slice(self.base.as_bytes());
                 target.push(b'?');
-                target.extend_from_slice(query.as_bytes());
+                event
+                    .write_query(&mut target, &stm)
+                    .map_err(|bad| Failure::Unsendable(bad.to_string()))?;
                 if target.len() > self.byte_limit {
                     return Err(Failure::Unsendable(format!(
                         "the GET request URL is {} bytes, more than collector.byte_limit ({}); \
