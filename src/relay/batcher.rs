@@ -168,10 +168,12 @@ impl Batcher {
         }
         let shared = self.shared.clone();
         let resolved_tx = self.resolved_tx.clone();
-        self.senders.spawn(async move {
+        // Boxed: the sender's state (a few KB: the whole request path) then moves into its
+        // task as one pointer instead of being copied at each step of spawning and ending.
+        self.senders.spawn(Box::pin(async move {
             send_until_resolved(batch, &shared, &resolved_tx).await;
             drop(permit);
-        });
+        }));
     }
 
     /// A sender that panicked is a fatal error: its events would never be resolved.
