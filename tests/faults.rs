@@ -248,12 +248,25 @@ fn peak_rss_kb(pid: u32) -> u64 {
     peak_rss(pid).expect("the process is running") / 1024
 }
 
-/// README: "with the defaults, the relay stays under 64 MB whatever the backlog".
+/// docs/design.md#delivery-guarantee (memory, in bytes): with the defaults the relay
+/// stays under 64 MB whatever the backlog.
 const MEMORY_BOUND_KB: u64 = 64 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_outage_keeps_memory_bounded_and_resumes_promptly() {
+    collector_outage(20_000, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak set: 200,000 events and a 30 s outage"]
 async fn a_long_collector_outage_keeps_memory_bounded_and_resumes_promptly() {
-    let total = 200_000;
+    collector_outage(200_000, Duration::from_secs(30)).await;
+}
+
+/// `total` events wait while the collector answers 503 for `outage`, then 200: the
+/// backlog stays in Redis, the relay's memory stays under the bound, and delivery
+/// resumes within the longest retry delay (plus a margin) of the collector's recovery.
+async fn collector_outage(total: usize, outage: Duration) {
     let (redis, collector) = setup_holding(always(503), total).await;
     // Default claim size and memory bound; retries capped at 1 s.
     let settings = [
@@ -262,8 +275,8 @@ async fn a_long_collector_outage_keeps_memory_bounded_and_resumes_promptly() {
         ("SNOWPLOW_RELAY_LOG__LEVEL", "error"),
     ];
     let relay = RelayProcess::between(&redis, &collector, &settings);
-    // The outage lasts 30 s (the experiment's length, not a wait for something).
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // The outage's length is the experiment's, not a wait for something.
+    tokio::time::sleep(outage).await;
     let backlog = redis.llen(LIST);
     let peak_kb = peak_rss_kb(relay.pid());
     assert!(
@@ -282,8 +295,11 @@ async fn a_long_collector_outage_keeps_memory_bounded_and_resumes_promptly() {
     })
     .await;
     let resumed_after = recovered_at.elapsed();
+    // Every failing batch is retried within retry_max_backoff_ms (1 s); the margin is one
+    // claim and one request on a busy two-core machine.
+    let resume_bound = Duration::from_millis(1_000) + Duration::from_millis(1_000);
     assert!(
-        resumed_after < Duration::from_millis(1_000 + 500),
+        resumed_after < resume_bound,
         "resumed after {resumed_after:?}"
     );
     wait_until_all_resolved(&redis).await;
@@ -291,7 +307,7 @@ async fn a_long_collector_outage_keeps_memory_bounded_and_resumes_promptly() {
     sigterm(relay).await;
     let duplicates = all_delivered(&collector, &redis, total);
     eprintln!(
-        "30 s outage, backlog {total}: peak RSS {peak_kb} kB during the outage, {final_peak_kb} kB overall; \
+        "{outage:?} outage, backlog {total}: peak RSS {peak_kb} kB during the outage, {final_peak_kb} kB overall; \
          delivery resumed {resumed_after:?} after recovery; delivered {}, duplicates {duplicates}, vanished 0",
         collector.delivered().len()
     );

@@ -146,9 +146,21 @@ async fn request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> u16 {
 
 #[tokio::test]
 async fn the_local_collector_stays_bounded_under_huge_events_and_trickled_bodies() {
+    local_collector_stays_bounded(2).await;
+}
+
+#[tokio::test]
+#[ignore = "soak set: 300 events of 1.9 MB through the debug binary"]
+async fn the_local_collector_stays_bounded_under_300_huge_events_and_trickled_bodies() {
+    local_collector_stays_bounded(10).await;
+}
+
+/// `waves` of 30 concurrent requests, each one 1.9 MB event, then 1,000 connections
+/// trickling bodies: the local collector's memory stays under its bound and `/health`
+/// answers at once.
+async fn local_collector_stays_bounded(waves: usize) {
     more_files();
     let (collector, addr) = local_collector().await;
-    // 300 requests, each one 1.9 MB event, 30 at a time.
     let big = format!(
         r#"{{"schema":"iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4","data":[{{"e":"pv","p":"pc","tv":"t","url":"{}"}}]}}"#,
         "u".repeat(1_900_000)
@@ -160,7 +172,7 @@ async fn the_local_collector_stays_bounded_under_huge_events_and_trickled_bodies
     let watcher =
         tokio::spawn(async move { watch_peak(pid, || stop.load(Ordering::Relaxed)).await });
     let mut statuses = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..waves {
         let mut wave = tokio::task::JoinSet::new();
         for _ in 0..30 {
             wave.spawn(request(
@@ -176,7 +188,8 @@ async fn the_local_collector_stays_bounded_under_huge_events_and_trickled_bodies
     done.store(true, Ordering::Relaxed);
     let peak = watcher.await.unwrap();
     eprintln!(
-        "local collector: 300 requests of one 1.9 MB event: peak RSS {:.1} MB",
+        "local collector: {} requests of one 1.9 MB event: peak RSS {:.1} MB",
+        30 * waves,
         peak as f64 / 1e6
     );
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
@@ -222,14 +235,28 @@ async fn the_local_collector_stays_bounded_under_huge_events_and_trickled_bodies
 
 #[tokio::test]
 async fn track_stays_bounded_with_a_healthy_and_an_unreachable_collector() {
+    track_stays_bounded(20_000, 200_000).await;
+}
+
+#[tokio::test]
+#[ignore = "soak set: 2,000,000 events through the debug binary"]
+async fn track_stays_bounded_with_a_million_events_to_an_unreachable_collector() {
+    track_stays_bounded(200_000, 2_000_000).await;
+}
+
+/// `track --count` sends `healthy` events to a collector and `unreachable` to a port
+/// nothing answers on, each within 100 MB: what it cannot deliver it counts and drops
+/// after its retries, it never holds the whole run.
+async fn track_stays_bounded(healthy: u64, unreachable: u64) {
     let (collector, addr) = local_collector().await;
     let url = format!("http://{addr}");
-    let unreachable = ClosedPort::new();
-    let unreachable_url = unreachable.http_url();
+    let closed = ClosedPort::new();
+    let unreachable_url = closed.http_url();
     for (count, target, expect_success) in [
-        ("200000", url.as_str(), true),
-        ("2000000", unreachable_url.as_str(), false),
+        (healthy, url.as_str(), true),
+        (unreachable, unreachable_url.as_str(), false),
     ] {
+        let count = count.to_string();
         let started = Instant::now();
         let track = RelayProcess::start_with(
             &[
@@ -237,7 +264,7 @@ async fn track_stays_bounded_with_a_healthy_and_an_unreachable_collector() {
                 target,
                 "track",
                 "--count",
-                count,
+                &count,
                 "-q",
                 "page-view",
                 "--url",

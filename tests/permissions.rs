@@ -5,13 +5,14 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// The least-privilege rule the README gives, for user `relay` with password `pw`.
-fn readme_acl_rule() -> Vec<String> {
-    let readme = include_str!("../README.md");
-    let line = readme
+/// The least-privilege rule `docs/operations.md#redis-permissions` gives, for user
+/// `relay` with password `pw`.
+fn documented_acl_rule() -> Vec<String> {
+    let operations = include_str!("../docs/operations.md");
+    let line = operations
         .lines()
         .find(|l| l.starts_with("ACL SETUSER relay "))
-        .expect("the README gives the relay user's ACL rule");
+        .expect("docs/operations.md gives the relay user's ACL rule");
     line.split_whitespace()
         .map(|word| word.replace(">PASSWORD", ">pw"))
         .collect()
@@ -30,9 +31,9 @@ fn user_url(redis: &RedisServer) -> String {
 }
 
 #[tokio::test]
-async fn the_readme_acl_rule_is_all_the_relay_and_its_tools_need() {
+async fn the_documented_acl_rule_is_all_the_relay_and_its_tools_need() {
     let redis = RedisServer::start();
-    acl(&redis, &readme_acl_rule());
+    acl(&redis, &documented_acl_rule());
     let collector = Collector::start_with(refusing(&["ev-7"], 400)).await;
     // A dead relay's events to recover, as the default user left them.
     redis.rpush(LIST, &numbered_events(300));
@@ -84,7 +85,10 @@ async fn a_user_missing_a_permission_stops_start_up_naming_it_and_loses_nothing(
         log.contains("RPUSH {snowplow}:inflight:") && log.contains("RPUSH {snowplow}:dead"),
         "{log}"
     );
-    assert!(log.contains("README: Redis permissions"), "{log}");
+    assert!(
+        log.contains("docs/operations.md#redis-permissions"),
+        "{log}"
+    );
     assert_eq!(redis.llen(LIST), 100, "nothing taken");
     assert_eq!(redis.keys(), vec![LIST.to_owned()], "nothing written");
     assert!(collector.requests().is_empty());
@@ -102,7 +106,7 @@ async fn a_user_missing_a_permission_stops_start_up_naming_it_and_loses_nothing(
 #[tokio::test]
 async fn a_permission_revoked_while_running_is_named_and_backs_off() {
     let redis = RedisServer::start();
-    acl(&redis, &readme_acl_rule());
+    acl(&redis, &documented_acl_rule());
     let collector = Collector::start().await;
     let relay = RelayProcess::start(&user_url(&redis), &collector.url(), &[]);
     redis.rpush(LIST, &numbered_events(50));

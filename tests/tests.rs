@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod cluster;
+mod docs;
 mod faults;
 mod fuzz_regressions;
 mod hardening;

@@ -280,7 +280,7 @@ pub struct WorkerConfig {
 }
 
 /// Events per POST request unless `collector.buffer_size` says otherwise. Measured with
-/// `cargo bench --bench relay` (README, Performance): 10 costs twice the CPU per event
+/// `cargo bench --bench relay` (docs/performance.md#the-benchmark): 10 costs twice the CPU per event
 /// of 50, and 200 gains nothing over 50.
 pub const DEFAULT_POST_BUFFER_SIZE: usize = 50;
 

@@ -7,7 +7,7 @@
 //! the input. List lengths and the oldest event's age are sampled every few seconds by
 //! the worker, not measured per event.
 //!
-//! The README lists each metric with what to alert on.
+//! `docs/operations.md#metrics` lists each metric with what to alert on.
 
 use std::sync::atomic::AtomicU64;
 

@@ -23,7 +23,7 @@ pub enum QueueError {
     /// whole before writing anything.
     #[error(
         "Redis refused a command: {}; grant this Redis user the relay's permissions \
-         (README: Redis permissions)",
+         (docs/operations.md#redis-permissions)",
         one_line(.0)
     )]
     Permission(String),

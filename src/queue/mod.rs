@@ -6,63 +6,10 @@
 //! nothing of HTTP, metrics or the relay's tasks: it answers with results and
 //! [`QueueError`]s, and the relay decides what they mean for health and logs.
 //!
-//! # Keys
-//! For a list `snowplow` and a relay instance `I` (all companions carry the hash tag
-//! `{snowplow}`, so in Redis Cluster they share the list's slot and one script can touch
-//! them all):
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `snowplow` | list | events, pushed by producers (RPUSH) and taken from the head |
-//! | `{snowplow}:inflight:I` | list | events `I` claimed and has not acknowledged, in claim order |
-//! | `{snowplow}:retry:I` | list | events `I` parked: they kept failing while other requests succeeded, and are retried one by one (see [`Parked`]) |
-//! | `{snowplow}:instance:I` | hash | `claimed` and `acked`: how many events `I` claimed and acknowledged so far; always `acked + LLEN(inflight) = claimed` |
-//! | `{snowplow}:lease:I` | string with TTL | present while `I` is alive (heartbeat) |
-//! | `{snowplow}:instances` | set | every instance that may own an in-flight list |
-//! | `{snowplow}:dead` | list | dead-letter entries (see [`DeadLetter`]) |
-//!
-//! # Protocol
-//! Every step is one Lua script (`scripts/*.lua`, each documented there), so each is
-//! atomic and costs one round trip whatever the number of events:
-//! - **claim** moves up to N events, and at most a byte budget of them, from the head of
-//!   the list to the in-flight list and returns them; a claim whose reply was lost is
-//!   answered again, within the same budget, and takes nothing new.
-//! - **ack** trims the resolved prefix of the in-flight list, writing the dead-letter and
-//!   retry-list entries of that prefix from Redis's own copy of each element. It carries
-//!   absolute counts, so a retried ack does nothing twice.
-//! - **settle** removes parked events the relay delivered or dead-lettered.
-//! - **release** (graceful shutdown), **abandon** (after a rollback) and **recover** (for
-//!   a relay whose lease expired) put every event an instance holds, in flight or parked,
-//!   back at the head of the list in claim order.
-//!
-//! # What a script refused halfway leaves
-//! A command that fails inside a Lua script does not undo the writes before it. So every
-//! script first asks Redis whether this user may run each command it needs on each key
-//! (`redis.acl_check_cmd`, Redis 7) and refuses as a whole, writing nothing, with
-//! [`QueueError::Permission`] naming the command and key; and each script copies an event
-//! to its new place before removing it from the old one, so that any prefix of its
-//! writes leaves every event in at least one place (a duplicate at worst, never a loss).
-//! Out-of-memory, `MISCONF` and `READONLY` refuse a script before its first write.
-//!
-//! # A full Redis
-//! On Redis 7 the scripts that drain (claim, ack, settle, renew, register, release,
-//! abandon, recover) carry `#!lua flags=allow-oom`: a Redis at `maxmemory` under
-//! `noeviction` refuses producers but still lets the relay take events out, which is
-//! what frees its memory. Each of them grows memory by at most what it frees (claim copies
-//! a batch, then trims it from the list; a dead-letter entry is its element plus about 150
-//! bytes), except register, which adds under 1 KB once per start. Redis 6 has no script
-//! flags: there the scripts run unflagged and a full Redis refuses them until memory is
-//! freed.
-//!
-//! # Rollbacks
-//! Acknowledgement is positional, so it is only safe while Redis holds the history the
-//! relay believes it does. A crash under `appendfsync everysec` or a failover to a
-//! lagging replica can roll Redis back. Every claim, ack and release therefore checks the
-//! instance's counters against the relay's own; on a mismatch the script changes nothing
-//! and fails with [`QueueError::StateMismatch`]. The relay then acknowledges nothing
-//! positional: [`Queue::abandon`] returns everything the instance holds to the head of
-//! the list (events it delivered arrive twice, none is lost) and the relay registers
-//! again as a new instance.
+//! The keys, the protocol (one Lua script per step, `scripts/*.lua`, each documented in
+//! its header), what a script refused halfway leaves, a full Redis and rollbacks are
+//! described in `docs/design.md#the-queue-protocol`; the rule every script follows is
+//! in `scripts/helpers.lua`.
 //!
 //! # Connections
 //! Every call has a deadline (`redis.command_timeout_ms`). A connection that missed it,

@@ -287,7 +287,7 @@ async fn connect(config: &Settings, metrics: &Metrics, health: &Health) -> Resul
             Err(Error::Queue(QueueError::Permission(why))) => {
                 return Err(Error::Permissions(format!(
                     "Redis refused a command the relay needs ({}); grant this Redis user the \
-                     relay's permissions (README: Redis permissions)",
+                     relay's permissions (docs/operations.md#redis-permissions)",
                     queue::one_line(&why)
                 )));
             }
@@ -336,8 +336,8 @@ async fn try_connect(config: &Settings, metrics: &Metrics) -> Result<Queue, Erro
     if !probe.denied.is_empty() {
         let denied: Vec<String> = probe.denied.iter().map(|d| queue::one_line(d)).collect();
         return Err(Error::Permissions(format!(
-            "this Redis user may not run: {}; grant it the relay's permissions (README: \
-             Redis permissions)",
+            "this Redis user may not run: {}; grant it the relay's permissions \
+             (docs/operations.md#redis-permissions)",
             denied.join(", ")
         )));
     }

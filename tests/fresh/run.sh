@@ -3,8 +3,8 @@
 # `debootstrap --variant=minbase`, holding only what a Rust toolchain needs (gcc and
 # the C library's headers, for linking), with the host's rustup toolchain and
 # cargo registry bind-mounted in. It asserts that redis-server, redis-cli, openssl and
-# promtool are absent, clones this repository fresh, and runs the README's two
-# commands: ./quickstart.sh and ./test.sh. Both must succeed, and ./test.sh must run as
+# promtool are absent, clones this repository fresh, and runs the two commands of
+# README.md#quick-start: ./quickstart.sh and ./test.sh. Both must succeed, and ./test.sh must run as
 # many tests as the host lists (none skipped for want of Redis). Prints how long each
 # took. Needs root (chroot, mounts) and network access to Debian's mirror.
 #
@@ -82,4 +82,4 @@ grep -m1 'test.sh: installing' "$work/test.log" || true
 passed=$(grep -E '^test result: ok\.' "$work/test.log" | awk '{sum += $4} END {print sum + 0}')
 echo "./test.sh: ok in $test_s s; $passed tests passed"
 [ "$passed" = "$host_tests" ] || { echo "FAIL: $passed tests passed in the chroot, $host_tests listed on the host"; exit 1; }
-echo "PASS: a fresh machine runs the README's two commands (quickstart $quickstart_s s, tests $test_s s)"
+echo "PASS: a fresh machine runs the two commands of README.md#quick-start (quickstart $quickstart_s s, tests $test_s s)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The unit under a real systemd (not part of `cargo test`): boots systemd as PID 1 in a
 # container of this test's own, installs the binary, config and unit exactly as the
-# README's systemd section says, and checks what an operator relies on: a start that
+# docs/operations.md#systemd says, and checks what an operator relies on: a start that
 # waits for Redis, delivery, reload (a bad file refused), a stop during a collector
 # outage that returns every event in order, a clean stop with Redis down, STATUS=
 # following readiness, the watchdog restarting a frozen relay, a bad configuration that
@@ -60,7 +60,7 @@ booted() { in_box systemctl is-system-running 2>/dev/null | grep -Eq '^(running|
 wait_for 60 booted || { docker logs "$container" 2>&1 | tail -n 20; skip "systemd does not boot in a container here"; }
 echo "systemd $(in_box systemctl --version | head -n 1 | cut -d' ' -f2) is PID 1 in the container"
 
-# --- install exactly as the README says ---
+# --- install exactly as docs/operations.md#systemd says ---
 docker exec "$container" mkdir -p /src/target/release /src/config /src/systemd
 docker cp target/release/snowplow-relay "$container:/src/target/release/snowplow-relay"
 docker cp config/snowplow-relay.toml "$container:/src/config/snowplow-relay.toml"

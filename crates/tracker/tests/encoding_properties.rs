@@ -6,8 +6,10 @@
 //!   and its length is what the batch builder predicted;
 //! - the GET query decodes back to the same name/value pairs, plus `stm`.
 //!
-//! The case counts are fixed (`CASES_*`), so a run is bounded and the report is
-//! reproducible; `PROPTEST_CASES` is ignored. Failures print the shrunk input.
+//! Each property runs a tenth of its full case count (`CASES_*`) by default, or
+//! `PROPTEST_CASES` when that is set; its full count runs in the soak set (the tests
+//! marked `ignore`, which `.ci/run` runs with `./test.sh -- --ignored`). Failures print
+//! the shrunk input.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +21,15 @@ use snowplow_relay_tracker::protocol::{BadElement, Element, Method, ParseOptions
 
 const CASES_JSON: u32 = 20_000;
 const CASES_BYTES: u32 = 10_000;
+
+/// The cases a default run makes of a property whose full count is `full`:
+/// `PROPTEST_CASES` when set, else a tenth of `full`.
+fn default_cases(full: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(full / 10)
+}
 const STM: &str = "1700000000000";
 
 /// A runner that first replays every failure found before (kept, with the seed that
@@ -227,28 +238,48 @@ fn mutated_element() -> impl Strategy<Value = String> {
 
 #[test]
 fn the_scanner_agrees_with_serde_json_on_syntax() {
-    runner(CASES_JSON)
+    scanner_agrees_with_serde_json(default_cases(CASES_JSON));
+}
+
+#[test]
+#[ignore = "soak set: the full case count"]
+fn the_scanner_agrees_with_serde_json_on_syntax_in_full() {
+    scanner_agrees_with_serde_json(CASES_JSON);
+}
+
+fn scanner_agrees_with_serde_json(cases: u32) {
+    runner(cases)
         .run(&mutated_element(), |element| {
             check_syntax(&element)?;
             check_post(&element)?;
             check_get(&element)
         })
         .unwrap();
-    runner(CASES_JSON / 4)
+    runner(cases / 4)
         .run(&json_element(), |element| check_syntax(&element))
         .unwrap();
-    eprintln!("{} syntax cases passed", CASES_JSON + CASES_JSON / 4);
+    eprintln!("{} syntax cases passed", cases + cases / 4);
 }
 
 #[test]
 fn arbitrary_json_elements_encode_to_exactly_their_fields() {
-    runner(CASES_JSON)
+    json_elements_encode_to_their_fields(default_cases(CASES_JSON));
+}
+
+#[test]
+#[ignore = "soak set: the full case count"]
+fn arbitrary_json_elements_encode_to_exactly_their_fields_in_full() {
+    json_elements_encode_to_their_fields(CASES_JSON);
+}
+
+fn json_elements_encode_to_their_fields(cases: u32) {
+    runner(cases)
         .run(&json_element(), |element| {
             check_post(&element)?;
             check_get(&element)
         })
         .unwrap();
-    eprintln!("{CASES_JSON} JSON cases passed");
+    eprintln!("{cases} JSON cases passed");
 }
 
 /// Arbitrary bytes: alone (they almost never parse), and as the value of `url` in an
@@ -274,8 +305,18 @@ fn arbitrary_bytes() -> impl Strategy<Value = Vec<u8>> {
 
 #[test]
 fn arbitrary_bytes_never_panic_and_what_is_accepted_encodes() {
+    bytes_never_panic(default_cases(CASES_BYTES));
+}
+
+#[test]
+#[ignore = "soak set: the full case count"]
+fn arbitrary_bytes_never_panic_and_what_is_accepted_encodes_in_full() {
+    bytes_never_panic(CASES_BYTES);
+}
+
+fn bytes_never_panic(cases: u32) {
     let accepted = std::sync::atomic::AtomicU32::new(0);
-    runner(CASES_BYTES)
+    runner(cases)
         .run(&arbitrary_bytes(), |bytes| {
             for method in [Method::Post, Method::Get] {
                 let options = ParseOptions::for_method(method, true);
@@ -290,12 +331,12 @@ fn arbitrary_bytes_never_panic_and_what_is_accepted_encodes() {
         })
         .unwrap();
     let accepted = accepted.into_inner();
-    eprintln!("{CASES_BYTES} byte cases passed; {accepted} parses reached the encoders");
+    eprintln!("{cases} byte cases passed; {accepted} parses reached the encoders");
     // The test is only worth its cases if the encoders see a good share of them.
     assert!(
-        accepted >= CASES_BYTES / 10,
+        accepted >= cases / 10,
         "only {accepted} of {} parses were accepted",
-        2 * CASES_BYTES
+        2 * cases
     );
 }
 

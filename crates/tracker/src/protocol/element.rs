@@ -301,7 +301,7 @@ impl Element {
 /// checked against the JSON grammar (RFC 8259): string escapes and control characters,
 /// number syntax, the three literals. Anything that is not a JSON object of scalar values
 /// is refused. A hand-written scan: it is most of the relay's per-event CPU, and a
-/// general JSON parser spent twice as long on it (README, Performance).
+/// general JSON parser spent twice as long on it.
 fn parse_fields(text: &str) -> Result<Vec<Field>, BadElement> {
     let mut scan = Scanner {
         bytes: text.as_bytes(),
