@@ -131,11 +131,23 @@ pub fn all_delivered(collector: &Collector, redis: &RedisServer, total: usize) -
     account.duplicates
 }
 
-/// Waits until the list and every in-flight list are empty: every event was resolved.
+/// Waits until the list and every in-flight and retry list are empty: every event was
+/// resolved.
 /// Polls Redis, which is cheap, rather than re-reading every recorded request.
 pub async fn wait_until_all_resolved(redis: &RedisServer) {
+    // Read at one instant (a script): read apart, a recovery between the two readings
+    // could move events from an in-flight list to the list after the list was read.
     wait_until("the list and every in-flight list empty", 120, async || {
-        redis.llen(LIST) == 0 && redis.keys().iter().all(|k| !k.contains("inflight"))
+        let held: usize = redis::cmd("EVAL")
+            .arg(
+                "local n = redis.call('LLEN', KEYS[1]) \
+                 return n + #redis.call('KEYS', '*:inflight:*') + #redis.call('KEYS', '*:retry:*')",
+            )
+            .arg(1)
+            .arg(LIST)
+            .query(&mut redis.conn())
+            .unwrap();
+        held == 0
     })
     .await;
 }
