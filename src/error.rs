@@ -29,6 +29,10 @@ pub enum Error {
     /// (exit code 2: a configuration problem).
     #[error("{0}")]
     Permissions(String),
+    /// Redis refused the relay's credentials at start-up (exit code 2: a configuration
+    /// problem; the message names the user and where the password came from).
+    #[error("{0}; the relay does not start with credentials Redis refuses")]
+    Credentials(QueueError),
     /// Shutdown could not return the undelivered events to the list: they are safe in the
     /// in-flight list and come back when the lease expires.
     #[error(
@@ -59,7 +63,7 @@ impl Error {
     /// The process exit code for this error: 2 for configuration problems, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::Permissions(_) => 2,
+            Error::Config(_) | Error::Permissions(_) | Error::Credentials(_) => 2,
             _ => 1,
         }
     }

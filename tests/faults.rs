@@ -149,6 +149,57 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
     settle(fault, relay, (&collector, &redis), total).await;
 }
 
+/// Redis down for a few seconds, then back with its data: afterwards nothing the fault
+/// changed stays changed (claims are as large as before), and the log says it once when
+/// calls start failing and once when they succeed again, not once per attempt per stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_leaves_no_scar_and_two_lines_in_the_log() {
+    let persistent = ["--appendonly", "yes"];
+    let redis = RedisServer::start_with(&persistent);
+    let proxy = Proxy::start(redis.port).await;
+    let collector = Collector::start().await;
+    collector.set_delay(Duration::from_millis(20));
+    let total = 10_000;
+    redis.rpush(LIST, &numbered_events(total));
+    let relay = spawn_relay_with(
+        &proxy.url(),
+        &collector,
+        &[("SNOWPLOW_RELAY_LOG__LEVEL", "info")],
+    );
+    collector.until_delivered(1000, 20).await;
+    proxy.unroute();
+    let mut redis = redis;
+    redis.terminate();
+    // Down for three seconds: every stage's calls fail and are retried many times.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let redis = redis.restart(&persistent);
+    proxy.retarget(redis.port);
+    relay
+        .log_line("Redis calls succeed again", Duration::from_secs(20))
+        .await;
+    wait_until_all_resolved(&redis).await;
+    let log = relay.log();
+    sigterm(relay).await;
+    all_delivered(&collector, &redis, total);
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert!(
+        warnings.len() <= 2,
+        "{} warnings for three seconds of Redis down:\n{}",
+        warnings.len(),
+        warnings.join("\n")
+    );
+    assert_eq!(
+        log.matches("Redis calls succeed again").count(),
+        1,
+        "one line when Redis is back:\n{log}"
+    );
+    assert!(
+        !log.contains("half as many bytes"),
+        "claims keep their size:\n{log}"
+    );
+    assert!(!log.contains("another relay"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_redis_connections_lose_nothing() {
     let total = 10_000;

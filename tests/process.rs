@@ -632,3 +632,74 @@ async fn sighup_reloads_the_log_level_and_retry_settings_and_names_what_needs_a_
         "the relay kept its list until a restart"
     );
 }
+
+/// A password rotated as ACL users rotate it: the new one added, the file rewritten in
+/// place, a reload, the old one removed. The reload re-reads the file and moves the
+/// relay's connections to the new password at once; new connections use it. A password
+/// Redis refuses is not taken: the relay says so and keeps the one that works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rotates_the_redis_password_the_file_names() {
+    let redis = RedisServer::start();
+    redis.add_user("relay", "old-pw-1");
+    let collector = Collector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("redis-password");
+    let write_password = |text: &str| {
+        std::fs::write(&password, format!("{text}\n")).unwrap();
+        std::fs::set_permissions(
+            &password,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+    };
+    write_password("old-pw-1");
+    let file = dir.path().join("relay.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[redis]\nurl = \"{}\"\nusername = \"relay\"\npassword_file = \"{}\"\n\
+             [collector]\nurl = \"{}\"\n",
+            redis.url(),
+            password.display(),
+            collector.url()
+        ),
+    )
+    .unwrap();
+    let mut command = bin_command();
+    command.args(["--config", file.to_str().unwrap()]);
+    let child = RelayProcess::spawn(command);
+    let events = numbered_events(30);
+    redis.rpush(LIST, &events[..10]);
+    collector.until_exactly_delivered(10, 20).await;
+
+    redis.cmd(&["ACL", "SETUSER", "relay", ">new-pw-2"]);
+    write_password("new-pw-2");
+    child.signal(libc::SIGHUP);
+    let reloaded = child
+        .log_line("configuration reloaded", Duration::from_secs(10))
+        .await;
+    let applied = reloaded.split("need_restart=").next().unwrap();
+    assert!(applied.contains("redis.password_file"), "{reloaded}");
+    redis.cmd(&["ACL", "SETUSER", "relay", "<old-pw-1"]);
+    // Every connection of the relay's dropped: new ones log in with the new password.
+    redis.cmd(&["CLIENT", "KILL", "USER", "relay"]);
+    redis.rpush(LIST, &events[10..20]);
+    collector.until_exactly_delivered(20, 20).await;
+
+    // A password Redis refuses: the relay says so and keeps the working one.
+    write_password("wrong-pw-3");
+    child.signal(libc::SIGHUP);
+    child
+        .log_line(
+            "the reloaded Redis credentials do not work",
+            Duration::from_secs(10),
+        )
+        .await;
+    redis.cmd(&["CLIENT", "KILL", "USER", "relay"]);
+    redis.rpush(LIST, &events[20..]);
+    collector.until_exactly_delivered(30, 20).await;
+    let log = child.stop_cleanly().await;
+    for secret in ["old-pw-1", "new-pw-2", "wrong-pw-3"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}

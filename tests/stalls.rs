@@ -111,11 +111,51 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
     let relay = Relay::with(&redis, &collector, settings);
     let started = Instant::now();
     collector.until_distinct(total - 2, 60).await;
-    wait_until("the two dead-lettered", 60, async || redis.llen(DEAD) == 2).await;
+    // The list is quiet now: nothing shows the collector accepting requests, so the two
+    // stay parked (an outage looks the same), holding back nothing.
+    wait_until("the two parked", 20, async || {
+        redis.llen_of_lists_named("{snowplow}:retry:") == 2 && redis.llen(LIST) == 0
+    })
+    .await;
+    assert_eq!(redis.llen(DEAD), 0);
+    // Traffic again: other events accepted between their attempts show them failing alone.
+    let trickle = {
+        let redis = redis.url();
+        tokio::spawn(async move {
+            let mut conn = redis::Client::open(redis)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            for round in 0.. {
+                let events: Vec<String> = (0..10)
+                    .map(|i| with_eid(&numbered_events(1)[0], &format!("tr-{round}-{i}")))
+                    .collect();
+                let _: i64 = redis::cmd("RPUSH")
+                    .arg(LIST)
+                    .arg(&events)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    wait_until("the two dead-lettered", 120, async || redis.llen(DEAD) == 2).await;
+    trickle.abort();
     let took = started.elapsed();
+    wait_until("the trickle delivered", 20, async || {
+        redis.llen(LIST) == 0 && redis.llen_of_lists_named("{snowplow}:inflight:") == 0
+    })
+    .await;
     let summary = relay.stop().await;
+    let trickled = collector
+        .distinct_eids()
+        .iter()
+        .filter(|e| e.starts_with("tr-"))
+        .count();
     report(
-        ("two events refused alone", total),
+        ("two events refused alone", total + trickled),
         (&collector, &redis),
         Some(took),
     );
@@ -149,6 +189,70 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
     assert_eq!(summary.dead_lettered, 0);
     assert_eq!(redis.llen(DEAD), 0);
     assert_eq!(redis.llen(LIST), 0);
+}
+
+/// One refused event in a batch, and nothing else on the list: no other traffic can
+/// show the batch, not the collector, to be at fault. The batch is split and its halves
+/// sent at once, so the good half gets through and shows the other failing alone; the
+/// good events are delivered within seconds and the refused one is parked, holding back
+/// nothing. (Without the split the batch was retried whole for ever.)
+#[tokio::test]
+async fn one_refused_event_on_a_quiet_list_holds_back_nothing() {
+    let (redis, collector) = setup(refusing(&["ev-7"], 500)).await;
+    redis.rpush(LIST, &numbered_events(50));
+    let relay = Relay::with(&redis, &collector, &[("collector.buffer_size", "50")]);
+    let started = Instant::now();
+    collector.until_distinct(49, 20).await;
+    let took = started.elapsed();
+    wait_until("the refused event parked", 20, async || {
+        redis.llen_of_lists_named("{snowplow}:retry:") == 1
+    })
+    .await;
+    eprintln!("one refused event of 50 on a quiet list: the other 49 delivered in {took:?}");
+    assert_eq!(redis.llen(DEAD), 0, "nothing shows it failing alone yet");
+    let summary = relay.stop().await;
+    assert_eq!(summary.dead_lettered, 0);
+    assert_eq!(
+        redis.llen(LIST),
+        1,
+        "the refused event is back in the list at the stop"
+    );
+    assert!(!collector.distinct_eids().contains("ev-7"));
+}
+
+/// A collector that degrades: it fails half its requests at random for a while, then
+/// every request, then recovers. Nothing is refused for good, so nothing may be
+/// dead-lettered: a failure counts against a parked event only if other requests were
+/// accepted since its previous attempt and next to none failed.
+#[tokio::test]
+async fn a_degrading_collector_dead_letters_nothing() {
+    let (redis, collector) = setup(Box::new(|_| if fastrand::bool() { 200 } else { 503 })).await;
+    let total = 3_000;
+    redis.rpush(LIST, &numbered_events(total));
+    let relay = Relay::with(
+        &redis,
+        &collector,
+        &[
+            ("collector.park_after_failures", "2"),
+            ("collector.isolated_failure_limit", "2"),
+        ],
+    );
+    // Half the requests fail until the list is drained (some batches get parked).
+    wait_until("the list drained", 60, async || redis.llen(LIST) == 0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Then everything fails for 5 s (25 times the longest retry delay), then nothing.
+    collector.respond_with(always(503));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        redis.llen(DEAD),
+        0,
+        "a degrading collector dead-letters nothing"
+    );
+    collector.respond_with(always(200));
+    let scenario = ("half failing, then all failing for 5 s", total);
+    let summary = stop_once_recovered(relay, scenario, (&collector, &redis), 60).await;
+    assert_eq!(summary.dead_lettered, 0);
+    assert_eq!(redis.llen(DEAD), 0);
 }
 
 /// With `client-output-buffer-limit normal 1mb`, a claim reply of 500 events of 8 KB

@@ -11,6 +11,7 @@ mod faults;
 mod fuzz_regressions;
 mod hardening;
 mod hostile;
+mod leases;
 mod permissions;
 mod process;
 mod producing;

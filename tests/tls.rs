@@ -330,19 +330,22 @@ async fn acl_users_and_password_files_and_refusals_that_never_show_the_password(
     assert!(log.contains("can be read by every user"), "{log}");
     assert!(!log.contains("s3cret-pw"), "{log}");
 
-    // A wrong password from the environment: the warning names the user and the source.
+    // A wrong password from the environment at start-up: a configuration error (exit 2,
+    // not retried for ever), naming the user and the source.
     let settings = [
         ("SNOWPLOW_RELAY_REDIS__USERNAME", "relay"),
         ("SNOWPLOW_RELAY_REDIS__PASSWORD", "wrong-pw-123"),
     ];
     let child = relay(&redis.url(), &collector.url(), &settings);
-    let warning = child
-        .log_line("cannot log in to Redis", Duration::from_secs(10))
-        .await;
-    let (_, log) = stop(child).await;
+    let Finished { status, log, .. } = child.finish(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(2), "{log}");
+    let error = log
+        .lines()
+        .find(|l| l.contains("ERROR"))
+        .unwrap_or_else(|| panic!("no error line:\n{log}"));
     assert!(
-        warning.contains("`relay`") && warning.contains("SNOWPLOW_RELAY_REDIS__PASSWORD"),
-        "{warning}"
+        error.contains("`relay`") && error.contains("SNOWPLOW_RELAY_REDIS__PASSWORD"),
+        "{error}"
     );
     assert!(
         !log.contains("wrong-pw-123"),

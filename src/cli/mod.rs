@@ -217,6 +217,7 @@ fn refused(error: snowplow_relay::config::ConfigError) -> ExitCode {
 
 /// Parses the command line and runs the subcommand.
 pub fn main() -> ExitCode {
+    keep_secrets_out_of_core_dumps();
     let cli = Cli::parse();
     // One crypto provider (ring) for every TLS connection, Redis and collector alike,
     // installed before any subcommand opens one.
@@ -271,4 +272,20 @@ fn runtime(threads: usize) -> Option<tokio::runtime::Runtime> {
         .build()
         .map_err(|error| eprintln!("snowplow-relay: cannot start the async runtime: {error}"))
         .ok()
+}
+
+/// Marks the process non-dumpable before any secret is read: no core file is written,
+/// and another process of the same user cannot read its memory (`gcore`, `/proc/PID/mem`)
+/// or environment, where the Redis password and TLS keys live. (The systemd unit also
+/// sets `LimitCORE=0`.)
+fn keep_secrets_out_of_core_dumps() {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) changes only this process's dumpable flag.
+    let result = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if result != 0 {
+        eprintln!(
+            "warning: cannot mark the process non-dumpable ({}); a core dump could hold \
+             secrets",
+            std::io::Error::last_os_error()
+        );
+    }
 }

@@ -18,7 +18,9 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// A stage of the pipeline that calls Redis, watched for liveness and readiness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +48,8 @@ impl Stage {
     }
 }
 
-/// Unix milliseconds; 0 means "not set" in the fields below.
+/// Milliseconds of the health's own monotonic clock ([`Health::now`]); 0 means "not
+/// set" in the fields below.
 #[derive(Debug, Default)]
 struct StageState {
     /// When the call in progress started.
@@ -79,9 +82,13 @@ pub struct Health {
     /// How long one Redis call may take (`redis.command_timeout_ms`): a call outstanding
     /// for longer makes the relay not ready.
     command_timeout: Duration,
-    /// Unix milliseconds when the heartbeat loop last turned (whatever Redis said).
+    /// When the times below count from: every time is monotonic (a clock step of the
+    /// wall clock neither restarts a healthy relay nor hides a stuck stage), in
+    /// milliseconds since this instant, plus one (0 means "not set").
+    epoch: Instant,
+    /// When the heartbeat loop last turned (whatever Redis said).
     loop_turned_at: AtomicU64,
-    /// Unix milliseconds of the last successful registration or lease renewal.
+    /// The last successful registration or lease renewal.
     lease_renewed_at: AtomicU64,
     registered: AtomicBool,
     collector_failing: AtomicBool,
@@ -95,16 +102,6 @@ pub struct Health {
     status: Mutex<String>,
 }
 
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn since(at: u64) -> u64 {
-    now_millis().saturating_sub(at)
-}
-
 impl Health {
     /// Health of a relay whose lease lives `lease_ttl` and whose stages count as stuck
     /// after `stuck_after` (see [`Health::stuck_after_for`]); it starts alive and not
@@ -114,7 +111,8 @@ impl Health {
             stuck_after,
             lease_ttl,
             command_timeout,
-            loop_turned_at: AtomicU64::new(now_millis()),
+            epoch: Instant::now(),
+            loop_turned_at: AtomicU64::new(1),
             lease_renewed_at: AtomicU64::new(0),
             registered: AtomicBool::new(false),
             collector_failing: AtomicBool::new(false),
@@ -130,11 +128,22 @@ impl Health {
         &self.stages[stage as usize]
     }
 
+    /// Now, on the health's monotonic clock: milliseconds since it was made, plus one
+    /// (never 0, which means "not set").
+    pub fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Milliseconds since `at` (a time from [`Health::now`]).
+    fn since(&self, at: u64) -> u64 {
+        self.now().saturating_sub(at)
+    }
+
     /// A call of `stage` to Redis starts.
     pub fn call_started(&self, stage: Stage) {
         self.stage(stage)
             .busy_since
-            .store(now_millis(), Ordering::Relaxed);
+            .store(self.now(), Ordering::Relaxed);
     }
 
     /// A call of `stage` ended: `Ok`, or failed with an error of this kind.
@@ -144,12 +153,12 @@ impl Health {
         match result {
             Ok(()) => {
                 state.failing_since.store(0, Ordering::Relaxed);
-                state.last_ok.store(now_millis(), Ordering::Relaxed);
+                state.last_ok.store(self.now(), Ordering::Relaxed);
             }
             Err(kind) => {
                 let _ = state.failing_since.compare_exchange(
                     0,
-                    now_millis(),
+                    self.now(),
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 );
@@ -167,16 +176,28 @@ impl Health {
         state.failing_since.store(0, Ordering::Relaxed);
     }
 
+    /// A new instance starts its run: what the ended one's stages left (a call that
+    /// failed as its lease was lost, a blocked window) says nothing about the new one.
+    pub fn instance_started(&self) {
+        for stage in Stage::ALL {
+            let state = self.stage(stage);
+            state.busy_since.store(0, Ordering::Relaxed);
+            state.failing_since.store(0, Ordering::Relaxed);
+        }
+        self.window_blocked_since.store(0, Ordering::Relaxed);
+        self.batch_failing_alone_since.store(0, Ordering::Relaxed);
+    }
+
     /// The claimer waits for room in the window (`true`) or has it (`false`).
     pub fn window_blocked(&self, blocked: bool) {
-        let value = if blocked { now_millis() } else { 0 };
+        let value = if blocked { self.now() } else { 0 };
         if !blocked || self.window_blocked_since.load(Ordering::Relaxed) == 0 {
             self.window_blocked_since.store(value, Ordering::Relaxed);
         }
     }
 
     /// The oldest batch that has been failing while other requests succeed, failing
-    /// since this Unix millisecond (`None`: there is none).
+    /// since this time of [`Health::now`] (`None`: there is none).
     pub fn batch_failing_alone_since(&self, since: Option<u64>) {
         self.batch_failing_alone_since
             .store(since.unwrap_or(0), Ordering::Relaxed);
@@ -185,7 +206,7 @@ impl Health {
     /// The relay registered in Redis (or renewed its lease).
     pub fn lease_renewed(&self) {
         self.registered.store(true, Ordering::Relaxed);
-        self.lease_renewed_at.store(now_millis(), Ordering::Relaxed);
+        self.lease_renewed_at.store(self.now(), Ordering::Relaxed);
     }
 
     /// The relay is no longer registered (lease lost, stopping).
@@ -195,7 +216,7 @@ impl Health {
 
     /// A loop that must keep turning did (the heartbeat loop, the Redis connect loop).
     pub fn loop_turned(&self) {
-        self.loop_turned_at.store(now_millis(), Ordering::Relaxed);
+        self.loop_turned_at.store(self.now(), Ordering::Relaxed);
     }
 
     /// The collector started or stopped failing.
@@ -257,7 +278,7 @@ impl Health {
                 return Err(format!(
                     "Redis {} failing for {} ms ({kind})",
                     stage.name(),
-                    since(at)
+                    self.since(at)
                 ));
             }
         }
@@ -272,11 +293,11 @@ impl Health {
     fn no_call_outstanding_for(&self, bound_ms: u64, hint: &str) -> Result<(), String> {
         for stage in Stage::ALL {
             let busy = self.stage(stage).busy_since.load(Ordering::Relaxed);
-            if busy != 0 && since(busy) > bound_ms {
+            if busy != 0 && self.since(busy) > bound_ms {
                 return Err(format!(
                     "a Redis {} call has not returned for {} ms{hint}",
                     stage.name(),
-                    since(busy)
+                    self.since(busy)
                 ));
             }
         }
@@ -287,7 +308,7 @@ impl Health {
     /// what is stuck.
     pub fn alive(&self) -> Result<(), String> {
         let bound = self.stuck_after.as_millis() as u64;
-        let turned = since(self.loop_turned_at.load(Ordering::Relaxed));
+        let turned = self.since(self.loop_turned_at.load(Ordering::Relaxed));
         if turned > bound {
             return Err(format!("the heartbeat loop has not turned for {turned} ms"));
         }
@@ -298,7 +319,7 @@ impl Health {
             let failing = state.failing_since.load(Ordering::Relaxed);
             if stage != Stage::Heartbeat
                 && failing != 0
-                && since(failing) > bound
+                && self.since(failing) > bound
                 && heartbeat_ok > failing
             {
                 let kind = state.last_error();
@@ -306,23 +327,23 @@ impl Health {
                     "Redis {} has failed for {} ms ({kind}) while Redis answers the lease \
                      renewal",
                     stage.name(),
-                    since(failing)
+                    self.since(failing)
                 ));
             }
         }
         let blocked = self.window_blocked_since.load(Ordering::Relaxed);
-        if blocked != 0 && since(blocked) > bound && !self.collector_failing() {
+        if blocked != 0 && self.since(blocked) > bound && !self.collector_failing() {
             return Err(format!(
                 "claiming has waited {} ms for room in the window while the collector accepts \
                  requests: the window is blocked",
-                since(blocked)
+                self.since(blocked)
             ));
         }
         let alone = self.batch_failing_alone_since.load(Ordering::Relaxed);
-        if alone != 0 && since(alone) > bound {
+        if alone != 0 && self.since(alone) > bound {
             return Err(format!(
                 "a batch has failed for {} ms while other requests succeed",
-                since(alone)
+                self.since(alone)
             ));
         }
         Ok(())
@@ -353,7 +374,10 @@ impl Health {
             return Err("stopping".into());
         }
         if !self.registered.load(Ordering::Relaxed) {
-            return Err("not registered in Redis (is Redis reachable?)".into());
+            // The status says what the relay waits for (Redis's address, the attempt, the
+            // last error: refused credentials, say).
+            let status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+            return Err(format!("not registered in Redis ({status})"));
         }
         // A frozen Redis: a call (the heartbeat's at the latest, every third of the
         // lease) outlives its deadline before it fails.
@@ -361,7 +385,7 @@ impl Health {
             self.command_timeout.as_millis() as u64,
             " (Redis frozen or overloaded?)",
         )?;
-        let renewed = since(self.lease_renewed_at.load(Ordering::Relaxed));
+        let renewed = self.since(self.lease_renewed_at.load(Ordering::Relaxed));
         if renewed > self.lease_ttl.as_millis() as u64 {
             return Err(format!(
                 "lease not renewed for {renewed} ms (Redis failing?)"
@@ -374,37 +398,33 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::advance;
 
-    fn ago(ms: u64) -> u64 {
-        now_millis() - ms
-    }
+    const SECOND: Duration = Duration::from_secs(1);
 
-    /// Makes `stage`'s call outstanding for `ms` already, as if started that long ago.
-    fn started_ago(health: &Health, stage: Stage, ms: u64) {
-        health.call_started(stage);
-        health
-            .stage(stage)
-            .busy_since
-            .store(ago(ms), Ordering::Relaxed);
-    }
-
-    #[test]
-    fn an_outage_is_alive_a_wedged_stage_is_not() {
-        let health = Health::new(
-            Duration::from_secs(30),
-            Duration::from_secs(5),
-            Duration::from_secs(40),
-        );
+    /// Health with a 30 s lease, a 5 s command timeout and a 40 s liveness bound, its
+    /// clock 100 s old (paused time), registered.
+    async fn health() -> Health {
+        let health = Health::new(30 * SECOND, 5 * SECOND, 40 * SECOND);
+        advance(100 * SECOND).await;
         health.lease_renewed();
+        health.loop_turned();
+        health
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_is_alive_a_wedged_stage_is_not() {
+        let health = health().await;
         assert!(health.alive().is_ok());
         assert!(health.ready().is_ok());
         // Redis down: claims and the heartbeat fail alike, for long. Alive, not ready.
         health.call_ended(Stage::Claim, Err("timeout"));
         health.call_ended(Stage::Heartbeat, Err("timeout"));
-        health
-            .stage(Stage::Claim)
-            .failing_since
-            .store(ago(60_000), Ordering::Relaxed);
+        for _ in 0..6 {
+            advance(10 * SECOND).await;
+            health.loop_turned();
+            health.lease_renewed();
+        }
         assert!(health.alive().is_ok());
         assert!(health.ready().unwrap_err().contains("claim failing"));
         // Claims failing for a minute while the heartbeat succeeds: stuck.
@@ -413,20 +433,26 @@ mod tests {
         health.call_ended(Stage::Claim, Ok(()));
         assert!(health.alive().is_ok());
         // A call outstanding past its deadline: not ready at once, not yet dead.
-        started_ago(&health, Stage::Heartbeat, 6_000);
+        health.call_started(Stage::Heartbeat);
+        advance(6 * SECOND).await;
+        health.loop_turned();
         assert!(health.alive().is_ok());
         assert!(health.ready().unwrap_err().contains("has not returned"));
         health.call_ended(Stage::Heartbeat, Ok(()));
+        health.lease_renewed();
         assert!(health.ready().is_ok());
         // A call that never returns.
-        started_ago(&health, Stage::Ack, 41_000);
+        health.call_started(Stage::Ack);
+        advance(41 * SECOND).await;
+        health.loop_turned();
+        health.lease_renewed();
         assert!(health.alive().unwrap_err().contains("has not returned"));
         health.call_ended(Stage::Ack, Ok(()));
         // A blocked window counts only while the collector accepts requests.
         health.window_blocked(true);
-        health
-            .window_blocked_since
-            .store(ago(41_000), Ordering::Relaxed);
+        advance(41 * SECOND).await;
+        health.loop_turned();
+        health.lease_renewed();
         assert!(health.alive().unwrap_err().contains("window is blocked"));
         health.set_collector_failing(true);
         assert!(
@@ -434,7 +460,11 @@ mod tests {
             "an outage blocks the window legitimately"
         );
         health.window_blocked(false);
-        health.batch_failing_alone_since(Some(ago(41_000)));
+        health.set_collector_failing(false);
+        health.batch_failing_alone_since(Some(health.now()));
+        advance(41 * SECOND).await;
+        health.loop_turned();
+        health.lease_renewed();
         assert!(
             health
                 .alive()
@@ -443,5 +473,22 @@ mod tests {
         );
         health.batch_failing_alone_since(None);
         assert!(health.alive().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_heartbeat_loop_standing_still_is_caught_by_the_monotonic_clock() {
+        let health = health().await;
+        advance(39 * SECOND).await;
+        assert!(health.alive().is_ok(), "within the bound");
+        advance(2 * SECOND).await;
+        assert!(
+            health
+                .alive()
+                .unwrap_err()
+                .contains("heartbeat loop has not turned")
+        );
+        // The lease is not renewed within its lifetime: not ready.
+        health.loop_turned();
+        assert!(health.ready().unwrap_err().contains("lease not renewed"));
     }
 }

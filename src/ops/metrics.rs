@@ -141,7 +141,7 @@ fn status_labels(status: Option<u16>) -> StatusLabels {
 }
 
 /// The Redis calls counted in `redis_errors_total{operation}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RedisOperation {
     /// Connecting and registering at start-up or after a lost lease.
     Connect,

@@ -96,11 +96,22 @@ impl ConnectionLike for Connection {
 /// answers as a server that cannot take writes. One connection serves every task
 /// (requests are multiplexed); a replacement is opened by the first call that needs it.
 pub(super) struct Link {
-    server: Server,
+    /// Where Redis is and with which credentials; replaced by [`Link::reconfigure`].
+    target: std::sync::RwLock<Arc<Target>>,
     command_timeout: Duration,
     /// The current connection and its generation.
     current: tokio::sync::Mutex<Option<(u64, Connection)>>,
     generation: AtomicU64,
+    /// Calls Redis answered (with a result or an error reply) so far.
+    answered: AtomicU64,
+}
+
+/// The server and the settings it was made from (to explain a refusal).
+struct Target {
+    server: Server,
+    settings: RedisSettings,
+    /// Bumped by every reconfiguration: a connection opened with older settings is stale.
+    version: u64,
 }
 
 impl Link {
@@ -108,11 +119,49 @@ impl Link {
     /// first call.
     pub(super) fn new(settings: &RedisSettings) -> Result<Link, QueueError> {
         Ok(Link {
-            server: server(settings)?,
+            target: std::sync::RwLock::new(Arc::new(Target {
+                server: server(settings)?,
+                settings: settings.clone(),
+                version: 0,
+            })),
             command_timeout: settings.command_timeout,
             current: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
         })
+    }
+
+    fn target(&self) -> Arc<Target> {
+        match self.target.read() {
+            Ok(target) => target.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Opens a connection to `target` within the command deadline; `response` bounds
+    /// each of its commands (None: the caller does).
+    async fn open(
+        &self,
+        target: &Target,
+        response: Option<Duration>,
+    ) -> Result<Connection, QueueError> {
+        match tokio::time::timeout(
+            self.command_timeout,
+            target.server.open(self.command_timeout, response),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                // A connection made (with its handshake) is an answer too.
+                self.answered.fetch_add(1, Ordering::Relaxed);
+                Ok(conn)
+            }
+            Ok(Err(error)) => Err(unreachable(explain(
+                QueueError::classify(error),
+                &target.settings,
+            ))),
+            Err(_) => Err(QueueError::Timeout(self.command_timeout.as_millis() as u64)),
+        }
     }
 
     /// The current connection, opening one if there is none.
@@ -121,13 +170,7 @@ impl Link {
         if let Some((generation, conn)) = current.as_ref() {
             return Ok((*generation, conn.clone()));
         }
-        let conn = tokio::time::timeout(
-            self.command_timeout,
-            self.server.open(self.command_timeout, None),
-        )
-        .await
-        .map_err(|_| QueueError::Timeout(self.command_timeout.as_millis() as u64))?
-        .map_err(QueueError::classify)?;
+        let conn = self.open(&self.target(), None).await?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *current = Some((generation, conn.clone()));
         Ok((generation, conn))
@@ -139,15 +182,57 @@ impl Link {
         &self,
         block: Duration,
     ) -> Result<BlockingConnection, QueueError> {
-        let response_timeout = block + self.command_timeout;
-        let open = self
-            .server
-            .open(self.command_timeout, Some(response_timeout));
-        match tokio::time::timeout(self.command_timeout, open).await {
-            Ok(Ok(conn)) => Ok(BlockingConnection(conn)),
-            Ok(Err(error)) => Err(QueueError::classify(error)),
-            Err(_) => Err(QueueError::Timeout(self.command_timeout.as_millis() as u64)),
+        let target = self.target();
+        let conn = self
+            .open(&target, Some(block + self.command_timeout))
+            .await?;
+        Ok(BlockingConnection {
+            conn,
+            version: target.version,
+        })
+    }
+
+    /// Whether `conn` was opened with the settings in use now.
+    pub(super) fn is_current(&self, conn: &BlockingConnection) -> bool {
+        conn.version == self.target().version
+    }
+
+    /// Calls Redis answered so far (a reply or an error reply, not a broken connection;
+    /// a connection opened counts too): two readings tell whether Redis answered
+    /// anything between them.
+    pub(super) fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Uses `settings` (new credentials or TLS files, same server) from now on, once a
+    /// connection made with them answers `PING`; the current connection is replaced, so
+    /// every call is made with them. On an error the old settings stay.
+    pub(super) async fn reconfigure(&self, settings: &RedisSettings) -> Result<(), QueueError> {
+        let version = self.target().version + 1;
+        let target = Target {
+            server: server(settings)?,
+            settings: settings.clone(),
+            version,
+        };
+        let mut conn = self.open(&target, Some(self.command_timeout)).await?;
+        let ping = tokio::time::timeout(
+            self.command_timeout,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
+        match ping {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                return Err(explain(QueueError::classify(error), &target.settings));
+            }
+            Err(_) => return Err(QueueError::Timeout(self.command_timeout.as_millis() as u64)),
         }
+        match self.target.write() {
+            Ok(mut current) => *current = Arc::new(target),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(target),
+        }
+        *self.current.lock().await = None;
+        Ok(())
     }
 
     /// Drops connection `generation` (if it is still the current one), so that the next
@@ -156,22 +241,37 @@ impl Link {
         let mut current = self.current.lock().await;
         if current.as_ref().is_some_and(|(g, _)| *g == generation) {
             *current = None;
-            tracing::warn!(%error, "dropping the Redis connection; the next call opens a new one");
+            tracing::debug!(%error, "dropping the Redis connection; the next call opens a new one");
         }
     }
 
-    /// Runs `call` on the current connection within the command deadline; replaces the
-    /// connection when the failure says it must be.
+    /// Runs `call` on the current connection (opening one if needed) within one command
+    /// deadline, whatever it waits for: the connection, other callers opening it, or
+    /// Redis's answer. Replaces the connection when the failure says it must be.
     async fn run<T, F, Fut>(&self, call: F) -> Result<T, QueueError>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let (generation, conn) = self.connection().await?;
-        let result = match tokio::time::timeout(self.command_timeout, call(conn)).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(error)) => QueueError::classify(error),
-            Err(_) => QueueError::Timeout(self.command_timeout.as_millis() as u64),
+        let timeout = || QueueError::Timeout(self.command_timeout.as_millis() as u64);
+        let deadline = tokio::time::Instant::now() + self.command_timeout;
+        let (generation, conn) = tokio::time::timeout_at(deadline, self.connection())
+            .await
+            .map_err(|_| timeout())??;
+        let result = match tokio::time::timeout_at(deadline, call(conn)).await {
+            Ok(Ok(value)) => {
+                self.answered.fetch_add(1, Ordering::Relaxed);
+                return Ok(value);
+            }
+            Ok(Err(error)) => {
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                    || error.code().is_some()
+                {
+                    self.answered.fetch_add(1, Ordering::Relaxed);
+                }
+                QueueError::classify(error)
+            }
+            Err(_) => timeout(),
         };
         if result.needs_new_connection() {
             self.replace(generation, &result).await;
@@ -199,7 +299,24 @@ impl Link {
 }
 
 /// A connection of its own for blocking waits.
-pub struct BlockingConnection(pub(super) Connection);
+pub struct BlockingConnection {
+    pub(super) conn: Connection,
+    /// The settings' version it was opened with.
+    version: u64,
+}
+
+/// A failure to open a connection that is not a refusal (credentials, TLS): Redis could
+/// not be reached.
+fn unreachable(error: QueueError) -> QueueError {
+    match error {
+        QueueError::Redis(error)
+            if error.is_io_error() || error.is_timeout() || error.is_connection_refusal() =>
+        {
+            QueueError::Unreachable(error)
+        }
+        other => other,
+    }
+}
 
 fn cluster_client(
     target: &ClusterTarget,

@@ -9,6 +9,10 @@ pub enum QueueError {
     /// Redis could not be reached or answered with an error; worth retrying.
     #[error("redis: {}", one_line(&.0.to_string()))]
     Redis(#[from] RedisError),
+    /// No connection to Redis could be opened (refused, no route, a name that does not
+    /// resolve); worth retrying.
+    #[error("cannot reach Redis: {}", one_line(&.0.to_string()))]
+    Unreachable(RedisError),
     /// Redis did not answer within `redis.command_timeout_ms`; the connection is replaced.
     #[error(
         "Redis did not answer within {0} ms (connection replaced; is Redis overloaded or frozen?)"
@@ -34,12 +38,21 @@ pub enum QueueError {
         one_line(.0)
     )]
     OutOfMemory(String),
-    /// Another relay recovered this instance's in-flight events after its lease expired.
+    /// Another relay recovered this instance's in-flight events after its lease expired
+    /// (this relay stood still for longer than `redis.lease_ttl_ms`: a pause, a partition,
+    /// a Redis stall).
     #[error(
-        "this relay's lease expired and another relay took back its in-flight events; \
-         restart to register again"
+        "this relay's lease expired (it could not renew it for longer than \
+         redis.lease_ttl_ms) and another relay returned its events to the list"
     )]
     LeaseLost,
+    /// Redis no longer knows this instance: it restarted without its data, was flushed,
+    /// or the relay's keys were deleted. What it held in Redis went with them.
+    #[error(
+        "Redis no longer knows this relay (it restarted without its data, was flushed, or \
+         the relay's keys were deleted); the events Redis held went with it"
+    )]
+    Forgotten,
     /// Redis no longer holds the in-flight state this relay left (it lost writes: a
     /// crash, a failover to a lagging replica, or someone edited the keys).
     #[error(
@@ -79,6 +92,7 @@ impl QueueError {
         };
         match error.code() {
             Some("LEASE_LOST") => return QueueError::LeaseLost,
+            Some("FORGOTTEN") => return QueueError::Forgotten,
             Some("STATE_MISMATCH") => {
                 return QueueError::StateMismatch(error.detail().unwrap_or_default().to_owned());
             }
@@ -100,7 +114,21 @@ impl QueueError {
     /// Whether this instance must stop and register again (its in-flight list is gone
     /// or not to be trusted); anything else is worth retrying.
     pub fn needs_new_instance(&self) -> bool {
-        matches!(self, QueueError::LeaseLost | QueueError::StateMismatch(_))
+        matches!(
+            self,
+            QueueError::LeaseLost | QueueError::Forgotten | QueueError::StateMismatch(_)
+        )
+    }
+
+    /// Whether this error says Redis cannot be reached or cannot take writes (rather than
+    /// refusing one call): a refused or dropped connection, a missed deadline, a demoted
+    /// or loading server.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            QueueError::Unreachable(_) => true,
+            QueueError::Redis(error) => error.is_io_error() || error.is_connection_dropped(),
+            other => other.needs_new_connection(),
+        }
     }
 
     /// Whether the connection that gave this error must be replaced.
@@ -121,11 +149,13 @@ impl QueueError {
     pub fn kind(&self) -> &'static str {
         match self {
             QueueError::Redis(_) => "error",
+            QueueError::Unreachable(_) => "unreachable",
             QueueError::Timeout(_) => "timeout",
             QueueError::NotWritable(_) => "not_writable",
             QueueError::Permission(_) => "permission",
             QueueError::OutOfMemory(_) => "out_of_memory",
             QueueError::LeaseLost => "lease_lost",
+            QueueError::Forgotten => "forgotten",
             QueueError::StateMismatch(_) => "state_mismatch",
             QueueError::Auth { .. } => "auth",
             QueueError::Tls(_) => "tls",

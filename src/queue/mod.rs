@@ -295,8 +295,12 @@ impl Queue {
     /// Returns the events of every other instance whose lease expired (in flight and
     /// parked) to the head of the list.
     pub async fn recover_expired(&self) -> Result<Recovered, QueueError> {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let mut invocation = self.invocation(&self.scripts.recover, &[Key::List, Key::Instances]);
-        invocation.arg(&self.keys.prefix).arg(&self.instance);
+        invocation
+            .arg(&self.keys.prefix)
+            .arg(&self.instance)
+            .arg(now);
         let (instances, events): (u64, u64) = self.link.invoke(&invocation).await?;
         Ok(Recovered { instances, events })
     }
@@ -486,6 +490,24 @@ impl Queue {
         Ok((field("used_memory"), field("maxmemory")))
     }
 
+    /// Calls Redis answered so far: two readings tell whether Redis answered anything
+    /// between them.
+    pub fn calls_answered(&self) -> u64 {
+        self.link.answered()
+    }
+
+    /// Uses new credentials or TLS files (same server and keys) from now on, once a
+    /// connection made with them answers; on an error the old ones stay in use.
+    pub async fn reconfigure(&self, settings: &RedisSettings) -> Result<(), QueueError> {
+        self.link.reconfigure(settings).await
+    }
+
+    /// Whether `conn` was opened with the credentials in use now (a reload may have
+    /// changed them).
+    pub fn is_current(&self, conn: &BlockingConnection) -> bool {
+        self.link.is_current(conn)
+    }
+
     /// Opens a connection of its own for [`Queue::wait_for_events`]: a blocking command
     /// would stall every other command sharing its connection.
     pub async fn blocking_connection(
@@ -507,7 +529,7 @@ impl Queue {
             .arg("LEFT")
             .arg("LEFT")
             .arg(block.as_secs_f64())
-            .query_async::<Option<redis::Value>>(&mut conn.0)
+            .query_async::<Option<redis::Value>>(&mut conn.conn)
             .await
             .map_err(QueueError::classify)?;
         Ok(())

@@ -216,6 +216,7 @@ impl Acker {
             let acked = loop {
                 let entries = self.window.entries(count);
                 shared.health.call_started(Stage::Ack);
+                let call = shared.redis.call(RedisOperation::Ack);
                 let result = tokio::select! {
                     result = shared.queue.ack(self.window.start, acked_total, &entries) => result,
                     // What is not acknowledged stays in the window; the release decides.
@@ -224,20 +225,19 @@ impl Acker {
                 match result {
                     Ok(()) => {
                         shared.health.call_ended(Stage::Ack, Ok(()));
+                        call.succeeded();
                         retry.succeeded();
                         break true;
                     }
                     Err(error) => {
                         shared.health.call_ended(Stage::Ack, Err(error.kind()));
                         if error.needs_new_instance() {
-                            shared.lifecycle.lost_instance();
-                            return Err(error);
+                            shared.lifecycle.lost_instance(error);
+                            return Ok(self.window);
                         }
-                        shared.metrics.redis_error(RedisOperation::Ack);
-                        tracing::warn!(
-                            %error,
-                            attempt = retry.failures() + 1,
-                            "cannot acknowledge events in Redis; retrying"
+                        call.failed(
+                            &error,
+                            "cannot acknowledge events in Redis; retrying with backoff",
                         );
                         if !retry.pause(abandoning).await {
                             break false;
@@ -335,8 +335,9 @@ pub(super) async fn release(
                 return Ok(());
             }
             // A retry after a lost reply, or another relay recovered us: either way the
-            // events are back in the list.
-            Ok(Err(QueueError::LeaseLost)) => return Ok(()),
+            // events are back in the list. (Or Redis lost everything, events included:
+            // there is nothing left to return.)
+            Ok(Err(QueueError::LeaseLost | QueueError::Forgotten)) => return Ok(()),
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("Redis did not answer within {} ms", budget.as_millis()),
         };

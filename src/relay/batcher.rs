@@ -187,13 +187,53 @@ impl Batcher {
     }
 }
 
-/// Sends `batch` (split in halves as often as the collector asks) until every event is
-/// delivered, dead-lettered or parked, or the relay abandons it.
+/// How many parts of one batch (after a split) are sent at once: two, so that when one
+/// half gets through while the other fails, the failing half is seen failing alone.
+const PARTS_AT_ONCE: usize = 2;
+
+/// Sends `batch` (split in halves as often as the collector asks, or to isolate what
+/// fails) until every event is delivered, dead-lettered or parked, or the relay abandons
+/// it.
 async fn send_until_resolved(
     batch: Batch,
     shared: &Shared,
     resolved_tx: &mpsc::UnboundedSender<Resolution>,
 ) {
+    let lifecycle = &shared.lifecycle;
+    // The common case: the batch resolves whole, with no split.
+    let outcome = shared.emitter.send(&batch, lifecycle).await;
+    let Some(halves) = resolve(batch, outcome, shared, resolved_tx) else {
+        return;
+    };
+    let mut waiting: Vec<Batch> = halves.into_iter().rev().collect();
+    let mut sending = futures_util::stream::FuturesUnordered::new();
+    loop {
+        while sending.len() < PARTS_AT_ONCE
+            && let Some(part) = waiting.pop()
+        {
+            sending.push(async move {
+                let outcome = shared.emitter.send(&part, lifecycle).await;
+                (part, outcome)
+            });
+        }
+        let Some((part, outcome)) = futures_util::StreamExt::next(&mut sending).await else {
+            return;
+        };
+        if let Some(halves) = resolve(part, outcome, shared, resolved_tx) {
+            // Halves go before the parts still waiting, first half first.
+            waiting.extend(halves.into_iter().rev());
+        }
+    }
+}
+
+/// Hands the acker what `outcome` resolved for `batch`; returns the halves to send when
+/// it has to be split.
+fn resolve(
+    batch: Batch,
+    outcome: Outcome,
+    shared: &Shared,
+    resolved_tx: &mpsc::UnboundedSender<Resolution>,
+) -> Option<[Batch; 2]> {
     let sizes = |batch: &Batch| -> Vec<(u64, usize)> {
         batch
             .positions
@@ -202,60 +242,56 @@ async fn send_until_resolved(
             .map(|(&position, event)| (position, event.raw().len()))
             .collect()
     };
-    let mut parts = vec![batch];
-    while let Some(batch) = parts.pop() {
-        let outcome = shared
-            .emitter
-            .send(&batch, &shared.lifecycle.abandoning)
-            .await;
-        let resolution = match outcome {
-            Outcome::Delivered => {
-                shared.metrics.delivered(batch.len() as u64);
-                Resolution::Delivered(sizes(&batch))
-            }
-            Outcome::Rejected {
+    let resolution = match outcome {
+        Outcome::Delivered => {
+            shared.metrics.delivered(batch.len() as u64);
+            Resolution::Delivered(sizes(&batch))
+        }
+        Outcome::Rejected {
+            status,
+            reason,
+            kind,
+        } => {
+            tracing::warn!(
+                events = batch.len(),
                 status,
-                reason,
-                kind,
-            } => {
-                tracing::warn!(
-                    events = batch.len(),
-                    status,
-                    %reason,
-                    "collector refused a batch for good; dead-lettering it"
-                );
-                Resolution::Dead {
-                    reason: kind,
-                    meta: shared.dead_letter(reason, status).into(),
-                    events: sizes(&batch),
-                }
+                %reason,
+                "collector refused a batch for good; dead-lettering it"
+            );
+            Resolution::Dead {
+                reason: kind,
+                meta: shared.dead_letter(reason, status).into(),
+                events: sizes(&batch),
             }
-            Outcome::Split { status } => {
-                tracing::warn!(
-                    events = batch.len(),
+        }
+        Outcome::Split { status } => {
+            tracing::warn!(
+                events = batch.len(),
+                status,
+                "a batch is too large for the collector; sending each half on its own"
+            );
+            let (first, second) = batch.split();
+            return Some([first, second]);
+        }
+        Outcome::Isolate => {
+            let (first, second) = batch.split();
+            return Some([first, second]);
+        }
+        Outcome::Park { status, attempts } => Resolution::Parked(
+            batch
+                .positions
+                .iter()
+                .zip(&batch.events)
+                .map(|(&position, event)| ParkedEvent {
+                    position,
+                    element: event.raw().clone(),
+                    attempts,
                     status,
-                    "a batch is too large for the collector; sending each half on its own"
-                );
-                let (first, second) = batch.split();
-                parts.push(second);
-                parts.push(first);
-                continue;
-            }
-            Outcome::Park { status, attempts } => Resolution::Parked(
-                batch
-                    .positions
-                    .iter()
-                    .zip(&batch.events)
-                    .map(|(&position, event)| ParkedEvent {
-                        position,
-                        element: event.raw().clone(),
-                        attempts,
-                        status,
-                    })
-                    .collect(),
-            ),
-            Outcome::Abandoned => return,
-        };
-        let _ = resolved_tx.send(resolution);
-    }
+                })
+                .collect(),
+        ),
+        Outcome::Abandoned => return None,
+    };
+    let _ = resolved_tx.send(resolution);
+    None
 }

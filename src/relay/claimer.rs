@@ -14,11 +14,17 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use super::{Claimed, Shared};
 use crate::ops::health::Stage;
 use crate::ops::metrics::{DeadReason, RedisOperation};
+use crate::ops::redis_watch::RedisCall;
 use crate::queue::{BlockingConnection, QueueError};
 use snowplow_relay_tracker::retry::{self, Retry};
 
 /// How long one blocking wait on an empty list lasts before it is renewed.
 const BLOCK_FOR: Duration = Duration::from_secs(5);
+
+/// After the claim budget was halved, how long and how many claims at the smaller size
+/// before the larger one is tried again.
+const RETRY_LARGER_AFTER: Duration = Duration::from_secs(300);
+const RETRY_LARGER_AFTER_CLAIMS: u32 = 100;
 
 pub(super) struct Claimer {
     shared: Arc<Shared>,
@@ -27,8 +33,18 @@ pub(super) struct Claimer {
     /// How many events this instance claimed so far (as far as it knows).
     position: u64,
     /// The bytes one claim may bring: `redis.claim_max_bytes`, less if Redis's reply
-    /// limit is smaller, halved after Redis closed the connection during a claim.
+    /// limit is smaller, halved while Redis is shown to close the connection on replies
+    /// of this size (see [`Claimer::claim_failed`]).
     budget: usize,
+    /// The budget claims start from and return to.
+    full_budget: usize,
+    /// A claim at this budget lost its connection, and Redis had answered this many
+    /// calls by then: the same again after Redis answered others shows the reply's size
+    /// to be the cause.
+    suspect: Option<(usize, u64)>,
+    /// When the budget was last halved, and claims succeeded since: after a while at the
+    /// smaller size it is tried larger again (the limit may have been raised).
+    halved: Option<(tokio::time::Instant, u32)>,
     /// Elements above this go to the dead-letter list from the claim script.
     max_element_bytes: usize,
     blocking: Option<BlockingConnection>,
@@ -60,6 +76,7 @@ impl Claimer {
             }
             budget = budget.min(half).max(max_element_bytes);
         }
+        let full_budget = budget;
         let backoff = shared.emitter.backoff();
         Claimer {
             collector_healthy: shared.emitter.healthy(),
@@ -67,6 +84,9 @@ impl Claimer {
             claimed_tx,
             position: 0,
             budget,
+            full_budget,
+            suspect: None,
+            halved: None,
             max_element_bytes,
             blocking: None,
             claims: Retry::new(retry::REDIS),
@@ -90,6 +110,7 @@ impl Claimer {
             // Cancelled by shutdown, a claim that ran in Redis is not lost: the release
             // reads Redis's own copy of the in-flight list.
             shared.health.call_started(Stage::Claim);
+            let call = shared.redis.call(RedisOperation::Claim);
             let claim = tokio::select! {
                 claim = shared.queue.claim(
                     self.position,
@@ -105,17 +126,19 @@ impl Claimer {
             let claim = match claim {
                 Ok(claim) => {
                     shared.health.call_ended(Stage::Claim, Ok(()));
+                    call.succeeded();
                     self.claims.succeeded();
+                    self.claim_succeeded();
                     claim
                 }
                 Err(error) => {
                     shared.health.call_ended(Stage::Claim, Err(error.kind()));
                     shared.permits.give_back(wanted, self.budget);
                     if error.needs_new_instance() {
-                        shared.lifecycle.lost_instance();
-                        return Err(error);
+                        shared.lifecycle.lost_instance(error);
+                        return Ok(self.position);
                     }
-                    self.claim_failed(&error);
+                    self.claim_failed(&error, call);
                     if !self.claims.pause(stop).await {
                         return Ok(self.position);
                     }
@@ -240,27 +263,61 @@ impl Claimer {
         Some(1 + extra)
     }
 
-    fn claim_failed(&mut self, error: &QueueError) {
-        self.shared.metrics.redis_error(RedisOperation::Claim);
+    /// A claim failed. Redis closes a connection whose reply outgrows its output buffer
+    /// limit (`client-output-buffer-limit normal`), and the claim's reply (or its resend)
+    /// must then get smaller to get through. But a restart or a dropped link closes the
+    /// connection too: the claim budget is halved only when that is shown to be the
+    /// cause: a claim of the same size lost its connection twice, with Redis answering
+    /// other calls in between.
+    fn claim_failed(&mut self, error: &QueueError, call: RedisCall<'_>) {
+        let shared = &self.shared;
         let dropped =
             matches!(error, QueueError::Redis(e) if e.is_connection_dropped() || e.is_io_error());
-        let floor = self.max_element_bytes;
-        if dropped && self.budget > floor {
-            // Redis may close a connection whose reply outgrows its output buffer limit:
-            // the claim's reply (or its resend) must get smaller to get through.
-            self.budget = (self.budget / 2).max(floor);
-            tracing::warn!(
-                %error,
-                claim_max_bytes = self.budget,
-                "Redis closed the connection during a claim; claiming at most half as many \
-                 bytes from now on (is client-output-buffer-limit normal set?)"
-            );
-        } else {
-            tracing::warn!(
-                %error,
-                attempt = self.claims.failures() + 1,
-                "cannot claim events from Redis; retrying"
-            );
+        let answered = shared.queue.calls_answered();
+        if dropped && self.budget > self.max_element_bytes {
+            match self.suspect {
+                Some((budget, answered_then))
+                    if budget == self.budget && answered > answered_then =>
+                {
+                    self.suspect = None;
+                    self.budget = (self.budget / 2).max(self.max_element_bytes);
+                    self.halved = Some((tokio::time::Instant::now(), 0));
+                    shared.metrics.redis_error(RedisOperation::Claim);
+                    tracing::warn!(
+                        %error,
+                        claim_max_bytes = self.budget,
+                        "Redis closed the connection twice while sending a claim's reply, and \
+                         answered other calls in between: its reply limit \
+                         (client-output-buffer-limit normal) is the likely cause; claiming at \
+                         most half as many bytes (raise the limit, or redis.claim_max_bytes, to \
+                         claim more at once)"
+                    );
+                    return;
+                }
+                _ => self.suspect = Some((self.budget, answered)),
+            }
+        }
+        call.failed(
+            error,
+            "cannot claim events from Redis; retrying with backoff",
+        );
+    }
+
+    /// A claim succeeded: a lost connection before it was not the reply's size; and
+    /// after a while of claims at a halved budget, the full budget is tried again.
+    fn claim_succeeded(&mut self) {
+        self.suspect = None;
+        if let Some((since, claims)) = &mut self.halved {
+            *claims += 1;
+            if *claims >= RETRY_LARGER_AFTER_CLAIMS && since.elapsed() >= RETRY_LARGER_AFTER {
+                self.budget = (self.budget * 2).min(self.full_budget);
+                tracing::info!(
+                    claim_max_bytes = self.budget,
+                    "claims succeed at the smaller size; trying larger claims again"
+                );
+                self.halved =
+                    (self.budget < self.full_budget).then(|| (tokio::time::Instant::now(), 0));
+            }
         }
     }
 
@@ -269,6 +326,14 @@ impl Claimer {
     async fn wait_for_events(&mut self) -> bool {
         let shared = self.shared.clone();
         let stop = &shared.lifecycle.draining;
+        // A reload may have changed the credentials: a connection made before it goes.
+        if self
+            .blocking
+            .as_ref()
+            .is_some_and(|conn| !shared.queue.is_current(conn))
+        {
+            self.blocking = None;
+        }
         let waited = async {
             let conn = match &mut self.blocking {
                 Some(conn) => conn,
@@ -280,22 +345,22 @@ impl Claimer {
             shared.queue.wait_for_events(conn, BLOCK_FOR).await
         };
         // Abandoning the wait is harmless: it moves nothing.
+        let call = shared.redis.call(RedisOperation::Wait);
         let result = tokio::select! {
             result = waited => result,
             () = stop.cancelled() => return false,
         };
         match result {
             Ok(()) => {
+                call.succeeded();
                 self.waits.succeeded();
                 true
             }
             Err(error) => {
                 self.blocking = None;
-                shared.metrics.redis_error(RedisOperation::Wait);
-                tracing::warn!(
-                    %error,
-                    attempt = self.waits.failures() + 1,
-                    "cannot wait on the Redis list; retrying"
+                call.failed(
+                    &error,
+                    "cannot wait on the Redis list; retrying with backoff",
                 );
                 self.waits.pause(stop).await
             }

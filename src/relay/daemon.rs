@@ -11,10 +11,11 @@ use snowplow_relay_tracker::retry::{Backoff, Retry};
 use tokio_util::sync::CancellationToken;
 
 use super::{Sender, Services};
-use crate::config::{self, Config, Settings};
+use crate::config::{self, Config, RedisSettings, Settings};
 use crate::error::Error;
 use crate::ops::health::Health;
 use crate::ops::metrics::{Metrics, RedisOperation, Summary};
+use crate::ops::redis_watch::RedisWatch;
 use crate::ops::{admin, notify};
 use crate::queue::{self, Queue, QueueError};
 
@@ -156,21 +157,27 @@ pub async fn run_with_controls(
     };
     let notifier = notify::spawn(health.clone());
     let emitter = Sender::new(&config.collector, metrics.clone(), health.clone())?;
+    let redis = Arc::new(LiveRedis {
+        settings: std::sync::RwLock::new(config.redis.clone()),
+        queue: std::sync::Mutex::new(None),
+    });
     let reloader = tokio::spawn(apply_reloads(
         config.clone(),
         controls.reload.subscribe(),
         emitter.clone(),
+        redis.clone(),
     ));
     // The caller's futures become tokens, which every attempt below can wait on.
     let stop = CancellationToken::new();
     let hurry = CancellationToken::new();
     let services = Services {
         emitter,
+        redis: Arc::new(RedisWatch::new(metrics.clone())),
         metrics: metrics.clone(),
         health: health.clone(),
         flush: controls.flush.clone(),
     };
-    let relaying = relay_until_stopped(&config, services, stop.clone(), hurry.clone());
+    let relaying = relay_until_stopped(&config, &redis, services, stop.clone(), hurry.clone());
     tokio::pin!(relaying, shutdown, force);
     let result = loop {
         tokio::select! {
@@ -194,21 +201,131 @@ pub async fn run_with_controls(
     result
 }
 
-/// Applies reloaded settings to the emitter and logs what changed.
+/// The Redis side of the daemon that a reload can change: the settings the next
+/// connection is made with (credentials and TLS files reload), and the queue of the
+/// instance running now, whose connections a reload moves to new credentials.
+struct LiveRedis {
+    settings: std::sync::RwLock<RedisSettings>,
+    queue: std::sync::Mutex<Option<Arc<Queue>>>,
+}
+
+impl LiveRedis {
+    fn settings(&self) -> RedisSettings {
+        match self.settings.read() {
+            Ok(settings) => settings.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_queue(&self, queue: Option<Arc<Queue>>) {
+        if let Ok(mut current) = self.queue.lock() {
+            *current = queue;
+        }
+    }
+
+    fn queue(&self) -> Option<Arc<Queue>> {
+        self.queue.lock().ok().and_then(|queue| queue.clone())
+    }
+}
+
+/// The Redis keys a reload applies: credentials and TLS material, for new connections
+/// to the same server (moved to them at once, once they are seen to work).
+const REDIS_CREDENTIALS: &[&str] = &[
+    config::key::REDIS_USERNAME,
+    config::key::REDIS_PASSWORD,
+    config::key::REDIS_PASSWORD_FILE,
+    config::key::REDIS_TLS_CA_FILE,
+    config::key::REDIS_TLS_CLIENT_CERT_FILE,
+    config::key::REDIS_TLS_CLIENT_KEY_FILE,
+];
+
+/// The keys naming a file whose content differs between two loads while the key's
+/// value (the path) stayed the same: a password or certificate rewritten in place.
+fn file_contents_changed(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let (old_redis, new_redis) = (&old.redis, &new.redis);
+    if old_redis.password != new_redis.password {
+        changed.push(
+            if new_redis.password_from == config::key::REDIS_PASSWORD_FILE {
+                config::key::REDIS_PASSWORD_FILE
+            } else {
+                config::key::REDIS_PASSWORD
+            },
+        );
+    }
+    if old_redis.tls.ca.as_ref().map(|(pem, _)| pem)
+        != new_redis.tls.ca.as_ref().map(|(pem, _)| pem)
+    {
+        changed.push(config::key::REDIS_TLS_CA_FILE);
+    }
+    if old_redis.tls.client != new_redis.tls.client {
+        changed.push(config::key::REDIS_TLS_CLIENT_CERT_FILE);
+    }
+    let (old_client, new_client) = (&old.collector.client, &new.collector.client);
+    if old_client.tls_ca_pem != new_client.tls_ca_pem {
+        changed.push(config::key::COLLECTOR_TLS_CA_FILE);
+    }
+    if old_client.tls_identity_pem != new_client.tls_identity_pem {
+        changed.push(config::key::COLLECTOR_TLS_CLIENT_CERT_FILE);
+    }
+    changed
+}
+
+/// Applies reloaded settings and logs what changed: the collector's retry settings at
+/// once, Redis credentials once a connection made with them answers (else the old ones
+/// stay, and an error says so), everything else named as needing a restart. A file a
+/// setting names counts as changed when its content changed.
 async fn apply_reloads(
     mut current: Settings,
     mut reloads: tokio::sync::watch::Receiver<Option<Settings>>,
     emitter: Arc<Sender>,
+    redis: Arc<LiveRedis>,
 ) {
     while reloads.changed().await.is_ok() {
-        let Some(new) = reloads.borrow_and_update().clone() else {
+        let Some(mut new) = reloads.borrow_and_update().clone() else {
             continue;
         };
-        let changed = changed_keys(current.effective(), new.effective());
-        let (applied, need_restart): (Vec<String>, Vec<String>) = changed
+        let mut changed = changed_keys(current.effective(), new.effective());
+        for key in file_contents_changed(&current, &new) {
+            if !changed.iter().any(|c| c == key) {
+                changed.push(key.to_owned());
+            }
+        }
+        let (credentials, others): (Vec<String>, Vec<String>) = changed
+            .into_iter()
+            .partition(|key| REDIS_CREDENTIALS.contains(&key.as_str()));
+        let (mut applied, need_restart): (Vec<String>, Vec<String>) = others
             .into_iter()
             .partition(|key| RELOADABLE.contains(&key.as_str()));
         emitter.set_retry(&new.collector);
+        if !credentials.is_empty() {
+            let mut moved = new.redis.clone();
+            // Only the credentials change: the server (its URL, with any credentials in
+            // it: a change there needs a restart) stays the one in use.
+            let old = redis.settings();
+            moved.url = old.url.clone();
+            let result = match redis.queue() {
+                Some(queue) => queue.reconfigure(&moved).await,
+                None => Ok(()),
+            };
+            match result {
+                Ok(()) => {
+                    if let Ok(mut settings) = redis.settings.write() {
+                        *settings = moved;
+                    }
+                    applied.extend(credentials);
+                }
+                Err(error) => {
+                    tracing::error!(
+                        %error,
+                        keys = ?credentials,
+                        "the reloaded Redis credentials do not work; the relay keeps using the \
+                         ones it has (fix them and reload again)"
+                    );
+                    new.redis = old;
+                }
+            }
+        }
         tracing::info!(
             applied = ?applied,
             need_restart = ?need_restart,
@@ -226,28 +343,29 @@ async fn apply_reloads(
 
 async fn relay_until_stopped(
     config: &Settings,
+    redis: &LiveRedis,
     services: Services,
     stop: CancellationToken,
     hurry: CancellationToken,
 ) -> Result<Summary, Error> {
     let Services {
-        emitter,
-        metrics,
-        health,
-        ..
+        emitter, health, ..
     } = &services;
+    let mut first = true;
     loop {
+        let settings = redis.settings();
         health.set_status(format!(
             "waiting for Redis at {}",
-            config::mask_url(&config.redis.url)
+            config::mask_url(&settings.url)
         ));
         let queue = tokio::select! {
-            queue = connect(config, metrics, health) => Arc::new(queue?),
+            queue = connect(&settings, &services, first) => Arc::new(queue?),
             () = stop.cancelled() => {
                 tracing::info!("shutdown requested before Redis was reachable; nothing was claimed");
-                return Ok(metrics.summary());
+                return Ok(services.metrics.summary());
             }
         };
+        first = false;
         health.lease_renewed();
         tracing::info!(
             instance = queue.instance(),
@@ -257,12 +375,14 @@ async fn relay_until_stopped(
             method = ?config.collector.method,
             "connected; relaying"
         );
+        redis.set_queue(Some(queue.clone()));
         let result =
             super::run_instance(config, queue, &services, stop.clone(), hurry.clone()).await;
+        redis.set_queue(None);
         match result {
             Err(Error::Queue(error)) if error.needs_new_instance() && !stop.is_cancelled() => {
                 // What this instance held is back in the list already (or goes back when
-                // its lease expires).
+                // its lease expires; or Redis lost it).
                 tracing::warn!(%error, "registering again as a new instance");
             }
             other => return other,
@@ -272,18 +392,29 @@ async fn relay_until_stopped(
 
 /// Connects to Redis, checks the permissions the relay needs, recovers the events of
 /// relays whose lease expired and registers this instance, retrying with capped backoff
-/// for as long as it takes. Missing permissions stop start-up (exit 2).
-async fn connect(config: &Settings, metrics: &Metrics, health: &Health) -> Result<Queue, Error> {
+/// for as long as it takes. Missing permissions stop start-up (exit 2), and so do
+/// refused credentials at the first start (`first`); later (a new instance after a lost
+/// lease, a promoted replica without the user) they are retried, and `/readyz` says why.
+async fn connect(
+    settings: &RedisSettings,
+    services: &Services,
+    first: bool,
+) -> Result<Queue, Error> {
+    let health = &services.health;
     // The connect loop turns at least twice within the liveness bound.
     let mut retry = Retry::new(Backoff {
         initial: Duration::from_millis(200),
         max: (health.stuck_after() / 2).min(Duration::from_secs(30)),
     });
-    let url = config::mask_url(&config.redis.url);
+    let url = config::mask_url(&settings.url);
     loop {
         health.loop_turned();
-        let error = match try_connect(config, metrics).await {
-            Ok(queue) => return Ok(queue),
+        let call = services.redis.call(RedisOperation::Connect);
+        let error = match try_connect(settings, &services.metrics).await {
+            Ok(queue) => {
+                call.succeeded();
+                return Ok(queue);
+            }
             Err(Error::Queue(QueueError::Permission(why))) => {
                 return Err(Error::Permissions(format!(
                     "Redis refused a command the relay needs ({}); grant this Redis user the \
@@ -291,11 +422,13 @@ async fn connect(config: &Settings, metrics: &Metrics, health: &Health) -> Resul
                     queue::one_line(&why)
                 )));
             }
+            Err(Error::Queue(error @ QueueError::Auth { .. })) if first => {
+                return Err(Error::Credentials(error));
+            }
             Err(Error::Queue(error)) => error,
             Err(other) => return Err(other),
         };
         let delay = retry.failed();
-        metrics.redis_error(RedisOperation::Connect);
         health.set_status(format!(
             "waiting for Redis at {url}: attempt {}, {}",
             retry.failures(),
@@ -305,21 +438,15 @@ async fn connect(config: &Settings, metrics: &Metrics, health: &Health) -> Resul
             QueueError::OutOfMemory(_) => "Redis is out of memory; retrying",
             QueueError::Auth { .. } => "cannot log in to Redis; retrying",
             QueueError::Tls(_) => "cannot set up TLS with Redis; retrying",
-            _ => "cannot reach Redis; is it running and is redis.url right?",
+            _ => "cannot reach Redis; is it running and is redis.url right? Retrying",
         };
-        tracing::warn!(
-            redis = %url,
-            %error,
-            attempt = retry.failures(),
-            retry_in_ms = delay.as_millis() as u64,
-            "{hint}"
-        );
+        call.failed(&error, &format!("{hint} ({url})"));
         tokio::time::sleep(delay).await;
     }
 }
 
-async fn try_connect(config: &Settings, metrics: &Metrics) -> Result<Queue, Error> {
-    let queue = Queue::connect(&config.redis).await?;
+async fn try_connect(settings: &RedisSettings, metrics: &Metrics) -> Result<Queue, Error> {
+    let queue = Queue::connect(settings).await?;
     let probe = queue.probe();
     if !probe.not_lists.is_empty() {
         let keys: Vec<String> = probe
@@ -360,4 +487,48 @@ async fn try_connect(config: &Settings, metrics: &Metrics) -> Result<Queue, Erro
     super::recover_expired(&queue, metrics).await?;
     queue.register().await?;
     Ok(queue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    fn settings() -> Settings {
+        let mut overrides = Overrides::default();
+        overrides.set("redis.url", Some("redis://127.0.0.1:6379"));
+        overrides.set("collector.url", Some("http://127.0.0.1:9090"));
+        Settings::load(None, &overrides, Some(&Default::default())).unwrap()
+    }
+
+    #[test]
+    fn a_file_rewritten_in_place_counts_as_changed() {
+        let old = settings();
+        assert!(file_contents_changed(&old, &old.clone()).is_empty());
+        let path = std::path::PathBuf::from("/etc/ca.pem");
+        let mut new = old.clone();
+        new.redis.password = Some("rotated".into());
+        new.redis.password_from = config::key::REDIS_PASSWORD_FILE;
+        new.redis.tls.ca = Some((b"a renewed CA".to_vec(), path));
+        new.redis.tls.client = Some((b"cert".to_vec(), b"key".to_vec()));
+        new.collector.client.tls_ca_pem = Some(b"collector CA".to_vec());
+        new.collector.client.tls_identity_pem = Some(b"identity".to_vec());
+        assert_eq!(
+            file_contents_changed(&old, &new),
+            [
+                config::key::REDIS_PASSWORD_FILE,
+                config::key::REDIS_TLS_CA_FILE,
+                config::key::REDIS_TLS_CLIENT_CERT_FILE,
+                config::key::COLLECTOR_TLS_CA_FILE,
+                config::key::COLLECTOR_TLS_CLIENT_CERT_FILE,
+            ]
+        );
+        // Collector TLS files need a restart; Redis credentials are applied.
+        for key in &file_contents_changed(&old, &new)[..3] {
+            assert!(REDIS_CREDENTIALS.contains(key), "{key}");
+        }
+        for key in &file_contents_changed(&old, &new)[3..] {
+            assert!(!REDIS_CREDENTIALS.contains(key) && !RELOADABLE.contains(key));
+        }
+    }
 }

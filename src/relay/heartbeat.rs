@@ -23,7 +23,8 @@ impl Heartbeat {
         Heartbeat { shared }
     }
 
-    /// Renews the lease until the run ends; fails only when the lease was lost.
+    /// Renews the lease until the run ends; a lost lease ends the instance (through the
+    /// lifecycle) and this task.
     pub(super) async fn run(self) -> Result<(), QueueError> {
         let shared = &self.shared;
         let period = shared.queue.lease_ttl() / 3;
@@ -33,9 +34,17 @@ impl Heartbeat {
             shared.health.loop_turned();
             tokio::time::sleep_until(next).await;
             next += period;
-            self.renew(next).await?;
-            if let Err(error) = recover_expired(&shared.queue, &shared.metrics).await {
-                tracing::warn!(%error, "cannot check for expired relays");
+            if let Err(lost) = self.renew(next).await {
+                shared.lifecycle.lost_instance(lost);
+                return Ok(());
+            }
+            let call = shared.redis.call(RedisOperation::Heartbeat);
+            match recover_expired(&shared.queue, &shared.metrics).await {
+                Ok(()) => call.succeeded(),
+                Err(error) => call.failed(
+                    &error,
+                    "cannot check for expired relays; checking again at the next heartbeat",
+                ),
             }
         }
     }
@@ -48,29 +57,30 @@ impl Heartbeat {
         loop {
             shared.health.loop_turned();
             shared.health.call_started(Stage::Heartbeat);
+            let call = shared.redis.call(RedisOperation::Heartbeat);
             match shared.queue.heartbeat().await {
                 Ok(()) => {
                     shared.health.call_ended(Stage::Heartbeat, Ok(()));
                     shared.health.lease_renewed();
                     shared.metrics.lease_renewed();
+                    call.succeeded();
                     return Ok(());
                 }
-                Err(QueueError::LeaseLost) => {
-                    shared
-                        .health
-                        .call_ended(Stage::Heartbeat, Err("lease_lost"));
+                Err(lost) if lost.needs_new_instance() => {
+                    shared.health.call_ended(Stage::Heartbeat, Err(lost.kind()));
                     shared.metrics.lease_lost();
                     shared.health.unregistered();
-                    shared.lifecycle.lost_instance();
-                    return Err(QueueError::LeaseLost);
+                    return Err(lost);
                 }
                 Err(error) => {
                     shared
                         .health
                         .call_ended(Stage::Heartbeat, Err(error.kind()));
-                    shared.metrics.redis_error(RedisOperation::Heartbeat);
+                    call.failed(
+                        &error,
+                        "cannot renew the lease; retrying within the lease's lifetime",
+                    );
                     let delay = retry.failed();
-                    tracing::warn!(%error, attempt = retry.failures(), "cannot renew the lease; retrying");
                     if Instant::now() + delay >= until {
                         return Ok(());
                     }
@@ -90,6 +100,7 @@ pub(super) async fn sample(shared: Arc<Shared>) {
     let mut full = false;
     let mut memory_readable = true;
     loop {
+        let call = shared.redis.call(RedisOperation::Sample);
         match shared.queue.sample().await {
             Ok(sample) => {
                 let age = sample.head_dtm_millis.map_or(0.0, |dtm| {
@@ -97,8 +108,12 @@ pub(super) async fn sample(shared: Arc<Shared>) {
                         / 1e3
                 });
                 shared.metrics.sampled(sample.list, sample.dead, age);
+                call.succeeded();
             }
-            Err(_) => shared.metrics.redis_error(RedisOperation::Sample),
+            Err(error) => call.failed(
+                &error,
+                "cannot sample the list lengths; sampling again in 5 s",
+            ),
         }
         if memory_readable {
             match shared.queue.memory().await {

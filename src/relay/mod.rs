@@ -57,6 +57,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::ops::health::Health;
 use crate::ops::metrics::{DeadReason, Metrics, Summary};
+use crate::ops::redis_watch::RedisWatch;
 use crate::queue::{Queue, QueueError};
 use snowplow_relay_tracker::protocol::ParseOptions;
 
@@ -72,14 +73,18 @@ pub const FORCED_RELEASE_BUDGET: Duration = Duration::from_millis(500);
 
 /// Where the run is in its life. It only moves forward, and every task watches it.
 #[derive(Debug, Default)]
-struct Lifecycle {
-    /// Shutdown asked or a fatal error: claim nothing more; send and acknowledge what is
-    /// held.
+pub(crate) struct Lifecycle {
+    /// Shutdown asked, a fatal error or a lost instance: claim nothing more; send and
+    /// acknowledge what is held.
     draining: CancellationToken,
     /// Drain deadline, second signal or fatal error: drop requests in flight; what is
     /// unresolved goes back to the list.
     abandoning: CancellationToken,
-    /// The first fatal error, reported when the run returns.
+    /// When a stop's drain will be cut short: no request starts that would still be
+    /// waiting for its answer then.
+    drain_deadline: std::sync::OnceLock<tokio::time::Instant>,
+    /// Why the run ended other than by a stop: the first fatal error, or what made
+    /// this instance end (a lost lease), returned when the run returns.
     fatal: Mutex<Option<crate::error::Error>>,
 }
 
@@ -95,23 +100,24 @@ impl Lifecycle {
 
     /// Records a fatal error (the first one wins) and stops everything.
     fn fail(&self, error: crate::error::Error) {
-        match &error {
-            crate::error::Error::Queue(e) if e.needs_new_instance() => {
-                tracing::warn!(%error, "stopping this instance");
-            }
-            _ => tracing::error!(%error, "fatal error; stopping"),
-        }
-        if let Ok(mut fatal) = self.fatal.lock() {
-            fatal.get_or_insert(error);
-        }
+        tracing::error!(%error, "fatal error; stopping");
+        self.record(error);
         self.abandon();
     }
 
-    /// An error that makes this instance register again: stop the others first, so that
-    /// their ending is not taken for a failure of their own; the error itself is reported
-    /// when its task is joined.
-    fn lost_instance(&self) {
+    /// This instance must end and the relay register again (its lease was lost, or Redis
+    /// no longer holds what it left): records why (unless an error came first) and
+    /// stops every task. The task that found it then ends as it does on a stop, so no
+    /// task's ending can hide it.
+    fn lost_instance(&self, error: QueueError) {
+        self.record(error.into());
         self.abandon();
+    }
+
+    fn record(&self, error: crate::error::Error) {
+        if let Ok(mut fatal) = self.fatal.lock() {
+            fatal.get_or_insert(error);
+        }
     }
 
     fn take_fatal(&self) -> Option<crate::error::Error> {
@@ -140,6 +146,8 @@ struct Shared {
     emitter: Arc<Sender>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// Where every Redis call's end is reported (logged and counted once per cause).
+    redis: Arc<RedisWatch>,
     settings: Settings,
     /// How elements are parsed, for the configured method.
     parse: ParseOptions,
@@ -163,6 +171,7 @@ impl Shared {
             emitter: services.emitter.clone(),
             metrics: services.metrics.clone(),
             health: services.health.clone(),
+            redis: services.redis.clone(),
             settings,
             lifecycle: Lifecycle::default(),
         }
@@ -222,6 +231,7 @@ pub(crate) struct Services {
     pub(crate) emitter: Arc<Sender>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<Health>,
+    pub(crate) redis: Arc<RedisWatch>,
     pub(crate) flush: Arc<tokio::sync::Notify>,
 }
 
@@ -235,10 +245,11 @@ pub(crate) async fn run_instance(
     force: CancellationToken,
 ) -> Result<Summary, crate::error::Error> {
     let shared = Arc::new(Shared::new(config, queue, services));
+    shared.health.instance_started();
     let mut tasks = Tasks::start(&shared, services.flush.clone());
     shared.health.set_status("relaying");
     run_until_stopped(&shared, &mut tasks, &shutdown).await;
-    let forced = drain(&shared, &mut tasks, &force).await;
+    let forced = drain(&shared, &mut tasks, &force, shutdown.is_cancelled()).await;
     // Nothing renews the lease from here on: the release ends the instance.
     if let Some(heartbeat) = tasks.heartbeat.take() {
         heartbeat.abort();
@@ -251,12 +262,12 @@ pub(crate) async fn run_instance(
     finish(&shared, fatal)
 }
 
-/// Waits for shutdown or a fatal error (a task that ends before then is one).
+/// Waits for shutdown, a fatal error or a lost instance (a task that ends before then is
+/// a fatal error).
 async fn run_until_stopped(shared: &Shared, tasks: &mut Tasks, shutdown: &CancellationToken) {
     let lifecycle = &shared.lifecycle;
     tokio::select! {
         () = shutdown.cancelled() => {
-            shared.health.stopping();
             tracing::info!(
                 drain_timeout_ms = shared.settings.worker.drain_timeout.as_millis() as u64,
                 "shutdown requested: claiming stopped, draining what is held"
@@ -275,15 +286,28 @@ async fn run_until_stopped(shared: &Shared, tasks: &mut Tasks, shutdown: &Cancel
 }
 
 /// Drains until every task is done, the deadline passes or a second signal (`force`)
-/// comes. Returns whether a second signal came.
-async fn drain(shared: &Shared, tasks: &mut Tasks, force: &CancellationToken) -> bool {
+/// comes. Returns whether a second signal came. Only a stop (`stopping`) makes the relay
+/// say it is stopping: an instance that ended for another reason is followed by a new
+/// one, or by the process's exit with the error.
+async fn drain(
+    shared: &Shared,
+    tasks: &mut Tasks,
+    force: &CancellationToken,
+    stopping: bool,
+) -> bool {
     let lifecycle = &shared.lifecycle;
     lifecycle.drain();
-    shared.health.stopping();
-    shared
-        .health
-        .set_status("draining: sending what is held, then returning the rest to the list");
-    let drain_deadline = tokio::time::sleep(shared.settings.worker.drain_timeout);
+    if stopping {
+        shared.health.stopping();
+        shared
+            .health
+            .set_status("draining: sending what is held, then returning the rest to the list");
+    }
+    let deadline = tokio::time::Instant::now() + shared.settings.worker.drain_timeout;
+    if stopping {
+        let _ = lifecycle.drain_deadline.set(deadline);
+    }
+    let drain_deadline = tokio::time::sleep_until(deadline);
     tokio::pin!(drain_deadline);
     let mut forced = false;
     while !tasks.drained() {

@@ -1,13 +1,13 @@
 //! The retrier: retries parked events (batches that kept failing while other requests
 //! succeeded) one event per request, with the collector's backoff, while the rest of
 //! the pipeline goes on. A parked event is delivered, refused for good, or
-//! dead-lettered once it failed `collector.isolated_failure_limit` times while the
-//! collector was seen accepting other requests (no batch of the window failing, and a
-//! request accepted within the last minute, or twice `retry_max_backoff_ms` if that is
-//! longer). Failures during an outage do not count; without any other traffic for that
-//! long, a parked event is retried on. Resolved events are removed from
-//! the retry list in Redis in one script call per round; what is unresolved when the run
-//! ends stays in the retry list, and the release returns it to the list in claim order.
+//! dead-lettered once it failed `collector.isolated_failure_limit` times, each time
+//! while the collector was seen accepting other requests since its previous attempt
+//! ([`Traffic::shows_collector_accepting`]: some accepted, at most one failed for every
+//! ten). Failures during an outage, or while the collector fails at random, do not
+//! count; without other traffic a parked event is retried on (it holds back nothing). Resolved events are removed from the retry list in Redis in
+//! one script call per round; what is unresolved when the run ends stays in the retry
+//! list, and the release returns it to the list in claim order.
 
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::sender::Traffic;
 use super::{ParkedEvent, Shared, Unsettled};
 use snowplow_relay_tracker::protocol::{Batch, Element};
 
@@ -31,6 +32,9 @@ struct Held {
     attempts: u32,
     /// Failures since it was parked while the collector accepted other requests.
     isolated: u32,
+    /// The traffic when its previous attempt ended: what other requests did since
+    /// decides whether its next failure counts as isolated.
+    since: Traffic,
     next_at: Instant,
 }
 
@@ -112,6 +116,7 @@ impl Retrier {
             attempts: event.attempts,
             event,
             isolated: 0,
+            since: self.shared.emitter.traffic(),
             next_at,
         });
     }
@@ -185,9 +190,13 @@ impl Retrier {
             )),
             Some(Attempt::Failed(error)) => {
                 held.attempts += 1;
-                if shared.emitter.accepting(accepting_window(self.backoff())) {
+                let now = shared.emitter.traffic();
+                let mut others = now.since(held.since);
+                others.failures = others.failures.saturating_sub(1); // its own
+                if others.shows_collector_accepting() {
                     held.isolated += 1;
                 }
+                held.since = now;
                 if held.isolated < shared.settings.collector.isolated_failure_limit {
                     held.next_at = Instant::now() + self.backoff().delay(held.attempts);
                     tracing::debug!(position, %error, attempts = held.attempts, "parked event failed again");
@@ -229,9 +238,11 @@ impl Retrier {
             .map(|s| (s.position, s.dead.as_ref().map(|(meta, _)| meta.as_slice())))
             .collect();
         shared.health.call_started(Stage::Settle);
+        let call = shared.redis.call(RedisOperation::Settle);
         match shared.queue.settle_parked(&entries).await {
             Ok(()) => {
                 shared.health.call_ended(Stage::Settle, Ok(()));
+                call.succeeded();
                 self.settles.succeeded();
                 self.settle_at = None;
                 let (mut events, mut bytes) = (0, 0);
@@ -249,23 +260,21 @@ impl Retrier {
             }
             Err(error) if error.needs_new_instance() => {
                 shared.health.call_ended(Stage::Settle, Err(error.kind()));
-                shared.lifecycle.lost_instance();
-                Err(error)
+                self.settle_at = None;
+                shared.lifecycle.lost_instance(error);
+                Ok(())
             }
             Err(error) => {
                 shared.health.call_ended(Stage::Settle, Err(error.kind()));
-                shared.metrics.redis_error(RedisOperation::Settle);
-                tracing::warn!(%error, "cannot remove settled events from the retry list; retrying");
+                call.failed(
+                    &error,
+                    "cannot remove settled events from the retry list; retrying with backoff",
+                );
                 self.settle_at = Some(Instant::now() + self.settles.failed());
                 Ok(())
             }
         }
     }
-}
-
-/// How recent another request's success must be for a parked event's failure to count.
-fn accepting_window(backoff: Backoff) -> std::time::Duration {
-    (backoff.max * 2).max(std::time::Duration::from_secs(60))
 }
 
 /// A batch of the parked event alone.

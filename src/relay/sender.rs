@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use snowplow_relay_tracker::http::{Attempt, AttemptError, Client};
-use snowplow_relay_tracker::protocol::{Batch, now_millis};
+use snowplow_relay_tracker::protocol::Batch;
 use snowplow_relay_tracker::retry::{Backoff, Retry};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+
+use super::Lifecycle;
 
 use crate::config::CollectorSettings;
 use crate::ops::health::Health;
@@ -41,6 +42,10 @@ pub enum Outcome {
         /// The status that made the batch split.
         status: Option<u16>,
     },
+    /// The batch kept failing while nothing else was sent or succeeded (a quiet list),
+    /// and the collector is not failing as a whole: send each half on its own, at once,
+    /// so that a half that gets through shows the other half to be at fault.
+    Isolate,
     /// The batch kept failing while other requests to the collector succeeded: its
     /// content, not an outage, is the likely cause. It leaves the relay's window (to the
     /// retry list in Redis) so that it holds back no other event; each of its events is
@@ -72,8 +77,9 @@ impl FailingBatch<'_> {
     fn failing_alone(&mut self) {
         if !self.alone {
             self.alone = true;
+            let now = self.emitter.health.now();
             self.emitter.alone_changed(|alone| {
-                alone.insert(self.id, now_millis());
+                alone.insert(self.id, now);
             });
         }
     }
@@ -107,14 +113,17 @@ pub struct Sender {
     /// Batches whose last attempt failed. One failing batch alone says nothing about the
     /// collector (its content may be the problem); two or more mean it is failing.
     failing_batches: AtomicUsize,
-    /// Requests the collector accepted so far: a batch that fails while this grows is
-    /// failing on its own, not because of an outage.
+    /// Requests the collector accepted so far (batches and parked events): a batch that
+    /// fails while this grows is failing on its own, not because of an outage.
     successes: AtomicU64,
-    /// When a request last succeeded (Unix milliseconds).
-    last_success_ms: AtomicU64,
+    /// Attempts that failed and will be retried (batches and parked events).
+    failures: AtomicU64,
     /// Batches failing while other requests succeed: since when, by batch id.
     alone: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
     batch_ids: AtomicU64,
+    /// How long answers take lately, in milliseconds: the longest recent one, decaying
+    /// by an eighth per answer. A drain starts no request it would have to cut.
+    answer_ms: AtomicU64,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 }
@@ -151,9 +160,10 @@ impl Sender {
             healthy: watch::channel(true).0,
             failing_batches: AtomicUsize::new(0),
             successes: AtomicU64::new(0),
-            last_success_ms: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             alone: Default::default(),
             batch_ids: AtomicU64::new(0),
+            answer_ms: AtomicU64::new(0),
             metrics,
             health,
         }))
@@ -197,9 +207,12 @@ impl Sender {
         self.failing_batches.load(Ordering::Relaxed)
     }
 
-    /// Requests the collector accepted so far.
-    pub fn successes(&self) -> u64 {
-        self.successes.load(Ordering::Relaxed)
+    /// The traffic so far, to compare a later [`Traffic`] with.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            successes: self.successes.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
     }
 
     /// Changes the set of batches failing alone and tells [`Health`] the oldest.
@@ -238,23 +251,25 @@ impl Sender {
         }
     }
 
-    /// Whether the collector is seen accepting requests: no batch of the window is
-    /// failing, and a request succeeded within `within`.
-    pub fn accepting(&self, within: Duration) -> bool {
-        self.failing_batches.load(Ordering::Relaxed) == 0
-            && now_millis().saturating_sub(self.last_success_ms.load(Ordering::Relaxed))
-                <= within.as_millis() as u64
-    }
-
     /// Sends one batch, retrying transient failures with backoff, until the collector
-    /// accepts or rejects it, it has to be split (413) or parked, or `give_up` is
-    /// cancelled.
+    /// accepts or rejects it, it has to be split (413, or to isolate what fails) or
+    /// parked, or `give_up` is cancelled.
     ///
-    /// A batch is parked once it failed `collector.park_after_failures` times while other
-    /// requests succeeded since its first attempt: its content, not an outage, is the
-    /// likely cause. A collector that fails every request is an outage: the batch is
-    /// retried for as long as it takes, and neither parked nor dead-lettered.
-    pub async fn send(&self, batch: &Batch, give_up: &CancellationToken) -> Outcome {
+    /// After `collector.park_after_failures` failed attempts the batch's content, not an
+    /// outage, is the likely cause if the collector accepted other requests since its
+    /// first attempt: it is parked (parking loses nothing: a parked event is
+    /// dead-lettered only on much stronger evidence, see the retrier). If nothing else was
+    /// accepted since (a quiet list) and no other batch is failing, it is split and its
+    /// halves sent at once: the half that gets through is the other traffic that shows
+    /// which half is at fault. A collector that fails every request is an outage (two or
+    /// more batches failing): the batch is retried for as long as it takes, and neither
+    /// split, parked nor dead-lettered.
+    ///
+    /// While a stop drains, an attempt whose answer would come after the drain's deadline
+    /// (at the pace answers come lately) is not started: its events go back to the list
+    /// instead of being sent once more and cut off, which would only duplicate them.
+    pub(super) async fn send(&self, batch: &Batch, lifecycle: &Lifecycle) -> Outcome {
+        let give_up = &lifecycle.abandoning;
         let mut retry = Retry::new(self.backoff());
         // Counts this batch among the failing ones from its first failure to its end.
         let mut failing = FailingBatch {
@@ -264,8 +279,11 @@ impl Sender {
             alone: false,
             delivered: false,
         };
-        let successes_at_start = self.successes();
+        let start = self.traffic();
         loop {
+            if self.would_be_cut(lifecycle) {
+                return Outcome::Abandoned;
+            }
             let attempt = tokio::select! {
                 attempt = self.attempt(batch) => attempt,
                 () = give_up.cancelled() => return Outcome::Abandoned,
@@ -297,24 +315,38 @@ impl Sender {
                 Attempt::TooLarge => return Outcome::Split { status: Some(413) },
                 Attempt::Failed(error) => error,
             };
+            let others = self.traffic().since(start);
             let attempts = retry.failures() + 1;
-            let others_succeeded = self.successes() > successes_at_start;
-            if others_succeeded {
+            if others.successes > 0 {
                 failing.failing_alone();
             }
-            if others_succeeded && attempts >= self.park_after_failures.load(Ordering::Relaxed) {
-                tracing::warn!(
-                    events = batch.len(),
-                    status = error.status(),
-                    %error,
-                    attempts,
-                    "a batch keeps failing while other requests to the collector succeed; \
-                     parking it in Redis and retrying each of its events on its own"
-                );
-                return Outcome::Park {
-                    status: error.status(),
-                    attempts,
-                };
+            if attempts >= self.park_after_failures.load(Ordering::Relaxed) {
+                if others.successes > 0 {
+                    tracing::warn!(
+                        events = batch.len(),
+                        status = error.status(),
+                        %error,
+                        attempts,
+                        "a batch keeps failing while other requests to the collector succeed; \
+                         parking it in Redis and retrying each of its events on its own"
+                    );
+                    return Outcome::Park {
+                        status: error.status(),
+                        attempts,
+                    };
+                }
+                let others_failing =
+                    self.failing_batches.load(Ordering::Relaxed) - usize::from(failing.counted);
+                if batch.len() > 1 && others_failing == 0 {
+                    tracing::debug!(
+                        events = batch.len(),
+                        %error,
+                        attempts,
+                        "a batch keeps failing and nothing else was sent; sending its halves \
+                         at once to find out which events are at fault"
+                    );
+                    return Outcome::Isolate;
+                }
             }
             if !failing.counted {
                 failing.counted = true;
@@ -343,9 +375,24 @@ impl Sender {
         }
     }
 
-    /// One attempt to send `batch`, counted in the metrics and in [`Sender::successes`].
+    /// Whether a request started now would still wait for its answer when a stop's drain
+    /// is cut short.
+    fn would_be_cut(&self, lifecycle: &Lifecycle) -> bool {
+        lifecycle.drain_deadline.get().is_some_and(|deadline| {
+            let expected = Duration::from_millis(self.answer_ms.load(Ordering::Relaxed));
+            tokio::time::Instant::now() + expected > *deadline
+        })
+    }
+
+    /// One attempt to send `batch`, counted in the metrics and in the traffic.
     pub async fn attempt(&self, batch: &Batch) -> Attempt {
         let report = self.client.attempt(batch).await;
+        let took_ms = (report.seconds * 1e3) as u64;
+        let _ = self
+            .answer_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |recent| {
+                Some(took_ms.max(recent - recent / 8))
+            });
         if report.seconds > 0.0 {
             self.metrics.request(
                 report.status,
@@ -354,11 +401,45 @@ impl Sender {
                 report.bytes_sent,
             );
         }
-        if let Attempt::Delivered = report.attempt {
-            self.successes.fetch_add(1, Ordering::Relaxed);
-            self.last_success_ms.store(now_millis(), Ordering::Relaxed);
+        match report.attempt {
+            Attempt::Delivered => {
+                self.successes.fetch_add(1, Ordering::Relaxed);
+            }
+            Attempt::Failed(_) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
         report.attempt
+    }
+}
+
+/// How many requests the collector accepted, and how many attempts failed (to be
+/// retried), so far: two of them tell what happened between.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Requests accepted.
+    pub successes: u64,
+    /// Attempts that failed and will be retried.
+    pub failures: u64,
+}
+
+impl Traffic {
+    /// What happened between `earlier` and this.
+    pub fn since(self, earlier: Traffic) -> Traffic {
+        Traffic {
+            successes: self.successes.saturating_sub(earlier.successes),
+            failures: self.failures.saturating_sub(earlier.failures),
+        }
+    }
+
+    /// Whether other requests, this traffic (since a parked event's previous attempt, the
+    /// event's own failure left out), show the collector accepting requests: at least
+    /// one accepted, and at most one failed for every ten accepted. A collector failing
+    /// at random (half its requests, say) does not qualify, nor does a quiet list, so
+    /// their failures never count against a parked event.
+    pub fn shows_collector_accepting(self) -> bool {
+        self.successes > 0 && self.failures * 10 <= self.successes
     }
 }
 

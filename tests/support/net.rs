@@ -16,6 +16,9 @@ pub struct Proxy {
     generation: Arc<std::sync::atomic::AtomicU64>,
     /// Connections accepted so far.
     accepted: Arc<std::sync::atomic::AtomicUsize>,
+    /// While set, a new connection is accepted and then answers nothing (a network
+    /// partition: connects hang, nothing gets through).
+    partitioned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -38,6 +41,7 @@ impl Proxy {
             target: Arc::new(Mutex::new(target_port)),
             generation: Arc::default(),
             accepted: Arc::default(),
+            partitioned: Arc::default(),
         };
         let state = proxy.clone();
         tokio::spawn(async move {
@@ -45,6 +49,13 @@ impl Proxy {
                 state
                     .accepted
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if state.partitioned.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::spawn(async move {
+                        let _held = inbound;
+                        std::future::pending::<()>().await;
+                    });
+                    continue;
+                }
                 let Some(target) = *state.target.lock().unwrap() else {
                     continue; // nothing behind: the connection closes as it drops
                 };
@@ -97,6 +108,25 @@ impl Proxy {
     pub fn freeze_existing(&self) {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A network partition: the connections open so far forward nothing from now on,
+    /// and new ones are accepted and answer nothing, until [`Proxy::heal`].
+    pub fn partition(&self) {
+        self.partitioned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.freeze_existing();
+    }
+
+    /// The partition ends: new connections pass again (those frozen stay frozen).
+    pub fn heal(&self) {
+        self.partitioned
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// New connections are closed at once from now on (the server behind is gone).
+    pub fn unroute(&self) {
+        *self.target.lock().unwrap() = None;
     }
 
     /// New connections go to `port` from now on.

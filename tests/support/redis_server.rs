@@ -213,6 +213,16 @@ impl RedisServer {
         redis::cmd("LLEN").arg(key).query(&mut self.conn()).unwrap()
     }
 
+    /// Events in every list whose name starts with `prefix` (e.g. the retry lists,
+    /// `{snowplow}:retry:`).
+    pub fn llen_of_lists_named(&self, prefix: &str) -> usize {
+        self.keys()
+            .iter()
+            .filter(|key| key.starts_with(prefix))
+            .map(|key| self.llen(key))
+            .sum()
+    }
+
     /// Every key in the database.
     pub fn keys(&self) -> Vec<String> {
         redis::cmd("KEYS").arg("*").query(&mut self.conn()).unwrap()

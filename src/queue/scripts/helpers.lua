@@ -44,9 +44,18 @@ local function push_to_head(key, items)
   end
 end
 
+-- Nil while the instance is registered; else an error reply saying why it is not:
+-- LEASE_LOST when another relay recovered it (recover.lua leaves a marker for a day),
+-- FORGOTTEN when Redis no longer knows it at all (it restarted without its data, was
+-- flushed, or the keys were deleted).
 local function check_lease(instances, id)
   if redis.call('SISMEMBER', instances, id) == 0 then
-    return redis.error_reply('LEASE_LOST instance ' .. id .. ' was recovered by another relay')
+    local marker = string.sub(instances, 1, -10) .. 'recovered:' .. id
+    if (not redis.acl_check_cmd or redis.acl_check_cmd('exists', marker))
+        and redis.call('EXISTS', marker) == 1 then
+      return redis.error_reply('LEASE_LOST instance ' .. id .. ' was recovered by another relay')
+    end
+    return redis.error_reply('FORGOTTEN instance ' .. id .. ' is unknown to Redis')
   end
   return nil
 end

@@ -3,7 +3,9 @@
 -- removes it. Scripts run one at a time, so two relays recovering at once never both
 -- move the same events; the caller never recovers itself (after a long Redis stall its
 -- own lease may have lapsed, but it is alive and renews it).
--- KEYS: list, instances. ARGV: key prefix, the caller's instance.
+-- A marker `{list}:recovered:<instance>` (naming the caller and the time, kept for a day)
+-- lets the recovered relay, should it come back, tell this from a Redis that lost its
+-- data. KEYS: list, instances. ARGV: key prefix, the caller's instance, the time.
 -- Returns {instances, events} recovered.
 local denied = refused({{'smembers', KEYS[2]}})
 if denied then return denied end
@@ -17,10 +19,12 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     if denied then return denied end
     local acked = tonumber(redis.call('HGET', meta, 'acked') or '0') or 0
     local back = held_in_order(inflight, retry, acked)
-    denied = refused({#back > 0 and {'lpush', KEYS[1]}, {'del', inflight}, {'del', retry},
-      {'del', meta}, {'srem', KEYS[2]}})
+    local marker = ARGV[1] .. 'recovered:' .. id
+    denied = refused({#back > 0 and {'lpush', KEYS[1]}, {'set', marker}, {'del', inflight},
+      {'del', retry}, {'del', meta}, {'srem', KEYS[2]}})
     if denied then return denied end
     push_to_head(KEYS[1], back)
+    redis.call('SET', marker, 'by ' .. ARGV[2] .. ' at ' .. ARGV[3], 'PX', 86400000)
     redis.call('DEL', inflight, retry, meta)
     redis.call('SREM', KEYS[2], id)
     instances = instances + 1
