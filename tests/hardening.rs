@@ -320,6 +320,43 @@ async fn a_graceful_stop_with_everything_healthy_causes_no_duplicates() {
     assert!(twice.is_empty(), "sent twice: {twice:?}");
 }
 
+/// A healthy but slow collector (1.5 s an answer, under the 5 s timeout) and a 2 s
+/// drain: the requests in flight at the stop finish; no new one starts that the deadline
+/// would cut (the collector would take it in and the relay return its events to the
+/// list: a copy each). Every event that reached the collector is acknowledged.
+#[tokio::test]
+async fn a_graceful_stop_with_a_slow_collector_starts_no_request_it_would_cut() {
+    let (redis, collector) = setup(always(200)).await;
+    collector.set_delay(Duration::from_millis(1_500));
+    let total = 3_000;
+    redis.rpush(LIST, &numbered_events(total));
+    let relay = Relay::with(&redis, &collector, &[("worker.drain_timeout_ms", "2000")]);
+    // One wave answered (the relay has seen how long answers take), the next in flight.
+    collector.until_delivered(50, 20).await;
+    collector.until_arrived(2, 20).await;
+    relay.stop().await;
+    let arrived = collector.arrived_eids();
+    let listed: std::collections::HashSet<String> = redis
+        .lrange(LIST)
+        .iter()
+        .filter_map(|e| {
+            let event: serde_json::Value = serde_json::from_slice(e).ok()?;
+            Some(event["eid"].as_str()?.to_owned())
+        })
+        .collect();
+    let both: Vec<&String> = arrived.iter().filter(|eid| listed.contains(*eid)).collect();
+    assert!(
+        both.is_empty(),
+        "{} events reached the collector and went back to the list too",
+        both.len()
+    );
+    assert_eq!(
+        arrived.len() + listed.len(),
+        total,
+        "every event delivered or listed"
+    );
+}
+
 /// A queue handle of its own, registered, on the default list.
 async fn queue(redis: &RedisServer) -> Queue {
     let queue = connect_queue(&redis.url()).await;

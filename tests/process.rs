@@ -703,3 +703,39 @@ async fn a_reload_rotates_the_redis_password_the_file_names() {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
 }
+
+/// The relay's memory holds the Redis password: it marks itself non-dumpable, so no core
+/// file is written and no other process of its user can read its memory or environment.
+/// (Run as root, the relay runs as `nobody`: the files in a non-dumpable process's
+/// /proc directory belong to root, not to its user. Otherwise its environment cannot be
+/// read by its own user.)
+#[tokio::test]
+async fn the_relay_is_not_dumpable() {
+    let (redis, collector) = setup(always(200)).await;
+    let mut command = bin_command();
+    command.args(["--redis-url", &redis.url(), "--collector", &collector.url()]);
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        std::os::unix::process::CommandExt::uid(&mut command, 65534);
+        std::os::unix::process::CommandExt::gid(&mut command, 65534);
+    }
+    let child = RelayProcess::spawn(command);
+    wait_until("registered", 10, async || instances(&redis).len() == 1).await;
+    let proc_dir = format!("/proc/{}", child.pid());
+    if root {
+        let environ = std::fs::metadata(format!("{proc_dir}/environ")).unwrap();
+        let owner = std::os::unix::fs::MetadataExt::uid(&environ);
+        assert_eq!(
+            owner, 0,
+            "a dumpable process's /proc files belong to its user (65534)"
+        );
+    } else {
+        let environ = std::fs::read(format!("{proc_dir}/environ"));
+        assert!(
+            environ.is_err(),
+            "a non-dumpable process's environment cannot be read by its user"
+        );
+    }
+    child.stop_cleanly().await;
+}

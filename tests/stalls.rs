@@ -451,3 +451,43 @@ async fn readyz_turns_within_a_heartbeat_and_a_command_timeout_of_a_frozen_redis
     .await;
     relay.stop_cleanly().await;
 }
+
+/// One deadline per Redis call, whatever it waits for: with the connection gone and new
+/// ones hanging (a partition), five calls at once each give up after the command
+/// timeout, not one after another (the fifth after five of them).
+#[tokio::test]
+async fn every_redis_call_has_one_deadline_however_many_wait_for_a_connection() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.port).await;
+    let timeout = Duration::from_millis(500);
+    let settings = config_for_urls(
+        &proxy.url(),
+        "http://127.0.0.1:9",
+        &[("redis.command_timeout_ms", "500")],
+    );
+    let queue = std::sync::Arc::new(
+        snowplow_relay::queue::Queue::connect(&settings.redis)
+            .await
+            .unwrap(),
+    );
+    queue.register().await.unwrap();
+    proxy.partition();
+    // The first call misses its deadline and drops the connection.
+    assert!(queue.sample().await.is_err());
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let asked = Instant::now();
+                let result = queue.sample().await;
+                (asked.elapsed(), result.is_err())
+            })
+        })
+        .collect();
+    for call in calls {
+        let (took, failed) = call.await.unwrap();
+        assert!(failed);
+        // The deadline, and a margin for a busy two-core machine.
+        assert!(took < timeout * 2, "a call gave up after {took:?}");
+    }
+}

@@ -111,6 +111,9 @@ pub struct Collector {
     bounce: Arc<Mutex<Option<&'static str>>>,
     /// Requests whose body has arrived, answered or not (a delayed answer is pending).
     arrived: Arc<std::sync::atomic::AtomicUsize>,
+    /// The eids of every request that arrived, as it arrived: what a real collector has
+    /// taken in even if the relay gave up waiting for its answer.
+    arrived_eids: Arc<Mutex<Vec<String>>>,
 }
 
 impl Collector {
@@ -142,6 +145,7 @@ impl Collector {
             location: Arc::default(),
             bounce: Arc::default(),
             arrived: Arc::default(),
+            arrived_eids: Arc::default(),
         };
         let state = collector.clone();
         let answer = move |request| {
@@ -170,6 +174,12 @@ impl Collector {
             status: 0,
             at: Instant::now(),
         };
+        self.arrived_eids.lock().unwrap().extend(
+            received
+                .events()
+                .iter()
+                .filter_map(|e| e.get("eid").and_then(|e| e.as_str()).map(str::to_owned)),
+        );
         let delay = *self.delay.lock().unwrap();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -287,6 +297,11 @@ impl Collector {
     pub async fn until_distinct(&self, n: usize, timeout_secs: u64) {
         let what = format!("{n} distinct events delivered");
         super::wait_until(&what, timeout_secs, async || self.distinct_delivered() == n).await;
+    }
+
+    /// The eids of every request that arrived, answered or not, repeats kept.
+    pub fn arrived_eids(&self) -> Vec<String> {
+        self.arrived_eids.lock().unwrap().clone()
     }
 
     /// How many events were delivered, repeats counted (cheap to poll).
