@@ -27,7 +27,7 @@ pub(super) struct Batcher {
     requests: Arc<Semaphore>,
     senders: JoinSet<()>,
     /// When the partial batch in `builder` must be sent at the latest.
-    flush_at: Option<tokio::time::Instant>,
+    flush_timer: FlushTimer,
 }
 
 impl Batcher {
@@ -46,7 +46,7 @@ impl Batcher {
             ),
             requests: Arc::new(Semaphore::new(settings.collector.max_requests_in_flight)),
             senders: JoinSet::new(),
-            flush_at: None,
+            flush_timer: FlushTimer::new(settings.collector.flush_interval),
             shared,
             claimed_rx,
             resolved_tx,
@@ -57,13 +57,7 @@ impl Batcher {
     /// Batches and sends until claiming has stopped and every sender is done.
     pub(super) async fn run(mut self) {
         loop {
-            let flush_at = self.flush_at;
-            let flush_timer = async {
-                match flush_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let flush_timer = self.flush_timer.expired();
             let claimed = tokio::select! {
                 claimed = self.claimed_rx.recv() => match claimed {
                     Some(claimed) => claimed,
@@ -110,7 +104,7 @@ impl Batcher {
             };
             let (kind, reason) = match parsed.map(|event| self.builder.push(position, event)) {
                 Ok(Ok(Some(batch))) => {
-                    self.flush_at = None;
+                    self.flush_timer.stop();
                     self.start(batch).await;
                     continue;
                 }
@@ -124,8 +118,8 @@ impl Batcher {
             };
             dead.push((position, raw.len(), kind, reason));
         }
-        if self.builder.pending() > 0 && self.flush_at.is_none() {
-            self.flush_at = Some(tokio::time::Instant::now() + settings.collector.flush_interval);
+        if self.builder.pending() > 0 {
+            self.flush_timer.partial_batch_waits();
         }
         if let Some((_, _, _, first_reason)) = dead.first() {
             tracing::warn!(
@@ -148,7 +142,7 @@ impl Batcher {
 
     /// Sends the partial batch, if any.
     async fn send_partial(&mut self) {
-        self.flush_at = None;
+        self.flush_timer.stop();
         if let Some(batch) = self.builder.take() {
             self.start(batch).await;
         }
@@ -183,6 +177,42 @@ impl Batcher {
                 task: "sender",
                 message: error.to_string(),
             });
+        }
+    }
+}
+
+/// When a partial batch must leave: `collector.flush_interval_ms` after it began to wait,
+/// however many events join it meanwhile.
+#[derive(Debug)]
+struct FlushTimer {
+    interval: std::time::Duration,
+    at: Option<tokio::time::Instant>,
+}
+
+impl FlushTimer {
+    fn new(interval: std::time::Duration) -> FlushTimer {
+        FlushTimer { interval, at: None }
+    }
+
+    /// A partial batch waits: the timer runs from now, unless it already runs.
+    fn partial_batch_waits(&mut self) {
+        self.at
+            .get_or_insert_with(|| tokio::time::Instant::now() + self.interval);
+    }
+
+    /// The batch left (full, flushed, or the list ran dry).
+    fn stop(&mut self) {
+        self.at = None;
+    }
+
+    /// Resolves when the waiting batch must leave; never while none waits.
+    fn expired(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let at = self.at;
+        async move {
+            match at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
         }
     }
 }
@@ -294,4 +324,42 @@ fn resolve(
     };
     let _ = resolved_tx.send(resolution);
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::time::{Instant, advance};
+
+    /// Whether `future` has completed after the runtime ran what it could.
+    async fn done(future: &mut (impl std::future::Future<Output = ()> + Unpin)) -> bool {
+        tokio::time::timeout(Duration::ZERO, future).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_batch_leaves_one_interval_after_it_began_to_wait() {
+        let mut timer = FlushTimer::new(Duration::from_millis(500));
+        assert!(
+            !done(&mut Box::pin(timer.expired())).await,
+            "no batch waits"
+        );
+        let began = Instant::now();
+        timer.partial_batch_waits();
+        advance(Duration::from_millis(300)).await;
+        // More events join: the deadline stays where it was.
+        timer.partial_batch_waits();
+        let mut expired = Box::pin(timer.expired());
+        assert!(!done(&mut expired).await);
+        advance(Duration::from_millis(199)).await;
+        assert!(!done(&mut expired).await);
+        advance(Duration::from_millis(1)).await;
+        assert!(done(&mut expired).await);
+        assert_eq!(began.elapsed(), Duration::from_millis(500));
+        timer.stop();
+        assert!(
+            !done(&mut Box::pin(timer.expired())).await,
+            "sent: no timer"
+        );
+    }
 }

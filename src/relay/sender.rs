@@ -379,8 +379,10 @@ impl Sender {
     /// is cut short.
     fn would_be_cut(&self, lifecycle: &Lifecycle) -> bool {
         lifecycle.drain_deadline.get().is_some_and(|deadline| {
-            let expected = Duration::from_millis(self.answer_ms.load(Ordering::Relaxed));
-            tokio::time::Instant::now() + expected > *deadline
+            answer_comes_after(
+                *deadline,
+                Duration::from_millis(self.answer_ms.load(Ordering::Relaxed)),
+            )
         })
     }
 
@@ -391,7 +393,7 @@ impl Sender {
         let _ = self
             .answer_ms
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |recent| {
-                Some(took_ms.max(recent - recent / 8))
+                Some(recent_answer_ms(recent, took_ms))
             });
         if report.seconds > 0.0 {
             self.metrics.request(
@@ -412,6 +414,18 @@ impl Sender {
         }
         report.attempt
     }
+}
+
+/// Whether a request started now, answered after `expected`, would still wait for its
+/// answer at `deadline`.
+fn answer_comes_after(deadline: tokio::time::Instant, expected: Duration) -> bool {
+    tokio::time::Instant::now() + expected > deadline
+}
+
+/// How long answers take lately (ms), after one that took `took`: the longest recent
+/// one, decaying by an eighth per answer.
+fn recent_answer_ms(recent: u64, took: u64) -> u64 {
+    took.max(recent - recent / 8)
 }
 
 /// How many requests the collector accepted, and how many attempts failed (to be
@@ -448,4 +462,48 @@ enum Change<'a> {
     Failed(&'a AttemptError),
     Succeeded,
     Ended,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traffic(successes: u64, failures: u64) -> Traffic {
+        Traffic {
+            successes,
+            failures,
+        }
+    }
+
+    #[test]
+    fn only_other_requests_accepted_nearly_all_show_the_collector_accepting() {
+        assert!(traffic(1, 0).shows_collector_accepting());
+        assert!(traffic(100, 10).shows_collector_accepting());
+        assert!(!traffic(100, 11).shows_collector_accepting());
+        assert!(!traffic(0, 0).shows_collector_accepting(), "a quiet list");
+        assert!(!traffic(0, 50).shows_collector_accepting(), "an outage");
+        assert!(
+            !traffic(50, 50).shows_collector_accepting(),
+            "failing at random"
+        );
+        assert_eq!(traffic(7, 3).since(traffic(2, 1)), traffic(5, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_starts_no_request_whose_answer_would_come_after_its_deadline() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        assert!(!answer_comes_after(deadline, Duration::from_secs(3)));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        // Answers take 3 s: a request now would be answered at 6 s, after the deadline.
+        assert!(answer_comes_after(deadline, Duration::from_secs(3)));
+        assert!(!answer_comes_after(deadline, Duration::from_millis(10)));
+        // The pace of answers: the longest recent one, decaying.
+        let mut recent = 0;
+        recent = recent_answer_ms(recent, 3_000);
+        assert_eq!(recent, 3_000);
+        for _ in 0..10 {
+            recent = recent_answer_ms(recent, 10);
+        }
+        assert!(recent < 1_000 && recent > 10, "{recent}");
+    }
 }

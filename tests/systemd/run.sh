@@ -4,9 +4,10 @@
 # docs/operations.md#systemd says, and checks what an operator relies on: a start that
 # waits for Redis, delivery, reload (a bad file refused), a stop during a collector
 # outage that returns every event in order, a clean stop with Redis down, STATUS=
-# following readiness, the watchdog restarting a frozen relay, a bad configuration that
-# fails the unit without a restart loop, and the sandbox (dynamic user, no capabilities,
-# seccomp). Redis and the collector run on the host; the container shares its network.
+# following readiness, the watchdog restarting a frozen relay, a lease lost to another
+# relay (the relay carries on), a root-only password file passed as a systemd credential,
+# a bad configuration that fails the unit without a restart loop, and the sandbox
+# (dynamic user, no capabilities, seccomp). Redis and the collector run on the host; the container shares its network.
 #
 # A drop-in makes the watchdog 6 s (90 s in the unit) and a refused system call fatal
 # (SystemCallErrorNumber=kill instead of EPERM), so any denial shows.
@@ -168,7 +169,67 @@ push 1201 1300
 wait_for 30 received_at_least 1300 || true
 [ "$(received)" = 1300 ] && pass "after the restart, 1300 of 1300 delivered" || fail "$(received) of 1300 after the restart"
 
-# 8. A bad configuration fails the unit with the message in the journal, no restart loop.
+# 8. A lease lost to another relay (the relay frozen past its lease while another one
+# recovers its events): it carries on as a new instance. No STOPPING=1, so no SIGKILL
+# 15 s later and no restart; every event delivered.
+printf '[Service]\nWatchdogSec=60s\nSystemCallErrorNumber=kill\n' >"$work/test.conf"
+docker cp "$work/test.conf" "$container:/etc/systemd/system/snowplow-relay.service.d/test.conf"
+in_box systemctl daemon-reload
+in_box sed -i 's/^# lease_ttl_ms = .*/lease_ttl_ms = 2000/' /etc/snowplow-relay/config.toml
+in_box systemctl restart snowplow-relay
+wait_for 30 state_is active || true
+restarts=$(prop NRestarts)
+pid=$(prop MainPID)
+push 1301 3300
+in_box kill -STOP "$pid"
+SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS=2000 target/release/snowplow-relay \
+  --redis-url "redis://127.0.0.1:$redis_port" --collector "http://127.0.0.1:$collector_port" \
+  >"$work/other.log" 2>&1 &
+other_pid=$!
+recovered() { grep -q "returned the events of relays whose lease expired" "$work/other.log"; }
+wait_for 30 recovered || true
+in_box kill -CONT "$pid"
+journal_has() { in_box journalctl -u snowplow-relay --no-pager | grep -q "$1"; }
+carried_on() { journal_has "registering again as a new instance"; }
+wait_for 30 carried_on || true
+sleep 20
+wait_for 60 received_at_least 3300 || true
+if carried_on && state_is active && [ "$(prop MainPID)" = "$pid" ] && [ "$(prop NRestarts)" = "$restarts" ] \
+  && ! journal_has "stop-sigterm" && [ "$(received)" = 3300 ]; then
+  pass "lease lost to another relay: carried on as a new instance (same process, still active 20 s later, no restart), 3300 of 3300 delivered"
+else
+  fail "lease lost: $(prop ActiveState), pid $pid -> $(prop MainPID), NRestarts $restarts -> $(prop NRestarts), $(received) of 3300 delivered"
+  in_box journalctl -u snowplow-relay --no-pager -n 20
+fi
+kill "$other_pid"; wait "$other_pid" 2>/dev/null || true
+in_box cp /etc/snowplow-relay/good.toml /etc/snowplow-relay/config.toml
+
+# 9. A password file kept as secrets are kept (0600, root) reaches the dynamic user as a
+# systemd credential (LoadCredential=, as the unit's comment shows).
+cli ACL SETUSER relay on '>cred-pw-9' '~*' '&*' '+@all' >/dev/null
+in_box sh -ec 'printf "cred-pw-9\n" > /etc/snowplow-relay/redis-password; chmod 0600 /etc/snowplow-relay/redis-password'
+in_box sed -i \
+  -e 's|^# username = "relay"|username = "relay"|' \
+  -e 's|^# password_file = .*|password_file = "/run/credentials/snowplow-relay.service/redis-password"|' \
+  /etc/snowplow-relay/config.toml
+printf '[Service]\nLoadCredential=redis-password:/etc/snowplow-relay/redis-password\n' >"$work/credential.conf"
+docker cp "$work/credential.conf" "$container:/etc/systemd/system/snowplow-relay.service.d/credential.conf"
+in_box systemctl daemon-reload
+in_box systemctl restart snowplow-relay
+wait_for 30 state_is active || true
+push 3301 3400
+wait_for 30 received_at_least 3400 || true
+if state_is active && [ "$(received)" = 3400 ] && cli CLIENT LIST | grep -q 'user=relay'; then
+  pass "a root-only password file as a systemd credential: logged in as relay, 3400 of 3400 delivered"
+else
+  fail "LoadCredential: $(prop ActiveState), $(received) of 3400 delivered"
+  in_box journalctl -u snowplow-relay --no-pager -n 10
+fi
+in_box rm /etc/systemd/system/snowplow-relay.service.d/credential.conf
+in_box systemctl daemon-reload
+in_box cp /etc/snowplow-relay/good.toml /etc/snowplow-relay/config.toml
+
+# 10. A bad configuration fails the unit with the message in the journal, no restart loop.
 break_config
 in_box systemctl restart snowplow-relay 2>/dev/null || true
 failed_state() { state_is failed; }
