@@ -60,6 +60,14 @@ fn bad_config_values_stop_start_up_with_exit_code_2_and_name_the_key() {
             env: &[],
             names: "relay.toml",
         },
+        // A proxy the relay cannot speak to: refused by check (and start-up), not met by
+        // every request.
+        Refused {
+            file: "[collector]\nurl = \"http://x\"\nproxy = \"socks5://127.0.0.1:1080\"\n",
+            args: &[],
+            env: &[],
+            names: "collector.proxy",
+        },
     ];
     let path = file.to_str().unwrap();
     for case in &cases {
@@ -77,6 +85,19 @@ fn bad_config_values_stop_start_up_with_exit_code_2_and_name_the_key() {
         Some(2),
         "clap rejects a bad flag value"
     );
+    // A socks5 proxy from the environment: start-up stops (exit 2), naming the variables.
+    let output = run_bin(
+        &[
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--collector",
+            "http://x",
+        ],
+        &[("HTTP_PROXY", "socks5://127.0.0.1:1080")],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("HTTP_PROXY"), "{stderr}");
 }
 
 #[test]

@@ -357,6 +357,60 @@ async fn a_graceful_stop_with_a_slow_collector_starts_no_request_it_would_cut() 
     );
 }
 
+/// A list full of elements over the element limit: each claim reads at most its byte
+/// budget of them (each counts, dead-lettered or not) plus one, so Redis's memory (its
+/// peak RSS, the Lua heap included) grows by less than twice the claim budget plus one
+/// element, and no script runs long. (On 582e716 oversized elements counted as 0 bytes:
+/// one claim read every one of them into the script.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_oversized_elements_keeps_claims_within_their_budget() {
+    let (redis, collector) = setup(always(200)).await;
+    let (count, size, budget) = (400, 250_000, 1024 * 1024);
+    let padding = "x".repeat(size);
+    let events: Vec<String> = (0..count)
+        .map(|i| format!(r#"{{"e":"pv","p":"pc","tv":"t","eid":"big-{i}","url":"{padding}"}}"#))
+        .collect();
+    for chunk in events.chunks(20) {
+        redis.rpush(LIST, chunk);
+    }
+    redis.cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "200000"]);
+    redis.cmd(&["SLOWLOG", "RESET"]);
+    // The peak of the server's resident memory from now on (clear_refs 5 resets it).
+    std::fs::write(format!("/proc/{}/clear_refs", redis.pid()), "5").unwrap();
+    let before = peak_rss(redis.pid()).unwrap();
+    let budget_text = budget.to_string();
+    let relay = Relay::with(
+        &redis,
+        &collector,
+        &[
+            ("events.max_element_bytes", "102400"),
+            ("redis.claim_max_bytes", &budget_text),
+        ],
+    );
+    wait_until("every element dead-lettered", 60, async || {
+        redis.llen(DEAD) == count
+    })
+    .await;
+    relay.stop().await;
+    let growth = peak_rss(redis.pid()).unwrap().saturating_sub(before);
+    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .query(&mut redis.conn())
+        .unwrap();
+    eprintln!(
+        "{count} elements of {size} bytes over a 100 KB limit, claims of {budget} bytes: \
+         Redis's peak RSS grew by {:.1} MB; {} script runs over 200 ms",
+        growth as f64 / 1e6,
+        slow.len()
+    );
+    assert!(
+        growth < (2 * budget + size) as u64,
+        "Redis grew by {growth} bytes"
+    );
+    assert!(slow.is_empty(), "scripts over 200 ms: {slow:?}");
+    assert!(collector.requests().is_empty());
+}
+
 /// A queue handle of its own, registered, on the default list.
 async fn queue(redis: &RedisServer) -> Queue {
     let queue = connect_queue(&redis.url()).await;

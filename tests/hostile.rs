@@ -116,6 +116,58 @@ async fn the_admin_listener_survives_a_flood_and_the_relay_goes_on() {
     relay.stop_cleanly().await;
 }
 
+/// Probes get through: 256 connections opened to the admin port and left idle (the
+/// connection cap is 64) make room for each new connection, the oldest idle one closed;
+/// and a collector that streams interim answers for ever keeps no probe waiting (the
+/// admin port has a thread of its own). On 582e716 no probe got through the idle
+/// connections, and probes took 3 to 5 s during the interim-answer flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_get_through_idle_connections_and_a_collector_that_never_answers() {
+    // A collector that answers every request with `100 Continue` for ever.
+    let flood = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let flood_port = flood.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = flood.accept().await {
+            tokio::spawn(async move {
+                let interim = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(1_000);
+                while stream.write_all(&interim).await.is_ok() {}
+            });
+        }
+    });
+    let redis = RedisServer::start();
+    redis.rpush(LIST, &numbered_events(2_000));
+    let relay = RelayProcess::start_with_settings(
+        &redis.url(),
+        &format!("http://u:p@127.0.0.1:{flood_port}"),
+        &[("admin.listen", "127.0.0.1:0")],
+    );
+    let addr = relay.admin_addr().await;
+    wait_until("registered", 10, async || instances(&redis).len() == 1).await;
+    let mut idle = Vec::new();
+    for _ in 0..256 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut slowest = Duration::ZERO;
+    let mut answered = 0;
+    for _ in 0..7 {
+        let asked = Instant::now();
+        // The shipped probes' timeout.
+        let probe =
+            snowplow_relay::ops::admin::probe(addr, "/healthz", Duration::from_secs(3)).await;
+        slowest = slowest.max(asked.elapsed());
+        answered += usize::from(probe.is_ok());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "admin port with 256 idle connections and a collector streaming interim answers: \
+         {answered} of 7 probes answered, slowest {slowest:?}"
+    );
+    assert_eq!(answered, 7);
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    drop(idle);
+    relay.stop(Duration::from_secs(20)).await;
+}
+
 /// The local collector at its defaults, and the address it listens on.
 async fn local_collector() -> (RelayProcess, std::net::SocketAddr) {
     let process = RelayProcess::start_with(&["collector", "--listen", "127.0.0.1:0"], &[]);

@@ -300,15 +300,9 @@ async fn python_fixtures_are_all_good_at_the_local_collector() {
     assert_eq!(collector.good().len(), 360);
 }
 
-/// An HTTP client for the tests' own plain-HTTP requests (reqwest is built without a
-/// default crypto provider). No system trust store is loaded, so the tests run on a
-/// machine without CA certificates, as the relay does for an http collector.
-fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .tls_certs_only(std::iter::empty())
-        .build()
-        .expect("a plain HTTP client")
+/// An HTTP client for the tests' own plain-HTTP requests.
+fn http_client() -> TestClient {
+    TestClient
 }
 
 /// A `/micro/…` endpoint's JSON answer: GET, or POST with `body` (a filter).
@@ -323,7 +317,7 @@ async fn micro(url: &str, path: &str, body: Option<&str>) -> Value {
 }
 
 /// Posts `body` to the collector's tp2 endpoint.
-async fn post(url: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+async fn post(url: &str, body: impl Into<bytes::Bytes>) -> crate::support::http::TestAnswer {
     http_client()
         .post(format!("{url}/com.snowplowanalytics.snowplow/tp2"))
         .header("content-type", "application/json")
@@ -444,7 +438,7 @@ async fn the_local_collector_answers_like_micro() {
     // CORS preflight.
     let preflight = client
         .request(
-            reqwest::Method::OPTIONS,
+            "OPTIONS",
             format!("{url}/com.snowplowanalytics.snowplow/tp2"),
         )
         .header("origin", "https://site.example")
@@ -723,4 +717,39 @@ async fn the_track_and_collector_commands_work_as_processes() {
     let all: Value = serde_json::from_str(&all).unwrap();
     assert_eq!(all["good"], 3);
     collector.stop_cleanly().await;
+}
+
+/// One element holding a lone surrogate escape (`"\ud800"`), relayed by POST in a batch
+/// with 40 others, byte for byte: the local collector judges it as enrich does (the
+/// escape is kept, then written as the replacement character), so it does not make the
+/// other 40 events of its request bad. (On 582e716 the whole body was refused.)
+#[tokio::test]
+async fn one_lone_surrogate_never_makes_its_batch_bad() {
+    let (collector, url) = local_collector(CollectorOptions::default()).await;
+    let redis = RedisServer::start();
+    let eid = |i: usize| format!("8c6c1b4e-6b7b-4d62-9b8e-{i:012}");
+    let mut events: Vec<String> = (0..41)
+        .map(|i| {
+            format!(
+                r#"{{"e":"pv","p":"pc","tv":"t","eid":"{}","url":"https://x/"}}"#,
+                eid(i)
+            )
+        })
+        .collect();
+    events[20] = format!(
+        r#"{{"e":"pv","p":"pc","tv":"t","eid":"{}","url":"http://x/\ud800"}}"#,
+        eid(20)
+    );
+    redis.rpush(LIST, &events);
+    let relay = Relay::start(config_for_urls(&redis.url(), &url, &[]));
+    wait_until("41 events at the collector", 20, async || {
+        collector.good().len() + collector.bad().len() == 41
+    })
+    .await;
+    relay.stop().await;
+    assert_eq!(collector.bad().len(), 0, "bad events");
+    let lone = good_by_eid(&collector)
+        .remove(&eid(20))
+        .expect("the event with the lone surrogate is good");
+    assert_eq!(lone["url"], "http://x/\u{fffd}");
 }

@@ -199,11 +199,15 @@ async fn ack_refused_at_any_write_loses_nothing() {
         async |queue| {
             let dead = DeadLetter::new("collector answered 400", Some(400), "r").meta_line();
             let parked = parked_meta(4);
+            let events = numbered_events(10);
             queue
                 .ack(
                     0,
                     6,
-                    &[(2, Entry::Dead(&dead)), (4, Entry::Parked(&parked))],
+                    &[
+                        (2, dead_entry(&dead, &events[2])),
+                        (4, parked_entry(&parked, &events[4])),
+                    ],
                 )
                 .await
         },
@@ -217,6 +221,22 @@ async fn ack_refused_at_any_write_loses_nothing() {
         },
     )
     .await;
+}
+
+/// A dead-letter entry for `element` with metadata `meta`.
+fn dead_entry<'a>(meta: &'a [u8], element: &'a str) -> Entry<'a> {
+    Entry::Dead {
+        meta,
+        element: element.as_bytes(),
+    }
+}
+
+/// A retry-list entry for `element` with metadata `meta`.
+fn parked_entry<'a>(meta: &'a [u8], element: &'a str) -> Entry<'a> {
+    Entry::Parked {
+        meta,
+        element: element.as_bytes(),
+    }
 }
 
 fn parked_meta(position: u64) -> Vec<u8> {
@@ -237,8 +257,16 @@ async fn with_parked(redis: &RedisServer) -> Queue {
     queue.register().await.unwrap();
     queue.claim(0, 10, 100_000, 1_000_000).await.unwrap();
     let (two, four) = (parked_meta(2), parked_meta(4));
+    let events = numbered_events(10);
     queue
-        .ack(0, 6, &[(2, Entry::Parked(&two)), (4, Entry::Parked(&four))])
+        .ack(
+            0,
+            6,
+            &[
+                (2, parked_entry(&two, &events[2])),
+                (4, parked_entry(&four, &events[4])),
+            ],
+        )
         .await
         .unwrap();
     queue
@@ -285,8 +313,15 @@ async fn release_refused_at_any_write_loses_nothing_and_keeps_claim_order() {
         async |queue| {
             // Window from 6: 6 delivered, 7 dead, 8 and 9 pending; parked 2 delivered.
             let dead = DeadLetter::new("collector answered 400", Some(400), "r").meta_line();
+            let seventh = numbered_events(10)[7].clone();
             queue
-                .release(6, &[true, true], 10, &[(7, &dead)], &[2])
+                .release(
+                    6,
+                    &[true, true],
+                    10,
+                    &[(7, &dead, seventh.as_bytes())],
+                    &[2],
+                )
                 .await
                 .map(|_| ())
         },
@@ -462,10 +497,15 @@ async fn a_lost_ack_reply_then_release_writes_each_dead_letter_once() {
     queue.register().await.unwrap();
     queue.claim(0, 10, 100_000, 1_000_000).await.unwrap();
     let dead = DeadLetter::new("collector answered 400", Some(400), "r").meta_line();
-    let entries: Vec<(u64, Entry)> = (0..5).map(|p| (p, Entry::Dead(&dead))).collect();
+    let events = numbered_events(10);
+    let entries: Vec<(u64, Entry)> = (0..5)
+        .map(|p| (p, dead_entry(&dead, &events[p as usize])))
+        .collect();
     queue.ack(0, 5, &entries).await.unwrap();
     // The relay never saw that reply: its window still starts at 0.
-    let dead_by_position: Vec<(u64, &[u8])> = (0..5).map(|p| (p, &dead[..])).collect();
+    let dead_by_position: Vec<(u64, &[u8], &[u8])> = (0..5)
+        .map(|p| (p, &dead[..], events[p as usize].as_bytes()))
+        .collect();
     queue
         .release(0, &[true; 5], 10, &dead_by_position, &[])
         .await
@@ -473,4 +513,46 @@ async fn a_lost_ack_reply_then_release_writes_each_dead_letter_once() {
     assert_eq!(redis.llen("{snowplow}:dead"), 5, "each dead-lettered once");
     assert_eq!(redis.llen(LIST), 5, "the unresolved five went back");
     once_each(&redis, 10);
+}
+
+/// Someone who can write the relay's keys shifts its in-flight list by one element (the
+/// head popped, another element pushed at the tail: the counters still agree). The
+/// acknowledgement must not dead-letter (or park) the element that now sits at a
+/// position in place of the one the relay claimed there: it fails as a mismatch, and the
+/// relay then returns what it holds, resolved or not. (On 582e716 the neighbour was
+/// dead-lettered and the refused event trimmed away.)
+#[tokio::test]
+async fn an_in_flight_list_shifted_behind_the_relays_back_is_a_mismatch() {
+    let redis = RedisServer::start();
+    let events = numbered_events(10);
+    redis.rpush(LIST, &events);
+    let queue = queue(&redis).await;
+    queue.register().await.unwrap();
+    queue.claim(0, 10, 100_000, 1_000_000).await.unwrap();
+    let inflight = redis
+        .keys()
+        .into_iter()
+        .find(|k| k.starts_with("{snowplow}:inflight:"))
+        .unwrap();
+    redis.cmd(&["LPOP", &inflight]);
+    redis.cmd(&[
+        "RPUSH",
+        &inflight,
+        "{\"e\":\"pv\",\"p\":\"pc\",\"tv\":\"t\"}",
+    ]);
+    let dead = DeadLetter::new("collector answered 400", Some(400), "r").meta_line();
+    let ack = queue.ack(0, 6, &[(2, dead_entry(&dead, &events[2]))]).await;
+    assert!(
+        matches!(
+            ack,
+            Err(snowplow_relay::queue::QueueError::StateMismatch(_))
+        ),
+        "{ack:?}"
+    );
+    assert_eq!(
+        redis.llen(DEAD),
+        0,
+        "no dead-letter entry from another element"
+    );
+    assert_eq!(redis.llen(&inflight), 10, "nothing trimmed");
 }

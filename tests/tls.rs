@@ -440,7 +440,7 @@ async fn proxy_credentials_are_masked_and_the_proxy_is_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_variables_and_a_user_in_the_collector_url_are_honoured() {
-    // A plain-HTTP collector is reached without reqwest unless one of these applies.
+    // A proxy variable that applies, NO_PROXY, a user and password in the URL.
     let redis = RedisServer::start();
     let proxy = Collector::start().await;
     let collector = Collector::start().await;

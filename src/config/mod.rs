@@ -27,8 +27,8 @@ use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
 
-use reqwest::Url;
 use serde::{Deserialize, Serialize};
+use url::Url;
 
 pub use snowplow_relay_tracker::protocol::{MAX_POST_BYTES, Method};
 

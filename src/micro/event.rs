@@ -228,7 +228,62 @@ pub fn decode_json(field: &str, text: &str, base64: bool) -> Result<Value, Strin
     } else {
         text.as_bytes().to_vec()
     };
-    serde_json::from_slice(&bytes).map_err(|e| format!("{field} is not JSON: {e}"))
+    serde_json::from_slice(&with_lone_surrogates_replaced(&bytes))
+        .map_err(|e| format!("{field} is not JSON: {e}"))
+}
+
+/// JSON text with every lone UTF-16 surrogate escape (`\ud800` not followed by a low
+/// surrogate's escape, or a low one alone) replaced by `\ufffd`. Enrich parses bodies
+/// with a parser that keeps a lone surrogate in the string (a Java string can hold one),
+/// so one event holding one does not make the others of its request bad; here it becomes
+/// the replacement character, as it does when enrich writes the event out as UTF-8. The
+/// relay forwards such an element in a POST body byte for byte, so relay and collector
+/// agree. Escapes are found by their backslash (an escaped backslash is skipped whole),
+/// so text outside strings, invalid anyway, is left to the parser.
+pub(crate) fn with_lone_surrogates_replaced(json: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = json.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let is_escape = |at: usize| json.get(at) == Some(&b'\\') && json.get(at + 1) == Some(&b'u');
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut at = 0;
+    while at + 1 < json.len() {
+        if json[at] != b'\\' {
+            at += 1;
+            continue;
+        }
+        if !is_escape(at) {
+            at += 2; // any other escape, `\\` included
+            continue;
+        }
+        let Some(first) = unit(at + 2) else {
+            at += 2;
+            continue;
+        };
+        let paired = (0xD800..0xDC00).contains(&first)
+            && is_escape(at + 6)
+            && unit(at + 8).is_some_and(|second| (0xDC00..0xE000).contains(&second));
+        if paired {
+            at += 12;
+        } else if (0xD800..0xE000).contains(&first) {
+            let out = out.get_or_insert_with(|| Vec::with_capacity(json.len()));
+            out.extend_from_slice(&json[copied..at]);
+            out.extend_from_slice(b"\\ufffd");
+            at += 6;
+            copied = at;
+        } else {
+            at += 6;
+        }
+    }
+    match out {
+        None => std::borrow::Cow::Borrowed(json),
+        Some(mut out) => {
+            out.extend_from_slice(&json[copied..]);
+            std::borrow::Cow::Owned(out)
+        }
+    }
 }
 
 /// The canonical fields of the enriched event, in Snowplow's column order, `null` where
@@ -259,9 +314,9 @@ fn enrich(parameters: &Map<String, Value>, parts: &Parts, collector_ms: u64) -> 
         }
         _ => dtm.or(Some(collector_ms)),
     });
-    let page = text("url").and_then(|u| reqwest::Url::parse(&u).ok());
-    let referrer = text("refr").and_then(|u| reqwest::Url::parse(&u).ok());
-    let url_parts = |url: &Option<reqwest::Url>| -> [Option<Value>; 6] {
+    let page = text("url").and_then(|u| url::Url::parse(&u).ok());
+    let referrer = text("refr").and_then(|u| url::Url::parse(&u).ok());
+    let url_parts = |url: &Option<url::Url>| -> [Option<Value>; 6] {
         match url {
             Some(url) => [
                 Some(url.scheme().into()),
@@ -428,6 +483,34 @@ pub fn summary(good: &Good) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lone_surrogate_becomes_the_replacement_character_as_enrich_writes_it() {
+        let replaced = |text: &str| {
+            String::from_utf8(with_lone_surrogates_replaced(text.as_bytes()).into_owned()).unwrap()
+        };
+        assert_eq!(replaced(r#"{"a":"\ud800"}"#), r#"{"a":"\ufffd"}"#);
+        assert_eq!(replaced(r#"{"a":"x\udc00y"}"#), r#"{"a":"x\ufffdy"}"#);
+        assert_eq!(
+            replaced(r#"{"a":"\ud800\u0041"}"#),
+            r#"{"a":"\ufffd\u0041"}"#
+        );
+        // A pair, an escaped backslash before `u`, and other escapes stay as they are.
+        for kept in [
+            r#"{"a":"\ud83d\ude00"}"#,
+            r#"{"a":"\\ud800"}"#,
+            r#"{"a":"\n\u00e9"}"#,
+        ] {
+            assert_eq!(replaced(kept), kept);
+            assert!(matches!(
+                with_lone_surrogates_replaced(kept.as_bytes()),
+                std::borrow::Cow::Borrowed(_)
+            ));
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(&with_lone_surrogates_replaced(br#"["\ud800!"]"#)).unwrap();
+        assert_eq!(value[0], "\u{fffd}!");
+    }
 
     #[test]
     fn a_decimal_is_a_finite_number() {

@@ -744,8 +744,8 @@ impl Origin {
 
 /// The items of a `payload_data` POST body.
 fn post_items(body: &[u8]) -> Result<Vec<Value>, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let value: Value = serde_json::from_slice(&event::with_lone_surrogates_replaced(body))
+        .map_err(|e| format!("the body is not JSON: {e}"))?;
     let schema = value
         .get("schema")
         .and_then(Value::as_str)

@@ -4,8 +4,11 @@
 //! (slim container images have no curl).
 //!
 //! It only reads shared state; a slow or hostile scraper cannot hold up the relay. It
-//! is bounded as [`crate::ops::listener`] says: at most 64 connections, 8 KiB of headers each,
-//! 2 s to send them, one request per connection, 10 s per connection at most.
+//! is bounded as [`crate::ops::listener`] says: at most 64 connections (the oldest that
+//! sent no request closed to make room for a new one), 8 KiB of headers each, 2 s to
+//! send them, one request per connection, 10 s per connection at most. It runs on a
+//! thread of its own ([`AdminThread`]), so probes are answered however busy the relay's
+//! own threads are (a collector that keeps them spinning, say).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,9 +32,55 @@ pub struct Admin {
     pub health: Arc<Health>,
 }
 
-/// Binds `addr`; fails at start-up (not later) if the address is taken.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// The admin listener on a thread of its own, with a runtime of its own; it stops when
+/// this is dropped.
+#[derive(Debug)]
+pub struct AdminThread {
+    /// The address it listens on (the port chosen when `admin.listen` asked for 0).
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for AdminThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Binds `addr` (failing at start-up, not later, if the address is taken) and serves
+/// `admin` on a thread of its own.
+pub fn spawn(addr: SocketAddr, admin: Admin) -> std::io::Result<AdminThread> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else {
+                    return;
+                };
+                let stopped = async {
+                    let _ = stopped.await;
+                };
+                serve_until(listener, admin, stopped).await;
+            });
+        })?;
+    Ok(AdminThread {
+        addr,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
 }
 
 /// How the admin listener bounds its clients: its endpoints need a few hundred bytes.
@@ -43,13 +92,17 @@ pub const LIMITS: Limits = Limits {
     keep_alive: false,
 };
 
-/// Serves until the returned future is dropped.
-pub async fn serve(listener: TcpListener, admin: Admin) {
+/// Serves until `stop` completes.
+async fn serve_until(
+    listener: TcpListener,
+    admin: Admin,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let answer = move |request: Request<Incoming>| {
         let response = admin.answer(&request);
         async move { response }
     };
-    crate::ops::listener::serve_http(listener, LIMITS, answer, std::future::pending()).await;
+    crate::ops::listener::serve_http(listener, LIMITS, answer, stop).await;
 }
 
 impl Admin {

@@ -365,11 +365,15 @@ impl Queue {
         );
         invocation.arg(&self.instance).arg(from).arg(to);
         for (position, entry) in entries {
-            let (kind, meta) = match entry {
-                Entry::Dead(meta) => ("d", meta),
-                Entry::Parked(meta) => ("p", meta),
+            let (kind, meta, element) = match entry {
+                Entry::Dead { meta, element } => ("d", meta, element),
+                Entry::Parked { meta, element } => ("p", meta, element),
             };
-            invocation.arg(kind).arg(*position).arg(*meta);
+            invocation
+                .arg(kind)
+                .arg(*position)
+                .arg(*meta)
+                .arg(records::fingerprint(element));
         }
         self.link.invoke::<u64>(&invocation).await?;
         Ok(())
@@ -402,7 +406,7 @@ impl Queue {
         window_start: u64,
         resolved: &[bool],
         position: u64,
-        dead: &[(u64, &[u8])],
+        dead: &[(u64, &[u8], &[u8])],
         parked_delivered: &[u64],
     ) -> Result<Released, QueueError> {
         let flags: String = resolved
@@ -427,8 +431,11 @@ impl Queue {
             .arg(flags)
             .arg(position)
             .arg(dead.len());
-        for (position, meta) in dead {
-            invocation.arg(*position).arg(*meta);
+        for (position, meta, element) in dead {
+            invocation
+                .arg(*position)
+                .arg(*meta)
+                .arg(records::fingerprint(element));
         }
         for position in parked_delivered {
             invocation.arg(*position);

@@ -2,14 +2,32 @@
 //! entries, each one line of JSON metadata, a newline, then the element byte for byte.
 
 /// How one acknowledged position ends: the metadata line of its dead-letter entry, or
-/// of its retry-list entry when it is parked. The script appends Redis's own copy of the
-/// element to it.
+/// of its retry-list entry when it is parked, and the element the relay claimed there.
+/// The script appends Redis's own copy of the element to the line, once it has checked
+/// that the copy is that element (someone who can write the relay's keys could have
+/// shifted the in-flight list).
 #[derive(Debug, Clone, Copy)]
 pub enum Entry<'a> {
     /// A dead-letter entry ([`DeadLetter::meta_line`]).
-    Dead(&'a [u8]),
+    Dead {
+        /// The metadata line.
+        meta: &'a [u8],
+        /// The element claimed at that position.
+        element: &'a [u8],
+    },
     /// A retry-list entry ([`Parked::meta_line`]).
-    Parked(&'a [u8]),
+    Parked {
+        /// The metadata line.
+        meta: &'a [u8],
+        /// The element claimed at that position.
+        element: &'a [u8],
+    },
+}
+
+/// The fingerprint of an element a script compares with Redis's copy before it writes an
+/// entry from it: SHA-1 in hex, which Lua's `redis.sha1hex` computes too.
+pub fn fingerprint(element: &[u8]) -> String {
+    sha1_smol::Sha1::from(element).digest().to_string()
 }
 
 /// A parked event's retry-list entry: one line of JSON metadata, a newline, then the

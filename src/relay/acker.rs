@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{ParkedEvent, Resolution, Shared, Unsettled, unreleased};
@@ -28,7 +29,7 @@ enum Slot {
 
 #[derive(Debug)]
 struct DeadSlot {
-    bytes: usize,
+    element: Bytes,
     meta: Arc<[u8]>,
     reason: DeadReason,
 }
@@ -44,7 +45,7 @@ impl Slot {
         match self {
             Slot::Pending => 0,
             Slot::Delivered { bytes } => *bytes,
-            Slot::Dead(dead) => dead.bytes,
+            Slot::Dead(dead) => dead.element.len(),
             Slot::Parked(parked) => parked.event.element.len(),
         }
     }
@@ -89,12 +90,12 @@ impl Window {
                 meta,
                 events,
             } => {
-                for (position, bytes) in events {
+                for (position, element) in events {
                     let meta = meta.clone();
                     self.set(
                         position,
                         Slot::Dead(Box::new(DeadSlot {
-                            bytes,
+                            element,
                             meta,
                             reason,
                         })),
@@ -137,8 +138,20 @@ impl Window {
             .take(count)
             .zip(self.start..)
             .filter_map(|(slot, position)| match slot {
-                Slot::Dead(dead) => Some((position, Entry::Dead(&dead.meta))),
-                Slot::Parked(parked) => Some((position, Entry::Parked(&parked.meta))),
+                Slot::Dead(dead) => Some((
+                    position,
+                    Entry::Dead {
+                        meta: &dead.meta,
+                        element: &dead.element,
+                    },
+                )),
+                Slot::Parked(parked) => Some((
+                    position,
+                    Entry::Parked {
+                        meta: &parked.meta,
+                        element: &parked.event.element,
+                    },
+                )),
                 _ => None,
             })
             .collect()
@@ -164,7 +177,7 @@ impl Window {
                 }
                 Slot::Dead(dead) => {
                     shared.metrics.dead_lettered(dead.reason, 1);
-                    bytes += dead.bytes;
+                    bytes += dead.element.len();
                 }
                 other => bytes += other.bytes(),
             }
@@ -276,12 +289,12 @@ pub(super) async fn release(
         .iter()
         .map(|slot| matches!(slot, Slot::Delivered { .. } | Slot::Dead(_)))
         .collect();
-    let mut dead: Vec<(u64, &[u8])> = window
+    let mut dead: Vec<(u64, &[u8], &[u8])> = window
         .slots
         .iter()
         .zip(window.start..)
         .filter_map(|(slot, position)| match slot {
-            Slot::Dead(dead) => Some((position, &dead.meta[..])),
+            Slot::Dead(dead) => Some((position, &dead.meta[..], &dead.element[..])),
             _ => None,
         })
         .collect();
@@ -289,7 +302,7 @@ pub(super) async fn release(
         unsettled
             .dead
             .iter()
-            .map(|(p, meta, _)| (*p, meta.as_slice())),
+            .map(|(p, meta, element, _)| (*p, meta.as_slice(), &element[..])),
     );
     let deadline = tokio::time::Instant::now() + budget;
     let mut retry = Retry::new(retry::REDIS);
@@ -321,7 +334,7 @@ pub(super) async fn release(
                             shared.metrics.dead_lettered(dead.reason, 1);
                         }
                     }
-                    for (_, _, reason) in &unsettled.dead {
+                    for (_, _, _, reason) in &unsettled.dead {
                         shared.metrics.dead_lettered(*reason, 1);
                     }
                 }
@@ -353,7 +366,6 @@ pub(super) async fn release(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     #[test]
     fn a_slot_is_two_words() {
@@ -373,14 +385,23 @@ mod tests {
             Resolution::Dead {
                 reason: DeadReason::Malformed,
                 meta: Arc::from(&b"meta"[..]),
-                events: vec![(0, 5)],
+                events: vec![(0, Bytes::from_static(b"12345"))],
             },
             "i",
         );
         assert_eq!(window.resolved_prefix(), 3);
         let entries = window.entries(3);
         assert_eq!(entries.len(), 1);
-        assert!(matches!(entries[0], (0, Entry::Dead(b"meta"))));
+        assert!(matches!(
+            entries[0],
+            (
+                0,
+                Entry::Dead {
+                    meta: b"meta",
+                    element: b"12345"
+                }
+            )
+        ));
         window.apply(
             Resolution::Parked(vec![ParkedEvent {
                 position: 4,
@@ -395,7 +416,7 @@ mod tests {
         assert_eq!(window.resolved_prefix(), 5);
         let entries = window.entries(5);
         assert!(
-            matches!(entries[1], (4, Entry::Parked(meta)) if meta.starts_with(b"{\"position\":4,"))
+            matches!(entries[1], (4, Entry::Parked { meta, .. }) if meta.starts_with(b"{\"position\":4,"))
         );
     }
 }

@@ -116,7 +116,7 @@ impl Batcher {
                 }
                 Err(bad) => (DeadReason::Malformed, bad.to_string()),
             };
-            dead.push((position, raw.len(), kind, reason));
+            dead.push((position, raw, kind, reason));
         }
         if self.builder.pending() > 0 {
             self.flush_timer.partial_batch_waits();
@@ -128,11 +128,11 @@ impl Batcher {
                 "elements cannot be relayed; dead-lettering them"
             );
         }
-        for (position, size, reason, text) in dead {
+        for (position, element, reason, text) in dead {
             let _ = self.resolved_tx.send(Resolution::Dead {
                 reason,
                 meta: self.shared.dead_letter(text, None).into(),
-                events: vec![(position, size)],
+                events: vec![(position, element)],
             });
         }
         if claimed.ran_dry {
@@ -291,7 +291,12 @@ fn resolve(
             Resolution::Dead {
                 reason: kind,
                 meta: shared.dead_letter(reason, status).into(),
-                events: sizes(&batch),
+                events: batch
+                    .positions
+                    .iter()
+                    .zip(&batch.events)
+                    .map(|(&position, event)| (position, event.raw().clone()))
+                    .collect(),
             }
         }
         Outcome::Split { status } => {

@@ -140,18 +140,16 @@ pub async fn run_with_controls(
     ));
     let admin = match config.admin_listen {
         Some(addr) => {
-            let listener = admin::bind(addr)
-                .await
-                .map_err(|source| Error::AdminListen { addr, source })?;
-            let addr = listener.local_addr().unwrap_or(addr);
-            tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz");
-            Some(tokio::spawn(admin::serve(
-                listener,
+            let admin = admin::spawn(
+                addr,
                 admin::Admin {
                     metrics: metrics.clone(),
                     health: health.clone(),
                 },
-            )))
+            )
+            .map_err(|source| Error::AdminListen { addr, source })?;
+            tracing::info!(addr = %admin.addr, "admin listener: /metrics, /healthz, /readyz");
+            Some(admin)
         }
         None => None,
     };
@@ -194,9 +192,7 @@ pub async fn run_with_controls(
         // Let it send STOPPING=1 (it looks every 500 ms at most).
         let _ = tokio::time::timeout(Duration::from_secs(1), notifier).await;
     }
-    if let Some(admin) = admin {
-        admin.abort();
-    }
+    drop(admin);
     reloader.abort();
     result
 }

@@ -207,11 +207,12 @@ struct ParkedEvent {
 enum Resolution {
     /// The collector accepted the events at these positions (with their sizes).
     Delivered(Vec<(u64, usize)>),
-    /// These positions go to the dead-letter list with this metadata, for this reason.
+    /// These positions (with the elements claimed there) go to the dead-letter list with
+    /// this metadata, for this reason.
     Dead {
         reason: DeadReason,
         meta: Arc<[u8]>,
-        events: Vec<(u64, usize)>,
+        events: Vec<(u64, Bytes)>,
     },
     /// These events kept failing while others succeeded: to the retry list.
     Parked(Vec<ParkedEvent>),
@@ -222,7 +223,8 @@ enum Resolution {
 #[derive(Debug, Default)]
 struct Unsettled {
     delivered: Vec<u64>,
-    dead: Vec<(u64, Vec<u8>, DeadReason)>,
+    /// Position, metadata line, the element, and why.
+    dead: Vec<(u64, Vec<u8>, Bytes, DeadReason)>,
 }
 
 /// What outlives one run (one registered instance): the collector client, the metrics,

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -41,7 +42,7 @@ struct Held {
 /// A parked event resolved here, to be removed from the retry list.
 struct Settled {
     position: u64,
-    bytes: usize,
+    element: Bytes,
     /// The dead-letter metadata and reason, or `None` when delivered.
     dead: Option<(Vec<u8>, DeadReason)>,
 }
@@ -104,7 +105,11 @@ impl Retrier {
         for settled in self.settled {
             match settled.dead {
                 None => unsettled.delivered.push(settled.position),
-                Some((meta, reason)) => unsettled.dead.push((settled.position, meta, reason)),
+                Some((meta, reason)) => {
+                    unsettled
+                        .dead
+                        .push((settled.position, meta, settled.element, reason))
+                }
             }
         }
         Ok(unsettled)
@@ -169,7 +174,7 @@ impl Retrier {
     fn resolve(&mut self, mut held: Held, attempt: Option<Attempt>) {
         let shared = &self.shared;
         let position = held.event.position;
-        let bytes = held.event.element.len();
+        let element = held.event.element.clone();
         let dead = match attempt {
             None => Some((
                 shared.dead_letter("the parked element no longer parses", None),
@@ -222,7 +227,7 @@ impl Retrier {
         };
         self.settled.push(Settled {
             position,
-            bytes,
+            element,
             dead,
         });
         self.settle_at.get_or_insert_with(Instant::now);
@@ -248,7 +253,7 @@ impl Retrier {
                 let (mut events, mut bytes) = (0, 0);
                 for settled in self.settled.drain(..) {
                     events += 1;
-                    bytes += settled.bytes;
+                    bytes += settled.element.len();
                     if let Some((_, reason)) = settled.dead {
                         shared.metrics.dead_lettered(reason, 1);
                     }

@@ -151,6 +151,13 @@ impl Sender {
             ClientError::Proxy => {
                 invalid(crate::config::key::COLLECTOR_PROXY, "a proxy URL".into())
             }
+            ClientError::UnsupportedProxy(scheme) => invalid(
+                crate::config::key::COLLECTOR_PROXY,
+                format!(
+                    "an http:// proxy, here or in the HTTP_PROXY, HTTPS_PROXY or ALL_PROXY \
+                     variables (one of them names a {scheme}:// proxy)"
+                ),
+            ),
             other => crate::error::Error::HttpClient(other),
         })?;
         Ok(Arc::new(Sender {

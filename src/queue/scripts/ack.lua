@@ -3,8 +3,11 @@
 -- entries from Redis's own copy of each element. Safe to retry: it carries absolute
 -- counts, and an entry is written only for a position not acknowledged yet.
 -- KEYS: inflight, meta, instances, dead, retry.
--- ARGV: instance, acknowledged total before, acknowledged total after, then triples
---       (kind: 'd' dead-letter or 'p' parked, position, metadata line).
+-- ARGV: instance, acknowledged total before, acknowledged total after, then quadruples
+--       (kind: 'd' dead-letter or 'p' parked, position, metadata line, the SHA-1 of the
+--       element the relay claimed at that position).
+-- An entry is written only from the element the relay claimed: a copy that is another
+-- (the in-flight list shifted behind the relay's back) fails the script as a mismatch.
 -- Writes, in order: dead-letter and retry entries (copies), the count, then the trim.
 local denied = refused({{'sismember', KEYS[3]}, {'hget', KEYS[2]}, {'llen', KEYS[1]},
   {'lrange', KEYS[1]}})
@@ -17,10 +20,14 @@ if target > acked then
   local dead, parked = {}, {}
   if #ARGV > 3 then
     local items = redis.call('LRANGE', KEYS[1], 0, target - acked - 1)
-    for i = 4, #ARGV, 3 do
+    for i = 4, #ARGV, 4 do
       local position = tonumber(ARGV[i + 1])
       local item = items[position - acked + 1]
       if position >= acked and item then
+        if redis.sha1hex(item) ~= ARGV[i + 3] then
+          return redis.error_reply('STATE_MISMATCH the in-flight element at position ' ..
+            position .. ' is not the one this relay claimed: the list was changed')
+        end
         local entry = ARGV[i + 2] .. '\n' .. item
         if ARGV[i] == 'p' then parked[#parked + 1] = entry else dead[#dead + 1] = entry end
       end

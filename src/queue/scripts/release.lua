@@ -5,8 +5,10 @@
 -- everything goes back, resolved or not, and no dead-letter entry is written.
 -- KEYS: list, inflight, meta, instances, dead, lease, retry.
 -- ARGV: instance, window start, resolved flags ('1' per resolved position from the window
---       start), claim position, count of dead-letter pairs, then (position, metadata
---       line) pairs, then the positions of parked events already delivered.
+--       start), claim position, count of dead-letter triples, then (position, metadata
+--       line, SHA-1 of the element claimed there) triples, then the positions of parked
+--       events already delivered. A dead-letter entry whose element in Redis is not the
+--       one claimed counts as a mismatch: everything goes back.
 -- Returns {events returned, 1 if the counters did not match}.
 -- Writes, in order: copies back to the list, dead-letter entries, then the deletes.
 local denied = refused({{'sismember', KEYS[4]}, {'hget', KEYS[3]}, {'llen', KEYS[2]},
@@ -17,10 +19,26 @@ local base = tonumber(ARGV[2])
 local flags = ARGV[3]
 local acked, claimed, mismatch = counters(KEYS[3], KEYS[2], tonumber(ARGV[4]), base)
 acked = acked or tonumber(redis.call('HGET', KEYS[3], 'acked') or '0') or 0
-local metas, delivered = {}, {}
-local pairs_end = 5 + 2 * tonumber(ARGV[5])
-for i = 6, pairs_end, 2 do metas[tonumber(ARGV[i])] = ARGV[i + 1] end
-for i = pairs_end + 1, #ARGV do delivered[tonumber(ARGV[i])] = true end
+local metas, sums, delivered = {}, {}, {}
+local triples_end = 5 + 3 * tonumber(ARGV[5])
+for i = 6, triples_end, 3 do
+  metas[tonumber(ARGV[i])] = ARGV[i + 1]
+  sums[tonumber(ARGV[i])] = ARGV[i + 2]
+end
+for i = triples_end + 1, #ARGV do delivered[tonumber(ARGV[i])] = true end
+if not mismatch then
+  -- The dead-letter entries are written from Redis's copies: each must be the element
+  -- claimed at its position.
+  local items = redis.call('LRANGE', KEYS[2], 0, -1)
+  for i, item in ipairs(items) do
+    local sum = sums[acked + i - 1]
+    if sum and redis.sha1hex(item) ~= sum then mismatch = true end
+  end
+  for _, entry in ipairs(redis.call('LRANGE', KEYS[7], 0, -1)) do
+    local position, element = parked_entry(entry)
+    if sums[position] and redis.sha1hex(element) ~= sums[position] then mismatch = true end
+  end
+end
 local function unresolved(position)
   if mismatch then return true end
   local offset = position - base + 1

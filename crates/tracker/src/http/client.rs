@@ -6,10 +6,11 @@
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
-use reqwest::Url;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use url::Url;
 
-use super::plain::{Answer, Plain};
+use super::answer::Answer;
+use super::pool::Pool;
+use super::route::Route;
 use crate::protocol::{Batch, Method, epoch_millis, write_post_body};
 
 /// The `User-Agent` sent.
@@ -175,20 +176,22 @@ pub enum ClientError {
     /// The proxy URL is not one.
     #[error("the proxy is not a URL")]
     Proxy,
+    /// The proxy (`collector.proxy` or a proxy variable) is not an `http://` one.
+    #[error(
+        "the proxy for the collector is a {0}:// proxy; only http:// proxies are supported \
+         (collector.proxy, or the HTTP_PROXY, HTTPS_PROXY and ALL_PROXY variables)"
+    )]
+    UnsupportedProxy(String),
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Build(String),
 }
 
-/// How much of a collector's response body is read (to let the connection be reused);
-/// a larger body is dropped with its connection.
-pub(crate) const MAX_RESPONSE_BODY_BYTES: usize = 64 * 1024;
-
 /// A collector: keep-alive connections, a request timeout, no cookie store, no redirects,
 /// TLS 1.2 at least, an honest `User-Agent`, and `SP-Anonymous` if asked.
 #[derive(Clone)]
 pub struct Client {
-    transport: Transport,
+    pool: Pool,
     url: Url,
     /// `url` without its query and fragment: a GET request's URL is this, `?` and the
     /// event's query.
@@ -198,68 +201,23 @@ pub struct Client {
     no_retry: Vec<u16>,
 }
 
-/// How requests travel. Both behave alike (headers, timeout, no redirects); the plain one
-/// costs a third of reqwest's instructions per request, which matters for GET (one
-/// request per event).
-#[derive(Clone)]
-enum Transport {
-    /// `http://`, no proxy, no user in the URL: hyper's client on its own.
-    Plain(Plain),
-    /// TLS, a proxy (`collector.proxy` or the proxy environment variables) or a URL with
-    /// credentials: reqwest, which does all of those.
-    Reqwest(reqwest::Client),
-}
-
 impl Client {
-    /// Builds the client.
+    /// Builds the client: checks the TLS material (the CA bundle, the client identity,
+    /// the system's roots for an https collector) and the proxy; connects to nothing yet.
     pub fn new(settings: &ClientSettings) -> Result<Client, ClientError> {
-        // reqwest is built without a bundled crypto provider; use ring's.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let url = settings.url.clone().ok_or(ClientError::NoUrl)?;
         let timeout = settings.request_timeout.unwrap_or(Duration::from_secs(5));
-        let mut headers = HeaderMap::new();
-        if settings.anonymous {
-            headers.insert("SP-Anonymous", HeaderValue::from_static("*"));
-        }
-        let https = url.scheme() == "https";
-        // Built (and so checked: CA bundle, client identity, proxy URL) whichever transport
-        // is used.
-        let builder = tls_and_proxy(reqwest::Client::builder(), settings, https)?;
-        let transport = if plain_http_suffices(&url, settings) {
-            Transport::Plain(Plain::new(
-                &url,
-                timeout,
-                settings.max_idle_connections.max(1),
-                settings.anonymous,
-            ))
-        } else {
-            let client = builder
-                .user_agent(USER_AGENT)
-                .default_headers(headers)
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .pool_max_idle_per_host(settings.max_idle_connections.max(1))
-                .tcp_nodelay(true)
-                // A followed 301/302 turns a POST into a GET without its body, which a
-                // collector answers 200: the events would count as delivered and be lost.
-                .redirect(reqwest::redirect::Policy::none())
-                // An https collector is never reached over plain http.
-                .https_only(https)
-                .build()
-                .map_err(|e| {
-                    if https {
-                        ClientError::TrustStore(error_chain(&e))
-                    } else {
-                        ClientError::Build(error_chain(&e.without_url()))
-                    }
-                })?;
-            Transport::Reqwest(client)
-        };
+        let pool = Pool::new(
+            Route::new(&url, settings)?,
+            timeout,
+            settings.max_idle_connections.max(1),
+            settings.anonymous,
+        );
         let mut base = url.clone();
         base.set_query(None);
         base.set_fragment(None);
         Ok(Client {
-            transport,
+            pool,
             base: base.into(),
             url,
             method: settings.method.unwrap_or(Method::Post),
@@ -384,8 +342,8 @@ impl Client {
         }
     }
 
-    /// Sends one request to `target` (a URL): a POST with `body`, or a GET; reads a small
-    /// answer so its connection is reused; adds what it sends to `bytes_sent`.
+    /// Sends one request to `target` (a URL): a POST with `body`, or a GET; adds what it
+    /// sends to `bytes_sent`.
     async fn send(
         &self,
         target: bytes::Bytes,
@@ -393,65 +351,15 @@ impl Client {
         bytes_sent: &mut u64,
     ) -> Result<Answer, Failure> {
         *bytes_sent += body.as_ref().map_or(target.len(), bytes::Bytes::len) as u64;
-        let failed = |text: String| Failure::Attempt(AttemptError::Transport(text));
-        let client = match &self.transport {
-            Transport::Plain(plain) => return plain.send(target, body).await.map_err(failed),
-            Transport::Reqwest(client) => client,
-        };
-        let url = std::str::from_utf8(&target).map_err(|e| failed(e.to_string()))?;
-        let request = match body {
-            Some(body) => client
-                .post(url)
-                .header(CONTENT_TYPE, "application/json; charset=utf-8")
-                .body(body),
-            None => client.get(url),
-        };
-        let mut response = request
-            .send()
+        self.pool
+            .send(target, body)
             .await
-            .map_err(|e| failed(error_chain(&e.without_url())))?;
-        let answer = Answer {
-            status: response.status().as_u16(),
-            location: location(&response).map(str::to_owned),
-        };
-        // Read a small body so the connection goes back to the pool; never a large one.
-        let mut read = 0;
-        while read <= MAX_RESPONSE_BODY_BYTES {
-            match response.chunk().await {
-                Ok(Some(chunk)) => read += chunk.len(),
-                _ => break,
-            }
-        }
-        Ok(answer)
+            .map_err(|text| Failure::Attempt(AttemptError::Transport(text)))
     }
 }
 
 fn is_redirection(status: u16) -> bool {
     (300..400).contains(&status)
-}
-
-/// Whether [`Transport::Plain`] can reach the collector at `url`: plain `http`, no user or
-/// password in the URL (reqwest turns them into a Basic `Authorization`), no proxy set
-/// and none from the environment (`HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, as reqwest reads
-/// them) for this URL.
-fn plain_http_suffices(url: &Url, settings: &ClientSettings) -> bool {
-    url.scheme() == "http"
-        && url.username().is_empty()
-        && url.password().is_none()
-        && settings.proxy.is_none()
-        && url.as_str().parse::<hyper::Uri>().is_ok_and(|uri| {
-            hyper_util::client::proxy::matcher::Matcher::from_system()
-                .intercept(&uri)
-                .is_none()
-        })
-}
-
-/// The `Location` header of a response, if it is text.
-fn location(response: &reqwest::Response) -> Option<&str> {
-    response
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .and_then(|value| value.to_str().ok())
 }
 
 /// The URL to send again to, if a redirect from `sent` to `location` is a collector's
@@ -492,56 +400,6 @@ enum Failure {
     Attempt(AttemptError),
 }
 
-/// The collector's trust store, client identity, minimum TLS version and proxy.
-fn tls_and_proxy(
-    mut builder: reqwest::ClientBuilder,
-    settings: &ClientSettings,
-    https: bool,
-) -> Result<reqwest::ClientBuilder, ClientError> {
-    builder = builder.tls_version_min(reqwest::tls::Version::TLS_1_2);
-    match (&settings.tls_ca_pem, https) {
-        (Some(pem), _) => {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .ok()
-                .filter(|certs| !certs.is_empty())
-                .ok_or(ClientError::NoCertificates)?;
-            builder = if settings.tls_ca_only {
-                builder.tls_certs_only(certs)
-            } else {
-                builder.tls_certs_merge(certs)
-            };
-        }
-        // Plain HTTP needs no trust store: do not load one, so that a host or image
-        // without CA certificates can still send to an http collector.
-        (None, false) => builder = builder.tls_certs_only(std::iter::empty()),
-        (None, true) => {}
-    }
-    if let Some(pem) = &settings.tls_identity_pem {
-        let identity =
-            reqwest::Identity::from_pem(pem).map_err(|e| ClientError::Identity(error_chain(&e)))?;
-        builder = builder.identity(identity);
-    }
-    if let Some((proxy, no_proxy)) = &settings.proxy {
-        let proxy = reqwest::Proxy::all(proxy.as_str())
-            .map_err(|_| ClientError::Proxy)?
-            .no_proxy(no_proxy.as_deref().and_then(reqwest::NoProxy::from_string));
-        builder = builder.proxy(proxy);
-    }
-    Ok(builder)
-}
-
-/// An error and its causes, one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// A URL fit for a log line: user name and password replaced by `****`, query and
 /// fragment (event data, tokens) dropped. Text that is not a URL is not shown at all.
 pub fn mask_url(url: &str) -> String {
@@ -564,6 +422,201 @@ pub fn mask_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What a raw collector does on its `connection`-th connection (from 0) for its
+    /// `request`-th request there (from 0): bytes to write, then a pause, then more bytes
+    /// (an empty second part: nothing more); `None` closes the connection.
+    type Script = fn(usize, usize) -> Option<(Vec<u8>, Duration, Vec<u8>)>;
+
+    /// A collector on a raw socket following `script`; records, per request, the
+    /// connection it came on.
+    async fn raw_collector(script: Script) -> (u16, Arc<Mutex<Vec<usize>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let connections = AtomicUsize::new(0);
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let connection = connections.fetch_add(1, Ordering::SeqCst);
+                let log = log.clone();
+                tokio::spawn(async move {
+                    for request in 0.. {
+                        let mut head = Vec::new();
+                        while !head.ends_with(b"\r\n\r\n") {
+                            let mut byte = [0u8];
+                            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            head.push(byte[0]);
+                        }
+                        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                        if let Some(length) = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|n| n.trim().parse::<usize>().ok())
+                        {
+                            let mut body = vec![0u8; length];
+                            let _ = stream.read_exact(&mut body).await;
+                        }
+                        log.lock().unwrap().push(connection);
+                        let Some((first, pause, then)) = script(connection, request) else {
+                            return;
+                        };
+                        if stream.write_all(&first).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(pause).await;
+                        if !then.is_empty() && stream.write_all(&then).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    /// A client for a raw collector on `port`, with a user and password in the URL or
+    /// without; GET, one event per request.
+    fn client(port: u16, with_user: bool, timeout: Duration) -> Client {
+        let user = if with_user { "u:p@" } else { "" };
+        let url = Url::parse(&format!("http://{user}127.0.0.1:{port}/i")).unwrap();
+        Client::new(&ClientSettings {
+            url: Some(url),
+            method: Some(Method::Get),
+            request_timeout: Some(timeout),
+            max_idle_connections: 4,
+            ..ClientSettings::default()
+        })
+        .unwrap()
+    }
+
+    fn batch() -> Batch {
+        let element = crate::protocol::Element::parse(
+            bytes::Bytes::from_static(br#"{"e":"pv","p":"pc","tv":"t"}"#),
+            crate::protocol::ParseOptions::for_method(Method::Get, false),
+        )
+        .unwrap();
+        Batch::single(0, element)
+    }
+
+    fn answer(status: &str) -> Vec<u8> {
+        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").into_bytes()
+    }
+
+    fn delivered(report: &Report) -> bool {
+        matches!(report.attempt, Attempt::Delivered)
+    }
+
+    #[tokio::test]
+    async fn a_stray_second_answer_is_never_taken_for_the_next_requests_answer() {
+        // The first connection answers 503, then a stray 200 a moment later; every other
+        // connection answers 503 honestly. Believing the stray 200 would deliver what the
+        // collector never accepted.
+        fn script(connection: usize, _request: usize) -> Option<(Vec<u8>, Duration, Vec<u8>)> {
+            let stray = if connection == 0 {
+                answer("200 OK")
+            } else {
+                Vec::new()
+            };
+            Some((
+                answer("503 Service Unavailable"),
+                Duration::from_millis(30),
+                stray,
+            ))
+        }
+        for with_user in [false, true] {
+            let (port, seen) = raw_collector(script).await;
+            let client = client(port, with_user, Duration::from_secs(5));
+            let first = client.attempt(&batch()).await;
+            assert_eq!(first.status, Some(503));
+            // At once, and again after the stray answer came: neither is "delivered".
+            for _ in 0..2 {
+                let next = client.attempt(&batch()).await;
+                assert!(!delivered(&next), "with a user {with_user}: {next:?}");
+                assert_eq!(next.status, Some(503), "with a user {with_user}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let seen = seen.lock().unwrap().clone();
+            assert_eq!(seen[0], 0);
+            assert!(
+                seen[1..].iter().all(|c| *c != 0),
+                "with a user {with_user}: a request went on the connection of a non-2xx answer: {seen:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_2xx_whose_body_stalls_is_delivered_once_and_its_connection_closed() {
+        fn script(connection: usize, _request: usize) -> Option<(Vec<u8>, Duration, Vec<u8>)> {
+            if connection == 0 {
+                // The head of a 2xx, then a body that never comes whole.
+                let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nok".to_vec();
+                Some((head, Duration::from_secs(60), Vec::new()))
+            } else {
+                Some((answer("200 OK"), Duration::ZERO, Vec::new()))
+            }
+        }
+        for with_user in [false, true] {
+            let (port, seen) = raw_collector(script).await;
+            let client = client(port, with_user, Duration::from_millis(300));
+            let report = client.attempt(&batch()).await;
+            assert!(delivered(&report), "with a user {with_user}: {report:?}");
+            let report = client.attempt(&batch()).await;
+            assert!(delivered(&report), "with a user {with_user}: {report:?}");
+            assert_eq!(*seen.lock().unwrap(), [0, 1], "with a user {with_user}");
+        }
+    }
+
+    #[tokio::test]
+    async fn endless_interim_answers_fail_the_attempt_early() {
+        fn script(_connection: usize, _request: usize) -> Option<(Vec<u8>, Duration, Vec<u8>)> {
+            // A megabyte of "100 Continue" interim answers.
+            Some((
+                b"HTTP/1.1 100 Continue\r\n\r\n".repeat(40_000),
+                Duration::from_secs(60),
+                Vec::new(),
+            ))
+        }
+        for with_user in [false, true] {
+            let (port, _) = raw_collector(script).await;
+            let client = client(port, with_user, Duration::from_secs(5));
+            let started = std::time::Instant::now();
+            let report = client.attempt(&batch()).await;
+            assert!(
+                matches!(report.attempt, Attempt::Failed(AttemptError::Transport(_))),
+                "{report:?}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "gave up after {:?}, not once it had read what an answer may bring",
+                started.elapsed()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_body_closes_its_connection() {
+        fn script(_connection: usize, _request: usize) -> Option<(Vec<u8>, Duration, Vec<u8>)> {
+            let mut answer =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 80 * 1024).into_bytes();
+            answer.extend(vec![b'x'; 80 * 1024]);
+            Some((answer, Duration::ZERO, Vec::new()))
+        }
+        for with_user in [false, true] {
+            let (port, seen) = raw_collector(script).await;
+            let client = client(port, with_user, Duration::from_secs(5));
+            for _ in 0..2 {
+                assert!(delivered(&client.attempt(&batch()).await));
+            }
+            assert_eq!(*seen.lock().unwrap(), [0, 1], "with a user {with_user}");
+        }
+    }
 
     #[test]
     fn every_status_has_one_disposition() {

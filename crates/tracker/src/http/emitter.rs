@@ -133,7 +133,7 @@ impl HttpEmitterBuilder {
     /// Checks the settings and builds the client.
     pub fn build(mut self) -> Result<HttpEmitter, Error> {
         let bad = |what: String| Error::Collector(what);
-        let base = reqwest::Url::parse(&self.url)
+        let base = url::Url::parse(&self.url)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
             .ok_or_else(|| {
@@ -146,7 +146,7 @@ impl HttpEmitterBuilder {
         };
         if self.settings.url.is_none() {
             let joined = format!("{}{path}", base.as_str().trim_end_matches('/'));
-            self.settings.url = Some(reqwest::Url::parse(&joined).map_err(|e| bad(e.to_string()))?);
+            self.settings.url = Some(url::Url::parse(&joined).map_err(|e| bad(e.to_string()))?);
         }
         let buffer_size = match method {
             Method::Get => 1,
