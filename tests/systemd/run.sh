@@ -60,6 +60,10 @@ docker run -d --name "$container" --cap-add ALL --cap-drop SYS_RESOURCE \
 booted() { in_box systemctl is-system-running 2>/dev/null | grep -Eq '^(running|degraded)$'; }
 wait_for 60 booted || { docker logs "$container" 2>&1 | tail -n 20; skip "systemd does not boot in a container here"; }
 echo "systemd $(in_box systemctl --version | head -n 1 | cut -d' ' -f2) is PID 1 in the container"
+# Docker mounts the container's /run (--tmpfs) private; on a host it is shared, and
+# systemd's credentials (LoadCredential=, a ramfs it moves under /run/credentials) need
+# that: without it the service sees an empty, root-only directory.
+in_box mount --make-rshared /run
 
 # --- install exactly as docs/operations.md#systemd says ---
 docker exec "$container" mkdir -p /src/target/release /src/config /src/systemd
