@@ -36,4 +36,4 @@ pub mod text;
 pub use config::{Config, Settings};
 pub use error::Error;
 pub use ops::metrics::Summary;
-pub use relay::{Controls, RELOADABLE, changed_keys, run, run_with_controls};
+pub use relay::{Controls, changed_keys, run, run_with_controls};

@@ -186,9 +186,10 @@ async fn dead_letter_count_list_and_replay() {
     wait_until("all dead-lettered", 20, async || redis.llen(DEAD) == 6).await;
     relay.stop().await;
 
+    // The flags after the leaf subcommand, as people type them (`count --redis-url`).
     let tool = |args: &[&str]| {
         let output = run_bin(
-            &[&["--redis-url", &redis.url(), "dead-letter"], args].concat(),
+            &[&["dead-letter"], args, &["--redis-url", &redis.url()]].concat(),
             &[],
         );
         assert!(
@@ -199,6 +200,9 @@ async fn dead_letter_count_list_and_replay() {
         String::from_utf8(output.stdout).unwrap()
     };
     assert_eq!(tool(&["count"]).trim(), "6");
+    // Or before the subcommand.
+    let before = run_bin(&["--redis-url", &redis.url(), "dead-letter", "count"], &[]);
+    assert_eq!(String::from_utf8_lossy(&before.stdout).trim(), "6");
     let listed: Vec<serde_json::Value> = tool(&["list", "--limit", "10"])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -250,3 +250,27 @@ fn markdown_links(text: &str) -> Vec<String> {
     }
     found
 }
+
+/// The configuration reference in docs/operations.md is what the declaration of every
+/// key generates (`SNOWPLOW_RELAY_REGENERATE=1` rewrites it).
+#[test]
+fn the_configuration_reference_is_generated_from_the_declaration() {
+    const BEGIN: &str = "<!-- generated from src/config/keys.rs; regenerate: \
+                         SNOWPLOW_RELAY_REGENERATE=1 cargo test --test tests docs:: -->\n";
+    const END: &str = "<!-- end of the generated reference -->";
+    let path = root().join("docs/operations.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find(BEGIN).expect("the reference's opening marker") + BEGIN.len();
+    let end = start + text[start..].find(END).expect("the reference's closing marker");
+    let generated = snowplow_relay::config::keys::reference();
+    if text[start..end] != generated && std::env::var_os("SNOWPLOW_RELAY_REGENERATE").is_some() {
+        let rewritten = format!("{}{generated}{}", &text[..start], &text[end..]);
+        std::fs::write(&path, rewritten).unwrap();
+        return;
+    }
+    assert!(
+        text[start..end] == generated,
+        "docs/operations.md's configuration reference differs from src/config/keys.rs; \
+         regenerate it: SNOWPLOW_RELAY_REGENERATE=1 cargo test --test tests docs::"
+    );
+}

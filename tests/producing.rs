@@ -712,10 +712,16 @@ async fn the_track_and_collector_commands_work_as_processes() {
         &[],
     );
     assert!(output.status.success(), "{output:?}");
+    // Flags after the event's subcommand, as people type them.
+    let output = run_bin(
+        &["track", "page-view", "--url", "https://x/", "--collector", &url, "-q"],
+        &[],
+    );
+    assert!(output.status.success(), "{output:?}");
     let (status, all) = http_get(addr, "/micro/all").await;
     assert_eq!(status, 200);
     let all: Value = serde_json::from_str(&all).unwrap();
-    assert_eq!(all["good"], 3);
+    assert_eq!(all["good"], 4);
     collector.stop_cleanly().await;
 }
 

@@ -17,6 +17,7 @@ mod process;
 mod producing;
 mod prometheus;
 mod relay;
+mod reloads;
 mod scripts;
 mod stalls;
 mod tls;

@@ -1,6 +1,7 @@
 //! `snowplow-relay check`: validates the configuration, prints its warnings (stderr) and,
 //! unless `--quiet`, the settings with secrets masked and where each value came from
-//! (stdout). Exit 2 with the reason when it is invalid.
+//! (stdout). Exit 2 with the reason when it is invalid. `--print-default-config` prints
+//! the documented example file instead.
 
 use std::process::ExitCode;
 
@@ -17,5 +18,11 @@ pub(super) fn check(flags: RelayFlags, quiet: bool) -> ExitCode {
     if !quiet {
         print!("{}", settings.to_shown_toml());
     }
+    ExitCode::SUCCESS
+}
+
+/// The documented example configuration, generated from the declaration of every key.
+pub(super) fn print_default_config() -> ExitCode {
+    print!("{}", snowplow_relay::config::keys::example_file());
     ExitCode::SUCCESS
 }

@@ -46,7 +46,14 @@ pub(super) struct CollectorArgs {
 
 pub(super) fn collector(args: CollectorArgs, before: &CommonFlags) -> ExitCode {
     let mut log = LogConfig::default();
-    if let Some(level) = args.log_level.as_ref().or(before.log_level.as_ref()) {
+    // The flag, or RUST_LOG (the collector has no configuration file).
+    let from_env = std::env::var("RUST_LOG").ok();
+    if let Some(level) = args
+        .log_level
+        .as_ref()
+        .or(before.log_level.as_ref())
+        .or(from_env.as_ref())
+    {
         log.level = level.clone();
     }
     if let Some(format) = args.log_format.as_ref().or(before.log_format.as_ref()) {

@@ -113,6 +113,10 @@ enum Command {
         /// Print errors and warnings only (for ExecStartPre= and ExecReload=).
         #[arg(long, short)]
         quiet: bool,
+        /// Print the documented example configuration, every key with its default
+        /// (config/snowplow-relay.toml), and nothing else.
+        #[arg(long, exclusive = true)]
+        print_default_config: bool,
     },
     /// Probe the running relay's /healthz on admin.listen (for container health checks):
     /// exit 0 if alive, 1 otherwise.
@@ -127,6 +131,7 @@ enum Command {
     },
     /// Inspect the dead-letter list, or move its entries back to the list once the cause
     /// is fixed.
+    #[command(mut_args = |arg: clap::Arg| arg.global(true))]
     DeadLetter {
         #[command(flatten)]
         common: CommonFlags,
@@ -137,6 +142,7 @@ enum Command {
     },
     /// Track events from the shell: into Redis (the [redis] settings), or straight to a
     /// collector with --collector URL. Prints each event id.
+    #[command(mut_args = |arg: clap::Arg| arg.global(true))]
     Track(Box<track::TrackArgs>),
     /// Run a local collector shaped like Snowplow Micro, for trials and tests: GET /i,
     /// POST /com.snowplowanalytics.snowplow/tp2, /micro/all|good|bad|reset, /health.
@@ -226,7 +232,11 @@ pub fn main() -> ExitCode {
     match cli.command {
         None => run::run(before),
         Some(Command::Run(flags)) => run::run(flags.or(&before)),
-        Some(Command::Check { flags, quiet }) => check::check(flags.or(&before), quiet),
+        Some(Command::Check {
+            print_default_config: true,
+            ..
+        }) => check::print_default_config(),
+        Some(Command::Check { flags, quiet, .. }) => check::check(flags.or(&before), quiet),
         Some(Command::Healthcheck {
             common,
             admin,
@@ -287,5 +297,125 @@ fn keep_secrets_out_of_core_dumps() {
              secrets",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every leaf subcommand takes the flags of the subcommands it stands under, after
+    /// it (`dead-letter count --redis-url URL`, `track page-view --url U --collector C`),
+    /// as people type them.
+    #[test]
+    fn every_leaf_subcommand_takes_its_flags_after_it() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut leaves = 0;
+        let mut stack: Vec<(Vec<String>, &clap::Command, Vec<String>)> = cli
+            .get_subcommands()
+            .filter(|sub| sub.get_name() != "help")
+            .map(|sub| (vec![sub.get_name().to_owned()], sub, Vec::new()))
+            .collect();
+        while let Some((path, command, inherited)) = stack.pop() {
+            let own: Vec<String> = command
+                .get_arguments()
+                .filter_map(|arg| arg.get_long().map(str::to_owned))
+                .collect();
+            if command.has_subcommands() {
+                let mut flags = inherited.clone();
+                flags.extend(own.iter().filter(|f| *f != "help").cloned());
+                for sub in command.get_subcommands().filter(|sub| sub.get_name() != "help") {
+                    let mut path = path.clone();
+                    path.push(sub.get_name().to_owned());
+                    stack.push((path, sub, flags.clone()));
+                }
+                continue;
+            }
+            leaves += 1;
+            for flag in &inherited {
+                assert!(
+                    own.contains(flag),
+                    "`snowplow-relay {} --{flag}` is refused",
+                    path.join(" ")
+                );
+            }
+            // And parsing says so: the flag after the leaf reaches the same setting.
+            if inherited.iter().any(|f| f == "redis-url") {
+                let mut args = vec!["snowplow-relay".to_owned()];
+                args.extend(path.iter().cloned());
+                args.extend(required_args(&path));
+                args.extend(["--redis-url".to_owned(), "redis://h:1".to_owned()]);
+                Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            }
+        }
+        assert!(leaves >= 20, "{leaves} leaves");
+    }
+
+    /// What a leaf needs to parse at all (a page view needs its URL, …).
+    fn required_args(path: &[String]) -> Vec<String> {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut command = &cli;
+        for name in path {
+            command = command.find_subcommand(name).expect("a subcommand");
+        }
+        command
+            .get_arguments()
+            .filter(|arg| arg.is_required_set())
+            .flat_map(|arg| {
+                let value = arg
+                    .get_possible_values()
+                    .first()
+                    .map_or("1".to_owned(), |v| v.get_name().to_owned());
+                [format!("--{}", arg.get_long().unwrap_or_default()), value]
+            })
+            .collect()
+    }
+
+    /// Each flag sets a declared key (the flag groups name keys by their `key::`
+    /// constant, which the declaration generates; this proves each flag is wired).
+    #[test]
+    fn each_flag_names_a_declared_key() {
+        let cli = Cli::try_parse_from([
+            "snowplow-relay",
+            "--config",
+            "f.toml",
+            "--log-level",
+            "debug",
+            "--log-format",
+            "json",
+            "--redis-url",
+            "redis://h:1",
+            "--key",
+            "k",
+            "--collector",
+            "http://c",
+            "--method",
+            "get",
+            "--buffer-size",
+            "1",
+            "--byte-limit",
+            "100",
+            "--admin-listen",
+            "127.0.0.1:1",
+        ])
+        .unwrap();
+        let overrides = cli.relay.overrides();
+        let flags: Vec<&str> = overrides.values.iter().map(|(_, flag, _)| *flag).collect();
+        let root = Cli::command();
+        let declared_flags: Vec<String> = root
+            .get_arguments()
+            .filter_map(|arg| arg.get_long().map(|l| format!("--{l}")))
+            .filter(|flag| flag != "--config" && flag != "--help" && flag != "--version")
+            .collect();
+        assert_eq!(flags.len(), declared_flags.len(), "{flags:?} {declared_flags:?}");
+        for (key, flag, _) in &overrides.values {
+            assert!(
+                snowplow_relay::config::keys::KEYS.iter().any(|k| k.path == *key),
+                "{flag} sets {key}, which is not declared"
+            );
+        }
     }
 }

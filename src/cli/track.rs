@@ -632,7 +632,7 @@ async fn run(args: &TrackArgs, target: Target<'_>) -> Result<usize, TrackError> 
                     .buffer_size(collector.buffer_size.get())
                     .byte_limit(collector.byte_limit.get())
                     .max_requests_in_flight(collector.max_requests_in_flight)
-                    .retry_backoff(collector.backoff)
+                    .retry_backoff(collector.retry.backoff)
                     .client_settings(collector.client.clone())
                     .give_up_after(std::time::Duration::from_secs(10))
                     .on_failure(move |_, events: Vec<Payload>| {

@@ -26,129 +26,13 @@ pub const ENV_PREFIX: &str = "SNOWPLOW_RELAY_";
 /// The environment variable naming the configuration file (when `--config` is not given).
 pub const CONFIG_ENV: &str = "SNOWPLOW_RELAY_CONFIG";
 
-/// The TOML type of a setting, and the range of a number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Text, kept exactly as given.
-    Text,
-    /// A whole number from `min` to `max`.
-    Number {
-        /// Smallest allowed.
-        min: u64,
-        /// Largest allowed.
-        max: u64,
-    },
-    /// `true` or `false`.
-    Bool,
-    /// Whole numbers (comma-separated in the environment and flags).
-    Numbers,
-    /// One of these words (any case).
-    Word(&'static [&'static str]),
-    /// A socket address, `host:port` with an IP address.
-    Address,
-}
+/// The log filter every Rust program reads: `log.level` from the environment, when
+/// `SNOWPLOW_RELAY_LOG__LEVEL` is not set (a flag still wins, as over any variable).
+pub const RUST_LOG: &str = "RUST_LOG";
 
-/// One setting: its dotted name, its type, and whether its value is a secret (never shown,
-/// not even in an error) or a URL that may hold credentials (shown masked).
-#[derive(Debug, Clone, Copy)]
-pub struct Key {
-    /// `section.key`.
-    pub path: &'static str,
-    /// Its TOML type.
-    pub kind: Kind,
-    /// Shown as `****` (a password) or masked (a URL with credentials).
-    pub shown: Shown,
-}
+pub use super::keys::{KEYS, Key, Kind, Shown, key};
 
-/// How a value may be shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shown {
-    /// As it is.
-    Plain,
-    /// A URL: user name and password masked, query dropped.
-    Url,
-    /// Never: `****`.
-    Secret,
-}
-
-const U16: u64 = u16::MAX as u64;
 const ANY: u64 = u64::MAX;
-
-macro_rules! keys {
-    ($($name:ident = $path:literal : $kind:expr, $shown:ident;)+) => {
-        /// Every setting the relay knows. Validation, flags, reload and `check` name keys
-        /// from here; `config/snowplow-relay.toml` documents each (a test keeps them in
-        /// step).
-        pub const KEYS: &[Key] = &[$(Key { path: $path, kind: $kind, shown: Shown::$shown }),+];
-
-        /// Each setting's dotted name, once: `key::REDIS_URL` is `"redis.url"`.
-        pub mod key {
-            $(
-                #[doc = concat!("`", $path, "`")]
-                pub const $name: &str = $path;
-            )+
-        }
-    };
-}
-
-use Kind::{Address, Bool, Numbers, Text, Word};
-const fn n(min: u64, max: u64) -> Kind {
-    Kind::Number { min, max }
-}
-
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * KIB;
-
-keys! {
-    REDIS_URL = "redis.url": Text, Url;
-    REDIS_KEY = "redis.key": Text, Plain;
-    REDIS_DEAD_LETTER_KEY = "redis.dead_letter_key": Text, Plain;
-    // A Lua stack limit.
-    REDIS_CLAIM_BATCH_SIZE = "redis.claim_batch_size": n(1, 8_000), Plain;
-    REDIS_CLAIM_MAX_BYTES = "redis.claim_max_bytes": n(KIB, 512 * MIB), Plain;
-    REDIS_COMMAND_TIMEOUT_MS = "redis.command_timeout_ms": n(1, 600_000), Plain;
-    REDIS_LEASE_TTL_MS = "redis.lease_ttl_ms": n(1_000, 86_400_000), Plain;
-    REDIS_CLUSTER = "redis.cluster": Bool, Plain;
-    REDIS_USERNAME = "redis.username": Text, Plain;
-    REDIS_PASSWORD = "redis.password": Text, Secret;
-    REDIS_PASSWORD_FILE = "redis.password_file": Text, Plain;
-    REDIS_TLS_CA_FILE = "redis.tls_ca_file": Text, Plain;
-    REDIS_TLS_CLIENT_CERT_FILE = "redis.tls_client_cert_file": Text, Plain;
-    REDIS_TLS_CLIENT_KEY_FILE = "redis.tls_client_key_file": Text, Plain;
-    REDIS_TLS_INSECURE_SKIP_VERIFY = "redis.tls_insecure_skip_verify": Bool, Plain;
-    COLLECTOR_URL = "collector.url": Text, Url;
-    COLLECTOR_ENDPOINT = "collector.endpoint": Text, Plain;
-    COLLECTOR_PROTOCOL = "collector.protocol": Word(&["http", "https"]), Plain;
-    COLLECTOR_PORT = "collector.port": n(1, U16), Plain;
-    COLLECTOR_METHOD = "collector.method": Word(&["get", "post"]), Plain;
-    COLLECTOR_POST_PATH = "collector.post_path": Text, Plain;
-    COLLECTOR_BUFFER_SIZE = "collector.buffer_size": n(1, 1_000_000), Plain;
-    COLLECTOR_BYTE_LIMIT = "collector.byte_limit": n(1, 16 * MIB), Plain;
-    COLLECTOR_MAX_REQUESTS_IN_FLIGHT = "collector.max_requests_in_flight": n(1, 1_024), Plain;
-    COLLECTOR_FLUSH_INTERVAL_MS = "collector.flush_interval_ms": n(1, 600_000), Plain;
-    COLLECTOR_PARK_AFTER_FAILURES = "collector.park_after_failures": n(1, 1_000), Plain;
-    COLLECTOR_ISOLATED_FAILURE_LIMIT = "collector.isolated_failure_limit": n(1, 1_000), Plain;
-    COLLECTOR_REQUEST_TIMEOUT_MS = "collector.request_timeout_ms": n(1, 600_000), Plain;
-    COLLECTOR_NO_RETRY_STATUSES = "collector.no_retry_statuses": Numbers, Plain;
-    COLLECTOR_RETRY_INITIAL_BACKOFF_MS = "collector.retry_initial_backoff_ms": n(1, 3_600_000), Plain;
-    COLLECTOR_RETRY_MAX_BACKOFF_MS = "collector.retry_max_backoff_ms": n(1, 3_600_000), Plain;
-    COLLECTOR_ANONYMOUS = "collector.anonymous": Bool, Plain;
-    COLLECTOR_TLS_CA_FILE = "collector.tls_ca_file": Text, Plain;
-    COLLECTOR_TLS_CA_ONLY = "collector.tls_ca_only": Bool, Plain;
-    COLLECTOR_TLS_CLIENT_CERT_FILE = "collector.tls_client_cert_file": Text, Plain;
-    COLLECTOR_TLS_CLIENT_KEY_FILE = "collector.tls_client_key_file": Text, Plain;
-    COLLECTOR_PROXY = "collector.proxy": Text, Url;
-    COLLECTOR_NO_PROXY = "collector.no_proxy": Text, Plain;
-    EVENTS_ALLOW_UNKNOWN_FIELDS = "events.allow_unknown_fields": Bool, Plain;
-    EVENTS_MAX_ELEMENT_BYTES = "events.max_element_bytes": n(1, 16 * MIB), Plain;
-    WORKER_MAX_CLAIMED_EVENTS = "worker.max_claimed_events": n(1, 1_000_000), Plain;
-    WORKER_MAX_CLAIMED_BYTES = "worker.max_claimed_bytes": n(KIB, 16 * 1024 * MIB), Plain;
-    WORKER_DRAIN_TIMEOUT_MS = "worker.drain_timeout_ms": n(0, 600_000), Plain;
-    WORKER_THREADS = "worker.threads": n(1, 64), Plain;
-    LOG_LEVEL = "log.level": Text, Plain;
-    LOG_FORMAT = "log.format": Word(&["text", "json"]), Plain;
-    ADMIN_LISTEN = "admin.listen": Address, Plain;
-}
 
 /// The key named `path`, if the relay knows it.
 pub fn find_key(path: &str) -> Option<&'static Key> {
@@ -209,6 +93,9 @@ pub struct Layers {
     pub table: toml::Table,
     /// Where each set key's value came from.
     pub sources: BTreeMap<&'static str, Source>,
+    /// What reading them found worth a warning (an environment variable that looks
+    /// like a setting but is none).
+    pub warnings: Vec<String>,
 }
 
 /// Settings that are two ways of naming one thing: a layer that sets one replaces the
@@ -234,7 +121,7 @@ impl Layers {
             None => {
                 process_env = std::env::vars_os()
                     .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-                    .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+                    .filter(|(k, _)| k.starts_with(ENV_PREFIX) || k == RUST_LOG)
                     .collect();
                 &process_env
             }
@@ -274,7 +161,12 @@ impl Layers {
                 continue;
             };
             let Some((section, key)) = rest.split_once("__") else {
-                continue; // not a setting (CONFIG, or a Kubernetes service variable)
+                // Not a setting: the file's name, a Kubernetes service variable, or a
+                // typo worth a warning.
+                if name != CONFIG_ENV && !is_kubernetes_service_variable(name) {
+                    layers.warnings.push(not_a_setting(name));
+                }
+                continue;
             };
             let path = format!(
                 "{}.{}",
@@ -295,6 +187,14 @@ impl Layers {
                 parse_text(key, value, &Source::Env(name.clone()))?,
                 name,
             ));
+        }
+        let log_level = format!("{ENV_PREFIX}LOG__LEVEL");
+        if let Some(value) = env.get(RUST_LOG)
+            && !env.contains_key(&log_level)
+        {
+            let key = find_key(key::LOG_LEVEL).expect("declared");
+            let source = Source::Env(RUST_LOG.into());
+            from_env.push((key, parse_text(key, value, &source)?, &RUST_LOG_NAME));
         }
         layers.set_all(
             from_env
@@ -391,6 +291,53 @@ impl Layers {
             section.remove(name);
         }
         self.sources.retain(|key, _| *key != path);
+    }
+}
+
+/// `RUST_LOG`, as the environment's names are held.
+static RUST_LOG_NAME: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| RUST_LOG.into());
+
+/// A variable Kubernetes sets for every Service in the namespace (a Service named
+/// `snowplow-relay` gives `SNOWPLOW_RELAY_SERVICE_HOST`, `SNOWPLOW_RELAY_PORT_9187_TCP`…).
+fn is_kubernetes_service_variable(name: &str) -> bool {
+    if name.ends_with("_SERVICE_HOST") || name.ends_with("_SERVICE_PORT") || name.ends_with("_PORT")
+    {
+        return true;
+    }
+    if name.contains("_SERVICE_PORT_") {
+        return true;
+    }
+    // X_PORT_<port>_<PROTOCOL>[_PROTO|_PORT|_ADDR]
+    let Some((_, after)) = name.rsplit_once("_PORT_").filter(|(_, a)| {
+        a.split('_')
+            .next()
+            .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+    }) else {
+        return false;
+    };
+    let mut parts = after.split('_').skip(1);
+    matches!(parts.next(), Some("TCP" | "UDP" | "SCTP"))
+        && matches!(parts.next(), None | Some("PROTO" | "PORT" | "ADDR"))
+        && parts.next().is_none()
+}
+
+/// The warning for `SNOWPLOW_RELAY_<something>` that names no setting: the setting it
+/// probably meant when a `__` became `_`.
+fn not_a_setting(name: &str) -> String {
+    let meant = KEYS.iter().find_map(|key| {
+        let (section, key_name) = key.parts();
+        let setting = format!("{ENV_PREFIX}{section}__{key_name}").to_ascii_uppercase();
+        (setting.replace("__", "_") == name.to_ascii_uppercase()).then_some(setting)
+    });
+    match meant {
+        Some(setting) => format!(
+            "the environment variable {name} is not a setting and is ignored: did you mean \
+             {setting} (two underscores between section and key)?"
+        ),
+        None => format!(
+            "the environment variable {name} is not a setting and is ignored (settings are \
+             SNOWPLOW_RELAY_<SECTION>__<KEY>, e.g. SNOWPLOW_RELAY_REDIS__URL)"
+        ),
     }
 }
 
@@ -491,53 +438,34 @@ fn check_type(key: &Key, value: &toml::Value, source: &Source) -> Result<(), Con
 
 /// `n` within `min..=max` (a negative `n` stands for a number too large to hold).
 fn in_range(key: &Key, n: i64, min: u64, max: u64, source: &Source) -> Result<(), ConfigError> {
-    if n >= 0 && (min..=max).contains(&(n as u64)) {
-        return Ok(());
+    match u64::try_from(n) {
+        Ok(n) if (min..=max).contains(&n) => Ok(()),
+        Ok(n) => Err(out_of_range(key, n, Some(source))),
+        Err(_) => Err(out_of_range(key, u64::MAX, Some(source))),
     }
+}
+
+/// `key`'s value `n` is outside its range: the error names the range, what was found and
+/// where (when it came from a layer).
+pub(super) fn out_of_range(key: &Key, n: u64, source: Option<&Source>) -> ConfigError {
+    let Kind::Number { min, max } = key.kind else {
+        unreachable!("only numbers have a range")
+    };
     let range = if max == ANY {
         format!("a whole number of at least {min}")
     } else {
         format!("a number from {min} to {max}")
     };
-    let found = if n < 0 {
+    let found = if n > i64::MAX as u64 {
         "a larger number".to_owned()
     } else {
         n.to_string()
     };
-    Err(ConfigError::Invalid {
+    let from = source.map(|source| format!(", from {source}")).unwrap_or_default();
+    ConfigError::Invalid {
         key: key.path,
-        expected: format!("{range} (found {found}, from {source})"),
-    })
-}
-
-/// Every number in `config` within its key's range: settings built in code (the tracker's
-/// builders, tests) pass the same checks as those read from the layers.
-pub fn check_ranges(config: &super::Config) -> Result<(), ConfigError> {
-    let table = toml::Value::try_from(config).map_err(|e| ConfigError::Invalid {
-        key: "settings",
-        expected: e.to_string(),
-    })?;
-    for key in KEYS {
-        let Kind::Number { min, max } = key.kind else {
-            continue;
-        };
-        let (section, name) = key.path.split_once('.').expect("section.key");
-        if let Some(value) = table.get(section).and_then(|s| s.get(name)) {
-            let n = value.as_integer().unwrap_or(-1);
-            if n < 0 || !(min..=max).contains(&(n as u64)) {
-                let range = if max == ANY {
-                    format!("a whole number of at least {min}")
-                } else {
-                    format!("a number from {min} to {max}")
-                };
-                return Err(ConfigError::Invalid {
-                    key: key.path,
-                    expected: format!("{range} (found {n})"),
-                });
-            }
-        }
+        expected: format!("{range} (found {found}{from})"),
     }
-    Ok(())
 }
 
 fn wrong(key: &Key, expected: &str, found: &str, source: &Source) -> ConfigError {
@@ -671,10 +599,29 @@ mod tests {
                 ("SNOWPLOW_RELAY_SERVICE_PORT", "9187"),
                 ("SNOWPLOW_RELAY_PORT", "tcp://10.0.0.1:9187"),
                 ("SNOWPLOW_RELAY_PORT_9187_TCP_ADDR", "10.0.0.1"),
+                ("SNOWPLOW_RELAY_PORT_9187_TCP", "tcp://10.0.0.1:9187"),
+                ("SNOWPLOW_RELAY_METRICS_SERVICE_PORT_HTTP", "9187"),
+                ("SNOWPLOW_RELAY_CONFIG", "/dev/null"),
             ])),
         )
         .unwrap();
         assert!(layers.table.is_empty());
+        assert_eq!(layers.warnings, Vec::<String>::new());
+        // A typo is named, with the setting it probably meant.
+        let layers = Layers::load_text(
+            None,
+            &Overrides::default(),
+            &env(&[("SNOWPLOW_RELAY_REDIS_URL", "redis://x"), ("SNOWPLOW_RELAY_COLOR", "1")]),
+        )
+        .unwrap();
+        assert!(layers.table.is_empty());
+        assert_eq!(layers.warnings.len(), 2, "{:?}", layers.warnings);
+        assert!(
+            layers.warnings[1].contains("did you mean SNOWPLOW_RELAY_REDIS__URL"),
+            "{:?}",
+            layers.warnings
+        );
+        assert!(layers.warnings[0].contains("SNOWPLOW_RELAY_COLOR is not a setting"));
         let error = Layers::load(
             None,
             &Overrides::default(),
@@ -683,6 +630,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("SNOWPLOW_RELAY_REDIS__UTL"), "{error}");
+    }
+
+    /// RUST_LOG is log.level's environment variable: it beats the file, and
+    /// SNOWPLOW_RELAY_LOG__LEVEL and the flag beat it; each value says where it came from.
+    #[test]
+    fn rust_log_is_log_level_from_the_environment() {
+        let file = Some((Path::new("relay.toml"), "[log]\nlevel = \"warn\"\n"));
+        let level = |layers: &Layers| {
+            (
+                layers.table["log"]["level"].as_str().unwrap().to_owned(),
+                layers.sources[key::LOG_LEVEL].to_string(),
+            )
+        };
+        let rust_log = env(&[("RUST_LOG", "debug")]);
+        let layers = Layers::load_text(file, &Overrides::default(), &rust_log).unwrap();
+        assert_eq!(level(&layers), ("debug".into(), "environment RUST_LOG".into()));
+        let both = env(&[("RUST_LOG", "debug"), ("SNOWPLOW_RELAY_LOG__LEVEL", "error")]);
+        let layers = Layers::load_text(file, &Overrides::default(), &both).unwrap();
+        assert_eq!(
+            level(&layers),
+            ("error".into(), "environment SNOWPLOW_RELAY_LOG__LEVEL".into())
+        );
+        let mut flag = Overrides::default();
+        flag.set_flag(key::LOG_LEVEL, "--log-level", Some("trace"));
+        let layers = Layers::load_text(file, &flag, &both).unwrap();
+        assert_eq!(level(&layers), ("trace".into(), "flag --log-level".into()));
     }
 
     #[test]

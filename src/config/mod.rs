@@ -4,8 +4,9 @@
 //! `SNOWPLOW_RELAY_CONFIG` names) < environment (`SNOWPLOW_RELAY_<SECTION>__<KEY>`, e.g.
 //! `SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE=100`; lists comma-separated) < command-line
 //! flags ([`layers`]). Unknown keys are errors, so a typo never silently falls back to a
-//! default. `config/snowplow-relay.toml` documents every key with its default; keep it in
-//! step with the doc comments here.
+//! default. Every key is declared once, in [`keys`]: the structures below, the layers'
+//! key table, the documented example file `config/snowplow-relay.toml` and the reload set
+//! come from that declaration.
 //!
 //! [`Settings::load`] returns the typed [`Settings`] whose method-dependent defaults
 //! (`buffer_size`, `byte_limit`, `dead_letter_key`) are filled in and whose values were
@@ -14,16 +15,20 @@
 //! It may touch: files and the environment (nothing else), [`crate::text`] and the
 //! tracker's protocol types. Every other room reads [`Settings`]; none writes them.
 
+pub mod keys;
 pub mod layers;
 mod settings;
 
-pub use layers::{Overrides, Source, key};
+pub use keys::{
+    AdminConfig, CollectorConfig, Config, EventsConfig, LogConfig, RedisConfig, WorkerConfig,
+    key,
+};
+pub use layers::{Overrides, Source};
 pub use settings::{
-    CollectorSettings, EventsSettings, RedisSettings, RedisTls, Settings, ToolSettings,
-    WorkerSettings,
+    CollectorSettings, EventsSettings, RedisSettings, RedisTls, RetryPolicy, Settings,
+    ToolSettings, WorkerSettings,
 };
 
-use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
 
@@ -31,102 +36,6 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 pub use snowplow_relay_tracker::protocol::{MAX_POST_BYTES, Method};
-
-/// The whole configuration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// Where events come from.
-    pub redis: RedisConfig,
-    /// Where events go.
-    pub collector: CollectorConfig,
-    /// What counts as a relayable event.
-    pub events: EventsConfig,
-    /// How much the relay holds at once and how it stops.
-    pub worker: WorkerConfig,
-    /// Log output.
-    pub log: LogConfig,
-    /// The admin listener: metrics and health.
-    pub admin: AdminConfig,
-}
-
-/// The admin listener: `/metrics`, `/healthz`, `/readyz`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// Address to serve on, e.g. `127.0.0.1:9187` (loopback: only this host can scrape)
-    /// or `0.0.0.0:9187` (in a container). Off when unset.
-    pub listen: Option<std::net::SocketAddr>,
-}
-
-/// The Redis side.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
-    /// Redis URL, `redis://[[user]:password@]host[:port][/db]`, or `rediss://` for TLS.
-    /// Credentials are masked in logs and `check`.
-    pub url: String,
-    /// The list producers RPUSH events onto.
-    pub key: String,
-    /// The dead-letter list. Default: `{<key>}:dead`, in the list's Redis Cluster slot.
-    pub dead_letter_key: Option<String>,
-    /// Events claimed per Redis round trip (at most 8000, a Lua stack limit).
-    pub claim_batch_size: NonZeroUsize,
-    /// Most bytes of events one claim takes, enforced inside the claim script: it bounds
-    /// what one reply makes Redis build and send, however large the elements are. At
-    /// least `events.max_element_bytes`, so every relayable element can be claimed.
-    pub claim_max_bytes: NonZeroUsize,
-    /// How long one Redis command may take before it counts as failed, in milliseconds.
-    pub command_timeout_ms: u64,
-    /// Lifetime of this relay's lease, renewed every third of it. When a relay dies, its
-    /// claimed events return to the list once its lease runs out, so this bounds how long
-    /// a crash delays them. 30 s outlasts a Redis failover or a long pause without
-    /// mistaking a live relay for a dead one.
-    pub lease_ttl_ms: u64,
-    /// `url` is a node of a Redis Cluster (the others are discovered from it). The
-    /// relay's keys share the list's hash slot, so every script runs on one node.
-    pub cluster: bool,
-    /// ACL user name (Redis 6+). Also possible in the URL: `redis://user:pass@host`.
-    pub username: Option<String>,
-    /// Password. Prefer `password_file` or `SNOWPLOW_RELAY_REDIS__PASSWORD`; a password
-    /// in a file the relay reads is never shown (`check` prints `****`).
-    pub password: Option<String>,
-    /// File holding the password (read at start-up, trailing newline dropped; a warning
-    /// if others can read it).
-    pub password_file: Option<std::path::PathBuf>,
-    /// `rediss://` only: PEM bundle of the CA(s) to trust instead of the system's roots.
-    pub tls_ca_file: Option<std::path::PathBuf>,
-    /// `rediss://` only: PEM client certificate for mutual TLS (with `tls_client_key_file`).
-    pub tls_client_cert_file: Option<std::path::PathBuf>,
-    /// `rediss://` only: PEM private key of `tls_client_cert_file`.
-    pub tls_client_key_file: Option<std::path::PathBuf>,
-    /// `rediss://` only: do not verify Redis's certificate. Dangerous (anyone on the path
-    /// can read and change the traffic); logged loudly. Also required for a URL ending in
-    /// `#insecure`.
-    pub tls_insecure_skip_verify: bool,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            url: "redis://127.0.0.1:6379".into(),
-            key: "snowplow".into(),
-            dead_letter_key: None,
-            claim_batch_size: NonZeroUsize::new(500).unwrap(),
-            claim_max_bytes: NonZeroUsize::new(4 * 1024 * 1024).unwrap(),
-            command_timeout_ms: 5_000,
-            lease_ttl_ms: 30_000,
-            cluster: false,
-            username: None,
-            password: None,
-            password_file: None,
-            tls_ca_file: None,
-            tls_client_cert_file: None,
-            tls_client_key_file: None,
-            tls_insecure_skip_verify: false,
-        }
-    }
-}
 
 /// `http` or `https`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,182 +47,10 @@ pub enum Protocol {
     Https,
 }
 
-/// The collector side, named as the trackers' `Emitter` names it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CollectorConfig {
-    /// The collector as one URL, e.g. `https://collector.example.com` or
-    /// `http://127.0.0.1:8080/prefix`. Use this or `endpoint`, not both.
-    pub url: Option<String>,
-    /// Collector host name, without scheme (the trackers' `endpoint`).
-    pub endpoint: Option<String>,
-    /// `http` or `https`, used with `endpoint` (default `https`).
-    pub protocol: Option<Protocol>,
-    /// Port, used with `endpoint`. Default: the protocol's.
-    pub port: Option<u16>,
-    /// `get` or `post`.
-    pub method: Method,
-    /// Path of POST requests.
-    pub post_path: String,
-    /// Events per POST request. Default: 50 for POST (`DEFAULT_POST_BUFFER_SIZE`); GET
-    /// always sends one per request. A partial batch is sent as soon as the list runs dry
-    /// or after `flush_interval_ms`, so a larger value costs no latency.
-    pub buffer_size: Option<NonZeroUsize>,
-    /// Upper bound in bytes for one POST body, or for one GET request's URL.
-    /// Default: 1,000,000 for POST (the collector turns bodies above 1 MiB into bad rows,
-    /// so at most 1,048,576), 16,000 for GET (collectors refuse request lines of ~20 KB).
-    pub byte_limit: Option<NonZeroUsize>,
-    /// Requests on the wire at once (at most 1024).
-    pub max_requests_in_flight: NonZeroUsize,
-    /// A partial batch waits at most this long for more events before it is sent, in
-    /// milliseconds. (It is also sent as soon as the list runs dry.)
-    pub flush_interval_ms: u64,
-    /// A batch that failed this many times, while other requests to the collector
-    /// succeeded since its first attempt, is parked: it leaves the relay's window for
-    /// this relay's retry list in Redis, so that it holds back no other event, and each of
-    /// its events is retried on its own. A collector failing every request is an outage:
-    /// nothing is parked or dead-lettered, everything is retried.
-    pub park_after_failures: u32,
-    /// A parked event that failed this many more times, each while other requests
-    /// succeeded, is dead-lettered with the status and the attempt count. Failures during
-    /// an outage do not count. (A 413 splits a batch at once, and dead-letters a single
-    /// event.)
-    pub isolated_failure_limit: u32,
-    /// Time allowed for one request, connect to last byte, in milliseconds.
-    pub request_timeout_ms: u64,
-    /// HTTP statuses that are never retried: the batch goes to the dead-letter list.
-    /// Every other non-2xx status, a timeout or a connection error is retried.
-    pub no_retry_statuses: Vec<u16>,
-    /// First retry delay in milliseconds; doubled per attempt, each delay jittered between
-    /// half and all of it.
-    pub retry_initial_backoff_ms: u64,
-    /// Longest retry delay in milliseconds.
-    pub retry_max_backoff_ms: u64,
-    /// Send `SP-Anonymous: *`, so the collector neither reads nor sets its cookie and
-    /// drops the IP address.
-    pub anonymous: bool,
-    /// PEM bundle of extra CA(s) to trust for an `https` collector, added to the system's
-    /// roots (or used alone with `tls_ca_only`).
-    pub tls_ca_file: Option<std::path::PathBuf>,
-    /// Trust only `tls_ca_file`, not the system's roots.
-    pub tls_ca_only: bool,
-    /// PEM client certificate for mutual TLS with the collector (with
-    /// `tls_client_key_file`).
-    pub tls_client_cert_file: Option<std::path::PathBuf>,
-    /// PEM private key of `tls_client_cert_file`.
-    pub tls_client_key_file: Option<std::path::PathBuf>,
-    /// Proxy for collector requests, e.g. `http://user:pass@proxy:3128` (credentials
-    /// masked in logs). Unset: `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` from the environment
-    /// apply, as curl reads them.
-    pub proxy: Option<String>,
-    /// With `proxy`: comma-separated hosts reached directly (as `NO_PROXY`).
-    pub no_proxy: Option<String>,
-}
-
-impl Default for CollectorConfig {
-    fn default() -> Self {
-        CollectorConfig {
-            url: None,
-            endpoint: None,
-            protocol: None,
-            port: None,
-            method: Method::Post,
-            post_path: "/com.snowplowanalytics.snowplow/tp2".into(),
-            buffer_size: None,
-            byte_limit: None,
-            max_requests_in_flight: NonZeroUsize::new(16).unwrap(),
-            flush_interval_ms: 500,
-            park_after_failures: 3,
-            isolated_failure_limit: 5,
-            request_timeout_ms: 5_000,
-            no_retry_statuses: vec![400, 401, 403, 410, 422],
-            retry_initial_backoff_ms: 500,
-            retry_max_backoff_ms: 30_000,
-            anonymous: false,
-            tls_ca_file: None,
-            tls_ca_only: false,
-            tls_client_cert_file: None,
-            tls_client_key_file: None,
-            proxy: None,
-            no_proxy: None,
-        }
-    }
-}
-
-/// Which elements are relayed; everything else goes to the dead-letter list.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EventsConfig {
-    /// POST: relay field names that `payload_data` 1-0-4 does not list. Off by default:
-    /// one unknown name makes the collector's enrichment reject the whole POST batch.
-    /// GET always passes unknown names through (query strings are not validated
-    /// against `payload_data`).
-    pub allow_unknown_fields: bool,
-    /// Elements larger than this many bytes go to the dead-letter list, straight from
-    /// Redis. Default (and maximum): the largest element a request can carry, i.e.
-    /// `collector.byte_limit` less the POST envelope and `stm` for POST, the URL limit
-    /// for GET.
-    pub max_element_bytes: Option<NonZeroUsize>,
-}
-
-/// The relay's own bounds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WorkerConfig {
-    /// Most events claimed from Redis and not yet acknowledged. This bounds memory: with
-    /// the collector down the relay holds at most this many events and the backlog stays
-    /// in Redis.
-    pub max_claimed_events: NonZeroUsize,
-    /// Most bytes of events claimed and not yet acknowledged: the memory bound in bytes,
-    /// whatever the elements' sizes. At least `redis.claim_max_bytes`.
-    pub max_claimed_bytes: NonZeroUsize,
-    /// On SIGINT/SIGTERM/SIGQUIT, how long in-flight requests may finish before the
-    /// undelivered events go back to the head of the list, in milliseconds. Returning
-    /// them takes at most [`crate::relay::RELEASE_BUDGET`] (2 s) more, so keep this at
-    /// least that much below Docker's 10 s stop grace and systemd's stop timeout.
-    pub drain_timeout_ms: u64,
-    /// Threads that run the relay (at most 64). 1, the default, runs every task on one
-    /// thread: the least CPU per event (no wake-ups across threads); it relays well over
-    /// 100,000 events/s. More threads add throughput for many collector requests in
-    /// flight (GET, TLS) at some CPU cost per event.
-    pub threads: NonZeroUsize,
-}
-
 /// Events per POST request unless `collector.buffer_size` says otherwise. Measured with
 /// `cargo bench --bench relay` (docs/performance.md#the-benchmark): 10 costs twice the CPU per event
 /// of 50, and 200 gains nothing over 50.
 pub const DEFAULT_POST_BUFFER_SIZE: usize = 50;
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            max_claimed_events: NonZeroUsize::new(10_000).unwrap(),
-            max_claimed_bytes: NonZeroUsize::new(32 * 1024 * 1024).unwrap(),
-            drain_timeout_ms: 5_000,
-            threads: NonZeroUsize::MIN,
-        }
-    }
-}
-
-/// Log output.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `error`, `warn`, `info`, `debug`, `trace`, or a `tracing` filter directive such as
-    /// `snowplow_relay=debug,warn`. `RUST_LOG`, when set, takes precedence.
-    pub level: String,
-    /// `text` (human-readable) or `json` (one object per line).
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: LogFormat::Text,
-        }
-    }
-}
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -358,18 +95,50 @@ impl Config {
 
     /// Validates: the settings the relay runs with.
     pub fn validate(self) -> Result<Settings, ConfigError> {
-        Settings::new(self, Default::default())
+        Settings::new(self, Default::default(), Vec::new())
     }
 
-    /// The configuration as TOML, with credentials in URLs masked: what `check` prints and
+    /// The configuration as TOML, each value shown as its key says ([`keys::Shown`]):
+    /// passwords as `****`, URLs with their credentials masked. What `check` prints and
     /// what the start-up log line shows.
     pub fn to_masked_toml(&self) -> String {
-        let mut shown = self.clone();
-        shown.redis.url = mask_url(&shown.redis.url);
-        shown.redis.password = shown.redis.password.as_ref().map(|_| "****".into());
-        shown.collector.url = shown.collector.url.as_deref().map(mask_url);
-        shown.collector.proxy = shown.collector.proxy.as_deref().map(mask_url);
-        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot show the settings: {e}\n"))
+        self.to_toml_with(|_| None)
+    }
+
+    /// As [`Config::to_masked_toml`], each line followed by `  # <note>` where `note`
+    /// has one for its key.
+    pub(crate) fn to_toml_with(&self, note: impl Fn(&'static str) -> Option<String>) -> String {
+        let Ok(toml::Value::Table(table)) = toml::Value::try_from(self) else {
+            return "# cannot show the settings\n".into();
+        };
+        let mut out = String::new();
+        let mut section = "";
+        for key in keys::KEYS {
+            let (this, name) = key.parts();
+            let Some(value) = table.get(this).and_then(|s| s.get(name)) else {
+                continue;
+            };
+            if this != section {
+                if !section.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(&format!("[{this}]\n"));
+                section = this;
+            }
+            let shown = match (key.shown, value) {
+                (keys::Shown::Url, toml::Value::String(url)) => {
+                    toml::Value::String(mask_url(url)).to_string()
+                }
+                (keys::Shown::Secret, _) => "\"****\"".to_owned(),
+                _ => value.to_string(),
+            };
+            out.push_str(&format!("{name} = {shown}"));
+            if let Some(note) = note(key.path) {
+                out.push_str(&format!("  # {note}"));
+            }
+            out.push('\n');
+        }
+        out
     }
 }
 
@@ -702,6 +471,20 @@ mod tests {
         }
     }
 
+    /// A configuration built in code passes the ranges the layers check.
+    #[test]
+    fn a_config_built_in_code_is_range_checked() {
+        let mut config = Config::default();
+        config.collector.url = Some("http://127.0.0.1:9090".into());
+        assert!(config.clone().validate().is_ok());
+        config.redis.claim_batch_size = std::num::NonZeroUsize::new(9_000).unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("redis.claim_batch_size") && err.contains("1 to 8000 (found 9000)"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn password_is_masked() {
         let config = load(
@@ -739,65 +522,130 @@ words_enum!(LogFormat { "text" => Text, "json" => Json });
 
 #[cfg(test)]
 mod example_file {
+    use super::keys::{KEYS, Reload};
     use super::*;
 
-    /// Keys the example shows with an example value although they are unset by default.
-    const OPTIONAL_EXAMPLES: &[&str] = &[
-        "endpoint",
-        "protocol",
-        "port",
-        "listen",
-        "username",
-        "password",
-        "password_file",
-        "tls_ca_file",
-        "tls_client_cert_file",
-        "tls_client_key_file",
-        "proxy",
-        "no_proxy",
-    ];
-
-    /// `config/snowplow-relay.toml` shows every key with its default: uncommenting every
-    /// `# key = value` line (but `endpoint`/`port`, the alternative to `url`) changes
-    /// nothing, and no key is missing.
+    /// `config/snowplow-relay.toml` is what the declaration generates
+    /// (`snowplow-relay check --print-default-config`).
     #[test]
-    fn the_example_file_documents_every_key_with_its_default() {
+    fn the_example_file_is_generated_from_the_declaration() {
         let example = include_str!("../../config/snowplow-relay.toml");
+        assert!(
+            example == keys::example_file(),
+            "config/snowplow-relay.toml differs from what src/config/keys.rs declares; \
+             regenerate it: cargo run -- check --print-default-config > \
+             config/snowplow-relay.toml"
+        );
+    }
+
+    /// The example file shows every key with its default: uncommenting every
+    /// `# key = value` line but those showing an example value (a key unset by default)
+    /// changes nothing.
+    #[test]
+    fn the_example_file_shows_each_default() {
+        let example = keys::example_file();
         let mut uncommented = String::new();
-        let mut keys = 0;
+        let mut section = "";
         for line in example.lines() {
-            let code = line.strip_prefix("# ").unwrap_or("");
-            let name = code.split(" = ").next().unwrap_or("");
-            let is_setting =
-                code.contains(" = ") && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
-            if line.starts_with('[') {
-                uncommented.push_str(line);
-                uncommented.push('\n');
-            } else if is_setting && !OPTIONAL_EXAMPLES.contains(&name) {
-                // endpoint/port are the alternative to url, shown for reference; the
-                // others are unset by default, their example values are no defaults.
-                keys += 1;
-                uncommented.push_str(code);
-                uncommented.push('\n');
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name;
+                uncommented.push_str(&format!("{line}\n"));
+            } else if let Some((name, _)) = line.strip_prefix("# ").and_then(|l| l.split_once(" = "))
+                && let Some(key) = KEYS.iter().find(|k| k.path == format!("{section}.{name}"))
+                && key.example.is_none()
+            {
+                uncommented.push_str(&format!("{}\n", &line[2..]));
             }
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("example.toml");
-        std::fs::write(&path, &uncommented).unwrap();
-        let loaded = Settings::load(
-            Some(&path),
-            &Overrides::default(),
-            Some(&Default::default()),
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
-
+        // The file has a [collector] section: the URL goes into it.
+        let with_url = uncommented.replace(
+            "[collector]\n",
+            "[collector]\nurl = \"https://collector.example.com\"\n",
+        );
+        let loaded = Settings::load_text(Some(&with_url), &Overrides::default(), &Default::default())
+            .unwrap_or_else(|e| panic!("{e}\n{with_url}"));
         let mut defaults = Config::default();
         defaults.collector.url = Some("https://collector.example.com".into());
         let defaults = defaults.validate().unwrap();
         assert_eq!(loaded.to_masked_toml(), defaults.to_masked_toml());
-        // Every key of the effective configuration appears in the example.
-        let effective = defaults.to_masked_toml();
-        let effective_keys = effective.lines().filter(|l| l.contains(" = ")).count();
-        assert_eq!(keys, effective_keys, "{uncommented}");
+    }
+
+    /// The keys of the file, of `Config` and of the example file are the declared ones,
+    /// no more and no fewer; each key a reload applies at once reaches what a reload
+    /// publishes (the retry policy, or the log's level).
+    #[test]
+    fn config_example_and_reload_set_hold_exactly_the_declared_keys() {
+        let declared: Vec<&str> = KEYS.iter().map(|k| k.path).collect();
+        // Every declared key set, to its default or example: Config takes each (it
+        // refuses unknown fields) and gives each back (none missing, none extra).
+        let mut table = toml::Table::new();
+        for key in KEYS {
+            let (section, name) = key.parts();
+            let value = key
+                .example
+                .map(str::to_owned)
+                .or_else(|| keys::default_shown(key))
+                .unwrap_or_else(|| panic!("{}: neither default nor example", key.path));
+            let value: toml::Value = format!("v = {value}").parse::<toml::Table>().unwrap()["v"].clone();
+            table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .unwrap()
+                .insert(name.into(), value);
+        }
+        let config: Config = toml::Value::Table(table).try_into().unwrap();
+        let back = toml::Value::try_from(&config).unwrap();
+        let mut held: Vec<String> = Vec::new();
+        for (section, keys) in back.as_table().unwrap() {
+            for name in keys.as_table().unwrap().keys() {
+                held.push(format!("{section}.{name}"));
+            }
+        }
+        held.sort();
+        let mut sorted = declared.clone();
+        sorted.sort();
+        assert_eq!(held, sorted, "Config's keys");
+        // The example file's.
+        let mut shown = Vec::new();
+        let mut section = String::new();
+        for line in keys::example_file().lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.into();
+            } else if let Some((name, _)) = line.strip_prefix("# ").and_then(|l| l.split_once(" = "))
+                && !name.contains(' ')
+            {
+                shown.push(format!("{section}.{name}"));
+            }
+        }
+        assert_eq!(shown, declared, "the example file's keys");
+        // Each key a reload applies at once changes what a reload publishes.
+        let base = Settings::load_text(
+            Some("[collector]\nurl = \"http://127.0.0.1:1\"\n"),
+            &Overrides::default(),
+            &Default::default(),
+        )
+        .unwrap();
+        for key in KEYS.iter().filter(|k| k.reload == Reload::Now) {
+            let mut overrides = Overrides::default();
+            let other = match key.path {
+                "log.level" => "debug",
+                _ => "999",
+            };
+            overrides.set(key.path, Some(other));
+            let changed = Settings::load_text(
+                Some("[collector]\nurl = \"http://127.0.0.1:1\"\n"),
+                &overrides,
+                &Default::default(),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", key.path));
+            assert!(
+                changed.collector.retry != base.collector.retry
+                    || changed.log.level != base.log.level,
+                "{} is declared as reloaded at once but reaches neither the published retry \
+                 policy nor the log",
+                key.path
+            );
+        }
     }
 }

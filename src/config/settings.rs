@@ -16,7 +16,7 @@ use snowplow_relay_tracker::protocol::{
 use snowplow_relay_tracker::retry::Backoff;
 use url::Url;
 
-use super::layers::{Layers, Source, check_ranges, key};
+use super::layers::{Layers, Source, key};
 use super::{
     CollectorConfig, Config, ConfigError, DEFAULT_POST_BUFFER_SIZE, EventsConfig, LogConfig,
     RedisConfig, WorkerConfig, invalid, mask_url, read_file, world_readable,
@@ -125,15 +125,25 @@ pub struct CollectorSettings {
     pub max_requests_in_flight: usize,
     /// `collector.flush_interval_ms`.
     pub flush_interval: Duration,
-    /// Failed attempts (with others succeeding) before a batch is parked.
-    pub park_after_failures: u32,
-    /// Failures of a parked event (with the collector accepting others) before it is
-    /// dead-lettered.
-    pub isolated_failure_limit: u32,
-    /// `collector.retry_initial_backoff_ms` and `retry_max_backoff_ms`.
-    pub backoff: Backoff,
+    /// What a reload changes at once: the backoff, parking and dead-lettering limits.
+    pub retry: RetryPolicy,
     /// The client's settings: request URL, limits, timeout, TLS material read once, proxy.
     pub client: ClientSettings,
+}
+
+/// The collector settings a reload (SIGHUP) applies at once, the keys declared
+/// [`Reload::Now`](super::keys::Reload::Now) but `log.level`. The relay reads them where
+/// a reload publishes them (`Sender::retry_policy`), never from a copy taken at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// `collector.retry_initial_backoff_ms` and `retry_max_backoff_ms`.
+    pub backoff: Backoff,
+    /// `collector.park_after_failures`: failed attempts (with others succeeding) before a
+    /// batch is parked.
+    pub park_after_failures: u32,
+    /// `collector.isolated_failure_limit`: failures of a parked event (with the collector
+    /// accepting others) before it is dead-lettered.
+    pub isolated_failure_limit: u32,
 }
 
 /// `[events]`: which elements are relayed.
@@ -159,18 +169,19 @@ pub struct WorkerSettings {
 }
 
 impl Settings {
-    /// Validates `config` (the layers' `sources` say where values came from).
+    /// Validates `config` (the layers' `sources` say where values came from, and what
+    /// reading them found worth a warning).
     pub fn new(
         mut config: Config,
         sources: BTreeMap<&'static str, Source>,
+        mut warnings: Vec<String>,
     ) -> Result<Settings, ConfigError> {
-        check_ranges(&config)?;
-        let mut warnings = Vec::new();
+        config.check_ranges()?;
         let redis = RedisSettings::new(&mut config.redis, &mut warnings)?;
         let collector = CollectorSettings::new(&mut config.collector, &mut warnings)?;
         let events = EventsSettings::new(&mut config.events, &collector)?;
         let worker = WorkerSettings::new(&config.worker, &redis, &collector, &events)?;
-        check_log_level(&config.log.level)?;
+        check_log_level(&config.log.level, sources.get(key::LOG_LEVEL))?;
         flag_passwords(&config, &sources, &mut warnings);
         Ok(Settings {
             redis,
@@ -192,7 +203,7 @@ impl Settings {
         env: Option<&BTreeMap<String, String>>,
     ) -> Result<Settings, ConfigError> {
         let layers = Layers::load(file, overrides, env)?;
-        Settings::new(Config::from_layers(&layers)?, layers.sources)
+        Settings::new(Config::from_layers(&layers)?, layers.sources, layers.warnings)
     }
 
     /// As [`Settings::load`], with the file's text and the environment given (the fuzz
@@ -204,7 +215,22 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         let file = file_text.map(|text| (Path::new("config.toml"), text));
         let layers = Layers::load_text(file, overrides, env)?;
-        Settings::new(Config::from_layers(&layers)?, layers.sources)
+        Settings::new(Config::from_layers(&layers)?, layers.sources, layers.warnings)
+    }
+
+    /// The Redis settings of `running` instead of these (a reload whose credentials Redis
+    /// refused keeps the running ones, and remembers them as the values in effect).
+    pub fn keep_redis_credentials_of(&mut self, running: &Settings) {
+        self.redis = running.redis.clone();
+        self.effective.redis = running.effective.redis.clone();
+        for key in super::keys::KEYS {
+            if key.path.starts_with("redis.") {
+                match running.sources.get(key.path) {
+                    Some(source) => self.sources.insert(key.path, source.clone()),
+                    None => self.sources.remove(key.path),
+                };
+            }
+        }
     }
 
     /// Where `key`'s value came from, if it was set (not a default).
@@ -231,24 +257,8 @@ impl Settings {
     /// The effective settings as TOML, secrets masked, each value that is not a default
     /// followed by where it came from: what `check` prints.
     pub fn to_shown_toml(&self) -> String {
-        let mut out = String::new();
-        let mut section = "";
-        for line in self.to_masked_toml().lines() {
-            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                section = name;
-                out.push_str(line);
-                out.push('\n');
-                continue;
-            }
-            out.push_str(line);
-            if let Some((name, _)) = line.split_once(" = ")
-                && let Some(source) = self.sources.get(format!("{section}.{name}").as_str())
-            {
-                out.push_str(&format!("  # {source}"));
-            }
-            out.push('\n');
-        }
-        out
+        self.effective
+            .to_toml_with(|key| self.sources.get(key).map(ToString::to_string))
     }
 
     /// Every secret in the settings (passwords, user names in URLs), for masking panics.
@@ -271,10 +281,10 @@ impl ToolSettings {
     ) -> Result<ToolSettings, ConfigError> {
         let layers = Layers::load(file, overrides, None)?;
         let mut config = Config::from_layers(&layers)?;
-        check_ranges(&config)?;
-        let mut warnings = Vec::new();
+        config.check_ranges()?;
+        let mut warnings = layers.warnings;
         let redis = RedisSettings::new(&mut config.redis, &mut warnings)?;
-        check_log_level(&config.log.level)?;
+        check_log_level(&config.log.level, layers.sources.get(key::LOG_LEVEL))?;
         flag_passwords(&config, &layers.sources, &mut warnings);
         Ok(ToolSettings {
             redis,
@@ -339,7 +349,7 @@ fn flag_passwords(
     }
 }
 
-fn check_log_level(level: &str) -> Result<(), ConfigError> {
+fn check_log_level(level: &str, source: Option<&Source>) -> Result<(), ConfigError> {
     let level = level.trim();
     let is_level_word = matches!(
         level.to_ascii_lowercase().as_str(),
@@ -353,8 +363,9 @@ fn check_log_level(level: &str) -> Result<(), ConfigError> {
         key::LOG_LEVEL,
         format!(
             "error, warn, info, debug, trace, or a filter directive such as \
-             snowplow_relay=debug,warn (found `{}`)",
-            crate::text::one_line(level, 64)
+             snowplow_relay=debug,warn (found `{}`{})",
+            crate::text::one_line(level, 64),
+            source.map(|source| format!(", from {source}")).unwrap_or_default()
         ),
     ))
 }
@@ -626,11 +637,13 @@ impl CollectorSettings {
             byte_limit,
             max_requests_in_flight: collector.max_requests_in_flight.get(),
             flush_interval: Duration::from_millis(collector.flush_interval_ms),
-            park_after_failures: collector.park_after_failures,
-            isolated_failure_limit: collector.isolated_failure_limit,
-            backoff: Backoff {
-                initial: Duration::from_millis(collector.retry_initial_backoff_ms),
-                max: Duration::from_millis(collector.retry_max_backoff_ms),
+            retry: RetryPolicy {
+                backoff: Backoff {
+                    initial: Duration::from_millis(collector.retry_initial_backoff_ms),
+                    max: Duration::from_millis(collector.retry_max_backoff_ms),
+                },
+                park_after_failures: collector.park_after_failures,
+                isolated_failure_limit: collector.isolated_failure_limit,
             },
             client,
         })

@@ -75,8 +75,9 @@ impl StageState {
 /// The relay's health, shared by the worker, the admin listener and the notifier.
 #[derive(Debug)]
 pub struct Health {
-    /// How long a stage may stand still before the relay counts as stuck.
-    stuck_after: Duration,
+    /// How long a stage may stand still before the relay counts as stuck, in
+    /// milliseconds (a reload of the retry backoff changes it).
+    stuck_after_ms: AtomicU64,
     /// How long a lease lives.
     lease_ttl: Duration,
     /// How long one Redis call may take (`redis.command_timeout_ms`): a call outstanding
@@ -108,7 +109,7 @@ impl Health {
     /// ready.
     pub fn new(lease_ttl: Duration, command_timeout: Duration, stuck_after: Duration) -> Health {
         Health {
-            stuck_after,
+            stuck_after_ms: AtomicU64::new(stuck_after.as_millis() as u64),
             lease_ttl,
             command_timeout,
             epoch: Instant::now(),
@@ -307,7 +308,7 @@ impl Health {
     /// Alive: every stage that has work attempts it (see the module header). `Err` says
     /// what is stuck.
     pub fn alive(&self) -> Result<(), String> {
-        let bound = self.stuck_after.as_millis() as u64;
+        let bound = self.stuck_after_ms.load(Ordering::Relaxed);
         let turned = self.since(self.loop_turned_at.load(Ordering::Relaxed));
         if turned > bound {
             return Err(format!("the heartbeat loop has not turned for {turned} ms"));
@@ -351,7 +352,13 @@ impl Health {
 
     /// How long a stage may stand still before the relay counts as stuck.
     pub fn stuck_after(&self) -> Duration {
-        self.stuck_after
+        Duration::from_millis(self.stuck_after_ms.load(Ordering::Relaxed))
+    }
+
+    /// A new bound (a reload changed the retry backoff).
+    pub fn set_stuck_after(&self, stuck_after: Duration) {
+        self.stuck_after_ms
+            .store(stuck_after.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// The bound for a relay whose lease lives `lease_ttl` and whose slowest collector

@@ -17,30 +17,20 @@ use crate::config::{LogConfig, LogFormat};
 /// Changes the log filter of the running process.
 pub struct LogLevel {
     reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>,
-    /// `RUST_LOG` was set: it wins over `log.level`, at start-up and on reload.
-    pinned_by_env: bool,
 }
 
 impl LogLevel {
-    /// Applies `log.level` = `level` (already validated). Does nothing, and says so, when
-    /// `RUST_LOG` pins the filter.
+    /// Applies `log.level` = `level` (already validated).
     pub fn set(&self, level: &str) -> Result<(), String> {
-        if self.pinned_by_env {
-            return Err("RUST_LOG is set and takes precedence over log.level".into());
-        }
         let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         (self.reload)(filter)
     }
 }
 
-/// Installs the global subscriber, writing to stderr. `RUST_LOG`, when set, overrides
-/// `log.level`.
+/// Installs the global subscriber, writing to stderr, filtered by `log.level` (which
+/// `RUST_LOG` sets when it is the value's highest layer: see `config::layers`).
 pub fn init(config: &LogConfig) -> LogLevel {
-    let from_env = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|directive| EnvFilter::try_new(directive).ok());
-    let pinned_by_env = from_env.is_some();
-    let filter = from_env.unwrap_or_else(|| EnvFilter::new(&config.level));
+    let filter = EnvFilter::new(&config.level);
     // Colours only on a terminal: journald, Docker and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -73,10 +63,7 @@ pub fn init(config: &LogConfig) -> LogLevel {
             Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()))
         }
     };
-    LogLevel {
-        reload,
-        pinned_by_env,
-    }
+    LogLevel { reload }
 }
 
 /// Makes panic messages safe to print: every string of `secrets` in a panic's message is

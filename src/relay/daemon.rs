@@ -11,6 +11,7 @@ use snowplow_relay_tracker::retry::{Backoff, Retry};
 use tokio_util::sync::CancellationToken;
 
 use super::{Sender, Services};
+use crate::config::keys::Reload;
 use crate::config::{self, Config, RedisSettings, Settings};
 use crate::error::Error;
 use crate::ops::health::Health;
@@ -35,16 +36,6 @@ impl Default for Controls {
         }
     }
 }
-
-/// Settings [`Controls::reload`] applies to a running relay; every other change needs a
-/// restart (and is logged as such).
-pub const RELOADABLE: &[&str] = &[
-    config::key::LOG_LEVEL,
-    config::key::COLLECTOR_RETRY_INITIAL_BACKOFF_MS,
-    config::key::COLLECTOR_RETRY_MAX_BACKOFF_MS,
-    config::key::COLLECTOR_PARK_AFTER_FAILURES,
-    config::key::COLLECTOR_ISOLATED_FAILURE_LIMIT,
-];
 
 impl Controls {
     /// Sends every partial batch now.
@@ -128,15 +119,7 @@ pub async fn run_with_controls(
     let health = Arc::new(Health::new(
         config.redis.lease_ttl,
         config.redis.command_timeout,
-        Health::stuck_after_for(
-            config.redis.lease_ttl,
-            config.collector.backoff.max,
-            config
-                .collector
-                .client
-                .request_timeout
-                .unwrap_or(Duration::from_secs(5)),
-        ),
+        stuck_after(&config),
     ));
     let admin = match config.admin_listen {
         Some(addr) => {
@@ -163,6 +146,7 @@ pub async fn run_with_controls(
         config.clone(),
         controls.reload.subscribe(),
         emitter.clone(),
+        health.clone(),
         redis.clone(),
     ));
     // The caller's futures become tokens, which every attempt below can wait on.
@@ -197,6 +181,19 @@ pub async fn run_with_controls(
     result
 }
 
+/// How long a stage may stand still before the relay counts as stuck, with `config`.
+fn stuck_after(config: &Settings) -> Duration {
+    Health::stuck_after_for(
+        config.redis.lease_ttl,
+        config.collector.retry.backoff.max,
+        config
+            .collector
+            .client
+            .request_timeout
+            .unwrap_or(Duration::from_secs(5)),
+    )
+}
+
 /// The Redis side of the daemon that a reload can change: the settings the next
 /// connection is made with (credentials and TLS files reload), and the queue of the
 /// instance running now, whose connections a reload moves to new credentials.
@@ -223,17 +220,6 @@ impl LiveRedis {
         self.queue.lock().ok().and_then(|queue| queue.clone())
     }
 }
-
-/// The Redis keys a reload applies: credentials and TLS material, for new connections
-/// to the same server (moved to them at once, once they are seen to work).
-const REDIS_CREDENTIALS: &[&str] = &[
-    config::key::REDIS_USERNAME,
-    config::key::REDIS_PASSWORD,
-    config::key::REDIS_PASSWORD_FILE,
-    config::key::REDIS_TLS_CA_FILE,
-    config::key::REDIS_TLS_CLIENT_CERT_FILE,
-    config::key::REDIS_TLS_CLIENT_KEY_FILE,
-];
 
 /// The keys naming a file whose content differs between two loads while the key's
 /// value (the path) stayed the same: a password or certificate rewritten in place.
@@ -275,6 +261,7 @@ async fn apply_reloads(
     mut current: Settings,
     mut reloads: tokio::sync::watch::Receiver<Option<Settings>>,
     emitter: Arc<Sender>,
+    health: Arc<Health>,
     redis: Arc<LiveRedis>,
 ) {
     while reloads.changed().await.is_ok() {
@@ -287,13 +274,17 @@ async fn apply_reloads(
                 changed.push(key.to_owned());
             }
         }
-        let (credentials, others): (Vec<String>, Vec<String>) = changed
-            .into_iter()
-            .partition(|key| REDIS_CREDENTIALS.contains(&key.as_str()));
-        let (mut applied, need_restart): (Vec<String>, Vec<String>) = others
-            .into_iter()
-            .partition(|key| RELOADABLE.contains(&key.as_str()));
-        emitter.set_retry(&new.collector);
+        let (mut applied, mut credentials, mut need_restart) = (vec![], vec![], vec![]);
+        for key in changed {
+            match config::keys::reload_of(&key) {
+                Reload::Now => applied.push(key),
+                Reload::Credentials => credentials.push(key),
+                Reload::Restart => need_restart.push(key),
+            }
+        }
+        // The published retry policy; `log.level` the caller applied to the log.
+        emitter.set_retry(new.collector.retry);
+        health.set_stuck_after(stuck_after(&new));
         if !credentials.is_empty() {
             let mut moved = new.redis.clone();
             // Only the credentials change: the server (its URL, with any credentials in
@@ -318,7 +309,9 @@ async fn apply_reloads(
                         "the reloaded Redis credentials do not work; the relay keeps using the \
                          ones it has (fix them and reload again)"
                     );
-                    new.redis = old;
+                    // Kept as they were: a later reload with the same new values
+                    // (once Redis takes them) counts them as changed again.
+                    new.keep_redis_credentials_of(&current);
                 }
             }
         }
@@ -521,10 +514,10 @@ mod tests {
         );
         // Collector TLS files need a restart; Redis credentials are applied.
         for key in &file_contents_changed(&old, &new)[..3] {
-            assert!(REDIS_CREDENTIALS.contains(key), "{key}");
+            assert_eq!(config::keys::reload_of(key), Reload::Credentials, "{key}");
         }
         for key in &file_contents_changed(&old, &new)[3..] {
-            assert!(!REDIS_CREDENTIALS.contains(key) && !RELOADABLE.contains(key));
+            assert_eq!(config::keys::reload_of(key), Reload::Restart, "{key}");
         }
     }
 }

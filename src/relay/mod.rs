@@ -43,7 +43,7 @@ mod heartbeat;
 mod retrier;
 mod sender;
 
-pub use daemon::{Controls, RELOADABLE, changed_keys, run, run_with_controls};
+pub use daemon::{Controls, changed_keys, run, run_with_controls};
 pub use sender::Sender;
 
 use std::sync::{Arc, Mutex};

@@ -202,7 +202,7 @@ impl Retrier {
                     held.isolated += 1;
                 }
                 held.since = now;
-                if held.isolated < shared.settings.collector.isolated_failure_limit {
+                if held.isolated < shared.emitter.retry_policy().isolated_failure_limit {
                     held.next_at = Instant::now() + self.backoff().delay(held.attempts);
                     tracing::debug!(position, %error, attempts = held.attempts, "parked event failed again");
                     self.held.push(held);

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::Lifecycle;
 
-use crate::config::CollectorSettings;
+use crate::config::{CollectorSettings, RetryPolicy};
 use crate::ops::health::Health;
 use crate::ops::metrics::{DeadReason, Metrics};
 
@@ -106,9 +106,9 @@ impl Drop for FailingBatch<'_> {
 /// Sends batches to the collector, for every sender task of the relay.
 pub struct Sender {
     client: Client,
-    /// Changed while running by [`Sender::set_retry`] (SIGHUP).
-    backoff: std::sync::RwLock<Backoff>,
-    park_after_failures: std::sync::atomic::AtomicU32,
+    /// The retry policy, published here by [`Sender::set_retry`] (SIGHUP); every task
+    /// reads it from here.
+    retry: watch::Sender<RetryPolicy>,
     healthy: watch::Sender<bool>,
     /// Batches whose last attempt failed. One failing batch alone says nothing about the
     /// collector (its content may be the problem); two or more mean it is failing.
@@ -162,8 +162,7 @@ impl Sender {
         })?;
         Ok(Arc::new(Sender {
             client,
-            backoff: std::sync::RwLock::new(config.backoff),
-            park_after_failures: config.park_after_failures.into(),
+            retry: watch::channel(config.retry).0,
             healthy: watch::channel(true).0,
             failing_batches: AtomicUsize::new(0),
             successes: AtomicU64::new(0),
@@ -176,25 +175,20 @@ impl Sender {
         }))
     }
 
-    /// Applies new retry settings (`retry_*_backoff_ms`, `park_after_failures`) to every
-    /// request from its next attempt on.
-    pub fn set_retry(&self, config: &CollectorSettings) {
-        if let Ok(mut backoff) = self.backoff.write() {
-            *backoff = config.backoff;
-        }
-        self.park_after_failures
-            .store(config.park_after_failures, Ordering::Relaxed);
+    /// Publishes a new retry policy (a reload): every request and parked event follows
+    /// it from its next attempt on.
+    pub fn set_retry(&self, policy: RetryPolicy) {
+        self.retry.send_replace(policy);
+    }
+
+    /// The retry policy now.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        *self.retry.borrow()
     }
 
     /// The collector's retry backoff now.
     pub fn backoff(&self) -> Backoff {
-        self.backoff.read().map_or(
-            Backoff {
-                initial: Duration::from_millis(500),
-                max: Duration::from_secs(30),
-            },
-            |backoff| *backoff,
-        )
+        self.retry_policy().backoff
     }
 
     /// Where requests go, fit for a log line: credentials masked.
@@ -327,7 +321,7 @@ impl Sender {
             if others.successes > 0 {
                 failing.failing_alone();
             }
-            if attempts >= self.park_after_failures.load(Ordering::Relaxed) {
+            if attempts >= self.retry_policy().park_after_failures {
                 if others.successes > 0 {
                     tracing::warn!(
                         events = batch.len(),

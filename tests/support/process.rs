@@ -181,10 +181,20 @@ impl RelayProcess {
     /// Waits until a log line contains `needle`; returns that line. Panics with the
     /// log after `timeout`.
     pub async fn log_line(&self, needle: &str, timeout: Duration) -> String {
+        self.nth_log_line(needle, 0, timeout).await
+    }
+
+    /// How many log lines contain `needle` so far.
+    pub fn count_log_lines(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until `n + 1` log lines contain `needle`; returns the last of them.
+    pub async fn nth_log_line(&self, needle: &str, n: usize, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let log = self.log();
-            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+            if let Some(line) = log.lines().filter(|l| l.contains(needle)).nth(n) {
                 return line.to_owned();
             }
             assert!(
