@@ -196,7 +196,7 @@ macro_rules! settings {
                         && let Some(n) = AsNumber::as_number(&self.$section.$name)
                         && !(min..=max).contains(&n)
                     {
-                        return Err(super::layers::out_of_range(key, n, None));
+                        return Err(out_of_range(key, n, None));
                     }
                 )+)+
                 Ok(())
@@ -477,6 +477,33 @@ settings! {
         /// "text" or "json" (one object per line).
         format: LogFormat = LogFormat::Text;
             LOG_FORMAT, Word(&["text", "json"]), Plain, Restart;
+    }
+}
+
+/// `key`'s value `n` is outside its range: the error names the range, what was found and
+/// where (when it came from a layer).
+pub(super) fn out_of_range(
+    key: &Key,
+    n: u64,
+    source: Option<&dyn std::fmt::Display>,
+) -> super::ConfigError {
+    let Kind::Number { min, max } = key.kind else {
+        unreachable!("only numbers have a range")
+    };
+    let range = if max == u64::MAX {
+        format!("a whole number of at least {min}")
+    } else {
+        format!("a number from {min} to {max}")
+    };
+    let found = if n > i64::MAX as u64 {
+        "a larger number".to_owned()
+    } else {
+        n.to_string()
+    };
+    let from = source.map(|source| format!(", from {source}")).unwrap_or_default();
+    super::ConfigError::Invalid {
+        key: key.path,
+        expected: format!("{range} (found {found}{from})"),
     }
 }
 

@@ -31,8 +31,7 @@ pub const CONFIG_ENV: &str = "SNOWPLOW_RELAY_CONFIG";
 pub const RUST_LOG: &str = "RUST_LOG";
 
 pub use super::keys::{KEYS, Key, Kind, Shown, key};
-
-const ANY: u64 = u64::MAX;
+use super::keys::out_of_range;
 
 /// The key named `path`, if the relay knows it.
 pub fn find_key(path: &str) -> Option<&'static Key> {
@@ -442,29 +441,6 @@ fn in_range(key: &Key, n: i64, min: u64, max: u64, source: &Source) -> Result<()
         Ok(n) if (min..=max).contains(&n) => Ok(()),
         Ok(n) => Err(out_of_range(key, n, Some(source))),
         Err(_) => Err(out_of_range(key, u64::MAX, Some(source))),
-    }
-}
-
-/// `key`'s value `n` is outside its range: the error names the range, what was found and
-/// where (when it came from a layer).
-pub(super) fn out_of_range(key: &Key, n: u64, source: Option<&Source>) -> ConfigError {
-    let Kind::Number { min, max } = key.kind else {
-        unreachable!("only numbers have a range")
-    };
-    let range = if max == ANY {
-        format!("a whole number of at least {min}")
-    } else {
-        format!("a number from {min} to {max}")
-    };
-    let found = if n > i64::MAX as u64 {
-        "a larger number".to_owned()
-    } else {
-        n.to_string()
-    };
-    let from = source.map(|source| format!(", from {source}")).unwrap_or_default();
-    ConfigError::Invalid {
-        key: key.path,
-        expected: format!("{range} (found {found}{from})"),
     }
 }
 

@@ -250,11 +250,16 @@ impl AsyncRead for Metered {
                 "the collector's answer is longer than the relay reads",
             )));
         }
-        let unfilled = buf.initialize_unfilled();
-        let room = unfilled.len().min(left);
-        let mut limited = ReadBuf::new(&mut unfilled[..room]);
+        // As tokio's `Take`: the limited view shares the caller's (uninitialised) memory,
+        // so nothing is zeroed before a read.
+        let mut limited = buf.take(left);
+        let start = limited.filled().as_ptr();
         ready!(Pin::new(&mut this.stream).poll_read(cx, &mut limited))?;
+        assert_eq!(start, limited.filled().as_ptr(), "the stream swapped the buffer");
         let read = limited.filled().len();
+        // SAFETY: the stream initialised `read` bytes of the limited view, which are the
+        // first `read` bytes of `buf`'s unfilled part.
+        unsafe { buf.assume_init(read) };
         buf.advance(read);
         this.budget.fetch_sub(read, Ordering::Relaxed);
         Poll::Ready(Ok(()))
