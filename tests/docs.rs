@@ -261,7 +261,10 @@ fn the_configuration_reference_is_generated_from_the_declaration() {
     let path = root().join("docs/operations.md");
     let text = std::fs::read_to_string(&path).unwrap();
     let start = text.find(BEGIN).expect("the reference's opening marker") + BEGIN.len();
-    let end = start + text[start..].find(END).expect("the reference's closing marker");
+    let end = start
+        + text[start..]
+            .find(END)
+            .expect("the reference's closing marker");
     let generated = snowplow_relay::config::keys::reference();
     if text[start..end] != generated && std::env::var_os("SNOWPLOW_RELAY_REGENERATE").is_some() {
         let rewritten = format!("{}{generated}{}", &text[..start], &text[end..]);

@@ -714,7 +714,15 @@ async fn the_track_and_collector_commands_work_as_processes() {
     assert!(output.status.success(), "{output:?}");
     // Flags after the event's subcommand, as people type them.
     let output = run_bin(
-        &["track", "page-view", "--url", "https://x/", "--collector", &url, "-q"],
+        &[
+            "track",
+            "page-view",
+            "--url",
+            "https://x/",
+            "--collector",
+            &url,
+            "-q",
+        ],
         &[],
     );
     assert!(output.status.success(), "{output:?}");

@@ -200,3 +200,93 @@ fn regex_names(text: &str) -> BTreeSet<String> {
     }
     names
 }
+
+/// Each request is counted as the collector answered it: a 204 as `class="2xx"`,
+/// `code="other"` (never as 200), both requests of a cookie bounce (its 302 too), and an
+/// event that was never sent (its GET URL over `collector.byte_limit`) as no request at
+/// all. (On 582e716: 204 counted as 200, the 302 never counted, and the unsent event
+/// counted as a failed request with a duration.)
+#[tokio::test]
+async fn requests_are_counted_as_the_collector_answered_them() {
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let (redis, collector) = setup(always(204)).await;
+    collector.bounce_cookies("n3pc");
+    let (relay, addr) = RelayProcess::with_admin(&redis, &collector).await;
+    redis.rpush(LIST, &numbered_events(10));
+    collector.until_exactly_delivered(10, 20).await;
+    wait_until("delivered counted", 10, async || {
+        let text = http_get(addr, "/metrics").await.1;
+        text.contains("snowplow_relay_events_delivered_total 10")
+    })
+    .await;
+    let text = http_get(addr, "/metrics").await.1;
+    let answered_204 = collector
+        .requests()
+        .iter()
+        .filter(|r| r.query.as_deref().is_some_and(|q| q.contains("n3pc")))
+        .count() as f64;
+    assert!(answered_204 >= 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "snowplow_relay_requests_total{class=\"2xx\",code=\"other\"}"
+        ),
+        answered_204,
+        "each 204 as class 2xx, code other"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "snowplow_relay_requests_total{class=\"2xx\",code=\"200\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "snowplow_relay_requests_total{class=\"3xx\",code=\"302\"}"
+        ),
+        collector.requests().len() as f64 - answered_204,
+        "each bounce's 302"
+    );
+    relay.stop_cleanly().await;
+
+    // An event whose GET URL would be over byte_limit is never sent: dead-lettered, and
+    // no request counted.
+    let (redis, collector) = setup(always(200)).await;
+    let relay = RelayProcess::between(
+        &redis,
+        &collector,
+        &[
+            ("SNOWPLOW_RELAY_ADMIN__LISTEN", "127.0.0.1:0"),
+            ("SNOWPLOW_RELAY_COLLECTOR__METHOD", "get"),
+            ("SNOWPLOW_RELAY_COLLECTOR__BYTE_LIMIT", "300"),
+        ],
+    );
+    let addr = relay.admin_addr().await;
+    // 180 bytes as JSON, over 400 as a URL query (each é is %C3%A9).
+    let wide = format!(
+        r#"{{"e":"pv","p":"pc","tv":"t","eid":"wide-1","url":"{}"}}"#,
+        "é".repeat(60)
+    );
+    redis.rpush(LIST, &[wide]);
+    wait_until("dead-lettered", 20, async || redis.llen(DEAD) == 1).await;
+    wait_until("counted", 10, async || {
+        let text = http_get(addr, "/metrics").await.1;
+        text.contains("snowplow_relay_events_dead_lettered_total{reason=\"unsendable\"} 1")
+    })
+    .await;
+    let text = http_get(addr, "/metrics").await.1;
+    let requests: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("snowplow_relay_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(requests, 0.0, "no request was made:\n{text}");
+    assert!(collector.requests().is_empty());
+    relay.stop_cleanly().await;
+}

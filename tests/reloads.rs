@@ -48,7 +48,9 @@ impl Reloadable {
 
 /// A configuration file: the Redis and collector URLs, then each section's lines.
 fn toml(redis: &str, collector: &str, redis_lines: &str, collector_lines: &str) -> String {
-    format!("[redis]\nurl = \"{redis}\"\n{redis_lines}\n[collector]\nurl = \"{collector}\"\n{collector_lines}\n")
+    format!(
+        "[redis]\nurl = \"{redis}\"\n{redis_lines}\n[collector]\nurl = \"{collector}\"\n{collector_lines}\n"
+    )
 }
 
 /// Good events pushed onto the list every 50 ms until aborted: the collector accepting
@@ -78,7 +80,11 @@ fn trickle(redis: &RedisServer) -> tokio::task::JoinHandle<()> {
 
 /// How many requests carrying `eid` have reached the collector.
 fn attempts_of(collector: &Collector, eid: &str) -> usize {
-    collector.arrived_eids().iter().filter(|e| *e == eid).count()
+    collector
+        .arrived_eids()
+        .iter()
+        .filter(|e| *e == eid)
+        .count()
 }
 
 /// `collector.isolated_failure_limit` reloaded from 1000 to 1: a parked event failing
@@ -167,13 +173,24 @@ async fn a_reloaded_park_after_failures_parks_at_the_new_count() {
         mates.iter().all(|mate| !delivered.contains(mate)),
         "held back with the refused event"
     );
-    assert_eq!(redis.llen_of_lists_named("{snowplow}:retry:"), 0, "none parked");
+    assert_eq!(
+        redis.llen_of_lists_named("{snowplow}:retry:"),
+        0,
+        "none parked"
+    );
     let applied = relay.reload(&file(1)).await;
-    assert!(applied.contains("collector.park_after_failures"), "{applied}");
-    wait_until("its batch-mates delivered once it is parked", 10, async || {
-        let delivered = collector.distinct_eids();
-        mates.iter().all(|mate| delivered.contains(mate))
-    })
+    assert!(
+        applied.contains("collector.park_after_failures"),
+        "{applied}"
+    );
+    wait_until(
+        "its batch-mates delivered once it is parked",
+        10,
+        async || {
+            let delivered = collector.distinct_eids();
+            mates.iter().all(|mate| delivered.contains(mate))
+        },
+    )
     .await;
     trickle.abort();
     relay.child.stop_cleanly().await;
@@ -239,7 +256,10 @@ async fn a_reloaded_max_backoff_caps_the_next_retries() {
     redis.rpush(LIST, &numbered_events(1));
     collector.until_delivered(1, 20).await;
     let applied = relay.reload(&file(60)).await;
-    assert!(applied.contains("collector.retry_max_backoff_ms"), "{applied}");
+    assert!(
+        applied.contains("collector.retry_max_backoff_ms"),
+        "{applied}"
+    );
     collector.respond_with(always(503));
     redis.rpush(LIST, &[with_eid(&numbered_events(1)[0], "capped-1")]);
     // 20 s: the waits double from 25-50 ms, so the seventh retry is due 1.6 s at the

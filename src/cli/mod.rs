@@ -326,7 +326,10 @@ mod tests {
             if command.has_subcommands() {
                 let mut flags = inherited.clone();
                 flags.extend(own.iter().filter(|f| *f != "help").cloned());
-                for sub in command.get_subcommands().filter(|sub| sub.get_name() != "help") {
+                for sub in command
+                    .get_subcommands()
+                    .filter(|sub| sub.get_name() != "help")
+                {
                     let mut path = path.clone();
                     path.push(sub.get_name().to_owned());
                     stack.push((path, sub, flags.clone()));
@@ -410,10 +413,16 @@ mod tests {
             .filter_map(|arg| arg.get_long().map(|l| format!("--{l}")))
             .filter(|flag| flag != "--config" && flag != "--help" && flag != "--version")
             .collect();
-        assert_eq!(flags.len(), declared_flags.len(), "{flags:?} {declared_flags:?}");
+        assert_eq!(
+            flags.len(),
+            declared_flags.len(),
+            "{flags:?} {declared_flags:?}"
+        );
         for (key, flag, _) in &overrides.values {
             assert!(
-                snowplow_relay::config::keys::KEYS.iter().any(|k| k.path == *key),
+                snowplow_relay::config::keys::KEYS
+                    .iter()
+                    .any(|k| k.path == *key),
                 "{flag} sets {key}, which is not declared"
             );
         }

@@ -500,7 +500,9 @@ pub(super) fn out_of_range(
     } else {
         n.to_string()
     };
-    let from = source.map(|source| format!(", from {source}")).unwrap_or_default();
+    let from = source
+        .map(|source| format!(", from {source}"))
+        .unwrap_or_default();
     super::ConfigError::Invalid {
         key: key.path,
         expected: format!("{range} (found {found}{from})"),

@@ -30,8 +30,8 @@ pub const CONFIG_ENV: &str = "SNOWPLOW_RELAY_CONFIG";
 /// `SNOWPLOW_RELAY_LOG__LEVEL` is not set (a flag still wins, as over any variable).
 pub const RUST_LOG: &str = "RUST_LOG";
 
-pub use super::keys::{KEYS, Key, Kind, Shown, key};
 use super::keys::out_of_range;
+pub use super::keys::{KEYS, Key, Kind, Shown, key};
 
 /// The key named `path`, if the relay knows it.
 pub fn find_key(path: &str) -> Option<&'static Key> {
@@ -587,7 +587,10 @@ mod tests {
         let layers = Layers::load_text(
             None,
             &Overrides::default(),
-            &env(&[("SNOWPLOW_RELAY_REDIS_URL", "redis://x"), ("SNOWPLOW_RELAY_COLOR", "1")]),
+            &env(&[
+                ("SNOWPLOW_RELAY_REDIS_URL", "redis://x"),
+                ("SNOWPLOW_RELAY_COLOR", "1"),
+            ]),
         )
         .unwrap();
         assert!(layers.table.is_empty());
@@ -621,12 +624,21 @@ mod tests {
         };
         let rust_log = env(&[("RUST_LOG", "debug")]);
         let layers = Layers::load_text(file, &Overrides::default(), &rust_log).unwrap();
-        assert_eq!(level(&layers), ("debug".into(), "environment RUST_LOG".into()));
-        let both = env(&[("RUST_LOG", "debug"), ("SNOWPLOW_RELAY_LOG__LEVEL", "error")]);
+        assert_eq!(
+            level(&layers),
+            ("debug".into(), "environment RUST_LOG".into())
+        );
+        let both = env(&[
+            ("RUST_LOG", "debug"),
+            ("SNOWPLOW_RELAY_LOG__LEVEL", "error"),
+        ]);
         let layers = Layers::load_text(file, &Overrides::default(), &both).unwrap();
         assert_eq!(
             level(&layers),
-            ("error".into(), "environment SNOWPLOW_RELAY_LOG__LEVEL".into())
+            (
+                "error".into(),
+                "environment SNOWPLOW_RELAY_LOG__LEVEL".into()
+            )
         );
         let mut flag = Overrides::default();
         flag.set_flag(key::LOG_LEVEL, "--log-level", Some("trace"));

@@ -20,8 +20,7 @@ pub mod layers;
 mod settings;
 
 pub use keys::{
-    AdminConfig, CollectorConfig, Config, EventsConfig, LogConfig, RedisConfig, WorkerConfig,
-    key,
+    AdminConfig, CollectorConfig, Config, EventsConfig, LogConfig, RedisConfig, WorkerConfig, key,
 };
 pub use layers::{Overrides, Source};
 pub use settings::{
@@ -550,7 +549,8 @@ mod example_file {
             if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
                 section = name;
                 uncommented.push_str(&format!("{line}\n"));
-            } else if let Some((name, _)) = line.strip_prefix("# ").and_then(|l| l.split_once(" = "))
+            } else if let Some((name, _)) =
+                line.strip_prefix("# ").and_then(|l| l.split_once(" = "))
                 && let Some(key) = KEYS.iter().find(|k| k.path == format!("{section}.{name}"))
                 && key.example.is_none()
             {
@@ -562,8 +562,9 @@ mod example_file {
             "[collector]\n",
             "[collector]\nurl = \"https://collector.example.com\"\n",
         );
-        let loaded = Settings::load_text(Some(&with_url), &Overrides::default(), &Default::default())
-            .unwrap_or_else(|e| panic!("{e}\n{with_url}"));
+        let loaded =
+            Settings::load_text(Some(&with_url), &Overrides::default(), &Default::default())
+                .unwrap_or_else(|e| panic!("{e}\n{with_url}"));
         let mut defaults = Config::default();
         defaults.collector.url = Some("https://collector.example.com".into());
         let defaults = defaults.validate().unwrap();
@@ -586,7 +587,8 @@ mod example_file {
                 .map(str::to_owned)
                 .or_else(|| keys::default_shown(key))
                 .unwrap_or_else(|| panic!("{}: neither default nor example", key.path));
-            let value: toml::Value = format!("v = {value}").parse::<toml::Table>().unwrap()["v"].clone();
+            let value: toml::Value =
+                format!("v = {value}").parse::<toml::Table>().unwrap()["v"].clone();
             table
                 .entry(section)
                 .or_insert_with(|| toml::Value::Table(Default::default()))
@@ -612,7 +614,8 @@ mod example_file {
         for line in keys::example_file().lines() {
             if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
                 section = name.into();
-            } else if let Some((name, _)) = line.strip_prefix("# ").and_then(|l| l.split_once(" = "))
+            } else if let Some((name, _)) =
+                line.strip_prefix("# ").and_then(|l| l.split_once(" = "))
                 && !name.contains(' ')
             {
                 shown.push(format!("{section}.{name}"));

@@ -203,7 +203,11 @@ impl Settings {
         env: Option<&BTreeMap<String, String>>,
     ) -> Result<Settings, ConfigError> {
         let layers = Layers::load(file, overrides, env)?;
-        Settings::new(Config::from_layers(&layers)?, layers.sources, layers.warnings)
+        Settings::new(
+            Config::from_layers(&layers)?,
+            layers.sources,
+            layers.warnings,
+        )
     }
 
     /// As [`Settings::load`], with the file's text and the environment given (the fuzz
@@ -215,7 +219,11 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         let file = file_text.map(|text| (Path::new("config.toml"), text));
         let layers = Layers::load_text(file, overrides, env)?;
-        Settings::new(Config::from_layers(&layers)?, layers.sources, layers.warnings)
+        Settings::new(
+            Config::from_layers(&layers)?,
+            layers.sources,
+            layers.warnings,
+        )
     }
 
     /// The Redis settings of `running` instead of these (a reload whose credentials Redis
@@ -365,7 +373,9 @@ fn check_log_level(level: &str, source: Option<&Source>) -> Result<(), ConfigErr
             "error, warn, info, debug, trace, or a filter directive such as \
              snowplow_relay=debug,warn (found `{}`{})",
             crate::text::one_line(level, 64),
-            source.map(|source| format!(", from {source}")).unwrap_or_default()
+            source
+                .map(|source| format!(", from {source}"))
+                .unwrap_or_default()
         ),
     ))
 }

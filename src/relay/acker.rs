@@ -11,9 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{ParkedEvent, Resolution, Shared, Unsettled, unreleased};
+use super::{DeadEnd, ParkedEvent, Resolution, Shared, Unsettled, unreleased};
+use crate::ops::events::pipeline::{
+    DeadLetterTally, EventsParked, EventsReturned, EventsSettled, ReturnRetrying,
+};
 use crate::ops::health::Stage;
-use crate::ops::metrics::{DeadReason, RedisOperation};
+use crate::ops::metrics::RedisOperation;
 use crate::queue::{Entry, Parked, QueueError};
 use snowplow_relay_tracker::retry::{self, Retry};
 
@@ -31,7 +34,7 @@ enum Slot {
 struct DeadSlot {
     element: Bytes,
     meta: Arc<[u8]>,
-    reason: DeadReason,
+    end: DeadEnd,
 }
 
 #[derive(Debug)]
@@ -88,17 +91,20 @@ impl Window {
             Resolution::Dead {
                 reason,
                 meta,
+                detail,
+                status,
                 events,
             } => {
                 for (position, element) in events {
+                    let end = DeadEnd {
+                        reason,
+                        status,
+                        detail: detail.clone(),
+                    };
                     let meta = meta.clone();
                     self.set(
                         position,
-                        Slot::Dead(Box::new(DeadSlot {
-                            element,
-                            meta,
-                            reason,
-                        })),
+                        Slot::Dead(Box::new(DeadSlot { element, meta, end })),
                     );
                 }
             }
@@ -168,6 +174,7 @@ impl Window {
         self.start += count as u64;
         let mut bytes = 0;
         let mut parked = 0;
+        let mut dead_letters = DeadLetterTally::default();
         for slot in self.slots.drain(..count) {
             match slot {
                 Slot::Parked(slot) => {
@@ -176,15 +183,14 @@ impl Window {
                     let _ = parked_tx.send(slot.event);
                 }
                 Slot::Dead(dead) => {
-                    shared.metrics.dead_lettered(dead.reason, 1);
+                    dead_letters.add(dead.end.reason, dead.end.status, &dead.end.detail);
                     bytes += dead.element.len();
                 }
                 other => bytes += other.bytes(),
             }
         }
-        if parked > 0 {
-            shared.metrics.parked(parked);
-        }
+        dead_letters.emit(&shared.events);
+        shared.emit(EventsParked { count: parked });
         bytes
     }
 }
@@ -229,7 +235,7 @@ impl Acker {
             let acked = loop {
                 let entries = self.window.entries(count);
                 shared.health.call_started(Stage::Ack);
-                let call = shared.redis.call(RedisOperation::Ack);
+                let call = shared.events.redis_call(RedisOperation::Ack);
                 let result = tokio::select! {
                     result = shared.queue.ack(self.window.start, acked_total, &entries) => result,
                     // What is not acknowledged stays in the window; the release decides.
@@ -262,10 +268,12 @@ impl Acker {
             if !acked {
                 continue;
             }
-            tracing::debug!(acked = count, "acknowledged");
             let bytes = self.window.advance(count, &shared, &self.parked_tx);
             shared.permits.give_back(count, bytes);
-            shared.metrics.settled(count as u64, bytes as u64);
+            shared.emit(EventsSettled {
+                count: count as u64,
+                bytes: bytes as u64,
+            });
         }
         Ok(self.window)
     }
@@ -320,31 +328,26 @@ pub(super) async fn release(
         .await;
         let error = match result {
             Ok(Ok(released)) => {
-                shared.metrics.requeued(released.requeued);
-                shared.metrics.nothing_in_flight();
-                if released.state_mismatch {
-                    tracing::warn!(
-                        requeued = released.requeued,
-                        "Redis had lost writes: every event this relay held went back to the \
-                         list, delivered ones too (they will arrive twice)"
-                    );
-                } else {
-                    for slot in &window.slots {
-                        if let Slot::Dead(dead) = slot {
-                            shared.metrics.dead_lettered(dead.reason, 1);
-                        }
+                if !released.state_mismatch {
+                    let mut dead_letters = DeadLetterTally::default();
+                    let ends = window
+                        .slots
+                        .iter()
+                        .filter_map(|slot| match slot {
+                            Slot::Dead(dead) => Some(&dead.end),
+                            _ => None,
+                        })
+                        .chain(unsettled.dead.iter().map(|(_, _, _, end)| end));
+                    for end in ends {
+                        dead_letters.add(end.reason, end.status, &end.detail);
                     }
-                    for (_, _, _, reason) in &unsettled.dead {
-                        shared.metrics.dead_lettered(*reason, 1);
-                    }
+                    dead_letters.emit(&shared.events);
                 }
-                if released.requeued > 0 {
-                    tracing::info!(
-                        requeued = released.requeued,
-                        list = %crate::queue::shown_key(&queue.keys().list),
-                        "returned undelivered events to the head of the list"
-                    );
-                }
+                shared.emit(EventsReturned {
+                    requeued: released.requeued,
+                    list: &crate::queue::shown_key(&queue.keys().list),
+                    after_lost_writes: released.state_mismatch,
+                });
                 return Ok(());
             }
             // A retry after a lost reply, or another relay recovered us: either way the
@@ -358,7 +361,10 @@ pub(super) async fn release(
         if tokio::time::Instant::now() + delay >= deadline {
             return Err(unreleased(queue, error));
         }
-        tracing::warn!(%error, attempt = retry.failures(), "cannot return events to the list yet; retrying");
+        shared.emit(ReturnRetrying {
+            error: &error,
+            attempt: retry.failures(),
+        });
         tokio::time::sleep(delay).await;
     }
 }
@@ -366,6 +372,7 @@ pub(super) async fn release(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::metrics::DeadReason;
 
     #[test]
     fn a_slot_is_two_words() {
@@ -385,6 +392,8 @@ mod tests {
             Resolution::Dead {
                 reason: DeadReason::Malformed,
                 meta: Arc::from(&b"meta"[..]),
+                detail: Arc::from("not JSON"),
+                status: None,
                 events: vec![(0, Bytes::from_static(b"12345"))],
             },
             "i",

@@ -16,6 +16,7 @@ use super::{Claimed, ParkedEvent, Resolution, Shared};
 use snowplow_relay_tracker::protocol::{BadElement, Batch, BatchBuilder, Element};
 
 use super::sender::Outcome;
+use crate::ops::events::collector::{BatchDelivered, BatchTooLarge, FlushRequested};
 use crate::ops::metrics::DeadReason;
 
 pub(super) struct Batcher {
@@ -70,7 +71,7 @@ impl Batcher {
                 () = self.flush.notified() => {
                     let held = self.builder.pending();
                     self.send_partial().await;
-                    tracing::info!(events = held, "flush requested: partial batch sent");
+                    self.shared.emit(FlushRequested { events: held });
                     continue;
                 }
                 Some(joined) = self.senders.join_next(), if !self.senders.is_empty() => {
@@ -121,17 +122,13 @@ impl Batcher {
         if self.builder.pending() > 0 {
             self.flush_timer.partial_batch_waits();
         }
-        if let Some((_, _, _, first_reason)) = dead.first() {
-            tracing::warn!(
-                count = dead.len(),
-                first_reason = %first_reason,
-                "elements cannot be relayed; dead-lettering them"
-            );
-        }
+        // Logged and counted once their dead-letter entries are written (the acker).
         for (position, element, reason, text) in dead {
             let _ = self.resolved_tx.send(Resolution::Dead {
                 reason,
-                meta: self.shared.dead_letter(text, None).into(),
+                meta: self.shared.dead_letter(text.as_str(), None).into(),
+                detail: text.into(),
+                status: None,
                 events: vec![(position, element)],
             });
         }
@@ -273,8 +270,12 @@ fn resolve(
             .collect()
     };
     let resolution = match outcome {
-        Outcome::Delivered => {
-            shared.metrics.delivered(batch.len() as u64);
+        Outcome::Delivered { attempts } => {
+            shared.emit(BatchDelivered {
+                events: batch.len(),
+                bytes: batch.body_bytes,
+                attempts,
+            });
             Resolution::Delivered(sizes(&batch))
         }
         Outcome::Rejected {
@@ -282,15 +283,12 @@ fn resolve(
             reason,
             kind,
         } => {
-            tracing::warn!(
-                events = batch.len(),
-                status,
-                %reason,
-                "collector refused a batch for good; dead-lettering it"
-            );
+            // Logged and counted once the dead-letter entries are written (the acker).
             Resolution::Dead {
                 reason: kind,
-                meta: shared.dead_letter(reason, status).into(),
+                meta: shared.dead_letter(reason.as_str(), status).into(),
+                detail: reason.into(),
+                status,
                 events: batch
                     .positions
                     .iter()
@@ -300,11 +298,10 @@ fn resolve(
             }
         }
         Outcome::Split { status } => {
-            tracing::warn!(
-                events = batch.len(),
+            shared.emit(BatchTooLarge {
+                events: batch.len(),
                 status,
-                "a batch is too large for the collector; sending each half on its own"
-            );
+            });
             let (first, second) = batch.split();
             return Some([first, second]);
         }

@@ -12,9 +12,10 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{Claimed, Shared};
+use crate::ops::events::pipeline::{DeadLettered, EventsClaimed};
+use crate::ops::events::redis::{ClaimBudgetChanged, RedisCall, ReplyLimitTooSmall};
 use crate::ops::health::Stage;
 use crate::ops::metrics::{DeadReason, RedisOperation};
-use crate::ops::redis_watch::RedisCall;
 use crate::queue::{BlockingConnection, QueueError};
 use snowplow_relay_tracker::retry::{self, Retry};
 
@@ -65,13 +66,10 @@ impl Claimer {
             // A reply Redis cannot send closes the connection: keep claims to half of it.
             let half = (limit / 2) as usize;
             if half < max_element_bytes {
-                tracing::warn!(
-                    reply_limit_bytes = limit,
-                    max_element_bytes = half,
-                    "Redis's client-output-buffer-limit (normal class) cannot send elements \
-                     of events.max_element_bytes in one reply: elements over half the limit \
-                     go to the dead-letter list; raise the limit to relay them"
-                );
+                shared.emit(ReplyLimitTooSmall {
+                    reply_limit_bytes: limit,
+                    max_element_bytes: half,
+                });
                 max_element_bytes = half.max(1);
             }
             budget = budget.min(half).max(max_element_bytes);
@@ -110,7 +108,7 @@ impl Claimer {
             // Cancelled by shutdown, a claim that ran in Redis is not lost: the release
             // reads Redis's own copy of the in-flight list.
             shared.health.call_started(Stage::Claim);
-            let call = shared.redis.call(RedisOperation::Claim);
+            let call = shared.events.redis_call(RedisOperation::Claim);
             let claim = tokio::select! {
                 claim = shared.queue.claim(
                     self.position,
@@ -146,14 +144,15 @@ impl Claimer {
                 }
             };
             if claim.oversized > 0 {
-                shared
-                    .metrics
-                    .dead_lettered(DeadReason::Oversized, claim.oversized);
-                tracing::warn!(
-                    count = claim.oversized,
-                    limit = self.max_element_bytes,
-                    "elements over events.max_element_bytes went to the dead-letter list"
-                );
+                shared.emit(DeadLettered {
+                    reason: DeadReason::Oversized,
+                    count: claim.oversized,
+                    status: None,
+                    detail: &format!(
+                        "larger than events.max_element_bytes ({} bytes)",
+                        self.max_element_bytes
+                    ),
+                });
             }
             let count = claim.elements.len();
             let bytes: usize = claim.elements.iter().map(Bytes::len).sum();
@@ -161,7 +160,10 @@ impl Claimer {
             settle_permits(&shared.permits.events, wanted, count);
             settle_permits(&shared.permits.bytes, self.budget, bytes);
             if count > 0 {
-                shared.metrics.claimed(count as u64, bytes as u64);
+                shared.emit(EventsClaimed {
+                    count: count as u64,
+                    bytes: bytes as u64,
+                });
                 let claimed = Claimed {
                     first_position: self.position,
                     elements: claim.elements,
@@ -282,16 +284,10 @@ impl Claimer {
                     self.suspect = None;
                     self.budget = (self.budget / 2).max(self.max_element_bytes);
                     self.halved = Some((tokio::time::Instant::now(), 0));
-                    shared.metrics.redis_error(RedisOperation::Claim);
-                    tracing::warn!(
-                        %error,
-                        claim_max_bytes = self.budget,
-                        "Redis closed the connection twice while sending a claim's reply, and \
-                         answered other calls in between: its reply limit \
-                         (client-output-buffer-limit normal) is the likely cause; claiming at \
-                         most half as many bytes (raise the limit, or redis.claim_max_bytes, to \
-                         claim more at once)"
-                    );
+                    shared.emit(ClaimBudgetChanged {
+                        claim_max_bytes: self.budget,
+                        error: Some(error as &dyn std::fmt::Display),
+                    });
                     return;
                 }
                 _ => self.suspect = Some((self.budget, answered)),
@@ -311,10 +307,10 @@ impl Claimer {
             *claims += 1;
             if *claims >= RETRY_LARGER_AFTER_CLAIMS && since.elapsed() >= RETRY_LARGER_AFTER {
                 self.budget = (self.budget * 2).min(self.full_budget);
-                tracing::info!(
-                    claim_max_bytes = self.budget,
-                    "claims succeed at the smaller size; trying larger claims again"
-                );
+                self.shared.emit(ClaimBudgetChanged {
+                    claim_max_bytes: self.budget,
+                    error: None,
+                });
                 self.halved =
                     (self.budget < self.full_budget).then(|| (tokio::time::Instant::now(), 0));
             }
@@ -345,7 +341,7 @@ impl Claimer {
             shared.queue.wait_for_events(conn, BLOCK_FOR).await
         };
         // Abandoning the wait is harmless: it moves nothing.
-        let call = shared.redis.call(RedisOperation::Wait);
+        let call = shared.events.redis_call(RedisOperation::Wait);
         let result = tokio::select! {
             result = waited => result,
             () = stop.cancelled() => return false,

@@ -14,9 +14,14 @@ use super::{Sender, Services};
 use crate::config::keys::Reload;
 use crate::config::{self, Config, RedisSettings, Settings};
 use crate::error::Error;
+use crate::ops::events::Observer;
+use crate::ops::events::lifecycle::{
+    AdminListening, Connected, RegisteringAgain, Reloaded, ReloadedCredentialsRefused, Starting,
+    Stopping,
+};
+use crate::ops::events::redis::RedisChecked;
 use crate::ops::health::Health;
 use crate::ops::metrics::{Metrics, RedisOperation, Summary};
-use crate::ops::redis_watch::RedisWatch;
 use crate::ops::{admin, notify};
 use crate::queue::{self, Queue, QueueError};
 
@@ -101,26 +106,18 @@ pub async fn run_with_controls(
     force: impl Future<Output = ()>,
     controls: Controls,
 ) -> Result<Summary, Error> {
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        settings = %config.to_masked_toml().replace('\n', " "),
-        "snowplow-relay starting"
-    );
-    for warning in config.warnings() {
-        tracing::warn!("{warning}");
-    }
-    if config.redis.tls.insecure_skip_verify {
-        tracing::warn!(
-            "redis.tls_insecure_skip_verify is on: Redis's certificate is NOT checked; anyone \
-             on the network path can read and change the events"
-        );
-    }
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(
         config.redis.lease_ttl,
         config.redis.command_timeout,
         stuck_after(&config),
     ));
+    let events = Arc::new(Observer::new(metrics.clone(), health.clone()));
+    events.emit(Starting {
+        settings: &config.to_masked_toml(),
+        warnings: config.warnings(),
+        redis_tls_unverified: config.redis.tls.insecure_skip_verify,
+    });
     let admin = match config.admin_listen {
         Some(addr) => {
             let admin = admin::spawn(
@@ -131,13 +128,13 @@ pub async fn run_with_controls(
                 },
             )
             .map_err(|source| Error::AdminListen { addr, source })?;
-            tracing::info!(addr = %admin.addr, "admin listener: /metrics, /healthz, /readyz");
+            events.emit(AdminListening { addr: admin.addr });
             Some(admin)
         }
         None => None,
     };
     let notifier = notify::spawn(health.clone());
-    let emitter = Sender::new(&config.collector, metrics.clone(), health.clone())?;
+    let emitter = Sender::new(&config.collector, events.clone())?;
     let redis = Arc::new(LiveRedis {
         settings: std::sync::RwLock::new(config.redis.clone()),
         queue: std::sync::Mutex::new(None),
@@ -146,7 +143,7 @@ pub async fn run_with_controls(
         config.clone(),
         controls.reload.subscribe(),
         emitter.clone(),
-        health.clone(),
+        events.clone(),
         redis.clone(),
     ));
     // The caller's futures become tokens, which every attempt below can wait on.
@@ -154,7 +151,7 @@ pub async fn run_with_controls(
     let hurry = CancellationToken::new();
     let services = Services {
         emitter,
-        redis: Arc::new(RedisWatch::new(metrics.clone())),
+        events,
         metrics: metrics.clone(),
         health: health.clone(),
         flush: controls.flush.clone(),
@@ -261,7 +258,7 @@ async fn apply_reloads(
     mut current: Settings,
     mut reloads: tokio::sync::watch::Receiver<Option<Settings>>,
     emitter: Arc<Sender>,
-    health: Arc<Health>,
+    events: Arc<Observer>,
     redis: Arc<LiveRedis>,
 ) {
     while reloads.changed().await.is_ok() {
@@ -284,7 +281,7 @@ async fn apply_reloads(
         }
         // The published retry policy; `log.level` the caller applied to the log.
         emitter.set_retry(new.collector.retry);
-        health.set_stuck_after(stuck_after(&new));
+        events.health.set_stuck_after(stuck_after(&new));
         if !credentials.is_empty() {
             let mut moved = new.redis.clone();
             // Only the credentials change: the server (its URL, with any credentials in
@@ -303,29 +300,20 @@ async fn apply_reloads(
                     applied.extend(credentials);
                 }
                 Err(error) => {
-                    tracing::error!(
-                        %error,
-                        keys = ?credentials,
-                        "the reloaded Redis credentials do not work; the relay keeps using the \
-                         ones it has (fix them and reload again)"
-                    );
+                    events.emit(ReloadedCredentialsRefused {
+                        error: &error,
+                        keys: &credentials,
+                    });
                     // Kept as they were: a later reload with the same new values
                     // (once Redis takes them) counts them as changed again.
                     new.keep_redis_credentials_of(&current);
                 }
             }
         }
-        tracing::info!(
-            applied = ?applied,
-            need_restart = ?need_restart,
-            "configuration reloaded"
-        );
-        if !need_restart.is_empty() {
-            tracing::warn!(
-                keys = ?need_restart,
-                "these settings changed but take effect only after a restart"
-            );
-        }
+        events.emit(Reloaded {
+            applied: &applied,
+            need_restart: &need_restart,
+        });
         current = new;
     }
 }
@@ -350,20 +338,18 @@ async fn relay_until_stopped(
         let queue = tokio::select! {
             queue = connect(&settings, &services, first) => Arc::new(queue?),
             () = stop.cancelled() => {
-                tracing::info!("shutdown requested before Redis was reachable; nothing was claimed");
+                services.events.emit(Stopping::BeforeRedis);
                 return Ok(services.metrics.summary());
             }
         };
         first = false;
-        health.lease_renewed();
-        tracing::info!(
-            instance = queue.instance(),
-            list = %queue::shown_key(&queue.keys().list),
-            dead_letter_list = %queue::shown_key(&queue.keys().dead),
-            collector = %emitter.shown_url(),
-            method = ?config.collector.method,
-            "connected; relaying"
-        );
+        services.events.emit(Connected {
+            instance: queue.instance(),
+            list: &queue::shown_key(&queue.keys().list),
+            dead_letter_list: &queue::shown_key(&queue.keys().dead),
+            collector: &emitter.shown_url(),
+            method: &config.collector.method,
+        });
         redis.set_queue(Some(queue.clone()));
         let result =
             super::run_instance(config, queue, &services, stop.clone(), hurry.clone()).await;
@@ -372,7 +358,7 @@ async fn relay_until_stopped(
             Err(Error::Queue(error)) if error.needs_new_instance() && !stop.is_cancelled() => {
                 // What this instance held is back in the list already (or goes back when
                 // its lease expires; or Redis lost it).
-                tracing::warn!(%error, "registering again as a new instance");
+                services.events.emit(RegisteringAgain { error: &error });
             }
             other => return other,
         }
@@ -398,8 +384,8 @@ async fn connect(
     let url = config::mask_url(&settings.url);
     loop {
         health.loop_turned();
-        let call = services.redis.call(RedisOperation::Connect);
-        let error = match try_connect(settings, &services.metrics).await {
+        let call = services.events.redis_call(RedisOperation::Connect);
+        let error = match try_connect(settings, &services.events).await {
             Ok(queue) => {
                 call.succeeded();
                 return Ok(queue);
@@ -434,7 +420,7 @@ async fn connect(
     }
 }
 
-async fn try_connect(settings: &RedisSettings, metrics: &Metrics) -> Result<Queue, Error> {
+async fn try_connect(settings: &RedisSettings, events: &Observer) -> Result<Queue, Error> {
     let queue = Queue::connect(settings).await?;
     let probe = queue.probe();
     if !probe.not_lists.is_empty() {
@@ -458,22 +444,14 @@ async fn try_connect(settings: &RedisSettings, metrics: &Metrics) -> Result<Queu
         )));
     }
     if !probe.script_flags() {
-        tracing::info!(
-            "Redis before 7.0: permissions are not checked ahead, and a Redis at maxmemory \
-             refuses the relay's scripts until memory is freed"
-        );
+        events.emit(RedisChecked::Before7);
     }
     match queue.eviction_policy().await.as_deref() {
         Some("noeviction") => {}
-        Some(policy) => tracing::warn!(
-            maxmemory_policy = policy,
-            "Redis may evict keys (maxmemory-policy is not noeviction): under memory \
-             pressure it can drop events, and volatile-* policies evict exactly the relay's \
-             lease keys, making live relays look dead; set maxmemory-policy noeviction"
-        ),
-        None => tracing::debug!("cannot read maxmemory-policy (CONFIG disabled?)"),
+        Some(policy) => events.emit(RedisChecked::Evicting { policy }),
+        None => events.emit(RedisChecked::PolicyUnknown),
     }
-    super::recover_expired(&queue, metrics).await?;
+    super::recover_expired(&queue, events).await?;
     queue.register().await?;
     Ok(queue)
 }

@@ -9,8 +9,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Shared;
+use crate::ops::events::Observer;
+use crate::ops::events::pipeline::ExpiredLeasesRecovered;
+use crate::ops::events::redis::{Lease, ListsSampled, RedisMemory};
 use crate::ops::health::Stage;
-use crate::ops::metrics::{Metrics, RedisOperation};
+use crate::ops::metrics::RedisOperation;
 use crate::queue::{Queue, QueueError};
 use snowplow_relay_tracker::retry::{self, Retry};
 
@@ -38,8 +41,8 @@ impl Heartbeat {
                 shared.lifecycle.lost_instance(lost);
                 return Ok(());
             }
-            let call = shared.redis.call(RedisOperation::Heartbeat);
-            match recover_expired(&shared.queue, &shared.metrics).await {
+            let call = shared.events.redis_call(RedisOperation::Heartbeat);
+            match recover_expired(&shared.queue, &shared.events).await {
                 Ok(()) => call.succeeded(),
                 Err(error) => call.failed(
                     &error,
@@ -57,19 +60,17 @@ impl Heartbeat {
         loop {
             shared.health.loop_turned();
             shared.health.call_started(Stage::Heartbeat);
-            let call = shared.redis.call(RedisOperation::Heartbeat);
+            let call = shared.events.redis_call(RedisOperation::Heartbeat);
             match shared.queue.heartbeat().await {
                 Ok(()) => {
                     shared.health.call_ended(Stage::Heartbeat, Ok(()));
-                    shared.health.lease_renewed();
-                    shared.metrics.lease_renewed();
+                    shared.emit(Lease { renewed: true });
                     call.succeeded();
                     return Ok(());
                 }
                 Err(lost) if lost.needs_new_instance() => {
                     shared.health.call_ended(Stage::Heartbeat, Err(lost.kind()));
-                    shared.metrics.lease_lost();
-                    shared.health.unregistered();
+                    shared.emit(Lease { renewed: false });
                     return Err(lost);
                 }
                 Err(error) => {
@@ -100,14 +101,18 @@ pub(super) async fn sample(shared: Arc<Shared>) {
     let mut full = false;
     let mut memory_readable = true;
     loop {
-        let call = shared.redis.call(RedisOperation::Sample);
+        let call = shared.events.redis_call(RedisOperation::Sample);
         match shared.queue.sample().await {
             Ok(sample) => {
                 let age = sample.head_dtm_millis.map_or(0.0, |dtm| {
                     (snowplow_relay_tracker::protocol::now_millis().saturating_sub(dtm)) as f64
                         / 1e3
                 });
-                shared.metrics.sampled(sample.list, sample.dead, age);
+                shared.emit(ListsSampled {
+                    list: sample.list,
+                    dead: sample.dead,
+                    oldest_age_seconds: age,
+                });
                 call.succeeded();
             }
             Err(error) => call.failed(
@@ -119,20 +124,12 @@ pub(super) async fn sample(shared: Arc<Shared>) {
             match shared.queue.memory().await {
                 Ok((used, max)) => {
                     let now_full = max > 0 && used >= max;
-                    if now_full && !full {
-                        tracing::warn!(
-                            used_memory = used,
-                            maxmemory = max,
-                            "Redis is out of memory (used_memory reached maxmemory): it refuses \
-                             producers' pushes; the relay keeps draining the list, which frees \
-                             memory"
-                        );
-                    } else if full && !now_full {
-                        tracing::info!(
-                            used_memory = used,
-                            maxmemory = max,
-                            "Redis has memory again"
-                        );
+                    if now_full != full {
+                        shared.emit(RedisMemory {
+                            full: now_full,
+                            used,
+                            max,
+                        });
                     }
                     full = now_full;
                 }
@@ -147,16 +144,11 @@ pub(super) async fn sample(shared: Arc<Shared>) {
 
 /// Returns the events of relays whose lease expired to the list, and counts them as
 /// redelivered.
-pub(crate) async fn recover_expired(queue: &Queue, metrics: &Metrics) -> Result<(), QueueError> {
+pub(crate) async fn recover_expired(queue: &Queue, events: &Observer) -> Result<(), QueueError> {
     let recovered = queue.recover_expired().await?;
-    if recovered.instances > 0 {
-        metrics.redelivered(recovered.events);
-        tracing::warn!(
-            instances = recovered.instances,
-            events = recovered.events,
-            "returned the events of relays whose lease expired; those they had delivered \
-             will arrive twice"
-        );
-    }
+    events.emit(ExpiredLeasesRecovered {
+        instances: recovered.instances,
+        events: recovered.events,
+    });
     Ok(())
 }

@@ -55,9 +55,11 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::ops::events::Observer;
+use crate::ops::events::lifecycle::{Fatal, NotDeregistered, RelayStopped, Stopping};
+use crate::ops::events::pipeline::EverythingReturned;
 use crate::ops::health::Health;
 use crate::ops::metrics::{DeadReason, Metrics, Summary};
-use crate::ops::redis_watch::RedisWatch;
 use crate::queue::{Queue, QueueError};
 use snowplow_relay_tracker::protocol::ParseOptions;
 
@@ -72,7 +74,7 @@ pub const RELEASE_BUDGET: Duration = Duration::from_secs(2);
 pub const FORCED_RELEASE_BUDGET: Duration = Duration::from_millis(500);
 
 /// Where the run is in its life. It only moves forward, and every task watches it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Lifecycle {
     /// Shutdown asked, a fatal error or a lost instance: claim nothing more; send and
     /// acknowledge what is held.
@@ -86,9 +88,21 @@ pub(crate) struct Lifecycle {
     /// Why the run ended other than by a stop: the first fatal error, or what made
     /// this instance end (a lost lease), returned when the run returns.
     fatal: Mutex<Option<crate::error::Error>>,
+    /// Where a fatal error is told.
+    events: Arc<Observer>,
 }
 
 impl Lifecycle {
+    fn new(events: Arc<Observer>) -> Lifecycle {
+        Lifecycle {
+            draining: CancellationToken::new(),
+            abandoning: CancellationToken::new(),
+            drain_deadline: std::sync::OnceLock::new(),
+            fatal: Mutex::new(None),
+            events,
+        }
+    }
+
     fn drain(&self) {
         self.draining.cancel();
     }
@@ -100,7 +114,7 @@ impl Lifecycle {
 
     /// Records a fatal error (the first one wins) and stops everything.
     fn fail(&self, error: crate::error::Error) {
-        tracing::error!(%error, "fatal error; stopping");
+        self.events.emit(Fatal { error: &error });
         self.record(error);
         self.abandon();
     }
@@ -146,8 +160,9 @@ struct Shared {
     emitter: Arc<Sender>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    /// Where every Redis call's end is reported (logged and counted once per cause).
-    redis: Arc<RedisWatch>,
+    /// Where what happens is told (logged and counted in one place), every Redis call's
+    /// end included.
+    events: Arc<Observer>,
     settings: Settings,
     /// How elements are parsed, for the configured method.
     parse: ParseOptions,
@@ -171,15 +186,20 @@ impl Shared {
             emitter: services.emitter.clone(),
             metrics: services.metrics.clone(),
             health: services.health.clone(),
-            redis: services.redis.clone(),
+            events: services.events.clone(),
             settings,
-            lifecycle: Lifecycle::default(),
+            lifecycle: Lifecycle::new(services.events.clone()),
         }
     }
 
     /// The instance's dead-letter metadata for `reason`.
     fn dead_letter(&self, reason: impl Into<String>, status: Option<u16>) -> Vec<u8> {
         crate::queue::DeadLetter::new(reason, status, self.queue.instance()).meta_line()
+    }
+
+    /// What happened: logged and counted in one place.
+    fn emit(&self, event: impl crate::ops::events::InternalEvent) {
+        self.events.emit(event);
     }
 }
 
@@ -212,6 +232,10 @@ enum Resolution {
     Dead {
         reason: DeadReason,
         meta: Arc<[u8]>,
+        /// What the metadata says, for the log line.
+        detail: Arc<str>,
+        /// The collector's status, if it answered.
+        status: Option<u16>,
         events: Vec<(u64, Bytes)>,
     },
     /// These events kept failing while others succeeded: to the retry list.
@@ -224,7 +248,16 @@ enum Resolution {
 struct Unsettled {
     delivered: Vec<u64>,
     /// Position, metadata line, the element, and why.
-    dead: Vec<(u64, Vec<u8>, Bytes, DeadReason)>,
+    dead: Vec<(u64, Vec<u8>, Bytes, DeadEnd)>,
+}
+
+/// Why an event went to the dead-letter list: the metric's reason, the collector's status
+/// and what its entry says.
+#[derive(Debug, Clone)]
+struct DeadEnd {
+    reason: DeadReason,
+    status: Option<u16>,
+    detail: Arc<str>,
 }
 
 /// What outlives one run (one registered instance): the collector client, the metrics,
@@ -233,7 +266,7 @@ pub(crate) struct Services {
     pub(crate) emitter: Arc<Sender>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<Health>,
-    pub(crate) redis: Arc<RedisWatch>,
+    pub(crate) events: Arc<Observer>,
     pub(crate) flush: Arc<tokio::sync::Notify>,
 }
 
@@ -269,12 +302,9 @@ pub(crate) async fn run_instance(
 async fn run_until_stopped(shared: &Shared, tasks: &mut Tasks, shutdown: &CancellationToken) {
     let lifecycle = &shared.lifecycle;
     tokio::select! {
-        () = shutdown.cancelled() => {
-            tracing::info!(
-                drain_timeout_ms = shared.settings.worker.drain_timeout.as_millis() as u64,
-                "shutdown requested: claiming stopped, draining what is held"
-            );
-        }
+        () = shutdown.cancelled() => shared.emit(Stopping::Draining {
+            drain_timeout_ms: shared.settings.worker.drain_timeout.as_millis() as u64,
+        }),
         () = lifecycle.draining.cancelled() => {}
         task = tasks.first_to_end(shared) => {
             if !lifecycle.draining.is_cancelled() {
@@ -316,12 +346,12 @@ async fn drain(
         tokio::select! {
             _ = tasks.first_to_end(shared) => {}
             () = &mut drain_deadline, if !lifecycle.abandoning.is_cancelled() => {
-                tracing::warn!("drain deadline passed; returning what is left to the list");
+                shared.emit(Stopping::DeadlinePassed);
                 lifecycle.abandon();
             }
             () = force.cancelled(), if !forced => {
                 forced = true;
-                tracing::warn!("second signal: returning what is left to the list now");
+                shared.emit(Stopping::SecondSignal);
                 lifecycle.abandon();
             }
         }
@@ -342,18 +372,10 @@ async fn return_what_is_held(
     let needs_new_instance =
         matches!(&fatal, Some(crate::error::Error::Queue(e)) if e.needs_new_instance());
     if let Some(crate::error::Error::Queue(QueueError::StateMismatch(_))) = &fatal {
-        shared.metrics.state_mismatch();
-        match tokio::time::timeout(RELEASE_BUDGET, shared.queue.abandon()).await {
-            Ok(Ok(returned)) => tracing::warn!(
-                returned,
-                "returned everything this relay held to the list; events it had delivered \
-                 will arrive twice"
-            ),
-            _ => tracing::warn!(
-                "could not return what this relay held now; it goes back when this \
-                 instance's lease expires"
-            ),
-        }
+        let returned = tokio::time::timeout(RELEASE_BUDGET, shared.queue.abandon()).await;
+        shared.emit(EverythingReturned {
+            returned: returned.ok().and_then(Result::ok),
+        });
     } else if let (Some(Some(window)), Some(Some(position)), false) =
         (&tasks.window, tasks.position, needs_new_instance)
     {
@@ -382,11 +404,9 @@ async fn return_what_is_held(
         match released {
             // Redis down at a stop, and nothing to return: a clean stop. Only the
             // registration is left in Redis, and it expires with the lease.
-            Err(error) if holds_nothing && fatal.is_none() => tracing::warn!(
-                %error,
-                "could not deregister from Redis; this relay held no event, so nothing waits \
-                 for its lease to expire"
-            ),
+            Err(error) if holds_nothing && fatal.is_none() => {
+                shared.emit(NotDeregistered { error: &error })
+            }
             Err(error) => {
                 fatal.get_or_insert(error);
             }
@@ -404,16 +424,8 @@ fn finish(
     shared: &Shared,
     fatal: Option<crate::error::Error>,
 ) -> Result<Summary, crate::error::Error> {
-    shared.health.unregistered();
     let summary = shared.metrics.summary();
-    tracing::info!(
-        claimed = summary.claimed,
-        delivered = summary.delivered,
-        dead_lettered = summary.dead_lettered,
-        requeued = summary.requeued,
-        redelivered = summary.redelivered,
-        "relay stopped"
-    );
+    shared.emit(RelayStopped { summary });
     match fatal {
         Some(error) => Err(error),
         None => Ok(summary),

@@ -17,7 +17,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::sender::Traffic;
-use super::{ParkedEvent, Shared, Unsettled};
+use super::{DeadEnd, ParkedEvent, Shared, Unsettled};
+use crate::ops::events::collector::{ParkedEventDelivered, ParkedEventFailed};
+use crate::ops::events::pipeline::{DeadLetterTally, ParkedEventGivenUp, ParkedSettled};
 use snowplow_relay_tracker::protocol::{Batch, Element};
 
 use crate::ops::health::Stage;
@@ -43,8 +45,8 @@ struct Held {
 struct Settled {
     position: u64,
     element: Bytes,
-    /// The dead-letter metadata and reason, or `None` when delivered.
-    dead: Option<(Vec<u8>, DeadReason)>,
+    /// The dead-letter metadata and why, or `None` when delivered.
+    dead: Option<(Vec<u8>, DeadEnd)>,
 }
 
 pub(super) struct Retrier {
@@ -105,10 +107,10 @@ impl Retrier {
         for settled in self.settled {
             match settled.dead {
                 None => unsettled.delivered.push(settled.position),
-                Some((meta, reason)) => {
+                Some((meta, end)) => {
                     unsettled
                         .dead
-                        .push((settled.position, meta, settled.element, reason))
+                        .push((settled.position, meta, settled.element, end))
                 }
             }
         }
@@ -175,24 +177,36 @@ impl Retrier {
         let shared = &self.shared;
         let position = held.event.position;
         let element = held.event.element.clone();
+        let dead_end = |reason: DeadReason, status: Option<u16>, detail: String| {
+            Some((
+                shared.dead_letter(detail.as_str(), status),
+                DeadEnd {
+                    reason,
+                    status,
+                    detail: detail.into(),
+                },
+            ))
+        };
         let dead = match attempt {
-            None => Some((
-                shared.dead_letter("the parked element no longer parses", None),
+            None => dead_end(
                 DeadReason::Malformed,
-            )),
+                None,
+                "the parked element no longer parses".into(),
+            ),
             Some(Attempt::Delivered) => {
-                shared.metrics.delivered(1);
+                shared.emit(ParkedEventDelivered);
                 None
             }
             Some(Attempt::Rejected {
                 status,
                 reason,
                 refusal,
-            }) => Some((shared.dead_letter(reason, status), refusal.into())),
-            Some(Attempt::TooLarge) => Some((
-                shared.dead_letter("collector answered 413 to this event alone", Some(413)),
+            }) => dead_end(refusal.into(), status, reason),
+            Some(Attempt::TooLarge) => dead_end(
                 DeadReason::TooLarge,
-            )),
+                Some(413),
+                "collector answered 413 to this event alone".into(),
+            ),
             Some(Attempt::Failed(error)) => {
                 held.attempts += 1;
                 let now = shared.emitter.traffic();
@@ -204,7 +218,11 @@ impl Retrier {
                 held.since = now;
                 if held.isolated < shared.emitter.retry_policy().isolated_failure_limit {
                     held.next_at = Instant::now() + self.backoff().delay(held.attempts);
-                    tracing::debug!(position, %error, attempts = held.attempts, "parked event failed again");
+                    shared.emit(ParkedEventFailed {
+                        position,
+                        attempts: held.attempts,
+                        error: &error,
+                    });
                     self.held.push(held);
                     return;
                 }
@@ -213,16 +231,11 @@ impl Retrier {
                      collector accepted other requests",
                     held.attempts, held.isolated
                 );
-                tracing::warn!(
-                    status = error.status(),
-                    attempts = held.attempts,
-                    "an event keeps failing on its own while other requests succeed; \
-                     dead-lettering it"
-                );
-                Some((
-                    shared.dead_letter(reason, error.status()),
-                    DeadReason::FailedAlone,
-                ))
+                shared.emit(ParkedEventGivenUp {
+                    status: error.status(),
+                    attempts: held.attempts,
+                });
+                dead_end(DeadReason::FailedAlone, error.status(), reason)
             }
         };
         self.settled.push(Settled {
@@ -243,7 +256,7 @@ impl Retrier {
             .map(|s| (s.position, s.dead.as_ref().map(|(meta, _)| meta.as_slice())))
             .collect();
         shared.health.call_started(Stage::Settle);
-        let call = shared.redis.call(RedisOperation::Settle);
+        let call = shared.events.redis_call(RedisOperation::Settle);
         match shared.queue.settle_parked(&entries).await {
             Ok(()) => {
                 shared.health.call_ended(Stage::Settle, Ok(()));
@@ -251,15 +264,19 @@ impl Retrier {
                 self.settles.succeeded();
                 self.settle_at = None;
                 let (mut events, mut bytes) = (0, 0);
+                let mut dead_letters = DeadLetterTally::default();
                 for settled in self.settled.drain(..) {
                     events += 1;
                     bytes += settled.element.len();
-                    if let Some((_, reason)) = settled.dead {
-                        shared.metrics.dead_lettered(reason, 1);
+                    if let Some((_, end)) = settled.dead {
+                        dead_letters.add(end.reason, end.status, &end.detail);
                     }
                 }
-                shared.metrics.unparked(events);
-                shared.metrics.settled(0, bytes as u64);
+                dead_letters.emit(&shared.events);
+                shared.emit(ParkedSettled {
+                    count: events,
+                    bytes: bytes as u64,
+                });
                 shared.permits.give_back(0, bytes);
                 Ok(())
             }

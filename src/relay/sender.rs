@@ -20,14 +20,22 @@ use tokio::sync::watch;
 use super::Lifecycle;
 
 use crate::config::{CollectorSettings, RetryPolicy};
+use crate::ops::events::Observer;
+use crate::ops::events::collector::{
+    BatchIsolating, BatchParking, BatchRetrying, CollectorFailing, CollectorFailuresEnded,
+    CollectorRecovered, CollectorRedirects, CollectorRequest,
+};
 use crate::ops::health::Health;
-use crate::ops::metrics::{DeadReason, Metrics};
+use crate::ops::metrics::DeadReason;
 
 /// How a batch ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The collector accepted it (2xx).
-    Delivered,
+    /// The collector accepted it (2xx), after this many attempts.
+    Delivered {
+        /// Attempts it took.
+        attempts: u32,
+    },
     /// The collector refused it for good, or it cannot be sent at all.
     Rejected {
         /// The collector's status, if it answered.
@@ -124,7 +132,7 @@ pub struct Sender {
     /// How long answers take lately, in milliseconds: the longest recent one, decaying
     /// by an eighth per answer. A drain starts no request it would have to cut.
     answer_ms: AtomicU64,
-    metrics: Arc<Metrics>,
+    events: Arc<Observer>,
     health: Arc<Health>,
 }
 
@@ -132,8 +140,7 @@ impl Sender {
     /// The collector client for `config`, and the relay's state around it.
     pub fn new(
         config: &CollectorSettings,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
+        events: Arc<Observer>,
     ) -> Result<Arc<Sender>, crate::error::Error> {
         use snowplow_relay_tracker::http::ClientError;
         let invalid = |key: &'static str, expected: String| {
@@ -170,8 +177,8 @@ impl Sender {
             alone: Default::default(),
             batch_ids: AtomicU64::new(0),
             answer_ms: AtomicU64::new(0),
-            metrics,
-            health,
+            health: events.health.clone(),
+            events,
         }))
     }
 
@@ -227,7 +234,6 @@ impl Sender {
 
     fn update_health(&self, change: Change<'_>) {
         let healthy = self.failing_batches.load(Ordering::Relaxed) < 2;
-        self.health.set_collector_failing(!healthy);
         let changed = self.healthy.send_if_modified(|current| {
             let changed = *current != healthy;
             *current = healthy;
@@ -237,18 +243,14 @@ impl Sender {
             return;
         }
         match change {
-            Change::Failed(error) => tracing::warn!(
-                %error,
-                collector = %self.shown_url(),
-                "collector requests are failing; claiming paused (one probe batch at a time), \
-                 retrying with backoff"
-            ),
-            Change::Succeeded => {
-                tracing::info!("collector requests succeed again; claiming resumed")
-            }
+            Change::Failed(error) => self.events.emit(CollectorFailing {
+                error,
+                collector: &self.shown_url(),
+            }),
+            Change::Succeeded => self.events.emit(CollectorRecovered),
             // Failing batches parked, dead-lettered or abandoned: the collector has not
             // been seen to recover.
-            Change::Ended => tracing::debug!("fewer than two batches are failing now"),
+            Change::Ended => self.events.emit(CollectorFailuresEnded),
         }
     }
 
@@ -294,13 +296,9 @@ impl Sender {
                     failing.delivered = true;
                     drop(failing);
                     self.update_health(Change::Succeeded);
-                    tracing::debug!(
-                        events = batch.len(),
-                        bytes = batch.body_bytes,
-                        attempts = retry.failures() + 1,
-                        "batch delivered"
-                    );
-                    return Outcome::Delivered;
+                    return Outcome::Delivered {
+                        attempts: retry.failures() + 1,
+                    };
                 }
                 Attempt::Rejected {
                     status,
@@ -323,14 +321,12 @@ impl Sender {
             }
             if attempts >= self.retry_policy().park_after_failures {
                 if others.successes > 0 {
-                    tracing::warn!(
-                        events = batch.len(),
-                        status = error.status(),
-                        %error,
+                    self.events.emit(BatchParking {
+                        events: batch.len(),
+                        status: error.status(),
                         attempts,
-                        "a batch keeps failing while other requests to the collector succeed; \
-                         parking it in Redis and retrying each of its events on its own"
-                    );
+                        error: &error,
+                    });
                     return Outcome::Park {
                         status: error.status(),
                         attempts,
@@ -339,13 +335,11 @@ impl Sender {
                 let others_failing =
                     self.failing_batches.load(Ordering::Relaxed) - usize::from(failing.counted);
                 if batch.len() > 1 && others_failing == 0 {
-                    tracing::debug!(
-                        events = batch.len(),
-                        %error,
+                    self.events.emit(BatchIsolating {
+                        events: batch.len(),
                         attempts,
-                        "a batch keeps failing and nothing else was sent; sending its halves \
-                         at once to find out which events are at fault"
-                    );
+                        error: &error,
+                    });
                     return Outcome::Isolate;
                 }
             }
@@ -354,20 +348,22 @@ impl Sender {
                 self.failing_batches.fetch_add(1, Ordering::Relaxed);
             }
             self.update_health(Change::Failed(&error));
-            self.metrics.retry();
             retry.set_backoff(self.backoff());
             let delay = retry.failed();
             if matches!(error, AttemptError::Redirect { .. }) {
-                // A misconfiguration, not a passing fault: say so every time.
-                tracing::warn!(%error, attempts, "collector redirects; not following");
-            } else {
-                tracing::debug!(
-                    events = batch.len(),
+                // A misconfiguration, not a passing fault: said at once, then once a minute.
+                self.events.emit(CollectorRedirects {
+                    error: &error,
                     attempts,
-                    retry_in_ms = delay.as_millis() as u64,
-                    error = %error,
-                    "collector request failed; will retry"
-                );
+                    events: batch.len(),
+                });
+            } else {
+                self.events.emit(BatchRetrying {
+                    events: batch.len(),
+                    attempts,
+                    retry_in_ms: delay.as_millis() as u64,
+                    error: &error,
+                });
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -390,19 +386,17 @@ impl Sender {
     /// One attempt to send `batch`, counted in the metrics and in the traffic.
     pub async fn attempt(&self, batch: &Batch) -> Attempt {
         let report = self.client.attempt(batch).await;
-        let took_ms = (report.seconds * 1e3) as u64;
+        let took_ms = (report.exchanges.last_seconds() * 1e3) as u64;
         let _ = self
             .answer_ms
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |recent| {
                 Some(recent_answer_ms(recent, took_ms))
             });
-        if report.seconds > 0.0 {
-            self.metrics.request(
-                report.status,
-                report.seconds,
-                batch.len(),
-                report.bytes_sent,
-            );
+        for exchange in report.exchanges.iter() {
+            self.events.emit(CollectorRequest {
+                exchange: *exchange,
+                events: batch.len(),
+            });
         }
         match report.attempt {
             Attempt::Delivered => {

@@ -103,18 +103,55 @@ impl AttemptError {
     }
 }
 
-/// What one attempt did, for the caller's counters: the outcome, the status the collector
-/// answered (`None`: no answer, or no request made), and how long it took.
+/// What one attempt did, for the caller's counters: the outcome, and each request it
+/// made (none when the batch could not be sent at all, two after a cookie bounce).
 #[derive(Debug)]
 pub struct Report {
     /// What it came to.
     pub attempt: Attempt,
-    /// The HTTP status, if a request got an answer.
+    /// The requests made, in order.
+    pub exchanges: Exchanges,
+}
+
+/// One request and its answer, as the collector gave it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Exchange {
+    /// The status the collector answered (`None`: no answer: a transport error or a
+    /// timeout).
     pub status: Option<u16>,
-    /// Seconds from sending to the answer (0 when no request was made).
+    /// Seconds from sending to the answer (or to the error).
     pub seconds: f64,
-    /// Bytes sent: the POST body or the GET request URL, twice after a cookie bounce.
-    pub bytes_sent: u64,
+    /// Bytes sent: the POST body or the GET request URL.
+    pub bytes: u64,
+}
+
+/// The requests of one attempt: at most two (a cookie bounce sends the request again).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Exchanges {
+    made: [Option<Exchange>; 2],
+}
+
+impl Exchanges {
+    fn push(&mut self, exchange: Exchange) {
+        if let Some(slot) = self.made.iter_mut().find(|slot| slot.is_none()) {
+            *slot = Some(exchange);
+        }
+    }
+
+    /// Each request made, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Exchange> {
+        self.made.iter().flatten()
+    }
+
+    /// The last request's status (`None`: no request, or no answer).
+    pub fn last_status(&self) -> Option<u16> {
+        self.iter().last().and_then(|exchange| exchange.status)
+    }
+
+    /// The last request's answer time, in seconds (0 when none was made).
+    pub fn last_seconds(&self) -> f64 {
+        self.iter().last().map_or(0.0, |exchange| exchange.seconds)
+    }
 }
 
 /// How to reach a collector.
@@ -233,51 +270,37 @@ impl Client {
 
     /// One attempt to send `batch`, with a fresh `stm`.
     pub async fn attempt(&self, batch: &Batch) -> Report {
-        let started = Instant::now();
-        let mut bytes_sent = 0;
-        let (result, status) = match self.request(batch, &mut bytes_sent).await {
-            Ok(()) => (Attempt::Delivered, Some(200)),
-            Err(Failure::Unsendable(reason)) => (
-                Attempt::Rejected {
-                    status: None,
-                    reason,
-                    refusal: Refusal::Unsendable,
-                },
-                None,
-            ),
-            Err(Failure::Attempt(error)) => {
-                let status = error.status();
-                let attempt = match error {
-                    AttemptError::Status(status)
-                        if classify(status, &self.no_retry) == Disposition::Rejected =>
-                    {
-                        Attempt::Rejected {
-                            status: Some(status),
-                            reason: format!("collector answered {status}, which is not retried"),
-                            refusal: Refusal::Status,
-                        }
+        let mut exchanges = Exchanges::default();
+        let attempt = match self.request(batch, &mut exchanges).await {
+            Ok(()) => Attempt::Delivered,
+            Err(Failure::Unsendable(reason)) => Attempt::Rejected {
+                status: None,
+                reason,
+                refusal: Refusal::Unsendable,
+            },
+            Err(Failure::Attempt(error)) => match error {
+                AttemptError::Status(status)
+                    if classify(status, &self.no_retry) == Disposition::Rejected =>
+                {
+                    Attempt::Rejected {
+                        status: Some(status),
+                        reason: format!("collector answered {status}, which is not retried"),
+                        refusal: Refusal::Status,
                     }
-                    AttemptError::Status(413) if batch.len() > 1 => Attempt::TooLarge,
-                    AttemptError::Status(413) => Attempt::Rejected {
-                        status: Some(413),
-                        reason: "collector answered 413 (payload too large) to this event alone"
-                            .into(),
-                        refusal: Refusal::TooLarge,
-                    },
-                    error => Attempt::Failed(error),
-                };
-                (attempt, status)
-            }
+                }
+                AttemptError::Status(413) if batch.len() > 1 => Attempt::TooLarge,
+                AttemptError::Status(413) => Attempt::Rejected {
+                    status: Some(413),
+                    reason: "collector answered 413 (payload too large) to this event alone".into(),
+                    refusal: Refusal::TooLarge,
+                },
+                error => Attempt::Failed(error),
+            },
         };
-        Report {
-            attempt: result,
-            status,
-            seconds: started.elapsed().as_secs_f64(),
-            bytes_sent,
-        }
+        Report { attempt, exchanges }
     }
 
-    async fn request(&self, batch: &Batch, bytes_sent: &mut u64) -> Result<(), Failure> {
+    async fn request(&self, batch: &Batch, exchanges: &mut Exchanges) -> Result<(), Failure> {
         let stm = epoch_millis();
         let (target, body) = match self.method {
             Method::Post => {
@@ -311,7 +334,7 @@ impl Client {
                 (bytes::Bytes::from(target), None)
             }
         };
-        let mut answer = self.send(target.clone(), body.clone(), bytes_sent).await?;
+        let mut answer = self.send(target.clone(), body.clone(), exchanges).await?;
         // A collector with cookie bounce answers a request without its cookie with a
         // redirect to the same URL plus its bounce parameter: followed once, with the
         // same method and body. Any other redirect is an error.
@@ -323,7 +346,7 @@ impl Client {
         {
             tracing::debug!("collector bounced the request for its cookie; sending it again once");
             let bounced = bytes::Bytes::from(String::from(bounced));
-            answer = self.send(bounced, body, bytes_sent).await?;
+            answer = self.send(bounced, body, exchanges).await?;
         }
         let status = answer.status;
         if is_redirection(status) {
@@ -342,19 +365,23 @@ impl Client {
         }
     }
 
-    /// Sends one request to `target` (a URL): a POST with `body`, or a GET; adds what it
-    /// sends to `bytes_sent`.
+    /// Sends one request to `target` (a URL): a POST with `body`, or a GET; records it
+    /// in `exchanges`.
     async fn send(
         &self,
         target: bytes::Bytes,
         body: Option<bytes::Bytes>,
-        bytes_sent: &mut u64,
+        exchanges: &mut Exchanges,
     ) -> Result<Answer, Failure> {
-        *bytes_sent += body.as_ref().map_or(target.len(), bytes::Bytes::len) as u64;
-        self.pool
-            .send(target, body)
-            .await
-            .map_err(|text| Failure::Attempt(AttemptError::Transport(text)))
+        let bytes = body.as_ref().map_or(target.len(), bytes::Bytes::len) as u64;
+        let started = Instant::now();
+        let answer = self.pool.send(target, body).await;
+        exchanges.push(Exchange {
+            status: answer.as_ref().ok().map(|answer| answer.status),
+            seconds: started.elapsed().as_secs_f64(),
+            bytes,
+        });
+        answer.map_err(|text| Failure::Attempt(AttemptError::Transport(text)))
     }
 }
 
@@ -513,6 +540,76 @@ mod tests {
         matches!(report.attempt, Attempt::Delivered)
     }
 
+    /// Each request is reported with the status the collector really answered: a 204 as
+    /// 204 (not 200), both requests of a cookie bounce (the 302 and the answer to the
+    /// request sent again), and no request at all for a batch that cannot be sent. (On
+    /// 582e716 the attempt reported 200 for any 2xx, one request for a bounce, and a
+    /// request without a status for an event it never sent.)
+    #[tokio::test]
+    async fn each_request_is_reported_with_the_status_the_collector_answered() {
+        fn bounce_then_204(connection: usize, _: usize) -> Option<(Vec<u8>, Duration, Vec<u8>)> {
+            // The bounced request comes on a new connection: a 3xx's is not reused.
+            let head = match connection {
+                0 => "HTTP/1.1 302 Found\r\nLocation: ?n3pc=true\r\nContent-Length: 0\r\n\r\n"
+                    .to_owned(),
+                _ => "HTTP/1.1 204 No Content\r\n\r\n".to_owned(),
+            };
+            Some((head.into_bytes(), Duration::ZERO, Vec::new()))
+        }
+        let (port, seen) = raw_collector(bounce_then_204).await;
+        let url = Url::parse(&format!(
+            "http://127.0.0.1:{port}/com.snowplowanalytics.snowplow/tp2"
+        ))
+        .unwrap();
+        let post = Client::new(&ClientSettings {
+            url: Some(url),
+            method: Some(Method::Post),
+            request_timeout: Some(Duration::from_secs(5)),
+            max_idle_connections: 4,
+            ..ClientSettings::default()
+        })
+        .unwrap();
+        let element = crate::protocol::Element::parse(
+            bytes::Bytes::from_static(br#"{"e":"pv","p":"pc","tv":"t"}"#),
+            crate::protocol::ParseOptions::for_method(Method::Post, false),
+        )
+        .unwrap();
+        let report = post.attempt(&Batch::single(0, element)).await;
+        assert!(delivered(&report), "{report:?}");
+        let statuses: Vec<Option<u16>> = report.exchanges.iter().map(|e| e.status).collect();
+        assert_eq!(statuses, [Some(302), Some(204)]);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        assert!(report.exchanges.iter().all(|e| e.bytes > 0));
+
+        // A GET URL over byte_limit is never sent: no request to count.
+        let get = Client::new(&ClientSettings {
+            url: Some(Url::parse(&format!("http://127.0.0.1:{port}/i")).unwrap()),
+            method: Some(Method::Get),
+            byte_limit: NonZeroUsize::new(20),
+            request_timeout: Some(Duration::from_secs(5)),
+            max_idle_connections: 4,
+            ..ClientSettings::default()
+        })
+        .unwrap();
+        let report = get.attempt(&batch()).await;
+        assert!(
+            matches!(
+                report.attempt,
+                Attempt::Rejected {
+                    refusal: Refusal::Unsendable,
+                    ..
+                }
+            ),
+            "{report:?}"
+        );
+        assert_eq!(report.exchanges.iter().count(), 0, "{report:?}");
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            2,
+            "nothing more reached the collector"
+        );
+    }
+
     #[tokio::test]
     async fn a_stray_second_answer_is_never_taken_for_the_next_requests_answer() {
         // The first connection answers 503, then a stray 200 a moment later; every other
@@ -534,12 +631,16 @@ mod tests {
             let (port, seen) = raw_collector(script).await;
             let client = client(port, with_user, Duration::from_secs(5));
             let first = client.attempt(&batch()).await;
-            assert_eq!(first.status, Some(503));
+            assert_eq!(first.exchanges.last_status(), Some(503));
             // At once, and again after the stray answer came: neither is "delivered".
             for _ in 0..2 {
                 let next = client.attempt(&batch()).await;
                 assert!(!delivered(&next), "with a user {with_user}: {next:?}");
-                assert_eq!(next.status, Some(503), "with a user {with_user}");
+                assert_eq!(
+                    next.exchanges.last_status(),
+                    Some(503),
+                    "with a user {with_user}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let seen = seen.lock().unwrap().clone();

@@ -10,7 +10,7 @@ mod tls;
 
 pub use answer::error_chain;
 pub use client::{
-    Attempt, AttemptError, Client, ClientError, ClientSettings, Disposition, Refusal, Report,
-    USER_AGENT, classify, mask_url,
+    Attempt, AttemptError, Client, ClientError, ClientSettings, Disposition, Exchange, Exchanges,
+    Refusal, Report, USER_AGENT, classify, mask_url,
 };
 pub use emitter::{HttpEmitter, HttpEmitterBuilder, OnFailure, OnSuccess};

@@ -255,7 +255,11 @@ impl AsyncRead for Metered {
         let mut limited = buf.take(left);
         let start = limited.filled().as_ptr();
         ready!(Pin::new(&mut this.stream).poll_read(cx, &mut limited))?;
-        assert_eq!(start, limited.filled().as_ptr(), "the stream swapped the buffer");
+        assert_eq!(
+            start,
+            limited.filled().as_ptr(),
+            "the stream swapped the buffer"
+        );
         let read = limited.filled().len();
         // SAFETY: the stream initialised `read` bytes of the limited view, which are the
         // first `read` bytes of `buf`'s unfilled part.

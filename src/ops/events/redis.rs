@@ -1,7 +1,10 @@
-//! The one place a failed Redis call is logged and counted. Every stage reports each
-//! call's end here; an operator reading the log sees one line when calls start failing,
-//! at most one line a minute while they go on (with how many failed meanwhile), and one
-//! line when they succeed again, however many stages retry how often.
+//! Redis: each call's end, and what the relay learns of Redis (its memory, its eviction
+//! policy, its reply limit).
+//!
+//! Every stage reports each Redis call's end to the [`RedisWatch`]; an operator reading
+//! the log sees one line when calls start failing, at most one line a minute while they
+//! go on (with how many failed meanwhile), and one line when they succeed again, however
+//! many stages retry how often.
 //!
 //! Failures are grouped by cause: Redis unreachable (a refused or dropped connection, a
 //! missed deadline, a server that cannot take writes) is one cause whichever stage met
@@ -11,15 +14,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::ops::metrics::{Metrics, RedisOperation};
 use crate::queue::QueueError;
 
-/// How often a cause that goes on failing is logged again.
-pub const REPEAT_EVERY: Duration = Duration::from_secs(60);
+use super::{InternalEvent, Observer, REPEAT_EVERY};
 
 /// Why calls fail: Redis as a whole, or one stage's own error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,7 +51,7 @@ pub struct RedisWatch {
 
 impl RedisWatch {
     /// A watch counting into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> RedisWatch {
+    pub(super) fn new(metrics: Arc<Metrics>) -> RedisWatch {
         RedisWatch {
             metrics,
             failing: Mutex::default(),
@@ -59,7 +60,7 @@ impl RedisWatch {
 
     /// A call of `operation` starts now; say how it ended with [`RedisCall::succeeded`]
     /// or [`RedisCall::failed`].
-    pub fn call(&self, operation: RedisOperation) -> RedisCall<'_> {
+    pub(super) fn call(&self, operation: RedisOperation) -> RedisCall<'_> {
         RedisCall {
             watch: self,
             operation,
@@ -162,7 +163,7 @@ impl RedisWatch {
     }
 
     /// Whether any cause is failing now.
-    pub fn any_failing(&self) -> bool {
+    pub(super) fn any_failing(&self) -> bool {
         self.failing.lock().is_ok_and(|failing| !failing.is_empty())
     }
 }
@@ -187,9 +188,166 @@ impl RedisCall<'_> {
     }
 }
 
+/// The lists sampled: their lengths and the head event's age.
+#[derive(Debug)]
+pub struct ListsSampled {
+    /// The list's length.
+    pub list: u64,
+    /// The dead-letter list's length.
+    pub dead: u64,
+    /// The head event's age, in seconds (0 when unknown).
+    pub oldest_age_seconds: f64,
+}
+
+impl InternalEvent for ListsSampled {
+    fn emit(self, to: &Observer) {
+        to.metrics
+            .sampled(self.list, self.dead, self.oldest_age_seconds);
+    }
+}
+
+/// Redis reached `maxmemory` (`full`), or has memory again: it refuses producers'
+/// pushes while full.
+#[derive(Debug)]
+pub struct RedisMemory {
+    /// Whether it is full now.
+    pub full: bool,
+    /// `used_memory`.
+    pub used: u64,
+    /// `maxmemory`.
+    pub max: u64,
+}
+
+impl InternalEvent for RedisMemory {
+    fn emit(self, _to: &Observer) {
+        if self.full {
+            tracing::warn!(
+                used_memory = self.used,
+                maxmemory = self.max,
+                "Redis is out of memory (used_memory reached maxmemory): it refuses producers' \
+                 pushes; the relay keeps draining the list, which frees memory"
+            );
+        } else {
+            tracing::info!(
+                used_memory = self.used,
+                maxmemory = self.max,
+                "Redis has memory again"
+            );
+        }
+    }
+}
+
+/// What the relay found out about Redis at connect time that an operator should know.
+#[derive(Debug)]
+pub enum RedisChecked<'a> {
+    /// Before 7.0: no permission check ahead, scripts refused at maxmemory.
+    Before7,
+    /// `maxmemory-policy` evicts keys.
+    Evicting {
+        /// The policy.
+        policy: &'a str,
+    },
+    /// `maxmemory-policy` cannot be read (CONFIG refused or renamed).
+    PolicyUnknown,
+}
+
+impl InternalEvent for RedisChecked<'_> {
+    fn emit(self, _to: &Observer) {
+        match self {
+            RedisChecked::Before7 => tracing::info!(
+                "Redis before 7.0: permissions are not checked ahead, and a Redis at maxmemory \
+                 refuses the relay's scripts until memory is freed"
+            ),
+            RedisChecked::Evicting { policy } => tracing::warn!(
+                maxmemory_policy = policy,
+                "Redis may evict keys (maxmemory-policy is not noeviction): under memory \
+                 pressure it can drop events, and volatile-* policies evict exactly the relay's \
+                 lease keys, making live relays look dead; set maxmemory-policy noeviction"
+            ),
+            RedisChecked::PolicyUnknown => {
+                tracing::debug!("cannot read maxmemory-policy (CONFIG disabled?)")
+            }
+        }
+    }
+}
+
+/// Redis's reply limit (`client-output-buffer-limit normal`) cannot send elements of
+/// `events.max_element_bytes`: larger ones are dead-lettered.
+#[derive(Debug)]
+pub struct ReplyLimitTooSmall {
+    /// The limit.
+    pub reply_limit_bytes: u64,
+    /// The largest element relayed now.
+    pub max_element_bytes: usize,
+}
+
+impl InternalEvent for ReplyLimitTooSmall {
+    fn emit(self, _to: &Observer) {
+        tracing::warn!(
+            reply_limit_bytes = self.reply_limit_bytes,
+            max_element_bytes = self.max_element_bytes,
+            "Redis's client-output-buffer-limit (normal class) cannot send elements of \
+             events.max_element_bytes in one reply: elements over half the limit go to the \
+             dead-letter list; raise the limit to relay them"
+        );
+    }
+}
+
+/// The claim's byte budget changed: halved after Redis twice closed the connection while
+/// sending a claim's reply (`error`), or doubled again after claims succeeded a while.
+pub struct ClaimBudgetChanged<'a> {
+    /// The budget now.
+    pub claim_max_bytes: usize,
+    /// Why it shrank; `None`: it grew back.
+    pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+impl InternalEvent for ClaimBudgetChanged<'_> {
+    fn emit(self, to: &Observer) {
+        match self.error {
+            Some(error) => {
+                to.metrics.redis_error(RedisOperation::Claim);
+                tracing::warn!(
+                    %error,
+                    claim_max_bytes = self.claim_max_bytes,
+                    "Redis closed the connection twice while sending a claim's reply, and \
+                     answered other calls in between: its reply limit \
+                     (client-output-buffer-limit normal) is the likely cause; claiming at most \
+                     half as many bytes (raise the limit, or redis.claim_max_bytes, to claim \
+                     more at once)"
+                );
+            }
+            None => tracing::info!(
+                claim_max_bytes = self.claim_max_bytes,
+                "claims succeed at the smaller size; trying larger claims again"
+            ),
+        }
+    }
+}
+
+/// The lease was renewed, or found lost.
+#[derive(Debug)]
+pub struct Lease {
+    /// Renewed (else lost).
+    pub renewed: bool,
+}
+
+impl InternalEvent for Lease {
+    fn emit(self, to: &Observer) {
+        if self.renewed {
+            to.health.lease_renewed();
+            to.metrics.lease_renewed();
+        } else {
+            to.metrics.lease_lost();
+            to.health.unregistered();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn unreachable() -> QueueError {
         QueueError::Timeout(5_000)
