@@ -466,9 +466,12 @@ async fn the_local_collector_answers_like_micro() {
     }
     assert_eq!(collector.totals().dropped, 2);
     assert_eq!(collector.good().len() + collector.bad().len(), 5);
-    // Every good event was recorded, one JSON line each.
+    // Every good event was recorded, one JSON line each (by the recording thread).
+    wait_until("five lines recorded", 10, async || {
+        std::fs::read_to_string(&record).is_ok_and(|lines| lines.lines().count() == 5)
+    })
+    .await;
     let lines = std::fs::read_to_string(&record).unwrap();
-    assert_eq!(lines.lines().count(), 5);
     assert!(
         lines
             .lines()

@@ -77,7 +77,19 @@ fn signals(
     let reload = controls.clone();
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            let loaded = Settings::load(flags.common.config.as_deref(), &flags.overrides(), None);
+            // Files are read off the runtime's threads (one, by default): a slow disk
+            // or a password file on a network mount must not stall the relay.
+            let (file, overrides) = (flags.common.config.clone(), flags.overrides());
+            let loaded = tokio::task::spawn_blocking(move || {
+                Settings::load(file.as_deref(), &overrides, None)
+            })
+            .await
+            .unwrap_or_else(|panicked| {
+                Err(snowplow_relay::config::ConfigError::Invalid {
+                    key: "file",
+                    expected: format!("a configuration that loads ({panicked})"),
+                })
+            });
             match loaded {
                 Err(error) => tracing::error!(
                     %error,

@@ -645,7 +645,7 @@ async fn run(args: &TrackArgs, target: Target<'_>) -> Result<usize, TrackError> 
         Target::Redis(redis) => {
             let conn = snowplow_relay::queue::open_connection(redis)
                 .await
-                .map_err(|e| TrackError::Emit(Error::Redis(e.to_string())))?;
+                .map_err(|e| TrackError::Emit(Error::Redis(Box::new(e))))?;
             Box::new(RedisEmitter::new(conn, redis.key.clone()))
         }
     };

@@ -37,6 +37,13 @@ use keys::{InstanceKeys, Key};
 pub use keys::{Keys, shown_key};
 pub use records::{DeadLetter, Entry, Parked};
 
+/// Backoff between failed Redis calls of the relay's tasks: from 100 ms to 5 s.
+pub const REDIS_BACKOFF: snowplow_relay_tracker::retry::Backoff =
+    snowplow_relay_tracker::retry::Backoff {
+        initial: std::time::Duration::from_millis(100),
+        max: std::time::Duration::from_secs(5),
+    };
+
 use crate::config::RedisSettings;
 
 const HELPERS: &str = include_str!("scripts/helpers.lua");

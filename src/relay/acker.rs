@@ -11,14 +11,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{DeadEnd, ParkedEvent, Resolution, Shared, Unsettled, unreleased};
+use super::pipeline::{DeadEnd, ParkedEvent, Resolution, Shared, Unsettled, unreleased};
 use crate::ops::events::pipeline::{
     DeadLetterTally, EventsParked, EventsReturned, EventsSettled, ReturnRetrying,
 };
 use crate::ops::health::Stage;
 use crate::ops::metrics::RedisOperation;
 use crate::queue::{Entry, Parked, QueueError};
-use snowplow_relay_tracker::retry::{self, Retry};
+use snowplow_relay_tracker::retry::Retry;
 
 /// The fate of one claimed event. Sixteen bytes: the rare outcomes are boxed, so the
 /// window of delivered events (one slot per event) stays small to move and drop.
@@ -221,7 +221,7 @@ impl Acker {
     pub(super) async fn run(mut self) -> Result<Window, QueueError> {
         let shared = self.shared.clone();
         let abandoning = &shared.lifecycle.abandoning;
-        let mut retry = Retry::new(retry::REDIS);
+        let mut retry = Retry::new(crate::queue::REDIS_BACKOFF);
         while let Some(resolution) = self.resolved_rx.recv().await {
             self.window.apply(resolution, shared.queue.instance());
             while let Ok(more) = self.resolved_rx.try_recv() {
@@ -313,7 +313,7 @@ pub(super) async fn release(
             .map(|(p, meta, element, _)| (*p, meta.as_slice(), &element[..])),
     );
     let deadline = tokio::time::Instant::now() + budget;
-    let mut retry = Retry::new(retry::REDIS);
+    let mut retry = Retry::new(crate::queue::REDIS_BACKOFF);
     loop {
         let result = tokio::time::timeout_at(
             deadline,

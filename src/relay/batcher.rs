@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinError, JoinSet};
 
-use super::{Claimed, ParkedEvent, Resolution, Shared};
+use super::pipeline::{Claimed, ParkedEvent, Resolution, Shared};
 use snowplow_relay_tracker::protocol::{BadElement, Batch, BatchBuilder, Element};
 
 use super::sender::Outcome;

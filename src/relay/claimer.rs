@@ -11,13 +11,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::{Claimed, Shared};
+use super::pipeline::{Claimed, Shared};
 use crate::ops::events::pipeline::{DeadLettered, EventsClaimed};
 use crate::ops::events::redis::{ClaimBudgetChanged, RedisCall, ReplyLimitTooSmall};
 use crate::ops::health::Stage;
 use crate::ops::metrics::{DeadReason, RedisOperation};
 use crate::queue::{BlockingConnection, QueueError};
-use snowplow_relay_tracker::retry::{self, Retry};
+use snowplow_relay_tracker::retry::Retry;
 
 /// How long one blocking wait on an empty list lasts before it is renewed.
 const BLOCK_FOR: Duration = Duration::from_secs(5);
@@ -87,8 +87,8 @@ impl Claimer {
             halved: None,
             max_element_bytes,
             blocking: None,
-            claims: Retry::new(retry::REDIS),
-            waits: Retry::new(retry::REDIS),
+            claims: Retry::new(crate::queue::REDIS_BACKOFF),
+            waits: Retry::new(crate::queue::REDIS_BACKOFF),
             probes: Retry::new(backoff),
             failing_at_probe: None,
         }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use snowplow_relay_tracker::retry::{Backoff, Retry};
 use tokio_util::sync::CancellationToken;
 
-use super::{Sender, Services};
+use super::pipeline::Services;
+use super::sender::Sender;
 use crate::config::keys::Reload;
 use crate::config::{self, Config, RedisSettings, Settings};
 use crate::error::Error;
@@ -352,7 +353,8 @@ async fn relay_until_stopped(
         });
         redis.set_queue(Some(queue.clone()));
         let result =
-            super::run_instance(config, queue, &services, stop.clone(), hurry.clone()).await;
+            super::instance::run_instance(config, queue, &services, stop.clone(), hurry.clone())
+                .await;
         redis.set_queue(None);
         match result {
             Err(Error::Queue(error)) if error.needs_new_instance() && !stop.is_cancelled() => {
@@ -451,7 +453,7 @@ async fn try_connect(settings: &RedisSettings, events: &Observer) -> Result<Queu
         Some(policy) => events.emit(RedisChecked::Evicting { policy }),
         None => events.emit(RedisChecked::PolicyUnknown),
     }
-    super::recover_expired(&queue, events).await?;
+    super::heartbeat::recover_expired(&queue, events).await?;
     queue.register().await?;
     Ok(queue)
 }

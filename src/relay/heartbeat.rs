@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Shared;
+use super::pipeline::Shared;
 use crate::ops::events::Observer;
 use crate::ops::events::pipeline::ExpiredLeasesRecovered;
 use crate::ops::events::redis::{Lease, ListsSampled, RedisMemory};
 use crate::ops::health::Stage;
 use crate::ops::metrics::RedisOperation;
 use crate::queue::{Queue, QueueError};
-use snowplow_relay_tracker::retry::{self, Retry};
+use snowplow_relay_tracker::retry::Retry;
 
 pub(super) struct Heartbeat {
     shared: Arc<Shared>,
@@ -56,7 +56,7 @@ impl Heartbeat {
     /// period) comes: a connection broken now and then must not cost the lease.
     async fn renew(&self, until: Instant) -> Result<(), QueueError> {
         let shared = &self.shared;
-        let mut retry = Retry::new(retry::REDIS);
+        let mut retry = Retry::new(crate::queue::REDIS_BACKOFF);
         loop {
             shared.health.loop_turned();
             shared.health.call_started(Stage::Heartbeat);

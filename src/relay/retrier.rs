@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::pipeline::{DeadEnd, ParkedEvent, Shared, Unsettled};
 use super::sender::Traffic;
-use super::{DeadEnd, ParkedEvent, Shared, Unsettled};
 use crate::ops::events::collector::{ParkedEventDelivered, ParkedEventFailed};
 use crate::ops::events::pipeline::{DeadLetterTally, ParkedEventGivenUp, ParkedSettled};
 use snowplow_relay_tracker::protocol::{Batch, Element};
@@ -26,7 +26,7 @@ use crate::ops::health::Stage;
 use crate::ops::metrics::{DeadReason, RedisOperation};
 use crate::queue::QueueError;
 use snowplow_relay_tracker::http::Attempt;
-use snowplow_relay_tracker::retry::{self, Backoff, Retry};
+use snowplow_relay_tracker::retry::{Backoff, Retry};
 
 /// One parked event and its attempts since it was parked.
 struct Held {
@@ -69,7 +69,7 @@ impl Retrier {
             held: Vec::new(),
             settled: Vec::new(),
             settle_at: None,
-            settles: Retry::new(retry::REDIS),
+            settles: Retry::new(crate::queue::REDIS_BACKOFF),
         }
     }
 

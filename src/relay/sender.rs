@@ -17,7 +17,7 @@ use snowplow_relay_tracker::protocol::Batch;
 use snowplow_relay_tracker::retry::{Backoff, Retry};
 use tokio::sync::watch;
 
-use super::Lifecycle;
+use super::lifecycle::Lifecycle;
 
 use crate::config::{CollectorSettings, RetryPolicy};
 use crate::ops::events::Observer;

@@ -113,6 +113,17 @@ impl PageView {
     }
 }
 
+impl Fields for PageView {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error> {
+        out.own.add_str("e", "pv");
+        out.own
+            .add_str("url", required("page view", "url", &self.url)?);
+        out.own.add_opt("page", self.title.as_deref());
+        out.own.add_opt("refr", self.referrer.as_deref());
+        Ok(())
+    }
+}
+
 /// A page ping (`e=pp`): the page is still open, with the scroll range seen.
 ///
 /// ```
@@ -147,6 +158,23 @@ impl PagePing {
     pub fn offsets(mut self, min_x: i64, max_x: i64, min_y: i64, max_y: i64) -> Self {
         self.offsets = Some([min_x, max_x, min_y, max_y]);
         self
+    }
+}
+
+impl Fields for PagePing {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error> {
+        out.own.add_str("e", "pp");
+        out.own
+            .add_str("url", required("page ping", "url", &self.url)?);
+        out.own.add_opt("page", self.title.as_deref());
+        out.own.add_opt("refr", self.referrer.as_deref());
+        if let Some([min_x, max_x, min_y, max_y]) = self.offsets {
+            out.own.add("pp_mix", Value::from(min_x));
+            out.own.add("pp_max", Value::from(max_x));
+            out.own.add("pp_miy", Value::from(min_y));
+            out.own.add("pp_may", Value::from(max_y));
+        }
+        Ok(())
     }
 }
 
@@ -186,6 +214,24 @@ impl Structured {
     }
 }
 
+impl Fields for Structured {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error> {
+        out.own.add_str("e", "se");
+        out.own.add_str(
+            "se_ca",
+            required("structured event", "category", &self.category)?,
+        );
+        out.own.add_str(
+            "se_ac",
+            required("structured event", "action", &self.action)?,
+        );
+        out.own.add_opt("se_la", self.label.as_deref());
+        out.own.add_opt("se_pr", self.property.as_deref());
+        out.own.add("se_va", number_opt("se_va", self.value)?);
+        Ok(())
+    }
+}
+
 /// A screen view, sent as the self-describing
 /// `iglu:com.snowplowanalytics.snowplow/screen_view/jsonschema/1-0-0` (as the Python
 /// tracker's `track_screen_view`).
@@ -211,6 +257,19 @@ impl ScreenView {
         fn name(name: text);
         /// The screen's id.
         fn id(id: text);
+    }
+}
+
+impl Fields for ScreenView {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error> {
+        out.own.add_str("e", "ue");
+        out.self_describing = Some(
+            Properties::new()
+                .maybe("name", self.name.as_deref())
+                .maybe("id", self.id.as_deref())
+                .event(&format!("{SNOWPLOW}/screen_view/jsonschema/1-0-0")),
+        );
+        Ok(())
     }
 }
 
@@ -244,6 +303,21 @@ impl Timing {
     pub fn label(mut self, label: impl Into<String>) -> Self {
         self.label = Some(label.into());
         self
+    }
+}
+
+impl Fields for Timing {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error> {
+        out.own.add_str("e", "ue");
+        out.self_describing = Some(
+            Properties::new()
+                .set("category", required("timing", "category", &self.category)?)
+                .set("variable", required("timing", "variable", &self.variable)?)
+                .set("timing", self.timing_ms)
+                .maybe("label", self.label.as_deref())
+                .event(&format!("{SNOWPLOW}/timing/jsonschema/1-0-0")),
+        );
+        Ok(())
     }
 }
 
@@ -344,6 +418,35 @@ impl EcommerceTransaction {
     }
 }
 
+impl Fields for EcommerceTransaction {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error> {
+        let order_id = required("transaction", "order_id", &self.order_id)?;
+        out.own.add_str("e", "tr");
+        out.own.add_str("tr_id", order_id);
+        out.own.add("tr_tt", self.total_value.to_json("tr_tt")?);
+        out.own.add_opt("tr_af", self.affiliation.as_deref());
+        out.own.add("tr_tx", number_opt("tr_tx", self.tax_value)?);
+        out.own.add("tr_sh", number_opt("tr_sh", self.shipping)?);
+        out.own.add_opt("tr_ci", self.city.as_deref());
+        out.own.add_opt("tr_st", self.state.as_deref());
+        out.own.add_opt("tr_co", self.country.as_deref());
+        out.own.add_opt("tr_cu", self.currency.as_deref());
+        for item in &self.items {
+            let mut fields = Payload::default();
+            fields.add_str("e", "ti");
+            fields.add_str("ti_id", order_id);
+            fields.add_str("ti_sk", required("transaction item", "sku", &item.sku)?);
+            fields.add_opt("ti_nm", item.name.as_deref());
+            fields.add_opt("ti_ca", item.category.as_deref());
+            fields.add("ti_pr", item.price.to_json("ti_pr")?);
+            fields.add("ti_qu", Value::from(item.quantity));
+            fields.add_opt("ti_cu", self.currency.as_deref());
+            out.items.push(fields);
+        }
+        Ok(())
+    }
+}
+
 /// A link click, sent as the self-describing
 /// `iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1` (the Python tracker's
 /// `track_link_click`).
@@ -379,6 +482,25 @@ impl LinkClick {
         fn element_target(element_target: text);
         /// Its text (`elementContent`).
         fn element_content(element_content: text);
+    }
+}
+
+impl Fields for LinkClick {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error> {
+        out.own.add_str("e", "ue");
+        out.self_describing = Some(
+            Properties::new()
+                .set(
+                    "targetUrl",
+                    required("link click", "target_url", &self.target_url)?,
+                )
+                .maybe("elementId", self.element_id.as_deref())
+                .maybe("elementClasses", self.element_classes.clone())
+                .maybe("elementTarget", self.element_target.as_deref())
+                .maybe("elementContent", self.element_content.as_deref())
+                .event(&format!("{SNOWPLOW}/link_click/jsonschema/1-0-1")),
+        );
+        Ok(())
     }
 }
 
@@ -432,6 +554,31 @@ impl CartChange {
         fn unit_price(unit_price: number);
         /// The price's currency.
         fn currency(currency: text);
+    }
+}
+
+impl Fields for CartChange {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error> {
+        out.own.add_str("e", "ue");
+        let (kind, name) = match self.added {
+            true => ("add to cart", "add_to_cart"),
+            false => ("remove from cart", "remove_from_cart"),
+        };
+        let unit_price = match self.unit_price {
+            Some(price) => Some(price.to_json("unitPrice")?),
+            None => None,
+        };
+        out.self_describing = Some(
+            Properties::new()
+                .set("sku", required(kind, "sku", &self.sku)?)
+                .set("quantity", self.quantity)
+                .maybe("name", self.name.as_deref())
+                .maybe("category", self.category.as_deref())
+                .maybe("unitPrice", unit_price)
+                .maybe("currency", self.currency.as_deref())
+                .event(&format!("{SNOWPLOW}/{name}/jsonschema/1-0-0")),
+        );
+        Ok(())
     }
 }
 
@@ -511,6 +658,25 @@ impl FormChange {
     }
 }
 
+impl Fields for FormChange {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error> {
+        out.own.add_str("e", "ue");
+        one_of("form change", "node_name", &self.node_name, FORM_NODE_NAMES)?;
+        input_type_ok("form change", self.input_type.as_ref())?;
+        out.self_describing = Some(
+            Properties::new()
+                .set("formId", required("form change", "form_id", &self.form_id)?)
+                .set("elementId", self.element_id.as_str())
+                .set("nodeName", self.node_name.as_str())
+                .set("value", self.value.as_deref())
+                .maybe("type", self.input_type.as_deref())
+                .maybe("elementClasses", self.element_classes.clone())
+                .event(&format!("{SNOWPLOW}/change_form/jsonschema/1-0-0")),
+        );
+        Ok(())
+    }
+}
+
 /// One element of a submitted form (an entry of `submit_form`'s `elements`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FormElement {
@@ -580,6 +746,36 @@ impl FormSubmit {
     }
 }
 
+impl Fields for FormSubmit {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error> {
+        out.own.add_str("e", "ue");
+        let mut elements = Vec::with_capacity(self.elements.len());
+        for element in &self.elements {
+            one_of(
+                "form submit",
+                "node_name",
+                &element.node_name,
+                FORM_NODE_NAMES,
+            )?;
+            input_type_ok("form submit", element.input_type.as_ref())?;
+            let element = Properties::new()
+                .set("name", element.name.as_str())
+                .set("value", element.value.as_deref())
+                .set("nodeName", element.node_name.as_str())
+                .maybe("type", element.input_type.as_deref());
+            elements.push(Value::Object(element.0));
+        }
+        out.self_describing = Some(
+            Properties::new()
+                .set("formId", required("form submit", "form_id", &self.form_id)?)
+                .maybe("formClasses", self.form_classes.clone())
+                .maybe("elements", (!elements.is_empty()).then_some(elements))
+                .event(&format!("{SNOWPLOW}/submit_form/jsonschema/1-0-0")),
+        );
+        Ok(())
+    }
+}
+
 /// A search on the site, sent as the self-describing
 /// `iglu:com.snowplowanalytics.snowplow/site_search/jsonschema/1-0-0` (the Python
 /// tracker's `track_site_search`).
@@ -622,6 +818,27 @@ impl SiteSearch {
         fn total_results(total_results: i64);
         /// How many were shown on the page (`pageResults`).
         fn page_results(page_results: i64);
+    }
+}
+
+impl Fields for SiteSearch {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error> {
+        out.own.add_str("e", "ue");
+        if self.terms.is_empty() {
+            return Err(Error::EmptyField {
+                event: "site search",
+                field: "terms",
+            });
+        }
+        out.self_describing = Some(
+            Properties::new()
+                .set("terms", self.terms.clone())
+                .maybe("filters", self.filters.clone())
+                .maybe("totalResults", self.total_results)
+                .maybe("pageResults", self.page_results)
+                .event(&format!("{SNOWPLOW}/site_search/jsonschema/1-0-0")),
+        );
+        Ok(())
     }
 }
 
@@ -694,6 +911,28 @@ impl MobileScreenView {
         fn previous_type(previous_type: text);
         /// How the screen was reached (`transitionType`).
         fn transition_type(transition_type: text);
+    }
+}
+
+impl Fields for MobileScreenView {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error> {
+        out.own.add_str("e", "ue");
+        let id = self
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        out.self_describing = Some(
+            Properties::new()
+                .set("id", id)
+                .set("name", required("mobile screen view", "name", &self.name)?)
+                .maybe("type", self.screen_type.as_deref())
+                .maybe("previousName", self.previous_name.as_deref())
+                .maybe("previousId", self.previous_id.as_deref())
+                .maybe("previousType", self.previous_type.as_deref())
+                .maybe("transitionType", self.transition_type.as_deref())
+                .event("iglu:com.snowplowanalytics.mobile/screen_view/jsonschema/1-0-0"),
+        );
+        Ok(())
     }
 }
 
@@ -810,6 +1049,20 @@ impl From<SelfDescribingJson> for Event {
     }
 }
 
+impl Fields for SelfDescribingJson {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error> {
+        out.own.add_str("e", "ue");
+        out.self_describing = Some(self.to_value());
+        Ok(())
+    }
+}
+
+/// An event type's own fields, written beside its builder: its `e`, its protocol fields
+/// or its self-describing body, checked.
+trait Fields {
+    fn fields(&self, out: &mut EventFields) -> Result<(), Error>;
+}
+
 /// How an event's own fields come out: `(fields, self-describing body)` for the
 /// event itself, plus one field list per transaction item.
 pub(super) struct EventFields {
@@ -822,228 +1075,26 @@ impl Event {
     /// The event's own fields, checked. Common fields (ids, time, contexts, subject) are
     /// the tracker's to add.
     pub(super) fn fields(&self) -> Result<EventFields, Error> {
-        let mut own = Payload::default();
-        let mut self_describing = None;
-        let mut items = Vec::new();
+        let mut out = EventFields {
+            own: Payload::default(),
+            self_describing: None,
+            items: Vec::new(),
+        };
         match self {
-            Event::PageView(view) => {
-                own.add_str("e", "pv");
-                own.add_str("url", required("page view", "url", &view.url)?);
-                own.add_opt("page", view.title.as_deref());
-                own.add_opt("refr", view.referrer.as_deref());
-            }
-            Event::PagePing(ping) => {
-                own.add_str("e", "pp");
-                own.add_str("url", required("page ping", "url", &ping.url)?);
-                own.add_opt("page", ping.title.as_deref());
-                own.add_opt("refr", ping.referrer.as_deref());
-                if let Some([min_x, max_x, min_y, max_y]) = ping.offsets {
-                    own.add("pp_mix", Value::from(min_x));
-                    own.add("pp_max", Value::from(max_x));
-                    own.add("pp_miy", Value::from(min_y));
-                    own.add("pp_may", Value::from(max_y));
-                }
-            }
-            Event::Structured(event) => {
-                own.add_str("e", "se");
-                own.add_str(
-                    "se_ca",
-                    required("structured event", "category", &event.category)?,
-                );
-                own.add_str(
-                    "se_ac",
-                    required("structured event", "action", &event.action)?,
-                );
-                own.add_opt("se_la", event.label.as_deref());
-                own.add_opt("se_pr", event.property.as_deref());
-                own.add("se_va", number_opt("se_va", event.value)?);
-            }
-            Event::SelfDescribing(event) => {
-                own.add_str("e", "ue");
-                self_describing = Some(event.to_value());
-            }
-            Event::ScreenView(screen) => {
-                own.add_str("e", "ue");
-                self_describing = Some(
-                    Properties::new()
-                        .maybe("name", screen.name.as_deref())
-                        .maybe("id", screen.id.as_deref())
-                        .event(&format!("{SNOWPLOW}/screen_view/jsonschema/1-0-0")),
-                );
-            }
-            Event::Timing(timing) => {
-                own.add_str("e", "ue");
-                self_describing = Some(
-                    Properties::new()
-                        .set(
-                            "category",
-                            required("timing", "category", &timing.category)?,
-                        )
-                        .set(
-                            "variable",
-                            required("timing", "variable", &timing.variable)?,
-                        )
-                        .set("timing", timing.timing_ms)
-                        .maybe("label", timing.label.as_deref())
-                        .event(&format!("{SNOWPLOW}/timing/jsonschema/1-0-0")),
-                );
-            }
-            Event::LinkClick(click) => {
-                own.add_str("e", "ue");
-                self_describing = Some(
-                    Properties::new()
-                        .set(
-                            "targetUrl",
-                            required("link click", "target_url", &click.target_url)?,
-                        )
-                        .maybe("elementId", click.element_id.as_deref())
-                        .maybe("elementClasses", click.element_classes.clone())
-                        .maybe("elementTarget", click.element_target.as_deref())
-                        .maybe("elementContent", click.element_content.as_deref())
-                        .event(&format!("{SNOWPLOW}/link_click/jsonschema/1-0-1")),
-                );
-            }
-            Event::CartChange(change) => {
-                own.add_str("e", "ue");
-                let (kind, name) = match change.added {
-                    true => ("add to cart", "add_to_cart"),
-                    false => ("remove from cart", "remove_from_cart"),
-                };
-                let unit_price = match change.unit_price {
-                    Some(price) => Some(price.to_json("unitPrice")?),
-                    None => None,
-                };
-                self_describing = Some(
-                    Properties::new()
-                        .set("sku", required(kind, "sku", &change.sku)?)
-                        .set("quantity", change.quantity)
-                        .maybe("name", change.name.as_deref())
-                        .maybe("category", change.category.as_deref())
-                        .maybe("unitPrice", unit_price)
-                        .maybe("currency", change.currency.as_deref())
-                        .event(&format!("{SNOWPLOW}/{name}/jsonschema/1-0-0")),
-                );
-            }
-            Event::FormChange(change) => {
-                own.add_str("e", "ue");
-                one_of(
-                    "form change",
-                    "node_name",
-                    &change.node_name,
-                    FORM_NODE_NAMES,
-                )?;
-                input_type_ok("form change", change.input_type.as_ref())?;
-                self_describing = Some(
-                    Properties::new()
-                        .set(
-                            "formId",
-                            required("form change", "form_id", &change.form_id)?,
-                        )
-                        .set("elementId", change.element_id.as_str())
-                        .set("nodeName", change.node_name.as_str())
-                        .set("value", change.value.as_deref())
-                        .maybe("type", change.input_type.as_deref())
-                        .maybe("elementClasses", change.element_classes.clone())
-                        .event(&format!("{SNOWPLOW}/change_form/jsonschema/1-0-0")),
-                );
-            }
-            Event::FormSubmit(submit) => {
-                own.add_str("e", "ue");
-                let mut elements = Vec::with_capacity(submit.elements.len());
-                for element in &submit.elements {
-                    one_of(
-                        "form submit",
-                        "node_name",
-                        &element.node_name,
-                        FORM_NODE_NAMES,
-                    )?;
-                    input_type_ok("form submit", element.input_type.as_ref())?;
-                    let element = Properties::new()
-                        .set("name", element.name.as_str())
-                        .set("value", element.value.as_deref())
-                        .set("nodeName", element.node_name.as_str())
-                        .maybe("type", element.input_type.as_deref());
-                    elements.push(Value::Object(element.0));
-                }
-                self_describing = Some(
-                    Properties::new()
-                        .set(
-                            "formId",
-                            required("form submit", "form_id", &submit.form_id)?,
-                        )
-                        .maybe("formClasses", submit.form_classes.clone())
-                        .maybe("elements", (!elements.is_empty()).then_some(elements))
-                        .event(&format!("{SNOWPLOW}/submit_form/jsonschema/1-0-0")),
-                );
-            }
-            Event::SiteSearch(search) => {
-                own.add_str("e", "ue");
-                if search.terms.is_empty() {
-                    return Err(Error::EmptyField {
-                        event: "site search",
-                        field: "terms",
-                    });
-                }
-                self_describing = Some(
-                    Properties::new()
-                        .set("terms", search.terms.clone())
-                        .maybe("filters", search.filters.clone())
-                        .maybe("totalResults", search.total_results)
-                        .maybe("pageResults", search.page_results)
-                        .event(&format!("{SNOWPLOW}/site_search/jsonschema/1-0-0")),
-                );
-            }
-            Event::MobileScreenView(screen) => {
-                own.add_str("e", "ue");
-                let id = screen
-                    .id
-                    .clone()
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                self_describing = Some(
-                    Properties::new()
-                        .set("id", id)
-                        .set(
-                            "name",
-                            required("mobile screen view", "name", &screen.name)?,
-                        )
-                        .maybe("type", screen.screen_type.as_deref())
-                        .maybe("previousName", screen.previous_name.as_deref())
-                        .maybe("previousId", screen.previous_id.as_deref())
-                        .maybe("previousType", screen.previous_type.as_deref())
-                        .maybe("transitionType", screen.transition_type.as_deref())
-                        .event("iglu:com.snowplowanalytics.mobile/screen_view/jsonschema/1-0-0"),
-                );
-            }
-            Event::EcommerceTransaction(order) => {
-                let order_id = required("transaction", "order_id", &order.order_id)?;
-                own.add_str("e", "tr");
-                own.add_str("tr_id", order_id);
-                own.add("tr_tt", order.total_value.to_json("tr_tt")?);
-                own.add_opt("tr_af", order.affiliation.as_deref());
-                own.add("tr_tx", number_opt("tr_tx", order.tax_value)?);
-                own.add("tr_sh", number_opt("tr_sh", order.shipping)?);
-                own.add_opt("tr_ci", order.city.as_deref());
-                own.add_opt("tr_st", order.state.as_deref());
-                own.add_opt("tr_co", order.country.as_deref());
-                own.add_opt("tr_cu", order.currency.as_deref());
-                for item in &order.items {
-                    let mut fields = Payload::default();
-                    fields.add_str("e", "ti");
-                    fields.add_str("ti_id", order_id);
-                    fields.add_str("ti_sk", required("transaction item", "sku", &item.sku)?);
-                    fields.add_opt("ti_nm", item.name.as_deref());
-                    fields.add_opt("ti_ca", item.category.as_deref());
-                    fields.add("ti_pr", item.price.to_json("ti_pr")?);
-                    fields.add("ti_qu", Value::from(item.quantity));
-                    fields.add_opt("ti_cu", order.currency.as_deref());
-                    items.push(fields);
-                }
-            }
+            Event::PageView(event) => event.fields(&mut out)?,
+            Event::PagePing(event) => event.fields(&mut out)?,
+            Event::Structured(event) => event.fields(&mut out)?,
+            Event::SelfDescribing(event) => event.fields(&mut out)?,
+            Event::ScreenView(event) => event.fields(&mut out)?,
+            Event::Timing(event) => event.fields(&mut out)?,
+            Event::LinkClick(event) => event.fields(&mut out)?,
+            Event::CartChange(event) => event.fields(&mut out)?,
+            Event::FormChange(event) => event.fields(&mut out)?,
+            Event::FormSubmit(event) => event.fields(&mut out)?,
+            Event::SiteSearch(event) => event.fields(&mut out)?,
+            Event::MobileScreenView(event) => event.fields(&mut out)?,
+            Event::EcommerceTransaction(event) => event.fields(&mut out)?,
         }
-        Ok(EventFields {
-            own,
-            self_describing,
-            items,
-        })
+        Ok(out)
     }
 }

@@ -102,4 +102,6 @@ pub use protocol::iglu::{
 #[cfg(feature = "redis")]
 pub use redis::RedisEmitter;
 pub use subject::{Platform, Subject};
-pub use tracker::{Error, SubjectMerging, TRACKER_VERSION, Timestamp, TrackOptions, Tracker};
+pub use tracker::{
+    BoxError, Error, SubjectMerging, TRACKER_VERSION, Timestamp, TrackOptions, Tracker,
+};

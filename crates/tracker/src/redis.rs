@@ -31,11 +31,11 @@ impl RedisEmitter {
     /// For TLS, credentials files or a Redis Cluster, open the connection yourself (any
     /// `redis::aio::ConnectionLike`) and use [`RedisEmitter::new`].
     pub async fn connect(url: &str, key: impl Into<String>) -> Result<RedisEmitter, Error> {
-        let client = redis::Client::open(url).map_err(|e| Error::Redis(e.to_string()))?;
+        let client = redis::Client::open(url).map_err(|e| Error::Redis(Box::new(e)))?;
         let conn = client
             .get_multiplexed_async_connection()
             .await
-            .map_err(|e| Error::Redis(e.to_string()))?;
+            .map_err(|e| Error::Redis(Box::new(e)))?;
         Ok(RedisEmitter::new(conn, key))
     }
 }
@@ -64,7 +64,26 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Emit for RedisEmitter<C>
             let mut conn = self.conn.clone();
             pipe.query_async::<()>(&mut conn)
                 .await
-                .map_err(|e| Error::Redis(e.to_string()))
+                .map_err(|e| Error::Redis(Box::new(e)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Redis's own error is kept as the source, for error chains and downcasting.
+    #[tokio::test]
+    async fn a_failed_connection_keeps_rediss_error_as_its_source() {
+        let Err(error) = RedisEmitter::connect("redis://127.0.0.1:1", "k").await else {
+            panic!("port 1 answers");
+        };
+        assert!(matches!(error, Error::Redis(_)), "{error:?}");
+        let source = std::error::Error::source(&error).expect("a source");
+        assert!(
+            source.downcast_ref::<redis::RedisError>().is_some(),
+            "{source:?}"
+        );
     }
 }

@@ -30,12 +30,6 @@ impl Backoff {
     }
 }
 
-/// Backoff between failed Redis calls (the relay's).
-pub const REDIS: Backoff = Backoff {
-    initial: Duration::from_millis(100),
-    max: Duration::from_secs(5),
-};
-
 /// The consecutive failures of one operation.
 #[derive(Debug, Clone)]
 pub struct Retry {
@@ -86,6 +80,11 @@ impl Retry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const REDIS: Backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(5),
+    };
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {

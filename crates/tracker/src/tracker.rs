@@ -59,12 +59,18 @@ pub enum Error {
         /// The value given.
         value: f64,
     },
-    /// Redis refused or failed the push.
+    /// Redis refused or failed the push (the source is Redis's own error).
     #[error("Redis: {0}")]
-    Redis(String),
+    Redis(#[source] BoxError),
     /// The HTTP emitter could not be built.
-    #[error("collector: {0}")]
-    Collector(String),
+    #[error("collector: {reason}")]
+    Collector {
+        /// What is wrong.
+        reason: String,
+        /// The error behind it, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// An event cannot be sent as configured (e.g. larger than `collector.byte_limit`);
     /// the other events of the call were taken.
     #[error("event not sent: {0}")]
@@ -73,6 +79,9 @@ pub enum Error {
     #[error("the emitter is closed")]
     Closed,
 }
+
+/// An error of another library, kept as the source of this crate's [`Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Which clock an explicit timestamp replaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,11 +12,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client::{Attempt, Client, ClientSettings};
+use super::client::{Attempt, Client};
+use super::settings::ClientSettings;
 use crate::emit::{BoxFuture, Emit};
 use crate::protocol::{Batch, BatchBuilder, Element, MAX_POST_BYTES, Method, ParseOptions};
 use crate::retry::{Backoff, Retry};
-use crate::{Error, Payload};
+use crate::{BoxError, Error, Payload};
 
 /// Called with the number of events a request delivered.
 pub type OnSuccess = Arc<dyn Fn(usize) + Send + Sync>;
@@ -35,10 +36,17 @@ pub struct HttpEmitterBuilder {
     max_requests_in_flight: usize,
     close_timeout: Duration,
     give_up_after: Option<Duration>,
+    slot_wait: Duration,
     backoff: Backoff,
     on_success: Option<OnSuccess>,
     on_failure: Option<OnFailure>,
 }
+
+/// How long a batch is retried before it goes to `on_failure`, unless set otherwise.
+pub const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
+/// How long [`Emit::emit`] waits for a request slot, unless set otherwise.
+pub const DEFAULT_SLOT_WAIT: Duration = Duration::from_secs(5);
 
 impl HttpEmitterBuilder {
     /// `get` or `post` (the default).
@@ -86,9 +94,26 @@ impl HttpEmitterBuilder {
     }
 
     /// Hands a batch the collector has not accepted within `time` (retries included) to
-    /// `on_failure` instead of retrying on (default: retry until [`Emit::close`]).
+    /// `on_failure` instead of retrying on (default [`DEFAULT_GIVE_UP_AFTER`], 30 s).
     pub fn give_up_after(mut self, time: Duration) -> Self {
         self.give_up_after = Some(time);
+        self
+    }
+
+    /// Retries every batch until the collector answers or [`Emit::close`] gives up: with
+    /// a collector down, [`Emit::emit`] then waits as long as it is down once every slot
+    /// is taken (bounded only by [`HttpEmitterBuilder::slot_wait`]).
+    pub fn retry_until_close(mut self) -> Self {
+        self.give_up_after = None;
+        self
+    }
+
+    /// How long [`Emit::emit`] waits for a free request slot when every one holds a
+    /// batch being retried (default [`DEFAULT_SLOT_WAIT`], 5 s); after that the batch
+    /// goes to `on_failure` unsent, so a caller (a web handler, say) never waits longer
+    /// on a collector that is down.
+    pub fn slot_wait(mut self, time: Duration) -> Self {
+        self.slot_wait = time;
         self
     }
 
@@ -132,7 +157,14 @@ impl HttpEmitterBuilder {
 
     /// Checks the settings and builds the client.
     pub fn build(mut self) -> Result<HttpEmitter, Error> {
-        let bad = |what: String| Error::Collector(what);
+        let bad = |reason: String| Error::Collector {
+            reason,
+            source: None,
+        };
+        let failed = |reason: &str, source: BoxError| Error::Collector {
+            reason: reason.to_owned(),
+            source: Some(source),
+        };
         let base = url::Url::parse(&self.url)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
@@ -146,7 +178,10 @@ impl HttpEmitterBuilder {
         };
         if self.settings.url.is_none() {
             let joined = format!("{}{path}", base.as_str().trim_end_matches('/'));
-            self.settings.url = Some(url::Url::parse(&joined).map_err(|e| bad(e.to_string()))?);
+            self.settings.url = Some(
+                url::Url::parse(&joined)
+                    .map_err(|e| failed("the collector URL and path", Box::new(e)))?,
+            );
         }
         let buffer_size = match method {
             Method::Get => 1,
@@ -169,7 +204,8 @@ impl HttpEmitterBuilder {
             .ok_or_else(|| bad("byte_limit: at least 1024 bytes".into()))?;
         self.settings.byte_limit = Some(byte_limit);
         self.settings.max_idle_connections = self.max_requests_in_flight;
-        let client = Client::new(&self.settings).map_err(|e| bad(e.to_string()))?;
+        let client =
+            Client::new(&self.settings).map_err(|e| failed(&e.to_string(), Box::new(e)))?;
         Ok(HttpEmitter {
             inner: Arc::new(Inner {
                 client,
@@ -186,6 +222,7 @@ impl HttpEmitterBuilder {
                 give_up: CancellationToken::new(),
                 close_timeout: self.close_timeout,
                 give_up_after: self.give_up_after,
+                slot_wait: self.slot_wait,
                 on_success: self.on_success,
                 on_failure: self.on_failure,
             }),
@@ -200,7 +237,9 @@ impl HttpEmitterBuilder {
 /// call `close().await` before dropping it (a drop with events still buffered hands them
 /// to `on_failure` and logs a warning). At most `max_requests_in_flight` batches are held:
 /// [`Emit::emit`] waits for a free slot, so memory stays bounded however many events are
-/// tracked.
+/// tracked. With the collector down, nothing waits for ever: a batch is retried for at
+/// most 30 s ([`HttpEmitterBuilder::give_up_after`]) and `emit` waits at most 5 s for a
+/// slot ([`HttpEmitterBuilder::slot_wait`]); what is given up goes to `on_failure`.
 ///
 /// ```no_run
 /// use snowplow_relay_tracker::{Emit, HttpEmitter, PageView, Tracker};
@@ -230,6 +269,7 @@ struct Inner {
     give_up: CancellationToken,
     close_timeout: Duration,
     give_up_after: Option<Duration>,
+    slot_wait: Duration,
     on_success: Option<OnSuccess>,
     on_failure: Option<OnFailure>,
 }
@@ -255,7 +295,8 @@ impl HttpEmitter {
             byte_limit: None,
             max_requests_in_flight: 16,
             close_timeout: Duration::from_secs(10),
-            give_up_after: None,
+            give_up_after: Some(DEFAULT_GIVE_UP_AFTER),
+            slot_wait: DEFAULT_SLOT_WAIT,
             backoff: Backoff {
                 initial: Duration::from_millis(500),
                 max: Duration::from_secs(30),
@@ -265,10 +306,22 @@ impl HttpEmitter {
         }
     }
 
-    /// Starts sending `batch` once a slot is free (waiting for one keeps memory bounded).
+    /// Starts sending `batch` once a slot is free (waiting for one keeps memory bounded);
+    /// when none frees within the slot wait, the batch goes to `on_failure` unsent.
     async fn spawn(&self, batch: Batch) {
-        let Ok(permit) = self.inner.in_flight.clone().acquire_owned().await else {
-            return;
+        let slot = self.inner.in_flight.clone().acquire_owned();
+        let permit = match tokio::time::timeout(self.inner.slot_wait, slot).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => return,
+            Err(_waited) => {
+                tracing::warn!(
+                    events = batch.len(),
+                    "every request slot holds a batch the collector has not accepted; \
+                     handing this one to on_failure"
+                );
+                self.inner.give_up_now(batch);
+                return;
+            }
         };
         let inner = self.inner.clone();
         self.inner.tasks.spawn(async move {
@@ -289,6 +342,21 @@ enum Sent {
 }
 
 impl Inner {
+    /// Hands `batch` to `on_failure` without sending it.
+    fn give_up_now(&self, batch: Batch) {
+        let unsent: Vec<Payload> = {
+            let mut state = self.state.lock().expect("state lock");
+            batch
+                .positions
+                .iter()
+                .filter_map(|p| state.pending.remove(p))
+                .collect()
+        };
+        if let Some(hook) = &self.on_failure {
+            hook(0, unsent);
+        }
+    }
+
     /// Sends `batch` until the collector accepts or refuses it, or it is given up,
     /// retrying everything else with backoff.
     async fn send(&self, batch: &Batch) -> Sent {
@@ -464,5 +532,63 @@ mod tests {
             .err()
             .unwrap();
         assert!(error.to_string().contains("byte_limit"), "{error}");
+    }
+
+    /// A collector that is down, both ways (a black hole that takes connections and
+    /// never answers, and a port nobody listens on): with the defaults' rules, no `emit`
+    /// waits longer than the slot wait, and every event reaches `on_failure`. (On
+    /// 582e716 `emit` waited for ever once every slot held a batch.) Paused time: the
+    /// bounds are the emitter's own, not the machine's speed.
+    #[tokio::test(start_paused = true)]
+    async fn a_collector_that_is_down_never_blocks_emit_for_ever() {
+        let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hole = black_hole.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = black_hole.accept().await {
+                held.push(stream);
+            }
+        });
+        let nobody = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        for addr in [hole, nobody] {
+            let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counted = failed.clone();
+            let emitter = HttpEmitter::builder(format!("http://{addr}"))
+                .buffer_size(1)
+                .max_requests_in_flight(2)
+                .request_timeout(Duration::from_secs(1))
+                .on_failure(move |sent, unsent| {
+                    assert_eq!(sent, 0);
+                    counted.fetch_add(unsent.len(), std::sync::atomic::Ordering::SeqCst);
+                })
+                .build()
+                .unwrap();
+            for i in 0..6 {
+                let mut payload = Payload::default();
+                payload.add_str("e", "pv");
+                payload.add_str("p", "pc");
+                payload.add_str("tv", "t");
+                payload.add_str("eid", &format!("e-{i}"));
+                let started = tokio::time::Instant::now();
+                tokio::time::timeout(Duration::from_secs(600), emitter.emit(vec![payload]))
+                    .await
+                    .unwrap_or_else(|_| panic!("emit still waits after 600 s ({addr})"))
+                    .unwrap();
+                assert!(
+                    started.elapsed() <= DEFAULT_SLOT_WAIT,
+                    "emit waited {:?} ({addr})",
+                    started.elapsed()
+                );
+            }
+            emitter.close().await.unwrap();
+            assert_eq!(
+                failed.load(std::sync::atomic::Ordering::SeqCst),
+                6,
+                "every event handed to on_failure ({addr})"
+            );
+        }
     }
 }

@@ -6,11 +6,15 @@ mod client;
 mod emitter;
 mod pool;
 mod route;
+mod settings;
 mod tls;
 
 pub use answer::error_chain;
 pub use client::{
-    Attempt, AttemptError, Client, ClientError, ClientSettings, Disposition, Exchange, Exchanges,
-    Refusal, Report, USER_AGENT, classify, mask_url,
+    Attempt, AttemptError, Client, Disposition, Exchange, Exchanges, Refusal, Report, USER_AGENT,
+    classify, mask_url,
 };
-pub use emitter::{HttpEmitter, HttpEmitterBuilder, OnFailure, OnSuccess};
+pub use emitter::{
+    DEFAULT_GIVE_UP_AFTER, DEFAULT_SLOT_WAIT, HttpEmitter, HttpEmitterBuilder, OnFailure, OnSuccess,
+};
+pub use settings::{ClientError, ClientSettings};

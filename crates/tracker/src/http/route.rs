@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use url::Url;
 
-use super::client::{ClientError, ClientSettings};
+use super::settings::{ClientError, ClientSettings};
 
 /// The bytes of a proxy's answer to `CONNECT` the relay reads at most.
 const MAX_CONNECT_ANSWER: usize = 8 * 1024;

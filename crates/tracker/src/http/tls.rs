@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::client::{ClientError, ClientSettings};
+use super::settings::{ClientError, ClientSettings};
 
 /// The client configuration for `settings`' collector.
 pub(crate) fn client_config(

@@ -1,0 +1,311 @@
+//! The local collector over HTTP: routing (the tracker protocol's endpoints, Micro's API,
+//! CORS), request bodies read within their size, time and memory budget, and the
+//! answers (`/micro/good|bad` streamed from the stored events' JSON).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use super::collector::{LocalCollector, PIXEL, Totals};
+use super::origin::Origin;
+use super::store::{Filters, Store, Stored, Summary, newest_first};
+use crate::ops::listener::{Body, Limits, full};
+use snowplow_relay_tracker::protocol::shorten;
+
+impl LocalCollector {
+    /// Serves connections from `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let limits = Limits {
+            max_connections: self.options.max_connections,
+            // A GET carries the event in its query string.
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            connection_timeout: Duration::from_secs(300),
+            keep_alive: true,
+        };
+        let answer = move |request: Request<Incoming>| {
+            let collector = self.clone();
+            async move { collector.answer(request).await }
+        };
+        crate::ops::listener::serve_http(listener, limits, answer, shutdown).await;
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Response<Body> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let origin = request.headers().get("origin").cloned();
+        let (response, good, bad) = self.route(request).await;
+        tracing::info!(%method, path, status = response.status().as_u16(), good, bad, "request");
+        let mut response = response;
+        let headers = response.headers_mut();
+        headers.insert(
+            "access-control-allow-origin",
+            origin.unwrap_or(hyper::header::HeaderValue::from_static("*")),
+        );
+        headers.insert(
+            "access-control-allow-credentials",
+            hyper::header::HeaderValue::from_static("true"),
+        );
+        response
+    }
+
+    /// The response and how many good and bad events the request brought.
+    async fn route(&self, request: Request<Incoming>) -> (Response<Body>, usize, usize) {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        if method == Method::OPTIONS {
+            let response = Response::builder()
+                .header("access-control-allow-headers", "Content-Type, SP-Anonymous")
+                .header("access-control-allow-methods", "POST, GET, OPTIONS")
+                .header("access-control-max-age", "3600")
+                .body(full(""))
+                .unwrap_or_else(|_| Response::new(full("")));
+            return (response, 0, 0);
+        }
+        match (&method, path.as_str()) {
+            (&Method::GET, "/i" | "/ice.png" | "/com.snowplowanalytics.snowplow/tp1") => {
+                let origin = Origin::of(&request, "tp1", None);
+                let (good, bad) = self.receive_query(&query, &origin);
+                let response = Response::builder()
+                    .header("content-type", "image/gif")
+                    .body(full(Bytes::from_static(PIXEL)))
+                    .unwrap_or_else(|_| Response::new(full("")));
+                (response, good, bad)
+            }
+            (&Method::POST, "/com.snowplowanalytics.snowplow/tp2") => {
+                let content_type = request
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let origin = Origin::of(&request, "tp2", content_type);
+                // The body's share of the budget is held until its events are stored:
+                // checking and shaping them takes a few times the body's size.
+                let (body, _share) = match self.read_body(request).await {
+                    Ok(read) => read,
+                    Err(response) => return (response, 0, 0),
+                };
+                let (good, bad) = self.receive_post(&body, &origin);
+                (text(StatusCode::OK, "ok"), good, bad)
+            }
+            (&Method::GET, "/health") => (text(StatusCode::OK, "OK"), 0, 0),
+            (&Method::GET | &Method::POST, "/micro/all") => {
+                (self.json(&Summary::of(self.totals())), 0, 0)
+            }
+            (&Method::GET, "/micro/stats") => {
+                let stats = json!({"totals": self.totals(), "stored_bytes": self.stored_bytes()});
+                (self.json(&stats), 0, 0)
+            }
+            (&Method::GET | &Method::POST, "/micro/reset") => {
+                *self.store.lock().expect("store lock") = Store::default();
+                (self.json(&Summary::of(Totals::default())), 0, 0)
+            }
+            (&Method::GET, "/micro/ui" | "/micro/ui/") => {
+                let response = Response::builder()
+                    .header("content-type", "text/html; charset=utf-8")
+                    .header(
+                        "content-security-policy",
+                        "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+                    )
+                    .body(full(UI_PAGE))
+                    .unwrap_or_else(|_| Response::new(full("")));
+                (response, 0, 0)
+            }
+            (&Method::GET, iglu) if iglu.starts_with("/micro/iglu/") => {
+                let schema_path = &iglu["/micro/iglu/".len()..];
+                match self.registry.schema(schema_path) {
+                    Some(schema) => (self.json(&schema), 0, 0),
+                    None => {
+                        let message = format!("schema iglu:{} not found\n", shorten(schema_path));
+                        (text(StatusCode::NOT_FOUND, &message), 0, 0)
+                    }
+                }
+            }
+            (&Method::GET | &Method::POST, "/micro/good" | "/micro/bad") => {
+                let good = path == "/micro/good";
+                let filters = if method == Method::POST {
+                    match self.read_body(request).await {
+                        Ok((body, _)) if body.iter().all(u8::is_ascii_whitespace) => {
+                            Filters::default()
+                        }
+                        Ok((body, _)) => match Filters::from_json(&body, good) {
+                            Ok(filters) => filters,
+                            Err(message) => {
+                                return (text(StatusCode::BAD_REQUEST, &message), 0, 0);
+                            }
+                        },
+                        Err(response) => return (response, 0, 0),
+                    }
+                } else {
+                    Filters::from_query(&query)
+                };
+                // Only references are taken under the lock; the answer is streamed.
+                let selected: Vec<Arc<Stored>> = {
+                    let store = self.store.lock().expect("store lock");
+                    let events = if good { &store.good } else { &store.bad };
+                    newest_first(events)
+                        .into_iter()
+                        .filter(|e| filters.matches(e))
+                        .take(filters.limit.unwrap_or(usize::MAX))
+                        .collect()
+                };
+                let response = Response::builder()
+                    .header("content-type", "application/json")
+                    .body(JsonArray::new(selected).boxed())
+                    .unwrap_or_else(|_| Response::new(full("")));
+                (response, 0, 0)
+            }
+            _ => (
+                text(
+                    StatusCode::NOT_FOUND,
+                    "not found: GET /i, POST /com.snowplowanalytics.snowplow/tp2, /micro/all, /micro/good, /micro/bad, /micro/reset, /micro/iglu/…, /micro/ui, /health\n",
+                ),
+                0,
+                0,
+            ),
+        }
+    }
+
+    /// Reads a body within the size limit, the time limit and the budget of body bytes
+    /// handled at once (a request waits for its share, within the same time limit);
+    /// returns it with its share, which the caller holds while it works on the body.
+    async fn read_body(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<(Bytes, tokio::sync::SemaphorePermit<'_>), Response<Body>> {
+        let limit = self.options.max_body_bytes;
+        let too_large = || {
+            text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body over {limit} bytes\n"),
+            )
+        };
+        let declared = request
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let share = declared.map_or(limit, |n| n as usize).max(1) as u32;
+        let deadline = tokio::time::Instant::now() + self.options.body_timeout;
+        let timed_out = || {
+            text(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body did not arrive within {} s\n",
+                    self.options.body_timeout.as_secs()
+                ),
+            )
+        };
+        let permit =
+            match tokio::time::timeout_at(deadline, self.body_budget.acquire_many(share)).await {
+                Ok(Ok(permit)) => permit,
+                _ => return Err(timed_out()),
+            };
+        let read = Limited::new(request.into_body(), limit).collect();
+        let Ok(read) = tokio::time::timeout_at(deadline, read).await else {
+            return Err(timed_out());
+        };
+        match read {
+            Ok(collected) => Ok((collected.to_bytes(), permit)),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Err(e) => Err(text(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {e}\n"),
+            )),
+        }
+    }
+
+    fn json(&self, value: &impl serde::Serialize) -> Response<Body> {
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(full(serde_json::to_vec(value).unwrap_or_default()))
+            .unwrap_or_else(|_| Response::new(full("")))
+    }
+}
+
+/// The page of `/micro/ui`.
+const UI_PAGE: &str = include_str!("ui.html");
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(full(body.to_owned()))
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
+/// A JSON array of stored events, streamed one event's JSON at a time (no copy).
+struct JsonArray {
+    events: std::vec::IntoIter<Arc<Stored>>,
+    /// What is sent next before the next event: `[`, then `,`.
+    separator: Option<&'static [u8]>,
+    /// An event waiting behind its separator.
+    next: Option<Bytes>,
+    closed: bool,
+}
+
+impl JsonArray {
+    fn new(events: Vec<Arc<Stored>>) -> JsonArray {
+        JsonArray {
+            events: events.into_iter(),
+            separator: Some(b"["),
+            next: None,
+            closed: false,
+        }
+    }
+}
+
+impl hyper::body::Body for JsonArray {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some(event) = this.next.take() {
+            this.separator = Some(b",");
+            return Poll::Ready(Some(Ok(Frame::data(event))));
+        }
+        if this.closed {
+            return Poll::Ready(None);
+        }
+        let separator = this.separator.take().unwrap_or(b",");
+        let frame = match this.events.next() {
+            Some(event) => {
+                this.next = Some(event.json.clone());
+                if separator == b"," {
+                    Bytes::from_static(b",")
+                } else {
+                    Bytes::from_static(b"[")
+                }
+            }
+            None => {
+                this.closed = true;
+                if separator == b"[" {
+                    Bytes::from_static(b"[]")
+                } else {
+                    Bytes::from_static(b"]")
+                }
+            }
+        };
+        Poll::Ready(Some(Ok(Frame::data(frame))))
+    }
+}

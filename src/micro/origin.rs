@@ -1,0 +1,147 @@
+//! What a request brings besides its parameters: where and how it arrived (Micro's
+//! `rawEvent` and `collectorPayload`, headers that carry secrets left out), and the
+//! items of a `payload_data` POST body.
+
+use hyper::Request;
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::event;
+use crate::ops::listener::Peer;
+use snowplow_relay_tracker::is_iglu_uri;
+use snowplow_relay_tracker::protocol::{PAYLOAD_DATA_SCHEMA, shorten};
+
+/// Where and how a request arrived: Micro's `rawEvent` fields besides the parameters.
+pub(super) struct Origin {
+    pub(super) vendor: &'static str,
+    pub(super) version: &'static str,
+    pub(super) content_type: Option<String>,
+    pub(super) hostname: Option<String>,
+    pub(super) ip: Option<String>,
+    pub(super) useragent: Option<String>,
+    pub(super) referer: Option<String>,
+    /// `Name: value`, as Micro lists them; cookies and credentials
+    /// ([`NEVER_LISTED_HEADERS`]) left out.
+    pub(super) headers: Vec<String>,
+    pub(super) millis: u64,
+}
+
+/// Request headers never listed in an event's `rawEvent.context.headers`: whoever can
+/// read `/micro/good` must not learn a cookie, a password or a token from them.
+pub const NEVER_LISTED_HEADERS: [&str; 3] = ["cookie", "authorization", "proxy-authorization"];
+
+impl Origin {
+    pub(super) fn of(
+        request: &Request<Incoming>,
+        version: &'static str,
+        content_type: Option<String>,
+    ) -> Origin {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(shorten)
+        };
+        let forwarded = header("x-forwarded-for")
+            .and_then(|v| v.split(',').next().map(|ip| ip.trim().to_owned()));
+        let peer = request
+            .extensions()
+            .get::<Peer>()
+            .map(|p| p.0.ip().to_string());
+        Origin {
+            hostname: header("host").map(|h| h.split(':').next().unwrap_or_default().to_owned()),
+            ip: forwarded.or(peer),
+            useragent: header("user-agent"),
+            referer: header("referer"),
+            headers: request
+                .headers()
+                .iter()
+                .filter(|(name, _)| !NEVER_LISTED_HEADERS.contains(&name.as_str()))
+                .take(64)
+                .map(|(name, value)| {
+                    format!(
+                        "{name}: {}",
+                        shorten(&String::from_utf8_lossy(value.as_bytes()))
+                    )
+                })
+                .collect(),
+            ..Origin::local(version, content_type)
+        }
+    }
+
+    /// An origin for events handed in by code rather than over HTTP.
+    pub(super) fn local(version: &'static str, content_type: Option<String>) -> Origin {
+        Origin {
+            vendor: "com.snowplowanalytics.snowplow",
+            version,
+            content_type,
+            hostname: None,
+            ip: None,
+            useragent: None,
+            referer: None,
+            headers: Vec::new(),
+            millis: snowplow_relay_tracker::protocol::now_millis(),
+        }
+    }
+
+    /// What Micro shows of the request a bad event came in (its body is in `rawEvent`).
+    pub(super) fn collector_payload(&self) -> Value {
+        json!({
+            "api": {"vendor": self.vendor, "version": self.version},
+            "contentType": self.content_type,
+            "source": {"name": "snowplow-relay-collector", "encoding": "UTF-8", "hostname": self.hostname},
+            "context": {"timestamp": event::iso_timestamp(self.millis), "ipAddress": self.ip, "useragent": self.useragent},
+        })
+    }
+
+    pub(super) fn raw_event(&self, parameters: Value) -> Value {
+        json!({
+            "api": {"vendor": self.vendor, "version": self.version},
+            "parameters": parameters,
+            "contentType": self.content_type,
+            "source": {"name": "snowplow-relay-collector", "encoding": "UTF-8", "hostname": self.hostname},
+            "context": {
+                "timestamp": event::iso_timestamp(self.millis),
+                "ipAddress": self.ip,
+                "useragent": self.useragent,
+                "refererUri": self.referer,
+                "headers": self.headers,
+                "userId": null,
+            },
+        })
+    }
+}
+
+/// The items of a `payload_data` POST body.
+pub(super) fn post_items(body: &[u8]) -> Result<Vec<Value>, String> {
+    let value: Value = serde_json::from_slice(&event::with_lone_surrogates_replaced(body))
+        .map_err(|e| format!("the body is not JSON: {e}"))?;
+    let schema = value
+        .get("schema")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let payload_data = &PAYLOAD_DATA_SCHEMA[..PAYLOAD_DATA_SCHEMA.len() - "1-0-4".len()];
+    if !schema.starts_with(payload_data) || !is_iglu_uri(schema) {
+        return Err(format!(
+            "the body must be self-describing JSON with schema {PAYLOAD_DATA_SCHEMA}, not {}",
+            shorten(schema)
+        ));
+    }
+    match value.get("data") {
+        Some(Value::Array(items)) if !items.is_empty() => Ok(items.clone()),
+        _ => Err("payload_data needs a non-empty `data` array (minItems 1)".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_must_be_payload_data() {
+        assert!(post_items(b"[1]").unwrap_err().contains("payload_data"));
+        assert!(post_items(b"{\"schema\":\"iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4\",\"data\":[]}").is_err());
+        assert!(post_items(b"not json").unwrap_err().contains("not JSON"));
+    }
+}

@@ -1,0 +1,223 @@
+//! What the local collector keeps: the events received, good and bad, in arrival order,
+//! bounded in count and bytes (the oldest dropped and counted); Micro's listing order
+//! (the newest request first, each request's events in the order sent) and its filters.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Counts since the last reset (`/micro/stats`; `/micro/all` shows the first three, as
+/// Micro does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// Events received.
+    pub total: u64,
+    /// Events that passed validation.
+    pub good: u64,
+    /// Events that did not.
+    pub bad: u64,
+    /// Events no longer kept because `max_events` or `max_store_bytes` was reached.
+    pub dropped: u64,
+}
+
+/// Micro's `/micro/all`.
+#[derive(serde::Serialize)]
+pub(super) struct Summary {
+    total: u64,
+    good: u64,
+    bad: u64,
+}
+
+impl Summary {
+    pub(super) fn of(totals: Totals) -> Summary {
+        Summary {
+            total: totals.total,
+            good: totals.good,
+            bad: totals.bad,
+        }
+    }
+}
+
+/// One stored event: its JSON as served, and what the filters look at.
+#[derive(Default)]
+pub(super) struct Stored {
+    pub(super) json: Bytes,
+    pub(super) event_type: String,
+    pub(super) schema: String,
+    pub(super) contexts: Vec<String>,
+    /// The API the event came through (`com.snowplowanalytics.snowplow`, `tp2`).
+    pub(super) vendor: &'static str,
+    pub(super) version: &'static str,
+    /// Order of arrival.
+    pub(super) seq: u64,
+    /// The request it came in.
+    pub(super) batch: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Store {
+    pub(super) totals: Totals,
+    pub(super) good: VecDeque<Arc<Stored>>,
+    pub(super) bad: VecDeque<Arc<Stored>>,
+    /// Bytes of JSON held.
+    pub(super) bytes: usize,
+    pub(super) seq: u64,
+    pub(super) batches: u64,
+}
+
+/// Events as Micro lists them: the newest request's first, each request's in the order
+/// they were sent (Micro prepends each request's list).
+pub(super) fn newest_first(events: &VecDeque<Arc<Stored>>) -> Vec<Arc<Stored>> {
+    let mut listed: Vec<Arc<Stored>> = events.iter().rev().cloned().collect();
+    let mut start = 0;
+    while start < listed.len() {
+        let batch = listed[start].batch;
+        let end = start
+            + listed[start..]
+                .iter()
+                .take_while(|e| e.batch == batch)
+                .count();
+        listed[start..end].reverse();
+        start = end;
+    }
+    listed
+}
+
+impl Store {
+    /// Drops the oldest events until both bounds hold.
+    pub(super) fn trim(&mut self, max_events: usize, max_bytes: usize) {
+        while self.good.len() + self.bad.len() > max_events || self.bytes > max_bytes {
+            let from_good = match (self.good.front(), self.bad.front()) {
+                (Some(good), Some(bad)) => good.seq < bad.seq,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return,
+            };
+            let dropped = if from_good {
+                self.good.pop_front()
+            } else {
+                self.bad.pop_front()
+            };
+            if let Some(dropped) = dropped {
+                self.bytes -= dropped.json.len();
+                self.totals.dropped += 1;
+            }
+        }
+    }
+}
+
+/// Micro's filters: `/micro/good` takes `event_type`, `schema`, `contexts` (every one
+/// named must be among the event's) and `limit`; `/micro/bad` takes `vendor`, `version`
+/// and `limit`. As query parameters (our extension) any of them, `contexts` repeated or
+/// comma-separated.
+#[derive(Debug, Default)]
+pub(super) struct Filters {
+    pub(super) event_type: Option<String>,
+    pub(super) schema: Option<String>,
+    pub(super) contexts: Vec<String>,
+    pub(super) vendor: Option<String>,
+    pub(super) version: Option<String>,
+    pub(super) limit: Option<usize>,
+}
+
+/// `/micro/good`'s JSON filters, as Micro names them.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GoodFilters {
+    event_type: Option<String>,
+    schema: Option<String>,
+    contexts: Option<Vec<String>>,
+    limit: Option<usize>,
+}
+
+/// `/micro/bad`'s JSON filters, as Micro names them.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BadFilters {
+    vendor: Option<String>,
+    version: Option<String>,
+    limit: Option<usize>,
+}
+
+impl Filters {
+    pub(super) fn from_json(body: &[u8], good: bool) -> Result<Filters, String> {
+        if good {
+            let f: GoodFilters = serde_json::from_slice(body).map_err(|e| {
+                format!(
+                    "filters must be JSON like {{\"event_type\":\"page_view\",\"schema\":\"iglu:…\",\"contexts\":[\"iglu:…\"],\"limit\":10}}: {e}\n"
+                )
+            })?;
+            Ok(Filters {
+                event_type: f.event_type,
+                schema: f.schema,
+                contexts: f.contexts.unwrap_or_default(),
+                limit: f.limit,
+                ..Filters::default()
+            })
+        } else {
+            let f: BadFilters = serde_json::from_slice(body).map_err(|e| {
+                format!(
+                    "filters must be JSON like {{\"vendor\":\"com.snowplowanalytics.snowplow\",\"version\":\"tp2\",\"limit\":10}}: {e}\n"
+                )
+            })?;
+            Ok(Filters {
+                vendor: f.vendor,
+                version: f.version,
+                limit: f.limit,
+                ..Filters::default()
+            })
+        }
+    }
+
+    pub(super) fn from_query(query: &str) -> Filters {
+        let mut filters = Filters::default();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            match name.as_ref() {
+                "event_type" => filters.event_type = Some(value.into_owned()),
+                "schema" => filters.schema = Some(value.into_owned()),
+                "contexts" => filters.contexts.extend(
+                    value
+                        .split(',')
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_owned),
+                ),
+                "vendor" => filters.vendor = Some(value.into_owned()),
+                "version" => filters.version = Some(value.into_owned()),
+                "limit" => filters.limit = value.parse().ok(),
+                _ => {}
+            }
+        }
+        filters
+    }
+
+    pub(super) fn matches(&self, event: &Stored) -> bool {
+        let same =
+            |found: &str, wanted: &Option<String>| wanted.as_deref().is_none_or(|w| found == w);
+        same(&event.event_type, &self.event_type)
+            && same(&event.schema, &self.schema)
+            && same(event.vendor, &self.vendor)
+            && same(event.version, &self.version)
+            && self.contexts.iter().all(|c| event.contexts.contains(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_newest_request_first_each_requests_events_in_order() {
+        let stored = |seq, batch| {
+            Arc::new(Stored {
+                seq,
+                batch,
+                ..Stored::default()
+            })
+        };
+        let events: VecDeque<Arc<Stored>> =
+            [stored(1, 1), stored(2, 2), stored(3, 2), stored(4, 3)].into();
+        let order: Vec<u64> = newest_first(&events).iter().map(|e| e.seq).collect();
+        assert_eq!(order, [4, 2, 3, 1]);
+    }
+}
