@@ -173,6 +173,24 @@ async fn redis_over_tls_without_client_certificates_and_a_collector_ca_added_to_
     let child = relay(&url, &collector.https_url(), &settings);
     collector.until_exactly_delivered(20, 15).await;
     child.stop_cleanly().await;
+
+    // A machine without a CA bundle (a minimal image, a fresh chroot): the CA files
+    // given are still trusted, for Redis and for the collector.
+    redis.rpush(LIST, &numbered_events(5));
+    let empty = tempfile::tempdir().unwrap();
+    let bundle = empty.path().join("ca-certificates.crt");
+    std::fs::write(&bundle, "").unwrap();
+    let no_system_roots = [
+        ("SSL_CERT_FILE", bundle.to_str().unwrap()),
+        ("SSL_CERT_DIR", empty.path().to_str().unwrap()),
+    ];
+    let child = relay(
+        &url,
+        &collector.https_url(),
+        &[&settings[..], &no_system_roots].concat(),
+    );
+    collector.until_exactly_delivered(25, 15).await;
+    child.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

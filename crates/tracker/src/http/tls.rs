@@ -27,7 +27,9 @@ pub(crate) fn client_config(
     }
     if !settings.tls_ca_only {
         let system = rustls_native_certs::load_native_certs();
-        if system.certs.is_empty() {
+        // A machine without a CA bundle (a minimal image) still has the operator's own
+        // tls_ca_file to trust: only a store left empty is an error.
+        if system.certs.is_empty() && roots.is_empty() {
             let why = system
                 .errors
                 .first()
