@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -12,7 +13,8 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
-        // Each node keeps its nodes.conf in its own directory.
+        // Each node keeps its nodes.conf in its own directory. A node down leaves the
+        // others serving their slots (as a cluster with replicas would, failing over).
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 RedisServer::start_with(&[
@@ -20,6 +22,10 @@ impl Cluster {
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
+                    "--cluster-require-full-coverage",
+                    "no",
+                    "--cluster-node-timeout",
+                    "1000",
                 ])
             })
             .collect();
@@ -143,5 +149,99 @@ async fn relays_through_a_three_master_cluster() {
             "{snowplow}:recovered:ghost".to_owned()
         ],
         "in-flight keys removed at shutdown"
+    );
+}
+
+/// The node named in `redis.url` down while the list's master lives (the cluster keeps
+/// serving the list's slot): the relay reconnects through the nodes it learned from the
+/// cluster, whenever its connection is replaced. (On 582e716 every new connection was
+/// built from that one seed: the relay never reconnected.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_node_down_leaves_the_relay_relaying() {
+    let mut cluster = Cluster::start().await;
+    let collector = Collector::start().await;
+    let mut conn = cluster.client().get_connection().unwrap();
+    let push = |conn: &mut redis::cluster::ClusterConnection, events: &[String]| {
+        redis::cmd("RPUSH")
+            .arg(LIST)
+            .arg(events)
+            .query::<i64>(conn)
+            .unwrap();
+    };
+    push(&mut conn, &numbered_events(100));
+    let owner_port = cluster.owner(LIST).port;
+    let seed_index = cluster
+        .nodes
+        .iter()
+        .position(|n| n.port != owner_port)
+        .unwrap();
+    let relay = RelayProcess::start(
+        &cluster.nodes[seed_index].url(),
+        &collector.url(),
+        &[("SNOWPLOW_RELAY_REDIS__CLUSTER", "true")],
+    );
+    collector.until_distinct(100, 30).await;
+    cluster.nodes[seed_index].kill();
+    // The relay's connections to the list's master dropped: every new one must be made
+    // without the seed.
+    let owner = cluster.nodes.iter().find(|n| n.port == owner_port).unwrap();
+    owner.cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    let later: Vec<String> = (100..200)
+        .map(|i| with_eid(&numbered_events(1)[0], &format!("after-{i}")))
+        .collect();
+    let mut conn = redis::cluster::ClusterClient::new(vec![owner.url()])
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    push(&mut conn, &later);
+    collector.until_distinct(200, 30).await;
+    relay.stop_cleanly().await;
+}
+
+/// A healthy cluster: the relay's connection is never replaced, however many samples
+/// (each asks every node for its memory with INFO; on 582e716 the answer, a map by node,
+/// was read as text and the failure replaced the shared connection every 5 s). The soak
+/// set watches for 5 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_cluster_keeps_the_relays_connection() {
+    healthy_cluster_for(Duration::from_secs(16)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak set: 5 minutes of a healthy cluster"]
+async fn a_healthy_cluster_keeps_the_relays_connection_for_five_minutes() {
+    healthy_cluster_for(Duration::from_secs(300)).await;
+}
+
+async fn healthy_cluster_for(watch: Duration) {
+    let cluster = Cluster::start().await;
+    let collector = Collector::start().await;
+    let relay = RelayProcess::start(
+        &cluster.nodes[0].url(),
+        &collector.url(),
+        &[
+            ("SNOWPLOW_RELAY_REDIS__CLUSTER", "true"),
+            ("SNOWPLOW_RELAY_ADMIN__LISTEN", "127.0.0.1:0"),
+            ("SNOWPLOW_RELAY_LOG__LEVEL", "snowplow_relay=debug"),
+        ],
+    );
+    let admin = relay.admin_addr().await;
+    let mut conn = cluster.client().get_connection().unwrap();
+    redis::cmd("RPUSH")
+        .arg(LIST)
+        .arg(numbered_events(50))
+        .query::<i64>(&mut conn)
+        .unwrap();
+    collector.until_distinct(50, 30).await;
+    tokio::time::sleep(watch).await;
+    let metrics = http_get(admin, "/metrics").await.1;
+    let log = relay.stop_cleanly().await;
+    assert!(
+        !log.contains("dropping the Redis connection"),
+        "a connection was replaced:\n{log}"
+    );
+    assert!(
+        metrics.contains("snowplow_relay_redis_errors_total{operation=\"sample\"} 0"),
+        "{metrics}"
     );
 }

@@ -19,5 +19,6 @@ mod prometheus;
 mod relay;
 mod reloads;
 mod scripts;
+mod sentinel;
 mod stalls;
 mod tls;

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Validates deploy/kubernetes offline: the built-in kinds with kubernetes-validate
 --strict (its bundled Kubernetes schemas), the ScaledObject against the openAPIV3Schema
-of KEDA's own CRD (crd/keda.sh_scaledobjects.yaml). Exit 0: every document valid.
+of KEDA's own CRD (crd/keda.sh_scaledobjects.yaml), and each trigger's metadata keys
+against the ones its KEDA scaler documents (the CRD leaves them an open map). Exit 0:
+every document valid.
 
     python3 deploy/kubernetes/check.py          (pip install kubernetes-validate)
 """
@@ -21,6 +23,52 @@ for path in manifests:
         kinds = {doc["kind"] for doc in yaml.safe_load_all(f) if doc}
     (custom if kinds == {"ScaledObject"} else builtin).append(path)
 assert builtin and custom, (builtin, custom)
+
+# The metadata keys each trigger type accepts, as KEDA's documentation lists them
+# (parameters and their ...FromEnv forms; credentials given through a
+# TriggerAuthentication are not metadata):
+# https://keda.sh/docs/2.16/scalers/redis-lists/ and
+# https://keda.sh/docs/2.16/scalers/redis-sentinel-lists/
+TRIGGER_METADATA = {
+    "redis": {
+        "address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv",
+        "usernameFromEnv", "passwordFromEnv", "listName", "listLength",
+        "activationListLength", "databaseIndex", "enableTLS", "unsafeSsl",
+    },
+    "redis-sentinel": {
+        "addresses", "addressesFromEnv", "hosts", "hostsFromEnv", "ports", "portsFromEnv",
+        "usernameFromEnv", "passwordFromEnv", "sentinelUsernameFromEnv",
+        "sentinelPasswordFromEnv", "sentinelMaster", "sentinelMasterFromEnv", "listName",
+        "listLength", "activationListLength", "databaseIndex", "enableTLS", "unsafeSsl",
+    },
+}
+REQUIRED_METADATA = {
+    "redis": [{"listName"}, {"listLength"}, {"address", "addressFromEnv", "host", "hostFromEnv"}],
+    "redis-sentinel": [
+        {"listName"}, {"listLength"},
+        {"addresses", "addressesFromEnv", "hosts", "hostsFromEnv"},
+        {"sentinelMaster", "sentinelMasterFromEnv"},
+    ],
+}
+
+
+def trigger_errors(doc):
+    """What is wrong with the triggers' metadata keys of one ScaledObject."""
+    errors = []
+    for i, trigger in enumerate(doc.get("spec", {}).get("triggers", [])):
+        kind = trigger.get("type")
+        known = TRIGGER_METADATA.get(kind)
+        if known is None:
+            errors.append(f"triggers/{i}: type {kind!r} is not one this check knows")
+            continue
+        keys = set(trigger.get("metadata", {}))
+        for key in sorted(keys - known):
+            errors.append(f"triggers/{i}/metadata: {key!r} is not a {kind} scaler key")
+        for one_of in REQUIRED_METADATA[kind]:
+            if not keys & one_of:
+                errors.append(f"triggers/{i}/metadata: needs one of {sorted(one_of)}")
+    return errors
+
 
 failed = False
 run = subprocess.run(
@@ -65,7 +113,10 @@ for path in custom:
             )
             for error in errors:
                 print(f"FAIL {name}: {'/'.join(map(str, error.path))}: {error.message}")
-            if errors:
+            metadata_errors = trigger_errors(doc)
+            for error in metadata_errors:
+                print(f"FAIL {name}: {error}")
+            if errors or metadata_errors:
                 failed = True
             else:
                 print(f"INFO {name} passed against {crd['metadata']['name']} ({version})")

@@ -43,6 +43,9 @@ pub enum Kind {
     Word(&'static [&'static str]),
     /// A socket address, `host:port` with an IP address.
     Address,
+    /// Network endpoints, `host:port` each (a host name or an IP address); a list in
+    /// TOML, comma-separated in the environment and flags.
+    Endpoints,
 }
 
 /// How a value may be shown.
@@ -250,12 +253,13 @@ impl AsNumber for String {}
 impl AsNumber for bool {}
 impl AsNumber for PathBuf {}
 impl AsNumber for Vec<u16> {}
+impl AsNumber for Vec<String> {}
 impl AsNumber for Method {}
 impl AsNumber for Protocol {}
 impl AsNumber for LogFormat {}
 impl AsNumber for std::net::SocketAddr {}
 
-use Kind::{Address, Bool, Numbers, Text, Word};
+use Kind::{Address, Bool, Endpoints, Numbers, Text, Word};
 const fn n(min: u64, max: u64) -> Kind {
     Kind::Number { min, max }
 }
@@ -298,10 +302,34 @@ settings! {
         /// delays them; 30 s outlasts a Redis failover without mistaking a live relay for dead.
         lease_ttl_ms: u64 = 30_000;
             REDIS_LEASE_TTL_MS, n(1_000, 86_400_000), Plain, Restart;
-        /// url is a node of a Redis Cluster; the other nodes are discovered from it. All the
-        /// relay's keys carry the list's hash tag, so they live in the list's slot.
+        /// url is a node of a Redis Cluster; the other nodes are discovered from it (and
+        /// remembered: the relay reconnects through any node it has seen). All the relay's
+        /// keys carry the list's hash tag, so they live in the list's slot.
         cluster: bool = false;
             REDIS_CLUSTER, Bool, Plain, Restart;
+        /// With cluster: more nodes to start from, "host:port" each, besides url's, for
+        /// when url's node is down at start-up.
+        cluster_nodes: Vec<String> = Vec::new();
+            REDIS_CLUSTER_NODES, Endpoints, Plain, Restart;
+        /// Redis Sentinel: the sentinels, "host:port" each. Set, the relay asks them where
+        /// the master named sentinel_master is, connects there, and asks again after a
+        /// failover (a connection dropped, or a server that became a replica). url's host
+        /// and port are then not used; its scheme (rediss:// for TLS, to the sentinels
+        /// too), user, password and database are.
+        sentinels: Vec<String> = Vec::new();
+            REDIS_SENTINELS, Endpoints, Plain, Restart;
+        /// With sentinels: the master's name in the sentinels' configuration.
+        sentinel_master: Option<String> = None;
+            REDIS_SENTINEL_MASTER, Text, Plain, Restart, example "\"mymaster\"";
+        /// With sentinels: the sentinels' own ACL user, if they require one.
+        sentinel_username: Option<String> = None;
+            REDIS_SENTINEL_USERNAME, Text, Plain, Restart, example "\"sentinel-user\"";
+        /// With sentinels: the sentinels' own password (prefer sentinel_password_file).
+        sentinel_password: Option<String> = None;
+            REDIS_SENTINEL_PASSWORD, Text, Secret, Restart, example "\"…\"";
+        /// With sentinels: a file holding the sentinels' password.
+        sentinel_password_file: Option<PathBuf> = None;
+            REDIS_SENTINEL_PASSWORD_FILE, Text, Plain, Restart, example "\"/etc/snowplow-relay/sentinel-password\"";
         /// Credentials: an ACL user (Redis 6+) and ONE password source: the URL
         /// (redis://user:pass@host), `password` (or SNOWPLOW_RELAY_REDIS__PASSWORD), or
         /// `password_file` (read at start-up and at each reload, trailing newline dropped;
@@ -569,7 +597,7 @@ pub fn example_file() -> String {
             section = this;
         }
         for line in key.doc_lines() {
-            out.push_str(&format!("# {line}").trim_end().to_owned());
+            out.push_str(format!("# {line}").trim_end());
             out.push('\n');
         }
         let shown = default_of(key, &defaults)

@@ -431,6 +431,25 @@ fn check_type(key: &Key, value: &toml::Value, source: &Source) -> Result<(), Con
         (Kind::Number { .. }, _) => "a whole number",
         (Kind::Bool, _) => "true or false",
         (Kind::Numbers, _) => "a list of whole numbers",
+        (Kind::Endpoints, toml::Value::Array(items)) => {
+            for item in items {
+                match item {
+                    toml::Value::String(text) => {
+                        parse_text(key, text, source)?;
+                    }
+                    _ => {
+                        return Err(wrong(
+                            key,
+                            "a list of \"host:port\" texts",
+                            "another value",
+                            source,
+                        ));
+                    }
+                }
+            }
+            return Ok(());
+        }
+        (Kind::Endpoints, _) => "a list of \"host:port\" texts",
     };
     Err(wrong(key, expected, found, source))
 }
@@ -508,6 +527,32 @@ fn parse_text(key: &Key, text: &str, source: &Source) -> Result<toml::Value, Con
                 source,
             )),
         },
+        Kind::Endpoints => {
+            let items: Vec<&str> = text
+                .split(',')
+                .map(str::trim)
+                .filter(|i| !i.is_empty())
+                .collect();
+            for item in &items {
+                let port = item
+                    .rsplit_once(':')
+                    .map(|(host, port)| (host, port.parse::<u16>()));
+                if !matches!(port, Some((host, Ok(port))) if !host.is_empty() && port > 0) {
+                    return Err(wrong(
+                        key,
+                        "\"host:port\" endpoints, comma-separated, e.g. 10.0.0.1:26379,10.0.0.2:26379",
+                        &format!("`{}`", crate::text::one_line(item, 64)),
+                        source,
+                    ));
+                }
+            }
+            Ok(toml::Value::Array(
+                items
+                    .into_iter()
+                    .map(|i| toml::Value::String(i.to_owned()))
+                    .collect(),
+            ))
+        }
         Kind::Numbers => text
             .split(',')
             .map(|item| number(item.trim()).map(toml::Value::Integer))

@@ -24,8 +24,8 @@ pub use keys::{
 };
 pub use layers::{Overrides, Source};
 pub use settings::{
-    CollectorSettings, EventsSettings, RedisSettings, RedisTls, RetryPolicy, Settings,
-    ToolSettings, WorkerSettings,
+    CollectorSettings, EventsSettings, RedisSettings, RedisTls, RetryPolicy, SentinelSettings,
+    Settings, ToolSettings, WorkerSettings,
 };
 
 use std::path::Path;

@@ -85,6 +85,23 @@ pub struct RedisSettings {
     pub password_from: &'static str,
     /// TLS material, read once (`rediss://` only).
     pub tls: RedisTls,
+    /// With a cluster: more seed nodes, `host:port`, besides the URL's.
+    pub cluster_nodes: Vec<String>,
+    /// Redis Sentinel: where to ask for the master.
+    pub sentinel: Option<SentinelSettings>,
+}
+
+/// `redis.sentinels` and their settings, checked.
+#[derive(Clone)]
+pub struct SentinelSettings {
+    /// The sentinels, `(host, port)`.
+    pub endpoints: Vec<(String, u16)>,
+    /// The master's name.
+    pub master: String,
+    /// The sentinels' ACL user.
+    pub username: Option<String>,
+    /// The sentinels' password (from `sentinel_password` or its file).
+    pub password: Option<String>,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -277,6 +294,9 @@ impl Settings {
             secrets.extend(url_secrets(proxy));
         }
         secrets.extend(self.redis.password.clone());
+        if let Some(sentinel) = &self.redis.sentinel {
+            secrets.extend(sentinel.password.clone());
+        }
         secrets
     }
 }
@@ -458,6 +478,13 @@ impl RedisSettings {
             .get_or_insert_with(|| format!("{{{}}}:dead", redis.key))
             .clone();
         check_dead_letter_key(&redis.key, &dead_letter_key, redis.cluster)?;
+        let sentinel = Self::sentinel(redis, warnings)?;
+        if !redis.cluster_nodes.is_empty() && !redis.cluster {
+            return Err(invalid(
+                key::REDIS_CLUSTER_NODES,
+                "redis.cluster = true (seed nodes are for a Redis Cluster)",
+            ));
+        }
         Ok(RedisSettings {
             url: redis.url.clone(),
             key: redis.key.clone(),
@@ -474,7 +501,95 @@ impl RedisSettings {
             password: redis.password.clone().or(from_file),
             password_from,
             tls,
+            cluster_nodes: redis.cluster_nodes.clone(),
+            sentinel,
         })
+    }
+
+    /// `redis.sentinels` and their settings, checked; `None` without sentinels.
+    fn sentinel(
+        redis: &RedisConfig,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<SentinelSettings>, ConfigError> {
+        if redis.sentinels.is_empty() {
+            for (name, set) in [
+                (key::REDIS_SENTINEL_MASTER, redis.sentinel_master.is_some()),
+                (
+                    key::REDIS_SENTINEL_USERNAME,
+                    redis.sentinel_username.is_some(),
+                ),
+                (
+                    key::REDIS_SENTINEL_PASSWORD,
+                    redis.sentinel_password.is_some(),
+                ),
+                (
+                    key::REDIS_SENTINEL_PASSWORD_FILE,
+                    redis.sentinel_password_file.is_some(),
+                ),
+            ] {
+                if set {
+                    return Err(invalid(
+                        name,
+                        "redis.sentinels too (it does nothing without sentinels)",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        if redis.cluster {
+            return Err(invalid(
+                key::REDIS_SENTINELS,
+                "no sentinels with redis.cluster = true (a Redis Cluster fails over by itself)",
+            ));
+        }
+        let master = match redis.sentinel_master.as_deref() {
+            Some(master) if !master.is_empty() => master.to_owned(),
+            _ => {
+                return Err(invalid(
+                    key::REDIS_SENTINEL_MASTER,
+                    "the master's name in the sentinels' configuration (e.g. mymaster), \
+                     since redis.sentinels is set",
+                ));
+            }
+        };
+        if redis.sentinel_password.is_some() && redis.sentinel_password_file.is_some() {
+            return Err(invalid(
+                key::REDIS_SENTINEL_PASSWORD,
+                "one sentinel password source: redis.sentinel_password or \
+                 redis.sentinel_password_file",
+            ));
+        }
+        let from_file = match &redis.sentinel_password_file {
+            Some(file) => {
+                let text = read_file(key::REDIS_SENTINEL_PASSWORD_FILE, file)?;
+                let text = String::from_utf8(text).map_err(|_| {
+                    invalid(
+                        key::REDIS_SENTINEL_PASSWORD_FILE,
+                        "a file holding the password as UTF-8 text",
+                    )
+                })?;
+                warn_if_world_readable(key::REDIS_SENTINEL_PASSWORD_FILE, file, warnings);
+                Some(text.trim_end_matches(['\n', '\r']).to_owned())
+            }
+            None => None,
+        };
+        let endpoints = redis
+            .sentinels
+            .iter()
+            .map(|endpoint| {
+                let (host, port) = endpoint.rsplit_once(':').unwrap_or((endpoint, ""));
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| invalid(key::REDIS_SENTINELS, "\"host:port\" endpoints"))?;
+                Ok((host.trim_matches(['[', ']']).to_owned(), port))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        Ok(Some(SentinelSettings {
+            endpoints,
+            master,
+            username: redis.sentinel_username.clone(),
+            password: redis.sentinel_password.clone().or(from_file),
+        }))
     }
 
     /// The TLS files, read (`rediss://` only; each a readable file).
@@ -542,6 +657,26 @@ impl RedisSettings {
         })?;
         warn_if_world_readable(key::REDIS_PASSWORD_FILE, file, warnings);
         Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+    }
+
+    /// Where Redis is, for messages: the URL's host, or the master's name and the
+    /// sentinels.
+    pub fn shown_target(&self) -> String {
+        match &self.sentinel {
+            Some(sentinel) => {
+                let sentinels: Vec<String> = sentinel
+                    .endpoints
+                    .iter()
+                    .map(|(host, port)| format!("{host}:{port}"))
+                    .collect();
+                format!(
+                    "master {} via sentinels {}",
+                    sentinel.master,
+                    sentinels.join(", ")
+                )
+            }
+            None => crate::config::mask_url(&self.url),
+        }
     }
 
     /// The host `url` names, for messages.

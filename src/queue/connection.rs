@@ -16,42 +16,136 @@ use redis::{
 };
 
 use super::errors::{QueueError, one_line};
+use super::sentinel::Sentinels;
 use crate::config::RedisSettings;
 
-/// Where Redis is: one server, or a cluster reached through seed nodes.
+/// Where Redis is: one server, a cluster reached through seed nodes, or the master
+/// the sentinels name.
 #[derive(Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per link, cloned once per new connection"
+)]
 enum Server {
     Single(Client),
-    Cluster(ClusterTarget),
+    Cluster(Arc<ClusterTarget>),
+    Sentinel(Arc<Sentinels>),
 }
 
-/// How to reach a Redis Cluster: a seed node (with credentials) and its TLS settings.
-#[derive(Clone)]
+/// How to reach a Redis Cluster: seed nodes (with credentials) and their TLS settings,
+/// and every node seen since, so that a connection can be made through any live one.
 struct ClusterTarget {
-    seed: redis::ConnectionInfo,
+    seeds: Vec<redis::ConnectionInfo>,
     certs: Option<redis::TlsCertificates>,
+    /// The nodes the cluster named when last asked (`CLUSTER SLOTS`).
+    seen: std::sync::Mutex<Vec<redis::ConnectionInfo>>,
 }
 
 impl Server {
     /// Opens a connection; `response` bounds each command (None: the caller does).
-    async fn open(&self, connect: Duration, response: Option<Duration>) -> RedisResult<Connection> {
+    async fn open(
+        &self,
+        connect: Duration,
+        response: Option<Duration>,
+    ) -> Result<Connection, QueueError> {
         Ok(match self {
             Server::Single(client) => {
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(connect))
                     .set_response_timeout(response);
-                Connection::Single(
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?,
-                )
+                let conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(QueueError::classify)?;
+                Connection::Single(conn)
             }
-            Server::Cluster(target) => Connection::Cluster(
-                cluster_client(target, connect, response.unwrap_or(connect * 4))?
-                    .get_async_connection()
-                    .await?,
-            ),
+            Server::Cluster(target) => {
+                let opened = async {
+                    cluster_client(target, connect, response.unwrap_or(connect * 4))?
+                        .get_async_connection()
+                        .await
+                };
+                let mut conn = opened.await.map_err(QueueError::classify)?;
+                target.remember_nodes(&mut conn).await;
+                Connection::Cluster(conn)
+            }
+            Server::Sentinel(sentinels) => {
+                let conn = sentinels.open(connect, response).await?;
+                Connection::Single(conn)
+            }
         })
+    }
+}
+
+impl ClusterTarget {
+    /// Remembers the nodes the cluster names now (`CLUSTER SLOTS`, which the cluster
+    /// client itself needs), as seeds for the next connection. Nothing is lost if it
+    /// fails: the seeds stay.
+    async fn remember_nodes(&self, conn: &mut ClusterConnection) {
+        let Ok(slots) = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async::<Vec<Vec<Value>>>(conn)
+            .await
+        else {
+            return;
+        };
+        let Some(template) = self.seeds.first() else {
+            return;
+        };
+        let mut nodes: Vec<redis::ConnectionInfo> = Vec::new();
+        for range in slots {
+            // start, end, then [host, port, id, …] per node (the master first).
+            for node in range.iter().skip(2) {
+                let redis::Value::Array(parts) = node else {
+                    continue;
+                };
+                let (Some(host), Some(port)) = (parts.first(), parts.get(1)) else {
+                    continue;
+                };
+                let host = match host {
+                    redis::Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                    redis::Value::SimpleString(text) => text.clone(),
+                    _ => continue,
+                };
+                let redis::Value::Int(port) = port else {
+                    continue;
+                };
+                if host.is_empty() || !(1..=65535).contains(port) {
+                    continue;
+                }
+                let addr = match template.addr() {
+                    redis::ConnectionAddr::TcpTls { insecure, .. } => {
+                        redis::ConnectionAddr::TcpTls {
+                            host,
+                            port: *port as u16,
+                            insecure: *insecure,
+                            tls_params: None,
+                        }
+                    }
+                    _ => redis::ConnectionAddr::Tcp(host, *port as u16),
+                };
+                let info = template.clone().set_addr(addr);
+                if !nodes.iter().any(|n| n.addr() == info.addr()) {
+                    nodes.push(info);
+                }
+            }
+        }
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = nodes;
+        }
+    }
+
+    /// The configured seeds, then every node seen.
+    fn nodes(&self) -> Vec<redis::ConnectionInfo> {
+        let mut nodes = self.seeds.clone();
+        if let Ok(seen) = self.seen.lock() {
+            for node in seen.iter() {
+                if !nodes.iter().any(|n| n.addr() == node.addr()) {
+                    nodes.push(node.clone());
+                }
+            }
+        }
+        nodes
     }
 }
 
@@ -99,8 +193,9 @@ pub(super) struct Link {
     /// Where Redis is and with which credentials; replaced by [`Link::reconfigure`].
     target: std::sync::RwLock<Arc<Target>>,
     command_timeout: Duration,
-    /// The current connection and its generation.
-    current: tokio::sync::Mutex<Option<(u64, Connection)>>,
+    /// The current connection, its generation, and the master switches announced when
+    /// it was opened (with sentinels).
+    current: tokio::sync::Mutex<Option<(u64, Connection, u64)>>,
     generation: AtomicU64,
     /// Calls Redis answered (with a result or an error reply) so far.
     answered: AtomicU64,
@@ -156,10 +251,7 @@ impl Link {
                 self.answered.fetch_add(1, Ordering::Relaxed);
                 Ok(conn)
             }
-            Ok(Err(error)) => Err(unreachable(explain(
-                QueueError::classify(error),
-                &target.settings,
-            ))),
+            Ok(Err(error)) => Err(unreachable(explain(error, &target.settings))),
             Err(_) => Err(QueueError::Timeout(self.command_timeout.as_millis() as u64)),
         }
     }
@@ -167,13 +259,33 @@ impl Link {
     /// The current connection, opening one if there is none.
     pub(super) async fn connection(&self) -> Result<(u64, Connection), QueueError> {
         let mut current = self.current.lock().await;
-        if let Some((generation, conn)) = current.as_ref() {
+        let switches = self.switches();
+        if let Some((generation, conn, seen)) = current.as_ref()
+            && *seen == switches
+        {
             return Ok((*generation, conn.clone()));
         }
+        // None yet, or opened before the sentinels switched masters.
         let conn = self.open(&self.target(), None).await?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        *current = Some((generation, conn.clone()));
+        *current = Some((generation, conn.clone(), switches));
         Ok((generation, conn))
+    }
+
+    /// How many master switches the sentinels announced (0 without sentinels).
+    fn switches(&self) -> u64 {
+        match &self.target().server {
+            Server::Sentinel(sentinels) => *sentinels.switches().borrow(),
+            _ => 0,
+        }
+    }
+
+    /// Changes whenever the sentinels announce a master switch (never without them).
+    pub(super) fn switch_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match &self.target().server {
+            Server::Sentinel(sentinels) => Some(sentinels.switches()),
+            _ => None,
+        }
     }
 
     /// Opens a connection of its own whose replies may take `block` longer than the
@@ -183,18 +295,28 @@ impl Link {
         block: Duration,
     ) -> Result<BlockingConnection, QueueError> {
         let target = self.target();
+        let switches = self.switches();
         let conn = self
             .open(&target, Some(block + self.command_timeout))
             .await?;
         Ok(BlockingConnection {
             conn,
             version: target.version,
+            switches,
         })
     }
 
     /// Whether `conn` was opened with the settings in use now.
     pub(super) fn is_current(&self, conn: &BlockingConnection) -> bool {
-        conn.version == self.target().version
+        conn.version == self.target().version && conn.switches == self.switches()
+    }
+
+    /// The master the sentinels named at the last connection, with Redis Sentinel.
+    pub(super) fn master_address(&self) -> Option<String> {
+        match &self.target().server {
+            Server::Sentinel(sentinels) => sentinels.current(),
+            _ => None,
+        }
     }
 
     /// Calls Redis answered so far (a reply or an error reply, not a broken connection;
@@ -239,7 +361,7 @@ impl Link {
     /// call opens a new one.
     async fn replace(&self, generation: u64, error: &QueueError) {
         let mut current = self.current.lock().await;
-        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+        if current.as_ref().is_some_and(|(g, _, _)| *g == generation) {
             *current = None;
             tracing::debug!(%error, "dropping the Redis connection; the next call opens a new one");
         }
@@ -273,10 +395,24 @@ impl Link {
             }
             Err(_) => timeout(),
         };
+        let result = self.failed(result);
         if result.needs_new_connection() {
             self.replace(generation, &result).await;
         }
         Err(result)
+    }
+
+    /// What a call's failure means with this target: with sentinels, a server that cannot
+    /// take writes was demoted in a failover (the next connection asks the sentinels
+    /// again, past those still naming it).
+    pub(super) fn failed(&self, error: QueueError) -> QueueError {
+        match (error, &self.target().server) {
+            (QueueError::NotWritable(detail), Server::Sentinel(sentinels)) => {
+                sentinels.demote_current();
+                QueueError::FollowingFailover(detail)
+            }
+            (other, _) => other,
+        }
     }
 
     /// Runs a script invocation.
@@ -303,6 +439,8 @@ pub struct BlockingConnection {
     pub(super) conn: Connection,
     /// The settings' version it was opened with.
     version: u64,
+    /// The master switches announced when it was opened.
+    switches: u64,
 }
 
 /// A failure to open a connection that is not a refusal (credentials, TLS): Redis could
@@ -323,7 +461,7 @@ fn cluster_client(
     connect: Duration,
     response: Duration,
 ) -> Result<ClusterClient, RedisError> {
-    let mut builder = ClusterClientBuilder::new(vec![target.seed.clone()])
+    let mut builder = ClusterClientBuilder::new(target.nodes())
         .connection_timeout(connect)
         .response_timeout(response)
         .retries(2);
@@ -428,8 +566,33 @@ fn caused_by_tls(error: &RedisError) -> bool {
 fn server(settings: &RedisSettings) -> Result<Server, QueueError> {
     let info = connection_info(settings).map_err(QueueError::classify)?;
     let certs = tls_certificates(settings);
+    if let Some(sentinel) = &settings.sentinel {
+        let sentinels =
+            Arc::new(Sentinels::new(sentinel, info, certs).map_err(QueueError::classify)?);
+        sentinels.watch();
+        return Ok(Server::Sentinel(sentinels));
+    }
     Ok(if settings.cluster {
-        Server::Cluster(ClusterTarget { seed: info, certs })
+        let mut seeds = vec![info.clone()];
+        for node in &settings.cluster_nodes {
+            let (host, port) = node.rsplit_once(':').unwrap_or((node, "6379"));
+            let port = port.parse().unwrap_or(6379);
+            let addr = match info.addr() {
+                redis::ConnectionAddr::TcpTls { insecure, .. } => redis::ConnectionAddr::TcpTls {
+                    host: host.to_owned(),
+                    port,
+                    insecure: *insecure,
+                    tls_params: None,
+                },
+                _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
+            };
+            seeds.push(info.clone().set_addr(addr));
+        }
+        Server::Cluster(Arc::new(ClusterTarget {
+            seeds,
+            certs,
+            seen: std::sync::Mutex::new(Vec::new()),
+        }))
     } else {
         let client = match certs {
             Some(certs) => Client::build_with_tls(info, certs),
@@ -444,12 +607,6 @@ fn server(settings: &RedisSettings) -> Result<Server, QueueError> {
 /// producers (the tracker's `RedisEmitter`): no scripts, no probe.
 pub async fn open_connection(settings: &RedisSettings) -> Result<Connection, QueueError> {
     let timeout = settings.command_timeout;
-    let result = async {
-        server(settings)?
-            .open(timeout, Some(timeout))
-            .await
-            .map_err(QueueError::classify)
-    }
-    .await;
+    let result = async { server(settings)?.open(timeout, Some(timeout)).await }.await;
     result.map_err(|e| explain(e, settings))
 }

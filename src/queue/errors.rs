@@ -76,6 +76,19 @@ pub enum QueueError {
     /// TLS with Redis failed (certificate, handshake, unreadable files).
     #[error("{0}")]
     Tls(String),
+    /// No sentinel could say where the master is (each one down, or not knowing it);
+    /// worth retrying.
+    #[error("{0}")]
+    NoSentinel(String),
+    /// With Redis Sentinel, the server the relay wrote to cannot take writes: it became
+    /// a replica in a failover, or is loading. The connection is replaced and the
+    /// sentinels asked again.
+    #[error(
+        "following a failover: the server the sentinels named cannot take writes ({}); \
+         asking the sentinels again",
+        one_line(.0)
+    )]
+    FollowingFailover(String),
 }
 
 impl QueueError {
@@ -125,7 +138,9 @@ impl QueueError {
     /// or loading server.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            QueueError::Unreachable(_) => true,
+            QueueError::Unreachable(_)
+            | QueueError::NoSentinel(_)
+            | QueueError::FollowingFailover(_) => true,
             QueueError::Redis(error) => error.is_io_error() || error.is_connection_dropped(),
             other => other.needs_new_connection(),
         }
@@ -134,7 +149,9 @@ impl QueueError {
     /// Whether the connection that gave this error must be replaced.
     pub(super) fn needs_new_connection(&self) -> bool {
         match self {
-            QueueError::Timeout(_) | QueueError::NotWritable(_) => true,
+            QueueError::Timeout(_)
+            | QueueError::NotWritable(_)
+            | QueueError::FollowingFailover(_) => true,
             QueueError::Redis(error) => {
                 error.is_io_error()
                     || error.is_connection_dropped()
@@ -159,6 +176,8 @@ impl QueueError {
             QueueError::StateMismatch(_) => "state_mismatch",
             QueueError::Auth { .. } => "auth",
             QueueError::Tls(_) => "tls",
+            QueueError::NoSentinel(_) => "no sentinel answers",
+            QueueError::FollowingFailover(_) => "following a failover",
         }
     }
 }

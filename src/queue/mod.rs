@@ -23,6 +23,7 @@ mod connection;
 mod errors;
 mod keys;
 mod records;
+mod sentinel;
 
 use std::time::Duration;
 
@@ -243,12 +244,21 @@ impl Queue {
 
     /// A server setting, or `None` where `CONFIG GET` is refused (managed Redis, ACL).
     async fn config_get(&self, name: &str) -> Option<String> {
-        let reply: Vec<String> = self
+        let reply: redis::Value = self
             .link
             .query(redis::cmd("CONFIG").arg("GET").arg(name))
             .await
             .ok()?;
-        reply.into_iter().nth(1)
+        // One server: [name, value] (a map in RESP3); a cluster: the answer of each node,
+        // by node. The first node's value is shown (they are configured alike).
+        per_node(reply)
+            .into_iter()
+            .find_map(|(_, value)| match value {
+                redis::Value::Array(items) => items.into_iter().nth(1),
+                redis::Value::Map(pairs) => pairs.into_iter().next().map(|(_, v)| v),
+                _ => None,
+            })
+            .and_then(|value| redis::from_redis_value::<String>(value).ok())
     }
 
     /// This instance's id: `host:pid:random`.
@@ -493,15 +503,39 @@ impl Queue {
     }
 
     /// Redis's `used_memory` and `maxmemory` in bytes (`INFO memory`).
+    /// In a Redis Cluster each node answers: the node closest to its `maxmemory` counts.
     pub async fn memory(&self) -> Result<(u64, u64), QueueError> {
-        let info: String = self.link.query(redis::cmd("INFO").arg("memory")).await?;
-        let field = |name: &str| {
+        let reply: redis::Value = self.link.query(redis::cmd("INFO").arg("memory")).await?;
+        let field = |info: &str, name: &str| {
             info.lines()
                 .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
                 .and_then(|value| value.trim().parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        Ok((field("used_memory"), field("maxmemory")))
+        let fullest = per_node(reply)
+            .into_iter()
+            .filter_map(|(_, info)| redis::from_redis_value::<String>(info).ok())
+            .map(|info| (field(&info, "used_memory"), field(&info, "maxmemory")))
+            .max_by(|(used_a, max_a), (used_b, max_b)| {
+                let share = |used: &u64, max: &u64| match max {
+                    0 => 0.0,
+                    max => *used as f64 / *max as f64,
+                };
+                share(used_a, max_a).total_cmp(&share(used_b, max_b))
+            });
+        Ok(fullest.unwrap_or((0, 0)))
+    }
+
+    /// Changes whenever the sentinels announce that the master switched (`None` without
+    /// sentinels): a blocking wait on the old master is worth cutting short.
+    pub fn switch_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.link.switch_notices()
+    }
+
+    /// The master the sentinels named at the last connection (`host:port`), with
+    /// Redis Sentinel.
+    pub fn master_address(&self) -> Option<String> {
+        self.link.master_address()
     }
 
     /// Calls Redis answered so far: two readings tell whether Redis answered anything
@@ -545,7 +579,7 @@ impl Queue {
             .arg(block.as_secs_f64())
             .query_async::<Option<redis::Value>>(&mut conn.conn)
             .await
-            .map_err(QueueError::classify)?;
+            .map_err(|error| self.link.failed(QueueError::classify(error)))?;
         Ok(())
     }
 
@@ -628,6 +662,24 @@ fn instance_id() -> String {
         std::process::id(),
         fastrand::u32(..)
     )
+}
+
+/// A reply per node: a cluster's command sent to every node answers with a map of node
+/// to reply; one server's answer is its own.
+fn per_node(reply: redis::Value) -> Vec<(Option<String>, redis::Value)> {
+    match reply {
+        redis::Value::Map(pairs)
+            if pairs.iter().all(
+                |(node, _)| matches!(node, redis::Value::BulkString(n) if n.contains(&b':')),
+            ) =>
+        {
+            pairs
+                .into_iter()
+                .map(|(node, reply)| (redis::from_redis_value::<String>(node).ok(), reply))
+                .collect()
+        }
+        other => vec![(None, other)],
+    }
 }
 
 #[cfg(test)]

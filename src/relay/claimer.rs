@@ -136,6 +136,11 @@ impl Claimer {
                         shared.lifecycle.lost_instance(error);
                         return Ok(self.position);
                     }
+                    if matches!(error, QueueError::FollowingFailover(_)) {
+                        // The sentinels will name the new master within seconds: ask
+                        // again soon rather than backing off to seconds between tries.
+                        self.claims.succeeded();
+                    }
                     self.claim_failed(&error, call);
                     if !self.claims.pause(stop).await {
                         return Ok(self.position);
@@ -340,11 +345,25 @@ impl Claimer {
             };
             shared.queue.wait_for_events(conn, BLOCK_FOR).await
         };
-        // Abandoning the wait is harmless: it moves nothing.
+        // Abandoning the wait is harmless: it moves nothing. A master switch the
+        // sentinels announce cuts it short: the old master may take no more events.
+        let mut switches = shared.queue.switch_notices();
+        let switched = async {
+            match &mut switches {
+                Some(switches) => {
+                    let _ = switches.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let call = shared.events.redis_call(RedisOperation::Wait);
         let result = tokio::select! {
             result = waited => result,
             () = stop.cancelled() => return false,
+            () = switched => {
+                call.succeeded();
+                return true;
+            }
         };
         match result {
             Ok(()) => {
@@ -354,6 +373,9 @@ impl Claimer {
             }
             Err(error) => {
                 self.blocking = None;
+                if matches!(error, QueueError::FollowingFailover(_)) {
+                    self.waits.succeeded();
+                }
                 call.failed(
                     &error,
                     "cannot wait on the Redis list; retrying with backoff",

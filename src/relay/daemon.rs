@@ -332,10 +332,7 @@ async fn relay_until_stopped(
     let mut first = true;
     loop {
         let settings = redis.settings();
-        health.set_status(format!(
-            "waiting for Redis at {}",
-            config::mask_url(&settings.url)
-        ));
+        health.set_status(format!("waiting for Redis at {}", settings.shown_target()));
         let queue = tokio::select! {
             queue = connect(&settings, &services, first) => Arc::new(queue?),
             () = stop.cancelled() => {
@@ -350,6 +347,7 @@ async fn relay_until_stopped(
             dead_letter_list: &queue::shown_key(&queue.keys().dead),
             collector: &emitter.shown_url(),
             method: &config.collector.method,
+            master: queue.master_address().as_deref(),
         });
         redis.set_queue(Some(queue.clone()));
         let result =
@@ -383,7 +381,7 @@ async fn connect(
         initial: Duration::from_millis(200),
         max: (health.stuck_after() / 2).min(Duration::from_secs(30)),
     });
-    let url = config::mask_url(&settings.url);
+    let url = settings.shown_target();
     loop {
         health.loop_turned();
         let call = services.events.redis_call(RedisOperation::Connect);
@@ -415,6 +413,7 @@ async fn connect(
             QueueError::OutOfMemory(_) => "Redis is out of memory; retrying",
             QueueError::Auth { .. } => "cannot log in to Redis; retrying",
             QueueError::Tls(_) => "cannot set up TLS with Redis; retrying",
+            QueueError::NoSentinel(_) => "no sentinel says where the master is; retrying",
             _ => "cannot reach Redis; is it running and is redis.url right? Retrying",
         };
         call.failed(&error, &format!("{hint} ({url})"));

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::pipeline::Shared;
 use crate::ops::events::Observer;
 use crate::ops::events::pipeline::ExpiredLeasesRecovered;
-use crate::ops::events::redis::{Lease, ListsSampled, RedisMemory};
+use crate::ops::events::redis::{FollowedFailover, Lease, ListsSampled, RedisMemory};
 use crate::ops::health::Stage;
 use crate::ops::metrics::RedisOperation;
 use crate::queue::{Queue, QueueError};
@@ -100,7 +100,20 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 pub(super) async fn sample(shared: Arc<Shared>) {
     let mut full = false;
     let mut memory_readable = true;
+    let mut master = shared.queue.master_address();
     loop {
+        let now_master = shared.queue.master_address();
+        if let (Some(from), Some(to), Some(sentinel)) =
+            (&master, &now_master, &shared.settings.redis.sentinel)
+            && from != to
+        {
+            shared.emit(FollowedFailover {
+                master: &sentinel.master,
+                from,
+                to,
+            });
+        }
+        master = now_master.or(master);
         let call = shared.events.redis_call(RedisOperation::Sample);
         match shared.queue.sample().await {
             Ok(sample) => {

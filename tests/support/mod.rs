@@ -19,6 +19,7 @@ pub mod net;
 pub mod process;
 pub mod properties;
 pub mod redis_server;
+pub mod sentinel;
 pub mod temp_file;
 
 use std::net::SocketAddr;

@@ -313,7 +313,7 @@ pub fn instances(redis: &RedisServer) -> Vec<String> {
 
 /// A port no socket of this host listens on right now, for a server that binds it
 /// itself ([`RedisServer::launch`] starts again elsewhere if it was taken meanwhile).
-fn unused_port() -> u16 {
+pub fn unused_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -102,6 +102,8 @@ pub struct Connected<'a> {
     pub collector: &'a str,
     /// GET or POST.
     pub method: &'a dyn std::fmt::Debug,
+    /// The master the sentinels named, with Redis Sentinel.
+    pub master: Option<&'a str>,
 }
 
 impl InternalEvent for Connected<'_> {
@@ -113,6 +115,7 @@ impl InternalEvent for Connected<'_> {
             dead_letter_list = %self.dead_letter_list,
             collector = %self.collector,
             method = ?self.method,
+            master = self.master,
             "connected; relaying"
         );
     }

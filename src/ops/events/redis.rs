@@ -188,6 +188,33 @@ impl RedisCall<'_> {
     }
 }
 
+/// With Redis Sentinel, the relay now writes to another master than before: it followed
+/// a failover.
+#[derive(Debug)]
+pub struct FollowedFailover<'a> {
+    /// The master's name.
+    pub master: &'a str,
+    /// Where it was.
+    pub from: &'a str,
+    /// Where it is now.
+    pub to: &'a str,
+}
+
+impl InternalEvent for FollowedFailover<'_> {
+    fn emit(self, to: &Observer) {
+        to.health.set_status(format!(
+            "relaying; followed a failover: master {} now at {}",
+            self.master, self.to
+        ));
+        tracing::warn!(
+            master = self.master,
+            from = self.from,
+            to = self.to,
+            "followed a failover: the sentinels name a new master; relaying to it"
+        );
+    }
+}
+
 /// The lists sampled: their lengths and the head event's age.
 #[derive(Debug)]
 pub struct ListsSampled {
