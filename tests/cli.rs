@@ -60,6 +60,23 @@ fn bad_config_values_stop_start_up_with_exit_code_2_and_name_the_key() {
             env: &[],
             names: "relay.toml",
         },
+        // The request path pasted onto the collector's URL: posted to …/tp2/…/tp2 on
+        // 582e716, a 404 retried for ever as if the collector were down.
+        Refused {
+            file: "",
+            args: &[
+                "--collector",
+                "https://c.example.com/com.snowplowanalytics.snowplow/tp2",
+            ],
+            env: &[],
+            names: "collector.url",
+        },
+        Refused {
+            file: "[collector]\nurl = \"https://c.example.com/i\"\nmethod = \"get\"\n",
+            args: &[],
+            env: &[],
+            names: "collector.url",
+        },
         // A proxy the relay cannot speak to: refused by check (and start-up), not met by
         // every request.
         Refused {

@@ -472,6 +472,61 @@ async fn systemd_hears_ready_only_once_registered_then_status_watchdog_and_stopp
     assert!(ready < stopping, "{log:?}");
 }
 
+/// Redis on a unix socket (`unix:///path`), with an ACL user and a password file: the
+/// relay, `check` and the dead-letter tools reach it; credentials in the URL's query
+/// (which nothing would mask) are refused. (582e716 refused every unix:// URL.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_on_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let redis = RedisServer::start_with(&[
+        "--unixsocket",
+        socket.to_str().unwrap(),
+        "--unixsocketperm",
+        "700",
+    ]);
+    redis.add_user("relay", "socket-secret");
+    let password = dir.path().join("password");
+    std::fs::write(&password, "socket-secret\n").unwrap();
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let url = format!("unix://{}", socket.display());
+    let credentials = [
+        ("SNOWPLOW_RELAY_REDIS__USERNAME", "relay"),
+        (
+            "SNOWPLOW_RELAY_REDIS__PASSWORD_FILE",
+            password.to_str().unwrap(),
+        ),
+    ];
+    let collector = Collector::start_with(refusing(&["ev-3"], 400)).await;
+    redis.rpush(LIST, &numbered_events(40));
+    let one_per_request = [("SNOWPLOW_RELAY_COLLECTOR__BUFFER_SIZE", "1")];
+    let relay = RelayProcess::start(
+        &url,
+        &collector.url(),
+        &[&credentials[..], &one_per_request].concat(),
+    );
+    collector.until_exactly_delivered(39, 15).await;
+    let log = relay.stop_cleanly().await;
+    assert!(log.contains(&url), "the log names the socket: {log}");
+    let count = run_bin(&["--redis-url", &url, "dead-letter", "count"], &credentials);
+    assert_eq!(
+        String::from_utf8_lossy(&count.stdout).trim(),
+        "1",
+        "{count:?}"
+    );
+
+    let with_password = format!("{url}?db=0&pass=socket-secret");
+    let refused = run_bin(&["--redis-url", &with_password, "check"], &[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("redis.password_file"), "{stderr}");
+    assert!(!stderr.contains("socket-secret"), "{stderr}");
+}
+
 #[tokio::test]
 async fn a_host_without_ca_certificates_relays_over_http_and_says_what_https_needs() {
     // Before: "cannot build the HTTP client: builder error", even for an http collector.

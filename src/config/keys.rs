@@ -274,8 +274,9 @@ fn nonzero(n: usize) -> NonZeroUsize {
 settings! {
     /// Where events come from.
     [redis] RedisConfig {
-        /// Redis URL, redis://[[user]:password@]host[:port][/db], or rediss:// for TLS.
-        /// Credentials are masked in logs.
+        /// Redis URL, redis://[[user]:password@]host[:port][/db], or rediss:// for TLS,
+        /// or unix:///path/to/redis.sock[?db=N] (credentials then from username and
+        /// password_file). Credentials are masked in logs.
         url: String = "redis://127.0.0.1:6379".into();
             REDIS_URL, Text, Url, Restart;
         /// The list producers RPUSH events onto (the Python tracker's RedisEmitter default).
@@ -366,7 +367,8 @@ settings! {
         /// Credentials in it (https://user:pass@...) are masked in logs and `check`. Redirects
         /// are not followed (a 3xx is retried with a warning naming the Location) except a
         /// collector's cookie bounce (same URL plus one parameter, followed once), and an https
-        /// collector is never reached over http.
+        /// collector is never reached over http. The relay adds /i or post_path itself: a URL
+        /// ending in either (or in /com.snowplowanalytics.snowplow/tp2) is refused.
         url: Option<String> = None;
             COLLECTOR_URL, Text, Url, Restart, example "\"https://collector.example.com\"";
         /// ... or, as the trackers' Emitter names it, endpoint (host only) + protocol + port.

@@ -404,11 +404,16 @@ impl RedisSettings {
     fn new(redis: &mut RedisConfig, warnings: &mut Vec<String>) -> Result<Self, ConfigError> {
         let url = Url::parse(&redis.url)
             .map_err(|e| invalid(key::REDIS_URL, format!("a redis:// URL ({e})")))?;
-        if !matches!(url.scheme(), "redis" | "rediss") {
+        let unix = matches!(url.scheme(), "unix" | "redis+unix");
+        if !unix && !matches!(url.scheme(), "redis" | "rediss") {
             return Err(invalid(
                 key::REDIS_URL,
-                "a URL starting with redis:// or rediss:// (TLS)",
+                "a URL starting with redis://, rediss:// (TLS) or unix:// (a socket, \
+                 unix:///run/redis/redis-server.sock)",
             ));
+        }
+        if unix {
+            Self::check_unix_url(&url, redis)?;
         }
         {
             use redis::IntoConnectionInfo;
@@ -504,6 +509,42 @@ impl RedisSettings {
             cluster_nodes: redis.cluster_nodes.clone(),
             sentinel,
         })
+    }
+
+    /// A unix socket URL: `unix:///path` with `?db=N` at most. Credentials come from the
+    /// other settings (redis-rs would read `?user=` and `?pass=`, which nothing masks), and
+    /// a socket is one server: no cluster, no sentinels.
+    fn check_unix_url(url: &Url, redis: &RedisConfig) -> Result<(), ConfigError> {
+        if url.path().is_empty() || url.path() == "/" {
+            return Err(invalid(
+                key::REDIS_URL,
+                "a socket's path after unix://, e.g. unix:///run/redis/redis-server.sock",
+            ));
+        }
+        if url.host_str().is_some_and(|host| !host.is_empty()) {
+            return Err(invalid(
+                key::REDIS_URL,
+                "unix:// followed by an absolute path (three slashes: \
+                 unix:///run/redis/redis-server.sock)",
+            ));
+        }
+        if let Some((name, _)) = url.query_pairs().find(|(name, _)| name != "db") {
+            return Err(invalid(
+                key::REDIS_URL,
+                format!(
+                    "a unix:// URL with ?db=N at most (found ?{name}=): give the user as \
+                     redis.username and the password as redis.password_file"
+                ),
+            ));
+        }
+        if redis.cluster || !redis.sentinels.is_empty() {
+            return Err(invalid(
+                key::REDIS_URL,
+                "a redis:// URL with redis.cluster or redis.sentinels (a unix socket is one \
+                 server on this machine)",
+            ));
+        }
+        Ok(())
     }
 
     /// `redis.sentinels` and their settings, checked; `None` without sentinels.
@@ -738,6 +779,33 @@ fn check_dead_letter_key(list: &str, dead: &str, cluster: bool) -> Result<(), Co
     Ok(())
 }
 
+/// A collector URL with the request path pasted on (`…/com.snowplowanalytics.snowplow/tp2`,
+/// `…/i`) is refused: the relay adds the path itself, and would post to `…/tp2/…/tp2`,
+/// a 404 retried for ever as if the collector were down.
+fn check_no_request_path(base_url: &Url, post_path: &str) -> Result<(), ConfigError> {
+    let path = base_url.path().trim_end_matches('/');
+    let post_path = post_path.trim_end_matches('/');
+    let pasted = [post_path, "/com.snowplowanalytics.snowplow/tp2", "/i"]
+        .into_iter()
+        .find(|request_path| !request_path.is_empty() && path.ends_with(request_path));
+    match pasted {
+        None => Ok(()),
+        Some(request_path) => {
+            let mut base = base_url.clone();
+            base.set_path(&path[..path.len() - request_path.len()]);
+            Err(invalid(
+                key::COLLECTOR_URL,
+                format!(
+                    "the collector's address without the request path, e.g. {}: the relay adds \
+                     /i (GET) or collector.post_path (POST) itself, and this URL already ends \
+                     with {request_path}",
+                    super::mask_url(base.as_str())
+                ),
+            ))
+        }
+    }
+}
+
 impl CollectorSettings {
     fn new(
         collector: &mut CollectorConfig,
@@ -757,6 +825,7 @@ impl CollectorSettings {
                 "a path starting with `/`",
             ));
         }
+        check_no_request_path(&base_url, &collector.post_path)?;
         let (buffer_size, byte_limit) = Self::batching(collector)?;
         if let Some(bad) = collector
             .no_retry_statuses

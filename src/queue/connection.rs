@@ -53,10 +53,11 @@ impl Server {
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(connect))
                     .set_response_timeout(response);
-                let conn = client
+                let mut conn = client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
                     .map_err(QueueError::classify)?;
+                name_connection(&mut conn).await;
                 Connection::Single(conn)
             }
             Server::Cluster(target) => {
@@ -70,11 +71,40 @@ impl Server {
                 Connection::Cluster(conn)
             }
             Server::Sentinel(sentinels) => {
-                let conn = sentinels.open(connect, response).await?;
+                let mut conn = sentinels.open(connect, response).await?;
+                name_connection(&mut conn).await;
                 Connection::Single(conn)
             }
         })
     }
+}
+
+/// The name every connection of this process gives itself: `snowplow-relay:<host>:<pid>`
+/// (the relay's instance id without its random suffix), so `CLIENT LIST` says whose
+/// connections these are, before and after the relay registers.
+pub fn connection_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        format!(
+            "snowplow-relay:{}:{}",
+            super::hostname(),
+            std::process::id()
+        )
+    })
+}
+
+/// Names a new connection with `HELLO 2 SETNAME`: HELLO is allowed to every user (it
+/// needs no ACL rule, unlike `CLIENT SETNAME`), and 2 keeps the protocol the connection
+/// speaks. A server that refuses it (before Redis 6, a proxy) leaves the connection
+/// unnamed; nothing else depends on the name. (A Redis Cluster's per-node connections
+/// are opened by the cluster client and stay unnamed.)
+async fn name_connection(conn: &mut MultiplexedConnection) {
+    let _ = redis::cmd("HELLO")
+        .arg(2)
+        .arg("SETNAME")
+        .arg(connection_name())
+        .query_async::<Value>(conn)
+        .await;
 }
 
 impl ClusterTarget {

@@ -104,6 +104,8 @@ pub struct Probe {
     /// The largest reply Redis sends a normal client before it closes the connection
     /// (`client-output-buffer-limit normal`, hard limit), when it is set and readable.
     pub reply_limit_bytes: Option<u64>,
+    /// Why the reply limit could not be read, when it could not.
+    pub reply_limit_unread: Option<String>,
 }
 
 impl Probe {
@@ -225,15 +227,16 @@ impl Queue {
         );
         let (version, denied, not_lists): (u64, Vec<String>, Vec<String>) =
             self.link.invoke(&invocation).await?;
-        let reply_limit_bytes = self
-            .config_get("client-output-buffer-limit")
-            .await
-            .and_then(|value| normal_reply_limit(&value));
+        let reply_limit = self.config_get("client-output-buffer-limit").await;
         Ok(Probe {
             version,
             denied,
             not_lists,
-            reply_limit_bytes,
+            reply_limit_bytes: reply_limit
+                .as_ref()
+                .ok()
+                .and_then(|value| normal_reply_limit(value)),
+            reply_limit_unread: reply_limit.err(),
         })
     }
 
@@ -242,13 +245,14 @@ impl Queue {
         &self.probe
     }
 
-    /// A server setting, or `None` where `CONFIG GET` is refused (managed Redis, ACL).
-    async fn config_get(&self, name: &str) -> Option<String> {
+    /// A server setting, or why it cannot be read: `CONFIG GET` refused (an ACL, a managed
+    /// Redis) or renamed away, or the setting unknown.
+    async fn config_get(&self, name: &str) -> Result<String, String> {
         let reply: redis::Value = self
             .link
             .query(redis::cmd("CONFIG").arg("GET").arg(name))
             .await
-            .ok()?;
+            .map_err(|error| one_line(&error.to_string()))?;
         // One server: [name, value] (a map in RESP3); a cluster: the answer of each node,
         // by node. The first node's value is shown (they are configured alike).
         per_node(reply)
@@ -259,6 +263,7 @@ impl Queue {
                 _ => None,
             })
             .and_then(|value| redis::from_redis_value::<String>(value).ok())
+            .ok_or_else(|| format!("no value for {name}"))
     }
 
     /// This instance's id: `host:pid:random`.
@@ -498,7 +503,7 @@ impl Queue {
     }
 
     /// Redis' `maxmemory-policy`, or `None` where `CONFIG` is disabled (managed Redis).
-    pub async fn eviction_policy(&self) -> Option<String> {
+    pub async fn eviction_policy(&self) -> Result<String, String> {
         self.config_get("maxmemory-policy").await
     }
 

@@ -447,10 +447,28 @@ async fn try_connect(settings: &RedisSettings, events: &Observer) -> Result<Queu
     if !probe.script_flags() {
         events.emit(RedisChecked::Before7);
     }
-    match queue.eviction_policy().await.as_deref() {
-        Some("noeviction") => {}
-        Some(policy) => events.emit(RedisChecked::Evicting { policy }),
-        None => events.emit(RedisChecked::PolicyUnknown),
+    match queue.eviction_policy().await {
+        Ok(policy) if policy == "noeviction" => {}
+        Ok(policy) => events.emit(RedisChecked::Evicting { policy: &policy }),
+        Err(why) => events.emit(RedisChecked::NotMade {
+            check: "the eviction policy (one that evicts can drop events)",
+            command: "CONFIG GET maxmemory-policy",
+            why,
+        }),
+    }
+    if let Some(why) = &probe.reply_limit_unread {
+        events.emit(RedisChecked::NotMade {
+            check: "the reply size limit against events.max_element_bytes",
+            command: "CONFIG GET client-output-buffer-limit",
+            why: why.clone(),
+        });
+    }
+    if let Err(error) = queue.memory().await {
+        events.emit(RedisChecked::NotMade {
+            check: "whether Redis is out of memory",
+            command: "INFO memory",
+            why: error.to_string(),
+        });
     }
     super::heartbeat::recover_expired(&queue, events).await?;
     queue.register().await?;

@@ -32,7 +32,9 @@ pub use events::*;
 pub use http::TestClient;
 pub use in_process::{Relay, config, config_for_urls, connect_queue};
 pub use net::{ClosedPort, Proxy};
-pub use process::{Finished, RelayProcess, bin, bin_command, peak_rss, run_bin, send_signal};
+pub use process::{
+    Finished, RelayProcess, bin, bin_command, hostname, peak_rss, run_bin, send_signal,
+};
 pub use redis_server::{RedisServer, instances};
 pub use temp_file::TempFile;
 

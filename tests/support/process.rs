@@ -307,3 +307,11 @@ fn drain(mut stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
     });
     buffer
 }
+
+/// This machine's host name, as the relay reads it (its instance ids and connection
+/// names start with it).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}

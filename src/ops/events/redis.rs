@@ -274,8 +274,16 @@ pub enum RedisChecked<'a> {
         /// The policy.
         policy: &'a str,
     },
-    /// `maxmemory-policy` cannot be read (CONFIG refused or renamed).
-    PolicyUnknown,
+    /// A check the relay could not make: Redis refused (ACL, a managed service) or does
+    /// not know (renamed) the command it needs.
+    NotMade {
+        /// What goes unchecked.
+        check: &'static str,
+        /// The command it needs.
+        command: &'static str,
+        /// Redis's answer.
+        why: String,
+    },
 }
 
 impl InternalEvent for RedisChecked<'_> {
@@ -291,9 +299,16 @@ impl InternalEvent for RedisChecked<'_> {
                  pressure it can drop events, and volatile-* policies evict exactly the relay's \
                  lease keys, making live relays look dead; set maxmemory-policy noeviction"
             ),
-            RedisChecked::PolicyUnknown => {
-                tracing::debug!("cannot read maxmemory-policy (CONFIG disabled?)")
-            }
+            RedisChecked::NotMade {
+                check,
+                command,
+                why,
+            } => tracing::info!(
+                command,
+                answer = %why,
+                "cannot check {check}: Redis refused {command} (or does not know it); the relay \
+                 works without the check (docs/operations.md#redis-permissions)"
+            ),
         }
     }
 }
