@@ -7,7 +7,7 @@ use crate::support::*;
 
 /// The least-privilege rule `docs/operations.md#redis-permissions` gives, for user
 /// `relay` with password `pw`.
-fn documented_acl_rule() -> Vec<String> {
+pub(crate) fn documented_acl_rule() -> Vec<String> {
     let operations = include_str!("../docs/operations.md");
     let line = operations
         .lines()
@@ -18,7 +18,7 @@ fn documented_acl_rule() -> Vec<String> {
         .collect()
 }
 
-fn acl(redis: &RedisServer, rule: &[String]) {
+pub(crate) fn acl(redis: &RedisServer, rule: &[String]) {
     let mut command = redis::cmd(&rule[0]);
     for word in &rule[1..] {
         command.arg(word);
@@ -26,7 +26,7 @@ fn acl(redis: &RedisServer, rule: &[String]) {
     let _: () = command.query(&mut redis.conn()).unwrap();
 }
 
-fn user_url(redis: &RedisServer) -> String {
+pub(crate) fn user_url(redis: &RedisServer) -> String {
     format!("redis://relay:pw@127.0.0.1:{}", redis.port)
 }
 

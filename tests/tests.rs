@@ -16,6 +16,7 @@ mod permissions;
 mod process;
 mod producing;
 mod prometheus;
+mod redis_6_2;
 mod relay;
 mod reloads;
 mod scripts;

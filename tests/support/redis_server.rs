@@ -21,6 +21,8 @@ pub struct RedisServer {
 /// What a redis-server is started with, besides its port and directory.
 #[derive(Default)]
 struct Launch<'a> {
+    /// The server program; `redis-server` (from PATH) when `None`.
+    program: Option<&'a str>,
     /// Runs the server (e.g. `valgrind --tool=callgrind …`) when not empty.
     wrapper: &'a [&'a str],
     extra: &'a [&'a str],
@@ -37,6 +39,15 @@ impl RedisServer {
 
     pub fn start_with(extra: &[&str]) -> RedisServer {
         Self::launch(Launch {
+            extra,
+            ..Launch::default()
+        })
+    }
+
+    /// Another redis-server program (another version's binary), with `extra`.
+    pub fn start_program(program: &str, extra: &[&str]) -> RedisServer {
+        Self::launch(Launch {
+            program: Some(program),
             extra,
             ..Launch::default()
         })
@@ -95,13 +106,14 @@ impl RedisServer {
         for _attempt in 0..5 {
             let port = unused_port();
             let tls_port = launch.tls.map(|_| unused_port());
+            let server = launch.program.unwrap_or("redis-server");
             let mut command = match launch.wrapper.split_first() {
                 Some((program, args)) => {
                     let mut command = Command::new(program);
-                    command.args(args.iter()).arg("redis-server");
+                    command.args(args.iter()).arg(server);
                     command
                 }
-                None => Command::new("redis-server"),
+                None => Command::new(server),
             };
             command
                 .args(["--dir", dir.path().to_str().unwrap()])
