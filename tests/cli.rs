@@ -360,3 +360,73 @@ fn the_config_variable_quiet_checks_and_flags_per_subcommand() {
         "{help}"
     );
 }
+
+/// `check --connect` reaches Redis and the collector as the relay would: exit 0 when
+/// both are right, 2 when connecting proves the configuration wrong (refused
+/// credentials, a missing permission, a key of the wrong type), 1 when one cannot be
+/// reached; it claims nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_says_what_it_found_and_exits_by_what_it_proved() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    redis.rpush(LIST, &numbered_events(3));
+    let check = |url: &str, collector: &str| {
+        let output = run_bin(
+            &[
+                "--redis-url",
+                url,
+                "--collector",
+                collector,
+                "check",
+                "-q",
+                "--connect",
+            ],
+            &[],
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), stdout)
+    };
+    let (code, out) = check(&redis.url(), &collector.url());
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("redis: connected to"), "{out}");
+    assert!(out.contains("permissions: every command"), "{out}");
+    assert!(out.contains("answers GET /health"), "{out}");
+    assert_eq!(redis.llen(LIST), 3, "check claims nothing");
+    assert!(instances(&redis).is_empty(), "check registers no instance");
+
+    // Refused credentials.
+    redis.add_user("relay", "right");
+    let wrong = format!("redis://relay:wrong@127.0.0.1:{}", redis.port);
+    let (code, out) = check(&wrong, &collector.url());
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("refused the credentials of user `relay`"),
+        "{out}"
+    );
+    assert!(!out.contains("wrong@"), "{out}");
+
+    // A user missing a permission.
+    redis.cmd(&["ACL", "SETUSER", "relay", "-lrem"]);
+    let right = format!("redis://relay:right@127.0.0.1:{}", redis.port);
+    let (code, out) = check(&right, &collector.url());
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("may not run: LREM"), "{out}");
+
+    // The dead-letter list is not a list.
+    redis.cmd(&["SET", DEAD, "x"]);
+    let (code, out) = check(&redis.url(), &collector.url());
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("not lists"), "{out}");
+    redis.cmd(&["DEL", DEAD]);
+
+    // Unreachable: Redis, then the collector.
+    let closed = ClosedPort::new();
+    let (code, out) = check(
+        &format!("redis://127.0.0.1:{}", closed.port),
+        &collector.url(),
+    );
+    assert_eq!(code, Some(1), "{out}");
+    let (code, out) = check(&redis.url(), &format!("http://127.0.0.1:{}", closed.port));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("collector: FAILED to reach"), "{out}");
+}

@@ -113,6 +113,12 @@ enum Command {
         /// Print errors and warnings only (for ExecStartPre= and ExecReload=).
         #[arg(long, short)]
         quiet: bool,
+        /// Then connect: to Redis (authenticate, check permissions and key types, read
+        /// the eviction policy, reply limit and memory where allowed) and to the
+        /// collector (GET /health). Exit 2 if that proves the configuration wrong, 1 if
+        /// either cannot be reached.
+        #[arg(long)]
+        connect: bool,
         /// Print the documented example configuration, every key with its default
         /// (config/snowplow-relay.toml), and nothing else.
         #[arg(long, exclusive = true)]
@@ -236,7 +242,12 @@ pub fn main() -> ExitCode {
             print_default_config: true,
             ..
         }) => check::print_default_config(),
-        Some(Command::Check { flags, quiet, .. }) => check::check(flags.or(&before), quiet),
+        Some(Command::Check {
+            flags,
+            quiet,
+            connect,
+            ..
+        }) => check::check(flags.or(&before), quiet, connect),
         Some(Command::Healthcheck {
             common,
             admin,

@@ -51,4 +51,4 @@ mod sender;
 
 pub use daemon::{Controls, changed_keys, run, run_with_controls};
 pub use pipeline::{FORCED_RELEASE_BUDGET, RELEASE_BUDGET};
-pub use sender::Sender;
+pub use sender::{Sender, collector_client};

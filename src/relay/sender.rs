@@ -142,31 +142,7 @@ impl Sender {
         config: &CollectorSettings,
         events: Arc<Observer>,
     ) -> Result<Arc<Sender>, crate::error::Error> {
-        use snowplow_relay_tracker::http::ClientError;
-        let invalid = |key: &'static str, expected: String| {
-            crate::error::Error::Config(crate::config::ConfigError::Invalid { key, expected })
-        };
-        let client = Client::new(&config.client).map_err(|e| match e {
-            ClientError::NoCertificates => invalid(
-                crate::config::key::COLLECTOR_TLS_CA_FILE,
-                "PEM certificates (the file holds none)".into(),
-            ),
-            ClientError::Identity(why) => invalid(
-                crate::config::key::COLLECTOR_TLS_CLIENT_CERT_FILE,
-                format!("a PEM certificate and its private key ({why})"),
-            ),
-            ClientError::Proxy => {
-                invalid(crate::config::key::COLLECTOR_PROXY, "a proxy URL".into())
-            }
-            ClientError::UnsupportedProxy(scheme) => invalid(
-                crate::config::key::COLLECTOR_PROXY,
-                format!(
-                    "an http:// proxy, here or in the HTTP_PROXY, HTTPS_PROXY or ALL_PROXY \
-                     variables (one of them names a {scheme}:// proxy)"
-                ),
-            ),
-            other => crate::error::Error::HttpClient(other),
-        })?;
+        let client = collector_client(config)?;
         Ok(Arc::new(Sender {
             client,
             retry: watch::channel(config.retry).0,
@@ -457,6 +433,34 @@ enum Change<'a> {
     Failed(&'a AttemptError),
     Succeeded,
     Ended,
+}
+
+/// The collector client `config` describes, its TLS material and proxy checked: a
+/// problem is a configuration error naming the key.
+pub fn collector_client(config: &CollectorSettings) -> Result<Client, crate::error::Error> {
+    use snowplow_relay_tracker::http::ClientError;
+    let invalid = |key: &'static str, expected: String| {
+        crate::error::Error::Config(crate::config::ConfigError::Invalid { key, expected })
+    };
+    Client::new(&config.client).map_err(|e| match e {
+        ClientError::NoCertificates => invalid(
+            crate::config::key::COLLECTOR_TLS_CA_FILE,
+            "PEM certificates (the file holds none)".into(),
+        ),
+        ClientError::Identity(why) => invalid(
+            crate::config::key::COLLECTOR_TLS_CLIENT_CERT_FILE,
+            format!("a PEM certificate and its private key ({why})"),
+        ),
+        ClientError::Proxy => invalid(crate::config::key::COLLECTOR_PROXY, "a proxy URL".into()),
+        ClientError::UnsupportedProxy(scheme) => invalid(
+            crate::config::key::COLLECTOR_PROXY,
+            format!(
+                "an http:// proxy, here or in the HTTP_PROXY, HTTPS_PROXY or ALL_PROXY \
+                     variables (one of them names a {scheme}:// proxy)"
+            ),
+        ),
+        other => crate::error::Error::HttpClient(other),
+    })
 }
 
 #[cfg(test)]

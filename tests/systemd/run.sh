@@ -6,7 +6,8 @@
 # outage that returns every event in order, a clean stop with Redis down, STATUS=
 # following readiness, the watchdog restarting a frozen relay, a lease lost to another
 # relay (the relay carries on), a root-only password file passed as a systemd credential,
-# a bad configuration that fails the unit without a restart loop, and the sandbox
+# a bad configuration that fails the unit without a restart loop, Redis on a unix socket
+# of group redis (SupplementaryGroups=), and the sandbox
 # (dynamic user, no capabilities, seccomp). Redis and the collector run on the host; the container shares its network.
 #
 # A drop-in makes the watchdog 6 s (90 s in the unit) and a refused system call fatal
@@ -50,11 +51,24 @@ start_collector "$collector_port"
 received_at_least() { [ "$(received)" -ge "$1" ]; }
 list_below() { [ "$(cli LLEN snowplow)" -lt "$1" ]; }
 
+# A second Redis on a unix socket only, as Debian's package lays it out
+# (/run/redis/redis-server.sock, group redis, unixsocketperm 770), its directory shared
+# with the container (scenario 11).
+mkdir -p "$work/redis-socket"
+redis-server --port 0 --unixsocket "$work/redis-socket/redis-server.sock" --unixsocketperm 770 \
+  --save "" --appendonly no >/dev/null &
+socket_redis_pid=$!
+wait_for 10 test -S "$work/redis-socket/redis-server.sock"
+chgrp 4242 "$work/redis-socket/redis-server.sock"
+chmod 0755 "$work/redis-socket"
+socket_cli() { redis-cli -s "$work/redis-socket/redis-server.sock" "$@"; }
+
 # --- systemd as PID 1 (the recipe from issue 20) ---
 docker run -d --name "$container" --cap-add ALL --cap-drop SYS_RESOURCE \
   --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
   --security-opt systempaths=unconfined --device-cgroup-rule 'a *:* rwm' \
   --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
+  -v "$work/redis-socket:/run/redis" \
   --network host -e container=docker --stop-signal SIGRTMIN+3 \
   local/systemd:bookworm /sbin/init >/dev/null
 booted() { in_box systemctl is-system-running 2>/dev/null | grep -Eq '^(running|degraded)$'; }
@@ -248,6 +262,44 @@ else
   fail "bad configuration: $(prop ActiveState), NRestarts $restarts -> $(prop NRestarts)"
   echo "$journal" | tail -n 5
 fi
+
+# 11. Redis on a unix socket (redis.url = "unix:///run/redis/redis-server.sock"), owned by
+# group redis with unixsocketperm 770, as Debian's package has it: the dynamic user
+# reaches it with SupplementaryGroups=redis (docs/operations.md#systemd).
+in_box groupadd --gid 4242 redis
+in_box cp /etc/snowplow-relay/good.toml /etc/snowplow-relay/config.toml
+in_box sed -i "s|^url = \"redis://127.0.0.1:$redis_port\"|url = \"unix:///run/redis/redis-server.sock\"|" \
+  /etc/snowplow-relay/config.toml
+# Without the group: the socket refuses the dynamic user (the relay waits, saying so).
+in_box systemctl restart --no-block snowplow-relay || true
+socket_refused() { in_box journalctl -u snowplow-relay --no-pager -n 20 | grep -q 'Permission denied'; }
+if wait_for 20 socket_refused; then
+  pass "unix socket without SupplementaryGroups=redis: permission denied, said in the journal"
+else
+  fail "unix socket without the group: no 'Permission denied' in the journal"
+fi
+in_box systemctl stop snowplow-relay || true
+printf '[Service]\nSupplementaryGroups=redis\n' >"$work/socket.conf"
+docker cp "$work/socket.conf" "$container:/etc/systemd/system/snowplow-relay.service.d/socket.conf"
+in_box systemctl daemon-reload
+in_box systemctl reset-failed snowplow-relay 2>/dev/null || true
+before=$(received)
+for i in $(seq 1 50); do
+  socket_cli RPUSH snowplow "{\"e\":\"pv\",\"p\":\"srv\",\"tv\":\"py-0.15.0\",\"eid\":\"socket-$i\",\"url\":\"https://a.example/\"}" >/dev/null
+done
+in_box systemctl restart snowplow-relay || true
+wait_for 30 received_at_least $((before + 50)) || true
+if state_is active && [ "$(received)" -ge $((before + 50)) ] && [ "$(socket_cli LLEN snowplow)" = 0 ]; then
+  pass "Redis on a unix socket (group redis, 770) through SupplementaryGroups=redis: 50 of 50 delivered"
+else
+  fail "unix socket: $(prop ActiveState), $(( $(received) - before )) of 50 delivered"
+  in_box journalctl -u snowplow-relay --no-pager -n 10
+fi
+in_box systemctl stop snowplow-relay || true
+in_box rm /etc/systemd/system/snowplow-relay.service.d/socket.conf
+in_box systemctl daemon-reload
+in_box cp /etc/snowplow-relay/good.toml /etc/snowplow-relay/config.toml
+kill "$socket_redis_pid"; wait "$socket_redis_pid" 2>/dev/null || true
 
 # No system call was refused (with SystemCallErrorNumber=kill a refusal kills the relay
 # with SIGSYS, which the journal would show).

@@ -199,6 +199,16 @@ impl Client {
         &self.url
     }
 
+    /// One GET of `url` on the collector's own connections (same route, TLS and proxy;
+    /// `url` on the collector's scheme, host and port), its status: how `check --connect`
+    /// asks a collector's `/health`. Redirects are not followed.
+    pub async fn get_status(&self, url: &Url) -> Result<u16, String> {
+        self.pool
+            .send(bytes::Bytes::from(url.as_str().to_owned()), None)
+            .await
+            .map(|answer| answer.status)
+    }
+
     /// One attempt to send `batch`, with a fresh `stm`.
     pub async fn attempt(&self, batch: &Batch) -> Report {
         let mut exchanges = Exchanges::default();
