@@ -78,11 +78,15 @@ RUN mkdir -p src benches tests crates/tracker/src \
     && echo 'fn main() {}' > benches/relay.rs \
     && cargo build --release --locked \
     && rm -rf src benches crates/tracker/src
+COPY build.rs ./
 COPY src ./src
 COPY benches ./benches
 COPY config ./config
 COPY crates ./crates
 COPY iglu ./iglu
+# The commit --version and build_info name (.git is not in the build context):
+# docker build --build-arg SNOWPLOW_RELAY_COMMIT=$(git rev-parse --short HEAD) .
+ARG SNOWPLOW_RELAY_COMMIT=unknown
 RUN touch src/main.rs src/lib.rs crates/tracker/src/lib.rs \
     && cargo build --release --locked \
     && cp target/release/snowplow-relay /usr/local/bin/snowplow-relay

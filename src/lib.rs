@@ -33,6 +33,18 @@ pub mod relay;
 pub mod error;
 pub mod text;
 
+/// The crate's version (`Cargo.toml`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit this build comes from (see `build.rs`), or "unknown".
+pub const COMMIT: &str = env!("SNOWPLOW_RELAY_COMMIT");
+/// What `--version` and the start-up line say: `0.1.0 (a1b2c3d)`.
+pub const VERSION_AND_COMMIT: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SNOWPLOW_RELAY_COMMIT"),
+    ")"
+);
+
 pub use config::{Config, Settings};
 pub use error::Error;
 pub use ops::metrics::Summary;

@@ -430,3 +430,20 @@ async fn check_connect_says_what_it_found_and_exits_by_what_it_proved() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("collector: FAILED to reach"), "{out}");
 }
+
+/// `--version` names the version and the commit the build comes from (`build.rs`).
+#[test]
+fn version_names_the_commit() {
+    let output = run_bin(&["--version"], &[]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = env!("CARGO_PKG_VERSION");
+    let commit = text
+        .trim()
+        .strip_prefix(&format!("snowplow-relay {version} ("))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("`{text}`"));
+    assert!(
+        commit == "unknown" || (commit.len() == 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "`{text}`"
+    );
+}

@@ -28,7 +28,7 @@ use snowplow_relay::config::{Overrides, Settings, ToolSettings, key};
 /// overriding the one before. Exit codes: 0 stopped cleanly, 1 failed while running,
 /// 2 invalid configuration.
 #[derive(Debug, Parser)]
-#[command(name = "snowplow-relay", version)]
+#[command(name = "snowplow-relay", version = snowplow_relay::VERSION_AND_COMMIT)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

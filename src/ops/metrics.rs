@@ -89,6 +89,7 @@ struct OperationLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
+    commit: &'static str,
 }
 
 /// The outcome class of one collector request: the `class` label.
@@ -382,10 +383,15 @@ impl Metrics {
         let build_info: Family<VersionLabel, Gauge> = Family::default();
         build_info
             .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION"),
+                version: crate::VERSION,
+                commit: crate::COMMIT,
             })
             .set(1);
-        registry.register("build_info", "The relay's version", build_info);
+        registry.register(
+            "build_info",
+            "The relay's version and the commit it was built from",
+            build_info,
+        );
         Metrics {
             registry: root,
             request_counters,
@@ -596,7 +602,13 @@ mod tests {
             "snowplow_relay_redis_errors_total{operation=\"heartbeat\"} 0",
             "snowplow_relay_in_flight_events 10",
             "snowplow_relay_in_flight_bytes 1000",
-            "snowplow_relay_build_info{version=\"",
+            concat!(
+                "snowplow_relay_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\",commit=\"",
+                env!("SNOWPLOW_RELAY_COMMIT"),
+                "\"} 1"
+            ),
         ] {
             assert!(text.contains(line), "`{line}` missing from\n{text}");
         }

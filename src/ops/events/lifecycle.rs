@@ -17,7 +17,7 @@ pub struct Starting<'a> {
 impl InternalEvent for Starting<'_> {
     fn emit(self, _to: &Observer) {
         tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
+            version = crate::VERSION_AND_COMMIT,
             settings = %self.settings.replace('\n', " "),
             "snowplow-relay starting"
         );
