@@ -16,7 +16,21 @@ import jsonschema
 import yaml
 
 here = os.path.dirname(os.path.abspath(__file__))
-manifests = sorted(glob.glob(os.path.join(here, "*.yaml")))
+# The files `kubectl apply -f deploy/kubernetes/` applies, and the variants to use in
+# place of one of them (variants/: applied by hand, never together with the default).
+manifests = sorted(glob.glob(os.path.join(here, "*.yaml"))) + sorted(
+    glob.glob(os.path.join(here, "variants", "*.yaml"))
+)
+# Two documents of one kind and name in the applied set: the second silently replaces
+# the first.
+seen = {}
+for path in sorted(glob.glob(os.path.join(here, "*.yaml"))):
+    with open(path) as f:
+        for doc in yaml.safe_load_all(f):
+            if doc:
+                key = (doc["kind"], doc["metadata"]["name"])
+                assert key not in seen, f"{key} in {seen.get(key)} and {path}"
+                seen[key] = path
 builtin, custom = [], []
 for path in manifests:
     with open(path) as f:

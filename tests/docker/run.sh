@@ -23,7 +23,17 @@ docker build --network host --target runtime-prebuilt \
   --build-arg BINARY=target/release/snowplow-relay -t snowplow-relay:test . >"$work/build.log" 2>&1 \
   || { tail -n 30 "$work/build.log"; echo "FAIL: docker build"; exit 1; }
 size=$(docker image inspect snowplow-relay:test --format '{{.Size}}')
-echo "image snowplow-relay:test: $((size / 1000000)) MB"
+echo "image snowplow-relay:test: $((size / 1000000)) MB ($size bytes)"
+# The size docs/operations.md#docker publishes ("Image size, measured by … **N MB**")
+# must be what this measures, within 1 MB.
+documented=$(tr '\n' ' ' <docs/operations.md | grep -o 'Image size, measured by [^*]*\*\*[0-9]* MB\*\*' \
+  | grep -o '[0-9]* MB' | tail -n 1 | cut -d' ' -f1)
+if [ -z "$documented" ] || [ "$size" -gt $(( (documented + 1) * 1000000 )) ] \
+    || [ "$size" -lt $(( (documented - 1) * 1000000 )) ]; then
+  echo "FAIL: docs/operations.md says the image is ${documented:-(not found)} MB; it is $((size / 1000000)) MB ($size bytes): update the docs"
+  exit 1
+fi
+echo "PASS: the image size docs/operations.md gives (${documented} MB) is what it measures"
 
 redis_port=$(free_port); collector_port=$(free_port); admin_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &

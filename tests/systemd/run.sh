@@ -34,7 +34,7 @@ wait_for() {
 state_is() { [ "$(prop ActiveState)" = "$1" ]; }
 
 start_dockerd
-import_rootfs local/systemd:bookworm systemd,systemd-sysv,dbus,procps
+import_rootfs local/systemd:bookworm-binutils systemd,systemd-sysv,dbus,procps,binutils
 [ -x target/release/snowplow-relay ] || cargo build --release --locked
 
 # --- Redis and a collector on the host ---
@@ -70,7 +70,7 @@ docker run -d --name "$container" --cap-add ALL --cap-drop SYS_RESOURCE \
   --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
   -v "$work/redis-socket:/run/redis" \
   --network host -e container=docker --stop-signal SIGRTMIN+3 \
-  local/systemd:bookworm /sbin/init >/dev/null
+  local/systemd:bookworm-binutils /sbin/init >/dev/null
 booted() { in_box systemctl is-system-running 2>/dev/null | grep -Eq '^(running|degraded)$'; }
 wait_for 60 booted || { docker logs "$container" 2>&1 | tail -n 20; skip "systemd does not boot in a container here"; }
 echo "systemd $(in_box systemctl --version | head -n 1 | cut -d' ' -f2) is PID 1 in the container"
@@ -86,7 +86,7 @@ docker cp config/snowplow-relay.toml "$container:/src/config/snowplow-relay.toml
 docker cp systemd/snowplow-relay.service "$container:/src/systemd/snowplow-relay.service"
 in_box sh -ec '
   cd /src
-  install -m 0755 target/release/snowplow-relay /usr/local/bin/
+  install -s -m 0755 target/release/snowplow-relay /usr/local/bin/
   install -d /etc/snowplow-relay && install -m 0644 config/snowplow-relay.toml /etc/snowplow-relay/config.toml
   install -m 0644 systemd/snowplow-relay.service /etc/systemd/system/'
 # "edit /etc/snowplow-relay/config.toml (collector.url at least)"
