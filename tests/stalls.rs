@@ -298,8 +298,9 @@ async fn claims_fit_the_largest_reply_redis_allows() {
 
 /// Alive means work is attempted: Redis answering the heartbeat while every claim is
 /// refused is not alive; a collector refusing everything for longer than the bound is
-/// (attempts go on), but not ready.
-#[tokio::test]
+/// (attempts go on), but not ready. The three scenarios run side by side (each has its
+/// own Redis, collector and relay): each waits out the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
     let settings: &[(&str, &str)] = &[
         ("redis.lease_ttl_ms", "3000"),
@@ -323,82 +324,89 @@ async fn healthz_turns_on_a_wedged_stage_and_not_on_an_outage() {
 
     // Claims refused (this user may no longer write the in-flight list) while the
     // heartbeat is answered: a wedge.
-    let redis = RedisServer::start();
-    redis.add_user("relay", "pw");
-    let collector = Collector::start().await;
-    let relay = RelayProcess::start_with_settings(
-        &format!("redis://relay:pw@127.0.0.1:{}", redis.port),
-        &collector.url(),
-        settings,
-    );
-    let addr = relay.admin_addr().await;
-    wait_until("ready", 10, async || instances(&redis).len() == 1).await;
-    redis.cmd(&[
-        "ACL", "SETUSER", "relay", "reset", "on", ">pw", "~*", "&*", "+@all", "-rpush",
-    ]);
-    redis.rpush(LIST, &numbered_events(10));
-    let wedged = Instant::now();
-    let why = refused(addr, "/readyz", Duration::from_secs(5)).await;
-    assert!(
-        why.contains("claim failing"),
-        "/readyz says so at once: {why}"
-    );
-    let why = refused(addr, "/healthz", bound + Duration::from_secs(5)).await;
-    assert!(wedged.elapsed() >= bound - Duration::from_secs(1), "{why}");
-    assert!(
-        why.contains("while Redis answers the lease renewal"),
-        "{why}"
-    );
-    eprintln!("claims refused: /healthz 503 after {:?}", wedged.elapsed());
-    relay.stop_cleanly().await;
-    assert_eq!(redis.llen(LIST), 10, "nothing lost");
+    let claims_refused = async {
+        let redis = RedisServer::start();
+        redis.add_user("relay", "pw");
+        let collector = Collector::start().await;
+        let relay = RelayProcess::start_with_settings(
+            &format!("redis://relay:pw@127.0.0.1:{}", redis.port),
+            &collector.url(),
+            settings,
+        );
+        let addr = relay.admin_addr().await;
+        wait_until("ready", 10, async || instances(&redis).len() == 1).await;
+        redis.cmd(&[
+            "ACL", "SETUSER", "relay", "reset", "on", ">pw", "~*", "&*", "+@all", "-rpush",
+        ]);
+        redis.rpush(LIST, &numbered_events(10));
+        let wedged = Instant::now();
+        let why = refused(addr, "/readyz", Duration::from_secs(5)).await;
+        assert!(
+            why.contains("claim failing"),
+            "/readyz says so at once: {why}"
+        );
+        let why = refused(addr, "/healthz", bound + Duration::from_secs(5)).await;
+        assert!(wedged.elapsed() >= bound - Duration::from_secs(1), "{why}");
+        assert!(
+            why.contains("while Redis answers the lease renewal"),
+            "{why}"
+        );
+        eprintln!("claims refused: /healthz 503 after {:?}", wedged.elapsed());
+        relay.stop_cleanly().await;
+        assert_eq!(redis.llen(LIST), 10, "nothing lost");
+    };
 
     // One event refused on its own, with parking effectively off (as before parking
     // existed): it holds the window, claiming waits while the collector accepts other
     // requests. A wedge.
-    let (redis, collector) = setup_holding(refusing(&["ev-5"], 500), 2_000).await;
-    let no_parking = [
-        ("collector.park_after_failures", "1000"),
-        ("worker.max_claimed_events", "500"),
-        ("worker.drain_timeout_ms", "0"),
-    ];
-    let relay = RelayProcess::start_with_settings(
-        &redis.url(),
-        &collector.url(),
-        &[settings, &no_parking].concat(),
-    );
-    let addr = relay.admin_addr().await;
-    let blocked = Instant::now();
-    let why = refused(addr, "/healthz", bound + Duration::from_secs(5)).await;
-    assert!(
-        why.contains("window is blocked") || why.contains("other requests succeed"),
-        "{why}"
-    );
-    eprintln!(
-        "a refused event holding the window: /healthz 503 after {:?}",
-        blocked.elapsed()
-    );
-    relay.stop_cleanly().await;
+    let window_blocked = async {
+        let (redis, collector) = setup_holding(refusing(&["ev-5"], 500), 2_000).await;
+        let no_parking = [
+            ("collector.park_after_failures", "1000"),
+            ("worker.max_claimed_events", "500"),
+            ("worker.drain_timeout_ms", "0"),
+        ];
+        let relay = RelayProcess::start_with_settings(
+            &redis.url(),
+            &collector.url(),
+            &[settings, &no_parking].concat(),
+        );
+        let addr = relay.admin_addr().await;
+        let blocked = Instant::now();
+        let why = refused(addr, "/healthz", bound + Duration::from_secs(5)).await;
+        assert!(
+            why.contains("window is blocked") || why.contains("other requests succeed"),
+            "{why}"
+        );
+        eprintln!(
+            "a refused event holding the window: /healthz 503 after {:?}",
+            blocked.elapsed()
+        );
+        relay.stop_cleanly().await;
+    };
 
     // The collector refuses everything for the bound and 5 s more: alive all along.
-    let (redis, collector) = setup_holding(always(503), 2_000).await;
-    let relay = RelayProcess::start_with_settings(&redis.url(), &collector.url(), settings);
-    let addr = relay.admin_addr().await;
-    let outage = Instant::now();
-    let mut not_ready = false;
-    while outage.elapsed() < bound + Duration::from_secs(5) {
-        if let Err(why) = get(addr, "/healthz").await {
-            panic!("an outage is alive, but /healthz said: {why}");
+    let outage_alive = async {
+        let (redis, collector) = setup_holding(always(503), 2_000).await;
+        let relay = RelayProcess::start_with_settings(&redis.url(), &collector.url(), settings);
+        let addr = relay.admin_addr().await;
+        let outage = Instant::now();
+        let mut not_ready = false;
+        while outage.elapsed() < bound + Duration::from_secs(5) {
+            if let Err(why) = get(addr, "/healthz").await {
+                panic!("an outage is alive, but /healthz said: {why}");
+            }
+            not_ready |= get(addr, "/readyz")
+                .await
+                .is_err_and(|why| why.contains("collector requests failing"));
+            tokio::time::sleep(Duration::from_millis(250)).await; // between probes
         }
-        not_ready |= get(addr, "/readyz")
-            .await
-            .is_err_and(|why| why.contains("collector requests failing"));
-        tokio::time::sleep(Duration::from_millis(250)).await; // between probes
-    }
-    assert!(not_ready, "/readyz says the collector is failing");
-    collector.respond_with(always(200));
-    collector.until_distinct(2_000, 30).await;
-    relay.stop_cleanly().await;
+        assert!(not_ready, "/readyz says the collector is failing");
+        collector.respond_with(always(200));
+        collector.until_distinct(2_000, 30).await;
+        relay.stop_cleanly().await;
+    };
+    tokio::join!(claims_refused, window_blocked, outage_alive);
 }
 
 #[tokio::test]
