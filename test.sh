@@ -16,4 +16,9 @@ ensure_tools test.sh \
   "the tests start private Redis servers, make TLS certificates and lint the metrics" \
   redis-server:redis-server:redis redis-cli:redis-tools:redis openssl:openssl:openssl \
   promtool:prometheus:prometheus
+# Three tests at a time on any machine: they wait on Redis, collectors and timers more
+# than they compute (about 120 CPU-seconds in 125 s of wall clock on 2 cores), and more
+# at once starve the CPU-heavy ones (docs/development.md#tests). RUST_TEST_THREADS or
+# `-- --test-threads N` overrides it.
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-3}"
 exec cargo test --locked --workspace --tests "$@"

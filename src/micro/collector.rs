@@ -50,7 +50,8 @@ pub struct CollectorOptions {
     pub max_store_bytes: usize,
     /// Connections served at once.
     pub max_connections: usize,
-    /// Time for a request body to arrive, whole.
+    /// Time for a request body to arrive, whole, once it may be read (see
+    /// [`CollectorOptions::budget_wait`]).
     pub body_timeout: Duration,
     /// Static Iglu registries (`DIR/schemas/VENDOR/NAME/jsonschema/M-R-A`) searched before
     /// Snowplow's own schemas.
@@ -75,6 +76,12 @@ impl CollectorOptions {
     /// Bytes of request bodies read at once: eight of the largest, 16 MiB at least.
     fn body_budget(&self) -> usize {
         (8 * self.max_body_bytes).max(16 * 1024 * 1024)
+    }
+
+    /// Time a request waits for its share of the body budget before it is answered 503:
+    /// three body timeouts, so a queue of bodies each taking its whole time drains first.
+    pub(super) fn budget_wait(&self) -> Duration {
+        3 * self.body_timeout
     }
 }
 

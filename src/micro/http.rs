@@ -202,6 +202,22 @@ impl LocalCollector {
             return Err(too_large());
         }
         let share = declared.map_or(limit, |n| n as usize).max(1) as u32;
+        // Waiting for a share is the collector being busy, not the client being slow: it
+        // has its own bound and answer (503, which trackers retry); the body's time limit
+        // starts once the share is granted.
+        let wait = self.options.budget_wait();
+        let permit = match tokio::time::timeout(wait, self.body_budget.acquire_many(share)).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "busy: no room to read a body of {share} bytes within {} s; retry\n",
+                        wait.as_secs()
+                    ),
+                ));
+            }
+        };
         let deadline = tokio::time::Instant::now() + self.options.body_timeout;
         let timed_out = || {
             text(
@@ -212,11 +228,6 @@ impl LocalCollector {
                 ),
             )
         };
-        let permit =
-            match tokio::time::timeout_at(deadline, self.body_budget.acquire_many(share)).await {
-                Ok(Ok(permit)) => permit,
-                _ => return Err(timed_out()),
-            };
         let read = Limited::new(request.into_body(), limit).collect();
         let Ok(read) = tokio::time::timeout_at(deadline, read).await else {
             return Err(timed_out());

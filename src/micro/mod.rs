@@ -22,7 +22,8 @@
 //!
 //! Bounded whatever clients send: at most `max_connections` connections, request bodies
 //! read within `body_timeout` and within a budget of body bytes read at once (the rest
-//! wait), the store bounded in events and in bytes (the oldest dropped and counted), and
+//! wait for their share, then get their whole `body_timeout`; a wait past three of
+//! those is answered 503), the store bounded in events and in bytes (the oldest dropped and counted), and
 //! `/micro/good|bad` answers streamed from the stored events' JSON outside the store's
 //! lock.
 //!
