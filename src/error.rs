@@ -33,6 +33,10 @@ pub enum Error {
     /// problem; the message names the user and where the password came from).
     #[error("{0}; the relay does not start with credentials Redis refuses")]
     Credentials(QueueError),
+    /// Redis holds a newer key layout than this build knows (exit code 2: run the newer
+    /// build, or roll back as the message says).
+    #[error(transparent)]
+    NewerLayout(QueueError),
     /// Shutdown could not return the undelivered events to the list: they are safe in the
     /// in-flight list and come back when the lease expires.
     #[error(
@@ -63,7 +67,10 @@ impl Error {
     /// The process exit code for this error: 2 for configuration problems, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::Permissions(_) | Error::Credentials(_) => 2,
+            Error::Config(_)
+            | Error::Permissions(_)
+            | Error::Credentials(_)
+            | Error::NewerLayout(_) => 2,
             _ => 1,
         }
     }

@@ -23,3 +23,4 @@ mod scripts;
 mod sentinel;
 mod stalls;
 mod tls;
+mod upgrades;

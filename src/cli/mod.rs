@@ -12,6 +12,7 @@ mod check;
 mod collector;
 mod dead_letter;
 mod healthcheck;
+mod prepare_rollback;
 mod run;
 mod track;
 
@@ -146,6 +147,15 @@ enum Command {
         #[command(subcommand)]
         action: dead_letter::Action,
     },
+    /// Before starting an older build on this list (a rollback): return every stopped
+    /// relay's held events to the list and remove the key layout version. Refuses while a
+    /// relay still runs on the list (docs/operations.md#upgrading). Exit 0 when ready.
+    PrepareRollback {
+        #[command(flatten)]
+        common: CommonFlags,
+        #[command(flatten)]
+        redis: RedisFlags,
+    },
     /// Track events from the shell: into Redis (the [redis] settings), or straight to a
     /// collector with --collector URL. Prints each event id.
     #[command(mut_args = |arg: clap::Arg| arg.global(true))]
@@ -271,6 +281,14 @@ pub fn main() -> ExitCode {
                 ..RelayFlags::default()
             };
             dead_letter::dead_letter(flags.or(&before), action)
+        }
+        Some(Command::PrepareRollback { common, redis }) => {
+            let flags = RelayFlags {
+                common,
+                redis,
+                ..RelayFlags::default()
+            };
+            prepare_rollback::prepare_rollback(flags.or(&before))
         }
         Some(Command::Track(args)) => track::track(*args, &before),
         Some(Command::Collector(args)) => collector::collector(args, &before.common),

@@ -80,6 +80,20 @@ pub enum QueueError {
     /// worth retrying.
     #[error("{0}")]
     NoSentinel(String),
+    /// Redis holds a key layout newer than this build's (or one it cannot read): a newer
+    /// build ran on this list. Nothing was read or written.
+    #[error(
+        "Redis holds key layout version {found} for this list and this build knows version \
+         {known}: a newer build ran here. Run that build (or a newer one), or roll back as \
+         docs/operations.md#upgrading says (`snowplow-relay prepare-rollback` with the newer \
+         build, then this one)"
+    )]
+    NewerLayout {
+        /// The version found, as stored.
+        found: String,
+        /// The version this build knows.
+        known: u64,
+    },
     /// With Redis Sentinel, the server the relay wrote to cannot take writes: it became
     /// a replica in a failover, or is loading. The connection is replaced and the
     /// sentinels asked again.
@@ -111,6 +125,12 @@ impl QueueError {
             }
             Some("NOPERM") => return QueueError::Permission(detail()),
             Some("OOM") => return QueueError::OutOfMemory(detail()),
+            Some("LAYOUT_NEWER") => {
+                return QueueError::NewerLayout {
+                    found: one_line(error.detail().unwrap_or_default()),
+                    known: super::keys::LAYOUT_VERSION,
+                };
+            }
             _ => {}
         }
         match error.kind() {
@@ -178,6 +198,7 @@ impl QueueError {
             QueueError::Tls(_) => "tls",
             QueueError::NoSentinel(_) => "no sentinel answers",
             QueueError::FollowingFailover(_) => "following a failover",
+            QueueError::NewerLayout { .. } => "newer_layout",
         }
     }
 }

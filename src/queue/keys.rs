@@ -1,4 +1,16 @@
-//! The key names of one list and one instance, and how a key is shown in a log line.
+//! The key names of one list and one instance, the version of their layout, and how a
+//! key is shown in a log line.
+
+/// The version of the key layout this build reads and writes, kept in Redis in the hash
+/// [`Keys::layout`] (field `version`). A build that changes what a key holds or adds a
+/// key that holds events bumps it, says so in the CHANGELOG's "Upgrading" part and adds
+/// its case to `tests/upgrades.rs`.
+///
+/// 1. The list, in-flight lists, instance hashes, leases and the set of instances (no
+///    version stored: builds before 0314bee).
+/// 2. Retry lists of parked events (0314bee); the version stored from 0.2.0 on. A Redis
+///    without a version holds layout 1 or 2, both of which this build reads.
+pub const LAYOUT_VERSION: u64 = 2;
 
 use super::errors::one_line;
 
@@ -11,6 +23,8 @@ pub struct Keys {
     pub dead: String,
     /// The set of registered instances.
     pub instances: String,
+    /// The hash holding the key layout's version ([`LAYOUT_VERSION`]).
+    pub layout: String,
     /// Prefix of every companion key: `{list}:`.
     pub prefix: String,
 }
@@ -23,6 +37,7 @@ impl Keys {
             list: list.to_owned(),
             dead: dead.to_owned(),
             instances: format!("{prefix}instances"),
+            layout: format!("{prefix}layout"),
             prefix,
         }
     }
@@ -58,6 +73,7 @@ pub(super) enum Key {
     Meta,
     Lease,
     Retry,
+    Layout,
 }
 
 impl Keys {
@@ -73,6 +89,7 @@ impl Keys {
                 self.meta(instance),
                 self.lease(instance),
                 self.retry(instance),
+                self.layout.clone(),
             ],
         }
     }
@@ -81,7 +98,7 @@ impl Keys {
 /// The names of [`Key`]s for one list and instance, in [`Key`]'s order.
 #[derive(Debug, Clone)]
 pub(super) struct InstanceKeys {
-    names: [String; 7],
+    names: [String; 8],
 }
 
 impl InstanceKeys {

@@ -35,7 +35,7 @@ pub use connection::{BlockingConnection, Connection, open_connection};
 use connection::{Link, explain};
 pub use errors::{QueueError, one_line};
 use keys::{InstanceKeys, Key};
-pub use keys::{Keys, shown_key};
+pub use keys::{Keys, LAYOUT_VERSION, shown_key};
 pub use records::{DeadLetter, Entry, Parked};
 
 /// Backoff between failed Redis calls of the relay's tasks: from 100 ms to 5 s.
@@ -62,6 +62,8 @@ struct Scripts {
     heartbeat: Script,
     sample: Script,
     replay: Script,
+    layout: Script,
+    unversion: Script,
 }
 
 impl Scripts {
@@ -87,6 +89,12 @@ impl Scripts {
             sample: with("no-writes", include_str!("scripts/sample.lua")),
             // An operator's tool, not a drain: a full Redis refuses it.
             replay: Script::new(&format!("{HELPERS}{}", include_str!("scripts/replay.lua"))),
+            layout: drain(include_str!("scripts/layout.lua")),
+            // An operator's tool, run before a rollback.
+            unversion: Script::new(&format!(
+                "{HELPERS}{}",
+                include_str!("scripts/unversion.lua")
+            )),
         }
     }
 }
@@ -113,6 +121,19 @@ impl Probe {
     pub fn script_flags(&self) -> bool {
         self.version >= 7 << 16
     }
+}
+
+/// An instance registered on the list, as [`Queue::unversion`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredInstance {
+    /// Its id (`host:pid:random`).
+    pub id: String,
+    /// The host it registered from.
+    pub host: String,
+    /// Its process id.
+    pub pid: String,
+    /// Whether its lease is live (the relay runs, or stopped less than a lease ago).
+    pub live: bool,
 }
 
 /// Events recovered from relays whose lease expired.
@@ -284,6 +305,36 @@ impl Queue {
     /// How long one Redis call may take.
     pub fn command_timeout(&self) -> Duration {
         self.command_timeout
+    }
+
+    /// Checks the key layout's version stored in Redis: a newer one is refused
+    /// ([`QueueError::NewerLayout`], nothing written); an older one or none is brought to
+    /// [`LAYOUT_VERSION`]. Returns the version found (0: none). Call it before anything is
+    /// recovered or claimed.
+    pub async fn check_layout(&self) -> Result<u64, QueueError> {
+        let mut invocation = self.invocation(&self.scripts.layout, &[Key::Layout]);
+        invocation.arg(LAYOUT_VERSION);
+        self.link.invoke(&invocation).await
+    }
+
+    /// The rollback step (`snowplow-relay prepare-rollback`): when no instance is
+    /// registered any more, removes the key layout's version and returns an empty list;
+    /// otherwise removes nothing and returns the registered instances. Recover the
+    /// expired ones first ([`Queue::recover_expired`]).
+    pub async fn unversion(&self) -> Result<Vec<RegisteredInstance>, QueueError> {
+        let mut invocation =
+            self.invocation(&self.scripts.unversion, &[Key::Instances, Key::Layout]);
+        invocation.arg(&self.keys.prefix);
+        let left: Vec<(String, String, String, u8)> = self.link.invoke(&invocation).await?;
+        Ok(left
+            .into_iter()
+            .map(|(id, host, pid, live)| RegisteredInstance {
+                id,
+                host,
+                pid,
+                live: live == 1,
+            })
+            .collect())
     }
 
     /// Registers this instance and takes its first lease.

@@ -470,6 +470,16 @@ async fn try_connect(settings: &RedisSettings, events: &Observer) -> Result<Queu
             why: error.to_string(),
         });
     }
+    // Before anything is recovered: this build must not half-read a newer layout.
+    match queue.check_layout().await {
+        Ok(found) if found < queue::LAYOUT_VERSION => events.emit(RedisChecked::LayoutUpgraded {
+            from: found,
+            to: queue::LAYOUT_VERSION,
+        }),
+        Ok(_) => {}
+        Err(error @ QueueError::NewerLayout { .. }) => return Err(Error::NewerLayout(error)),
+        Err(error) => return Err(error.into()),
+    }
     super::heartbeat::recover_expired(&queue, events).await?;
     queue.register().await?;
     Ok(queue)

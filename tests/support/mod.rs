@@ -33,7 +33,8 @@ pub use http::TestClient;
 pub use in_process::{Relay, config, config_for_urls, connect_queue};
 pub use net::{ClosedPort, Proxy};
 pub use process::{
-    Finished, RelayProcess, bin, bin_command, hostname, peak_rss, run_bin, send_signal,
+    Finished, RelayProcess, bin, bin_command, hostname, peak_rss, program_command, run_bin,
+    send_signal,
 };
 pub use redis_server::{RedisServer, instances};
 pub use temp_file::TempFile;

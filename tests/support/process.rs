@@ -18,7 +18,13 @@ pub fn bin() -> String {
 /// The binary, with the developer's own `SNOWPLOW_RELAY_*` and `RUST_LOG` variables
 /// kept out.
 pub fn bin_command() -> Command {
-    let mut command = Command::new(bin());
+    program_command(&bin())
+}
+
+/// `program` (another build of the relay), with the developer's own `SNOWPLOW_RELAY_*`
+/// and `RUST_LOG` variables kept out.
+pub fn program_command(program: &str) -> Command {
+    let mut command = Command::new(program);
     for (name, _) in std::env::vars() {
         if name.starts_with("SNOWPLOW_RELAY_") || name == "RUST_LOG" {
             command.env_remove(name);
@@ -138,7 +144,12 @@ impl RelayProcess {
 
     /// The binary with these arguments, fast collector retries and `env`.
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
-        let mut command = bin_command();
+        Self::start_program(&bin(), args, env)
+    }
+
+    /// [`RelayProcess::start_with`] for another build of the relay.
+    pub fn start_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
+        let mut command = program_command(program);
         command
             .args(args)
             .env("SNOWPLOW_RELAY_COLLECTOR__RETRY_INITIAL_BACKOFF_MS", "20")

@@ -284,6 +284,14 @@ pub enum RedisChecked<'a> {
         /// Redis's answer.
         why: String,
     },
+    /// The key layout's version stored in Redis was older (or absent) and was brought to
+    /// this build's.
+    LayoutUpgraded {
+        /// The version found (0: none stored, a build before versions were stored).
+        from: u64,
+        /// This build's version.
+        to: u64,
+    },
 }
 
 impl InternalEvent for RedisChecked<'_> {
@@ -308,6 +316,17 @@ impl InternalEvent for RedisChecked<'_> {
                 answer = %why,
                 "cannot check {check}: Redis refused {command} (or does not know it); the relay \
                  works without the check (docs/operations.md#redis-permissions)"
+            ),
+            RedisChecked::LayoutUpgraded { from, to } => tracing::info!(
+                from,
+                to,
+                "key layout version {to} stored in Redis (found {}); an older build meeting \
+                 it needs `snowplow-relay prepare-rollback` first (docs/operations.md#upgrading)",
+                if from == 0 {
+                    "none".to_owned()
+                } else {
+                    from.to_string()
+                }
             ),
         }
     }
