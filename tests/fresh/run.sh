@@ -4,7 +4,8 @@
 # the C library's headers, for linking), with the host's rustup toolchain and
 # cargo registry bind-mounted in. It asserts that redis-server, redis-cli, openssl and
 # promtool are absent, clones this repository fresh, and runs the two commands of
-# README.md#quick-start: ./quickstart.sh and ./test.sh. Both must succeed, and ./test.sh must run as
+# README.md#quick-start: ./quickstart.sh and ./test.sh; then installs, upgrades and purges
+# the Debian package with apt-get. Both must succeed, and ./test.sh must run as
 # many tests as the host lists (none skipped for want of Redis). Prints how long each
 # took. Needs root (chroot, mounts) and network access to Debian's mirror.
 #
@@ -84,4 +85,37 @@ passed=$(grep -E '^test result: ok\.' "$work/test.log" | awk '{sum += $4} END {p
 ignored=$(grep -E '^test result: ok\.' "$work/test.log" | awk '{sum += $8} END {print sum + 0}')
 echo "./test.sh: ok in $test_s s; $passed tests passed, $ignored in the soak set (ignored)"
 [ "$((passed + ignored))" = "$host_tests" ] || { echo "FAIL: $passed passed and $ignored ignored in the chroot, $host_tests listed on the host"; exit 1; }
-echo "PASS: a fresh machine runs the two commands of README.md#quick-start (quickstart $quickstart_s s, tests $test_s s)"
+
+# The Debian package (scripts/build-deb.sh, built on the host) on this fresh Debian:
+# apt-get install, the files where they belong, the binary stripped, the conffile kept
+# (edited) across an upgrade, purge removing everything. (Under systemd:
+# tests/systemd/run.sh, scenario 12.)
+deb=$(bash scripts/build-deb.sh)
+next_version="$(dpkg-deb -f "$deb" Version)+next"
+deb_next=$(DEB_VERSION="$next_version" bash scripts/build-deb.sh)
+mkdir -p "$root/debs"
+cp "$deb" "$deb_next" "$root/debs/"
+apt_in_chroot() { in_chroot "DEBIAN_FRONTEND=noninteractive apt-get $* -y -q -o Dpkg::Use-Pty=0"; }
+apt_in_chroot install "/debs/$(basename "$deb")" >"$work/deb.log" 2>&1 || { tail -n 20 "$work/deb.log"; echo "FAIL: apt-get install of the package"; exit 1; }
+grep -q 'installed and not started' "$work/deb.log" || { cat "$work/deb.log"; echo "FAIL: the postinst did not say how to start it"; exit 1; }
+for f in usr/bin/snowplow-relay lib/systemd/system/snowplow-relay.service etc/snowplow-relay/config.toml \
+  usr/share/doc/snowplow-relay/copyright usr/share/doc/snowplow-relay/CHANGELOG.md \
+  usr/share/doc/snowplow-relay/docs/operations.md; do
+  [ -e "$root/$f" ] || { echo "FAIL: the package installed no /$f"; exit 1; }
+done
+if readelf -S "$root/usr/bin/snowplow-relay" | grep -q '\.symtab'; then echo "FAIL: /usr/bin/snowplow-relay is not stripped"; exit 1; fi
+grep -q '^ExecStart=/usr/bin/snowplow-relay ' "$root/lib/systemd/system/snowplow-relay.service" || { echo "FAIL: the unit does not run /usr/bin/snowplow-relay"; exit 1; }
+in_chroot 'snowplow-relay --version' | grep -q '^snowplow-relay ' || { echo "FAIL: the installed binary does not run"; exit 1; }
+[ "$(in_chroot "dpkg-query -W -f '\${Conffiles}' snowplow-relay" | awk '{print $1}')" = /etc/snowplow-relay/config.toml ] \
+  || { echo "FAIL: /etc/snowplow-relay/config.toml is not a conffile"; exit 1; }
+echo '# edited by the operator' >>"$root/etc/snowplow-relay/config.toml"
+apt_in_chroot install "/debs/$(basename "$deb_next")" >"$work/deb.log" 2>&1 || { tail -n 20 "$work/deb.log"; echo "FAIL: apt-get install of the next version"; exit 1; }
+[ "$(in_chroot "dpkg-query -W -f '\${Version}' snowplow-relay")" = "$next_version" ] || { echo "FAIL: not upgraded to $next_version"; exit 1; }
+grep -q 'by the operator' "$root/etc/snowplow-relay/config.toml" || { echo "FAIL: the upgrade replaced the edited conffile"; exit 1; }
+apt_in_chroot purge snowplow-relay >"$work/deb.log" 2>&1 || { tail -n 20 "$work/deb.log"; echo "FAIL: apt-get purge"; exit 1; }
+for f in usr/bin/snowplow-relay lib/systemd/system/snowplow-relay.service etc/snowplow-relay usr/share/doc/snowplow-relay; do
+  [ ! -e "$root/$f" ] || { echo "FAIL: purge left /$f"; exit 1; }
+done
+echo "the package: installed with apt-get ($(du -k "$deb" | cut -f1) KB), files in place and stripped, edited conffile kept across an upgrade to $next_version, purge removed everything"
+
+echo "PASS: a fresh machine runs the two commands of README.md#quick-start (quickstart $quickstart_s s, tests $test_s s) and installs the package"

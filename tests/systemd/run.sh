@@ -7,7 +7,8 @@
 # following readiness, the watchdog restarting a frozen relay, a lease lost to another
 # relay (the relay carries on), a root-only password file passed as a systemd credential,
 # a bad configuration that fails the unit without a restart loop, Redis on a unix socket
-# of group redis (SupplementaryGroups=), and the sandbox
+# of group redis (SupplementaryGroups=), the Debian package (install, upgrade, removal,
+# purge), and the sandbox
 # (dynamic user, no capabilities, seccomp). Redis and the collector run on the host; the container shares its network.
 #
 # A drop-in makes the watchdog 6 s (90 s in the unit) and a refused system call fatal
@@ -36,6 +37,10 @@ state_is() { [ "$(prop ActiveState)" = "$1" ]; }
 start_dockerd
 import_rootfs local/systemd:bookworm-binutils systemd,systemd-sysv,dbus,procps,binutils
 [ -x target/release/snowplow-relay ] || cargo build --release --locked
+# The Debian package and a next version of it, for scenario 12.
+deb=$(bash scripts/build-deb.sh)
+deb_next_version="$(dpkg-deb -f "$deb" Version)+next"
+deb_next=$(DEB_VERSION="$deb_next_version" bash scripts/build-deb.sh)
 
 # --- Redis and a collector on the host ---
 redis_port=$(free_port); collector_port=$(free_port); admin_port=$(free_port)
@@ -300,6 +305,68 @@ in_box rm /etc/systemd/system/snowplow-relay.service.d/socket.conf
 in_box systemctl daemon-reload
 in_box cp /etc/snowplow-relay/good.toml /etc/snowplow-relay/config.toml
 kill "$socket_redis_pid"; wait "$socket_redis_pid" 2>/dev/null || true
+
+# 12. The Debian package (scripts/build-deb.sh) in place of the manual install: not
+# started on install, started once configured, restarted on an upgrade (the new binary
+# running), stopped on removal with every held event back in the list, gone on purge.
+# The test drop-in (watchdog, SystemCallErrorNumber=kill) applies to the packaged unit.
+in_box systemctl disable --now snowplow-relay >/dev/null 2>&1 || true
+in_box rm -f /usr/local/bin/snowplow-relay /etc/systemd/system/snowplow-relay.service
+in_box mv /etc/snowplow-relay /etc/snowplow-relay.manual
+in_box systemctl daemon-reload
+in_box mkdir -p /debs
+docker cp "$deb" "$container:/debs/"
+docker cp "$deb_next" "$container:/debs/"
+apt_in_box() { in_box env DEBIAN_FRONTEND=noninteractive apt-get "$@" -y -q -o Dpkg::Use-Pty=0; }
+installed=$(apt_in_box install "/debs/$(basename "$deb")" 2>&1) || { echo "$installed" | tail -n 20; fail "apt-get install of the package"; }
+if [[ "$installed" == *"installed and not started"* ]] && state_is inactive \
+  && [ "$(in_box systemctl is-enabled snowplow-relay 2>/dev/null)" = disabled ] \
+  && [ "$(prop FragmentPath)" = /lib/systemd/system/snowplow-relay.service ]; then
+  pass "package installed: unit at /lib/systemd/system, not enabled, not started"
+else
+  fail "package install: $(prop ActiveState), $(in_box systemctl is-enabled snowplow-relay 2>&1), $(prop FragmentPath)"
+fi
+in_box cp /etc/snowplow-relay.manual/good.toml /etc/snowplow-relay/config.toml
+in_box systemctl enable --now snowplow-relay >/dev/null 2>&1 || true
+before=$(received)
+push 5001 5100
+wait_for 60 received_at_least $((before + 100)) || true
+before_upgrade=$(prop MainPID)
+if state_is active && [ "$(received)" = $((before + 100)) ]; then
+  pass "configured and enabled: active, 100 of 100 delivered"
+else
+  fail "packaged relay: $(prop ActiveState), $(( $(received) - before )) of 100 delivered"
+fi
+apt_in_box install "/debs/$(basename "$deb_next")" >/dev/null 2>&1 || fail "apt-get install of the next version"
+wait_for 30 state_is active || true
+after_upgrade=$(prop MainPID)
+version=$(in_box dpkg-query -W -f '${Version}' snowplow-relay)
+if state_is active && [ "$after_upgrade" != "$before_upgrade" ] && [ "$version" = "$deb_next_version" ] \
+  && in_box grep -q "$redis_port" /etc/snowplow-relay/config.toml; then
+  pass "upgrade to $version: the relay restarted (pid $before_upgrade -> $after_upgrade), the edited conffile kept"
+else
+  fail "upgrade: $(prop ActiveState), pid $before_upgrade -> $after_upgrade, version $version"
+fi
+touch "$work/outage"
+push 5101 5200
+wait_for 30 list_below 100 || true
+apt_in_box remove snowplow-relay >/dev/null 2>&1 || fail "apt-get remove"
+rm -f "$work/outage"
+first=$(cli LINDEX snowplow 0 | python3 -c 'import json,sys; print(json.load(sys.stdin)["eid"])')
+if [ "$(cli LLEN snowplow)" = 100 ] && [ "$first" = e5101 ] && [ "$(cli SCARD '{snowplow}:instances')" = 0 ] \
+  && ! in_box test -e /usr/bin/snowplow-relay && in_box test -e /etc/snowplow-relay/config.toml; then
+  pass "removal stopped the relay: 100 of 100 held events back in the list in order; the conffile stays until purge"
+else
+  fail "removal: $(cli LLEN snowplow) in the list (first $first), $(cli SCARD '{snowplow}:instances') instances"
+fi
+apt_in_box purge snowplow-relay >/dev/null 2>&1 || fail "apt-get purge"
+if ! in_box test -e /etc/snowplow-relay && ! in_box test -e /lib/systemd/system/snowplow-relay.service \
+  && ! in_box test -e /etc/systemd/system/multi-user.target.wants/snowplow-relay.service; then
+  pass "purge: /etc/snowplow-relay, the unit and its enablement gone"
+else
+  fail "purge left files: $(in_box ls /etc/snowplow-relay /etc/systemd/system/multi-user.target.wants 2>&1 | tr '\n' ' ')"
+fi
+cli DEL snowplow >/dev/null
 
 # No system call was refused (with SystemCallErrorNumber=kill a refusal kills the relay
 # with SIGSYS, which the journal would show).
