@@ -145,6 +145,8 @@ async fn relays_through_a_three_master_cluster() {
         keys,
         vec![
             "{snowplow}:dead".to_owned(),
+            // The key layout's version, in the list's slot like every companion key.
+            "{snowplow}:layout".to_owned(),
             // Kept for a day, so that a recovered relay coming back knows what happened.
             "{snowplow}:recovered:ghost".to_owned()
         ],

@@ -408,8 +408,8 @@ settings! {
         /// every request is an outage: nothing is parked or dead-lettered, all is retried.
         park_after_failures: u32 = 3;
             COLLECTOR_PARK_AFTER_FAILURES, n(1, 1_000), Plain, Now;
-        /// A parked event that failed this many more times, each while other requests were
-        /// accepted since its previous attempt (and at most one in ten failed), is
+        /// A parked event that failed this many more times, each after other requests were
+        /// accepted since the previous one counted (ten at least, at most one in ten failed), is
         /// dead-lettered with the status and attempt count. A 413 splits a batch at once and
         /// dead-letters a single event.
         isolated_failure_limit: u32 = 5;

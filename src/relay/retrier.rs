@@ -2,9 +2,9 @@
 //! succeeded) one event per request, with the collector's backoff, while the rest of
 //! the pipeline goes on. A parked event is delivered, refused for good, or
 //! dead-lettered once it failed `collector.isolated_failure_limit` times, each time
-//! while the collector was seen accepting other requests since its previous attempt
-//! ([`Traffic::shows_collector_accepting`]: some accepted, at most one failed for every
-//! ten). Failures during an outage, or while the collector fails at random, do not
+//! while the collector was seen accepting other requests since it was parked or its
+//! previous failure counted ([`Traffic::shows_collector_accepting`]: ten accepted at
+//! least, at most one failed for every ten). Failures during an outage, or while the collector fails at random, do not
 //! count; without other traffic a parked event is retried on (it holds back nothing). Resolved events are removed from the retry list in Redis in
 //! one script call per round; what is unresolved when the run ends stays in the retry
 //! list, and the release returns it to the list in claim order.
@@ -35,9 +35,14 @@ struct Held {
     attempts: u32,
     /// Failures since it was parked while the collector accepted other requests.
     isolated: u32,
-    /// The traffic when its previous attempt ended: what other requests did since
-    /// decides whether its next failure counts as isolated.
+    /// The traffic when it was parked or its last failure counted as isolated: what
+    /// other requests did since decides whether its next failure counts. The window
+    /// grows until it shows the collector accepting, so a list with little traffic
+    /// gathers the evidence over several attempts, and a collector failing at random
+    /// never shows it.
     since: Traffic,
+    /// Its own failures in that window (left out of the other requests' failures).
+    failed_since: u64,
     next_at: Instant,
 }
 
@@ -124,6 +129,7 @@ impl Retrier {
             event,
             isolated: 0,
             since: self.shared.emitter.traffic(),
+            failed_since: 0,
             next_at,
         });
     }
@@ -209,13 +215,15 @@ impl Retrier {
             ),
             Some(Attempt::Failed(error)) => {
                 held.attempts += 1;
+                held.failed_since += 1;
                 let now = shared.emitter.traffic();
                 let mut others = now.since(held.since);
-                others.failures = others.failures.saturating_sub(1); // its own
+                others.failures = others.failures.saturating_sub(held.failed_since);
                 if others.shows_collector_accepting() {
                     held.isolated += 1;
+                    held.since = now;
+                    held.failed_since = 0;
                 }
-                held.since = now;
                 if held.isolated < shared.emitter.retry_policy().isolated_failure_limit {
                     held.next_at = Instant::now() + self.backoff().delay(held.attempts);
                     shared.emit(ParkedEventFailed {

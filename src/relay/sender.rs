@@ -418,14 +418,20 @@ impl Traffic {
         }
     }
 
-    /// Whether other requests, this traffic (since a parked event's previous attempt, the
-    /// event's own failure left out), show the collector accepting requests: at least
-    /// one accepted, and at most one failed for every ten accepted. A collector failing
-    /// at random (half its requests, say) does not qualify, nor does a quiet list, so
-    /// their failures never count against a parked event.
+    /// Whether other requests, this traffic (since a parked event was parked or its
+    /// previous failure counted, the event's own failures left out), show the collector accepting requests: at least
+    /// [`Traffic::ENOUGH_ACCEPTED`] accepted, and at most one failed for every ten
+    /// accepted. A collector failing at random (half its requests, say) does not
+    /// qualify, nor does a quiet list, so their failures never count against a parked
+    /// event.
     pub fn shows_collector_accepting(self) -> bool {
-        self.successes > 0 && self.failures * 10 <= self.successes
+        self.successes >= Self::ENOUGH_ACCEPTED && self.failures * 10 <= self.successes
     }
+
+    /// Accepted requests it takes to show anything: with fewer, a collector failing half
+    /// its requests at random looks healthy too often (one accepted and none failed,
+    /// half the time; ten in a row, once in a thousand).
+    pub const ENOUGH_ACCEPTED: u64 = 10;
 }
 
 /// What changed the count of failing batches.
@@ -476,7 +482,13 @@ mod tests {
 
     #[test]
     fn only_other_requests_accepted_nearly_all_show_the_collector_accepting() {
-        assert!(traffic(1, 0).shows_collector_accepting());
+        assert!(traffic(10, 0).shows_collector_accepting());
+        assert!(traffic(10, 1).shows_collector_accepting());
+        assert!(
+            !traffic(9, 0).shows_collector_accepting(),
+            "too few to tell a collector failing at random"
+        );
+        assert!(!traffic(1, 0).shows_collector_accepting());
         assert!(traffic(100, 10).shows_collector_accepting());
         assert!(!traffic(100, 11).shows_collector_accepting());
         assert!(!traffic(0, 0).shows_collector_accepting(), "a quiet list");
