@@ -45,6 +45,11 @@ pub const VERSION_AND_COMMIT: &str = concat!(
     ")"
 );
 
+/// Where the documents of `docs/` are published: the alert rules' `runbook_url`s and the
+/// unit's `Documentation=` start with it (tests/prometheus.rs checks each one, and that
+/// the section it names exists).
+pub const DOCS_URL: &str = "https://github.com/snowplow-relay/snowplow-relay/blob/main/docs/";
+
 pub use config::{Config, Settings};
 pub use error::Error;
 pub use ops::metrics::Summary;

@@ -290,3 +290,126 @@ async fn requests_are_counted_as_the_collector_answered_them() {
     assert!(collector.requests().is_empty());
     relay.stop_cleanly().await;
 }
+
+/// Every rule links its own runbook section under the one base URL
+/// (`snowplow_relay::DOCS_URL`), and so does the unit's `Documentation=`. (That each
+/// section exists: `docs::every_pointer_into_the_documents_names_a_file_and_section_that_exist`.)
+#[test]
+fn every_alert_links_its_runbook_section_under_the_one_docs_url() {
+    let rules = std::fs::read_to_string(deploy("prometheus").join("alerts.yml")).unwrap();
+    let mut alert = None;
+    let mut linked = Vec::new();
+    for line in rules.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- alert: ") {
+            alert = Some(name);
+        }
+        if let Some(url) = line.strip_prefix("runbook_url: ") {
+            let name = alert
+                .take()
+                .expect("a runbook_url inside a rule, one per rule");
+            assert_eq!(
+                url.trim_matches('"'),
+                format!(
+                    "{}operations.md#{}",
+                    snowplow_relay::DOCS_URL,
+                    name.to_lowercase()
+                )
+            );
+            linked.push(name);
+        }
+    }
+    assert_eq!(
+        linked.len(),
+        rules.matches("- alert: ").count(),
+        "{linked:?}"
+    );
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/snowplow-relay.service"),
+    )
+    .unwrap();
+    let documentation = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("Documentation="))
+        .unwrap();
+    assert!(
+        documentation.starts_with(snowplow_relay::DOCS_URL),
+        "{documentation}"
+    );
+}
+
+/// The value of the unlabelled series `name` in a scrape.
+fn value_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in the scrape:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// The process's series under the names every client library uses, with values that
+/// match what the kernel says of the process; and the readiness gauge following what
+/// /readyz answers (0 while Redis cannot be reached, 1 once relaying).
+#[tokio::test]
+async fn process_series_and_readiness_are_scraped_under_their_standard_names() {
+    let redis = RedisServer::start();
+    let collector = Collector::start().await;
+    let nowhere = ClosedPort::new();
+    let waiting = RelayProcess::start_with_settings(
+        &nowhere.redis_url(),
+        &collector.url(),
+        &[("admin.listen", "127.0.0.1:0")],
+    );
+    let addr = waiting.admin_addr().await;
+    let text = http_get(addr, "/metrics").await.1;
+    assert_eq!(value_of(&text, "snowplow_relay_ready"), 0.0);
+    assert_eq!(http_get(addr, "/readyz").await.0, 503);
+    drop(waiting);
+
+    let (relay, addr) = RelayProcess::with_admin(&redis, &collector).await;
+    wait_until("ready", 20, async || {
+        http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+    let text = http_get(addr, "/metrics").await.1;
+    assert_eq!(value_of(&text, "snowplow_relay_ready"), 1.0);
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "process_cpu_seconds_total",
+    ] {
+        value_of(&text, name);
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap();
+    let kernel_rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap();
+    let rss = value_of(&text, "process_resident_memory_bytes");
+    assert!(
+        (rss / (kernel_rss_kb * 1024.0) - 1.0).abs() < 0.5,
+        "{rss} bytes scraped, {kernel_rss_kb} kB in /proc"
+    );
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", relay.pid()))
+        .unwrap()
+        .count() as f64;
+    let open = value_of(&text, "process_open_fds");
+    assert!((open - fds).abs() <= 5.0, "{open} scraped, {fds} in /proc");
+    assert!(value_of(&text, "process_max_fds") >= open);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value_of(&text, "process_start_time_seconds");
+    assert!(
+        started <= now && started > now - 60.0,
+        "{started} vs now {now}"
+    );
+    assert!(value_of(&text, "process_cpu_seconds_total") >= 0.0);
+    relay.stop_cleanly().await;
+}

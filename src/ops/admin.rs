@@ -117,6 +117,8 @@ impl Admin {
                     .get(hyper::header::ACCEPT)
                     .and_then(|value| value.to_str().ok());
                 let format = Format::from_accept(accept);
+                // The readiness gauge says what /readyz would answer now.
+                self.metrics.readiness(self.health.ready().is_ok());
                 Response::builder()
                     .header("content-type", format.content_type())
                     .body(full(self.metrics.encode(format)))

@@ -286,6 +286,7 @@ pub struct Metrics {
     lease_renewals: Counter,
     lease_losses: Counter,
     state_mismatches: Counter,
+    ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -340,6 +341,7 @@ impl Metrics {
             lease_renewals: Counter::default(),
             lease_losses: Counter::default(),
             state_mismatches: Counter::default(),
+            ready: Gauge::default(),
         };
         let m = &metrics;
         // Registered in this order, so exposed in this order.
@@ -368,6 +370,7 @@ impl Metrics {
             lease_renewals as "lease_renewals": "Lease renewals (heartbeats)";
             lease_losses as "lease_losses": "Times this relay found its lease taken over and registered again";
             state_mismatches as "state_mismatches": "Times Redis had lost writes and the in-flight list was returned whole";
+            ready as "ready": "1 when the relay is ready to relay (what /readyz answers), 0 otherwise; read at each scrape";
         }
         for reason in DeadReason::ALL {
             let _ = m.events_dead_lettered.get_or_create(&ReasonLabel {
@@ -392,6 +395,8 @@ impl Metrics {
             "The relay's version and the commit it was built from",
             build_info,
         );
+        // The process's own series, under the names every client library uses.
+        root.register_collector(Box::new(super::process_metrics::ProcessCollector::new()));
         Metrics {
             registry: root,
             request_counters,
@@ -412,6 +417,11 @@ impl Metrics {
             }
         };
         out
+    }
+
+    /// Whether the relay is ready now (set just before each scrape is encoded).
+    pub fn readiness(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     /// `count` events (of `bytes` bytes) were claimed.

@@ -13,4 +13,5 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
+pub mod process_metrics;
 pub mod telemetry;
