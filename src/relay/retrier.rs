@@ -41,8 +41,6 @@ struct Held {
     /// gathers the evidence over several attempts, and a collector failing at random
     /// never shows it.
     since: Traffic,
-    /// Its own failures in that window (left out of the other requests' failures).
-    failed_since: u64,
     next_at: Instant,
 }
 
@@ -129,7 +127,6 @@ impl Retrier {
             event,
             isolated: 0,
             since: self.shared.emitter.traffic(),
-            failed_since: 0,
             next_at,
         });
     }
@@ -155,7 +152,7 @@ impl Retrier {
                 running.spawn(async move {
                     // None: the parked element no longer parses.
                     let attempt = match single_batch(&shared, &held.event) {
-                        Some(batch) => Some(shared.emitter.attempt(&batch).await),
+                        Some(batch) => Some(shared.emitter.attempt_parked(&batch).await),
                         None => None,
                     };
                     (held, attempt)
@@ -215,14 +212,12 @@ impl Retrier {
             ),
             Some(Attempt::Failed(error)) => {
                 held.attempts += 1;
-                held.failed_since += 1;
+                // The pipeline's requests since the window began (parked events'
+                // attempts, this one's included, are not traffic).
                 let now = shared.emitter.traffic();
-                let mut others = now.since(held.since);
-                others.failures = others.failures.saturating_sub(held.failed_since);
-                if others.shows_collector_accepting() {
+                if now.since(held.since).shows_collector_accepting() {
                     held.isolated += 1;
                     held.since = now;
-                    held.failed_since = 0;
                 }
                 if held.isolated < shared.emitter.retry_policy().isolated_failure_limit {
                     held.next_at = Instant::now() + self.backoff().delay(held.attempts);

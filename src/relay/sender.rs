@@ -361,6 +361,17 @@ impl Sender {
 
     /// One attempt to send `batch`, counted in the metrics and in the traffic.
     pub async fn attempt(&self, batch: &Batch) -> Attempt {
+        self.attempt_counted(batch, true).await
+    }
+
+    /// One attempt to send a parked event alone, counted in the metrics but not in the
+    /// traffic: the traffic is the evidence of what the collector does with the other
+    /// requests, and parked events failing (each other's, say) are no evidence of it.
+    pub async fn attempt_parked(&self, batch: &Batch) -> Attempt {
+        self.attempt_counted(batch, false).await
+    }
+
+    async fn attempt_counted(&self, batch: &Batch, traffic: bool) -> Attempt {
         let report = self.client.attempt(batch).await;
         let took_ms = (report.exchanges.last_seconds() * 1e3) as u64;
         let _ = self
@@ -375,6 +386,7 @@ impl Sender {
             });
         }
         match report.attempt {
+            _ if !traffic => {}
             Attempt::Delivered => {
                 self.successes.fetch_add(1, Ordering::Relaxed);
             }
@@ -419,7 +431,8 @@ impl Traffic {
     }
 
     /// Whether other requests, this traffic (since a parked event was parked or its
-    /// previous failure counted, the event's own failures left out), show the collector accepting requests: at least
+    /// previous failure counted; parked events' own attempts are not traffic), show the
+    /// collector accepting requests: at least
     /// [`Traffic::ENOUGH_ACCEPTED`] accepted, and at most one failed for every ten
     /// accepted. A collector failing at random (half its requests, say) does not
     /// qualify, nor does a quiet list, so their failures never count against a parked
