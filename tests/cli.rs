@@ -248,6 +248,60 @@ async fn dead_letter_count_list_and_replay() {
     assert_eq!(tool(&["count"]).trim(), "0");
 }
 
+/// `dead-letter parked` shows the events a running relay holds parked, which no other
+/// tool shows: the relay holding each, its status, the element; and writes nothing.
+#[tokio::test]
+async fn dead_letter_parked_shows_what_a_running_relay_holds_parked() {
+    let redis = RedisServer::start();
+    let collector = Collector::start_with(refusing(&["ev-3", "ev-7"], 500)).await;
+    redis.rpush(LIST, &numbered_events(20));
+    let relay = RelayProcess::start_with_settings(
+        &redis.url(),
+        &collector.url(),
+        &[("collector.buffer_size", "5")],
+    );
+    wait_until("two parked", 30, async || {
+        redis.llen_of_lists_named("{snowplow}:retry:") == 2
+    })
+    .await;
+    let before = redis.lrange(
+        &redis
+            .keys()
+            .into_iter()
+            .find(|k| k.contains(":retry:"))
+            .unwrap(),
+    );
+    let output = run_bin(&["dead-letter", "parked", "--redis-url", &redis.url()], &[]);
+    assert!(output.status.success(), "{output:?}");
+    let parked: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut eids: Vec<String> = parked
+        .iter()
+        .map(|p| {
+            let element: serde_json::Value =
+                serde_json::from_str(p["element"].as_str().unwrap()).unwrap();
+            element["eid"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    eids.sort();
+    assert_eq!(eids, ["ev-3", "ev-7"], "{parked:?}");
+    for p in &parked {
+        assert_eq!(p["status"], 500, "{p}");
+        assert!(p["instance"].as_str().unwrap().contains(':'), "{p}");
+        assert!(p["parked_at"].as_str().unwrap().ends_with('Z'), "{p}");
+    }
+    let retry = redis
+        .keys()
+        .into_iter()
+        .find(|k| k.contains(":retry:"))
+        .unwrap();
+    assert_eq!(redis.lrange(&retry), before, "nothing written");
+    relay.stop_cleanly().await;
+}
+
 #[test]
 fn the_image_and_the_unit_set_no_setting_by_environment_so_the_operators_file_wins() {
     // Before: the Dockerfile set SNOWPLOW_RELAY_LOG__FORMAT and ..._ADMIN__LISTEN and the

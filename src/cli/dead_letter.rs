@@ -1,11 +1,12 @@
-//! `snowplow-relay dead-letter count|list|replay`: the dead-letter list, as an operator
-//! reads and empties it once the cause is fixed.
+//! `snowplow-relay dead-letter count|list|parked|replay`: the dead-letter list, as an
+//! operator reads and empties it once the cause is fixed, and the events relays hold
+//! parked (which no other tool shows).
 
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use snowplow_relay::config::RedisSettings;
-use snowplow_relay::queue::{DeadLetter, Queue, QueueError};
+use snowplow_relay::queue::{DeadLetter, Parked, Queue, QueueError};
 
 use super::{RelayFlags, runtime};
 
@@ -16,6 +17,15 @@ pub(super) enum Action {
     /// Print entries, oldest first, one JSON object per line (metadata + element).
     List {
         /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Print the events relays hold parked (they kept failing while other requests
+    /// passed, and are retried one by one), one JSON object per line: the relay holding
+    /// it, its claim position, when it was parked, the last status, the attempts before
+    /// it was parked, the element. Writes nothing.
+    Parked {
+        /// At most this many events.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -60,6 +70,28 @@ async fn act(redis: &RedisSettings, action: Action) -> Result<(), QueueError> {
                         "element": String::from_utf8_lossy(element),
                     }),
                     None => serde_json::json!({ "element": String::from_utf8_lossy(&entry) }),
+                };
+                println!("{line}");
+            }
+        }
+        Action::Parked { limit } => {
+            for (instance, entry) in queue.parked(limit).await? {
+                let newline = entry.iter().position(|&b| b == b'\n');
+                let meta =
+                    newline.and_then(|at| serde_json::from_slice::<Parked>(&entry[..at]).ok());
+                let line = match (meta, newline) {
+                    (Some(meta), Some(at)) => serde_json::json!({
+                        "instance": instance,
+                        "position": meta.position,
+                        "parked_at": meta.parked_at,
+                        "status": meta.status,
+                        "attempts_before_parking": meta.attempts,
+                        "element": String::from_utf8_lossy(&entry[at + 1..]),
+                    }),
+                    _ => serde_json::json!({
+                        "instance": instance,
+                        "element": String::from_utf8_lossy(&entry),
+                    }),
                 };
                 println!("{line}");
             }

@@ -661,6 +661,34 @@ impl Queue {
             .await
     }
 
+    /// Up to `limit` parked events (retry-list entries, metadata line and element), with
+    /// the instance holding each, relay by relay in registration-set order and oldest
+    /// first within a relay. Each relay's list is read at one instant, not all at once
+    /// (a view for an operator: it writes nothing).
+    pub async fn parked(&self, limit: usize) -> Result<Vec<(String, Vec<u8>)>, QueueError> {
+        let mut out = Vec::new();
+        let instances: Vec<String> = self
+            .link
+            .query(redis::cmd("SMEMBERS").arg(&self.keys.instances))
+            .await?;
+        for instance in instances {
+            if out.len() >= limit {
+                break;
+            }
+            let entries: Vec<Vec<u8>> = self
+                .link
+                .query(
+                    redis::cmd("LRANGE")
+                        .arg(self.keys.retry(&instance))
+                        .arg(0)
+                        .arg(limit - out.len() - 1),
+                )
+                .await?;
+            out.extend(entries.into_iter().map(|entry| (instance.clone(), entry)));
+        }
+        Ok(out)
+    }
+
     /// Moves up to `max` of the oldest dead-letter entries back to the tail of the list
     /// (original bytes only), atomically. Returns how many moved; 0 when none are left.
     pub async fn replay_dead_letters(&self, max: usize) -> Result<u64, QueueError> {
