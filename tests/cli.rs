@@ -1,5 +1,6 @@
 //! The real binary: configuration errors, `check`, and signals.
 
+use snowplow_relay::queue::DeadLetter;
 use std::time::Duration;
 
 use crate::support::*;
@@ -226,10 +227,9 @@ async fn dead_letter_count_list_and_replay() {
         .collect();
     assert_eq!(listed.len(), 6);
     assert!(listed.iter().filter(|e| e["status"] == 400).count() == 5);
-    assert!(
-        listed.iter().any(|e| e["element"] == "not json"
-            && e["reason"].as_str().unwrap().contains("not valid JSON"))
-    );
+    assert!(listed.iter().any(|e| e["element"] == "not json"
+        && e["reason"] == "malformed"
+        && e["detail"].as_str().unwrap().contains("not valid JSON")));
 
     // Replay the first two, then the rest: originals, byte for byte, in order.
     assert_eq!(tool(&["replay", "--limit", "2"]).trim(), "2");
@@ -246,6 +246,215 @@ async fn dead_letter_count_list_and_replay() {
     );
     assert_eq!(redis.llen(DEAD), 0);
     assert_eq!(tool(&["count"]).trim(), "0");
+}
+
+/// The dead-letter tools as an operator works with them (issue 39): entries a running
+/// relay wrote for each reason, one of a relay before the metric's label was stored, one
+/// nobody's tool wrote; filtered, paged, counted, dropped, replayed, exported and
+/// imported back byte for byte. 582e716 had `count`, `list --limit` and `replay --limit`
+/// only, and its entries did not carry the metric's label.
+#[tokio::test]
+async fn dead_letters_are_filtered_paged_dropped_and_exported_and_imported_byte_for_byte() {
+    let (redis, collector) = setup(refusing(&["ev-2", "ev-5"], 400)).await;
+    let legacy: &[u8] = b"{\"reason\":\"collector answered 400\",\"status\":400,\"failed_at\":\
+        \"2026-01-01T00:00:00.000Z\",\"relay\":\"old-host:1:aa\"}\n{\"e\":\"pv\",\"eid\":\"legacy\"}";
+    redis.rpush_bytes(DEAD, legacy);
+    redis.rpush_bytes(DEAD, b"foreign \xff entry");
+    redis.rpush(LIST, &numbered_events(8));
+    redis.rpush_bytes(LIST, b"not json");
+    redis.rpush_bytes(LIST, b"\xff\xfe not utf-8");
+    let huge = format!(
+        r#"{{"e":"pv","eid":"huge","url":"{}"}}"#,
+        "x".repeat(30_000)
+    );
+    redis.rpush(LIST, std::slice::from_ref(&huge));
+    let relay = Relay::with(
+        &redis,
+        &collector,
+        &[
+            ("collector.buffer_size", "1"),
+            ("events.max_element_bytes", "20000"),
+        ],
+    );
+    wait_until("all resolved", 20, async || redis.llen(DEAD) == 7).await;
+    relay.stop().await;
+
+    let url = redis.url();
+    let run = |args: &[&str]| {
+        run_bin(
+            &[&["dead-letter"], args, &["--redis-url", &url]].concat(),
+            &[],
+        )
+    };
+    let tool = |args: &[&str]| {
+        let output = run(args);
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let count =
+        |args: &[&str]| -> u64 { tool(&[&["count"], args].concat()).trim().parse().unwrap() };
+    let lines = |text: String| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let all = lines(tool(&["list"]));
+    assert_eq!(all.len(), 7);
+    let host = all
+        .iter()
+        .find(|e| e["reason"] == "rejected")
+        .map(|e| {
+            e["relay"]
+                .as_str()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .unwrap();
+
+    // The metric's labels, and each filter.
+    assert_eq!(count(&[]), 7);
+    assert_eq!(count(&["--reason", "rejected"]), 2);
+    assert_eq!(count(&["--reason", "malformed"]), 2);
+    assert_eq!(count(&["--reason", "oversized"]), 1);
+    assert_eq!(
+        count(&["--reason", "unlabelled"]),
+        1,
+        "the older relay's entry"
+    );
+    assert_eq!(count(&["--reason", "rejected", "--reason", "oversized"]), 3);
+    assert_eq!(count(&["--status", "400"]), 3);
+    assert_eq!(count(&["--status", "400", "--reason", "rejected"]), 2);
+    assert_eq!(count(&["--relay", "old-host"]), 1);
+    assert_eq!(count(&["--relay", &host]), 5);
+    assert_eq!(count(&["--relay", "old"]), 0, "a prefix ends at a colon");
+    assert_eq!(count(&["--since", "2026-06-01T00:00:00Z"]), 5);
+    assert_eq!(count(&["--through", "2026-06-01T00:00:00Z"]), 1);
+    assert_eq!(count(&["--since", "1h"]), 5, "a time ago");
+    let refused = run(&["count", "--reason", "bad"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("expected one of malformed"));
+
+    // Pages: newest first, offsets.
+    let newest = lines(tool(&["list", "--newest", "--limit", "2"]));
+    assert_eq!(newest, [all[6].clone(), all[5].clone()]);
+    assert_eq!(lines(tool(&["list", "--offset", "5"])), all[5..]);
+    assert_eq!(
+        lines(tool(&[
+            "list",
+            "--reason",
+            "malformed",
+            "--newest",
+            "--offset",
+            "1"
+        ]))
+        .len(),
+        1
+    );
+    let rejected = lines(tool(&["list", "--reason", "rejected"]));
+    assert!(
+        rejected
+            .iter()
+            .all(|e| e["status"] == 400 && e["detail"].as_str().unwrap().contains("400"))
+    );
+    let binary = all
+        .iter()
+        .find(|e| e["element_base64"].is_string())
+        .unwrap();
+    assert_eq!(binary["reason"], "malformed");
+    assert!(
+        all.iter().any(|e| e["entry_base64"].is_string()),
+        "the foreign entry"
+    );
+
+    // Export, then the raw list to compare with after the import.
+    let exported = tool(&["export"]);
+    let raw = redis.lrange(DEAD);
+
+    // A dry run writes nothing; a drop takes what the filter takes, at most --limit.
+    let before = redis.snapshot();
+    assert_eq!(
+        tool(&["drop", "--reason", "malformed", "--dry-run"]).trim(),
+        "2"
+    );
+    assert!(before == redis.snapshot(), "the dry run wrote something");
+    assert_eq!(
+        tool(&["drop", "--reason", "malformed", "--limit", "1"]).trim(),
+        "1"
+    );
+    assert_eq!(tool(&["drop", "--reason", "malformed"]).trim(), "1");
+    assert_eq!(count(&["--reason", "malformed"]), 0);
+    assert_eq!(count(&[]), 5);
+
+    // A filtered replay: the two rejected events back, byte for byte; the rest stays.
+    assert_eq!(tool(&["replay", "--reason", "rejected"]).trim(), "2");
+    let replayed: Vec<serde_json::Value> = redis
+        .lrange(LIST)
+        .iter()
+        .map(|e| serde_json::from_slice(e).unwrap())
+        .collect();
+    let mut eids: Vec<&str> = replayed
+        .iter()
+        .map(|e| e["eid"].as_str().unwrap())
+        .collect();
+    eids.sort();
+    assert_eq!(eids, ["ev-2", "ev-5"]);
+    assert_eq!(count(&[]), 3);
+
+    // Import what was exported into an empty list: every entry back byte for byte (the
+    // older relay's metadata rewritten in today's form, its element unchanged), and the
+    // same export again.
+    redis.cmd(&["DEL", DEAD]);
+    let file = TempFile::new("dead.jsonl", &exported);
+    assert_eq!(tool(&["import", &file.path]).trim(), "7");
+    let back = redis.lrange(DEAD);
+    assert_eq!(back.len(), raw.len());
+    for (back, raw) in back.iter().zip(&raw) {
+        if raw.as_slice() == legacy {
+            let (meta, element) = DeadLetter::decode(back).unwrap();
+            assert_eq!(
+                (meta.reason.as_str(), element),
+                (
+                    "unlabelled",
+                    &legacy[legacy.iter().position(|&b| b == b'\n').unwrap() + 1..]
+                )
+            );
+        } else {
+            assert_eq!(back, raw, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+    assert_eq!(tool(&["export"]), exported);
+
+    // Fixed by hand (as with jq) and imported straight onto the list.
+    let fixed = exported
+        .lines()
+        .find(|l| l.contains("not json"))
+        .unwrap()
+        .replace(
+            "\"element\":\"not json\"",
+            "\"element\":\"{\\\"e\\\":\\\"pv\\\",\\\"eid\\\":\\\"fixed\\\"}\"",
+        );
+    let file = TempFile::new("fixed.jsonl", &fixed);
+    redis.cmd(&["DEL", LIST]);
+    assert_eq!(tool(&["import", "--replay", &file.path]).trim(), "1");
+    assert_eq!(
+        redis.lrange(LIST),
+        [b"{\"e\":\"pv\",\"eid\":\"fixed\"}".to_vec()]
+    );
+
+    // A bad line stops the import before anything is written, naming the line.
+    let file = TempFile::new("bad.jsonl", &format!("{fixed}\n{{\"elemnt\":\"x\"}}\n"));
+    let before = redis.snapshot();
+    let refused = run(&["import", &file.path]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("line 2") && said.contains("elemnt"), "{said}");
+    assert!(
+        before == redis.snapshot(),
+        "a refused import wrote something"
+    );
 }
 
 /// `dead-letter parked` shows the events a running relay holds parked, which no other

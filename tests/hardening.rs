@@ -36,9 +36,9 @@ async fn a_lone_surrogate_in_get_mode_is_dead_lettered_and_the_rest_keeps_flowin
     let dead = dead_letters(&redis);
     assert_eq!(dead.len(), 1);
     assert!(
-        dead[0].0.reason.contains("surrogate"),
+        dead[0].0.detail().contains("surrogate"),
         "{}",
-        dead[0].0.reason
+        dead[0].0.detail()
     );
     assert_eq!(dead[0].1, events[10], "the original, byte for byte");
     assert!(!eid_counts(&collector).contains_key("bad-surrogate"));
@@ -165,9 +165,9 @@ async fn a_batch_failing_while_others_succeed_is_split_then_dead_lettered() {
     let dead = dead_letters(&redis);
     assert_eq!(dead[0].0.status, Some(500));
     assert!(
-        dead[0].0.reason.contains("attempts"),
+        dead[0].0.detail().contains("attempts"),
         "{}",
-        dead[0].0.reason
+        dead[0].0.detail()
     );
     assert_eq!(dead[0].1, events[7]);
     assert_eq!(dead.len(), 1);
@@ -216,7 +216,12 @@ async fn get_urls_over_the_limit_and_unknown_fields_in_get_mode() {
     ];
     let relay = Relay::with(&redis, &collector, &settings);
     stop_once_delivered_and_dead(relay, (&collector, &redis), (1, 1), 10).await;
-    assert!(dead_letters(&redis)[0].0.reason.contains("GET request URL"));
+    assert!(
+        dead_letters(&redis)[0]
+            .0
+            .detail()
+            .contains("GET request URL")
+    );
     assert_eq!(
         collector.delivered()[0]["my_field"],
         "kept",
@@ -602,13 +607,13 @@ async fn seventy_five_thousand_fields_and_a_huge_name_are_handled_in_linear_time
     assert_eq!(summary.dead_lettered, 1, "the duplicate 100 KB name");
     let dead = dead_letters(&redis);
     assert!(
-        dead[0].0.reason.contains("appears twice"),
+        dead[0].0.detail().contains("appears twice"),
         "{}",
-        dead[0].0.reason
+        dead[0].0.detail()
     );
     assert!(
-        dead[0].0.reason.len() < 200,
+        dead[0].0.detail().len() < 200,
         "reason of {} bytes",
-        dead[0].0.reason.len()
+        dead[0].0.detail().len()
     );
 }

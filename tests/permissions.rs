@@ -90,7 +90,18 @@ async fn the_documented_acl_rule_is_all_the_relay_and_its_tools_need() {
     };
     assert_eq!(tool(&["count"]).trim(), "1");
     assert!(tool(&["list"]).contains("ev-7"));
-    assert_eq!(tool(&["replay"]).trim(), "1");
+    assert!(tool(&["list", "--newest", "--reason", "rejected"]).contains("ev-7"));
+    assert_eq!(tool(&["count", "--status", "400"]).trim(), "1");
+    assert_eq!(
+        tool(&["drop", "--dry-run", "--reason", "rejected"]).trim(),
+        "1"
+    );
+    let exported = tool(&["export"]);
+    assert_eq!(tool(&["drop", "--relay", "no-such-host"]).trim(), "0");
+    assert_eq!(tool(&["drop"]).trim(), "1");
+    let file = TempFile::new("dead.jsonl", &exported);
+    assert_eq!(tool(&["import", &file.path]).trim(), "1");
+    assert_eq!(tool(&["replay", "--reason", "rejected"]).trim(), "1");
     assert_eq!(redis.llen(LIST), 21);
 }
 

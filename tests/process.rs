@@ -324,6 +324,27 @@ async fn metrics_and_health_match_what_the_collector_and_redis_saw() {
         dead as usize == redis.llen(DEAD) && sample(&text, "snowplow_relay_in_flight_events") == 0.0
     })
     .await;
+    // The metric's `reason` label is in each entry: metric and list join.
+    for reason in ["rejected", "malformed"] {
+        let counted = run_bin(
+            &[
+                "dead-letter",
+                "count",
+                "--reason",
+                reason,
+                "--redis-url",
+                &redis.url(),
+            ],
+            &[],
+        );
+        let listed: f64 = String::from_utf8_lossy(&counted.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        let metric = format!("snowplow_relay_events_dead_lettered_total{{reason=\"{reason}\"}}");
+        assert_eq!(listed, sample(&text, &metric), "{reason}");
+        assert!(listed > 0.0, "{reason}");
+    }
     let delivered = collector.delivered().len() as f64;
     let refused = collector
         .requests()

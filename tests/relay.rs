@@ -242,7 +242,8 @@ async fn a_400_sends_the_batch_to_the_dead_letter_list_byte_for_byte() {
         "original element, byte for byte"
     );
     assert_eq!(meta.status, Some(400));
-    assert!(meta.reason.contains("400"), "{}", meta.reason);
+    assert!(meta.detail().contains("400"), "{}", meta.detail());
+    assert_eq!(meta.reason, "rejected", "the metric's label");
     assert!(meta.failed_at.ends_with('Z'));
     assert_eq!(summary.dead_lettered, 1);
     assert!(!collector.delivered_eids().contains(&"ev-7".to_owned()));
@@ -298,10 +299,11 @@ async fn malformed_elements_are_dead_lettered_and_the_rest_delivered() {
         let (meta, original) = DeadLetter::decode(entry).unwrap();
         assert_eq!(original, *element);
         assert!(
-            meta.reason.contains(reason),
+            meta.detail().contains(reason),
             "`{}` should say `{reason}`",
-            meta.reason
+            meta.detail()
         );
+        assert_eq!(meta.reason, "malformed", "the metric's label");
         assert_eq!(meta.status, None);
     }
     for request in collector.requests() {
@@ -464,9 +466,22 @@ async fn oversized_elements_go_to_the_dead_letter_list_from_redis() {
     let (meta, original) = DeadLetter::decode(&dead[0]).unwrap();
     assert_eq!(original, huge.as_bytes());
     assert!(
-        meta.reason.contains("larger than the 20000-byte limit"),
+        meta.detail().contains("larger than the 20000-byte limit"),
         "{}",
-        meta.reason
+        meta.detail()
+    );
+    assert_eq!(meta.reason, "oversized", "the metric's label");
+    let exact = DeadLetter {
+        reason: meta.reason.clone(),
+        detail: meta.detail.clone(),
+        status: None,
+        failed_at: meta.failed_at.clone(),
+        relay: meta.relay.clone(),
+    };
+    assert_eq!(
+        dead[0],
+        exact.encode(huge.as_bytes()),
+        "written by the script as the relay writes entries, byte for byte"
     );
     assert_eq!(
         summary.claimed, 10,

@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use snowplow_relay::queue::{DeadLetter, Entry, Parked, Queue, QueueError};
+use snowplow_relay::queue::{
+    DeadLetter, DeadLetterFilter, Entry, Move, Parked, Queue, QueueError, Reading,
+};
 
 use crate::support::*;
 
@@ -197,7 +199,8 @@ async fn ack_refused_at_any_write_loses_nothing() {
             queue
         },
         async |queue| {
-            let dead = DeadLetter::new("collector answered 400", Some(400), "r").meta_line();
+            let dead =
+                DeadLetter::new("rejected", "collector answered 400", Some(400), "r").meta_line();
             let parked = parked_meta(4);
             let events = numbered_events(10);
             queue
@@ -279,7 +282,7 @@ async fn settling_parked_events_refused_at_any_write_loses_nothing() {
         &[("rpush", "{snowplow}:dead"), ("lrem", "{snowplow}:retry:*")],
         with_parked,
         async |queue| {
-            let dead = DeadLetter::new("failed alone", Some(500), "r").meta_line();
+            let dead = DeadLetter::new("failed_alone", "failed alone", Some(500), "r").meta_line();
             queue.settle_parked(&[(2, None), (4, Some(&dead))]).await
         },
         |redis| {
@@ -312,7 +315,8 @@ async fn release_refused_at_any_write_loses_nothing_and_keeps_claim_order() {
         },
         async |queue| {
             // Window from 6: 6 delivered, 7 dead, 8 and 9 pending; parked 2 delivered.
-            let dead = DeadLetter::new("collector answered 400", Some(400), "r").meta_line();
+            let dead =
+                DeadLetter::new("rejected", "collector answered 400", Some(400), "r").meta_line();
             let seventh = numbered_events(10)[7].clone();
             queue
                 .release(
@@ -441,7 +445,10 @@ async fn register_heartbeat_and_replay_refused_change_nothing() {
             let entries: Vec<String> = numbered_events(5)
                 .iter()
                 .map(|e| {
-                    String::from_utf8(DeadLetter::new("r", None, "x").encode(e.as_bytes())).unwrap()
+                    String::from_utf8(
+                        DeadLetter::new("rejected", "r", None, "x").encode(e.as_bytes()),
+                    )
+                    .unwrap()
                 })
                 .collect();
             redis.rpush("{snowplow}:dead", &entries);
@@ -454,6 +461,153 @@ async fn register_heartbeat_and_replay_refused_change_nothing() {
         },
     )
     .await;
+}
+
+/// Six dead letters, alternating `rejected` (even eids) and `malformed` (odd).
+fn six_dead_letters(redis: &RedisServer) {
+    let entries: Vec<String> = numbered_events(6)
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let reason = if i % 2 == 0 { "rejected" } else { "malformed" };
+            String::from_utf8(DeadLetter::new(reason, "r", None, "x").encode(e.as_bytes())).unwrap()
+        })
+        .collect();
+    redis.rpush("{snowplow}:dead", &entries);
+}
+
+fn rejected_only() -> DeadLetterFilter {
+    DeadLetterFilter {
+        reasons: vec!["rejected".into()],
+        ..DeadLetterFilter::default()
+    }
+}
+
+/// The eids in a list, in order (elements or dead-letter entries).
+fn eids(redis: &RedisServer, key: &str) -> Vec<String> {
+    redis
+        .lrange(key)
+        .iter()
+        .map(|item| {
+            let text = String::from_utf8_lossy(item);
+            let at = text.find("\"eid\":\"").unwrap() + 7;
+            text[at..at + text[at..].find('"').unwrap()].to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn filtered_replay_and_drop_refused_at_any_write_lose_nothing() {
+    // 582e716 had no filter: its replay took the oldest entries whatever they were.
+    each_write_refused(
+        "replay",
+        &[
+            ("rpush", "snowplow"),
+            ("rpush", "{snowplow}:dead"),
+            ("ltrim", "{snowplow}:dead"),
+        ],
+        async |redis| {
+            six_dead_letters(redis);
+            queue(redis).await
+        },
+        async |queue| {
+            queue
+                .move_dead_letters(&rejected_only(), 4, Move::Replay, u64::MAX)
+                .await
+                .map(|_| ())
+        },
+        |redis| {
+            once_each(redis, 6);
+            assert_eq!(
+                eids(redis, LIST),
+                ["ev-0", "ev-2"],
+                "the rejected of the four read"
+            );
+            assert_eq!(
+                eids(redis, DEAD),
+                ["ev-4", "ev-5", "ev-1", "ev-3"],
+                "the rest, those read behind those not yet read, in their order"
+            );
+        },
+    )
+    .await;
+    each_write_refused(
+        "drop",
+        &[("rpush", "{snowplow}:dead"), ("ltrim", "{snowplow}:dead")],
+        async |redis| {
+            six_dead_letters(redis);
+            queue(redis).await
+        },
+        async |queue| {
+            queue
+                .move_dead_letters(&rejected_only(), 6, Move::Drop, u64::MAX)
+                .await
+                .map(|_| ())
+        },
+        |redis| {
+            assert_eq!(redis.llen(LIST), 0);
+            assert_eq!(eids(redis, DEAD), ["ev-1", "ev-3", "ev-5"]);
+        },
+    )
+    .await;
+}
+
+/// A pass reads each entry that was there when it began once, in steps, whatever relays
+/// write meanwhile, and leaves the entries it keeps in their order; reading writes
+/// nothing.
+#[tokio::test]
+async fn a_pass_in_steps_reads_each_entry_once_while_relays_write_behind_it() {
+    let redis = RedisServer::start();
+    six_dead_letters(&redis);
+    let queue = queue(&redis).await;
+    let before = redis.snapshot();
+    let (read, rejected) = queue
+        .select_dead_letters(&rejected_only(), 0, 10, Reading::NewestFirst)
+        .await
+        .unwrap();
+    assert_eq!(read, 6);
+    let newest_first: Vec<String> = rejected
+        .iter()
+        .map(|e| DeadLetter::decode(e).unwrap().1.to_vec())
+        .map(|e| serde_json::from_slice::<serde_json::Value>(&e).unwrap()["eid"].to_string())
+        .collect();
+    assert_eq!(newest_first, ["\"ev-4\"", "\"ev-2\"", "\"ev-0\""]);
+    assert_eq!(
+        queue
+            .count_dead_letters(&rejected_only(), 2, 10)
+            .await
+            .unwrap(),
+        (4, 2),
+        "from index 2 on"
+    );
+    assert!(before == redis.snapshot(), "reading wrote something");
+
+    let mut read = 0;
+    while read < 6 {
+        let (step, _) = queue
+            .move_dead_letters(&rejected_only(), 2, Move::Drop, u64::MAX)
+            .await
+            .unwrap();
+        read += step;
+        // A relay dead-letters another rejected event between the steps.
+        let late = DeadLetter::new("rejected", "r", None, "x")
+            .encode(format!(r#"{{"eid":"late-{read}"}}"#).as_bytes());
+        redis.rpush_bytes(DEAD, &late);
+    }
+    assert_eq!(read, 6);
+    let left = eids(&redis, DEAD);
+    assert_eq!(
+        left.iter()
+            .filter(|e| e.starts_with("ev-"))
+            .collect::<Vec<_>>(),
+        ["ev-1", "ev-3", "ev-5"],
+        "the kept ones, in their order: {left:?}"
+    );
+    assert_eq!(
+        left.iter().filter(|e| e.starts_with("late-")).count(),
+        3,
+        "written meanwhile: not read, not dropped: {left:?}"
+    );
 }
 
 /// A failure no permission check foresees (a key of the wrong type, created behind the
@@ -496,7 +650,7 @@ async fn a_lost_ack_reply_then_release_writes_each_dead_letter_once() {
     let queue = queue(&redis).await;
     queue.register().await.unwrap();
     queue.claim(0, 10, 100_000, 1_000_000).await.unwrap();
-    let dead = DeadLetter::new("collector answered 400", Some(400), "r").meta_line();
+    let dead = DeadLetter::new("rejected", "collector answered 400", Some(400), "r").meta_line();
     let events = numbered_events(10);
     let entries: Vec<(u64, Entry)> = (0..5)
         .map(|p| (p, dead_entry(&dead, &events[p as usize])))
@@ -540,7 +694,7 @@ async fn an_in_flight_list_shifted_behind_the_relays_back_is_a_mismatch() {
         &inflight,
         "{\"e\":\"pv\",\"p\":\"pc\",\"tv\":\"t\"}",
     ]);
-    let dead = DeadLetter::new("collector answered 400", Some(400), "r").meta_line();
+    let dead = DeadLetter::new("rejected", "collector answered 400", Some(400), "r").meta_line();
     let ack = queue.ack(0, 6, &[(2, dead_entry(&dead, &events[2]))]).await;
     assert!(
         matches!(

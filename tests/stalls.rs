@@ -163,7 +163,7 @@ async fn one_refused_event_never_holds_back_the_others_and_an_outage_dead_letter
     for entry in redis.lrange(DEAD) {
         let (meta, element) = snowplow_relay::queue::DeadLetter::decode(&entry).unwrap();
         assert_eq!(meta.status, Some(500));
-        assert!(meta.reason.contains("attempts"), "{}", meta.reason);
+        assert!(meta.detail().contains("attempts"), "{}", meta.detail());
         let element = String::from_utf8_lossy(element);
         assert!(poisoned.iter().any(|p| element.contains(p)));
     }

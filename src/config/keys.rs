@@ -283,8 +283,8 @@ settings! {
         key: String = "snowplow".into();
             REDIS_KEY, Text, Plain, Restart;
         /// The dead-letter list. Default: "{<key>}:dead", in the list's Redis Cluster slot.
-        /// Each entry: one line of JSON (reason, status, failed_at, relay), a newline, then the
-        /// original element byte for byte.
+        /// Each entry: one line of JSON (reason, detail, status, failed_at, relay), a
+        /// newline, then the original element byte for byte.
         dead_letter_key: Option<String> = None;
             REDIS_DEAD_LETTER_KEY, Text, Plain, Restart, derived "\"{snowplow}:dead\"";
         /// Events claimed per Redis round trip (1 to 8000, a Lua stack limit).

@@ -36,7 +36,64 @@ use connection::{Link, explain};
 pub use errors::{QueueError, one_line};
 use keys::{InstanceKeys, Key};
 pub use keys::{Keys, LAYOUT_VERSION, shown_key};
-pub use records::{DeadLetter, Entry, Parked};
+pub use records::{DeadLetter, Entry, Parked, UNLABELLED, replayed_element, timestamp};
+
+/// Which dead-letter entries a tool takes: each list matches any of its values (an empty
+/// list matches all); `since` and `through` bound `failed_at`, inclusive, written as
+/// [`timestamp`] writes them. Decided per entry by `dead_filter.lua`, the one place.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterFilter {
+    /// The metric's `reason` labels, or [`UNLABELLED`].
+    pub reasons: Vec<String>,
+    /// The collector's statuses.
+    pub statuses: Vec<u16>,
+    /// Relay instance ids, or their `host` or `host:pid` prefix.
+    pub relays: Vec<String>,
+    /// Dead-lettered at or after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Dead-lettered at or before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub through: Option<String>,
+}
+
+impl DeadLetterFilter {
+    /// Whether it takes every entry.
+    pub fn is_empty(&self) -> bool {
+        *self == DeadLetterFilter::default()
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("serialisable")
+    }
+}
+
+/// The order a tool reads the dead-letter list in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// From the head: the oldest first.
+    OldestFirst,
+    /// From the tail: the newest first.
+    NewestFirst,
+}
+
+/// What a step of [`Queue::move_dead_letters`] does with the entries it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    /// Their elements go back to the list's tail.
+    Replay,
+    /// They are removed.
+    Drop,
+}
+
+/// Where [`Queue::push_dead_letters`] appends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// The dead-letter list, entries as given.
+    DeadLetters,
+    /// The list, each entry's element ([`replayed_element`]).
+    List,
+}
 
 /// Backoff between failed Redis calls of the relay's tasks: from 100 ms to 5 s.
 pub const REDIS_BACKOFF: snowplow_relay_tracker::retry::Backoff =
@@ -61,7 +118,8 @@ struct Scripts {
     register: Script,
     heartbeat: Script,
     sample: Script,
-    replay: Script,
+    dead_select: Script,
+    dead_move: Script,
     layout: Script,
     unversion: Script,
 }
@@ -87,8 +145,20 @@ impl Scripts {
             register: drain(include_str!("scripts/register.lua")),
             heartbeat: drain(include_str!("scripts/heartbeat.lua")),
             sample: with("no-writes", include_str!("scripts/sample.lua")),
-            // An operator's tool, not a drain: a full Redis refuses it.
-            replay: Script::new(&format!("{HELPERS}{}", include_str!("scripts/replay.lua"))),
+            // The operator's dead-letter tools.
+            dead_select: with(
+                "no-writes",
+                concat!(
+                    include_str!("scripts/dead_filter.lua"),
+                    include_str!("scripts/dead_select.lua")
+                ),
+            ),
+            // Not a drain: a full Redis refuses it.
+            dead_move: Script::new(&format!(
+                "{HELPERS}{}{}",
+                include_str!("scripts/dead_filter.lua"),
+                include_str!("scripts/dead_move.lua")
+            )),
             layout: drain(include_str!("scripts/layout.lua")),
             // An operator's tool, run before a rollback.
             unversion: Script::new(&format!(
@@ -689,12 +759,117 @@ impl Queue {
         Ok(out)
     }
 
+    /// Reads up to `window` dead-letter entries from `start` (counted from the head, or
+    /// from the tail with [`Reading::NewestFirst`]) and returns how many it read and
+    /// those `filter` takes, as stored, in reading order. Writes nothing.
+    pub async fn select_dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        start: u64,
+        window: usize,
+        reading: Reading,
+    ) -> Result<(u64, Vec<Vec<u8>>), QueueError> {
+        let (read, _, taken): (u64, u64, Vec<Vec<u8>>) = self
+            .link
+            .invoke(&self.dead_select(filter, start, window, reading, "entries"))
+            .await?;
+        Ok((read, taken))
+    }
+
+    /// As [`Queue::select_dead_letters`], returning how many it read and how many match.
+    pub async fn count_dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        start: u64,
+        window: usize,
+    ) -> Result<(u64, u64), QueueError> {
+        let (read, count, _): (u64, u64, Vec<Vec<u8>>) = self
+            .link
+            .invoke(&self.dead_select(filter, start, window, Reading::OldestFirst, "count"))
+            .await?;
+        Ok((read, count))
+    }
+
+    fn dead_select(
+        &self,
+        filter: &DeadLetterFilter,
+        start: u64,
+        window: usize,
+        reading: Reading,
+        mode: &str,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.invocation(&self.scripts.dead_select, &[Key::Dead]);
+        invocation
+            .arg(filter.to_json())
+            .arg(start)
+            .arg(window.max(1))
+            .arg(match reading {
+                Reading::OldestFirst => "oldest",
+                Reading::NewestFirst => "newest",
+            })
+            .arg(mode);
+        invocation
+    }
+
+    /// One atomic step of a replay or a drop: reads up to `window` entries from the head
+    /// of the dead-letter list; of those `filter` takes (at most `most`), moves each
+    /// element to the list's tail ([`Move::Replay`]) or removes it ([`Move::Drop`]), and
+    /// puts the others back at the dead-letter list's tail in their order. Returns
+    /// (entries read, entries taken); (0, 0) when the list is empty.
+    pub async fn move_dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        window: usize,
+        action: Move,
+        most: u64,
+    ) -> Result<(u64, u64), QueueError> {
+        let mut invocation = self.invocation(&self.scripts.dead_move, &[Key::Dead, Key::List]);
+        invocation
+            .arg(filter.to_json())
+            .arg(window.max(1))
+            .arg(match action {
+                Move::Replay => "replay",
+                Move::Drop => "drop",
+            })
+            .arg(most);
+        self.link.invoke(&invocation).await
+    }
+
     /// Moves up to `max` of the oldest dead-letter entries back to the tail of the list
     /// (original bytes only), atomically. Returns how many moved; 0 when none are left.
     pub async fn replay_dead_letters(&self, max: usize) -> Result<u64, QueueError> {
-        let mut invocation = self.invocation(&self.scripts.replay, &[Key::Dead, Key::List]);
-        invocation.arg(max);
-        self.link.invoke(&invocation).await
+        let filter = DeadLetterFilter::default();
+        let (_, moved) = self
+            .move_dead_letters(&filter, max, Move::Replay, max as u64)
+            .await?;
+        Ok(moved)
+    }
+
+    /// Appends entries to the dead-letter list ([`Destination::DeadLetters`]) or their
+    /// elements to the list ([`Destination::List`]) in one `RPUSH`: all or none.
+    pub async fn push_dead_letters(
+        &self,
+        entries: &[Vec<u8>],
+        to: Destination,
+    ) -> Result<u64, QueueError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let (key, strip) = match to {
+            Destination::DeadLetters => (&self.keys.dead, false),
+            Destination::List => (&self.keys.list, true),
+        };
+        let mut command = redis::cmd("RPUSH");
+        command.arg(key);
+        for entry in entries {
+            command.arg(if strip {
+                records::replayed_element(entry)
+            } else {
+                entry.as_slice()
+            });
+        }
+        let _: u64 = self.link.query(&command).await?;
+        Ok(entries.len() as u64)
     }
 
     /// The current connection, for one-off commands (tools and tests).
@@ -773,11 +948,20 @@ mod tests {
     #[test]
     fn dead_letter_keeps_the_element_byte_for_byte() {
         let element = b"{\"e\":\"pv\"}\nnot even \xff utf-8";
-        let entry = DeadLetter::new("collector answered 400", Some(400), "h:1:0").encode(element);
+        let entry = DeadLetter::new("rejected", "collector answered 400", Some(400), "h:1:0")
+            .encode(element);
         let (meta, original) = DeadLetter::decode(&entry).unwrap();
         assert_eq!(original, element);
         assert_eq!(meta.status, Some(400));
-        assert_eq!(meta.reason, "collector answered 400");
+        assert_eq!(meta.reason, "rejected");
+        assert_eq!(meta.detail(), "collector answered 400");
+        // An entry of an older relay: its text was the reason.
+        let old = b"{\"reason\":\"collector answered 400\",\"status\":400,\"failed_at\":\"t\",\"relay\":\"r\"}\nx";
+        let (meta, original) = DeadLetter::decode(old).unwrap();
+        assert_eq!(
+            (meta.reason.as_str(), meta.detail(), original),
+            (UNLABELLED, "collector answered 400", &b"x"[..])
+        );
     }
 
     #[test]

@@ -58,29 +58,46 @@ impl Parked {
 /// original element byte for byte (whatever its bytes are).
 ///
 /// ```text
-/// {"reason":"collector answered 400","status":400,"failed_at":"2026-11-28T10:00:00.123Z","relay":"host:42:ab12cd"}
+/// {"reason":"rejected","detail":"collector answered 400","status":400,"failed_at":"2026-11-28T10:00:00.123Z","relay":"host:42:ab12cd"}
 /// {"e":"pv","tv":"py-0.4.0","p":"pc",…}
 /// ```
+///
+/// `reason` is the `reason` label of `snowplow_relay_events_dead_lettered_total`, so the
+/// metric and the list join. Entries written before the label was stored (no `detail`)
+/// decode as reason [`UNLABELLED`] with their old text as the detail.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeadLetter {
-    /// Why the element could not be delivered.
+    /// Why, as the metric's `reason` label (`malformed`, `rejected`, …).
     pub reason: String,
+    /// Why, in words: the parse error, the collector's answer, the limit passed.
+    #[serde(default)]
+    pub detail: Option<String>,
     /// The collector's HTTP status, when it answered.
     #[serde(default)]
     pub status: Option<u16>,
-    /// When it was dead-lettered (RFC 3339, UTC).
+    /// When it was dead-lettered (RFC 3339 with milliseconds, UTC: fixed width, so the
+    /// text orders as the time does).
     pub failed_at: String,
     /// The relay instance that dead-lettered it.
     pub relay: String,
 }
 
+/// The reason of an entry written before entries carried the metric's label.
+pub const UNLABELLED: &str = "unlabelled";
+
 impl DeadLetter {
     /// A new entry stamped with the current time.
-    pub fn new(reason: impl Into<String>, status: Option<u16>, relay: &str) -> DeadLetter {
+    pub fn new(
+        reason: &str,
+        detail: impl Into<String>,
+        status: Option<u16>,
+        relay: &str,
+    ) -> DeadLetter {
         DeadLetter {
-            reason: reason.into(),
+            reason: reason.to_owned(),
+            detail: Some(detail.into()),
             status,
-            failed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            failed_at: timestamp(std::time::SystemTime::now()),
             relay: relay.to_owned(),
         }
     }
@@ -98,10 +115,34 @@ impl DeadLetter {
         out
     }
 
-    /// Splits a stored entry into its metadata and the original element.
+    /// Splits a stored entry into its metadata and the original element; `None` when
+    /// the first line is not this metadata (an entry someone else wrote). An entry of
+    /// an older relay comes back labelled [`UNLABELLED`], its text as the detail.
     pub fn decode(entry: &[u8]) -> Option<(DeadLetter, &[u8])> {
         let newline = entry.iter().position(|&b| b == b'\n')?;
-        let meta = serde_json::from_slice(&entry[..newline]).ok()?;
+        let mut meta: DeadLetter = serde_json::from_slice(&entry[..newline]).ok()?;
+        if meta.detail.is_none() {
+            meta.detail = Some(std::mem::replace(&mut meta.reason, UNLABELLED.to_owned()));
+        }
         Some((meta, &entry[newline + 1..]))
     }
+
+    /// What the entry says in words.
+    pub fn detail(&self) -> &str {
+        self.detail.as_deref().unwrap_or("")
+    }
+}
+
+/// The element an entry stands for when it is replayed: what follows the first newline,
+/// or the whole entry when it has none (as `dead_move.lua` takes it).
+pub fn replayed_element(entry: &[u8]) -> &[u8] {
+    match entry.iter().position(|&b| b == b'\n') {
+        Some(newline) => &entry[newline + 1..],
+        None => entry,
+    }
+}
+
+/// A time as the entries write it: RFC 3339, milliseconds, UTC (fixed width).
+pub fn timestamp(at: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
 }

@@ -126,7 +126,7 @@ impl Batcher {
         for (position, element, reason, text) in dead {
             let _ = self.resolved_tx.send(Resolution::Dead {
                 reason,
-                meta: self.shared.dead_letter(text.as_str(), None).into(),
+                meta: self.shared.dead_letter(reason, &text, None).into(),
                 detail: text.into(),
                 status: None,
                 events: vec![(position, element)],
@@ -286,7 +286,7 @@ fn resolve(
             // Logged and counted once the dead-letter entries are written (the acker).
             Resolution::Dead {
                 reason: kind,
-                meta: shared.dead_letter(reason.as_str(), status).into(),
+                meta: shared.dead_letter(kind, &reason, status).into(),
                 detail: reason.into(),
                 status,
                 events: batch

@@ -80,9 +80,15 @@ impl Shared {
         }
     }
 
-    /// The instance's dead-letter metadata for `reason`.
-    pub(super) fn dead_letter(&self, reason: impl Into<String>, status: Option<u16>) -> Vec<u8> {
-        crate::queue::DeadLetter::new(reason, status, self.queue.instance()).meta_line()
+    /// The instance's dead-letter metadata: the metric's `reason` label and the detail.
+    pub(super) fn dead_letter(
+        &self,
+        reason: DeadReason,
+        detail: &str,
+        status: Option<u16>,
+    ) -> Vec<u8> {
+        crate::queue::DeadLetter::new(reason.as_str(), detail, status, self.queue.instance())
+            .meta_line()
     }
 
     /// What happened: logged and counted in one place.

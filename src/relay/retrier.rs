@@ -182,7 +182,7 @@ impl Retrier {
         let element = held.event.element.clone();
         let dead_end = |reason: DeadReason, status: Option<u16>, detail: String| {
             Some((
-                shared.dead_letter(detail.as_str(), status),
+                shared.dead_letter(reason, &detail, status),
                 DeadEnd {
                     reason,
                     status,

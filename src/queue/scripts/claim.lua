@@ -60,9 +60,11 @@ end
 local keep, diverted = {}, {}
 local taken, dry = read_within_budget(KEYS[1], 0, function(item)
   if #item > max_element then
-    local meta = cjson.encode({
-      reason = 'element is ' .. #item .. ' bytes, larger than the ' .. max_element .. '-byte limit',
-      failed_at = ARGV[5], relay = ARGV[1]})
+    -- Written as records.rs's DeadLetter writes it (its fields in its order), so that
+    -- `dead-letter export` and `import` give this entry back byte for byte.
+    local meta = '{"reason":"oversized","detail":"element is ' .. #item ..
+      ' bytes, larger than the ' .. max_element .. '-byte limit","status":null,"failed_at":' ..
+      cjson.encode(ARGV[5]) .. ',"relay":' .. cjson.encode(ARGV[1]) .. '}'
     diverted[#diverted + 1] = meta .. '\n' .. item
     return
   end
