@@ -12,6 +12,12 @@
 //! - e. relay CPU seconds per 100,000 events;
 //! - f. POST tuned / raw drain, and with `--python` the Python tracker's RedisWorker
 //!   (`snowplow-tracker[redis]==0.15.0` in a venv this creates) measured the same way;
+//! - j. at a distance: the collector answers after 0, 20, 100 and 200 ms (± 10 %
+//!   jitter) behind a proxy that holds each new connection as long before connecting it
+//!   through (the handshakes of a collector that far; this kernel has no netem). Each
+//!   row runs from a cold start for up to `--distance-seconds` (30) or until its events
+//!   are delivered: events/s over the run, the most requests the collector held at once,
+//!   relay CPU per 100,000 events and peak RSS, by POST (defaults) and GET (defaults);
 //! - i. instructions per event: the relay and redis-server each run under valgrind's
 //!   callgrind, which counts the user-space instructions they execute (the same count for
 //!   the same binary and input, whatever else the machine does, where CPU seconds vary
@@ -23,11 +29,12 @@
 //! ```text
 //! cargo bench --bench relay -- [--events N] [--backlog N] [--python] [--only NAME]
 //! (NAME, or several separated by commas: raw, post-tuned, post-default, get, scaling,
-//! tls, latency, backlog, instructions) [--case PREFIX]
+//! tls, latency, backlog, instructions, distance) [--case PREFIX] [--distance-seconds S]
+//! [--distance-ms 0,20,100,200]
 //! ```
 //!
-//! `--case` keeps only the instruction rows whose name starts with PREFIX (`GET`,
-//! `POST default`, `POST tuned`).
+//! `--case` keeps only the instruction and distance rows whose name starts with PREFIX
+//! (`GET`, `POST default`, `POST tuned`; `POST`, `GET`).
 //!
 //! `RELAY_BIN=/path/to/snowplow-relay` measures another build (an older one, to compare);
 //! `CALLGRIND_KEEP=DIR` keeps the callgrind files of `instructions` there, for
@@ -68,6 +75,11 @@ struct CountingCollector {
     status: Arc<AtomicU16>,
     record_arrivals: Arc<AtomicBool>,
     arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Milliseconds each answer waits (± 10 %): the collector's distance.
+    delay_ms: Arc<AtomicU64>,
+    /// Requests being answered now, and the most at once since [`Self::reset_peak`].
+    open: Arc<AtomicU64>,
+    peak: Arc<AtomicU64>,
 }
 
 impl CountingCollector {
@@ -90,7 +102,19 @@ impl CountingCollector {
         (collector, url)
     }
 
+    fn reset_peak(&self) {
+        self.peak.store(0, Ordering::Relaxed);
+    }
+
     async fn handle(&self, request: Request<hyper::body::Incoming>) -> Response<Body> {
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(open, Ordering::Relaxed);
+        let response = self.answer(request).await;
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        response
+    }
+
+    async fn answer(&self, request: Request<hyper::body::Incoming>) -> Response<Body> {
         let arrived = Instant::now();
         let query = request.uri().query().map(str::to_owned);
         let is_get = request.method() == hyper::Method::GET;
@@ -100,6 +124,12 @@ impl CountingCollector {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
+        let delay = self.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            let jitter = fastrand::u64(0..=delay / 5);
+            let wait = delay - delay / 10 + jitter;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
         let status = self.status.load(Ordering::Relaxed);
         if status == 200 {
             let count = if is_get {
@@ -295,6 +325,80 @@ async fn throughput_of(
     }
 }
 
+/// A TCP proxy on 127.0.0.1 in front of `target` that holds each new connection for
+/// `delay` before connecting it through: a collector's handshakes at that distance.
+/// Returns its URL.
+async fn delaying_proxy(target: std::net::SocketAddr, delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                // Without, Nagle and delayed acknowledgements add their own 40 ms.
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    url
+}
+
+/// One row at a distance: from a cold start, until `n` events arrived or `cap` passed.
+struct AtDistance {
+    events_per_second: f64,
+    peak_requests: u64,
+    cpu_seconds_per_100k: f64,
+    peak_rss_kb: u64,
+}
+
+async fn at_distance(
+    redis: &support::RedisServer,
+    collector: &CountingCollector,
+    url: &str,
+    (delay_ms, n, cap): (u64, usize, Duration),
+    args: &[&str],
+) -> AtDistance {
+    let target: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let proxy = delaying_proxy(target, Duration::from_millis(delay_ms)).await;
+    collector.delay_ms.store(delay_ms, Ordering::Relaxed);
+    stage(redis, &realistic_events(n, "far"));
+    let relay = spawn_relay(redis, &proxy, args, &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await; // started and blocked on the empty list
+    let (cpu_before, _) = usage(relay.id());
+    collector.reset_peak();
+    let before = collector.events.load(Ordering::Relaxed);
+    let started = Instant::now();
+    publish(redis);
+    while collector.events.load(Ordering::Relaxed) < before + n as u64 && started.elapsed() < cap {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    let delivered = collector.events.load(Ordering::Relaxed) - before;
+    let (cpu_after, peak_rss_kb) = usage(relay.id());
+    let peak_requests = collector.peak.load(Ordering::Relaxed);
+    terminate(relay);
+    // Whatever was not delivered went back to the list at the stop: nothing missing.
+    let after_stop = collector.events.load(Ordering::Relaxed) - before;
+    let returned = redis.llen(LIST);
+    assert!(
+        after_stop + returned as u64 >= n as u64,
+        "{delay_ms} ms: {after_stop} delivered and {returned} back in Redis of {n}"
+    );
+    redis.cmd(&["DEL", LIST]);
+    collector.delay_ms.store(0, Ordering::Relaxed);
+    AtDistance {
+        events_per_second: delivered as f64 / elapsed.as_secs_f64(),
+        peak_requests,
+        cpu_seconds_per_100k: (cpu_after - cpu_before) / delivered.max(1) as f64 * 100_000.0,
+        peak_rss_kb,
+    }
+}
+
 /// The claim + acknowledge path alone: what Redis and the scripts allow.
 async fn raw_drain(redis: &support::RedisServer, n: usize) -> f64 {
     stage(redis, &realistic_events(n, "raw"));
@@ -458,16 +562,37 @@ RedisWorker(emitter, rdb=redis.StrictRedis(port={redis_port}), key="{LIST}").run
     n as f64 / elapsed.as_secs_f64()
 }
 
-/// The total instructions (`summary:`) of a callgrind output file.
+/// The total instructions of a callgrind output file: its `totals:` line. (`summary:`
+/// is written at start-up and is wrong once instrumentation is switched on later, as
+/// `--instr-atstart=no` and `callgrind_control -i on` do.)
 fn callgrind_total(path: &std::path::Path) -> u64 {
     let text = std::fs::read_to_string(path).unwrap();
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })
+        .find_map(|l| l.strip_prefix("totals:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no instruction total in {}", path.display()))
+        .unwrap_or_else(|| panic!("no `totals:` line in {}", path.display()))
+}
+
+/// The instructions spent in `function` and everything it called (callgrind_annotate's
+/// inclusive count; 0 if it never ran).
+fn callgrind_inclusive(path: &std::path::Path, function: &str) -> u64 {
+    let out = Command::new("callgrind_annotate")
+        .args(["--inclusive=yes", "--threshold=100"])
+        .arg(path)
+        .output()
+        .expect("callgrind_annotate runs");
+    let suffix = format!(":{function}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|line| line.split_whitespace().any(|word| word.ends_with(&suffix)))
+        .and_then(|line| {
+            line.split_whitespace()
+                .next()?
+                .replace(',', "")
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 fn callgrind_control(args: &[&str]) {
@@ -555,7 +680,14 @@ async fn instructions(
                 std::fs::copy(from, to).unwrap();
             }
         }
-        totals.push((callgrind_total(&relay_out), callgrind_total(&dumped)));
+        // Without redis-server's timer (serverCron, about 1.2 M instructions a second: paid
+        // by time, not by event). `--toggle-collect=serverCron` cannot take it out: with
+        // instrumentation switched on mid-run, callgrind loses track of the toggles.
+        let timer = callgrind_inclusive(&dumped, "serverCron");
+        totals.push((
+            callgrind_total(&relay_out),
+            callgrind_total(&dumped) - timer,
+        ));
     }
     let per_event = |big: u64, small: u64| (big as f64 - small as f64) / 8_000.0;
     (
@@ -681,6 +813,28 @@ fn main() {
         if wanted("backlog") {
             let kb = backlog_rss(&redis, &collector, &url, backlog).await;
             row(&format!("d. peak RSS, {backlog} backlog, collector down, MB"), format!("{:.1}", kb as f64 / 1024.0));
+        }
+        if wanted("distance") {
+            let cap = Duration::from_secs(arg(&args, "--distance-seconds").map_or(30, |v| v.parse().unwrap()));
+            let delays: Vec<u64> = arg(&args, "--distance-ms").map_or(vec![0, 20, 100, 200], |v| v.split(',').map(|d| d.parse().unwrap()).collect());
+            for (method, flags) in [("POST", &[][..]), ("GET", &["--method", "get"][..])] {
+                if case.as_deref().is_some_and(|wanted| !method.starts_with(wanted)) {
+                    continue;
+                }
+                for &delay in &delays {
+                    let t = at_distance(&redis, &collector, &url, (delay, n, cap), flags).await;
+                    row(
+                        &format!("j. {method} default, collector {delay} ms away: events/s, most requests at once, CPU s per 100k, peak RSS MB"),
+                        format!(
+                            "{:.0}, {}, {:.3}, {:.1}",
+                            t.events_per_second,
+                            t.peak_requests,
+                            t.cpu_seconds_per_100k,
+                            t.peak_rss_kb as f64 / 1024.0
+                        ),
+                    );
+                }
+            }
         }
         if wanted("instructions") {
             /// A row: its name, flags and environment.
