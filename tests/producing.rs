@@ -393,6 +393,11 @@ async fn the_local_collector_answers_like_micro() {
             .unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "image/gif");
+        assert_eq!(
+            response.headers()["cache-control"],
+            "no-cache, no-store, must-revalidate",
+            "the stream collector's"
+        );
     }
     // A duplicate query parameter is bad.
     client
@@ -428,13 +433,37 @@ async fn the_local_collector_answers_like_micro() {
     let first_error = |i: usize| bad[i]["errors"][0].as_str().unwrap().to_owned();
     assert!(first_error(0).contains("payload_data"), "{bad}");
     assert!(first_error(1).contains("appears twice"), "{bad}");
+    // A filter key Micro does not know is ignored, as Micro ignores it (582e716: 400).
+    let unknown = micro(&url, "/micro/good", Some(r#"{"nope":1,"limit":1}"#)).await;
+    assert_eq!(unknown.as_array().unwrap().len(), 1, "{unknown}");
     let refused = client
         .post(format!("{url}/micro/good"))
-        .body("{\"nope\":1}")
+        .body("not json")
         .send()
         .await
         .unwrap();
     assert_eq!(refused.status(), 400);
+    // Micro's API carries no CORS headers: another page in the developer's browser may
+    // not read or reset the store (582e716 allowed any origin, with credentials).
+    for request in [
+        client.get(format!("{url}/micro/good")),
+        client.get(format!("{url}/micro/all")),
+        client.request("OPTIONS", format!("{url}/micro/reset")),
+    ] {
+        let response = request
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            !response
+                .headers()
+                .contains_key("access-control-allow-origin"),
+            "{:?}",
+            response.headers()
+        );
+    }
+    assert_eq!(collector.totals().total, 5, "no reset by the preflight");
     // CORS preflight.
     let preflight = client
         .request(
@@ -487,7 +516,8 @@ async fn the_local_collector_answers_like_micro() {
             .text()
             .await
             .unwrap(),
-        "OK"
+        "ok",
+        "the stream collector 3.x's answer"
     );
     client
         .post(format!("{url}/micro/reset"))

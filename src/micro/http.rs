@@ -49,6 +49,11 @@ impl LocalCollector {
         let (response, good, bad) = self.route(request).await;
         tracing::info!(%method, path, status = response.status().as_u16(), good, bad, "request");
         let mut response = response;
+        if path.starts_with("/micro/") {
+            // Micro's API answers carry no CORS headers: no other web page in the
+            // developer's browser may read or reset the store.
+            return response;
+        }
         let headers = response.headers_mut();
         headers.insert(
             "access-control-allow-origin",
@@ -66,7 +71,7 @@ impl LocalCollector {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or_default().to_owned();
-        if method == Method::OPTIONS {
+        if method == Method::OPTIONS && !path.starts_with("/micro/") {
             let response = Response::builder()
                 .header("access-control-allow-headers", "Content-Type, SP-Anonymous")
                 .header("access-control-allow-methods", "POST, GET, OPTIONS")
@@ -81,6 +86,8 @@ impl LocalCollector {
                 let (good, bad) = self.receive_query(&query, &origin);
                 let response = Response::builder()
                     .header("content-type", "image/gif")
+                    // The stream collector's: a pixel is never taken from a cache.
+                    .header("cache-control", "no-cache, no-store, must-revalidate")
                     .body(full(Bytes::from_static(PIXEL)))
                     .unwrap_or_else(|_| Response::new(full("")));
                 (response, good, bad)
@@ -101,7 +108,8 @@ impl LocalCollector {
                 let (good, bad) = self.receive_post(&body, &origin);
                 (text(StatusCode::OK, "ok"), good, bad)
             }
-            (&Method::GET, "/health") => (text(StatusCode::OK, "OK"), 0, 0),
+            // The stream collector 3.x's answer (the 2.x collector's was `OK`).
+            (&Method::GET, "/health") => (text(StatusCode::OK, "ok"), 0, 0),
             (&Method::GET | &Method::POST, "/micro/all") => {
                 (self.json(&Summary::of(self.totals())), 0, 0)
             }

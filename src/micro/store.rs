@@ -121,9 +121,9 @@ pub(super) struct Filters {
     pub(super) limit: Option<usize>,
 }
 
-/// `/micro/good`'s JSON filters, as Micro names them.
+/// `/micro/good`'s JSON filters, as Micro names them; a key Micro does not know is
+/// ignored, as Micro ignores it.
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct GoodFilters {
     event_type: Option<String>,
     schema: Option<String>,
@@ -131,9 +131,8 @@ struct GoodFilters {
     limit: Option<usize>,
 }
 
-/// `/micro/bad`'s JSON filters, as Micro names them.
+/// `/micro/bad`'s JSON filters, as Micro names them (unknown keys ignored).
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct BadFilters {
     vendor: Option<String>,
     version: Option<String>,
