@@ -546,6 +546,18 @@ async fn the_local_collector_answers_like_micro() {
     for secret in ["c2VjcmV0OnB3", "proxy-token", "cookie-value"] {
         assert!(!headers.contains(secret), "{secret} listed: {headers}");
     }
+    // A batch is listed newest first too, as Micro 3.0 lists it: `limit 1` after one
+    // batched POST is the last event tracked (582e716: the first).
+    let batch = json!({
+        "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+        "data": [
+            {"e": "pv", "p": "pc", "tv": "t", "url": "http://x/", "eid": test_uuid(201)},
+            {"e": "pv", "p": "pc", "tv": "t", "url": "http://x/", "eid": test_uuid(202)},
+        ]
+    });
+    assert_eq!(post(&url, batch.to_string()).await.status(), 200);
+    let last = micro(&url, "/micro/good", Some(r#"{"limit":1}"#)).await;
+    assert_eq!(last[0]["event"]["event_id"], test_uuid(202), "{last}");
 }
 
 #[tokio::test]

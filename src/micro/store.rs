@@ -1,6 +1,6 @@
 //! What the local collector keeps: the events received, good and bad, in arrival order,
 //! bounded in count and bytes (the oldest dropped and counted); Micro's listing order
-//! (the newest request first, each request's events in the order sent) and its filters.
+//! (newest first, within a request too, as Micro 3.0 lists them) and its filters.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -66,22 +66,11 @@ pub(super) struct Store {
     pub(super) batches: u64,
 }
 
-/// Events as Micro lists them: the newest request's first, each request's in the order
-/// they were sent (Micro prepends each request's list).
+/// Events as Micro lists them: newest first, within a request too (Micro 3.0's sink
+/// prepends each event of a request as it validates it, then the request's list to the
+/// store's).
 pub(super) fn newest_first(events: &VecDeque<Arc<Stored>>) -> Vec<Arc<Stored>> {
-    let mut listed: Vec<Arc<Stored>> = events.iter().rev().cloned().collect();
-    let mut start = 0;
-    while start < listed.len() {
-        let batch = listed[start].batch;
-        let end = start
-            + listed[start..]
-                .iter()
-                .take_while(|e| e.batch == batch)
-                .count();
-        listed[start..end].reverse();
-        start = end;
-    }
-    listed
+    events.iter().rev().cloned().collect()
 }
 
 impl Store {
@@ -206,7 +195,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn listed_newest_request_first_each_requests_events_in_order() {
+    fn listed_newest_first_within_a_request_too() {
         let stored = |seq, batch| {
             Arc::new(Stored {
                 seq,
@@ -217,6 +206,6 @@ mod tests {
         let events: VecDeque<Arc<Stored>> =
             [stored(1, 1), stored(2, 2), stored(3, 2), stored(4, 3)].into();
         let order: Vec<u64> = newest_first(&events).iter().map(|e| e.seq).collect();
-        assert_eq!(order, [4, 2, 3, 1]);
+        assert_eq!(order, [4, 3, 2, 1], "582e716: [4, 2, 3, 1]");
     }
 }
