@@ -476,6 +476,12 @@ fn six_dead_letters(redis: &RedisServer) {
     redis.rpush("{snowplow}:dead", &entries);
 }
 
+/// A queue connected as user `relay` to a Redis holding [`six_dead_letters`].
+async fn holding_six_dead_letters(redis: &RedisServer) -> Queue {
+    six_dead_letters(redis);
+    queue(redis).await
+}
+
 fn rejected_only() -> DeadLetterFilter {
     DeadLetterFilter {
         reasons: vec!["rejected".into()],
@@ -506,10 +512,7 @@ async fn filtered_replay_and_drop_refused_at_any_write_lose_nothing() {
             ("rpush", "{snowplow}:dead"),
             ("ltrim", "{snowplow}:dead"),
         ],
-        async |redis| {
-            six_dead_letters(redis);
-            queue(redis).await
-        },
+        holding_six_dead_letters,
         async |queue| {
             queue
                 .move_dead_letters(&rejected_only(), 4, Move::Replay, u64::MAX)
@@ -534,10 +537,7 @@ async fn filtered_replay_and_drop_refused_at_any_write_lose_nothing() {
     each_write_refused(
         "drop",
         &[("rpush", "{snowplow}:dead"), ("ltrim", "{snowplow}:dead")],
-        async |redis| {
-            six_dead_letters(redis);
-            queue(redis).await
-        },
+        holding_six_dead_letters,
         async |queue| {
             queue
                 .move_dead_letters(&rejected_only(), 6, Move::Drop, u64::MAX)

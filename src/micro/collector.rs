@@ -240,13 +240,10 @@ impl LocalCollector {
             .collect();
         {
             let mut store = self.store.lock().expect("store lock");
-            store.batches += 1;
-            let batch = store.batches;
             for (is_good, mut stored) in entries {
                 store.totals.total += 1;
                 store.seq += 1;
                 stored.seq = store.seq;
-                stored.batch = batch;
                 store.bytes += stored.json.len();
                 if is_good {
                     good += 1;

@@ -51,8 +51,6 @@ pub(super) struct Stored {
     pub(super) version: &'static str,
     /// Order of arrival.
     pub(super) seq: u64,
-    /// The request it came in.
-    pub(super) batch: u64,
 }
 
 #[derive(Default)]
@@ -63,7 +61,6 @@ pub(super) struct Store {
     /// Bytes of JSON held.
     pub(super) bytes: usize,
     pub(super) seq: u64,
-    pub(super) batches: u64,
 }
 
 /// Events as Micro lists them: newest first, within a request too (Micro 3.0's sink
@@ -196,15 +193,14 @@ mod tests {
 
     #[test]
     fn listed_newest_first_within_a_request_too() {
-        let stored = |seq, batch| {
+        let stored = |seq| {
             Arc::new(Stored {
                 seq,
-                batch,
                 ..Stored::default()
             })
         };
-        let events: VecDeque<Arc<Stored>> =
-            [stored(1, 1), stored(2, 2), stored(3, 2), stored(4, 3)].into();
+        // 2 and 3 came in one request.
+        let events: VecDeque<Arc<Stored>> = [stored(1), stored(2), stored(3), stored(4)].into();
         let order: Vec<u64> = newest_first(&events).iter().map(|e| e.seq).collect();
         assert_eq!(order, [4, 3, 2, 1], "582e716: [4, 2, 3, 1]");
     }

@@ -460,7 +460,7 @@ impl Queue {
         max_element_bytes: usize,
         max_bytes: usize,
     ) -> Result<Claim, QueueError> {
-        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let now = timestamp(std::time::SystemTime::now());
         let mut invocation = self.invocation(
             &self.scripts.claim,
             &[
@@ -713,21 +713,6 @@ impl Queue {
     pub async fn dead_letter_count(&self) -> Result<u64, QueueError> {
         self.link
             .query(redis::cmd("LLEN").arg(&self.keys.dead))
-            .await
-    }
-
-    /// The first `limit` dead-letter entries, oldest first, as stored.
-    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<Vec<u8>>, QueueError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        self.link
-            .query(
-                redis::cmd("LRANGE")
-                    .arg(&self.keys.dead)
-                    .arg(0)
-                    .arg(limit - 1),
-            )
             .await
     }
 

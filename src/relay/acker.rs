@@ -109,8 +109,7 @@ impl Window {
                 }
             }
             Resolution::Parked(events) => {
-                let parked_at =
-                    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+                let parked_at = crate::queue::timestamp(std::time::SystemTime::now());
                 for event in events {
                     let meta = Parked {
                         position: event.position,
