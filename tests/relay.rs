@@ -112,6 +112,38 @@ async fn get_delivers_every_event_one_per_request() {
     }
 }
 
+/// Against a collector that answers after 100 ms, the requests in flight grow past the
+/// 16 a relay starts with (slow start) up to their ceiling and never beyond it; with
+/// adaptive concurrency off they stay at the fixed number. Nothing is sent twice.
+#[tokio::test]
+async fn requests_in_flight_rise_against_a_slow_collector_up_to_their_ceiling() {
+    for (adaptive, ceiling, count) in [("true", 48, 2_000), ("false", 16, 320)] {
+        let (redis, collector) = setup(always(200)).await;
+        collector.set_delay(Duration::from_millis(100));
+        redis.rpush(LIST, &numbered_events(count));
+        let relay = Relay::with(
+            &redis,
+            &collector,
+            &[
+                ("collector.method", "get"),
+                ("collector.adaptive_concurrency", adaptive),
+                ("collector.max_requests_in_flight", &ceiling.to_string()),
+            ],
+        );
+        collector.until_delivered(count, 40).await;
+        relay.stop().await;
+        let peak = collector.peak_pending();
+        eprintln!("adaptive {adaptive}, ceiling {ceiling}: {peak} requests at once");
+        assert!(peak <= ceiling, "adaptive {adaptive}: {peak} at once");
+        if adaptive == "true" {
+            assert!(peak >= 32, "slow start doubled the 16 at least once: {peak}");
+        } else {
+            assert_eq!(peak, ceiling, "fixed: always the ceiling when events wait");
+        }
+        assert_eq!(collector.delivered_count(), count, "none sent twice");
+    }
+}
+
 #[tokio::test]
 async fn batches_split_by_count_and_by_bytes() {
     let (redis, collector) = setup_holding(always(200), 200).await;

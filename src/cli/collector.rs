@@ -85,7 +85,7 @@ pub(super) fn collector(args: CollectorArgs, before: &CommonFlags) -> ExitCode {
         iglu_dirs: args.iglu_dirs,
         ..Default::default()
     };
-    raise_file_limit(options.max_connections + 256);
+    snowplow_relay::ops::process_metrics::raise_open_file_limit(options.max_connections + 256);
     return_large_blocks_at_once();
     let collector = match LocalCollector::new(options) {
         Ok(collector) => collector,
@@ -148,20 +148,3 @@ fn return_large_blocks_at_once() {
     }
 }
 
-fn raise_file_limit(wanted: usize) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a rlimit of ours.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        let target = (wanted as libc::rlim_t).min(limit.rlim_max);
-        if target > limit.rlim_cur {
-            limit.rlim_cur = target;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}

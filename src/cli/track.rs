@@ -631,7 +631,9 @@ async fn run(args: &TrackArgs, target: Target<'_>) -> Result<usize, TrackError> 
                     .method(collector.method)
                     .buffer_size(collector.buffer_size.get())
                     .byte_limit(collector.byte_limit.get())
-                    .max_requests_in_flight(collector.max_requests_in_flight)
+                    // A fixed number: the tracker's emitter does not adapt, and a test's
+                    // events need no more than the relay's first limit.
+                    .max_requests_in_flight(collector.max_requests_in_flight.min(16))
                     .retry_backoff(collector.retry.backoff)
                     .client_settings(collector.client.clone())
                     .give_up_after(std::time::Duration::from_secs(10))

@@ -387,17 +387,25 @@ settings! {
         /// Path of POST requests.
         post_path: String = "/com.snowplowanalytics.snowplow/tp2".into();
             COLLECTOR_POST_PATH, Text, Plain, Restart;
-        /// Events per POST request. Default 50 for POST; GET always sends 1 per request.
+        /// Events per POST request. Default 200 for POST (at most worker.max_claimed_events); GET
+        /// always sends 1 per request.
         /// Partial batches go as soon as the list runs dry or after flush_interval_ms.
         buffer_size: Option<NonZeroUsize> = None;
-            COLLECTOR_BUFFER_SIZE, n(1, 1_000_000), Plain, Restart, derived "50";
+            COLLECTOR_BUFFER_SIZE, n(1, 1_000_000), Plain, Restart, derived "200";
         /// Largest POST body (default 1000000, at most 1048576: the collector turns larger bodies
         /// into bad rows) or GET URL (default 16000: collectors refuse ~20 KB request lines).
         byte_limit: Option<NonZeroUsize> = None;
             COLLECTOR_BYTE_LIMIT, n(1, 16 * MIB), Plain, Restart, derived "1000000";
-        /// Requests on the wire at once (1 to 1024).
-        max_requests_in_flight: NonZeroUsize = nonzero(16);
-            COLLECTOR_MAX_REQUESTS_IN_FLIGHT, n(1, 1_024), Plain, Restart;
+        /// Most requests on the wire at once (1 to 16384), one connection each: the ceiling of
+        /// the adaptive limit, or the fixed number of requests with adaptive_concurrency off.
+        max_requests_in_flight: NonZeroUsize = nonzero(1_024);
+            COLLECTOR_MAX_REQUESTS_IN_FLIGHT, n(1, 16_384), Plain, Restart;
+        /// Adapt the number of requests in flight to the collector: it starts at 16, doubles
+        /// while answers come as fast as before, grows by one after the first slowdown, and
+        /// falls by a tenth when answers slow down or the collector answers 429, 503 or 504,
+        /// times out or refuses connections. false: always max_requests_in_flight.
+        adaptive_concurrency: bool = true;
+            COLLECTOR_ADAPTIVE_CONCURRENCY, Bool, Plain, Restart;
         /// A partial batch waits at most this long for more events, in milliseconds (it is also
         /// sent as soon as the list runs dry).
         flush_interval_ms: u64 = 500;
@@ -471,11 +479,12 @@ settings! {
     [worker] WorkerConfig {
         /// Most events claimed from Redis and not yet acknowledged: the relay's memory bound.
         /// While the collector is down the backlog stays in Redis.
-        max_claimed_events: NonZeroUsize = nonzero(10_000);
+        max_claimed_events: NonZeroUsize = nonzero(25_000);
             WORKER_MAX_CLAIMED_EVENTS, n(1, 1_000_000), Plain, Restart;
-        /// Most bytes of events claimed and not yet acknowledged: the memory bound in bytes.
+        /// Most bytes of events claimed and not yet acknowledged: the memory bound in bytes (the
+        /// relay's peak RSS stays under about twice this, request bodies included, plus 15 MB).
         /// At least redis.claim_max_bytes.
-        max_claimed_bytes: NonZeroUsize = nonzero(32 * 1024 * 1024);
+        max_claimed_bytes: NonZeroUsize = nonzero(24 * 1024 * 1024);
             WORKER_MAX_CLAIMED_BYTES, n(KIB, 16 * 1024 * MIB), Plain, Restart;
         /// On SIGINT/SIGTERM/SIGQUIT: how long requests in flight may finish before undelivered
         /// events go back to the head of the list. Returning them takes at most 2 s more (0.5 s

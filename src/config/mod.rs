@@ -46,10 +46,13 @@ pub enum Protocol {
     Https,
 }
 
-/// Events per POST request unless `collector.buffer_size` says otherwise. Measured with
-/// `cargo bench --bench relay` (docs/performance.md#the-benchmark): 10 costs twice the CPU per event
-/// of 50, and 200 gains nothing over 50.
-pub const DEFAULT_POST_BUFFER_SIZE: usize = 50;
+/// Events per POST request unless `collector.buffer_size` says otherwise, decided with
+/// `worker.max_claimed_events` and `max_claimed_bytes` from the benchmark's rows at a
+/// distance (docs/performance.md#at-a-distance): with a collector 100 ms away, 50 per
+/// request needed 300 requests in flight and twice the CPU per event of loopback for
+/// 78,000 events/s; 200 per request reached 118,000 with 1.3 times it. 200 average
+/// events make a ~160 KB body, far below the collector's 1 MB limit.
+pub const DEFAULT_POST_BUFFER_SIZE: usize = 200;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,7 +250,7 @@ mod tests {
     #[test]
     fn defaults_follow_the_method() {
         let post = load(MINIMAL, &[], &[]).unwrap();
-        assert_eq!(post.collector.buffer_size.get(), 50);
+        assert_eq!(post.collector.buffer_size.get(), 200);
         assert_eq!(post.collector.byte_limit.get(), 1_000_000);
         assert_eq!(post.redis.dead_letter_key, "{snowplow}:dead");
         assert_eq!(
@@ -442,7 +445,7 @@ mod tests {
                 MINIMAL,
                 &[("collector.max_requests_in_flight", "18446744073709551615")],
                 "collector.max_requests_in_flight",
-                "1 to 1024",
+                "1 to 16384",
             ),
             (
                 MINIMAL,

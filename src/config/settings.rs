@@ -140,6 +140,8 @@ pub struct CollectorSettings {
     pub byte_limit: NonZeroUsize,
     /// `collector.max_requests_in_flight`.
     pub max_requests_in_flight: usize,
+    /// `collector.adaptive_concurrency`.
+    pub adaptive_concurrency: bool,
     /// `collector.flush_interval_ms`.
     pub flush_interval: Duration,
     /// What a reload changes at once: the backoff, parking and dead-lettering limits.
@@ -195,6 +197,14 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         config.check_ranges()?;
         let redis = RedisSettings::new(&mut config.redis, &mut warnings)?;
+        if config.collector.method == Method::Post && config.collector.buffer_size.is_none() {
+            // The derived batch size fits a lowered bound on claimed events.
+            config.collector.buffer_size = Some(
+                NonZeroUsize::new(DEFAULT_POST_BUFFER_SIZE)
+                    .expect("non-zero")
+                    .min(config.worker.max_claimed_events),
+            );
+        }
         let collector = CollectorSettings::new(&mut config.collector, &mut warnings)?;
         let events = EventsSettings::new(&mut config.events, &collector)?;
         let worker = WorkerSettings::new(&config.worker, &redis, &collector, &events)?;
@@ -850,6 +860,7 @@ impl CollectorSettings {
             buffer_size,
             byte_limit,
             max_requests_in_flight: collector.max_requests_in_flight.get(),
+            adaptive_concurrency: collector.adaptive_concurrency,
             flush_interval: Duration::from_millis(collector.flush_interval_ms),
             retry: RetryPolicy {
                 backoff: Backoff {

@@ -276,6 +276,7 @@ pub struct Metrics {
     request_bytes: Counter,
     request_duration: Histogram,
     retries: Counter,
+    concurrency_limit: Gauge,
     events_in_flight: Gauge,
     bytes_in_flight: Gauge,
     batch_events: Histogram,
@@ -331,6 +332,7 @@ impl Metrics {
             request_bytes: Counter::default(),
             request_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             retries: Counter::default(),
+            concurrency_limit: Gauge::default(),
             events_in_flight: Gauge::default(),
             bytes_in_flight: Gauge::default(),
             batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -360,6 +362,8 @@ impl Metrics {
             request_bytes as "request" in Bytes: "Bytes sent to the collector: POST bodies and GET request URLs";
             request_duration as "request_duration" in Seconds: "Time from sending a collector request to its answer";
             retries as "retries": "Collector requests that failed and will be retried";
+            concurrency_limit as "request_concurrency_limit": "How many batches may be on the wire at once now: \
+             the adaptive limit (collector.adaptive_concurrency), or max_requests_in_flight";
             events_in_flight as "in_flight_events": "Events claimed and not yet acknowledged";
             bytes_in_flight as "in_flight" in Bytes: "Bytes of events claimed and not yet acknowledged";
             batch_events as "batch_events": "Events per collector request";
@@ -422,6 +426,11 @@ impl Metrics {
     /// Whether the relay is ready now (set just before each scrape is encoded).
     pub fn readiness(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    /// The limit on batches in flight is `limit` now.
+    pub fn concurrency_limit(&self, limit: usize) {
+        self.concurrency_limit.set(limit as i64);
     }
 
     /// `count` events (of `bytes` bytes) were claimed.

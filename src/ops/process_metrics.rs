@@ -90,6 +90,27 @@ fn start_time(start_ticks: u64) -> Option<f64> {
     Some(now - since_boot + start_ticks as f64 / ticks_per_second)
 }
 
+/// Raises the soft limit on open files towards `wanted` (as far as the hard limit
+/// allows; under the systemd unit, whose filter refuses the call, it stays at
+/// `LimitNOFILE`). Returns the soft limit then, if it can be read.
+pub fn raise_open_file_limit(wanted: usize) -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a rlimit of ours.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            let target = (wanted as libc::rlim_t).min(limit.rlim_max);
+            if target > limit.rlim_cur {
+                limit.rlim_cur = target;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
+    }
+    max_fds()
+}
+
 /// The soft limit on open files, from `/proc/self/limits` (not getrlimit(2), which
 /// glibc makes a `prlimit64` call, one of the unit's refused `@resources` calls).
 fn max_fds() -> Option<u64> {

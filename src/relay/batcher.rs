@@ -1,7 +1,7 @@
 //! The batcher: parses claimed elements, sends bad ones to the dead-letter path, fills
 //! batches by count and bytes, sends a partial batch once it is `flush_interval_ms` old
 //! (or at once when the list ran dry, or on a flush request), and runs one sender per
-//! batch, at most `max_requests_in_flight` at once.
+//! batch, as many at once as the concurrency limit allows (see `concurrency`).
 //!
 //! A sender retries its batch until it is delivered, rejected (dead-lettered), split in
 //! halves (413), parked (it kept failing while other requests succeeded) or abandoned
@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 
 use super::pipeline::{Claimed, ParkedEvent, Resolution, Shared};
@@ -25,7 +25,6 @@ pub(super) struct Batcher {
     resolved_tx: mpsc::UnboundedSender<Resolution>,
     flush: Arc<tokio::sync::Notify>,
     builder: BatchBuilder,
-    requests: Arc<Semaphore>,
     senders: JoinSet<()>,
     /// When the partial batch in `builder` must be sent at the latest.
     flush_timer: FlushTimer,
@@ -45,7 +44,6 @@ impl Batcher {
                 settings.collector.buffer_size,
                 settings.collector.byte_limit,
             ),
-            requests: Arc::new(Semaphore::new(settings.collector.max_requests_in_flight)),
             senders: JoinSet::new(),
             flush_timer: FlushTimer::new(settings.collector.flush_interval),
             shared,
@@ -145,15 +143,16 @@ impl Batcher {
         }
     }
 
-    /// Starts a sender for `batch` once a request slot is free. If the relay is
-    /// abandoning, the batch is not sent: its events stay pending and go back to the list.
+    /// Starts a sender for `batch` once the concurrency limit lets one more batch on the
+    /// wire. If the relay is abandoning, the batch is not sent: its events stay pending
+    /// and go back to the list.
     async fn start(&mut self, batch: Batch) {
         let abandoning = &self.shared.lifecycle.abandoning;
-        let permit = tokio::select! {
-            permit = self.requests.clone().acquire_owned() => permit,
+        let concurrency = self.shared.emitter.concurrency().clone();
+        let slot = tokio::select! {
+            slot = concurrency.slot() => slot,
             () = abandoning.cancelled() => return,
         };
-        let Ok(permit) = permit else { return };
         while let Some(joined) = self.senders.try_join_next() {
             self.check(joined);
         }
@@ -163,7 +162,7 @@ impl Batcher {
         // task as one pointer instead of being copied at each step of spawning and ending.
         self.senders.spawn(Box::pin(async move {
             send_until_resolved(batch, &shared, &resolved_tx).await;
-            drop(permit);
+            drop(slot);
         }));
     }
 

@@ -17,7 +17,7 @@ use crate::config::{self, Config, RedisSettings, Settings};
 use crate::error::Error;
 use crate::ops::events::Observer;
 use crate::ops::events::lifecycle::{
-    AdminListening, Connected, RegisteringAgain, Reloaded, ReloadedCredentialsRefused, Starting,
+    AdminListening, FileLimitLow, Connected, RegisteringAgain, Reloaded, ReloadedCredentialsRefused, Starting,
     Stopping,
 };
 use crate::ops::events::redis::RedisChecked;
@@ -134,6 +134,13 @@ pub async fn run_with_controls(
         }
         None => None,
     };
+    // One connection per request in flight, plus Redis, the admin listener and files.
+    let wanted = config.collector.max_requests_in_flight + 256;
+    if let Some(limit) = crate::ops::process_metrics::raise_open_file_limit(wanted)
+        && limit < wanted as u64
+    {
+        events.emit(FileLimitLow { limit, wanted });
+    }
     let notifier = notify::spawn(health.clone());
     let emitter = Sender::new(&config.collector, events.clone())?;
     let redis = Arc::new(LiveRedis {

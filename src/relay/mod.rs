@@ -12,7 +12,8 @@
 //! - `claimer` claims while it holds claim permits (the memory bound) and the collector
 //!   accepts requests; while the collector fails it claims one probe batch at a time.
 //! - `batcher` parses elements, fills batches by count and bytes, and runs one sender
-//!   per batch (at most `max_requests_in_flight`). A sender retries its batch until it is
+//!   per batch, as many at once as `concurrency` allows (a limit that adapts to the
+//!   collector's answers, at most `max_requests_in_flight`). A sender retries its batch until it is
 //!   delivered, rejected, split (413) or parked (it kept failing while others succeeded).
 //! - `acker` keeps the window of claimed events in claim order and acknowledges the
 //!   resolved prefix in one script call, writing dead-letter and retry-list entries.
@@ -41,6 +42,7 @@
 mod acker;
 mod batcher;
 mod claimer;
+mod concurrency;
 mod daemon;
 mod heartbeat;
 mod instance;

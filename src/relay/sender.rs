@@ -17,13 +17,14 @@ use snowplow_relay_tracker::protocol::Batch;
 use snowplow_relay_tracker::retry::{Backoff, Retry};
 use tokio::sync::watch;
 
+use super::concurrency::{Concurrency, Signal};
 use super::lifecycle::Lifecycle;
 
 use crate::config::{CollectorSettings, RetryPolicy};
 use crate::ops::events::Observer;
 use crate::ops::events::collector::{
     BatchIsolating, BatchParking, BatchRetrying, CollectorFailing, CollectorFailuresEnded,
-    CollectorRecovered, CollectorRedirects, CollectorRequest,
+    CollectorRecovered, CollectorRedirects, CollectorRequest, ConcurrencyChanged,
 };
 use crate::ops::health::Health;
 use crate::ops::metrics::DeadReason;
@@ -132,6 +133,9 @@ pub struct Sender {
     /// How long answers take lately, in milliseconds: the longest recent one, decaying
     /// by an eighth per answer. A drain starts no request it would have to cut.
     answer_ms: AtomicU64,
+    /// How many batches may be in flight: the batcher takes a slot per batch, each
+    /// answer to a batch moves the limit.
+    concurrency: Arc<Concurrency>,
     events: Arc<Observer>,
     health: Arc<Health>,
 }
@@ -143,6 +147,14 @@ impl Sender {
         events: Arc<Observer>,
     ) -> Result<Arc<Sender>, crate::error::Error> {
         let client = collector_client(config)?;
+        let concurrency = Arc::new(Concurrency::new(
+            config.max_requests_in_flight,
+            config.adaptive_concurrency,
+        ));
+        events.emit(ConcurrencyChanged {
+            limit: concurrency.limit(),
+            ceiling: concurrency.ceiling(),
+        });
         Ok(Arc::new(Sender {
             client,
             retry: watch::channel(config.retry).0,
@@ -153,9 +165,15 @@ impl Sender {
             alone: Default::default(),
             batch_ids: AtomicU64::new(0),
             answer_ms: AtomicU64::new(0),
+            concurrency,
             health: events.health.clone(),
             events,
         }))
+    }
+
+    /// The limit on batches in flight.
+    pub(super) fn concurrency(&self) -> &Arc<Concurrency> {
+        &self.concurrency
     }
 
     /// Publishes a new retry policy (a reload): every request and parked event follows
@@ -383,6 +401,17 @@ impl Sender {
             self.events.emit(CollectorRequest {
                 exchange: *exchange,
                 events: batch.len(),
+            });
+        }
+        if traffic
+            && let Some(last) = report.exchanges.iter().last()
+            && let Some(limit) = self
+                .concurrency
+                .answered(Signal::of(last.status, last.answer_seconds))
+        {
+            self.events.emit(ConcurrencyChanged {
+                limit,
+                ceiling: self.concurrency.ceiling(),
             });
         }
         match report.attempt {

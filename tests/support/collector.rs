@@ -111,6 +111,9 @@ pub struct Collector {
     bounce: Arc<Mutex<Option<&'static str>>>,
     /// Requests whose body has arrived, answered or not (a delayed answer is pending).
     arrived: Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests arrived and not yet answered, and the most there were at once.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    peak_pending: Arc<std::sync::atomic::AtomicUsize>,
     /// The eids of every request that arrived, as it arrived: what a real collector has
     /// taken in even if the relay gave up waiting for its answer.
     arrived_eids: Arc<Mutex<Vec<String>>>,
@@ -145,6 +148,8 @@ impl Collector {
             location: Arc::default(),
             bounce: Arc::default(),
             arrived: Arc::default(),
+            pending: Arc::default(),
+            peak_pending: Arc::default(),
             arrived_eids: Arc::default(),
         };
         let state = collector.clone();
@@ -181,9 +186,13 @@ impl Collector {
                 .filter_map(|e| e.get("eid").and_then(|e| e.as_str()).map(str::to_owned)),
         );
         let delay = *self.delay.lock().unwrap();
+        let pending = self.pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.peak_pending
+            .fetch_max(pending, std::sync::atomic::Ordering::SeqCst);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        self.pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         let bounce = self.bounce_location(&received);
         received.status = match bounce {
             Some(_) => 302,
@@ -239,6 +248,11 @@ impl Collector {
     }
 
     /// Holds every answer back this long (requests still count when answered).
+    /// The most requests it held unanswered at once.
+    pub fn peak_pending(&self) -> usize {
+        self.peak_pending.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn set_delay(&self, delay: Duration) {
         *self.delay.lock().unwrap() = delay;
     }

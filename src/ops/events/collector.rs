@@ -70,6 +70,27 @@ impl InternalEvent for CollectorFailuresEnded {
     }
 }
 
+/// The adaptive limit on requests in flight moved (see `relay::concurrency`).
+#[derive(Debug)]
+pub struct ConcurrencyChanged {
+    /// The limit now.
+    pub limit: usize,
+    /// `collector.max_requests_in_flight`, the most it may be.
+    pub ceiling: usize,
+}
+
+impl InternalEvent for ConcurrencyChanged {
+    fn emit(self, to: &Observer) {
+        to.metrics.concurrency_limit(self.limit);
+        tracing::debug!(
+            limit = self.limit,
+            ceiling = self.ceiling,
+            "requests in flight: limit now {}",
+            self.limit
+        );
+    }
+}
+
 /// A batch was delivered.
 #[derive(Debug)]
 pub struct BatchDelivered {

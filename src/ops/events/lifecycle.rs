@@ -33,6 +33,30 @@ impl InternalEvent for Starting<'_> {
     }
 }
 
+/// The open-file limit is too low for the collector connections the relay may open.
+#[derive(Debug)]
+pub struct FileLimitLow {
+    /// The soft limit on open files.
+    pub limit: u64,
+    /// What `collector.max_requests_in_flight` connections and the rest may need.
+    pub wanted: usize,
+}
+
+impl InternalEvent for FileLimitLow {
+    fn emit(self, _: &Observer) {
+        tracing::warn!(
+            limit = self.limit,
+            wanted = self.wanted,
+            "the open-file limit ({}) is below the {} that collector.max_requests_in_flight \
+             connections and the rest may need, and could not be raised: raise it (LimitNOFILE=, \
+             ulimit -n) or lower collector.max_requests_in_flight; past it, new connections fail \
+             and their batches are retried",
+            self.limit,
+            self.wanted
+        );
+    }
+}
+
 /// The admin listener serves on `addr`.
 #[derive(Debug)]
 pub struct AdminListening {

@@ -6,6 +6,9 @@
 pub(crate) struct Answer {
     pub status: u16,
     pub location: Option<String>,
+    /// Seconds from the request leaving on its connection to the answer's head: the
+    /// collector's answer time, without the connect.
+    pub answer_seconds: f64,
 }
 
 /// How much of an answer's body is read, to let a 2xx answer's connection be reused; a

@@ -122,6 +122,10 @@ pub struct Exchange {
     pub status: Option<u16>,
     /// Seconds from sending to the answer (or to the error).
     pub seconds: f64,
+    /// Seconds from the request leaving on its connection to the answer's head: the
+    /// collector's answer time, a new connection's connect (and TLS handshake) left out.
+    /// `None` without an answer.
+    pub answer_seconds: Option<f64>,
     /// Bytes sent: the POST body or the GET request URL.
     pub bytes: u64,
 }
@@ -320,6 +324,7 @@ impl Client {
         exchanges.push(Exchange {
             status: answer.as_ref().ok().map(|answer| answer.status),
             seconds: started.elapsed().as_secs_f64(),
+            answer_seconds: answer.as_ref().ok().map(|answer| answer.answer_seconds),
             bytes,
         });
         answer.map_err(|text| Failure::Attempt(AttemptError::Transport(text)))

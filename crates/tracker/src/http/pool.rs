@@ -129,8 +129,9 @@ impl Shared {
                     None => (self.connect().await?, false),
                 };
                 connection.budget.store(MAX_ANSWER_BYTES, Ordering::Relaxed);
+                let sent = Instant::now();
                 match connection.sender.try_send_request(request).await {
-                    Ok(response) => Ok(Ok((connection, response))),
+                    Ok(response) => Ok(Ok((connection, response, sent.elapsed()))),
                     Err(mut failed) => match failed.take_message() {
                         // The connection closed before the request was written (the
                         // collector closed a kept-alive connection): it never left, send it
@@ -140,7 +141,7 @@ impl Shared {
                     },
                 }
             };
-            let (connection, mut response) = match tokio::time::timeout_at(deadline, head).await {
+            let (connection, mut response, answered_in) = match tokio::time::timeout_at(deadline, head).await {
                 Err(_) => return Err(no_answer()),
                 Ok(Err(error)) => return Err(error),
                 Ok(Ok(Err(unsent))) => {
@@ -174,7 +175,11 @@ impl Shared {
             if reusable_after(status, complete) {
                 self.keep(connection);
             }
-            return Ok(Answer { status, location });
+            return Ok(Answer {
+                status,
+                location,
+                answer_seconds: answered_in.as_secs_f64(),
+            });
         }
     }
 
