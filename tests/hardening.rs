@@ -277,8 +277,9 @@ async fn timeouts_408_and_429_are_retried_until_accepted() {
         }
     }))
     .await;
-    // The first answers also come too late for the request timeout.
-    collector.set_delay(Duration::from_millis(400));
+    // The first answers also come too late for the request timeout, even as it grows
+    // (to 8 times 200 ms at most).
+    collector.set_delay(Duration::from_millis(2_000));
     redis.rpush(LIST, &numbered_events(30));
     let relay = Relay::with(
         &redis,

@@ -169,6 +169,45 @@ async fn probes_get_through_idle_connections_and_a_collector_that_never_answers(
 }
 
 /// The local collector at its defaults, and the address it listens on.
+/// A collector slower than the request timeout (a real one slowed by its sink: it takes
+/// in each request and answers after 600 ms, the timeout being 500 ms) receives each
+/// event at most twice: the attempt after a timeout allows twice as long (and every
+/// batch's attempts allow twice the longest recent answer). Before, each backoff step
+/// sent a new copy of every batch in flight, without bound (800 events arrived 12-13
+/// times in 3 minutes against a 6 s collector with a 5 s timeout).
+#[tokio::test]
+async fn a_collector_slower_than_the_timeout_receives_each_event_at_most_twice() {
+    let (redis, collector) = setup(always(200)).await;
+    collector.set_delay(Duration::from_millis(600));
+    let events = numbered_events(200);
+    redis.rpush(LIST, &events);
+    let relay = Relay::with(
+        &redis,
+        &collector,
+        &[
+            ("collector.request_timeout_ms", "500"),
+            ("collector.buffer_size", "20"),
+        ],
+    );
+    collector.until_distinct(200, 30).await;
+    // Long enough for any further copy (a timeout, then a backoff of at most 200 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let summary = relay.stop().await;
+    assert_eq!(summary.delivered, 200);
+    let mut copies = std::collections::HashMap::<String, usize>::new();
+    for eid in collector.arrived_eids() {
+        *copies.entry(eid).or_default() += 1;
+    }
+    let most = copies.values().copied().max().unwrap_or(0);
+    eprintln!(
+        "{} requests arrived, {} copies of 200 events, at most {most} of one",
+        collector.request_count(),
+        copies.values().sum::<usize>()
+    );
+    assert_eq!(copies.len(), 200);
+    assert!(most <= 2, "an event arrived {most} times");
+}
+
 async fn local_collector() -> (RelayProcess, std::net::SocketAddr) {
     let process = RelayProcess::start_with(&["collector", "--listen", "127.0.0.1:0"], &[]);
     let addr = process.listening_addr("local collector listening").await;

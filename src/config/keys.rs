@@ -422,7 +422,10 @@ settings! {
         /// dead-letters a single event.
         isolated_failure_limit: u32 = 5;
             COLLECTOR_ISOLATED_FAILURE_LIMIT, n(1, 1_000), Plain, Now;
-        /// Time allowed for one request, connect to the answer's head, in milliseconds.
+        /// Time allowed for one request, connect to the answer's head, in milliseconds. It grows
+        /// for a slower collector, up to 8 times this: twice the longest recent answer, doubled
+        /// after each timeout of the same batch (a timed-out request may have arrived: each
+        /// resend may duplicate its events).
         request_timeout_ms: u64 = 5_000;
             COLLECTOR_REQUEST_TIMEOUT_MS, n(1, 600_000), Plain, Restart;
         /// Statuses that are never retried: the batch goes to the dead-letter list. Any other

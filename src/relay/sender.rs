@@ -277,12 +277,15 @@ impl Sender {
             delivered: false,
         };
         let start = self.traffic();
+        // Attempts that brought no answer in time: each allows the next one twice as long.
+        let mut timeouts = 0;
         loop {
             if self.would_be_cut(lifecycle) {
                 return Outcome::Abandoned;
             }
+            let within = self.attempt_timeout(timeouts);
             let attempt = tokio::select! {
-                attempt = self.attempt(batch) => attempt,
+                attempt = self.attempt_counted(batch, true, within) => attempt,
                 () = give_up.cancelled() => return Outcome::Abandoned,
             };
             let error = match attempt {
@@ -308,6 +311,9 @@ impl Sender {
                 Attempt::TooLarge => return Outcome::Split { status: Some(413) },
                 Attempt::Failed(error) => error,
             };
+            if matches!(error, AttemptError::TimedOut(_)) {
+                timeouts += 1;
+            }
             let others = self.traffic().since(start);
             let attempts = retry.failures() + 1;
             if others.successes > 0 {
@@ -377,20 +383,31 @@ impl Sender {
         })
     }
 
-    /// One attempt to send `batch`, counted in the metrics and in the traffic.
-    pub async fn attempt(&self, batch: &Batch) -> Attempt {
-        self.attempt_counted(batch, true).await
+    /// The time one attempt allows for its answer: `collector.request_timeout_ms`, or
+    /// twice the longest recent answer (timed-out attempts included) if longer, doubled
+    /// for each of this batch's attempts that timed out, and never more than
+    /// [`MAX_TIMEOUT_FACTOR`] times the configured timeout. A collector slower than the
+    /// timeout (a sink falling behind) then gets each batch at most a few times instead
+    /// of once per backoff step.
+    fn attempt_timeout(&self, timeouts: u32) -> Duration {
+        let configured = self.client.timeout();
+        let longest = Duration::from_millis(self.answer_ms.load(Ordering::Relaxed));
+        let doubled = configured.saturating_mul(1 << timeouts.min(16));
+        doubled
+            .max(longest.saturating_mul(2))
+            .clamp(configured, configured.saturating_mul(MAX_TIMEOUT_FACTOR))
     }
 
     /// One attempt to send a parked event alone, counted in the metrics but not in the
     /// traffic: the traffic is the evidence of what the collector does with the other
     /// requests, and parked events failing (each other's, say) are no evidence of it.
     pub async fn attempt_parked(&self, batch: &Batch) -> Attempt {
-        self.attempt_counted(batch, false).await
+        self.attempt_counted(batch, false, self.attempt_timeout(0))
+            .await
     }
 
-    async fn attempt_counted(&self, batch: &Batch, traffic: bool) -> Attempt {
-        let report = self.client.attempt(batch).await;
+    async fn attempt_counted(&self, batch: &Batch, traffic: bool, within: Duration) -> Attempt {
+        let report = self.client.attempt_within(batch, Some(within)).await;
         let took_ms = (report.exchanges.last_seconds() * 1e3) as u64;
         let _ = self
             .answer_ms
@@ -427,6 +444,12 @@ impl Sender {
         report.attempt
     }
 }
+
+/// The most an attempt's timeout grows to, in multiples of `collector.request_timeout_ms`
+/// (40 s by default): a collector answering within it receives a batch at most four
+/// times because of timeouts (allowed 1, 2, 4 and 8 times the timeout); one slower than
+/// it is treated as down, each batch sent once per this long plus its backoff.
+pub const MAX_TIMEOUT_FACTOR: u32 = 8;
 
 /// Whether a request started now, answered after `expected`, would still wait for its
 /// answer at `deadline`.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use url::Url;
 
 use super::answer::Answer;
-use super::pool::Pool;
+use super::pool::{Pool, Unanswered};
 use super::route::Route;
 use super::settings::{ClientError, ClientSettings};
 use crate::protocol::{Batch, Method, epoch_millis, write_post_body};
@@ -92,6 +92,19 @@ pub enum AttemptError {
     /// The error and its causes (e.g. the certificate problem), without the URL.
     #[error("request failed: {0}")]
     Transport(String),
+    /// No answer within the time allowed (the connect and the answer's head): the request
+    /// may have arrived, and sending it again may duplicate its events.
+    #[error("request failed: no answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+impl From<Unanswered> for AttemptError {
+    fn from(unanswered: Unanswered) -> AttemptError {
+        match unanswered {
+            Unanswered::TimedOut(timeout) => AttemptError::TimedOut(timeout),
+            Unanswered::Failed(text) => AttemptError::Transport(text),
+        }
+    }
 }
 
 impl AttemptError {
@@ -99,7 +112,7 @@ impl AttemptError {
     pub fn status(&self) -> Option<u16> {
         match self {
             AttemptError::Status(status) | AttemptError::Redirect { status, .. } => Some(*status),
-            AttemptError::Transport(_) => None,
+            AttemptError::Transport(_) | AttemptError::TimedOut(_) => None,
         }
     }
 }
@@ -171,6 +184,7 @@ pub struct Client {
     method: Method,
     byte_limit: usize,
     no_retry: Vec<u16>,
+    timeout: Duration,
 }
 
 impl Client {
@@ -195,6 +209,7 @@ impl Client {
             method: settings.method.unwrap_or(Method::Post),
             byte_limit: settings.byte_limit.map_or(usize::MAX, NonZeroUsize::get),
             no_retry: settings.no_retry_statuses.clone(),
+            timeout,
         })
     }
 
@@ -208,15 +223,27 @@ impl Client {
     /// asks a collector's `/health`. Redirects are not followed.
     pub async fn get_status(&self, url: &Url) -> Result<u16, String> {
         self.pool
-            .send(bytes::Bytes::from(url.as_str().to_owned()), None)
+            .send(bytes::Bytes::from(url.as_str().to_owned()), None, None)
             .await
             .map(|answer| answer.status)
+            .map_err(|unanswered| AttemptError::from(unanswered).to_string())
     }
 
-    /// One attempt to send `batch`, with a fresh `stm`.
+    /// One attempt to send `batch`, with a fresh `stm`, within the configured timeout.
     pub async fn attempt(&self, batch: &Batch) -> Report {
+        self.attempt_within(batch, None).await
+    }
+
+    /// The configured time allowed for one request (the connect and the answer's head).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// One attempt to send `batch`, with a fresh `stm`, each request allowed `timeout`
+    /// (`None`: the configured one).
+    pub async fn attempt_within(&self, batch: &Batch, timeout: Option<Duration>) -> Report {
         let mut exchanges = Exchanges::default();
-        let attempt = match self.request(batch, &mut exchanges).await {
+        let attempt = match self.request(batch, timeout, &mut exchanges).await {
             Ok(()) => Attempt::Delivered,
             Err(Failure::Unsendable(reason)) => Attempt::Rejected {
                 status: None,
@@ -245,7 +272,12 @@ impl Client {
         Report { attempt, exchanges }
     }
 
-    async fn request(&self, batch: &Batch, exchanges: &mut Exchanges) -> Result<(), Failure> {
+    async fn request(
+        &self,
+        batch: &Batch,
+        timeout: Option<Duration>,
+        exchanges: &mut Exchanges,
+    ) -> Result<(), Failure> {
         let stm = epoch_millis();
         let (target, body) = match self.method {
             Method::Post => {
@@ -279,7 +311,9 @@ impl Client {
                 (bytes::Bytes::from(target), None)
             }
         };
-        let mut answer = self.send(target.clone(), body.clone(), exchanges).await?;
+        let mut answer = self
+            .send(target.clone(), body.clone(), timeout, exchanges)
+            .await?;
         // A collector with cookie bounce answers a request without its cookie with a
         // redirect to the same URL plus its bounce parameter: followed once, with the
         // same method and body. Any other redirect is an error.
@@ -291,7 +325,7 @@ impl Client {
         {
             tracing::debug!("collector bounced the request for its cookie; sending it again once");
             let bounced = bytes::Bytes::from(String::from(bounced));
-            answer = self.send(bounced, body, exchanges).await?;
+            answer = self.send(bounced, body, timeout, exchanges).await?;
         }
         let status = answer.status;
         if is_redirection(status) {
@@ -316,18 +350,19 @@ impl Client {
         &self,
         target: bytes::Bytes,
         body: Option<bytes::Bytes>,
+        timeout: Option<Duration>,
         exchanges: &mut Exchanges,
     ) -> Result<Answer, Failure> {
         let bytes = body.as_ref().map_or(target.len(), bytes::Bytes::len) as u64;
         let started = Instant::now();
-        let answer = self.pool.send(target, body).await;
+        let answer = self.pool.send(target, body, timeout).await;
         exchanges.push(Exchange {
             status: answer.as_ref().ok().map(|answer| answer.status),
             seconds: started.elapsed().as_secs_f64(),
             answer_seconds: answer.as_ref().ok().map(|answer| answer.answer_seconds),
             bytes,
         });
-        answer.map_err(|text| Failure::Attempt(AttemptError::Transport(text)))
+        answer.map_err(|unanswered| Failure::Attempt(unanswered.into()))
     }
 }
 

@@ -36,6 +36,16 @@ use super::route::{Route, Stream};
 /// hyper-util's pool keeps by default.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Why a request brought no answer.
+#[derive(Debug)]
+pub(crate) enum Unanswered {
+    /// None within the timeout (connect and answer's head): the request may have
+    /// arrived.
+    TimedOut(Duration),
+    /// The error and its causes.
+    Failed(String),
+}
+
 /// Keep-alive HTTP/1.1 connections to one collector.
 #[derive(Clone)]
 pub(crate) struct Pool {
@@ -79,17 +89,25 @@ impl Pool {
     /// One request to `target` (a URL to this collector): a POST of `body`, or a GET. The
     /// answer's body is read (up to [`MAX_RESPONSE_BODY_BYTES`]) so that the connection
     /// can serve the next request after a 2xx. The error text never holds the URL.
-    pub async fn send(&self, target: Bytes, body: Option<Bytes>) -> Result<Answer, String> {
+    ///
+    /// `timeout` bounds the connect and the answer's head (`None`: the pool's own).
+    pub async fn send(
+        &self,
+        target: Bytes,
+        body: Option<Bytes>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, Unanswered> {
         let shared = &self.shared;
-        let mut uri =
-            Uri::from_maybe_shared(target).map_err(|e| format!("not a request URL: {e}"))?;
+        let mut uri = Uri::from_maybe_shared(target)
+            .map_err(|e| Unanswered::Failed(format!("not a request URL: {e}")))?;
         if !shared.route.absolute_form() {
             // To the collector itself (or through a tunnel): the request line holds the
             // path and query; through a proxy, the whole URL.
             let mut parts = uri.into_parts();
             parts.scheme = None;
             parts.authority = None;
-            uri = Uri::from_parts(parts).map_err(|e| format!("not a request URL: {e}"))?;
+            uri = Uri::from_parts(parts)
+                .map_err(|e| Unanswered::Failed(format!("not a request URL: {e}")))?;
         }
         let mut request = Request::new(Full::new(body.clone().unwrap_or_default()));
         *request.uri_mut() = uri;
@@ -107,8 +125,9 @@ impl Pool {
                 HeaderValue::from_static("application/json; charset=utf-8"),
             );
         }
+        let timeout = timeout.unwrap_or(shared.timeout);
         shared
-            .exchange(request, Instant::now() + shared.timeout)
+            .exchange(request, timeout)
             .await
     }
 }
@@ -119,9 +138,9 @@ impl Shared {
     async fn exchange(
         &self,
         mut request: Request<Full<Bytes>>,
-        deadline: Instant,
-    ) -> Result<Answer, String> {
-        let no_answer = || format!("no answer within {:?}", self.timeout);
+        timeout: Duration,
+    ) -> Result<Answer, Unanswered> {
+        let deadline = Instant::now() + timeout;
         loop {
             let head = async {
                 let (mut connection, reused) = match self.idle_connection().await {
@@ -142,8 +161,8 @@ impl Shared {
                 }
             };
             let (connection, mut response, answered_in) = match tokio::time::timeout_at(deadline, head).await {
-                Err(_) => return Err(no_answer()),
-                Ok(Err(error)) => return Err(error),
+                Err(_) => return Err(Unanswered::TimedOut(timeout)),
+                Ok(Err(error)) => return Err(Unanswered::Failed(error)),
                 Ok(Ok(Err(unsent))) => {
                     request = unsent;
                     continue;
@@ -368,7 +387,7 @@ mod tests {
         let (url, accepted, head) = collector(usize::MAX).await;
         let plain = pool(&url, true);
         for _ in 0..5 {
-            let answer = plain.send(target(&url), None).await.unwrap();
+            let answer = plain.send(target(&url), None, None).await.unwrap();
             assert_eq!(answer.status, 200);
         }
         assert_eq!(
@@ -401,7 +420,7 @@ mod tests {
         let plain = pool(&url, false);
         for round in 1..=3 {
             let answer = plain
-                .send(target(&url), Some(Bytes::from_static(b"{}")))
+                .send(target(&url), Some(Bytes::from_static(b"{}")), None)
                 .await;
             assert_eq!(answer.unwrap().status, 200, "request {round}");
             // Long enough for the close to arrive before the next request.
@@ -416,7 +435,9 @@ mod tests {
         let url = Url::parse(&format!("http://{}/i", listener.local_addr().unwrap())).unwrap();
         drop(listener);
         let plain = pool(&url, false);
-        let error = plain.send(target(&url), None).await.err().unwrap();
+        let Some(Unanswered::Failed(error)) = plain.send(target(&url), None, None).await.err() else {
+            panic!("a refused connection is a failure, not a timeout");
+        };
         assert!(error.contains("could not connect"), "{error}");
         assert!(!error.contains("e=pv"), "{error}");
     }
