@@ -8,7 +8,8 @@
 //! - a. raw drain: the relay's own claim + acknowledge scripts with no HTTP (events/s);
 //! - b. end to end, events/s: POST tuned, POST with the default configuration, GET;
 //! - c. latency RPUSH → collector at a steady 1,000 events/s (p50, p99);
-//! - d. peak RSS at full speed, and with a 1,000,000-event backlog while the collector is down;
+//! - d. peak RSS at full speed, and with a 1,000,000-event backlog while the collector is
+//!   down; what that backlog costs Redis per event (its `used_memory`);
 //! - e. relay CPU seconds per 100,000 events;
 //! - f. POST tuned / raw drain, and with `--python` the Python tracker's RedisWorker
 //!   (`snowplow-tracker[redis]==0.15.0` in a venv this creates) measured the same way;
@@ -493,9 +494,15 @@ async fn backlog_rss(
     collector: &CountingCollector,
     url: &str,
     n: usize,
-) -> u64 {
-    stage(redis, &realistic_events(n, "backlog"));
+) -> (u64, f64, f64) {
+    let events = realistic_events(n, "backlog");
+    let mean_element = events.iter().map(String::len).sum::<usize>() as f64 / n as f64;
+    let before = redis.info_number("memory", "used_memory");
+    stage(redis, &events);
+    drop(events);
     publish(redis);
+    // What a backlog costs Redis: its used_memory per waiting event.
+    let per_event = (redis.info_number("memory", "used_memory") - before) as f64 / n as f64;
     collector.status.store(503, Ordering::Relaxed);
     let relay = spawn_relay(redis, url, &[], &[]);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -506,7 +513,7 @@ async fn backlog_rss(
         .arg(LIST)
         .query::<i64>(&mut redis.conn())
         .unwrap();
-    peak_kb
+    (peak_kb, per_event, mean_element)
 }
 
 /// The Python tracker's RedisWorker with an AsyncEmitter, timed the same way.
@@ -811,8 +818,12 @@ fn main() {
             }
         }
         if wanted("backlog") {
-            let kb = backlog_rss(&redis, &collector, &url, backlog).await;
+            let (kb, per_event, mean_element) = backlog_rss(&redis, &collector, &url, backlog).await;
             row(&format!("d. peak RSS, {backlog} backlog, collector down, MB"), format!("{:.1}", kb as f64 / 1024.0));
+            row(
+                &format!("d. Redis used_memory per waiting event, {backlog} backlog: bytes (mean element)"),
+                format!("{per_event:.0} ({mean_element:.0})"),
+            );
         }
         if wanted("distance") {
             let cap = Duration::from_secs(arg(&args, "--distance-seconds").map_or(30, |v| v.parse().unwrap()));

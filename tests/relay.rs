@@ -136,7 +136,10 @@ async fn requests_in_flight_rise_against_a_slow_collector_up_to_their_ceiling() 
         eprintln!("adaptive {adaptive}, ceiling {ceiling}: {peak} requests at once");
         assert!(peak <= ceiling, "adaptive {adaptive}: {peak} at once");
         if adaptive == "true" {
-            assert!(peak >= 32, "slow start doubled the 16 at least once: {peak}");
+            assert!(
+                peak >= 32,
+                "slow start doubled the 16 at least once: {peak}"
+            );
         } else {
             assert_eq!(peak, ceiling, "fixed: always the ceiling when events wait");
         }

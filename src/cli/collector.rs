@@ -147,4 +147,3 @@ fn return_large_blocks_at_once() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
-

@@ -215,7 +215,9 @@ impl Concurrency {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
         // The window holds no invariant a panic could break half-way.
-        self.window.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.window
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -345,11 +347,23 @@ mod tests {
         // The collector answers 503 to everything: down by a tenth each window, to 1.
         let mut falling = Vec::new();
         for _ in 0..3 {
-            falling.push(busy_window(&concurrency, Duration::from_millis(100), Signal::BackPressure).await);
+            falling.push(
+                busy_window(
+                    &concurrency,
+                    Duration::from_millis(100),
+                    Signal::BackPressure,
+                )
+                .await,
+            );
         }
         assert_eq!(falling, [230, 207, 186]);
         for _ in 0..100 {
-            busy_window(&concurrency, Duration::from_millis(100), Signal::BackPressure).await;
+            busy_window(
+                &concurrency,
+                Duration::from_millis(100),
+                Signal::BackPressure,
+            )
+            .await;
         }
         assert_eq!(concurrency.limit(), 1, "never below one");
         // It answers again: doubling back to half of where the trouble began (128),
@@ -381,11 +395,18 @@ mod tests {
         let fallen = *limits.last().unwrap();
         let mut steady = Vec::new();
         for took in [152, 148, 151, 149, 150, 152, 148, 150] {
-            steady.push(busy_window(&concurrency, Duration::from_millis(150), answered(took)).await);
+            steady
+                .push(busy_window(&concurrency, Duration::from_millis(150), answered(took)).await);
         }
         assert!(steady.last().unwrap() > &fallen, "{steady:?}");
-        assert!(*steady.last().unwrap() <= fallen + steady.len(), "{steady:?}");
-        assert!(steady.windows(2).all(|w| w[1] >= w[0] && w[1] <= w[0] + 1), "{steady:?}");
+        assert!(
+            *steady.last().unwrap() <= fallen + steady.len(),
+            "{steady:?}"
+        );
+        assert!(
+            steady.windows(2).all(|w| w[1] >= w[0] && w[1] <= w[0] + 1),
+            "{steady:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -396,7 +417,12 @@ mod tests {
         }
         assert_eq!(concurrency.limit(), INITIAL_LIMIT);
         let fixed = Arc::new(Concurrency::new(40, false));
-        for signal in [answered(100), Signal::BackPressure, answered(100), answered(900)] {
+        for signal in [
+            answered(100),
+            Signal::BackPressure,
+            answered(100),
+            answered(900),
+        ] {
             busy_window(&fixed, Duration::from_millis(100), signal).await;
             assert_eq!(fixed.limit(), 40);
         }
@@ -411,7 +437,11 @@ mod tests {
         for status in [429, 503, 504] {
             assert_eq!(Signal::of(Some(status), Some(0.1)), Signal::BackPressure);
         }
-        assert_eq!(Signal::of(None, None), Signal::BackPressure, "timeout, refused");
+        assert_eq!(
+            Signal::of(None, None),
+            Signal::BackPressure,
+            "timeout, refused"
+        );
         assert_eq!(Signal::of(Some(500), Some(0.1)), Signal::Neither);
         assert_eq!(Signal::of(Some(302), Some(0.1)), Signal::Neither);
     }

@@ -17,8 +17,8 @@ use crate::config::{self, Config, RedisSettings, Settings};
 use crate::error::Error;
 use crate::ops::events::Observer;
 use crate::ops::events::lifecycle::{
-    AdminListening, FileLimitLow, Connected, RegisteringAgain, Reloaded, ReloadedCredentialsRefused, Starting,
-    Stopping,
+    AdminListening, Connected, FileLimitLow, RegisteringAgain, Reloaded,
+    ReloadedCredentialsRefused, Starting, Stopping,
 };
 use crate::ops::events::redis::RedisChecked;
 use crate::ops::health::Health;

@@ -186,13 +186,17 @@ impl Collector {
                 .filter_map(|e| e.get("eid").and_then(|e| e.as_str()).map(str::to_owned)),
         );
         let delay = *self.delay.lock().unwrap();
-        let pending = self.pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let pending = self
+            .pending
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
         self.peak_pending
             .fetch_max(pending, std::sync::atomic::Ordering::SeqCst);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        self.pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.pending
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         let bounce = self.bounce_location(&received);
         received.status = match bounce {
             Some(_) => 302,

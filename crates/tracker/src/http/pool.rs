@@ -126,9 +126,7 @@ impl Pool {
             );
         }
         let timeout = timeout.unwrap_or(shared.timeout);
-        shared
-            .exchange(request, timeout)
-            .await
+        shared.exchange(request, timeout).await
     }
 }
 
@@ -160,15 +158,16 @@ impl Shared {
                     },
                 }
             };
-            let (connection, mut response, answered_in) = match tokio::time::timeout_at(deadline, head).await {
-                Err(_) => return Err(Unanswered::TimedOut(timeout)),
-                Ok(Err(error)) => return Err(Unanswered::Failed(error)),
-                Ok(Ok(Err(unsent))) => {
-                    request = unsent;
-                    continue;
-                }
-                Ok(Ok(Ok(sent))) => sent,
-            };
+            let (connection, mut response, answered_in) =
+                match tokio::time::timeout_at(deadline, head).await {
+                    Err(_) => return Err(Unanswered::TimedOut(timeout)),
+                    Ok(Err(error)) => return Err(Unanswered::Failed(error)),
+                    Ok(Ok(Err(unsent))) => {
+                        request = unsent;
+                        continue;
+                    }
+                    Ok(Ok(Ok(sent))) => sent,
+                };
             let status = response.status().as_u16();
             let location = response
                 .headers()
@@ -435,7 +434,8 @@ mod tests {
         let url = Url::parse(&format!("http://{}/i", listener.local_addr().unwrap())).unwrap();
         drop(listener);
         let plain = pool(&url, false);
-        let Some(Unanswered::Failed(error)) = plain.send(target(&url), None, None).await.err() else {
+        let Some(Unanswered::Failed(error)) = plain.send(target(&url), None, None).await.err()
+        else {
             panic!("a refused connection is a failure, not a timeout");
         };
         assert!(error.contains("could not connect"), "{error}");
