@@ -193,6 +193,11 @@ impl RedisServer {
         self.client.get_connection().unwrap()
     }
 
+    /// A connection, or why none could be made (a server mid-switchover closes them).
+    pub fn try_conn(&self) -> redis::RedisResult<redis::Connection> {
+        self.client.get_connection()
+    }
+
     pub fn rpush(&self, key: &str, items: &[String]) {
         let mut conn = self.conn();
         for chunk in items.chunks(1000) {

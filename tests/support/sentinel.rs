@@ -178,10 +178,12 @@ impl SentinelSet {
             else {
                 return false;
             };
+            // A server that is switching roles may close the connection while it is
+            // made: not in sync yet, ask again.
             let info = |server: &RedisServer| -> String {
-                redis::cmd("INFO")
-                    .arg("replication")
-                    .query(&mut server.conn())
+                server
+                    .try_conn()
+                    .and_then(|mut conn| redis::cmd("INFO").arg("replication").query(&mut conn))
                     .unwrap_or_default()
             };
             let field = |info: &str, name: &str| -> Option<String> {
