@@ -76,7 +76,13 @@ async fn a_dead_relays_events_are_recovered_on_redis_6_2() {
     redis.rpush(LIST, &numbered_events(200));
     let short_lease = [("SNOWPLOW_RELAY_REDIS__LEASE_TTL_MS", "1000")];
     let mut first = RelayProcess::start(&redis.url(), &collector.url(), &short_lease);
-    wait_until("claimed", 10, async || redis.llen(LIST) == 0).await;
+    // Every event arrived under the long delay before the kill: a request still in the
+    // socket when the delay drops would be answered 200, and the test would end before
+    // the dead relay's events were recovered.
+    wait_until("claimed and sent", 10, async || {
+        redis.llen(LIST) == 0 && collector.arrived_eids().len() >= 200
+    })
+    .await;
     first.kill9();
     collector.set_delay(std::time::Duration::ZERO);
     let second = RelayProcess::start(&redis.url(), &collector.url(), &short_lease);
