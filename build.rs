@@ -29,8 +29,14 @@ fn git_commit() -> Option<String> {
     if let Ok(head) = std::fs::read_to_string(format!("{git_dir}/HEAD"))
         && let Some(branch) = head.trim().strip_prefix("ref: ")
     {
-        println!("cargo::rerun-if-changed={git_dir}/{branch}");
-        println!("cargo::rerun-if-changed={git_dir}/packed-refs");
+        // Cargo reruns a script whose watched file is missing at every build (which
+        // rebuilt the crate each time): watch only the files that exist (a packed
+        // branch has no file of its own; a fresh clone may have no packed-refs).
+        for watched in [format!("{git_dir}/{branch}"), format!("{git_dir}/packed-refs")] {
+            if std::path::Path::new(&watched).exists() {
+                println!("cargo::rerun-if-changed={watched}");
+            }
+        }
     }
     let out = Command::new("git")
         .args(["rev-parse", "--short=7", "HEAD"])
