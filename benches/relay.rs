@@ -764,7 +764,7 @@ fn main() {
         }
         if wanted("post-default") {
             let t = throughput(&redis, &collector, &url, n, &[], &[]).await;
-            row("b. POST default configuration (buffer 50, 1 thread), events/s", format!("{:.0}", t.events_per_second));
+            row("b. POST default configuration (buffer 200, adaptive concurrency, 1 thread), events/s", format!("{:.0}", t.events_per_second));
             row("e. CPU s per 100,000 events (POST default)", format!("{:.3}", t.cpu_seconds_per_100k));
             row("d. peak RSS (POST default), MB", format!("{:.1}", t.peak_rss_kb as f64 / 1024.0));
             if let Some(raw) = raw {
@@ -850,7 +850,10 @@ fn main() {
         if wanted("instructions") {
             /// A row: its name, flags and environment.
             type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
-            let cases: [Case; 3] = [
+            // The first row's settings stay fixed whatever the defaults become, so that
+            // it compares across versions (batches of 50 and claims of 500).
+            let cases: [Case; 4] = [
+                ("POST buffer 50, claim 500", &["--buffer-size", "50"], &[("SNOWPLOW_RELAY_REDIS__CLAIM_BATCH_SIZE", "500")]),
                 ("POST default", &[], &[]),
                 ("POST tuned (buffer 500, claim 2000)", &["--buffer-size", "500"], &[("SNOWPLOW_RELAY_REDIS__CLAIM_BATCH_SIZE", "2000")]),
                 ("GET (32 in flight)", &["--method", "get"], &[("SNOWPLOW_RELAY_COLLECTOR__MAX_REQUESTS_IN_FLIGHT", "32")]),
