@@ -239,13 +239,18 @@ impl Shared {
 
     /// Puts a connection whose exchange has ended back for the next request, unless
     /// `max_idle` are already waiting (then it closes). Connections idle for longer than
-    /// [`IDLE_TIMEOUT`] are closed on the way.
+    /// [`IDLE_TIMEOUT`] are closed on the way; closed ones are swept out when the list
+    /// is full (else [`Self::idle_connection`] skips them). No walk of the whole list
+    /// on every return: with a thousand connections that cost more than the request.
     fn keep(&self, connection: Connection) {
         let mut idle = self.idle.lock().expect("idle connections");
         let now = Instant::now();
-        idle.retain(|(connection, since)| {
-            !connection.sender.is_closed() && now - *since <= IDLE_TIMEOUT
-        });
+        // Pushed in time order under the lock, so the expired ones are the oldest, first.
+        let expired = idle.partition_point(|(_, since)| now - *since > IDLE_TIMEOUT);
+        idle.drain(..expired);
+        if idle.len() >= self.max_idle {
+            idle.retain(|(connection, _)| !connection.sender.is_closed());
+        }
         if idle.len() < self.max_idle {
             idle.push((connection, now));
         }
