@@ -1,8 +1,11 @@
 //! The Iglu schemas the local collector validates self-describing data against, as
 //! Snowplow Micro does: the user's static registries (`--iglu-dir DIR`, laid out as
-//! `DIR/schemas/VENDOR/NAME/jsonschema/M-R-A`, searched first) and Snowplow's own schemas
-//! shipped in `iglu/` (from Iglu Central, compiled in). A schema found nowhere makes the
-//! event bad. `GET /micro/iglu/VENDOR/NAME/FORMAT/VERSION` serves what it resolves.
+//! `DIR/schemas/VENDOR/NAME/jsonschema/M-R-A`, searched first) and all of Iglu Central
+//! (`iglu/`, 679 schemas, deflated into the binary by `build.rs`: 0.4 MB), as Micro
+//! resolves against Iglu Central by default, with no network. A schema is inflated and
+//! compiled when an event first names it, so start-up and memory do not grow with the
+//! registry. A schema found nowhere makes the event bad. `GET
+//! /micro/iglu/VENDOR/NAME/FORMAT/VERSION` serves what it resolves.
 //!
 //! Bounded against hostile input: only schemas that exist are compiled and kept (one per
 //! file at most), URIs are checked before any file is touched (no component may start
@@ -23,43 +26,35 @@ pub const MAX_ERRORS_PER_CHECK: usize = 10;
 /// Largest schema file read, in bytes.
 const MAX_SCHEMA_BYTES: u64 = 1024 * 1024;
 
-macro_rules! shipped {
-    ($($path:literal),* $(,)?) => {
-        &[$(($path, include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/iglu/schemas/", $path)))),*]
-    };
-}
+/// Iglu Central (see `iglu/README.md`), each schema deflated on its own by `build.rs`.
+const SHIPPED_BLOB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/iglu.bin"));
 
-/// Snowplow's own schemas, as `(vendor/name/format/version, text)` (see `iglu/README.md`).
-const SHIPPED: &[(&str, &str)] = shipped!(
-    "com.snowplowanalytics.mobile/screen_view/jsonschema/1-0-0",
-    "com.snowplowanalytics.snowplow/add_to_cart/jsonschema/1-0-0",
-    "com.snowplowanalytics.snowplow/application_error/jsonschema/1-0-0",
-    "com.snowplowanalytics.snowplow/application_error/jsonschema/1-0-1",
-    "com.snowplowanalytics.snowplow/application_error/jsonschema/1-0-2",
-    "com.snowplowanalytics.snowplow/change_form/jsonschema/1-0-0",
-    "com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0",
-    "com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-1",
-    "com.snowplowanalytics.snowplow/focus_form/jsonschema/1-0-0",
-    "com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-0",
-    "com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1",
-    "com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-0",
-    "com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-1",
-    "com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-2",
-    "com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-3",
-    "com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
-    "com.snowplowanalytics.snowplow/remove_from_cart/jsonschema/1-0-0",
-    "com.snowplowanalytics.snowplow/screen_view/jsonschema/1-0-0",
-    "com.snowplowanalytics.snowplow/site_search/jsonschema/1-0-0",
-    "com.snowplowanalytics.snowplow/submit_form/jsonschema/1-0-0",
-    "com.snowplowanalytics.snowplow/timing/jsonschema/1-0-0",
-    "com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
-);
+/// Where each shipped schema lies in [`SHIPPED_BLOB`]: `(vendor/name/format/version,
+/// start, end)`, sorted by path.
+const SHIPPED_INDEX: &[(&str, usize, usize)] = include!(concat!(env!("OUT_DIR"), "/iglu_index.rs"));
+
+/// The text of the shipped schema at `path`, inflated from the blob; `None` if Iglu
+/// Central has no such schema (no inflating then: a miss costs a binary search).
+fn shipped(path: &str) -> Option<String> {
+    let at = SHIPPED_INDEX
+        .binary_search_by(|(shipped, _, _)| (*shipped).cmp(path))
+        .ok()?;
+    let (_, start, end) = SHIPPED_INDEX[at];
+    let text = miniz_oxide::inflate::decompress_to_vec_with_limit(
+        &SHIPPED_BLOB[start..end],
+        MAX_SCHEMA_BYTES as usize,
+    )
+    .expect("build.rs deflated every shipped schema, none larger than the limit");
+    Some(String::from_utf8(text).expect("Iglu Central's schemas are UTF-8"))
+}
 
 /// A schema found and compiled.
 struct Known {
     /// The schema as served by `/micro/iglu`.
     json: Value,
-    validator: jsonschema::Validator,
+    /// `None` for the schemas of other formats Iglu Central holds (Avro, Thrift,
+    /// Protobuf): served, never applied.
+    validator: Option<jsonschema::Validator>,
 }
 
 /// Resolves and applies Iglu schemas; cheap to clone.
@@ -89,8 +84,13 @@ impl Registry {
     pub fn validate(&self, uri: &str, data: &Value) -> Result<(), Vec<String>> {
         let path = uri.strip_prefix("iglu:").unwrap_or(uri);
         let known = self.resolve(path).map_err(|why| vec![why])?;
-        let errors: Vec<String> = known
-            .validator
+        let Some(validator) = &known.validator else {
+            return Err(vec![format!(
+                "schema {} is not a JSON Schema (its format is not jsonschema): self-describing data must name one",
+                shorten(uri)
+            )]);
+        };
+        let errors: Vec<String> = validator
             .iter_errors(data)
             .take(MAX_ERRORS_PER_CHECK)
             .map(|error| {
@@ -112,7 +112,7 @@ impl Registry {
         }
         let not_found = || {
             format!(
-                "schema iglu:{} not found in the Iglu registries (--iglu-dir, then Snowplow's own)",
+                "schema iglu:{} not found in the Iglu registries (--iglu-dir, then Iglu Central)",
                 shorten(path)
             )
         };
@@ -121,12 +121,7 @@ impl Registry {
         }
         let text = self
             .read_from_dirs(path)
-            .or_else(|| {
-                SHIPPED
-                    .iter()
-                    .find(|(shipped, _)| *shipped == path)
-                    .map(|(_, text)| (*text).to_owned())
-            })
+            .or_else(|| shipped(path))
             .ok_or_else(not_found)?;
         let known = Arc::new(compile(path, &text)?);
         self.known
@@ -157,10 +152,17 @@ fn is_registry_path(path: &str) -> bool {
 }
 
 /// A validator for an Iglu schema: its `$schema` (the self-describing meta-schema) and
-/// `self` keys set aside, as Iglu does, and JSON Schema draft 4 applied.
+/// `self` keys set aside, as Iglu does, and JSON Schema draft 4 applied. A schema of
+/// another format is kept to be served, with no validator.
 fn compile(path: &str, text: &str) -> Result<Known, String> {
     let json: Value =
         serde_json::from_str(text).map_err(|e| format!("schema iglu:{path} is not JSON: {e}"))?;
+    if path.split('/').nth(2) != Some("jsonschema") {
+        return Ok(Known {
+            json,
+            validator: None,
+        });
+    }
     let mut schema = json.clone();
     if let Some(object) = schema.as_object_mut() {
         object.remove("$schema");
@@ -168,9 +170,43 @@ fn compile(path: &str, text: &str) -> Result<Known, String> {
     }
     let validator = jsonschema::options()
         .with_draft(jsonschema::Draft::Draft4)
+        .with_retriever(IgluCentral)
         .build(&schema)
         .map_err(|e| format!("schema iglu:{path} is not a valid JSON Schema: {e}"))?;
-    Ok(Known { json, validator })
+    Ok(Known {
+        json,
+        validator: Some(validator),
+    })
+}
+
+/// Resolves a schema's `$ref` to Iglu Central (`http://iglucentral.com/schemas/PATH`,
+/// as Iglu Central's own schemas write it) from the shipped pack, never the network.
+struct IgluCentral;
+
+impl jsonschema::Retrieve for IgluCentral {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let uri = uri.as_str();
+        let path = [
+            "http://iglucentral.com/schemas/",
+            "https://iglucentral.com/schemas/",
+        ]
+        .iter()
+        .find_map(|prefix| uri.strip_prefix(prefix))
+        .map(|rest| rest.split('#').next().unwrap_or(rest));
+        let text = path
+            .filter(|path| is_registry_path(path))
+            .and_then(shipped)
+            .ok_or_else(|| {
+                format!(
+                    "{} is not in the shipped Iglu Central (no network)",
+                    shorten(uri)
+                )
+            })?;
+        Ok(serde_json::from_str(&text)?)
+    }
 }
 
 #[cfg(test)]
@@ -179,11 +215,60 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn shipped_schemas_compile_and_apply() {
+    fn all_of_iglu_central_is_shipped_and_compiles() {
+        // The count of iglu/README.md (release R183): a file lost from the pack fails here.
+        assert_eq!(SHIPPED_INDEX.len(), 679);
+        assert!(SHIPPED_INDEX.windows(2).all(|w| w[0].0 < w[1].0), "sorted");
         let registry = Registry::default();
-        for (path, _) in SHIPPED {
-            assert!(registry.schema(path).is_some(), "{path}");
+        let failing: Vec<String> = SHIPPED_INDEX
+            .iter()
+            .filter_map(|(path, _, _)| registry.resolve(path).err())
+            .collect();
+        assert!(failing.is_empty(), "{failing:#?}");
+        for (path, _, _) in SHIPPED_INDEX {
+            let schema = registry.schema(path).unwrap_or_else(|| panic!("{path}"));
+            if !path.contains("/jsonschema/") {
+                let uri = format!("iglu:{path}");
+                let errors = registry.validate(&uri, &json!({})).unwrap_err();
+                assert!(errors[0].contains("not a JSON Schema"), "{errors:?}");
+                continue;
+            }
+            let self_ = &schema["self"];
+            let named = format!(
+                "{}/{}/{}/{}",
+                self_["vendor"].as_str().unwrap(),
+                self_["name"].as_str().unwrap(),
+                self_["format"].as_str().unwrap(),
+                self_["version"].as_str().unwrap()
+            );
+            assert_eq!(&named, path, "a schema's self names its place");
         }
+    }
+
+    #[test]
+    fn the_entities_real_trackers_send_by_default_resolve() {
+        let registry = Registry::default();
+        let web_page = "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0";
+        let id = "2b4e0b2f-5b5c-4f0f-9f5e-1d0e6f7a8b9c";
+        assert!(registry.validate(web_page, &json!({"id": id})).is_ok());
+        assert!(registry.validate(web_page, &json!({"id": 7})).is_err());
+        for uri in [
+            "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
+            "iglu:com.snowplowanalytics.snowplow/browser_context/jsonschema/2-0-0",
+            "iglu:com.snowplowanalytics.snowplow/consent_document/jsonschema/1-0-0",
+            "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3",
+        ] {
+            let errors = registry.validate(uri, &json!({})).err().unwrap_or_default();
+            assert!(
+                errors.iter().all(|e| !e.contains("not found")),
+                "{uri}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn shipped_schemas_apply() {
+        let registry = Registry::default();
         let screen = "iglu:com.snowplowanalytics.snowplow/screen_view/jsonschema/1-0-0";
         assert!(registry.validate(screen, &json!({"name": "Home"})).is_ok());
         let errors = registry
