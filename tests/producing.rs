@@ -863,3 +863,131 @@ async fn real_trackers_default_entities_resolve_against_the_shipped_iglu_central
     .await;
     assert_eq!(served["self"]["name"], "web_page", "{served}");
 }
+
+/// What the collector adds from the request, as the stream collector and enrich do
+/// (582e716: `useragent`, `user_ipaddress` and `network_userid` null for every real
+/// tracker, no cookie, header values cut at 64 bytes): the User-Agent, the client's
+/// address (X-Forwarded-For's first, else the peer), the `sp` cookie set and read back,
+/// `tnuid` winning over it; under `SP-Anonymous` nothing of the client is kept.
+#[tokio::test]
+async fn the_collector_adds_the_user_agent_the_address_and_its_cookie_as_the_stream_collector_does()
+{
+    let (_collector, url) = local_collector(CollectorOptions::default()).await;
+    let client = http_client();
+    // A real browser's User-Agent is longer than 64 bytes; it stays whole.
+    let agent = format!(
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) {}",
+        "Chrome/131.0.0.0 Safari/537.36 ".repeat(3).trim_end()
+    );
+    let pixel = |eid: usize| {
+        format!(
+            "{url}/i?e=pv&p=web&tv=js-4.6.0&url=http%3A%2F%2Fx%2F&eid={}",
+            test_uuid(eid)
+        )
+    };
+    let first = client
+        .get(pixel(401))
+        .header("user-agent", &agent)
+        .header("x-forwarded-for", "203.0.113.7, 10.0.0.1")
+        .send()
+        .await
+        .unwrap();
+    let set_cookie = first.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let nuid = set_cookie
+        .strip_prefix("sp=")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("{set_cookie}"))
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&nuid).is_ok(), "{set_cookie}");
+    for attribute in [
+        "; Expires=",
+        "; Path=/",
+        "; SameSite=None",
+        "; Secure",
+        "; HttpOnly",
+    ] {
+        assert!(set_cookie.contains(attribute), "{attribute}: {set_cookie}");
+    }
+    // The cookie comes back; the peer's address when nothing is forwarded; `tnuid` wins.
+    let cookie = format!("other=1; sp={nuid}");
+    let second = client
+        .get(pixel(402))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        second.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("sp={nuid};"))
+    );
+    let third = format!("{}&tnuid=11111111-1111-4111-8111-111111111111", pixel(403));
+    client
+        .get(third)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let good = micro(&url, "/micro/good", None).await;
+    let by_eid = |eid: usize| {
+        good.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"]["event_id"] == test_uuid(eid))
+            .unwrap_or_else(|| panic!("{eid}: {good}"))
+            .clone()
+    };
+    let (first, second, third) = (by_eid(401), by_eid(402), by_eid(403));
+    assert_eq!(first["event"]["useragent"], agent.as_str());
+    assert_eq!(first["event"]["user_ipaddress"], "203.0.113.7");
+    assert_eq!(first["event"]["network_userid"], nuid.as_str());
+    assert_eq!(first["rawEvent"]["context"]["userId"], nuid.as_str());
+    let listed = first["rawEvent"]["context"]["headers"].to_string();
+    assert!(listed.contains(&agent), "{listed}");
+    assert_eq!(second["event"]["network_userid"], nuid.as_str());
+    assert_eq!(second["event"]["user_ipaddress"], "127.0.0.1");
+    assert_eq!(
+        third["event"]["network_userid"],
+        "11111111-1111-4111-8111-111111111111"
+    );
+
+    // SP-Anonymous: no address anywhere, the proxies' and the cookie's headers dropped,
+    // the all-zero id, no cookie set.
+    let body = json!({
+        "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+        "data": [{"e": "pv", "p": "web", "tv": "js-4.6.0", "url": "http://x/", "eid": test_uuid(404)}]
+    });
+    let anonymous = client
+        .post(format!("{url}/com.snowplowanalytics.snowplow/tp2"))
+        .header("content-type", "application/json")
+        .header("sp-anonymous", "*")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-real-ip", "203.0.113.9")
+        .header("cookie", &cookie)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 200);
+    assert!(anonymous.headers().get("set-cookie").is_none());
+    let last = micro(&url, "/micro/good", Some(r#"{"limit":1}"#)).await;
+    let event = &last[0];
+    assert_eq!(event["event"]["event_id"], test_uuid(404), "{last}");
+    assert_eq!(event["event"]["user_ipaddress"], Value::Null);
+    assert_eq!(event["rawEvent"]["context"]["ipAddress"], Value::Null);
+    assert_eq!(
+        event["event"]["network_userid"],
+        "00000000-0000-0000-0000-000000000000"
+    );
+    let listed = event["rawEvent"]["context"]["headers"].to_string();
+    for gone in [
+        "x-forwarded-for",
+        "x-real-ip",
+        "cookie",
+        "203.0.113.9",
+        &nuid,
+    ] {
+        assert!(!listed.contains(gone), "{gone}: {listed}");
+    }
+}

@@ -164,7 +164,7 @@ impl LocalCollector {
             }
         }
         let verdict = if errors.is_empty() {
-            event::check(&parameters, &self.registry, origin.millis)
+            event::check(&parameters, &self.registry, origin.arrival())
         } else {
             Err(errors)
         };
@@ -177,7 +177,9 @@ impl LocalCollector {
                 .into_iter()
                 .map(|item| {
                     let verdict = match item.as_object() {
-                        Some(parameters) => event::check(parameters, &self.registry, origin.millis),
+                        Some(parameters) => {
+                            event::check(parameters, &self.registry, origin.arrival())
+                        }
                         None => Err(vec!["an event must be a JSON object".to_owned()]),
                     };
                     (item, verdict)

@@ -40,12 +40,26 @@ struct Parts {
     contexts: Option<Value>,
 }
 
-/// Checks one event (its parameters as received) and shapes it; `collector_ms` is when
-/// it arrived. The errors name the check and the field or schema.
+/// What the collector adds to an event from the request it came in, as the stream
+/// collector and enrich do: used where the tracker sent nothing of its own.
+#[derive(Clone, Copy, Default)]
+pub struct Arrival<'a> {
+    /// When it arrived, in epoch milliseconds.
+    pub millis: u64,
+    /// `X-Forwarded-For`'s first address or the peer's; `None` under `SP-Anonymous`.
+    pub ip: Option<&'a str>,
+    /// The `User-Agent` header.
+    pub useragent: Option<&'a str>,
+    /// The collector's network user id (its `sp` cookie, or a new one).
+    pub network_userid: Option<&'a str>,
+}
+
+/// Checks one event (its parameters as received) and shapes it, with what its request
+/// adds (`arrival`). The errors name the check and the field or schema.
 pub fn check(
     parameters: &Map<String, Value>,
     registry: &Registry,
-    collector_ms: u64,
+    arrival: Arrival<'_>,
 ) -> Result<Good, Vec<String>> {
     let mut errors = Vec::new();
     check_payload_data(parameters, &mut errors);
@@ -78,7 +92,7 @@ pub fn check(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let event = enrich(parameters, &parts, collector_ms);
+    let event = enrich(parameters, &parts, arrival);
     Ok(Good {
         event_type: parts.event_type,
         schema: parts.schema,
@@ -288,7 +302,12 @@ pub(crate) fn with_lone_surrogates_replaced(json: &[u8]) -> std::borrow::Cow<'_,
 
 /// The canonical fields of the enriched event, in Snowplow's column order, `null` where
 /// the event has nothing (as Micro shows them).
-fn enrich(parameters: &Map<String, Value>, parts: &Parts, collector_ms: u64) -> Map<String, Value> {
+fn enrich(
+    parameters: &Map<String, Value>,
+    parts: &Parts,
+    arrival: Arrival<'_>,
+) -> Map<String, Value> {
+    let collector_ms = arrival.millis;
     let text = |name: &str| {
         parameters
             .get(name)
@@ -375,13 +394,22 @@ fn enrich(parameters: &Map<String, Value>, parts: &Parts, collector_ms: u64) -> 
             Some(concat!("snowplow-relay-micro-", env!("CARGO_PKG_VERSION")).into()),
         ),
         ("user_id", text("uid").map(Value::from)),
-        ("user_ipaddress", text("ip").map(Value::from)),
+        (
+            "user_ipaddress",
+            text("ip")
+                .or_else(|| arrival.ip.map(str::to_owned))
+                .map(Value::from),
+        ),
         ("user_fingerprint", text("fp").map(Value::from)),
         ("domain_userid", text("duid").map(Value::from)),
         ("domain_sessionidx", whole("vid")),
         (
             "network_userid",
-            text("tnuid").or_else(|| text("nuid")).map(Value::from),
+            // enrich: the collector's id, replaced by `nuid`, replaced by `tnuid`.
+            text("tnuid")
+                .or_else(|| text("nuid"))
+                .or_else(|| arrival.network_userid.map(str::to_owned))
+                .map(Value::from),
         ),
         ("page_url", text("url").map(Value::from)),
         ("page_title", text("page").map(Value::from)),
@@ -423,7 +451,12 @@ fn enrich(parameters: &Map<String, Value>, parts: &Parts, collector_ms: u64) -> 
         ("pp_xoffset_max", whole("pp_max")),
         ("pp_yoffset_min", whole("pp_miy")),
         ("pp_yoffset_max", whole("pp_may")),
-        ("useragent", text("ua").map(Value::from)),
+        (
+            "useragent",
+            text("ua")
+                .or_else(|| arrival.useragent.map(str::to_owned))
+                .map(Value::from),
+        ),
         ("br_lang", text("lang").map(Value::from)),
         ("br_cookies", text("cookie").map(|v| Value::from(v == "1"))),
         ("br_colordepth", text("cd").map(Value::from)),
@@ -544,7 +577,11 @@ mod tests {
         for (k, v) in extra {
             parameters.insert(k.to_string(), Value::from(*v));
         }
-        check(&parameters, &Registry::default(), 1_700_000_000_000)
+        let arrival = Arrival {
+            millis: 1_700_000_000_000,
+            ..Arrival::default()
+        };
+        check(&parameters, &Registry::default(), arrival)
     }
 
     #[test]

@@ -84,10 +84,14 @@ impl LocalCollector {
             (&Method::GET, "/i" | "/ice.png" | "/com.snowplowanalytics.snowplow/tp1") => {
                 let origin = Origin::of(&request, "tp1", None);
                 let (good, bad) = self.receive_query(&query, &origin);
-                let response = Response::builder()
+                let mut response = Response::builder()
                     .header("content-type", "image/gif")
                     // The stream collector's: a pixel is never taken from a cache.
-                    .header("cache-control", "no-cache, no-store, must-revalidate")
+                    .header("cache-control", "no-cache, no-store, must-revalidate");
+                if let Some(cookie) = origin.set_cookie() {
+                    response = response.header("set-cookie", cookie);
+                }
+                let response = response
                     .body(full(Bytes::from_static(PIXEL)))
                     .unwrap_or_else(|_| Response::new(full("")));
                 (response, good, bad)
@@ -106,7 +110,13 @@ impl LocalCollector {
                     Err(response) => return (response, 0, 0),
                 };
                 let (good, bad) = self.receive_post(&body, &origin);
-                (text(StatusCode::OK, "ok"), good, bad)
+                let mut response = text(StatusCode::OK, "ok");
+                if let Some(cookie) = origin.set_cookie()
+                    && let Ok(cookie) = hyper::header::HeaderValue::from_str(&cookie)
+                {
+                    response.headers_mut().insert("set-cookie", cookie);
+                }
+                (response, good, bad)
             }
             // The stream collector 3.x's answer (the 2.x collector's was `OK`).
             (&Method::GET, "/health") => (text(StatusCode::OK, "ok"), 0, 0),

@@ -86,8 +86,7 @@ impl Registry {
         let known = self.resolve(path).map_err(|why| vec![why])?;
         let Some(validator) = &known.validator else {
             return Err(vec![format!(
-                "schema {} is not a JSON Schema (its format is not jsonschema): self-describing data must name one",
-                shorten(uri)
+                "schema {uri} is not a JSON Schema (its format is not jsonschema): self-describing data must name one"
             )]);
         };
         let errors: Vec<String> = validator
@@ -96,7 +95,9 @@ impl Registry {
             .map(|error| {
                 let at = error.instance_path().to_string();
                 let at = if at.is_empty() { "/".to_owned() } else { at };
-                format!("{}: {at}: {}", shorten(uri), shorten(&error.to_string()))
+                // The URI whole (it resolved, so it is a registry path); the message,
+                // which may quote the data, shortened.
+                format!("{uri}: {at}: {}", shorten(&error.to_string()))
             })
             .collect();
         if errors.is_empty() {
@@ -110,10 +111,16 @@ impl Registry {
         if let Some(known) = self.known.lock().expect("iglu lock").get(path) {
             return Ok(known.clone());
         }
+        // A registry path is named whole; anything else (it may be any string a
+        // client sent) shortened.
         let not_found = || {
-            format!(
-                "schema iglu:{} not found in the Iglu registries (--iglu-dir, then Iglu Central)",
+            let named = if is_registry_path(path) {
+                path.to_owned()
+            } else {
                 shorten(path)
+            };
+            format!(
+                "schema iglu:{named} not found in the Iglu registries (--iglu-dir, then Iglu Central)"
             )
         };
         if !is_registry_path(path) {
@@ -251,7 +258,11 @@ mod tests {
         let web_page = "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0";
         let id = "2b4e0b2f-5b5c-4f0f-9f5e-1d0e6f7a8b9c";
         assert!(registry.validate(web_page, &json!({"id": id})).is_ok());
-        assert!(registry.validate(web_page, &json!({"id": 7})).is_err());
+        let errors = registry.validate(web_page, &json!({"id": 7})).unwrap_err();
+        assert!(
+            errors[0].starts_with(&format!("{web_page}: /id: ")),
+            "whole: {errors:?}"
+        );
         for uri in [
             "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
             "iglu:com.snowplowanalytics.snowplow/browser_context/jsonschema/2-0-0",

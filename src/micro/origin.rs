@@ -1,12 +1,15 @@
 //! What a request brings besides its parameters: where and how it arrived (Micro's
-//! `rawEvent` and `collectorPayload`, headers that carry secrets left out), and the
-//! items of a `payload_data` POST body.
+//! `rawEvent` and `collectorPayload`, headers that carry secrets left out), what the
+//! stream collector adds from it (the client's address, its user agent, the network
+//! user id of its `sp` cookie, nothing of the client under `SP-Anonymous`), and the
+//! items of a `payload_data` POST body. Nothing is shortened: the listener's header
+//! limit bounds what a request brings.
 
 use hyper::Request;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::event;
+use super::event::{self, Arrival};
 use crate::ops::listener::Peer;
 use snowplow_relay_tracker::is_iglu_uri;
 use snowplow_relay_tracker::protocol::{PAYLOAD_DATA_SCHEMA, shorten};
@@ -21,14 +24,30 @@ pub(super) struct Origin {
     pub(super) useragent: Option<String>,
     pub(super) referer: Option<String>,
     /// `Name: value`, as Micro lists them; cookies and credentials
-    /// ([`NEVER_LISTED_HEADERS`]) left out.
+    /// ([`NEVER_LISTED_HEADERS`]) left out, and the client's address too under
+    /// `SP-Anonymous` ([`ANONYMOUS_UNLISTED_HEADERS`]).
     pub(super) headers: Vec<String>,
     pub(super) millis: u64,
+    /// The collector's network user id: the request's `nuid` parameter, else its `sp`
+    /// cookie, else a new one; all zeros under `SP-Anonymous`. `None` for local events.
+    pub(super) network_userid: Option<String>,
+    /// The request carried `SP-Anonymous`: no cookie is set in the answer.
+    pub(super) anonymous: bool,
 }
 
 /// Request headers never listed in an event's `rawEvent.context.headers`: whoever can
 /// read `/micro/good` must not learn a cookie, a password or a token from them.
 pub const NEVER_LISTED_HEADERS: [&str; 3] = ["cookie", "authorization", "proxy-authorization"];
+
+/// Headers the stream collector drops under `SP-Anonymous` (with the cookie, above).
+const ANONYMOUS_UNLISTED_HEADERS: [&str; 2] = ["x-forwarded-for", "x-real-ip"];
+
+/// The stream collector's cookie (its default `cookie` settings).
+const COOKIE_NAME: &str = "sp";
+const COOKIE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// The network user id of an anonymous request (the stream collector's).
+pub const ANONYMOUS_NUID: &str = "00000000-0000-0000-0000-000000000000";
 
 impl Origin {
     pub(super) fn of(
@@ -41,31 +60,44 @@ impl Origin {
                 .headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .map(shorten)
+                .map(str::to_owned)
         };
+        let anonymous = request.headers().contains_key("sp-anonymous");
         let forwarded = header("x-forwarded-for")
             .and_then(|v| v.split(',').next().map(|ip| ip.trim().to_owned()));
         let peer = request
             .extensions()
             .get::<Peer>()
             .map(|p| p.0.ip().to_string());
+        let network_userid = if anonymous {
+            ANONYMOUS_NUID.to_owned()
+        } else {
+            let query = request.uri().query().unwrap_or_default();
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(name, _)| name == "nuid")
+                .map(|(_, nuid)| nuid.into_owned())
+                .or_else(|| cookie(request, COOKIE_NAME))
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        };
         Origin {
             hostname: header("host").map(|h| h.split(':').next().unwrap_or_default().to_owned()),
-            ip: forwarded.or(peer),
+            ip: if anonymous { None } else { forwarded.or(peer) },
             useragent: header("user-agent"),
             referer: header("referer"),
             headers: request
                 .headers()
                 .iter()
                 .filter(|(name, _)| !NEVER_LISTED_HEADERS.contains(&name.as_str()))
+                .filter(|(name, _)| {
+                    !(anonymous && ANONYMOUS_UNLISTED_HEADERS.contains(&name.as_str()))
+                })
                 .take(64)
                 .map(|(name, value)| {
-                    format!(
-                        "{name}: {}",
-                        shorten(&String::from_utf8_lossy(value.as_bytes()))
-                    )
+                    format!("{name}: {}", String::from_utf8_lossy(value.as_bytes()))
                 })
                 .collect(),
+            network_userid: Some(network_userid),
+            anonymous,
             ..Origin::local(version, content_type)
         }
     }
@@ -82,7 +114,29 @@ impl Origin {
             referer: None,
             headers: Vec::new(),
             millis: snowplow_relay_tracker::protocol::now_millis(),
+            network_userid: None,
+            anonymous: false,
         }
+    }
+
+    /// What the request adds to each of its events.
+    pub(super) fn arrival(&self) -> Arrival<'_> {
+        Arrival {
+            millis: self.millis,
+            ip: self.ip.as_deref(),
+            useragent: self.useragent.as_deref(),
+            network_userid: self.network_userid.as_deref(),
+        }
+    }
+
+    /// The stream collector's answer cookie, `sp=<network user id>` with its default
+    /// attributes; none under `SP-Anonymous` (nor for local events).
+    pub(super) fn set_cookie(&self) -> Option<String> {
+        let nuid = self.network_userid.as_deref().filter(|_| !self.anonymous)?;
+        let expires = httpdate::fmt_http_date(std::time::SystemTime::now() + COOKIE_LIFETIME);
+        Some(format!(
+            "{COOKIE_NAME}={nuid}; Expires={expires}; Path=/; SameSite=None; Secure; HttpOnly"
+        ))
     }
 
     /// What Micro shows of the request a bad event came in (its body is in `rawEvent`).
@@ -107,10 +161,24 @@ impl Origin {
                 "useragent": self.useragent,
                 "refererUri": self.referer,
                 "headers": self.headers,
-                "userId": null,
+                "userId": self.network_userid,
             },
         })
     }
+}
+
+/// The value of the request's cookie `name`, if it sent one.
+fn cookie(request: &Request<Incoming>, name: &str) -> Option<String> {
+    request
+        .headers()
+        .get_all("cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then(|| value.trim_matches('"').to_owned())
+        })
 }
 
 /// The items of a `payload_data` POST body.
