@@ -862,6 +862,16 @@ async fn real_trackers_default_entities_resolve_against_the_shipped_iglu_central
     )
     .await;
     assert_eq!(served["self"]["name"], "web_page", "{served}");
+    // Micro 3's `/micro/events`: the good event, flattened (582e716: 404).
+    let events = micro(&url, "/micro/events", None).await;
+    let listed = events.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{events}");
+    assert_eq!(listed[0]["event_id"], test_uuid(301));
+    let pages = &listed[0]["contexts_com_snowplowanalytics_snowplow_web_page_1"];
+    assert_eq!(
+        pages[0]["id"], "2b4e0b2f-5b5c-4f0f-9f5e-1d0e6f7a8b9c",
+        "{events}"
+    );
 }
 
 /// What the collector adds from the request, as the stream collector and enrich do

@@ -32,7 +32,7 @@ pub(super) struct CollectorArgs {
     #[arg(long, default_value_t = micro::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     max_connections: usize,
     /// A static Iglu registry (DIR/schemas/VENDOR/NAME/jsonschema/M-R-A, the layout
-    /// `igluctl static generate` writes), searched before Snowplow's own schemas; repeat
+    /// `igluctl static generate` writes), searched before the built-in Iglu Central; repeat
     /// for several. Self-describing data whose schema resolves nowhere is bad, as in Micro.
     #[arg(long = "iglu-dir", value_name = "DIR")]
     iglu_dirs: Vec<PathBuf>,

@@ -54,7 +54,7 @@ pub struct CollectorOptions {
     /// [`CollectorOptions::budget_wait`]).
     pub body_timeout: Duration,
     /// Static Iglu registries (`DIR/schemas/VENDOR/NAME/jsonschema/M-R-A`) searched before
-    /// Snowplow's own schemas.
+    /// the built-in Iglu Central.
     pub iglu_dirs: Vec<PathBuf>,
 }
 

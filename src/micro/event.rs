@@ -300,6 +300,150 @@ pub(crate) fn with_lone_surrogates_replaced(json: &[u8]) -> std::borrow::Cow<'_,
     }
 }
 
+/// The columns of Snowplow's enriched event, in the canonical order (the Analytics SDK's
+/// `Event`: 131). Every good event carries each of them, `null` where it has nothing, as
+/// Micro shows them; the enrichments that fill `geo_*`, `br_name`, `mkt_*`… do not run
+/// here.
+pub const EVENT_COLUMNS: [&str; 131] = [
+    "app_id",
+    "platform",
+    "etl_tstamp",
+    "collector_tstamp",
+    "dvce_created_tstamp",
+    "event",
+    "event_id",
+    "txn_id",
+    "name_tracker",
+    "v_tracker",
+    "v_collector",
+    "v_etl",
+    "user_id",
+    "user_ipaddress",
+    "user_fingerprint",
+    "domain_userid",
+    "domain_sessionidx",
+    "network_userid",
+    "geo_country",
+    "geo_region",
+    "geo_city",
+    "geo_zipcode",
+    "geo_latitude",
+    "geo_longitude",
+    "geo_region_name",
+    "ip_isp",
+    "ip_organization",
+    "ip_domain",
+    "ip_netspeed",
+    "page_url",
+    "page_title",
+    "page_referrer",
+    "page_urlscheme",
+    "page_urlhost",
+    "page_urlport",
+    "page_urlpath",
+    "page_urlquery",
+    "page_urlfragment",
+    "refr_urlscheme",
+    "refr_urlhost",
+    "refr_urlport",
+    "refr_urlpath",
+    "refr_urlquery",
+    "refr_urlfragment",
+    "refr_medium",
+    "refr_source",
+    "refr_term",
+    "mkt_medium",
+    "mkt_source",
+    "mkt_term",
+    "mkt_content",
+    "mkt_campaign",
+    "contexts",
+    "se_category",
+    "se_action",
+    "se_label",
+    "se_property",
+    "se_value",
+    "unstruct_event",
+    "tr_orderid",
+    "tr_affiliation",
+    "tr_total",
+    "tr_tax",
+    "tr_shipping",
+    "tr_city",
+    "tr_state",
+    "tr_country",
+    "ti_orderid",
+    "ti_sku",
+    "ti_name",
+    "ti_category",
+    "ti_price",
+    "ti_quantity",
+    "pp_xoffset_min",
+    "pp_xoffset_max",
+    "pp_yoffset_min",
+    "pp_yoffset_max",
+    "useragent",
+    "br_name",
+    "br_family",
+    "br_version",
+    "br_type",
+    "br_renderengine",
+    "br_lang",
+    "br_features_pdf",
+    "br_features_flash",
+    "br_features_java",
+    "br_features_director",
+    "br_features_quicktime",
+    "br_features_realplayer",
+    "br_features_windowsmedia",
+    "br_features_gears",
+    "br_features_silverlight",
+    "br_cookies",
+    "br_colordepth",
+    "br_viewwidth",
+    "br_viewheight",
+    "os_name",
+    "os_family",
+    "os_manufacturer",
+    "os_timezone",
+    "dvce_type",
+    "dvce_ismobile",
+    "dvce_screenwidth",
+    "dvce_screenheight",
+    "doc_charset",
+    "doc_width",
+    "doc_height",
+    "tr_currency",
+    "tr_total_base",
+    "tr_tax_base",
+    "tr_shipping_base",
+    "ti_currency",
+    "ti_price_base",
+    "base_currency",
+    "geo_timezone",
+    "mkt_clickid",
+    "mkt_network",
+    "etl_tags",
+    "dvce_sent_tstamp",
+    "refr_domain_userid",
+    "refr_device_tstamp",
+    "derived_contexts",
+    "domain_sessionid",
+    "derived_tstamp",
+    "event_vendor",
+    "event_name",
+    "event_format",
+    "event_version",
+    "event_fingerprint",
+    "true_tstamp",
+];
+
+/// The envelope every event's contexts are shown in, whatever version the tracker sent
+/// (Python 1.x sends 1-0-1), as enrich re-encodes them.
+const CONTEXTS_SCHEMA: &str = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0";
+const UNSTRUCT_EVENT_SCHEMA: &str =
+    "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0";
+
 /// The canonical fields of the enriched event, in Snowplow's column order, `null` where
 /// the event has nothing (as Micro shows them).
 fn enrich(
@@ -426,13 +570,26 @@ fn enrich(
         ("refr_urlpath", refr_path),
         ("refr_urlquery", refr_query),
         ("refr_urlfragment", refr_fragment),
-        ("contexts", parts.contexts.clone()),
+        (
+            "contexts",
+            Some(json!({"schema": CONTEXTS_SCHEMA, "data": parts.contexts.as_ref().map(|c| c["data"].clone())}))
+                .filter(|c| c["data"].as_array().is_some_and(|list| !list.is_empty()))
+                .or_else(|| Some(json!({}))),
+        ),
+        // No enrichment adds any here.
+        ("derived_contexts", Some(json!({}))),
         ("se_category", text("se_ca").map(Value::from)),
         ("se_action", text("se_ac").map(Value::from)),
         ("se_label", text("se_la").map(Value::from)),
         ("se_property", text("se_pr").map(Value::from)),
         ("se_value", number("se_va")),
-        ("unstruct_event", parts.unstruct.clone()),
+        (
+            "unstruct_event",
+            parts
+                .unstruct
+                .as_ref()
+                .map(|u| json!({"schema": UNSTRUCT_EVENT_SCHEMA, "data": u["data"].clone()})),
+        ),
         ("tr_orderid", text("tr_id").map(Value::from)),
         ("tr_affiliation", text("tr_af").map(Value::from)),
         ("tr_total", number("tr_tt")),
@@ -479,10 +636,80 @@ fn enrich(
         ("event_version", schema_part(3)),
         ("true_tstamp", timestamp(ttm)),
     ];
-    fields
-        .into_iter()
-        .map(|(name, value)| (name.to_owned(), value.unwrap_or(Value::Null)))
-        .collect()
+    let mut event: Map<String, Value> = EVENT_COLUMNS
+        .iter()
+        .map(|column| ((*column).to_owned(), Value::Null))
+        .collect();
+    for (name, value) in fields {
+        debug_assert!(EVENT_COLUMNS.contains(&name), "{name} is a column");
+        event.insert(name.to_owned(), value.unwrap_or(Value::Null));
+    }
+    event
+}
+
+/// An enriched event as Micro 3's `GET /micro/events` lists it (the Analytics SDK's
+/// lossy JSON): the atomic columns, each context's data (with `_schema_version`) under
+/// `contexts_VENDOR_NAME_MODEL`, the self-describing event's under
+/// `unstruct_event_VENDOR_NAME_MODEL`.
+pub fn flattened(event: &Map<String, Value>) -> Map<String, Value> {
+    let mut flat: Map<String, Value> = event
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "contexts" | "derived_contexts" | "unstruct_event"
+            )
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    for field in ["contexts", "derived_contexts"] {
+        for entity in event[field]["data"].as_array().into_iter().flatten() {
+            let schema = entity["schema"].as_str().unwrap_or_default();
+            let Some(column) = column_name("contexts_", schema) else {
+                continue;
+            };
+            let mut data = entity["data"].clone();
+            if let Some(object) = data.as_object_mut() {
+                object.insert("_schema_version".to_owned(), schema.into());
+            }
+            let list = flat
+                .entry(column)
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Some(list) = list.as_array_mut() {
+                list.push(data);
+            }
+        }
+    }
+    let unstruct = &event["unstruct_event"]["data"];
+    if let Some(column) = unstruct["schema"]
+        .as_str()
+        .and_then(|s| column_name("unstruct_event_", s))
+    {
+        flat.insert(column, unstruct["data"].clone());
+    }
+    flat
+}
+
+/// `contexts_com_acme_my_thing_1` for `iglu:com.acme/myThing/jsonschema/1-0-0`: the
+/// vendor's dots and dashes as underscores, the name's camel case as snake case, the
+/// model (the Analytics SDK's `transformSchema`).
+fn column_name(prefix: &str, uri: &str) -> Option<String> {
+    let mut parts = uri.strip_prefix("iglu:")?.split('/');
+    let (vendor, name, _format, version) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let model = version.split('-').next()?;
+    let vendor = vendor.replace(['.', '-'], "_").to_lowercase();
+    let mut snake = String::with_capacity(name.len() + 4);
+    let mut previous: Option<char> = None;
+    for c in name.chars() {
+        let c = if c == '.' || c == '-' { '_' } else { c };
+        if c.is_ascii_uppercase() && previous.is_some_and(|p| !p.is_ascii_uppercase() && p != '_') {
+            snake.push('_');
+        }
+        snake.push(c.to_ascii_lowercase());
+        previous = Some(c);
+    }
+    Some(format!("{prefix}{vendor}_{snake}_{model}"))
 }
 
 /// `2026-11-30T15:04:05.123Z` for epoch milliseconds `ms` (UTC, proleptic Gregorian).
@@ -582,6 +809,51 @@ mod tests {
             ..Arrival::default()
         };
         check(&parameters, &Registry::default(), arrival)
+    }
+
+    /// Every column of the Analytics SDK's `Event`, `null` when empty; `contexts` and
+    /// `derived_contexts` `{}` when there are none (snowplow-micro-examples' helpers call
+    /// `contexts.hasOwnProperty("data")`); contexts re-encoded under 1-0-0 whatever the
+    /// tracker sent (582e716: 77 columns, `contexts` null, the tracker's 1-0-1 kept).
+    #[test]
+    fn the_enriched_event_has_every_column_and_contexts_as_enrich_writes_them() {
+        let bare = checked(&[]).unwrap().event;
+        assert_eq!(bare.len(), 131, "{:?}", bare.keys());
+        assert!(EVENT_COLUMNS.iter().all(|c| bare.contains_key(*c)));
+        assert_eq!(bare["contexts"], json!({}));
+        assert_eq!(bare["derived_contexts"], json!({}));
+        assert_eq!(bare["unstruct_event"], Value::Null);
+        assert_eq!(bare["geo_country"], Value::Null);
+        let screen = r#"{"schema":"iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0","data":{"schema":"iglu:com.snowplowanalytics.mobile/screen_view/jsonschema/1-0-0","data":{"name":"Home","id":"5b1ce3b8-2f2d-4b4c-a7cd-2a0f6f4e2d4b"}}}"#;
+        let contexts = r#"{"schema":"iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-1","data":[{"schema":"iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1","data":{"targetUrl":"http://x/"}},{"schema":"iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1","data":{"targetUrl":"http://y/"}}]}"#;
+        let full = checked(&[("e", "ue"), ("ue_pr", screen), ("co", contexts)])
+            .unwrap()
+            .event;
+        assert_eq!(full["contexts"]["schema"], CONTEXTS_SCHEMA);
+        assert_eq!(full["contexts"]["data"].as_array().unwrap().len(), 2);
+        assert_eq!(full["unstruct_event"]["schema"], UNSTRUCT_EVENT_SCHEMA);
+        // Micro 3's `/micro/events`: flattened as the Analytics SDK's lossy JSON.
+        let flat = flattened(&full);
+        assert!(!flat.contains_key("contexts") && !flat.contains_key("unstruct_event"));
+        let clicks = &flat["contexts_com_snowplowanalytics_snowplow_link_click_1"];
+        assert_eq!(clicks[1]["targetUrl"], "http://y/", "{flat:?}");
+        assert_eq!(
+            clicks[0]["_schema_version"],
+            "iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1"
+        );
+        assert_eq!(
+            flat["unstruct_event_com_snowplowanalytics_mobile_screen_view_1"]["name"],
+            "Home"
+        );
+        assert_eq!(flat.len(), 131 - 3 + 2);
+        assert_eq!(
+            column_name(
+                "contexts_",
+                "iglu:com.my-co.web/ABTestV2Result/jsonschema/2-1-0"
+            )
+            .as_deref(),
+            Some("contexts_com_my_co_web_abtest_v2_result_2")
+        );
     }
 
     #[test]

@@ -11,10 +11,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use super::collector::{LocalCollector, PIXEL, Totals};
+use super::event;
 use super::origin::Origin;
 use super::store::{Filters, Store, Stored, Summary, newest_first};
 use crate::ops::listener::{Body, Limits, full};
@@ -152,6 +153,26 @@ impl LocalCollector {
                     }
                 }
             }
+            // Micro 3's list of enriched events, flattened as the Analytics SDK's lossy
+            // JSON, newest first. Micro adds its incomplete events (enriched despite a
+            // failed check); this collector keeps no enriched form of a bad event.
+            (&Method::GET, "/micro/events") => {
+                let good: Vec<Arc<Stored>> = {
+                    let store = self.store.lock().expect("store lock");
+                    newest_first(&store.good)
+                };
+                let events: Vec<Value> = good
+                    .iter()
+                    .filter_map(|stored| serde_json::from_slice::<Value>(&stored.json).ok())
+                    .filter_map(|entry| match entry.get("event") {
+                        Some(Value::Object(enriched)) => {
+                            Some(Value::Object(event::flattened(enriched)))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                (self.json(&events), 0, 0)
+            }
             (&Method::GET | &Method::POST, "/micro/good" | "/micro/bad") => {
                 let good = path == "/micro/good";
                 let filters = if method == Method::POST {
@@ -189,7 +210,7 @@ impl LocalCollector {
             _ => (
                 text(
                     StatusCode::NOT_FOUND,
-                    "not found: GET /i, POST /com.snowplowanalytics.snowplow/tp2, /micro/all, /micro/good, /micro/bad, /micro/reset, /micro/iglu/…, /micro/ui, /health\n",
+                    "not found: GET /i, POST /com.snowplowanalytics.snowplow/tp2, /micro/events, /micro/all, /micro/good, /micro/bad, /micro/reset, /micro/iglu/…, /micro/ui, /health\n",
                 ),
                 0,
                 0,
