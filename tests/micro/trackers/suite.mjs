@@ -1,0 +1,178 @@
+// The local collector with the real Snowplow trackers, as a Micro user tests with them:
+// the node tracker (POST and GET, base64 on and off, batched as it batches by default,
+// its builders) and the browser tracker in headless Chromium, on a page of another
+// origin (so the CORS preflight, credentials and the collector's cookie are real). The
+// checks are those Micro users make (events with a context, with properties, by schema,
+// in order), written here.
+//   node suite.mjs COLLECTOR_URL CHROMIUM_PATH   (run by tests/micro/trackers.sh)
+import assert from "node:assert/strict";
+import http from "node:http";
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const [collector, chromium] = process.argv.slice(2);
+let failures = 0;
+
+async function check(name, body) {
+  try {
+    await body();
+    console.log(`PASS: ${name}`);
+  } catch (error) {
+    failures += 1;
+    console.log(`FAIL: ${name}\n${error.stack ?? error}`);
+  }
+}
+
+async function micro(path, filter) {
+  const answer = await fetch(`${collector}${path}`, filter
+    ? { method: "POST", body: JSON.stringify(filter) }
+    : {});
+  assert.equal(answer.status, 200, path);
+  return answer.json();
+}
+
+const reset = () => micro("/micro/reset");
+const hasContext = (event, schemaPrefix) =>
+  event.event.contexts.hasOwnProperty("data") &&
+  event.event.contexts.data.some((c) => c.schema.startsWith(schemaPrefix));
+
+// --- the node tracker ---------------------------------------------------------------
+const node = require("@snowplow/node-tracker");
+
+async function trackWithNode(method, encodeBase64) {
+  const tracker = node.newTracker(
+    { namespace: `node-${method}-${encodeBase64}`, appId: "suite", encodeBase64 },
+    { endpoint: collector, eventMethod: method },
+  );
+  const page = {
+    schema: "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0",
+    data: { id: "2b4e0b2f-5b5c-4f0f-9f5e-1d0e6f7a8b9c" },
+  };
+  tracker.track(node.buildPageView({ pageUrl: "https://shop.example/", pageTitle: "Shop" }), [page]);
+  tracker.track(node.buildStructEvent({ category: "checkout", action: "pay", label: "card", value: 12.5 }));
+  tracker.track(node.buildSelfDescribingEvent({
+    event: {
+      schema: "iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1",
+      data: { targetUrl: "https://shop.example/cart" },
+    },
+  }), [page]);
+  const consent = node.buildConsentGranted({ id: "terms", version: "2", name: "Terms", expiry: "2027-01-01T00:00:00.000Z" });
+  tracker.track(consent.event, consent.context);
+  tracker.track(node.buildScreenView({ name: "Home", id: "5b1ce3b8-2f2d-4b4c-a7cd-2a0f6f4e2d4b" }));
+  tracker.track(node.buildSocialInteraction({ action: "like", network: "example" }));
+  tracker.track(node.buildAdImpression({ impressionId: "i1", costModel: "cpm", cost: 1.5 }));
+  await tracker.flush();
+}
+
+for (const method of ["post", "get"]) {
+  for (const encodeBase64 of [true, false]) {
+    await check(`node tracker 4.8, ${method}, base64 ${encodeBase64}: every event good, as Micro shows it`, async () => {
+      await reset();
+      await trackWithNode(method, encodeBase64);
+      const all = await micro("/micro/all");
+      const bad = await micro("/micro/bad");
+      assert.deepEqual(all, { total: 7, good: 7, bad: 0 }, JSON.stringify(bad).slice(0, 2000));
+      const good = await micro("/micro/good");
+      // In order: newest first, as Micro lists them (a batch too).
+      assert.equal(good[0].event.event_name, "ad_impression");
+      assert.equal(good[6].event.event, "page_view");
+      // With a context, with properties, by schema.
+      const pages = good.filter((e) => hasContext(e, "iglu:com.snowplowanalytics.snowplow/web_page/"));
+      assert.equal(pages.length, 2);
+      const struct = await micro("/micro/good", { event_type: "struct" });
+      assert.equal(struct.length, 1);
+      assert.equal(struct[0].event.se_category, "checkout");
+      assert.equal(struct[0].event.se_value, 12.5);
+      const consent = good.find((e) => e.event.event_name === "consent_granted");
+      assert.ok(hasContext(consent, "iglu:com.snowplowanalytics.snowplow/consent_document/"), "consent_document");
+      const byschema = await micro("/micro/good", { schema: "iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1" });
+      assert.equal(byschema.length, 1);
+      assert.equal(byschema[0].event.unstruct_event.data.data.targetUrl, "https://shop.example/cart");
+      // Every column, contexts `{}` when none, the collector's fill-ins.
+      for (const event of good) {
+        assert.equal(Object.keys(event.event).length, 131);
+        assert.ok(typeof event.event.contexts === "object" && event.event.contexts !== null);
+        assert.ok(event.event.useragent, "useragent from the User-Agent header");
+        assert.equal(event.event.user_ipaddress, "127.0.0.1");
+        assert.match(event.event.network_userid, /^[0-9a-f-]{36}$/);
+        assert.equal(event.event.contexts.schema ?? "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0",
+          "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0");
+      }
+      const flat = await micro("/micro/events");
+      assert.equal(flat.length, 7);
+      assert.ok(flat.some((e) => e.unstruct_event_com_snowplowanalytics_snowplow_link_click_1));
+    });
+  }
+}
+
+// --- the browser tracker in headless Chromium, on a page of another origin -----------
+const tracker = readFileSync(require.resolve("@snowplow/browser-tracker/dist/index.umd.min.js"));
+const page = (label) => `<!doctype html><title>${label}</title>
+<script src="/sp.js"></script>
+<script>
+  const sp = snowplowBrowserTracking;
+  sp.newTracker("sp", ${JSON.stringify(collector)}, { appId: "web", bufferSize: 1 });
+  sp.trackPageView();
+  sp.trackStructEvent({ category: "video", action: "play", label: ${JSON.stringify(label)} });
+  sp.trackSelfDescribingEvent({ event: {
+    schema: "iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1",
+    data: { targetUrl: "https://elsewhere.example/" } } });
+</script>`;
+const site = http.createServer((request, response) => {
+  if (request.url === "/sp.js") {
+    response.writeHead(200, { "content-type": "text/javascript" }).end(tracker);
+  } else {
+    response.writeHead(200, { "content-type": "text/html" }).end(page(request.url));
+  }
+});
+await new Promise((done) => site.listen(0, "127.0.0.1", done));
+const origin = `http://127.0.0.1:${site.address().port}`;
+
+await check("browser tracker 4.6 in Chromium, another origin: default events good, web_page on each, one network user id", async () => {
+  await reset();
+  const puppeteer = (await import("puppeteer-core")).default;
+  const browser = await puppeteer.launch({
+    executablePath: chromium,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--no-first-run"],
+  });
+  try {
+    const tab = await browser.newPage();
+    for (const path of ["/first", "/second"]) {
+      await tab.goto(`${origin}${path}`, { waitUntil: "networkidle0" });
+    }
+    const deadline = Date.now() + 20_000;
+    let all;
+    while (Date.now() < deadline) {
+      all = await micro("/micro/all");
+      if (all.total >= 6) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const bad = await micro("/micro/bad");
+    assert.deepEqual(all, { total: 6, good: 6, bad: 0 }, JSON.stringify(bad).slice(0, 2000));
+    const good = await micro("/micro/good");
+    for (const event of good) {
+      // The default configuration's web_page entity on every event (582e716: all bad).
+      assert.ok(hasContext(event, "iglu:com.snowplowanalytics.snowplow/web_page/"), "web_page");
+      assert.match(event.event.useragent, /HeadlessChrome|Chrome/);
+      assert.equal(event.event.platform, "web");
+    }
+    // The collector's cookie, set on the first answer, comes back with the second page's
+    // events (credentials across origins): one network user id for all six.
+    const ids = new Set(good.map((e) => e.event.network_userid));
+    assert.equal(ids.size, 1, [...ids].join(", "));
+    const [nuid] = ids;
+    assert.match(nuid, /^[0-9a-f-]{36}$/);
+    const cookies = await tab.cookies(collector);
+    assert.ok(cookies.some((c) => c.name === "sp" && c.value === nuid), JSON.stringify(cookies));
+    const plays = await micro("/micro/good", { event_type: "struct" });
+    assert.deepEqual(plays.map((e) => e.event.se_label), ["/second", "/first"], "newest first");
+  } finally {
+    await browser.close();
+  }
+});
+
+site.close();
+console.log(failures === 0 ? "trackers: all checks passed" : `trackers: ${failures} check(s) failed`);
+process.exit(failures === 0 ? 0 : 1);
