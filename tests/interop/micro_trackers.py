@@ -5,6 +5,7 @@ Python 1.x wraps contexts in the contexts 1-0-1 envelope, shown re-encoded under
 """
 
 import json
+import logging
 import sys
 import urllib.parse
 import urllib.request
@@ -12,6 +13,7 @@ import urllib.request
 from snowplow_tracker import (Emitter, PageView, ScreenView, SelfDescribing,
                               SelfDescribingJson, StructuredEvent, Tracker)
 
+logging.disable(logging.INFO)
 URL = sys.argv[1]
 SNOWPLOW = "iglu:com.snowplowanalytics.snowplow"
 failures = 0

@@ -106,13 +106,33 @@ for (const method of ["post", "get"]) {
   }
 }
 
+// --- Micro 3.0's API, as its users call it -----------------------------------------
+await check("Micro 3.0's API: /health, the pixel's caching, unknown filter keys, no CORS on /micro", async () => {
+  const health = await fetch(`${collector}/health`);
+  assert.equal(await health.text(), "ok");
+  const pixel = await fetch(`${collector}/i?e=pv&p=web&tv=t&url=http%3A%2F%2Fx%2F`, {
+    headers: { origin: "http://127.0.0.1:1" },
+  });
+  assert.equal(pixel.headers.get("cache-control"), "no-cache, no-store, must-revalidate");
+  assert.equal(pixel.headers.get("access-control-allow-origin"), "http://127.0.0.1:1");
+  const filtered = await fetch(`${collector}/micro/good`, {
+    method: "POST",
+    body: JSON.stringify({ limit: 1, not_a_micro_filter: true }),
+    headers: { origin: "http://127.0.0.1:1" },
+  });
+  assert.equal(filtered.status, 200);
+  assert.equal(filtered.headers.get("access-control-allow-origin"), null, "no other page may read the store");
+});
+
 // --- the browser tracker in headless Chromium, on a page of another origin -----------
 const tracker = readFileSync(require.resolve("@snowplow/browser-tracker/dist/index.umd.min.js"));
 const page = (label) => `<!doctype html><title>${label}</title>
 <script src="/sp.js"></script>
 <script>
   const sp = snowplowBrowserTracking;
-  sp.newTracker("sp", ${JSON.stringify(collector)}, { appId: "web", bufferSize: 1 });
+  const anonymous = ${JSON.stringify(label.startsWith("/anonymous"))};
+  sp.newTracker("sp", ${JSON.stringify(collector)}, { appId: "web", bufferSize: 1,
+    ...(anonymous ? { anonymousTracking: { withServerAnonymisation: true } } : {}) });
   sp.trackPageView();
   sp.trackStructEvent({ category: "video", action: "play", label: ${JSON.stringify(label)} });
   sp.trackSelfDescribingEvent({ event: {
@@ -156,6 +176,9 @@ await check("browser tracker 4.6 in Chromium, another origin: default events goo
       // The default configuration's web_page entity on every event (582e716: all bad).
       assert.ok(hasContext(event, "iglu:com.snowplowanalytics.snowplow/web_page/"), "web_page");
       assert.match(event.event.useragent, /HeadlessChrome|Chrome/);
+      // Whole (582e716 cut header values at 64 bytes).
+      assert.ok(event.rawEvent.context.headers.some((h) => h === `user-agent: ${event.event.useragent}`));
+      assert.ok(event.event.useragent.length > 64, event.event.useragent);
       assert.equal(event.event.platform, "web");
     }
     // The collector's cookie, set on the first answer, comes back with the second page's
@@ -168,6 +191,25 @@ await check("browser tracker 4.6 in Chromium, another origin: default events goo
     assert.ok(cookies.some((c) => c.name === "sp" && c.value === nuid), JSON.stringify(cookies));
     const plays = await micro("/micro/good", { event_type: "struct" });
     assert.deepEqual(plays.map((e) => e.event.se_label), ["/second", "/first"], "newest first");
+
+    // Server-side anonymisation (the tracker sends SP-Anonymous): nothing of the client
+    // kept, the all-zero id, no cookie set (the browser keeps the first one).
+    await reset();
+    await tab.goto(`${origin}/anonymous`, { waitUntil: "networkidle0" });
+    let anonymous = [];
+    while (Date.now() < deadline + 20_000 && anonymous.length < 3) {
+      anonymous = await micro("/micro/good");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(anonymous.length, 3, JSON.stringify(await micro("/micro/bad")).slice(0, 2000));
+    for (const event of anonymous) {
+      assert.equal(event.event.user_ipaddress, null);
+      assert.equal(event.rawEvent.context.ipAddress, null);
+      assert.equal(event.event.network_userid, "00000000-0000-0000-0000-000000000000");
+      assert.ok(!event.rawEvent.context.headers.some((h) => /^(cookie|x-forwarded-for|x-real-ip):/i.test(h)));
+    }
+    const after = await tab.cookies(collector);
+    assert.ok(after.some((c) => c.name === "sp" && c.value === nuid), "the cookie left as it was");
   } finally {
     await browser.close();
   }
