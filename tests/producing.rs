@@ -862,15 +862,42 @@ async fn real_trackers_default_entities_resolve_against_the_shipped_iglu_central
     )
     .await;
     assert_eq!(served["self"]["name"], "web_page", "{served}");
-    // Micro 3's `/micro/events`: the good event, flattened (582e716: 404).
+    // Micro 3's `/micro/events` (582e716: 404): the good event and the incomplete one
+    // (the bad event enriched all the same: its valid entity kept, the unknown one left
+    // out, a `failure` entity with the errors), newest first, flattened.
     let events = micro(&url, "/micro/events", None).await;
     let listed = events.as_array().unwrap();
-    assert_eq!(listed.len(), 1, "{events}");
-    assert_eq!(listed[0]["event_id"], test_uuid(301));
-    let pages = &listed[0]["contexts_com_snowplowanalytics_snowplow_web_page_1"];
+    assert_eq!(listed.len(), 2, "{events}");
+    let (incomplete, good) = (&listed[0], &listed[1]);
+    assert_eq!(good["event_id"], test_uuid(301));
+    let pages = &good["contexts_com_snowplowanalytics_snowplow_web_page_1"];
     assert_eq!(
         pages[0]["id"], "2b4e0b2f-5b5c-4f0f-9f5e-1d0e6f7a8b9c",
         "{events}"
+    );
+    assert!(
+        good.get("contexts_com_snowplowanalytics_snowplow_failure_1")
+            .is_none()
+    );
+    assert_eq!(incomplete["event_id"], test_uuid(302));
+    assert!(
+        incomplete
+            .get("contexts_com_snowplowanalytics_snowplow_web_page_1")
+            .is_some()
+    );
+    assert!(
+        incomplete
+            .get("contexts_com_acme_nowhere_thing_1")
+            .is_none(),
+        "{incomplete}"
+    );
+    let failure = &incomplete["contexts_com_snowplowanalytics_snowplow_failure_1"][0];
+    assert_eq!(failure["failureType"], "ValidationError");
+    assert!(
+        failure["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("com.acme.nowhere/thing")
     );
 }
 

@@ -223,12 +223,28 @@ impl LocalCollector {
                         (true, entry, stored)
                     }
                     Err(errors) => {
+                        let incomplete = raw_event["parameters"]
+                            .as_object()
+                            .and_then(|parameters| {
+                                event::incomplete(
+                                    parameters,
+                                    &self.registry,
+                                    origin.arrival(),
+                                    &errors,
+                                )
+                            })
+                            .and_then(|event| serde_json::to_vec(&event).ok())
+                            .map(Bytes::from);
                         let entry = json!({
                             "collectorPayload": origin.collector_payload(),
                             "rawEvent": raw_event,
                             "errors": errors,
                         });
-                        (false, entry, Stored::default())
+                        let stored = Stored {
+                            incomplete,
+                            ..Stored::default()
+                        };
+                        (false, entry, stored)
                     }
                 };
                 let stored = Stored {
@@ -246,7 +262,7 @@ impl LocalCollector {
                 store.totals.total += 1;
                 store.seq += 1;
                 stored.seq = store.seq;
-                store.bytes += stored.json.len();
+                store.bytes += stored.held_bytes();
                 if is_good {
                     good += 1;
                     store.totals.good += 1;

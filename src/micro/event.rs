@@ -647,6 +647,62 @@ fn enrich(
     event
 }
 
+/// The entity Micro 3 attaches to an incomplete event.
+const FAILURE_SCHEMA: &str = "iglu:com.snowplowanalytics.snowplow/failure/jsonschema/1-0-0";
+
+/// Micro 3's incomplete event for an event that failed its checks: enriched all the same,
+/// the contexts and self-describing event that failed validation left out, and a
+/// `failure` entity naming the errors in `derived_contexts`; `None` when it is not a
+/// tracker event at all (no known `e`).
+pub fn incomplete(
+    parameters: &Map<String, Value>,
+    registry: &Registry,
+    arrival: Arrival<'_>,
+    errors: &[String],
+) -> Option<Map<String, Value>> {
+    let mut ignored = Vec::new();
+    let mut parts = decode_parts(parameters, &mut ignored);
+    if parts.event_type == "unknown" {
+        return None;
+    }
+    if let Some(envelope) = &parts.contexts {
+        let kept: Vec<Value> = check_contexts(envelope)
+            .map(|list| {
+                list.iter()
+                    .filter(|c| registry.validate(c.schema(), c.data()).is_ok())
+                    .map(|c| json!({"schema": c.schema(), "data": c.data()}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        parts.contexts = Some(json!({"schema": CONTEXTS_SCHEMA, "data": kept}));
+    }
+    if let Some(envelope) = &parts.unstruct {
+        let valid = check_self_describing_event(envelope)
+            .is_ok_and(|e| registry.validate(e.schema(), e.data()).is_ok());
+        if !valid {
+            parts.unstruct = None;
+        }
+    }
+    let mut event = enrich(parameters, &parts, arrival);
+    let failure = json!({
+        "schema": FAILURE_SCHEMA,
+        "data": {
+            "failureType": "ValidationError",
+            "errors": errors.iter().map(|message| json!({"message": message, "source": "snowplow-relay-collector"})).collect::<Vec<_>>(),
+            "schema": null,
+            "data": null,
+            "timestamp": iso_timestamp(arrival.millis),
+            "componentName": "snowplow-relay-collector",
+            "componentVersion": env!("CARGO_PKG_VERSION"),
+        }
+    });
+    event.insert(
+        "derived_contexts".to_owned(),
+        json!({"schema": CONTEXTS_SCHEMA, "data": [failure]}),
+    );
+    Some(event)
+}
+
 /// An enriched event as Micro 3's `GET /micro/events` lists it (the Analytics SDK's
 /// lossy JSON): the atomic columns, each context's data (with `_schema_version`) under
 /// `contexts_VENDOR_NAME_MODEL`, the self-describing event's under

@@ -153,21 +153,30 @@ impl LocalCollector {
                     }
                 }
             }
-            // Micro 3's list of enriched events, flattened as the Analytics SDK's lossy
-            // JSON, newest first. Micro adds its incomplete events (enriched despite a
-            // failed check); this collector keeps no enriched form of a bad event.
+            // Micro 3's list of enriched events, good and incomplete (a bad event
+            // enriched all the same, with its `failure` entity), newest first, flattened
+            // as the Analytics SDK's lossy JSON.
             (&Method::GET, "/micro/events") => {
-                let good: Vec<Arc<Stored>> = {
+                let mut listed: Vec<Arc<Stored>> = {
                     let store = self.store.lock().expect("store lock");
-                    newest_first(&store.good)
+                    store
+                        .good
+                        .iter()
+                        .chain(store.bad.iter().filter(|b| b.incomplete.is_some()))
+                        .cloned()
+                        .collect()
                 };
-                let events: Vec<Value> = good
+                listed.sort_by_key(|stored| std::cmp::Reverse(stored.seq));
+                let events: Vec<Value> = listed
                     .iter()
-                    .filter_map(|stored| serde_json::from_slice::<Value>(&stored.json).ok())
-                    .filter_map(|entry| match entry.get("event") {
-                        Some(Value::Object(enriched)) => {
-                            Some(Value::Object(event::flattened(enriched)))
-                        }
+                    .filter_map(|stored| match &stored.incomplete {
+                        Some(incomplete) => serde_json::from_slice::<Value>(incomplete).ok(),
+                        None => serde_json::from_slice::<Value>(&stored.json)
+                            .ok()
+                            .and_then(|mut entry| entry.get_mut("event").map(Value::take)),
+                    })
+                    .filter_map(|enriched| match enriched {
+                        Value::Object(enriched) => Some(Value::Object(event::flattened(&enriched))),
                         _ => None,
                     })
                     .collect();

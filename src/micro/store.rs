@@ -43,6 +43,9 @@ impl Summary {
 #[derive(Default)]
 pub(super) struct Stored {
     pub(super) json: Bytes,
+    /// A bad event's enriched form as Micro 3 lists it in `/micro/events` (an
+    /// "incomplete" event), if it is a tracker event at all.
+    pub(super) incomplete: Option<Bytes>,
     pub(super) event_type: String,
     pub(super) schema: String,
     pub(super) contexts: Vec<String>,
@@ -70,6 +73,13 @@ pub(super) fn newest_first(events: &VecDeque<Arc<Stored>>) -> Vec<Arc<Stored>> {
     events.iter().rev().cloned().collect()
 }
 
+impl Stored {
+    /// The bytes of JSON it holds, as the store counts them.
+    pub(super) fn held_bytes(&self) -> usize {
+        self.json.len() + self.incomplete.as_ref().map_or(0, Bytes::len)
+    }
+}
+
 impl Store {
     /// Drops the oldest events until both bounds hold.
     pub(super) fn trim(&mut self, max_events: usize, max_bytes: usize) {
@@ -86,7 +96,7 @@ impl Store {
                 self.bad.pop_front()
             };
             if let Some(dropped) = dropped {
-                self.bytes -= dropped.json.len();
+                self.bytes -= dropped.held_bytes();
                 self.totals.dropped += 1;
             }
         }
