@@ -1028,3 +1028,79 @@ async fn the_collector_adds_the_user_agent_the_address_and_its_cookie_as_the_str
         assert!(!listed.contains(gone), "{gone}: {listed}");
     }
 }
+
+/// Enrich's rules in both directions (issue 42, first part), each failing on 582e716:
+/// good at enrich and bad here then (a cache-buster in a pixel's query, `se` without an
+/// action, `tr` without a total, `ti` without price and quantity, `p=headset`), bad at
+/// enrich and good here then (a tp2 POST that is not `application/json`), and enrich's
+/// fill-ins (a fresh `event_id`; a pixel without `url` takes the page from `Referer`).
+#[tokio::test]
+async fn the_collector_judges_as_enrich_does_in_both_directions() {
+    let (_collector, url) = local_collector(CollectorOptions::default()).await;
+    let client = http_client();
+    for (i, query) in [
+        "e=pv&p=web&tv=t&url=http%3A%2F%2Fx%2F&cb=1733450000",
+        "e=se&p=web&tv=t&se_ca=video",
+        "e=tr&p=web&tv=t&tr_id=o1",
+        "e=ti&p=web&tv=t&ti_id=o1&ti_sk=sku",
+        "e=pv&p=headset&tv=t&url=http%3A%2F%2Fx%2F",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let query = format!("{query}&eid={}", test_uuid(500 + i));
+        client.get(format!("{url}/i?{query}")).send().await.unwrap();
+    }
+    let all = micro(&url, "/micro/all", None).await;
+    let bad = micro(&url, "/micro/bad", None).await;
+    assert_eq!(all, json!({"total": 5, "good": 5, "bad": 0}), "{bad}");
+    let good = micro(&url, "/micro/good", None).await;
+    let cached = &good[4];
+    assert_eq!(cached["rawEvent"]["parameters"]["cb"], "1733450000", "kept as sent");
+
+    micro(&url, "/micro/reset", None).await;
+    let body = json!({
+        "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+        "data": [{"e": "pv", "p": "web", "tv": "t", "url": "http://x/"}]
+    })
+    .to_string();
+    for (content_type, good) in [
+        ("text/plain", false),
+        ("application/x-www-form-urlencoded", false),
+        ("application/json; charset=UTF-8", true),
+        ("application/json", true),
+    ] {
+        client
+            .post(format!("{url}/com.snowplowanalytics.snowplow/tp2"))
+            .header("content-type", content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let all = micro(&url, "/micro/all", None).await;
+        let field = if good { "good" } else { "bad" };
+        let last = micro(&url, &format!("/micro/{field}"), Some(r#"{"limit":1}"#)).await;
+        assert_eq!(last.as_array().unwrap().len(), 1, "{content_type}: {all}");
+        if good {
+            // No `eid`: a fresh event id, as enrich gives it.
+            let id = last[0]["event"]["event_id"].as_str().unwrap();
+            assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+        } else {
+            assert!(last[0]["errors"][0].as_str().unwrap().contains("Content-Type"), "{last}");
+        }
+        micro(&url, "/micro/reset", None).await;
+    }
+
+    // A noscript pixel: no `url`; the page is the Referer.
+    client
+        .get(format!("{url}/i?e=pv&p=web&tv=t"))
+        .header("referer", "https://shop.example/deals?week=49")
+        .send()
+        .await
+        .unwrap();
+    let last = micro(&url, "/micro/good", Some(r#"{"limit":1}"#)).await;
+    let event = &last[0]["event"];
+    assert_eq!(event["page_url"], "https://shop.example/deals?week=49", "{last}");
+    assert_eq!(event["page_urlhost"], "shop.example");
+    assert_eq!(event["page_urlquery"], "week=49");
+}

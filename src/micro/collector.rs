@@ -16,7 +16,7 @@ use super::origin::{Origin, post_items};
 use super::record::Recorder;
 pub use super::store::Totals;
 use super::store::{Store, Stored, newest_first};
-use snowplow_relay_tracker::protocol::shorten;
+use snowplow_relay_tracker::protocol::{PAYLOAD_DATA_FIELDS, shorten};
 
 /// The real collector's default body limit (`collector.streams.maxBytes` aside): 2 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -163,8 +163,15 @@ impl LocalCollector {
                 errors.push(format!("field {} appears twice", shorten(&name)));
             }
         }
+        // The tp1 adapter keeps the query as it is: a parameter payload_data does not
+        // list (a cache-buster `cb=…`) is listed in rawEvent and not checked.
+        let known: Map<String, Value> = parameters
+            .iter()
+            .filter(|(name, _)| PAYLOAD_DATA_FIELDS.binary_search(&name.as_str()).is_ok())
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
         let verdict = if errors.is_empty() {
-            event::check(&parameters, &self.registry, origin.arrival())
+            event::check(&known, &self.registry, origin.arrival())
         } else {
             Err(errors)
         };
@@ -172,7 +179,14 @@ impl LocalCollector {
     }
 
     pub(super) fn receive_post(&self, body: &[u8], origin: &Origin) -> (usize, usize) {
-        let events = match post_items(body) {
+        let items = match origin.content_type.as_deref() {
+            Some(content_type) if is_json_content_type(content_type) => post_items(body),
+            other => Err(format!(
+                "Content-Type {} is not application/json (with or without charset=utf-8), as enrich requires",
+                other.map_or_else(|| "(none)".to_owned(), |c| format!("{:?}", shorten(c)))
+            )),
+        };
+        let events = match items {
             Ok(items) => items
                 .into_iter()
                 .map(|item| {
@@ -283,4 +297,18 @@ impl LocalCollector {
         }
         (good, bad)
     }
+}
+
+/// `application/json`, with or without `charset=utf-8` (any case, any spacing): the
+/// content types enrich's tp2 adapter takes.
+fn is_json_content_type(content_type: &str) -> bool {
+    let mut parts = content_type.split(';').map(str::trim);
+    let mime = parts.next().unwrap_or_default();
+    mime.eq_ignore_ascii_case("application/json")
+        && parts.all(|parameter| {
+            parameter.is_empty()
+                || parameter
+                    .replace(' ', "")
+                    .eq_ignore_ascii_case("charset=utf-8")
+        })
 }

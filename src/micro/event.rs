@@ -16,7 +16,9 @@ use snowplow_relay_tracker::{check_contexts, check_self_describing_event};
 use super::iglu::Registry;
 
 /// The platforms Snowplow's enrichment accepts (`p`).
-const PLATFORMS: &[&str] = &["web", "mob", "pc", "srv", "app", "tv", "cnsl", "iot"];
+const PLATFORMS: &[&str] = &[
+    "web", "mob", "pc", "srv", "app", "tv", "cnsl", "iot", "headset",
+];
 
 /// What a good event is: Micro's `eventType`, `schema`, `contexts` and the enriched
 /// `event`.
@@ -52,6 +54,9 @@ pub struct Arrival<'a> {
     pub useragent: Option<&'a str>,
     /// The collector's network user id (its `sp` cookie, or a new one).
     pub network_userid: Option<&'a str>,
+    /// A pixel request's `Referer`: the page, when the event names none (a noscript
+    /// pixel), as enrich takes it.
+    pub page_from_referer: Option<&'a str>,
 }
 
 /// Checks one event (its parameters as received) and shapes it, with what its request
@@ -139,9 +144,11 @@ fn check_atomic_fields(parameters: &Map<String, Value>, errors: &mut Vec<String>
             v.parse::<u64>().is_ok()
         });
     }
-    expect("p", "one of web, mob, pc, srv, app, tv, cnsl, iot", |v| {
-        PLATFORMS.contains(&v)
-    });
+    expect(
+        "p",
+        "one of web, mob, pc, srv, app, tv, cnsl, iot, headset",
+        |v| PLATFORMS.contains(&v),
+    );
     for name in ["se_va", "tr_tt", "tr_tx", "tr_sh", "ti_pr"] {
         expect(name, "a number", is_decimal);
     }
@@ -163,9 +170,11 @@ fn check_atomic_fields(parameters: &Map<String, Value>, errors: &mut Vec<String>
         }
     };
     match text("e").unwrap_or_default() {
-        "se" => need(&["se_ca", "se_ac"]),
-        "tr" => need(&["tr_id", "tr_tt"]),
-        "ti" => need(&["ti_id", "ti_sk", "ti_pr", "ti_qu"]),
+        // What enrich requires (it takes `se` without an action, `tr` without a total,
+        // `ti` without a price or quantity).
+        "se" => need(&["se_ca"]),
+        "tr" => need(&["tr_id"]),
+        "ti" => need(&["ti_id", "ti_sk"]),
         "pv" | "pp" | "ue" | "" => {}
         other => errors.push(format!("unknown event type e={}", shorten(other))),
     }
@@ -477,7 +486,8 @@ fn enrich(
         }
         _ => dtm.or(Some(collector_ms)),
     });
-    let page = text("url").and_then(|u| url::Url::parse(&u).ok());
+    let page_url = text("url").or_else(|| arrival.page_from_referer.map(str::to_owned));
+    let page = page_url.as_deref().and_then(|u| url::Url::parse(u).ok());
     let referrer = text("refr").and_then(|u| url::Url::parse(&u).ok());
     let url_parts = |url: &Option<url::Url>| -> [Option<Value>; 6] {
         match url {
@@ -525,7 +535,11 @@ fn enrich(
         ("collector_tstamp", timestamp(Some(collector_ms))),
         ("dvce_created_tstamp", timestamp(dtm)),
         ("event", Some(parts.event_type.into())),
-        ("event_id", text("eid").map(Value::from)),
+        // Enrich gives an event without `eid` a fresh one.
+        (
+            "event_id",
+            Some(text("eid").unwrap_or_else(|| uuid::Uuid::new_v4().to_string()).into()),
+        ),
         ("txn_id", whole("tid")),
         ("name_tracker", text("tna").map(Value::from)),
         ("v_tracker", text("tv").map(Value::from)),
@@ -555,7 +569,7 @@ fn enrich(
                 .or_else(|| arrival.network_userid.map(str::to_owned))
                 .map(Value::from),
         ),
-        ("page_url", text("url").map(Value::from)),
+        ("page_url", page_url.map(Value::from)),
         ("page_title", text("page").map(Value::from)),
         ("page_referrer", text("refr").map(Value::from)),
         ("page_urlscheme", page_scheme),

@@ -126,6 +126,7 @@ impl Origin {
             ip: self.ip.as_deref(),
             useragent: self.useragent.as_deref(),
             network_userid: self.network_userid.as_deref(),
+            page_from_referer: self.referer.as_deref().filter(|_| self.version == "tp1"),
         }
     }
 
