@@ -1056,7 +1056,10 @@ async fn the_collector_judges_as_enrich_does_in_both_directions() {
     assert_eq!(all, json!({"total": 5, "good": 5, "bad": 0}), "{bad}");
     let good = micro(&url, "/micro/good", None).await;
     let cached = &good[4];
-    assert_eq!(cached["rawEvent"]["parameters"]["cb"], "1733450000", "kept as sent");
+    assert_eq!(
+        cached["rawEvent"]["parameters"]["cb"], "1733450000",
+        "kept as sent"
+    );
 
     micro(&url, "/micro/reset", None).await;
     let body = json!({
@@ -1086,7 +1089,13 @@ async fn the_collector_judges_as_enrich_does_in_both_directions() {
             let id = last[0]["event"]["event_id"].as_str().unwrap();
             assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
         } else {
-            assert!(last[0]["errors"][0].as_str().unwrap().contains("Content-Type"), "{last}");
+            assert!(
+                last[0]["errors"][0]
+                    .as_str()
+                    .unwrap()
+                    .contains("Content-Type"),
+                "{last}"
+            );
         }
         micro(&url, "/micro/reset", None).await;
     }
@@ -1100,7 +1109,62 @@ async fn the_collector_judges_as_enrich_does_in_both_directions() {
         .unwrap();
     let last = micro(&url, "/micro/good", Some(r#"{"limit":1}"#)).await;
     let event = &last[0]["event"];
-    assert_eq!(event["page_url"], "https://shop.example/deals?week=49", "{last}");
+    assert_eq!(
+        event["page_url"], "https://shop.example/deals?week=49",
+        "{last}"
+    );
     assert_eq!(event["page_urlhost"], "shop.example");
     assert_eq!(event["page_urlquery"], "week=49");
+}
+
+/// Routes as the collector has them (issue 42): GET and HEAD on the pixel and tp2 paths
+/// make events; any other `/{vendor}/{version}` is answered 200 with one bad event naming
+/// the adapter (582e716: 404, which a tracker retries forever).
+#[tokio::test]
+async fn every_vendor_version_path_is_taken_and_an_unknown_adapter_is_named() {
+    let (_collector, url) = local_collector(CollectorOptions::default()).await;
+    let client = http_client();
+    let query = |i: usize| {
+        format!(
+            "e=pv&p=web&tv=t&url=http%3A%2F%2Fx%2F&eid={}",
+            test_uuid(600 + i)
+        )
+    };
+    let head = client
+        .request("HEAD", format!("{url}/i?{}", query(1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    let get_tp2 = client
+        .get(format!(
+            "{url}/com.snowplowanalytics.snowplow/tp2?{}",
+            query(2)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_tp2.status(), 200);
+    let custom = client
+        .post(format!("{url}/com.acme/track"))
+        .header("content-type", "application/json")
+        .body(r#"{"hello":"world"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(custom.status(), 200);
+    let all = micro(&url, "/micro/all", None).await;
+    assert_eq!(all, json!({"total": 3, "good": 2, "bad": 1}), "{all}");
+    let good = micro(&url, "/micro/good", None).await;
+    assert_eq!(good[0]["rawEvent"]["api"]["version"], "tp2", "{good}");
+    assert_eq!(good[1]["event"]["event_id"], test_uuid(601));
+    let bad = micro(
+        &url,
+        "/micro/bad",
+        Some(r#"{"vendor":"com.acme","version":"track"}"#),
+    )
+    .await;
+    assert_eq!(bad.as_array().unwrap().len(), 1, "{bad}");
+    let error = bad[0]["errors"][0].as_str().unwrap();
+    assert!(error.contains("no adapter for com.acme/track"), "{error}");
 }

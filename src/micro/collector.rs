@@ -178,6 +178,19 @@ impl LocalCollector {
         self.store(vec![(Value::Object(parameters), verdict)], origin)
     }
 
+    /// A request to an adapter this collector does not implement: one bad event naming
+    /// it (answered 200, as the collector takes any `/{vendor}/{version}`; a 404 would
+    /// make a tracker retry it forever).
+    pub(super) fn receive_unsupported(&self, raw: &[u8], origin: &Origin) -> (usize, usize) {
+        let raw = String::from_utf8_lossy(&raw[..raw.len().min(1024)]).into_owned();
+        let error = format!(
+            "no adapter for {}/{} in this collector: it implements com.snowplowanalytics.snowplow tp1 and tp2 only (docs/collector.md)",
+            shorten(&origin.vendor),
+            shorten(&origin.version)
+        );
+        self.store(vec![(Value::from(raw), Err(vec![error]))], origin)
+    }
+
     pub(super) fn receive_post(&self, body: &[u8], origin: &Origin) -> (usize, usize) {
         let items = match origin.content_type.as_deref() {
             Some(content_type) if is_json_content_type(content_type) => post_items(body),
@@ -263,8 +276,8 @@ impl LocalCollector {
                 };
                 let stored = Stored {
                     json: Bytes::from(serde_json::to_vec(&entry).unwrap_or_default()),
-                    vendor: origin.vendor,
-                    version: origin.version,
+                    vendor: origin.vendor.clone(),
+                    version: origin.version.clone(),
                     ..stored
                 };
                 (is_good, stored)

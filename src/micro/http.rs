@@ -82,8 +82,17 @@ impl LocalCollector {
             return (response, 0, 0);
         }
         match (&method, path.as_str()) {
-            (&Method::GET, "/i" | "/ice.png" | "/com.snowplowanalytics.snowplow/tp1") => {
-                let origin = Origin::of(&request, "tp1", None);
+            // The pixel, and GET or HEAD on the tp1 and tp2 paths, as the collector routes
+            // them (enrich's tp2 adapter takes a query without a body as one event).
+            (
+                &Method::GET | &Method::HEAD,
+                "/i"
+                | "/ice.png"
+                | "/com.snowplowanalytics.snowplow/tp1"
+                | "/com.snowplowanalytics.snowplow/tp2",
+            ) => {
+                let version = if path.ends_with("/tp2") { "tp2" } else { "tp1" };
+                let origin = Origin::of(&request, version, None);
                 let (good, bad) = self.receive_query(&query, &origin);
                 let mut response = Response::builder()
                     .header("content-type", "image/gif")
@@ -215,6 +224,28 @@ impl LocalCollector {
                     .body(JsonArray::new(selected).boxed())
                     .unwrap_or_else(|_| Response::new(full("")));
                 (response, 0, 0)
+            }
+            // Any other `/{vendor}/{version}`: the collector takes it; enrich would pick
+            // an adapter. One bad event naming it, answered 200 (a 404 is retried).
+            (&Method::GET | &Method::HEAD | &Method::POST, adapter)
+                if !adapter.starts_with("/micro/")
+                    && adapter.split('/').skip(1).filter(|s| !s.is_empty()).count() == 2
+                    && adapter.matches('/').count() == 2 =>
+            {
+                let mut origin = Origin::of(&request, "tp2", None);
+                let mut segments = adapter.trim_start_matches('/').split('/');
+                origin.vendor = segments.next().unwrap_or_default().to_owned();
+                origin.version = segments.next().unwrap_or_default().to_owned();
+                let raw = if method == Method::POST {
+                    match self.read_body(request).await {
+                        Ok((body, _share)) => body.to_vec(),
+                        Err(response) => return (response, 0, 0),
+                    }
+                } else {
+                    query.clone().into_bytes()
+                };
+                let (good, bad) = self.receive_unsupported(&raw, &origin);
+                (text(StatusCode::OK, "ok"), good, bad)
             }
             _ => (
                 text(

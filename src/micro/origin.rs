@@ -16,8 +16,9 @@ use snowplow_relay_tracker::protocol::{PAYLOAD_DATA_SCHEMA, shorten};
 
 /// Where and how a request arrived: Micro's `rawEvent` fields besides the parameters.
 pub(super) struct Origin {
-    pub(super) vendor: &'static str,
-    pub(super) version: &'static str,
+    /// The path's `/{vendor}/{version}` (`com.snowplowanalytics.snowplow`, `tp2`).
+    pub(super) vendor: String,
+    pub(super) version: String,
     pub(super) content_type: Option<String>,
     pub(super) hostname: Option<String>,
     pub(super) ip: Option<String>,
@@ -105,8 +106,8 @@ impl Origin {
     /// An origin for events handed in by code rather than over HTTP.
     pub(super) fn local(version: &'static str, content_type: Option<String>) -> Origin {
         Origin {
-            vendor: "com.snowplowanalytics.snowplow",
-            version,
+            vendor: "com.snowplowanalytics.snowplow".to_owned(),
+            version: version.to_owned(),
             content_type,
             hostname: None,
             ip: None,

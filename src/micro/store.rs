@@ -50,8 +50,8 @@ pub(super) struct Stored {
     pub(super) schema: String,
     pub(super) contexts: Vec<String>,
     /// The API the event came through (`com.snowplowanalytics.snowplow`, `tp2`).
-    pub(super) vendor: &'static str,
-    pub(super) version: &'static str,
+    pub(super) vendor: String,
+    pub(super) version: String,
     /// Order of arrival.
     pub(super) seq: u64,
 }
@@ -191,8 +191,8 @@ impl Filters {
             |found: &str, wanted: &Option<String>| wanted.as_deref().is_none_or(|w| found == w);
         same(&event.event_type, &self.event_type)
             && same(&event.schema, &self.schema)
-            && same(event.vendor, &self.vendor)
-            && same(event.version, &self.version)
+            && same(&event.vendor, &self.vendor)
+            && same(&event.version, &self.version)
             && self.contexts.iter().all(|c| event.contexts.contains(c))
     }
 }
