@@ -989,6 +989,13 @@ async fn the_collector_adds_the_user_agent_the_address_and_its_cookie_as_the_str
         "11111111-1111-4111-8111-111111111111"
     );
 
+    // A `nuid` that would add attributes to the cookie is not taken: a fresh id instead.
+    let hostile = format!("{}&nuid=x%3B%20Domain%3Devil.example", pixel(405));
+    let answer = client.get(hostile).send().await.unwrap();
+    let set_cookie = answer.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(!set_cookie.contains("evil.example"), "{set_cookie}");
+    assert!(!set_cookie.starts_with("sp=x"), "{set_cookie}");
+
     // SP-Anonymous: no address anywhere, the proxies' and the cookie's headers dropped,
     // the all-zero id, no cookie set.
     let body = json!({

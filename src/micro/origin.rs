@@ -77,7 +77,8 @@ impl Origin {
             form_urlencoded::parse(query.as_bytes())
                 .find(|(name, _)| name == "nuid")
                 .map(|(_, nuid)| nuid.into_owned())
-                .or_else(|| cookie(request, COOKIE_NAME))
+                .filter(|nuid| is_cookie_value(nuid))
+                .or_else(|| cookie(request, COOKIE_NAME).filter(|nuid| is_cookie_value(nuid)))
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
         };
         Origin {
@@ -169,6 +170,16 @@ impl Origin {
     }
 }
 
+/// A value the answer's `Set-Cookie` may carry as it is: RFC 6265's cookie-octets, at
+/// most 128 of them. Anything else (a `;` would add attributes to the cookie, a control
+/// character would spoil the answer) is not taken as the network user id.
+fn is_cookie_value(value: &str) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && !matches!(b, b'"' | b',' | b';' | b'\\'))
+}
+
 /// The value of the request's cookie `name`, if it sent one.
 fn cookie(request: &Request<Incoming>, name: &str) -> Option<String> {
     request
@@ -207,6 +218,21 @@ pub(super) fn post_items(body: &[u8]) -> Result<Vec<Value>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_cookie_octets_become_the_network_user_id() {
+        assert!(is_cookie_value("2b4e0b2f-5b5c-4f0f-9f5e-1d0e6f7a8b9c"));
+        for hostile in [
+            "",
+            "x; Domain=evil.example",
+            "a b",
+            "x\r\nSet-Cookie: y",
+            "\"q\"",
+            &"a".repeat(129),
+        ] {
+            assert!(!is_cookie_value(hostile), "{hostile:?}");
+        }
+    }
 
     #[test]
     fn bodies_must_be_payload_data() {
