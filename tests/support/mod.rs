@@ -36,7 +36,7 @@ pub use process::{
     Finished, RelayProcess, bin, bin_command, hostname, peak_rss, program_command, run_bin,
     send_signal,
 };
-pub use redis_server::{RedisServer, instances};
+pub use redis_server::{RedisServer, held_by_relays, instances};
 pub use temp_file::TempFile;
 
 /// The list the relay reads by default.

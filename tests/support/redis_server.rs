@@ -328,6 +328,14 @@ pub fn instances(redis: &RedisServer) -> Vec<String> {
         .unwrap()
 }
 
+/// How many events the registered relays hold claimed (their in-flight lists).
+pub fn held_by_relays(redis: &RedisServer) -> usize {
+    instances(redis)
+        .iter()
+        .map(|id| redis.llen(&format!("{{snowplow}}:inflight:{id}")))
+        .sum()
+}
+
 /// A port no socket of this host listens on right now, for a server that binds it
 /// itself ([`RedisServer::launch`] starts again elsewhere if it was taken meanwhile).
 pub fn unused_port() -> u16 {
