@@ -1107,6 +1107,66 @@ async fn the_collector_judges_as_enrich_does_in_both_directions() {
         micro(&url, "/micro/reset", None).await;
     }
 
+    // Enrich's atomicFieldsLimits: bad here since this issue, good on 582e716.
+    let over_limit = json!({
+        "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+        "data": [
+            {"e": "pv", "p": "web", "tv": "t", "uid": "u".repeat(256)},
+            {"e": "tr", "p": "web", "tv": "t", "tr_id": "o", "tr_cu": "EURO"},
+            {"e": "se", "p": "web", "tv": "t", "se_ca": "c".repeat(1000), "uid": "u".repeat(255)},
+        ]
+    });
+    client
+        .post(format!("{url}/com.snowplowanalytics.snowplow/tp2"))
+        .header("content-type", "application/json")
+        .body(over_limit.to_string())
+        .send()
+        .await
+        .unwrap();
+    let bad = micro(&url, "/micro/bad", None).await;
+    assert_eq!(
+        micro(&url, "/micro/all", None).await,
+        json!({"total": 3, "good": 1, "bad": 2}),
+        "{bad}"
+    );
+    let errors = bad.to_string();
+    assert!(
+        errors.contains("atomic field user_id is longer than the maximum allowed size 255"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("atomic field tr_currency is longer than the maximum allowed size 3"),
+        "{errors}"
+    );
+    micro(&url, "/micro/reset", None).await;
+
+    // The body is checked against payload_data whole, as enrich's tp2 adapter checks it:
+    // one item that is not an event object makes the whole body one bad event (582e716:
+    // one bad event per item, so `[1,1,…]` of 2 MiB made a million of them).
+    let mixed = json!({
+        "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+        "data": [{"e": "pv", "p": "web", "tv": "t"}, 1, {"e": "pv", "p": "web", "tv": "t", "x": "y"}]
+    });
+    client
+        .post(format!("{url}/com.snowplowanalytics.snowplow/tp2"))
+        .header("content-type", "application/json")
+        .body(mixed.to_string())
+        .send()
+        .await
+        .unwrap();
+    let bad = micro(&url, "/micro/bad", None).await;
+    assert_eq!(
+        micro(&url, "/micro/all", None).await,
+        json!({"total": 1, "good": 0, "bad": 1}),
+        "{bad}"
+    );
+    let errors = bad[0]["errors"].to_string();
+    assert!(
+        errors.contains("data/1") && errors.contains("data/2"),
+        "{errors}"
+    );
+    micro(&url, "/micro/reset", None).await;
+
     // A noscript pixel: no `url`; the page is the Referer.
     client
         .get(format!("{url}/i?e=pv&p=web&tv=t"))

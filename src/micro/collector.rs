@@ -194,10 +194,10 @@ impl LocalCollector {
     pub(super) fn receive_post(&self, body: &[u8], origin: &Origin) -> (usize, usize) {
         let items = match origin.content_type.as_deref() {
             Some(content_type) if is_json_content_type(content_type) => post_items(body),
-            other => Err(format!(
+            other => Err(vec![format!(
                 "Content-Type {} is not application/json (with or without charset=utf-8), as enrich requires",
                 other.map_or_else(|| "(none)".to_owned(), |c| format!("{:?}", shorten(c)))
-            )),
+            )]),
         };
         let events = match items {
             Ok(items) => items
@@ -212,9 +212,9 @@ impl LocalCollector {
                     (item, verdict)
                 })
                 .collect(),
-            Err(error) => {
+            Err(errors) => {
                 let raw = String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned();
-                vec![(Value::from(raw), Err(vec![error]))]
+                vec![(Value::from(raw), Err(errors))]
             }
         };
         self.store(events, origin)

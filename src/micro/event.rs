@@ -59,6 +59,96 @@ pub struct Arrival<'a> {
     pub page_from_referer: Option<&'a str>,
 }
 
+/// Enrich's default `validation.atomicFieldsLimits` (its reference.conf; Micro checks
+/// them since 2.1.3): the longest value, in UTF-16 code units as the JVM counts a
+/// string's length, each atomic field of the enriched event may hold.
+pub const ATOMIC_FIELDS_LIMITS: [(&str, usize); 84] = [
+    ("app_id", 255),
+    ("platform", 255),
+    ("event", 128),
+    ("event_id", 36),
+    ("name_tracker", 128),
+    ("v_tracker", 100),
+    ("v_collector", 100),
+    ("v_etl", 100),
+    ("user_id", 255),
+    ("user_ipaddress", 128),
+    ("user_fingerprint", 128),
+    ("domain_userid", 128),
+    ("network_userid", 128),
+    ("geo_country", 2),
+    ("geo_region", 3),
+    ("geo_city", 75),
+    ("geo_zipcode", 15),
+    ("geo_region_name", 100),
+    ("ip_isp", 100),
+    ("ip_organization", 128),
+    ("ip_domain", 128),
+    ("ip_netspeed", 100),
+    ("page_url", 10000),
+    ("page_title", 2000),
+    ("page_referrer", 10000),
+    ("page_urlscheme", 16),
+    ("page_urlhost", 255),
+    ("page_urlpath", 3000),
+    ("page_urlquery", 6000),
+    ("page_urlfragment", 3000),
+    ("refr_urlscheme", 16),
+    ("refr_urlhost", 255),
+    ("refr_urlpath", 6000),
+    ("refr_urlquery", 6000),
+    ("refr_urlfragment", 3000),
+    ("refr_medium", 25),
+    ("refr_source", 50),
+    ("refr_term", 255),
+    ("mkt_clickid", 1000),
+    ("mkt_network", 64),
+    ("mkt_medium", 255),
+    ("mkt_source", 255),
+    ("mkt_term", 255),
+    ("mkt_content", 500),
+    ("mkt_campaign", 255),
+    ("se_category", 1000),
+    ("se_action", 1000),
+    ("se_label", 4096),
+    ("se_property", 1000),
+    ("tr_orderid", 255),
+    ("tr_affiliation", 255),
+    ("tr_city", 255),
+    ("tr_state", 255),
+    ("tr_country", 255),
+    ("ti_orderid", 255),
+    ("ti_sku", 255),
+    ("ti_name", 255),
+    ("ti_category", 255),
+    ("useragent", 1000),
+    ("br_name", 50),
+    ("br_family", 50),
+    ("br_version", 50),
+    ("br_type", 50),
+    ("br_renderengine", 50),
+    ("br_lang", 255),
+    ("br_colordepth", 12),
+    ("os_name", 50),
+    ("os_family", 50),
+    ("os_manufacturer", 50),
+    ("os_timezone", 255),
+    ("dvce_type", 50),
+    ("doc_charset", 128),
+    ("tr_currency", 3),
+    ("ti_currency", 3),
+    ("base_currency", 3),
+    ("geo_timezone", 64),
+    ("etl_tags", 500),
+    ("refr_domain_userid", 128),
+    ("domain_sessionid", 128),
+    ("event_vendor", 1000),
+    ("event_name", 1000),
+    ("event_format", 128),
+    ("event_version", 128),
+    ("event_fingerprint", 128),
+];
+
 /// Checks one event (its parameters as received) and shapes it, with what its request
 /// adds (`arrival`). The errors name the check and the field or schema.
 pub fn check(
@@ -98,12 +188,32 @@ pub fn check(
         return Err(errors);
     }
     let event = enrich(parameters, &parts, arrival);
+    check_atomic_field_lengths(&event, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     Ok(Good {
         event_type: parts.event_type,
         schema: parts.schema,
         contexts,
         event,
     })
+}
+
+/// Enrich's last check of an enriched event: no atomic field longer than its limit
+/// ([`ATOMIC_FIELDS_LIMITS`]); the error names the field, as enrich's does.
+fn check_atomic_field_lengths(event: &Map<String, Value>, errors: &mut Vec<String>) {
+    for (name, limit) in ATOMIC_FIELDS_LIMITS {
+        if let Some(Value::String(value)) = event.get(name)
+            // Bytes bound code units from above: most values need no count.
+            && value.len() > limit
+            && value.encode_utf16().count() > limit
+        {
+            errors.push(format!(
+                "atomic field {name} is longer than the maximum allowed size {limit} (enrich's atomicFieldsLimits)"
+            ));
+        }
+    }
 }
 
 /// `payload_data` 1-0-4: known fields only, each a string; `e`, `p`, `tv` present.
@@ -813,6 +923,47 @@ pub fn summary(good: &Good) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_fields_longer_than_enrichs_limits_make_the_event_bad() {
+        let registry = Registry::default();
+        let event = |extra: &[(&str, String)]| {
+            let mut parameters = Map::new();
+            for (name, value) in [("e", "se"), ("p", "web"), ("tv", "t"), ("se_ca", "c")] {
+                parameters.insert(name.to_owned(), Value::from(value));
+            }
+            for (name, value) in extra {
+                parameters.insert((*name).to_owned(), Value::from(value.as_str()));
+            }
+            check(&parameters, &registry, Arrival::default())
+        };
+        assert!(event(&[("uid", "u".repeat(255))]).is_ok());
+        // 255 characters of two bytes each: 255 code units, as the JVM counts.
+        assert!(event(&[("uid", "é".repeat(255))]).is_ok());
+        let errors = event(&[("uid", "u".repeat(256))]).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "atomic field user_id is longer than the maximum allowed size 255 (enrich's atomicFieldsLimits)"
+            ]
+        );
+        // A character outside the BMP is two code units.
+        assert!(event(&[("uid", "😀".repeat(128))]).is_err());
+        assert!(event(&[("se_ca", "c".repeat(1001))]).is_err());
+        assert!(event(&[("se_ca", "c".repeat(1000))]).is_ok());
+        let mut transaction = Map::new();
+        for (name, value) in [("e", "tr"), ("p", "web"), ("tv", "t"), ("tr_id", "o")] {
+            transaction.insert(name.to_owned(), Value::from(value));
+        }
+        assert!(check(&transaction, &registry, Arrival::default()).is_ok());
+        transaction.insert("tr_cu".to_owned(), Value::from("EURO"));
+        let errors = check(&transaction, &registry, Arrival::default()).unwrap_err();
+        assert!(errors[0].contains("tr_currency"), "{errors:?}");
+        // Every limit names a column of the enriched event.
+        for (name, _) in ATOMIC_FIELDS_LIMITS {
+            assert!(EVENT_COLUMNS.contains(&name), "{name}");
+        }
+    }
 
     #[test]
     fn a_lone_surrogate_becomes_the_replacement_character_as_enrich_writes_it() {

@@ -10,9 +10,12 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::event::{self, Arrival};
+use super::iglu::MAX_ERRORS_PER_CHECK;
 use crate::ops::listener::Peer;
 use snowplow_relay_tracker::is_iglu_uri;
-use snowplow_relay_tracker::protocol::{PAYLOAD_DATA_SCHEMA, shorten};
+use snowplow_relay_tracker::protocol::{
+    PAYLOAD_DATA_FIELDS, PAYLOAD_DATA_SCHEMA, REQUIRED_FIELDS, shorten,
+};
 
 /// Where and how a request arrived: Micro's `rawEvent` fields besides the parameters.
 pub(super) struct Origin {
@@ -194,24 +197,70 @@ fn cookie(request: &Request<Incoming>, name: &str) -> Option<String> {
         })
 }
 
-/// The items of a `payload_data` POST body.
-pub(super) fn post_items(body: &[u8]) -> Result<Vec<Value>, String> {
-    let value: Value = serde_json::from_slice(&event::with_lone_surrogates_replaced(body))
-        .map_err(|e| format!("the body is not JSON: {e}"))?;
+/// The items of a `payload_data` POST body, checked whole against `payload_data` 1-0-4
+/// as enrich's tp2 adapter checks it: one item that is not an event (not an object, a
+/// field the schema does not list, a value not a string, `e`, `p` or `tv` missing)
+/// makes the whole body one bad event. The errors name the item (`data/3`), at most
+/// [`MAX_ERRORS_PER_CHECK`] of them.
+pub(super) fn post_items(body: &[u8]) -> Result<Vec<Value>, Vec<String>> {
+    let mut value: Value = serde_json::from_slice(&event::with_lone_surrogates_replaced(body))
+        .map_err(|e| vec![format!("the body is not JSON: {e}")])?;
     let schema = value
         .get("schema")
         .and_then(Value::as_str)
         .unwrap_or_default();
     let payload_data = &PAYLOAD_DATA_SCHEMA[..PAYLOAD_DATA_SCHEMA.len() - "1-0-4".len()];
     if !schema.starts_with(payload_data) || !is_iglu_uri(schema) {
-        return Err(format!(
+        return Err(vec![format!(
             "the body must be self-describing JSON with schema {PAYLOAD_DATA_SCHEMA}, not {}",
             shorten(schema)
-        ));
+        )]);
     }
-    match value.get("data") {
-        Some(Value::Array(items)) if !items.is_empty() => Ok(items.clone()),
-        _ => Err("payload_data needs a non-empty `data` array (minItems 1)".into()),
+    let items = match value.get_mut("data").map(Value::take) {
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        _ => {
+            return Err(vec![
+                "payload_data needs a non-empty `data` array (minItems 1)".into(),
+            ]);
+        }
+    };
+    let mut errors = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        if errors.len() >= MAX_ERRORS_PER_CHECK {
+            errors.truncate(MAX_ERRORS_PER_CHECK);
+            break;
+        }
+        let Some(fields) = item.as_object() else {
+            errors.push(format!(
+                "payload_data: data/{i}: an event must be a JSON object"
+            ));
+            continue;
+        };
+        for (name, value) in fields {
+            if PAYLOAD_DATA_FIELDS.binary_search(&name.as_str()).is_err() {
+                errors.push(format!(
+                    "payload_data: data/{i}: field {} is not allowed",
+                    shorten(name)
+                ));
+            } else if !value.is_string() {
+                errors.push(format!(
+                    "payload_data: data/{i}: field {name} must be a string"
+                ));
+            }
+        }
+        for required in REQUIRED_FIELDS {
+            if !fields.contains_key(*required) {
+                errors.push(format!(
+                    "payload_data: data/{i}: field {required} is required"
+                ));
+            }
+        }
+    }
+    errors.truncate(MAX_ERRORS_PER_CHECK);
+    if errors.is_empty() {
+        Ok(items)
+    } else {
+        Err(errors)
     }
 }
 
@@ -236,8 +285,18 @@ mod tests {
 
     #[test]
     fn bodies_must_be_payload_data() {
-        assert!(post_items(b"[1]").unwrap_err().contains("payload_data"));
+        assert!(post_items(b"[1]").unwrap_err()[0].contains("payload_data"));
         assert!(post_items(b"{\"schema\":\"iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4\",\"data\":[]}").is_err());
-        assert!(post_items(b"not json").unwrap_err().contains("not JSON"));
+        assert!(post_items(b"not json").unwrap_err()[0].contains("not JSON"));
+        let ones = format!(
+            "{{\"schema\":\"{PAYLOAD_DATA_SCHEMA}\",\"data\":[{}1]}}",
+            "1,".repeat(100_000)
+        );
+        let errors = post_items(ones.as_bytes()).unwrap_err();
+        assert_eq!(errors.len(), MAX_ERRORS_PER_CHECK);
+        assert_eq!(
+            errors[3],
+            "payload_data: data/3: an event must be a JSON object"
+        );
     }
 }
