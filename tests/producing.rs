@@ -1234,4 +1234,56 @@ async fn every_vendor_version_path_is_taken_and_an_unknown_adapter_is_named() {
     assert_eq!(bad.as_array().unwrap().len(), 1, "{bad}");
     let error = bad[0]["errors"][0].as_str().unwrap();
     assert!(error.contains("no adapter for com.acme/track"), "{error}");
+
+    // The Iglu webhook: a self-describing body is a good self-describing event (582e716:
+    // 404); data its schema refuses is bad, named by the schema.
+    micro(&url, "/micro/reset", None).await;
+    let link_click = "iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1";
+    for (data, status) in [
+        (json!({"targetUrl": "https://shop.example/"}), 200),
+        (json!({"targetUrl": 7}), 200),
+    ] {
+        let answer = client
+            .post(format!("{url}/com.snowplowanalytics.iglu/v1?aid=webhooks"))
+            .header("content-type", "application/json")
+            .body(json!({"schema": link_click, "data": data}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status);
+    }
+    let answer = client
+        .get(format!(
+            "{url}/com.snowplowanalytics.iglu/v1?schema={}&targetUrl=https%3A%2F%2Fx%2F",
+            link_click.replace(':', "%3A").replace('/', "%2F")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let bad = micro(&url, "/micro/bad", None).await;
+    assert_eq!(
+        micro(&url, "/micro/all", None).await,
+        json!({"total": 3, "good": 2, "bad": 1}),
+        "{bad}"
+    );
+    assert!(
+        bad[0]["errors"][0].as_str().unwrap().contains(link_click),
+        "{bad}"
+    );
+    let good = micro(&url, "/micro/good", None).await;
+    for event in good.as_array().unwrap() {
+        assert_eq!(event["eventType"], "unstruct", "{event}");
+        assert_eq!(event["schema"], link_click);
+        assert_eq!(event["event"]["v_tracker"], "com.snowplowanalytics.iglu-v1");
+        assert_eq!(
+            event["rawEvent"]["api"]["vendor"],
+            "com.snowplowanalytics.iglu"
+        );
+    }
+    assert_eq!(good[1]["event"]["app_id"], "webhooks");
+    assert_eq!(
+        good[0]["event"]["unstruct_event"]["data"]["data"]["targetUrl"],
+        "https://x/"
+    );
 }

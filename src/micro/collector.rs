@@ -16,6 +16,7 @@ use super::origin::{Origin, post_items};
 use super::record::Recorder;
 pub use super::store::Totals;
 use super::store::{Store, Stored, newest_first};
+use super::webhook;
 use snowplow_relay_tracker::protocol::{PAYLOAD_DATA_FIELDS, shorten};
 
 /// The real collector's default body limit (`collector.streams.maxBytes` aside): 2 MiB.
@@ -189,6 +190,31 @@ impl LocalCollector {
             shorten(&origin.version)
         );
         self.store(vec![(Value::from(raw), Err(vec![error]))], origin)
+    }
+
+    /// The Iglu webhook ([`super::webhook`]): its events checked as tracker events; a
+    /// request enrich's Iglu adapter refuses is one bad event with its reason.
+    pub(super) fn receive_iglu(
+        &self,
+        query: &str,
+        body: Option<&[u8]>,
+        origin: &Origin,
+    ) -> (usize, usize) {
+        let events = match webhook::events(query, body, origin.content_type.as_deref()) {
+            Ok(events) => events
+                .into_iter()
+                .map(|parameters| {
+                    let verdict = event::check(&parameters, &self.registry, origin.arrival());
+                    (Value::Object(parameters), verdict)
+                })
+                .collect(),
+            Err(error) => {
+                let raw = body.unwrap_or(query.as_bytes());
+                let raw = String::from_utf8_lossy(&raw[..raw.len().min(1024)]).into_owned();
+                vec![(Value::from(raw), Err(vec![error]))]
+            }
+        };
+        self.store(events, origin)
     }
 
     pub(super) fn receive_post(&self, body: &[u8], origin: &Origin) -> (usize, usize) {

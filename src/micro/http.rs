@@ -225,6 +225,25 @@ impl LocalCollector {
                     .unwrap_or_else(|_| Response::new(full("")));
                 (response, 0, 0)
             }
+            // The Iglu webhook: self-describing data by GET or POST.
+            (&Method::GET | &Method::HEAD | &Method::POST, "/com.snowplowanalytics.iglu/v1") => {
+                let content_type = request
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let mut origin = Origin::of(&request, "v1", content_type);
+                origin.vendor = "com.snowplowanalytics.iglu".to_owned();
+                let (good, bad) = if method == Method::POST {
+                    match self.read_body(request).await {
+                        Ok((body, _share)) => self.receive_iglu(&query, Some(&body), &origin),
+                        Err(response) => return (response, 0, 0),
+                    }
+                } else {
+                    self.receive_iglu(&query, None, &origin)
+                };
+                (text(StatusCode::OK, "ok"), good, bad)
+            }
             // Any other `/{vendor}/{version}`: the collector takes it; enrich would pick
             // an adapter. One bad event naming it, answered 200 (a 404 is retried).
             (&Method::GET | &Method::HEAD | &Method::POST, adapter)

@@ -37,6 +37,7 @@ pub mod iglu;
 mod origin;
 mod record;
 mod store;
+mod webhook;
 
 pub use collector::{
     CollectorOptions, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_EVENTS,
