@@ -8,9 +8,13 @@
 //! /micro/iglu/VENDOR/NAME/FORMAT/VERSION` serves what it resolves.
 //!
 //! Bounded against hostile input: only schemas that exist are compiled and kept (one per
-//! file at most), URIs are checked before any file is touched (no component may start
-//! with a dot, so nothing outside a registry is read), and at most
-//! [`MAX_ERRORS_PER_CHECK`] errors are reported per check.
+//! file at most; one that fails to compile is remembered as failed, not compiled again
+//! for every event), URIs are checked before any file is touched (no component may start
+//! with a dot) and a file a symlink leads outside its registry is not read, a `pattern`
+//! may take at most [`PATTERN_BACKTRACK_LIMIT`] backtracking steps per value (a
+//! backreference could otherwise take ~20 ms per event: past the limit the value is
+//! refused, naming the limit), and at most [`MAX_ERRORS_PER_CHECK`] errors are reported
+//! per check.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,6 +26,11 @@ use snowplow_relay_tracker::protocol::shorten;
 
 /// Errors reported per validated value, at most.
 pub const MAX_ERRORS_PER_CHECK: usize = 10;
+
+/// Backtracking steps a schema's `pattern` may take on one value (fancy-regex's default
+/// is 1,000,000, ~20 ms for a backreference on a few hundred bytes). Patterns without
+/// backreferences or look-arounds run on the linear-time engine and never backtrack.
+pub const PATTERN_BACKTRACK_LIMIT: usize = 10_000;
 
 /// Largest schema file read, in bytes.
 const MAX_SCHEMA_BYTES: u64 = 1024 * 1024;
@@ -61,8 +70,9 @@ struct Known {
 #[derive(Clone, Default)]
 pub struct Registry {
     dirs: Arc<Vec<PathBuf>>,
-    /// Compiled schemas by `vendor/name/format/version`; only existing ones are kept.
-    known: Arc<Mutex<HashMap<String, Arc<Known>>>>,
+    /// Compiled schemas by `vendor/name/format/version`, or why one failed to compile;
+    /// only existing ones are kept.
+    known: Arc<Mutex<HashMap<String, Result<Arc<Known>, String>>>>,
 }
 
 impl Registry {
@@ -109,7 +119,7 @@ impl Registry {
 
     fn resolve(&self, path: &str) -> Result<Arc<Known>, String> {
         if let Some(known) = self.known.lock().expect("iglu lock").get(path) {
-            return Ok(known.clone());
+            return known.clone();
         }
         // A registry path is named whole; anything else (it may be any string a
         // client sent) shortened.
@@ -130,17 +140,22 @@ impl Registry {
             .read_from_dirs(path)
             .or_else(|| shipped(path))
             .ok_or_else(not_found)?;
-        let known = Arc::new(compile(path, &text)?);
+        let known = compile(path, &text).map(Arc::new);
         self.known
             .lock()
             .expect("iglu lock")
             .insert(path.to_owned(), known.clone());
-        Ok(known)
+        known
     }
 
     fn read_from_dirs(&self, path: &str) -> Option<String> {
         self.dirs.iter().find_map(|dir| {
-            let file = dir.join("schemas").join(path);
+            // Where the file really is, symlinks followed: inside the registry or not read.
+            let registry = dir.join("schemas").canonicalize().ok()?;
+            let file = registry.join(path).canonicalize().ok()?;
+            if !file.starts_with(&registry) {
+                return None;
+            }
             let metadata = std::fs::metadata(&file).ok()?;
             if !metadata.is_file() || metadata.len() > MAX_SCHEMA_BYTES {
                 return None;
@@ -178,6 +193,9 @@ fn compile(path: &str, text: &str) -> Result<Known, String> {
     let validator = jsonschema::options()
         .with_draft(jsonschema::Draft::Draft4)
         .with_retriever(IgluCentral)
+        .with_pattern_options(
+            jsonschema::PatternOptions::fancy_regex().backtrack_limit(PATTERN_BACKTRACK_LIMIT),
+        )
         .build(&schema)
         .map_err(|e| format!("schema iglu:{path} is not a valid JSON Schema: {e}"))?;
     Ok(Known {
@@ -302,6 +320,64 @@ mod tests {
             let errors = registry.validate(uri, &json!({})).unwrap_err();
             assert!(errors[0].contains("not found"), "{uri}: {errors:?}");
         }
+    }
+
+    #[test]
+    fn hostile_registries_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, body: &str| {
+            let folder = dir
+                .path()
+                .join(format!("schemas/com.acme/{name}/jsonschema"));
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(
+                folder.join("1-0-0"),
+                format!(
+                    r#"{{"self":{{"vendor":"com.acme","name":"{name}","format":"jsonschema","version":"1-0-0"}},{body}}}"#
+                ),
+            )
+            .unwrap();
+            folder.join("1-0-0")
+        };
+        // A backreference: past the backtracking limit the value is refused, naming it.
+        write("echo", r#""type":"string","pattern":"^(a|a)*\\1b""#);
+        // A schema that fails to compile is remembered as failed.
+        let broken = write("broken", r#""type":"string","pattern":"(""#);
+        // A symlink out of the registry is not followed.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), r#"{"type":"string"}"#).unwrap();
+        let leak = dir.path().join("schemas/com.acme/leak/jsonschema");
+        std::fs::create_dir_all(&leak).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), leak.join("1-0-0")).unwrap();
+        let registry = Registry::new(vec![dir.path().to_owned()]);
+
+        let errors = registry
+            .validate(
+                "iglu:com.acme/echo/jsonschema/1-0-0",
+                &json!(format!("{}!", "a".repeat(16))),
+            )
+            .unwrap_err();
+        assert!(errors[0].contains("backtracking"), "{errors:?}");
+        assert!(
+            registry
+                .validate("iglu:com.acme/echo/jsonschema/1-0-0", &json!("aab"))
+                .is_ok()
+        );
+
+        let first = registry.validate("iglu:com.acme/broken/jsonschema/1-0-0", &json!("x"));
+        assert!(first.unwrap_err()[0].contains("not a valid JSON Schema"));
+        std::fs::remove_file(broken).unwrap();
+        let again = registry.validate("iglu:com.acme/broken/jsonschema/1-0-0", &json!("x"));
+        assert!(
+            again.unwrap_err()[0].contains("not a valid JSON Schema"),
+            "cached, not read again"
+        );
+
+        let errors = registry
+            .validate("iglu:com.acme/leak/jsonschema/1-0-0", &json!("x"))
+            .unwrap_err();
+        assert!(errors[0].contains("not found"), "{errors:?}");
+        assert!(registry.schema("com.acme/leak/jsonschema/1-0-0").is_none());
     }
 
     #[test]
