@@ -93,7 +93,12 @@ impl LocalCollector {
             ) => {
                 let version = if path.ends_with("/tp2") { "tp2" } else { "tp1" };
                 let origin = Origin::of(&request, version, None);
-                let (good, bad) = self.receive_query(&query, &origin);
+                let (good, bad, origin) = self
+                    .off_the_runtime(move |collector| {
+                        let (good, bad) = collector.receive_query(&query, &origin);
+                        (good, bad, origin)
+                    })
+                    .await;
                 let mut response = Response::builder()
                     .header("content-type", "image/gif")
                     // The stream collector's: a pixel is never taken from a cache.
@@ -119,7 +124,12 @@ impl LocalCollector {
                     Ok(read) => read,
                     Err(response) => return (response, 0, 0),
                 };
-                let (good, bad) = self.receive_post(&body, &origin);
+                let (good, bad, origin) = self
+                    .off_the_runtime(move |collector| {
+                        let (good, bad) = collector.receive_post(&body, &origin);
+                        (good, bad, origin)
+                    })
+                    .await;
                 let mut response = text(StatusCode::OK, "ok");
                 if let Some(cookie) = origin.set_cookie()
                     && let Ok(cookie) = hyper::header::HeaderValue::from_str(&cookie)
@@ -176,19 +186,7 @@ impl LocalCollector {
                         .collect()
                 };
                 listed.sort_by_key(|stored| std::cmp::Reverse(stored.seq));
-                let events: Vec<Value> = listed
-                    .iter()
-                    .filter_map(|stored| match &stored.incomplete {
-                        Some(incomplete) => serde_json::from_slice::<Value>(incomplete).ok(),
-                        None => serde_json::from_slice::<Value>(&stored.json)
-                            .ok()
-                            .and_then(|mut entry| entry.get_mut("event").map(Value::take)),
-                    })
-                    .filter_map(|enriched| match enriched {
-                        Value::Object(enriched) => Some(Value::Object(event::flattened(&enriched))),
-                        _ => None,
-                    })
-                    .collect();
+                let events = self.off_the_runtime(move |_| events_listed(&listed)).await;
                 (self.json(&events), 0, 0)
             }
             (&Method::GET | &Method::POST, "/micro/good" | "/micro/bad") => {
@@ -234,14 +232,19 @@ impl LocalCollector {
                     .map(str::to_owned);
                 let mut origin = Origin::of(&request, "v1", content_type);
                 origin.vendor = "com.snowplowanalytics.iglu".to_owned();
-                let (good, bad) = if method == Method::POST {
+                let (body, _share) = if method == Method::POST {
                     match self.read_body(request).await {
-                        Ok((body, _share)) => self.receive_iglu(&query, Some(&body), &origin),
+                        Ok((body, share)) => (Some(body), Some(share)),
                         Err(response) => return (response, 0, 0),
                     }
                 } else {
-                    self.receive_iglu(&query, None, &origin)
+                    (None, None)
                 };
+                let (good, bad) = self
+                    .off_the_runtime(move |collector| {
+                        collector.receive_iglu(&query, body.as_deref(), &origin)
+                    })
+                    .await;
                 (text(StatusCode::OK, "ok"), good, bad)
             }
             // Any other `/{vendor}/{version}`: the collector takes it; enrich would pick
@@ -255,15 +258,17 @@ impl LocalCollector {
                 let mut segments = adapter.trim_start_matches('/').split('/');
                 origin.vendor = segments.next().unwrap_or_default().to_owned();
                 origin.version = segments.next().unwrap_or_default().to_owned();
-                let raw = if method == Method::POST {
+                let (raw, _share) = if method == Method::POST {
                     match self.read_body(request).await {
-                        Ok((body, _share)) => body.to_vec(),
+                        Ok((body, share)) => (body, Some(share)),
                         Err(response) => return (response, 0, 0),
                     }
                 } else {
-                    query.clone().into_bytes()
+                    (Bytes::from(query.clone()), None)
                 };
-                let (good, bad) = self.receive_unsupported(&raw, &origin);
+                let (good, bad) = self
+                    .off_the_runtime(move |collector| collector.receive_unsupported(&raw, &origin))
+                    .await;
                 (text(StatusCode::OK, "ok"), good, bad)
             }
             _ => (
@@ -340,12 +345,42 @@ impl LocalCollector {
         }
     }
 
+    /// Runs `work` (checking and storing events: validation may take a while) on
+    /// tokio's blocking threads, so `/health` and the API answer meanwhile.
+    async fn off_the_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(LocalCollector) -> T + Send + 'static,
+    ) -> T {
+        let collector = self.clone();
+        match tokio::task::spawn_blocking(move || work(collector)).await {
+            Ok(done) => done,
+            Err(failed) => std::panic::resume_unwind(failed.into_panic()),
+        }
+    }
+
     fn json(&self, value: &impl serde::Serialize) -> Response<Body> {
         Response::builder()
             .header("content-type", "application/json")
             .body(full(serde_json::to_vec(value).unwrap_or_default()))
             .unwrap_or_else(|_| Response::new(full("")))
     }
+}
+
+/// `/micro/events`' list: each event's enriched form, flattened.
+fn events_listed(listed: &[Arc<Stored>]) -> Vec<Value> {
+    listed
+        .iter()
+        .filter_map(|stored| match &stored.incomplete {
+            Some(incomplete) => serde_json::from_slice::<Value>(incomplete).ok(),
+            None => serde_json::from_slice::<Value>(&stored.json)
+                .ok()
+                .and_then(|mut entry| entry.get_mut("event").map(Value::take)),
+        })
+        .filter_map(|enriched| match enriched {
+            Value::Object(enriched) => Some(Value::Object(event::flattened(&enriched))),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The page of `/micro/ui`.
