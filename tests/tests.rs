@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod cluster;
+mod collector_bounds;
 mod docs;
 mod faults;
 mod fuzz_regressions;

@@ -15,7 +15,7 @@ use super::iglu::Registry;
 use super::origin::{Origin, post_items};
 use super::record::Recorder;
 pub use super::store::Totals;
-use super::store::{Store, Stored, newest_first};
+use super::store::{Store, Stored, StoredJson, newest_first};
 use super::webhook;
 use snowplow_relay_tracker::protocol::{PAYLOAD_DATA_FIELDS, shorten};
 
@@ -132,7 +132,7 @@ impl LocalCollector {
         let events = newest_first(which(&self.store.lock().expect("store lock")));
         events
             .iter()
-            .filter_map(|e| serde_json::from_slice(&e.json).ok())
+            .filter_map(|e| serde_json::from_slice(&e.json.whole()).ok())
             .collect()
     }
 
@@ -218,125 +218,148 @@ impl LocalCollector {
     }
 
     pub(super) fn receive_post(&self, body: &[u8], origin: &Origin) -> (usize, usize) {
+        let text = event::with_lone_surrogates_replaced(body);
         let items = match origin.content_type.as_deref() {
-            Some(content_type) if is_json_content_type(content_type) => post_items(body),
+            Some(content_type) if is_json_content_type(content_type) => post_items(&text),
             other => Err(vec![format!(
                 "Content-Type {} is not application/json (with or without charset=utf-8), as enrich requires",
                 other.map_or_else(|| "(none)".to_owned(), |c| format!("{:?}", shorten(c)))
             )]),
         };
-        let events = match items {
-            Ok(items) => items
-                .into_iter()
-                .map(|item| {
-                    let verdict = match item.as_object() {
-                        Some(parameters) => {
-                            event::check(parameters, &self.registry, origin.arrival())
-                        }
-                        None => Err(vec!["an event must be a JSON object".to_owned()]),
-                    };
-                    (item, verdict)
-                })
-                .collect(),
+        match items {
+            // Each item parsed again as it is checked and stored, a chunk at a time: a
+            // body's events are never all built at once.
+            Ok(items) => self.store(
+                items.into_iter().map(|item| {
+                    let parameters: Map<String, Value> =
+                        serde_json::from_str(item.get()).unwrap_or_default();
+                    let verdict = event::check(&parameters, &self.registry, origin.arrival());
+                    (Value::Object(parameters), verdict)
+                }),
+                origin,
+            ),
             Err(errors) => {
                 let raw = String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned();
-                vec![(Value::from(raw), Err(errors))]
+                self.store([(Value::from(raw), Err(errors))], origin)
             }
-        };
-        self.store(events, origin)
+        }
     }
 
+    /// Stores `events` (each its parameters and verdict) with what their request adds:
+    /// built a chunk at a time (about [`STORE_CHUNK_BYTES`] of JSON) outside the lock,
+    /// then stored under it, so a request of many events never holds them all at once.
     fn store(
         &self,
-        events: Vec<(Value, Result<Good, Vec<String>>)>,
+        events: impl IntoIterator<Item = (Value, Result<Good, Vec<String>>)>,
         origin: &Origin,
     ) -> (usize, usize) {
         let (mut good, mut bad) = (0, 0);
-        let mut lines = Vec::new();
-        // Serialised before the lock is taken.
-        let entries: Vec<(bool, Stored)> = events
-            .into_iter()
-            .map(|(parameters, verdict)| {
-                let raw_event = origin.raw_event(parameters);
-                let (is_good, entry, stored) = match verdict {
-                    Ok(good) => {
-                        let entry = json!({
-                            "rawEvent": raw_event,
-                            "eventType": good.event_type,
-                            "schema": good.schema,
-                            "contexts": good.contexts,
-                            "event": good.event,
-                        });
-                        let stored = Stored {
-                            event_type: good.event_type.to_owned(),
-                            schema: good.schema,
-                            contexts: good.contexts,
-                            ..Stored::default()
-                        };
-                        (true, entry, stored)
-                    }
-                    Err(errors) => {
-                        let incomplete = raw_event["parameters"]
-                            .as_object()
-                            .and_then(|parameters| {
-                                event::incomplete(
-                                    parameters,
-                                    &self.registry,
-                                    origin.arrival(),
-                                    &errors,
-                                )
-                            })
-                            .and_then(|event| serde_json::to_vec(&event).ok())
-                            .map(Bytes::from);
-                        let entry = json!({
-                            "collectorPayload": origin.collector_payload(),
-                            "rawEvent": raw_event,
-                            "errors": errors,
-                        });
-                        let stored = Stored {
-                            incomplete,
-                            ..Stored::default()
-                        };
-                        (false, entry, stored)
-                    }
-                };
-                let stored = Stored {
-                    json: Bytes::from(serde_json::to_vec(&entry).unwrap_or_default()),
-                    vendor: origin.vendor.clone(),
-                    version: origin.version.clone(),
-                    ..stored
-                };
-                (is_good, stored)
-            })
-            .collect();
-        {
-            let mut store = self.store.lock().expect("store lock");
-            for (is_good, mut stored) in entries {
-                store.totals.total += 1;
-                store.seq += 1;
-                stored.seq = store.seq;
-                store.bytes += stored.held_bytes();
-                if is_good {
-                    good += 1;
-                    store.totals.good += 1;
-                    if self.record.is_some() {
-                        lines.push(stored.json.clone());
-                    }
-                    store.good.push_back(Arc::new(stored));
-                } else {
-                    bad += 1;
-                    store.totals.bad += 1;
-                    store.bad.push_back(Arc::new(stored));
+        let shared_headers = origin.shared_headers();
+        let marker = format!("\"{}\"", super::origin::headers_marker());
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let mut entries: Vec<(bool, Stored)> = Vec::new();
+            let mut built = 0;
+            for (parameters, verdict) in events.by_ref() {
+                let (is_good, stored) =
+                    self.entry(parameters, verdict, origin, &marker, &shared_headers);
+                built += stored.held_bytes();
+                entries.push((is_good, stored));
+                if built >= STORE_CHUNK_BYTES {
+                    break;
                 }
-                store.trim(self.options.max_events, self.options.max_store_bytes);
             }
-        }
-        if let Some(record) = &self.record {
-            record.record(lines);
+            let mut lines = Vec::new();
+            {
+                let mut store = self.store.lock().expect("store lock");
+                for (is_good, mut stored) in entries {
+                    store.totals.total += 1;
+                    store.seq += 1;
+                    stored.seq = store.seq;
+                    store.bytes += stored.held_bytes();
+                    if is_good {
+                        good += 1;
+                        store.totals.good += 1;
+                        if self.record.is_some() {
+                            lines.push(stored.json.whole());
+                        }
+                        store.good.push_back(Arc::new(stored));
+                    } else {
+                        bad += 1;
+                        store.totals.bad += 1;
+                        store.bad.push_back(Arc::new(stored));
+                    }
+                    store.trim(self.options.max_events, self.options.max_store_bytes);
+                }
+            }
+            if let Some(record) = &self.record {
+                record.record(lines);
+            }
         }
         (good, bad)
     }
+
+    /// One event as stored: Micro's entry for it (good, or bad with its errors and its
+    /// incomplete form), serialised, split around the request's shared headers.
+    fn entry(
+        &self,
+        parameters: Value,
+        verdict: Result<Good, Vec<String>>,
+        origin: &Origin,
+        marker: &str,
+        shared_headers: &Bytes,
+    ) -> (bool, Stored) {
+        let raw_event = origin.raw_event(parameters);
+        let (is_good, entry, stored) = match verdict {
+            Ok(good) => {
+                let entry = json!({
+                    "rawEvent": raw_event,
+                    "eventType": good.event_type,
+                    "schema": good.schema,
+                    "contexts": good.contexts,
+                    "event": good.event,
+                });
+                let stored = Stored {
+                    event_type: good.event_type.to_owned(),
+                    schema: good.schema,
+                    contexts: good.contexts,
+                    ..Stored::default()
+                };
+                (true, entry, stored)
+            }
+            Err(errors) => {
+                let incomplete = raw_event["parameters"]
+                    .as_object()
+                    .and_then(|parameters| {
+                        event::incomplete(parameters, &self.registry, origin.arrival(), &errors)
+                    })
+                    .and_then(|event| serde_json::to_vec(&event).ok())
+                    .map(Bytes::from);
+                let entry = json!({
+                    "collectorPayload": origin.collector_payload(),
+                    "rawEvent": raw_event,
+                    "errors": errors,
+                });
+                let stored = Stored {
+                    incomplete,
+                    ..Stored::default()
+                };
+                (false, entry, stored)
+            }
+        };
+        let json = serde_json::to_vec(&entry).unwrap_or_default();
+        let stored = Stored {
+            json: StoredJson::split(json, marker.as_bytes(), shared_headers),
+            vendor: origin.vendor.clone(),
+            version: origin.version.clone(),
+            ..stored
+        };
+        (is_good, stored)
+    }
 }
+
+/// Bytes of stored events built outside the store's lock before they are stored.
+const STORE_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// `application/json`, with or without `charset=utf-8` (any case, any spacing): the
 /// content types enrich's tp2 adapter takes.

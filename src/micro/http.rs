@@ -372,7 +372,7 @@ fn events_listed(listed: &[Arc<Stored>]) -> Vec<Value> {
         .iter()
         .filter_map(|stored| match &stored.incomplete {
             Some(incomplete) => serde_json::from_slice::<Value>(incomplete).ok(),
-            None => serde_json::from_slice::<Value>(&stored.json)
+            None => serde_json::from_slice::<Value>(&stored.json.whole())
                 .ok()
                 .and_then(|mut entry| entry.get_mut("event").map(Value::take)),
         })
@@ -394,13 +394,13 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(full("")))
 }
 
-/// A JSON array of stored events, streamed one event's JSON at a time (no copy).
+/// A JSON array of stored events, streamed one piece of an event's JSON at a time (no
+/// copy: the pieces are the stored ones, the request's shared headers among them).
 struct JsonArray {
     events: std::vec::IntoIter<Arc<Stored>>,
-    /// What is sent next before the next event: `[`, then `,`.
-    separator: Option<&'static [u8]>,
-    /// An event waiting behind its separator.
-    next: Option<Bytes>,
+    /// Frames to send before the next event, last first.
+    pending: Vec<Bytes>,
+    started: bool,
     closed: bool,
 }
 
@@ -408,8 +408,8 @@ impl JsonArray {
     fn new(events: Vec<Arc<Stored>>) -> JsonArray {
         JsonArray {
             events: events.into_iter(),
-            separator: Some(b"["),
-            next: None,
+            pending: Vec::new(),
+            started: false,
             closed: false,
         }
     }
@@ -424,30 +424,25 @@ impl hyper::body::Body for JsonArray {
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        if let Some(event) = this.next.take() {
-            this.separator = Some(b",");
-            return Poll::Ready(Some(Ok(Frame::data(event))));
+        while let Some(piece) = this.pending.pop() {
+            if !piece.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(piece))));
+            }
         }
         if this.closed {
             return Poll::Ready(None);
         }
-        let separator = this.separator.take().unwrap_or(b",");
+        let opening = if this.started { "," } else { "[" };
+        this.started = true;
         let frame = match this.events.next() {
             Some(event) => {
-                this.next = Some(event.json.clone());
-                if separator == b"," {
-                    Bytes::from_static(b",")
-                } else {
-                    Bytes::from_static(b"[")
-                }
+                let [head, shared, tail] = event.json.pieces();
+                this.pending = vec![tail, shared, head];
+                Bytes::from_static(opening.as_bytes())
             }
             None => {
                 this.closed = true;
-                if separator == b"[" {
-                    Bytes::from_static(b"[]")
-                } else {
-                    Bytes::from_static(b"]")
-                }
+                Bytes::from_static(if opening == "[" { b"[]" } else { b"]" })
             }
         };
         Poll::Ready(Some(Ok(Frame::data(frame))))

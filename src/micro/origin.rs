@@ -7,7 +7,8 @@
 
 use hyper::Request;
 use hyper::body::Incoming;
-use serde_json::{Value, json};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
 
 use super::event::{self, Arrival};
 use super::iglu::MAX_ERRORS_PER_CHECK;
@@ -155,6 +156,14 @@ impl Origin {
         })
     }
 
+    /// The request's listed headers as JSON, shared by all its events' stored JSON
+    /// (`raw_event` holds [`headers_marker`] in their place).
+    pub(super) fn shared_headers(&self) -> bytes::Bytes {
+        bytes::Bytes::from(serde_json::to_vec(&self.headers).unwrap_or_default())
+    }
+
+    /// `rawEvent`, its `context.headers` the [`headers_marker`] string: the stored JSON
+    /// is split there around the request's [`Origin::shared_headers`].
     pub(super) fn raw_event(&self, parameters: Value) -> Value {
         json!({
             "api": {"vendor": self.vendor, "version": self.version},
@@ -166,11 +175,18 @@ impl Origin {
                 "ipAddress": self.ip,
                 "useragent": self.useragent,
                 "refererUri": self.referer,
-                "headers": self.headers,
+                "headers": headers_marker(),
                 "userId": self.network_userid,
             },
         })
     }
+}
+
+/// The string that stands for a request's headers in its events' JSON until it is split:
+/// random for each run, so no client can send it.
+pub(super) fn headers_marker() -> &'static str {
+    static MARKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MARKER.get_or_init(|| format!("headers-{}", uuid::Uuid::new_v4()))
 }
 
 /// A value the answer's `Set-Cookie` may carry as it is: RFC 6265's cookie-octets, at
@@ -202,41 +218,56 @@ fn cookie(request: &Request<Incoming>, name: &str) -> Option<String> {
 /// field the schema does not list, a value not a string, `e`, `p` or `tv` missing)
 /// makes the whole body one bad event. The errors name the item (`data/3`), at most
 /// [`MAX_ERRORS_PER_CHECK`] of them.
-pub(super) fn post_items(body: &[u8]) -> Result<Vec<Value>, Vec<String>> {
-    let mut value: Value = serde_json::from_slice(&event::with_lone_surrogates_replaced(body))
-        .map_err(|e| vec![format!("the body is not JSON: {e}")])?;
-    let schema = value
-        .get("schema")
-        .and_then(Value::as_str)
+///
+/// `body` has had its lone surrogates replaced ([`event::with_lone_surrogates_replaced`]).
+/// The items are returned unparsed (slices of `body`, 16 bytes each): a body of a
+/// million tiny items is never a million values at once.
+pub(super) fn post_items(body: &[u8]) -> Result<Vec<&RawValue>, Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow, default)]
+        schema: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        data: Option<&'a RawValue>,
+    }
+    let top: &RawValue =
+        serde_json::from_slice(body).map_err(|e| vec![format!("the body is not JSON: {e}")])?;
+    let envelope: Option<Envelope<'_>> = top
+        .get()
+        .starts_with('{')
+        .then(|| serde_json::from_str(top.get()).ok())
+        .flatten();
+    let schema: String = envelope
+        .as_ref()
+        .and_then(|e| e.schema)
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
         .unwrap_or_default();
     let payload_data = &PAYLOAD_DATA_SCHEMA[..PAYLOAD_DATA_SCHEMA.len() - "1-0-4".len()];
-    if !schema.starts_with(payload_data) || !is_iglu_uri(schema) {
+    if !schema.starts_with(payload_data) || !is_iglu_uri(&schema) {
         return Err(vec![format!(
             "the body must be self-describing JSON with schema {PAYLOAD_DATA_SCHEMA}, not {}",
-            shorten(schema)
+            shorten(&schema)
         )]);
     }
-    let items = match value.get_mut("data").map(Value::take) {
-        Some(Value::Array(items)) if !items.is_empty() => items,
-        _ => {
-            return Err(vec![
-                "payload_data needs a non-empty `data` array (minItems 1)".into(),
-            ]);
-        }
-    };
+    let items: Vec<&RawValue> = envelope
+        .and_then(|e| e.data)
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .filter(|items: &Vec<&RawValue>| !items.is_empty())
+        .ok_or_else(|| {
+            vec!["payload_data needs a non-empty `data` array (minItems 1)".to_owned()]
+        })?;
     let mut errors = Vec::new();
     for (i, item) in items.iter().enumerate() {
         if errors.len() >= MAX_ERRORS_PER_CHECK {
-            errors.truncate(MAX_ERRORS_PER_CHECK);
             break;
         }
-        let Some(fields) = item.as_object() else {
+        let Ok(fields) = serde_json::from_str::<Map<String, Value>>(item.get()) else {
             errors.push(format!(
                 "payload_data: data/{i}: an event must be a JSON object"
             ));
             continue;
         };
-        for (name, value) in fields {
+        for (name, value) in &fields {
             if PAYLOAD_DATA_FIELDS.binary_search(&name.as_str()).is_err() {
                 errors.push(format!(
                     "payload_data: data/{i}: field {} is not allowed",
