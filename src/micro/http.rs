@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
@@ -283,8 +283,12 @@ impl LocalCollector {
     }
 
     /// Reads a body within the size limit, the time limit and the budget of body bytes
-    /// handled at once (a request waits for its share, within the same time limit);
-    /// returns it with its share, which the caller holds while it works on the body.
+    /// held at once: a body takes its share of the budget when its first bytes arrive (a
+    /// client that declares a big body and sends nothing holds nothing; one that sends a
+    /// byte and stalls holds its share for the body's time limit at most), waiting for it
+    /// when the budget is spent (503 past [`CollectorOptions::budget_wait`]; that wait
+    /// does not count against the body's time limit). Returns the body with its share, which the
+    /// caller holds while it works on the body.
     async fn read_body(
         &self,
         request: Request<Incoming>,
@@ -304,24 +308,6 @@ impl LocalCollector {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
-        let share = declared.map_or(limit, |n| n as usize).max(1) as u32;
-        // Waiting for a share is the collector being busy, not the client being slow: it
-        // has its own bound and answer (503, which trackers retry); the body's time limit
-        // starts once the share is granted.
-        let wait = self.options.budget_wait();
-        let permit = match tokio::time::timeout(wait, self.body_budget.acquire_many(share)).await {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                return Err(text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!(
-                        "busy: no room to read a body of {share} bytes within {} s; retry\n",
-                        wait.as_secs()
-                    ),
-                ));
-            }
-        };
-        let deadline = tokio::time::Instant::now() + self.options.body_timeout;
         let timed_out = || {
             text(
                 StatusCode::REQUEST_TIMEOUT,
@@ -331,18 +317,66 @@ impl LocalCollector {
                 ),
             )
         };
-        let read = Limited::new(request.into_body(), limit).collect();
-        let Ok(read) = tokio::time::timeout_at(deadline, read).await else {
-            return Err(timed_out());
+        let busy = |wait: Duration| {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "busy: no room to read more request bodies within {} s; retry\n",
+                    wait.as_secs()
+                ),
+            )
         };
-        match read {
-            Ok(collected) => Ok((collected.to_bytes(), permit)),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-            Err(e) => Err(text(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the body: {e}\n"),
-            )),
+        let budget_wait = self.options.budget_wait();
+        let mut share = self
+            .body_budget
+            .try_acquire_many(0)
+            .map_err(|_| busy(budget_wait))?;
+        let mut deadline = tokio::time::Instant::now() + self.options.body_timeout;
+        // The pieces as hyper hands them over, joined once at the end.
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut collected = 0;
+        let mut body = request.into_body();
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => return Err(timed_out()),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(text(
+                        StatusCode::BAD_REQUEST,
+                        &format!("cannot read the body: {e}\n"),
+                    ));
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if collected + data.len() > limit {
+                return Err(too_large());
+            }
+            if !data.is_empty() && collected == 0 {
+                // The body's whole share (its declared length, else the limit) when its
+                // first bytes arrive: a share taken piece by piece would let bodies that
+                // each hold part of the budget wait for one another forever.
+                let whole = declared.map_or(limit, |n| n as usize).max(1) as u32;
+                let asked = tokio::time::Instant::now();
+                let more = self.body_budget.acquire_many(whole);
+                match tokio::time::timeout(budget_wait, more).await {
+                    Ok(Ok(more)) => share.merge(more),
+                    _ => return Err(busy(budget_wait)),
+                }
+                // Waiting for the budget is the collector being busy, not the client slow.
+                deadline += asked.elapsed();
+            }
+            collected += data.len();
+            pieces.push(data);
         }
+        let body = match pieces.len() {
+            0 => Bytes::new(),
+            1 => pieces.pop().unwrap_or_default(),
+            _ => Bytes::from(pieces.concat()),
+        };
+        Ok((body, share))
     }
 
     /// Runs `work` (checking and storing events: validation may take a while) on
