@@ -66,13 +66,16 @@ struct Known {
     validator: Option<jsonschema::Validator>,
 }
 
+/// A schema compiled, or why it could not be.
+type Compiled = Result<Arc<Known>, String>;
+
 /// Resolves and applies Iglu schemas; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Registry {
     dirs: Arc<Vec<PathBuf>>,
     /// Compiled schemas by `vendor/name/format/version`, or why one failed to compile;
     /// only existing ones are kept.
-    known: Arc<Mutex<HashMap<String, Result<Arc<Known>, String>>>>,
+    known: Arc<Mutex<HashMap<String, Compiled>>>,
 }
 
 impl Registry {
