@@ -124,6 +124,57 @@ await check("Micro 3.0's API: /health, the pixel's caching, unknown filter keys,
   assert.equal(filtered.headers.get("access-control-allow-origin"), null, "no other page may read the store");
 });
 
+// --- enrich's rules, both ways, with the node tracker and a webhook client ------------
+await check("enrich's rules: atomicFieldsLimits, payload_data whole, what enrich takes, the Iglu webhook", async () => {
+  await reset();
+  const tracker = node.newTracker(
+    { namespace: "rules", appId: "suite", encodeBase64: false },
+    { endpoint: collector, eventMethod: "post", bufferSize: 1 },
+  );
+  // Bad in enrich: a user id over 255, a currency over 3 (good on 582e716).
+  tracker.setUserId("u".repeat(256));
+  tracker.track(node.buildPageView({ pageUrl: "https://shop.example/" }));
+  tracker.setUserId("u".repeat(255));
+  tracker.track(node.buildEcommerceTransaction({ orderId: "o1", total: 9.5, currency: "EURO" }));
+  // Good in enrich: a struct event with a category only; a transaction without a total.
+  tracker.track(node.buildStructEvent({ category: "checkout" }));
+  await tracker.flush();
+  // The Iglu webhook, as a webhook client posts to it.
+  const webhook = await fetch(`${collector}/com.snowplowanalytics.iglu/v1?aid=hooks`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      schema: "iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1",
+      data: { targetUrl: "https://shop.example/hook" },
+    }),
+  });
+  assert.equal(webhook.status, 200);
+  // A cache-buster on the pixel is kept; a body with one item that is not an event is
+  // one bad event, as enrich's tp2 adapter judges the body whole.
+  await fetch(`${collector}/i?e=pv&p=web&tv=t&url=http%3A%2F%2Fx%2F&cb=1`);
+  await fetch(`${collector}/com.snowplowanalytics.snowplow/tp2`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      schema: "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+      data: [{ e: "pv", p: "web", tv: "t" }, 1, { e: "pv", p: "web", tv: "t" }],
+    }),
+  });
+  const all = await micro("/micro/all");
+  const bad = await micro("/micro/bad");
+  assert.deepEqual(all, { total: 6, good: 3, bad: 3 }, JSON.stringify(bad).slice(0, 3000));
+  const errors = JSON.stringify(bad.map((b) => b.errors));
+  assert.match(errors, /user_id is longer than the maximum allowed size 255/);
+  assert.match(errors, /tr_currency is longer than the maximum allowed size 3/);
+  assert.match(errors, /payload_data: data\/1: an event must be a JSON object/);
+  const hooks = await micro("/micro/good", { schema: "iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1" });
+  assert.equal(hooks.length, 1);
+  assert.equal(hooks[0].event.app_id, "hooks");
+  assert.equal(hooks[0].event.v_tracker, "com.snowplowanalytics.iglu-v1");
+  const struct = await micro("/micro/good", { event_type: "struct" });
+  assert.equal(struct.length, 1);
+});
+
 // --- the browser tracker in headless Chromium, on a page of another origin -----------
 const tracker = readFileSync(require.resolve("@snowplow/browser-tracker/dist/index.umd.min.js"));
 const page = (label) => `<!doctype html><title>${label}</title>
