@@ -1,7 +1,7 @@
 //! `snowplow-relay collector`: a local collector for trials and tests, a drop-in for
 //! Snowplow Micro's API. It accepts the tracker protocol (`GET /i`, `/ice.png`,
 //! `/com.snowplowanalytics.snowplow/tp1`; `POST /com.snowplowanalytics.snowplow/tp2`;
-//! CORS preflight; the Iglu webhook, [`webhook`]), answers as the real collector does (200; 413 above the body limit),
+//! CORS preflight; the Iglu webhook, `webhook`), answers as the real collector does (200; 413 above the body limit),
 //! checks each event as Micro does ([`event`]: `payload_data`, the atomic fields' types,
 //! self-describing data against Iglu schemas from [`iglu`]) and keeps what it received
 //! in memory (bounded: the oldest are dropped and counted) behind Micro's endpoints:
