@@ -25,6 +25,20 @@ fn more_files() {
     }
 }
 
+/// Every file under `dir`, depth first.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// Polls a process's peak RSS until `done`; returns the highest seen.
 async fn watch_peak(pid: u32, done: impl Fn() -> bool) -> u64 {
     let mut peak = 0;
@@ -252,6 +266,28 @@ async fn the_local_collector_stays_bounded_under_300_huge_events_and_trickled_bo
 async fn local_collector_stays_bounded(waves: usize) {
     more_files();
     let (collector, addr) = local_collector().await;
+    // Issue 17's bounds hold with all of Iglu Central compiled: serving a schema
+    // resolves and compiles it.
+    let mut shipped = 0;
+    for file in walk(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/iglu/schemas"
+    ))) {
+        let path = file
+            .strip_prefix(concat!(env!("CARGO_MANIFEST_DIR"), "/iglu/schemas/"))
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let head = format!("GET /micro/iglu/{path} HTTP/1.1\r\nHost: x\r\n");
+        assert_eq!(request(addr, &head, b"").await, 200, "{path}");
+        shipped += 1;
+    }
+    assert_eq!(shipped, 679);
+    eprintln!(
+        "local collector: all {shipped} Iglu Central schemas loaded: peak RSS {:.1} MB",
+        peak_rss(collector.pid()).unwrap_or(0) as f64 / 1e6
+    );
     let big = format!(
         r#"{{"schema":"iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4","data":[{{"e":"pv","p":"pc","tv":"t","url":"{}"}}]}}"#,
         "u".repeat(1_900_000)
