@@ -352,7 +352,14 @@ async fn shutdown_mid_stream_delivers_or_returns_every_event_in_order() {
     collector.set_delay(Duration::from_millis(50));
     let events = numbered_events(3000);
     redis.rpush(LIST, &events);
-    let relay = Relay::with(&redis, &collector, &[("worker.drain_timeout_ms", "200")]);
+    // Few small batches at a time, so most events are still held after the first 200
+    // are delivered (at the defaults, 15 batches of 200 could all be on the wire at once).
+    let settings = [
+        ("worker.drain_timeout_ms", "200"),
+        ("collector.buffer_size", "50"),
+        ("collector.max_requests_in_flight", "2"),
+    ];
+    let relay = Relay::with(&redis, &collector, &settings);
     collector.until_delivered(200, 20).await;
     // From now on the collector hangs: the drain deadline has to cut requests short.
     collector.set_delay(Duration::from_secs(3));
