@@ -813,3 +813,29 @@ async fn the_relay_is_not_dumpable() {
     }
     child.stop_cleanly().await;
 }
+
+/// An open-file limit below what `collector.max_requests_in_flight` connections need is
+/// raised as far as the hard limit allows, and said at start-up when that is not enough
+/// (issue 40: the ceiling is 1,024 connections by default).
+#[tokio::test]
+async fn an_open_file_limit_too_low_for_the_request_ceiling_is_raised_or_said() {
+    let (redis, collector) = setup(always(200)).await;
+    let relay = bin();
+    for (nofile, said) in [("--nofile=300:300", true), ("--nofile=300:2048", false)] {
+        let args = [
+            nofile,
+            relay.as_str(),
+            "--redis-url",
+            &redis.url(),
+            "--collector",
+            &collector.url(),
+        ];
+        let child = RelayProcess::start_program("prlimit", &args, &[]);
+        child
+            .log_line("connected; relaying", Duration::from_secs(10))
+            .await;
+        let log = child.stop_cleanly().await;
+        let warned = log.contains("the open-file limit (300) is below the 1280");
+        assert_eq!(warned, said, "prlimit {nofile}:\n{log}");
+    }
+}
