@@ -203,17 +203,30 @@ pub fn check(
 /// Enrich's last check of an enriched event: no atomic field longer than its limit
 /// ([`ATOMIC_FIELDS_LIMITS`]); the error names the field, as enrich's does.
 fn check_atomic_field_lengths(event: &Map<String, Value>, errors: &mut Vec<String>) {
-    for (name, limit) in ATOMIC_FIELDS_LIMITS {
-        if let Some(Value::String(value)) = event.get(name)
-            // Bytes bound code units from above: most values need no count.
-            && value.len() > limit
-            && value.encode_utf16().count() > limit
-        {
-            errors.push(format!(
-                "atomic field {name} is longer than the maximum allowed size {limit} (enrich's atomicFieldsLimits)"
-            ));
-        }
+    for name in over_long_fields(event) {
+        let limit = ATOMIC_FIELDS_LIMITS
+            .iter()
+            .find(|(field, _)| *field == name)
+            .map_or(0, |(_, limit)| *limit);
+        errors.push(format!(
+            "atomic field {name} is longer than the maximum allowed size {limit} (enrich's atomicFieldsLimits)"
+        ));
     }
+}
+
+/// The atomic fields of `event` longer than their [`ATOMIC_FIELDS_LIMITS`].
+fn over_long_fields(event: &Map<String, Value>) -> Vec<&'static str> {
+    ATOMIC_FIELDS_LIMITS
+        .iter()
+        .filter(|(name, limit)| match event.get(*name) {
+            // Bytes bound code units from above: most values need no count.
+            Some(Value::String(value)) => {
+                value.len() > *limit && value.encode_utf16().count() > *limit
+            }
+            _ => false,
+        })
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 /// `payload_data` 1-0-4: known fields only, each a string; `e`, `p`, `tv` present.
@@ -808,6 +821,10 @@ pub fn incomplete(
         }
     }
     let mut event = enrich(parameters, &parts, arrival);
+    // As enrich's incomplete events (emitFailed): a field over its limit is emptied.
+    for name in over_long_fields(&event) {
+        event.insert(name.to_owned(), Value::Null);
+    }
     let failure = json!({
         "schema": FAILURE_SCHEMA,
         "data": {
@@ -959,6 +976,18 @@ mod tests {
         transaction.insert("tr_cu".to_owned(), Value::from("EURO"));
         let errors = check(&transaction, &registry, Arrival::default()).unwrap_err();
         assert!(errors[0].contains("tr_currency"), "{errors:?}");
+        // In the incomplete event (Micro's /micro/events) the field is emptied, as enrich
+        // empties it.
+        let mut long = Map::new();
+        for (name, value) in [("e", "pv"), ("p", "web"), ("tv", "t")] {
+            long.insert(name.to_owned(), Value::from(value));
+        }
+        long.insert("uid".to_owned(), Value::from("u".repeat(256)));
+        long.insert("aid".to_owned(), Value::from("shop"));
+        let errors = check(&long, &registry, Arrival::default()).unwrap_err();
+        let incomplete = incomplete(&long, &registry, Arrival::default(), &errors).unwrap();
+        assert_eq!(incomplete["user_id"], Value::Null);
+        assert_eq!(incomplete["app_id"], "shop");
         // Every limit names a column of the enriched event.
         for (name, _) in ATOMIC_FIELDS_LIMITS {
             assert!(EVENT_COLUMNS.contains(&name), "{name}");
