@@ -12,37 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
+use crate::support::{local_collector_process as collector, raw_request as request};
 
 const TP2: &str = "POST /com.snowplowanalytics.snowplow/tp2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
-
-async fn collector(args: &[&str]) -> (RelayProcess, std::net::SocketAddr) {
-    let all = [&["collector", "--listen", "127.0.0.1:0"][..], args].concat();
-    let process = RelayProcess::start_with(&all, &[]);
-    let addr = process.listening_addr("local collector listening").await;
-    (process, addr)
-}
-
-/// One request (`head` ends in its headers, without the blank line); the status, or 0
-/// if there was no answer.
-async fn request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> u16 {
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return 0;
-    };
-    let head = format!(
-        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(body).await.is_err() {
-        return 0;
-    }
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    String::from_utf8_lossy(&answer)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
 
 /// A payload_data body of `items` (each already JSON).
 fn body_of(items: impl Iterator<Item = String>) -> Vec<u8> {

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
+use crate::support::raw_request as request;
 use crate::support::*;
 
 /// Raises this test process's open-file limit (floods open a thousand sockets).
@@ -223,30 +224,7 @@ async fn a_collector_slower_than_the_timeout_receives_each_event_at_most_twice()
 }
 
 async fn local_collector() -> (RelayProcess, std::net::SocketAddr) {
-    let process = RelayProcess::start_with(&["collector", "--listen", "127.0.0.1:0"], &[]);
-    let addr = process.listening_addr("local collector listening").await;
-    (process, addr)
-}
-
-/// One HTTP/1.0 request; the status code, or 0 if there was no answer.
-async fn request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> u16 {
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
-        return 0;
-    };
-    let head = format!(
-        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(body).await.is_err() {
-        return 0;
-    }
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    String::from_utf8_lossy(&answer)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    local_collector_process(&[]).await
 }
 
 #[tokio::test]

@@ -1116,13 +1116,7 @@ async fn the_collector_judges_as_enrich_does_in_both_directions() {
             {"e": "se", "p": "web", "tv": "t", "se_ca": "c".repeat(1000), "uid": "u".repeat(255)},
         ]
     });
-    client
-        .post(format!("{url}/com.snowplowanalytics.snowplow/tp2"))
-        .header("content-type", "application/json")
-        .body(over_limit.to_string())
-        .send()
-        .await
-        .unwrap();
+    post(&url, over_limit.to_string()).await;
     let bad = micro(&url, "/micro/bad", None).await;
     assert_eq!(
         micro(&url, "/micro/all", None).await,
@@ -1147,13 +1141,7 @@ async fn the_collector_judges_as_enrich_does_in_both_directions() {
         "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
         "data": [{"e": "pv", "p": "web", "tv": "t"}, 1, {"e": "pv", "p": "web", "tv": "t", "x": "y"}]
     });
-    client
-        .post(format!("{url}/com.snowplowanalytics.snowplow/tp2"))
-        .header("content-type", "application/json")
-        .body(mixed.to_string())
-        .send()
-        .await
-        .unwrap();
+    post(&url, mixed.to_string()).await;
     let bad = micro(&url, "/micro/bad", None).await;
     assert_eq!(
         micro(&url, "/micro/all", None).await,

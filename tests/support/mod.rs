@@ -31,7 +31,7 @@ pub use collector::{Collector, Received, Responder, always, refusing, refusing_e
 pub use events::*;
 pub use http::TestClient;
 pub use in_process::{Relay, config, config_for_urls, connect_queue};
-pub use net::{ClosedPort, Proxy};
+pub use net::{ClosedPort, Proxy, local_collector_process, raw_request};
 pub use process::{
     Finished, RelayProcess, bin, bin_command, hostname, peak_rss, program_command, run_bin,
     send_signal,

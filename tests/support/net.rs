@@ -170,3 +170,35 @@ impl ClosedPort {
         self.socket.listen(1024).unwrap()
     }
 }
+
+/// One HTTP/1.1 request on a connection of its own (`head` ends in its headers, without
+/// the blank line; `Content-Length` and `Connection: close` are added): the answer's
+/// status, or 0 if there was none. For clients that must control every byte.
+pub async fn raw_request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let head = format!(
+        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(body).await.is_err() {
+        return 0;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `snowplow-relay collector --listen 127.0.0.1:0 ARGS…` as a process, and its address.
+pub async fn local_collector_process(args: &[&str]) -> (super::RelayProcess, std::net::SocketAddr) {
+    let all = [&["collector", "--listen", "127.0.0.1:0"][..], args].concat();
+    let process = super::RelayProcess::start_with(&all, &[]);
+    let addr = process.listening_addr("local collector listening").await;
+    (process, addr)
+}
