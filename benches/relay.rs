@@ -26,11 +26,17 @@
 //!   has exited (redis-server: when its counters are dumped after that), for 2,000 and
 //!   then 10,000 events; the difference divided by 8,000 is the marginal cost of one
 //!   event, so start-up and shutdown cancel out.
+//! - k. what a producer costs Redis per event, by how it writes: one `RPUSH` per event
+//!   (the Python tracker's `RedisEmitter`), one `RPUSH` of 100, or 100 pipelined:
+//!   redis-server's instructions (callgrind, marginal as in i.), and natively, for up to
+//!   100,000 events, redis-server's CPU and the producing thread's user and system CPU;
+//! - l. redis-server's CPU per 100,000 events in the end-to-end runs, and the events per
+//!   second one Redis core carries at that cost (one list lives on one core).
 //!
 //! ```text
 //! cargo bench --bench relay -- [--events N] [--backlog N] [--python] [--only NAME]
 //! (NAME, or several separated by commas: raw, post-tuned, post-default, get, scaling,
-//! tls, latency, backlog, instructions, distance) [--case PREFIX] [--distance-seconds S]
+//! tls, latency, backlog, instructions, distance, producers) [--case PREFIX] [--distance-seconds S]
 //! [--distance-ms 0,20,100,200]
 //! ```
 //!
@@ -277,6 +283,8 @@ struct Throughput {
     events_per_second: f64,
     cpu_seconds_per_100k: f64,
     peak_rss_kb: u64,
+    /// redis-server's CPU seconds (user + system) per 100,000 events over the same run.
+    redis_cpu_seconds_per_100k: f64,
 }
 
 async fn throughput(
@@ -307,11 +315,13 @@ async fn throughput_of(
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await; // started and blocked on the empty list
     let cpu_before: f64 = relays.iter().map(|r| usage(r.id()).0).sum();
+    let redis_before = usage(redis.pid()).0;
     let before = collector.events.load(Ordering::Relaxed);
     let started = Instant::now();
     publish(redis);
     wait_for_count(&collector.events, before + n as u64, "throughput").await;
     let elapsed = started.elapsed();
+    let redis_after = usage(redis.pid()).0;
     let after: Vec<(f64, u64)> = relays.iter().map(|r| usage(r.id())).collect();
     let cpu_after: f64 = after.iter().map(|(cpu, _)| cpu).sum();
     let peak_rss_kb = after.iter().map(|(_, rss)| *rss).max().unwrap_or(0);
@@ -323,7 +333,19 @@ async fn throughput_of(
         events_per_second: n as f64 / elapsed.as_secs_f64(),
         cpu_seconds_per_100k: (cpu_after - cpu_before) / n as f64 * 100_000.0,
         peak_rss_kb,
+        redis_cpu_seconds_per_100k: (redis_after - redis_before) / n as f64 * 100_000.0,
     }
+}
+
+/// The rows every end-to-end run adds about Redis: its CPU per 100,000 events and the
+/// events per second one Redis core could carry at that cost (one list is served by one
+/// core, whatever the number of relays).
+fn redis_core_row(t: &Throughput) -> String {
+    format!(
+        "{:.3} / {:.0}",
+        t.redis_cpu_seconds_per_100k,
+        100_000.0 / t.redis_cpu_seconds_per_100k.max(1e-9)
+    )
 }
 
 /// A TCP proxy on 127.0.0.1 in front of `target` that holds each new connection for
@@ -703,6 +725,121 @@ async fn instructions(
     )
 }
 
+/// How a producer writes its events to the list.
+#[derive(Clone, Copy)]
+enum Producer {
+    /// One `RPUSH` per event, each waiting for its reply: the Python `RedisEmitter`.
+    OnePerEvent,
+    /// One `RPUSH` of 100 events: the project's own `RedisEmitter`.
+    Batched,
+    /// 100 one-event `RPUSH`es in a pipeline (redis-py's `pipeline(transaction=False)`).
+    Pipelined,
+}
+
+/// Pushes `events` to `key` as `how` says; returns the producing thread's CPU seconds
+/// (user, system).
+fn produce(
+    redis: &support::RedisServer,
+    key: &str,
+    events: &[String],
+    how: Producer,
+) -> (f64, f64) {
+    let mut conn = redis.conn();
+    let rusage = || {
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage fills the struct it is given.
+        unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        (seconds(usage.ru_utime), seconds(usage.ru_stime))
+    };
+    let before = rusage();
+    match how {
+        Producer::OnePerEvent => {
+            for event in events {
+                redis::cmd("RPUSH")
+                    .arg(key)
+                    .arg(event)
+                    .query::<i64>(&mut conn)
+                    .unwrap();
+            }
+        }
+        Producer::Batched => {
+            for chunk in events.chunks(100) {
+                redis::cmd("RPUSH")
+                    .arg(key)
+                    .arg(chunk)
+                    .query::<i64>(&mut conn)
+                    .unwrap();
+            }
+        }
+        Producer::Pipelined => {
+            for chunk in events.chunks(100) {
+                let mut pipe = redis::pipe();
+                for event in chunk {
+                    pipe.cmd("RPUSH").arg(key).arg(event).ignore();
+                }
+                pipe.query::<()>(&mut conn).unwrap();
+            }
+        }
+    }
+    let after = rusage();
+    (after.0 - before.0, after.1 - before.1)
+}
+
+/// What writing one event costs, by how it is written: redis-server's instructions
+/// (callgrind, marginal between 2,000 and 10,000 events), and natively, for `n` events,
+/// redis-server's CPU and the producing thread's user and system CPU, in µs per event.
+fn producer_costs(how: Producer, n: usize) -> (f64, f64, f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut totals = Vec::new();
+    for count in [2_000usize, 10_000] {
+        let out = dir.path().join(format!("redis-{count}"));
+        let flag = format!("--callgrind-out-file={}", out.display());
+        let redis = support::RedisServer::start_under(
+            &["valgrind", "--tool=callgrind", "--instr-atstart=no", &flag],
+            &[],
+        );
+        let events = realistic_events(count, "producer");
+        let pid = redis.pid().to_string();
+        callgrind_control(&["-i", "on", &pid]);
+        std::thread::scope(|s| {
+            s.spawn(|| produce(&redis, LIST, &events, how))
+                .join()
+                .unwrap()
+        });
+        callgrind_control(&["-d", &pid]);
+        let dumped = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with(&format!("redis-{count}.")))
+            })
+            .expect("redis-server's dump");
+        totals.push(callgrind_total(&dumped) - callgrind_inclusive(&dumped, "serverCron"));
+    }
+    let instructions = (totals[1] as f64 - totals[0] as f64) / 8_000.0;
+    let redis = support::RedisServer::start();
+    let events = realistic_events(n, "producer");
+    let redis_before = usage(redis.pid()).0;
+    let (user, system) = std::thread::scope(|s| {
+        s.spawn(|| produce(&redis, LIST, &events, how))
+            .join()
+            .unwrap()
+    });
+    let redis_cpu = usage(redis.pid()).0 - redis_before;
+    assert_eq!(redis.llen(LIST), n);
+    let micros = |seconds: f64| seconds / n as f64 * 1e6;
+    (
+        instructions,
+        micros(redis_cpu),
+        micros(user),
+        micros(system),
+    )
+}
+
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
@@ -758,6 +895,7 @@ fn main() {
             row("b. POST tuned (buffer 500, claim 2000, 1 thread), events/s", format!("{:.0}", t.events_per_second));
             row("d. peak RSS at full speed (POST tuned), MB", format!("{:.1}", t.peak_rss_kb as f64 / 1024.0));
             row("e. CPU s per 100,000 events (POST tuned)", format!("{:.3}", t.cpu_seconds_per_100k));
+            row("l. redis-server CPU s per 100,000 events / events/s one Redis core carries (POST tuned)", redis_core_row(&t));
             if let Some(raw) = raw {
                 row("f. POST tuned / raw drain", format!("{:.2}", t.events_per_second / raw));
             }
@@ -767,6 +905,7 @@ fn main() {
             row("b. POST default configuration (buffer 200, adaptive concurrency, 1 thread), events/s", format!("{:.0}", t.events_per_second));
             row("e. CPU s per 100,000 events (POST default)", format!("{:.3}", t.cpu_seconds_per_100k));
             row("d. peak RSS (POST default), MB", format!("{:.1}", t.peak_rss_kb as f64 / 1024.0));
+            row("l. redis-server CPU s per 100,000 events / events/s one Redis core carries (POST default)", redis_core_row(&t));
             if let Some(raw) = raw {
                 row("f. POST default / raw drain", format!("{:.2}", t.events_per_second / raw));
             }
@@ -775,6 +914,7 @@ fn main() {
             let t = throughput(&redis, &collector, &url, n, &["--method", "get"], &[("SNOWPLOW_RELAY_COLLECTOR__MAX_REQUESTS_IN_FLIGHT", "32")]).await;
             row("b. GET (32 requests in flight, 1 thread), events/s", format!("{:.0}", t.events_per_second));
             row("e. CPU s per 100,000 events (GET)", format!("{:.3}", t.cpu_seconds_per_100k));
+            row("l. redis-server CPU s per 100,000 events / events/s one Redis core carries (GET)", redis_core_row(&t));
             if let Some(raw) = raw {
                 row("f. GET / raw drain", format!("{:.2}", t.events_per_second / raw));
             }
@@ -866,6 +1006,19 @@ fn main() {
                 row(
                     &format!("i. instructions per event, {name}: relay / redis-server"),
                     format!("{relay:.0} / {redis_server:.0}"),
+                );
+            }
+        }
+        if wanted("producers") {
+            for (name, how) in [
+                ("one RPUSH per event (Python RedisEmitter)", Producer::OnePerEvent),
+                ("RPUSH of 100 events", Producer::Batched),
+                ("100 RPUSHes pipelined", Producer::Pipelined),
+            ] {
+                let (instructions, redis_cpu, user, system) = producer_costs(how, n.min(100_000));
+                row(
+                    &format!("k. producer, {name}: redis-server instructions / redis-server CPU µs / producer user µs / producer system µs, per event"),
+                    format!("{instructions:.0} / {redis_cpu:.2} / {user:.2} / {system:.2}"),
                 );
             }
         }
