@@ -126,6 +126,22 @@ struct Field {
     kind: ValueKind,
 }
 
+/// One piece of a POST item (see `Element::for_each_post_piece`).
+enum PostPiece<'a> {
+    /// Bytes of the element copied as they are: one or more `"name":"value"` fields.
+    AsItIs(Range<usize>),
+    /// A number or boolean, written `"name":"value"`.
+    Quoted(&'a Field),
+}
+
+/// Whether the bytes between two fields are only their separator: a comma and JSON
+/// whitespace (a field left out between them would leave its name and value there).
+#[inline]
+fn only_separators(gap: &[u8]) -> bool {
+    gap.iter()
+        .all(|b| matches!(b, b',' | b' ' | b'\t' | b'\n' | b'\r'))
+}
+
 /// A parsed, validated event that still owns its original bytes.
 #[derive(Debug, Clone)]
 pub struct Element {
@@ -166,41 +182,75 @@ impl Element {
     /// The number of bytes [`Element::write_post_item`] appends, give or take the `stm`
     /// field, whose length is fixed ([`STM_ITEM_BYTES`]).
     pub fn post_item_len(&self) -> usize {
-        // `{` + `}` + per field: `"name":` + value (+2 quotes when bare) + `,`
+        // `{` + `}` + per piece: the span as it is, or `"name":"value"`, then `,`
         let mut len = 2 + STM_ITEM_BYTES;
-        for f in self.sent_fields() {
-            len += (f.name.end - f.name.start) as usize + 3;
-            len += (f.value.end - f.value.start) as usize + 1;
-            if f.kind == ValueKind::Bare {
-                len += 2;
-            }
-        }
+        self.for_each_post_piece(|piece| {
+            len += 1 + match piece {
+                PostPiece::AsItIs(span) => span.len(),
+                PostPiece::Quoted(f) => {
+                    (f.name.end - f.name.start + f.value.end - f.value.start) as usize + 5
+                }
+            };
+        });
         len
     }
 
     /// Appends this event as one `payload_data` item: every value a JSON string, plus
-    /// `stm` (send time, epoch milliseconds).
+    /// `stm` (send time, epoch milliseconds). Fields with string values that sit next to
+    /// each other in the element are copied as one span, separators and all (JSON allows
+    /// the producer's whitespace): a Python element of string values is one copy.
     pub fn write_post_item(&self, out: &mut Vec<u8>, stm_millis: &str) {
         out.push(b'{');
-        for f in self.sent_fields() {
-            out.push(b'"');
-            out.extend_from_slice(self.bytes(&f.name));
-            out.extend_from_slice(b"\":");
-            match f.kind {
-                ValueKind::String | ValueKind::EscapedString | ValueKind::Null => {
-                    out.extend_from_slice(self.bytes(&f.value))
-                }
-                ValueKind::Bare => {
+        self.for_each_post_piece(|piece| {
+            match piece {
+                PostPiece::AsItIs(span) => out.extend_from_slice(&self.raw[span]),
+                PostPiece::Quoted(f) => {
                     out.push(b'"');
+                    out.extend_from_slice(self.bytes(&f.name));
+                    out.extend_from_slice(b"\":\"");
                     out.extend_from_slice(self.bytes(&f.value));
                     out.push(b'"');
                 }
             }
             out.push(b',');
-        }
+        });
         out.extend_from_slice(b"\"stm\":\"");
         out.extend_from_slice(stm_millis.as_bytes());
         out.extend_from_slice(b"\"}");
+    }
+
+    /// The pieces of the POST item, in order: the longest spans of sent fields with
+    /// string values that are neighbours in the element (nothing but a comma and
+    /// whitespace between them: no `null` or `stm` field left out), and each number or
+    /// boolean, which needs quotes. [`Element::post_item_len`] and
+    /// [`Element::write_post_item`] both walk this, so they cannot disagree.
+    #[inline]
+    fn for_each_post_piece(&self, mut each: impl FnMut(PostPiece<'_>)) {
+        let mut span: Option<Range<usize>> = None;
+        for f in self.sent_fields() {
+            if f.kind == ValueKind::Bare {
+                if let Some(done) = span.take() {
+                    each(PostPiece::AsItIs(done));
+                }
+                each(PostPiece::Quoted(f));
+                continue;
+            }
+            // From the name's opening quote to the value's end.
+            let field = f.name.start as usize - 1..f.value.end as usize;
+            span = Some(match span {
+                Some(run) if only_separators(&self.raw[run.end..field.start]) => {
+                    run.start..field.end
+                }
+                Some(done) => {
+                    each(PostPiece::AsItIs(done));
+                    field
+                }
+                None => field,
+            });
+        }
+        if let Some(done) = span {
+            each(PostPiece::AsItIs(done));
+        }
     }
 
     /// Appends this event's pairs, form-URL-encoded (`application/x-www-form-urlencoded`,
@@ -591,6 +641,27 @@ mod tests {
             out.len(),
             event.post_item_len(),
             "the size estimate is exact"
+        );
+    }
+
+    #[test]
+    fn neighbouring_string_fields_are_copied_as_one_span_with_the_producers_spacing() {
+        let write = |text: &str| {
+            let event = parse(text).unwrap();
+            let mut out = Vec::new();
+            event.write_post_item(&mut out, "1700000000000");
+            assert_eq!(out.len(), event.post_item_len(), "{text}");
+            String::from_utf8(out).unwrap()
+        };
+        // Python's json.dumps spacing, all strings: the fields as they are, one span.
+        assert_eq!(
+            write(r#"{"e": "pv", "p": "pc", "tv": "py-0.15.0"}"#),
+            r#"{"e": "pv", "p": "pc", "tv": "py-0.15.0","stm":"1700000000000"}"#
+        );
+        // A null, a producer's stm and a number each end a span.
+        assert_eq!(
+            write(r#"{"e":"pv", "page":null, "p":"pc","stm":"1","tv":"t", "dtm":1, "aid":"a\"b"}"#),
+            r#"{"e":"pv","p":"pc","tv":"t","dtm":"1","aid":"a\"b","stm":"1700000000000"}"#
         );
     }
 
