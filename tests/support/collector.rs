@@ -168,6 +168,11 @@ impl Collector {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
+        // The delay is fixed before the request counts as arrived: a test that sees it
+        // arrive and then drops the delay must not have it answered at once (a soak test
+        // once saw all 200 events of a dead relay's request delivered that way, between
+        // the two steps).
+        let delay = *self.delay.lock().unwrap();
         self.arrived
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut received = Received {
@@ -185,7 +190,6 @@ impl Collector {
                 .iter()
                 .filter_map(|e| e.get("eid").and_then(|e| e.as_str()).map(str::to_owned)),
         );
-        let delay = *self.delay.lock().unwrap();
         let pending = self
             .pending
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
