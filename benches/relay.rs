@@ -624,6 +624,29 @@ fn callgrind_inclusive(path: &std::path::Path, function: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The file `callgrind_control -d` wrote in `dir` for the process whose
+/// `--callgrind-out-file` began with `prefix`.
+fn callgrind_dump(dir: &std::path::Path, prefix: &str) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(prefix))
+        })
+        .unwrap_or_else(|| panic!("no callgrind dump {prefix}* in {}", dir.display()))
+}
+
+/// redis-server's instructions in a dump, without its timer (serverCron, about 1.2 M
+/// instructions a second: paid by time, not by event). `--toggle-collect=serverCron`
+/// cannot take it out: with instrumentation switched on mid-run, callgrind loses track
+/// of the toggles.
+fn redis_instructions(dump: &std::path::Path) -> u64 {
+    callgrind_total(dump) - callgrind_inclusive(dump, "serverCron")
+}
+
 fn callgrind_control(args: &[&str]) {
     let status = Command::new("callgrind_control")
         .args(args)
@@ -690,16 +713,7 @@ async fn instructions(
         wait_for_count(&collector.events, before + n as u64, "instructions").await;
         terminate(relay);
         callgrind_control(&["-d", &redis_pid]);
-        let dumped = std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|f| f.to_str())
-                    .is_some_and(|f| f.starts_with(&format!("redis-{n}.")))
-            })
-            .expect("redis-server's dump");
+        let dumped = callgrind_dump(dir.path(), &format!("redis-{n}."));
         if let Ok(keep) = std::env::var("CALLGRIND_KEEP") {
             // For `callgrind_annotate`: where the instructions go, by function.
             std::fs::create_dir_all(&keep).unwrap();
@@ -709,14 +723,7 @@ async fn instructions(
                 std::fs::copy(from, to).unwrap();
             }
         }
-        // Without redis-server's timer (serverCron, about 1.2 M instructions a second: paid
-        // by time, not by event). `--toggle-collect=serverCron` cannot take it out: with
-        // instrumentation switched on mid-run, callgrind loses track of the toggles.
-        let timer = callgrind_inclusive(&dumped, "serverCron");
-        totals.push((
-            callgrind_total(&relay_out),
-            callgrind_total(&dumped) - timer,
-        ));
+        totals.push((callgrind_total(&relay_out), redis_instructions(&dumped)));
     }
     let per_event = |big: u64, small: u64| (big as f64 - small as f64) / 8_000.0;
     (
@@ -808,17 +815,8 @@ fn producer_costs(how: Producer, n: usize) -> (f64, f64, f64, f64) {
                 .unwrap()
         });
         callgrind_control(&["-d", &pid]);
-        let dumped = std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|f| f.to_str())
-                    .is_some_and(|f| f.starts_with(&format!("redis-{count}.")))
-            })
-            .expect("redis-server's dump");
-        totals.push(callgrind_total(&dumped) - callgrind_inclusive(&dumped, "serverCron"));
+        let dumped = callgrind_dump(dir.path(), &format!("redis-{count}."));
+        totals.push(redis_instructions(&dumped));
     }
     let instructions = (totals[1] as f64 - totals[0] as f64) / 8_000.0;
     let redis = support::RedisServer::start();
