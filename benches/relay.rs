@@ -31,12 +31,15 @@
 //!   redis-server's instructions (callgrind, marginal as in i.), and natively, for up to
 //!   100,000 events, redis-server's CPU and the producing thread's user and system CPU;
 //! - l. redis-server's CPU per 100,000 events in the end-to-end runs, and the events per
-//!   second one Redis core carries at that cost (one list lives on one core).
+//!   second one Redis core carries at that cost (one list lives on one core);
+//! - m. the HTTP/1.1 floor under j.'s GET rows: hyper's client connections alone (no
+//!   Redis, no events), in a process of their own, CPU per 100,000 requests with one
+//!   connection at 0 ms and 1,024 at 100 ms (what the relay reaches there).
 //!
 //! ```text
 //! cargo bench --bench relay -- [--events N] [--backlog N] [--python] [--only NAME]
 //! (NAME, or several separated by commas: raw, post-tuned, post-default, get, scaling,
-//! tls, latency, backlog, instructions, distance, producers) [--case PREFIX] [--distance-seconds S]
+//! tls, latency, backlog, instructions, distance, producers, http-floor) [--case PREFIX] [--distance-seconds S]
 //! [--distance-ms 0,20,100,200]
 //! ```
 //!
@@ -838,6 +841,105 @@ fn producer_costs(how: Producer, n: usize) -> (f64, f64, f64, f64) {
     )
 }
 
+/// The HTTP floor under GET at a distance: hyper's HTTP/1.1 client connections alone (no
+/// Redis, no parsing, one fixed 1,000-byte query), `connections` of them each sending
+/// requests one after another until `n` were answered (each with a deadline, as the
+/// relay's), in a process of their own with the relay's runtime (one worker thread per
+/// core). Prints the process's CPU seconds, connects included. What the relay cannot go
+/// below with HTTP/1.1 keep-alive connections, whatever it does around the request.
+fn http_floor_child(url: &str, n: u64, connections: usize) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cpu = || {
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage fills the struct it is given.
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    };
+    let address = url.trim_start_matches("http://").to_owned();
+    let query = format!(
+        "/i?e=pv&tv=py-0.15.0&p=pc&aid=bench&url=https%3A%2F%2Fshop.example.com%2Fproducts%3Fid%3D42&page=Product&cx={}&stm=1765000000000",
+        "eyJzY2hlbWEiOiJpZ2x1OmNvbS5zbm93cGxvd2FuYWx5dGljcy".repeat(16)
+    );
+    let before = cpu();
+    let answered = Arc::new(AtomicU64::new(0));
+    runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let (address, query, answered) = (address.clone(), query.clone(), answered.clone());
+            tasks.push(tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .unwrap();
+                tokio::spawn(connection);
+                while answered.fetch_add(1, Ordering::Relaxed) < n {
+                    let request = Request::get(query.as_str())
+                        .header(hyper::header::HOST, address.as_str())
+                        .body(http_body_util::Empty::<Bytes>::new())
+                        .unwrap();
+                    // A deadline on the head and the body, as the relay has.
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                    let response = tokio::time::timeout_at(deadline, sender.send_request(request))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    assert!(response.status().is_success());
+                    tokio::time::timeout_at(deadline, response.into_body().collect())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    println!("{}", cpu() - before);
+}
+
+/// [`http_floor_child`]'s CPU seconds per 100,000 requests, through a proxy `delay_ms`
+/// away, with `connections` at once.
+async fn http_floor(
+    collector: &CountingCollector,
+    url: &str,
+    delay_ms: u64,
+    n: u64,
+    connections: usize,
+) -> f64 {
+    let target: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let proxy = delaying_proxy(target, Duration::from_millis(delay_ms)).await;
+    collector.delay_ms.store(delay_ms, Ordering::Relaxed);
+    let me = std::env::current_exe().unwrap();
+    let output = tokio::process::Command::new(me)
+        .args([
+            "--http-floor-child",
+            &proxy,
+            &n.to_string(),
+            &connections.to_string(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    collector.delay_ms.store(0, Ordering::Relaxed);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seconds: f64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    seconds / n as f64 * 100_000.0
+}
+
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
@@ -846,6 +948,14 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(url) = arg(&args, "--http-floor-child") {
+        let at = args.iter().position(|a| a == "--http-floor-child").unwrap();
+        return http_floor_child(
+            &url,
+            args[at + 2].parse().unwrap(),
+            args[at + 3].parse().unwrap(),
+        );
+    }
     let n: usize = arg(&args, "--events").map_or(200_000, |v| v.parse().unwrap());
     let backlog: usize = arg(&args, "--backlog").map_or(1_000_000, |v| v.parse().unwrap());
     let python = args.iter().any(|a| a == "--python");
@@ -984,6 +1094,15 @@ fn main() {
                     );
                 }
             }
+        }
+        if wanted("http-floor") {
+            // The relay's own GET rows: one request at a time near, 1,024 at 100 ms.
+            let near = http_floor(&collector, &url, 0, n as u64, 1).await;
+            let far = http_floor(&collector, &url, 100, n as u64 / 2, 1024).await;
+            row(
+                "m. HTTP/1.1 floor (hyper alone): CPU s per 100k requests, 1 connection at 0 ms / 1,024 at 100 ms (ratio)",
+                format!("{near:.3} / {far:.3} ({:.2})", far / near),
+            );
         }
         if wanted("instructions") {
             /// A row: its name, flags and environment.
