@@ -262,6 +262,16 @@ fn clock_ticks_per_second() -> f64 {
         .unwrap()
 }
 
+/// User and system CPU seconds of this thread (`RUSAGE_THREAD`) or process
+/// (`RUSAGE_SELF`) so far.
+fn rusage(who: libc::c_int) -> (f64, f64) {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe { libc::getrusage(who, &mut usage) };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (seconds(usage.ru_utime), seconds(usage.ru_stime))
+}
+
 fn terminate(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -755,14 +765,7 @@ fn produce(
     how: Producer,
 ) -> (f64, f64) {
     let mut conn = redis.conn();
-    let rusage = || {
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: getrusage fills the struct it is given.
-        unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
-        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        (seconds(usage.ru_utime), seconds(usage.ru_stime))
-    };
-    let before = rusage();
+    let before = rusage(libc::RUSAGE_THREAD);
     match how {
         Producer::OnePerEvent => {
             for event in events {
@@ -792,7 +795,7 @@ fn produce(
             }
         }
     }
-    let after = rusage();
+    let after = rusage(libc::RUSAGE_THREAD);
     (after.0 - before.0, after.1 - before.1)
 }
 
@@ -853,11 +856,8 @@ fn http_floor_child(url: &str, n: u64, connections: usize) {
         .build()
         .unwrap();
     let cpu = || {
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: getrusage fills the struct it is given.
-        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        seconds(usage.ru_utime) + seconds(usage.ru_stime)
+        let (user, system) = rusage(libc::RUSAGE_SELF);
+        user + system
     };
     let address = url.trim_start_matches("http://").to_owned();
     let query = format!(
