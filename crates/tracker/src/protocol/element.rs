@@ -24,6 +24,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+use super::block;
 use super::wire::{STM_ITEM_BYTES, form_encode};
 use super::{PAYLOAD_DATA_FIELDS, REQUIRED_FIELDS, REQUIRED_INDICES, payload_data_index, shorten};
 
@@ -580,7 +581,7 @@ impl Scanner<'_> {
 #[inline(always)]
 fn plain_run_end(bytes: &[u8], mut at: usize) -> usize {
     while let Some(chunk) = bytes.get(at..at + 16) {
-        let special = special_mask(chunk.try_into().expect("sixteen bytes"));
+        let special = block::special_mask(chunk.try_into().expect("sixteen bytes"));
         if special != 0 {
             return at + special.trailing_zeros() as usize;
         }
@@ -595,50 +596,6 @@ fn plain_run_end(bytes: &[u8], mut at: usize) -> usize {
         at += 8;
     }
     at
-}
-
-/// One bit per byte of `chunk` that ends a plain run inside a JSON string (as
-/// [`special_bytes`]): three byte comparisons of sixteen bytes at once and their mask.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn special_mask(chunk: &[u8; 16]) -> u32 {
-    use std::arch::x86_64::{
-        _mm_cmpeq_epi8, _mm_movemask_epi8, _mm_or_si128, _mm_set_epi64x, _mm_set1_epi8,
-        _mm_setzero_si128, _mm_subs_epu8,
-    };
-    let low = i64::from_le_bytes(chunk[..8].try_into().expect("eight bytes"));
-    let high = i64::from_le_bytes(chunk[8..].try_into().expect("eight bytes"));
-    // SAFETY: these intrinsics need SSE2 and touch no memory; SSE2 is part of every
-    // x86_64 target.
-    unsafe {
-        let bytes = _mm_set_epi64x(high, low);
-        let quote = _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'"' as i8));
-        let backslash = _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'\\' as i8));
-        // Below 0x20: nothing is left after subtracting 0x1F without going below zero.
-        let control = _mm_cmpeq_epi8(
-            _mm_subs_epu8(bytes, _mm_set1_epi8(0x1F)),
-            _mm_setzero_si128(),
-        );
-        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
-    }
-}
-
-/// One bit per byte of `chunk` that ends a plain run inside a JSON string: two words.
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-fn special_mask(chunk: &[u8; 16]) -> u32 {
-    let word =
-        |bytes: &[u8]| special_bytes(u64::from_le_bytes(bytes.try_into().expect("eight bytes")));
-    // Only the lowest set bit of each word is exact; the caller needs no other.
-    let low = word(&chunk[..8]);
-    if low != 0 {
-        return 1 << (low.trailing_zeros() / 8);
-    }
-    let high = word(&chunk[8..]);
-    if high != 0 {
-        return 1 << (8 + high.trailing_zeros() / 8);
-    }
-    0
 }
 
 /// The bytes of `word` (little-endian) that end a plain run inside a JSON string: `"`, `\\`
@@ -762,28 +719,6 @@ mod tests {
                 form_encode(&mut ours, text.as_bytes());
                 let reference: String = form_urlencoded::byte_serialize(text.as_bytes()).collect();
                 assert_eq!(String::from_utf8(ours).unwrap(), reference, "{text:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn the_block_mask_finds_the_first_special_byte_whatever_surrounds_it() {
-        let special = |byte: u8| byte == b'"' || byte == b'\\' || byte < 0x20;
-        for background in [b'a', b' ', 0x7f, 0x80, 0xc3, 0xff] {
-            for at in 0..16 {
-                for byte in 0..=255u8 {
-                    let mut chunk = [background; 16];
-                    chunk[at] = byte;
-                    let first = chunk
-                        .iter()
-                        .position(|&b| special(b))
-                        .map_or(32, |i| i as u32);
-                    assert_eq!(
-                        special_mask(&chunk).trailing_zeros(),
-                        first,
-                        "{byte:#04x} at {at} among {background:#04x}"
-                    );
-                }
             }
         }
     }

@@ -6,6 +6,7 @@
 //! size model.
 
 mod batch;
+mod block;
 mod element;
 mod encode;
 pub mod iglu;
