@@ -1,7 +1,8 @@
 //! Sixteen bytes classified at once: the masks the element scan walks (the bytes that end
 //! a plain run inside a JSON string) and form encoding walks (the bytes it escapes). Bit
 //! `i` of a mask stands for byte `i` of the block. SSE2 compares on x86_64, where SSE2 is
-//! always present; a byte loop elsewhere. The protocol code's only `unsafe` is here.
+//! always present; elsewhere the scan keeps its eight-byte words and form encoding uses a
+//! byte loop. The protocol code's only `unsafe` is here.
 
 /// One bit per byte of `block` that ends a plain run inside a JSON string: `"`, `\` and
 /// control characters (below 0x20).
@@ -81,22 +82,10 @@ mod sse2 {
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-pub(super) fn special_mask(block: &[u8; 16]) -> u32 {
-    mask_where(block, |byte| byte == b'"' || byte == b'\\' || byte < 0x20)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
 pub(super) fn escape_mask(block: &[u8; 16]) -> u32 {
-    mask_where(block, |byte| !super::wire::KEPT_AS_IS[byte as usize])
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-fn mask_where(block: &[u8; 16], marked: impl Fn(u8) -> bool) -> u32 {
     let mut mask = 0;
     for (i, &byte) in block.iter().enumerate() {
-        mask |= u32::from(marked(byte)) << i;
+        mask |= u32::from(!super::wire::KEPT_AS_IS[byte as usize]) << i;
     }
     mask
 }
@@ -126,6 +115,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_special_mask_marks_exactly_quotes_backslashes_and_control_characters() {
         let special = |byte: u8| byte == b'"' || byte == b'\\' || byte < 0x20;

@@ -24,7 +24,6 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::block;
 use super::wire::{STM_ITEM_BYTES, form_encode};
 use super::{PAYLOAD_DATA_FIELDS, REQUIRED_FIELDS, REQUIRED_INDICES, payload_data_index, shorten};
 
@@ -574,14 +573,15 @@ impl Scanner<'_> {
     }
 }
 
-/// Where the run of plain string bytes from `at` on ends, sixteen bytes at a time, then
-/// eight: at the first special byte (see [`special_bytes`]) of the first block or word
-/// that holds one, or where fewer than eight bytes are left (the caller goes on byte by
-/// byte).
+/// Where the run of plain string bytes from `at` on ends, sixteen bytes at a time (on
+/// x86_64), then eight: at the first special byte (see [`special_bytes`]) of the first
+/// block or word that holds one, or where fewer than eight bytes are left (the caller goes
+/// on byte by byte).
 #[inline(always)]
 fn plain_run_end(bytes: &[u8], mut at: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
     while let Some(chunk) = bytes.get(at..at + 16) {
-        let special = block::special_mask(chunk.try_into().expect("sixteen bytes"));
+        let special = super::block::special_mask(chunk.try_into().expect("sixteen bytes"));
         if special != 0 {
             return at + special.trailing_zeros() as usize;
         }
