@@ -25,7 +25,10 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::wire::{STM_ITEM_BYTES, form_encode};
-use super::{PAYLOAD_DATA_FIELDS, REQUIRED_FIELDS, REQUIRED_INDICES, payload_data_index, shorten};
+use super::{
+    PAYLOAD_DATA_FIELDS, REQUIRED_FIELDS, REQUIRED_INDICES, payload_data_index_of_parsed_name,
+    shorten,
+};
 
 /// How strictly [`Element::parse`] checks an element; it depends on how it will be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +127,10 @@ struct Field {
     /// The value's raw JSON text.
     value: Range<u32>,
     kind: ValueKind,
+    /// A string value whose field directly follows another sent string field in the
+    /// element (nothing but a comma and whitespace between them: no `null` or `stm` field
+    /// left out), so one POST piece copies both.
+    joins_previous: bool,
 }
 
 /// One piece of a POST item (see `Element::for_each_post_piece`).
@@ -134,19 +141,13 @@ enum PostPiece<'a> {
     Quoted(&'a Field),
 }
 
-/// Whether the bytes between two fields are only their separator: a comma and JSON
-/// whitespace (a field left out between them would leave its name and value there).
-#[inline]
-fn only_separators(gap: &[u8]) -> bool {
-    gap.iter()
-        .all(|b| matches!(b, b',' | b' ' | b'\t' | b'\n' | b'\r'))
-}
-
 /// A parsed, validated event that still owns its original bytes.
 #[derive(Debug, Clone)]
 pub struct Element {
     raw: Bytes,
     fields: Vec<Field>,
+    /// What [`Element::post_item_len`] returns, counted while parsing.
+    post_item_len: usize,
 }
 
 impl Element {
@@ -154,8 +155,12 @@ impl Element {
     pub fn parse(raw: Bytes, options: ParseOptions) -> Result<Element, BadElement> {
         let text =
             std::str::from_utf8(&raw).map_err(|e| BadElement::NotJson(shorten(&e.to_string())))?;
-        let fields = parse_fields(text)?;
-        let event = Element { raw, fields };
+        let (fields, post_item_len) = parse_fields(text)?;
+        let event = Element {
+            raw,
+            fields,
+            post_item_len,
+        };
         event.validate(options)?;
         Ok(event)
     }
@@ -180,19 +185,10 @@ impl Element {
     }
 
     /// The number of bytes [`Element::write_post_item`] appends, give or take the `stm`
-    /// field, whose length is fixed ([`STM_ITEM_BYTES`]).
+    /// field, whose length is fixed ([`STM_ITEM_BYTES`]). Counted by the parse (see
+    /// [`PostItemLen`]), so filling a batch does not walk the fields again.
     pub fn post_item_len(&self) -> usize {
-        // `{` + `}` + per piece: the span as it is, or `"name":"value"`, then `,`
-        let mut len = 2 + STM_ITEM_BYTES;
-        self.for_each_post_piece(|piece| {
-            len += 1 + match piece {
-                PostPiece::AsItIs(span) => span.len(),
-                PostPiece::Quoted(f) => {
-                    (f.name.end - f.name.start + f.value.end - f.value.start) as usize + 5
-                }
-            };
-        });
-        len
+        self.post_item_len
     }
 
     /// Appends this event as one `payload_data` item: every value a JSON string, plus
@@ -220,10 +216,10 @@ impl Element {
     }
 
     /// The pieces of the POST item, in order: the longest spans of sent fields with
-    /// string values that are neighbours in the element (nothing but a comma and
-    /// whitespace between them: no `null` or `stm` field left out), and each number or
-    /// boolean, which needs quotes. [`Element::post_item_len`] and
-    /// [`Element::write_post_item`] both walk this, so they cannot disagree.
+    /// string values that are neighbours in the element (see [`Field::joins_previous`]),
+    /// and each number or boolean, which needs quotes. [`PostItemLen`] counts the same
+    /// pieces while parsing; a unit test and the encoding properties check that the two
+    /// agree for every element.
     #[inline]
     fn for_each_post_piece(&self, mut each: impl FnMut(PostPiece<'_>)) {
         let mut span: Option<Range<usize>> = None;
@@ -238,9 +234,7 @@ impl Element {
             // From the name's opening quote to the value's end.
             let field = f.name.start as usize - 1..f.value.end as usize;
             span = Some(match span {
-                Some(run) if only_separators(&self.raw[run.end..field.start]) => {
-                    run.start..field.end
-                }
+                Some(run) if f.joins_previous => run.start..field.end,
                 Some(done) => {
                     each(PostPiece::AsItIs(done));
                     field
@@ -286,7 +280,8 @@ impl Element {
         let mut unknown: Option<std::collections::HashSet<&[u8]>> = None;
         for f in &self.fields {
             let name = self.bytes(&f.name);
-            match payload_data_index(name) {
+            let range = f.name.start as usize..f.name.end as usize;
+            match payload_data_index_of_parsed_name(&self.raw, range) {
                 Some(index) => {
                     if seen[index] {
                         return Err(BadElement::DuplicateField(shorten(self.slice(&f.name))));
@@ -351,8 +346,9 @@ impl Element {
 /// checked against the JSON grammar (RFC 8259): string escapes and control characters,
 /// number syntax, the three literals. Anything that is not a JSON object of scalar values
 /// is refused. A hand-written scan: it is most of the relay's per-event CPU, and a
-/// general JSON parser spent twice as long on it.
-fn parse_fields(text: &str) -> Result<Vec<Field>, BadElement> {
+/// general JSON parser spent twice as long on it. Returns the fields and the length of the
+/// element's POST item.
+fn parse_fields(text: &str) -> Result<(Vec<Field>, usize), BadElement> {
     let mut scan = Scanner {
         bytes: text.as_bytes(),
         at: 0,
@@ -373,6 +369,7 @@ fn parse_fields(text: &str) -> Result<Vec<Field>, BadElement> {
     }
     scan.at += 1;
     let mut fields = Vec::with_capacity(24);
+    let mut post_item = PostItemLen::new();
     scan.skip_whitespace();
     if scan.peek() == Some(b'}') {
         scan.at += 1;
@@ -410,11 +407,27 @@ fn parse_fields(text: &str) -> Result<Vec<Field>, BadElement> {
                 _ => return Err(scan.error("expected a value")),
             };
             // The send time is written afresh on every attempt.
-            if &scan.bytes[name.clone()] != b"stm" {
+            if &scan.bytes[name.clone()] == b"stm" {
+                post_item.left_out();
+            } else {
+                let joins_previous = match kind {
+                    ValueKind::String | ValueKind::EscapedString => {
+                        post_item.string(name.start - 1, value.end)
+                    }
+                    ValueKind::Bare => {
+                        post_item.quoted(name.len() + value.len());
+                        false
+                    }
+                    ValueKind::Null => {
+                        post_item.left_out();
+                        false
+                    }
+                };
                 fields.push(Field {
                     name: name.start as u32..name.end as u32,
                     value: value.start as u32..value.end as u32,
                     kind,
+                    joins_previous,
                 });
             }
             scan.skip_whitespace();
@@ -435,7 +448,53 @@ fn parse_fields(text: &str) -> Result<Vec<Field>, BadElement> {
     if scan.at != scan.bytes.len() {
         return Err(scan.error("trailing characters"));
     }
-    Ok(fields)
+    Ok((fields, post_item.len))
+}
+
+/// The length of an element's POST item, counted field by field as the parse finds them,
+/// by the rules of [`Element::for_each_post_piece`]: `{`, `}` and the `stm` field, then
+/// each piece's bytes and its comma.
+struct PostItemLen {
+    len: usize,
+    /// Where the value of the field just parsed ends if it was a sent string (the next
+    /// string field extends its span), else 0 (no value ends at the element's first byte).
+    open_span_end: usize,
+}
+
+impl PostItemLen {
+    fn new() -> PostItemLen {
+        PostItemLen {
+            len: 2 + STM_ITEM_BYTES,
+            open_span_end: 0,
+        }
+    }
+
+    /// A sent string field from its name's opening quote to its value's end; returns
+    /// whether it joins the span of the field before it.
+    #[inline]
+    fn string(&mut self, field_start: usize, value_end: usize) -> bool {
+        let joins = self.open_span_end != 0;
+        self.len += if joins {
+            value_end - self.open_span_end
+        } else {
+            1 + value_end - field_start
+        };
+        self.open_span_end = value_end;
+        joins
+    }
+
+    /// A number or boolean, written `"name":"value"` (its name and value `text` bytes).
+    #[inline]
+    fn quoted(&mut self, text: usize) {
+        self.len += 1 + text + 5;
+        self.open_span_end = 0;
+    }
+
+    /// A field that is not sent (`null`, `stm`): the next string starts a new span.
+    #[inline]
+    fn left_out(&mut self) {
+        self.open_span_end = 0;
+    }
 }
 
 /// A cursor over one element's bytes (already checked to be UTF-8).
@@ -618,7 +677,7 @@ fn special_bytes(word: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{PAYLOAD_DATA_FIELDS, get_query};
+    use crate::protocol::{PAYLOAD_DATA_FIELDS, get_query, payload_data_index};
 
     const STRICT: ParseOptions = ParseOptions {
         allow_unknown_fields: false,
@@ -825,6 +884,29 @@ mod tests {
         }
         for (name, index) in REQUIRED_FIELDS.iter().zip(REQUIRED_INDICES) {
             assert_eq!(payload_data_index(name.as_bytes()), Some(index), "{name}");
+        }
+        // The one-load lookup of parsed names agrees, with eight bytes to read after the
+        // name's start or fewer (a name at the end of the buffer).
+        let others = [
+            "",
+            "E",
+            "ee",
+            "eid2",
+            "f_gearsx",
+            "a_very_long_field",
+            "stm ",
+            "tv_",
+        ];
+        for name in PAYLOAD_DATA_FIELDS.iter().chain(&others) {
+            for tail in ["", "\"", "\":\"a long value\"}"] {
+                let buffer = format!("{{\"{name}{tail}");
+                let range = 2..2 + name.len();
+                assert_eq!(
+                    payload_data_index_of_parsed_name(buffer.as_bytes(), range),
+                    payload_data_index(name.as_bytes()),
+                    "{buffer:?}"
+                );
+            }
         }
         for missing in REQUIRED_FIELDS {
             let others: Vec<String> = REQUIRED_FIELDS

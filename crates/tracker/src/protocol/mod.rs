@@ -65,9 +65,36 @@ const PACKED_FIELDS: [u64; PAYLOAD_DATA_FIELDS.len()] = {
     packed
 };
 
-/// The index of `name` in [`PAYLOAD_DATA_FIELDS`], if it is one.
+/// The index of `name` in [`PAYLOAD_DATA_FIELDS`], if it is one: the reference the tests
+/// hold [`payload_data_index_of_parsed_name`] to.
+#[cfg(test)]
 pub(crate) fn payload_data_index(name: &[u8]) -> Option<usize> {
     PACKED_FIELDS.binary_search(&pack(name)?).ok()
+}
+
+/// [`payload_data_index`] of the name at `bytes[name]`, a parsed JSON string's text, which
+/// holds no zero byte (a raw control character is not valid JSON, and escaped names are
+/// refused): when eight bytes can be read from its start, one load and a mask pack it
+/// (the byte loop of [`pack`] was ~5 % of a POST event's instructions).
+#[inline]
+pub(crate) fn payload_data_index_of_parsed_name(
+    bytes: &[u8],
+    name: std::ops::Range<usize>,
+) -> Option<usize> {
+    let len = name.len();
+    debug_assert!(
+        !bytes[name.clone()].contains(&0),
+        "parsed names hold no zero byte"
+    );
+    let packed = match bytes.get(name.start..name.start + 8) {
+        Some(word) if (1..=8).contains(&len) => {
+            let word = u64::from_be_bytes(word.try_into().expect("eight bytes"));
+            // Keep the name's bytes (the high ones, big-endian), zero the rest.
+            word & (u64::MAX << (8 * (8 - len)))
+        }
+        _ => pack(&bytes[name])?,
+    };
+    PACKED_FIELDS.binary_search(&packed).ok()
 }
 
 /// The fields `payload_data` 1-0-4 requires in every event.
