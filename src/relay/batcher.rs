@@ -93,27 +93,33 @@ impl Batcher {
         let mut dead = Vec::new();
         for (offset, raw) in claimed.elements.into_iter().enumerate() {
             let position = claimed.first_position + offset as u64;
+            // A refused element's bytes come back with the reason: no clone is kept.
             let parsed = if raw.len() > settings.events.max_element_bytes {
-                Err(BadElement::TooLarge {
-                    size: raw.len(),
-                    limit: settings.events.max_element_bytes,
-                })
+                let limit = settings.events.max_element_bytes;
+                let size = raw.len();
+                Err((raw, BadElement::TooLarge { size, limit }))
             } else {
-                Element::parse(raw.clone(), shared.parse)
+                Element::parse_or_give_back(raw, shared.parse)
             };
-            let (kind, reason) = match parsed.map(|event| self.builder.push(position, event)) {
+            let (raw, kind, reason) = match parsed.map(|event| self.builder.push(position, event)) {
                 Ok(Ok(Some(batch))) => {
                     self.flush_timer.stop();
                     self.start(batch).await;
                     continue;
                 }
                 Ok(Ok(None)) => continue,
-                Ok(Err((_, too_large))) => (DeadReason::Unsendable, too_large.to_string()),
-                Err(bad @ BadElement::TooLarge { .. }) => (DeadReason::Oversized, bad.to_string()),
-                Err(bad @ BadElement::UndecodableString(_)) => {
-                    (DeadReason::Unsendable, bad.to_string())
+                Ok(Err((event, too_large))) => (
+                    event.into_raw(),
+                    DeadReason::Unsendable,
+                    too_large.to_string(),
+                ),
+                Err((raw, bad @ BadElement::TooLarge { .. })) => {
+                    (raw, DeadReason::Oversized, bad.to_string())
                 }
-                Err(bad) => (DeadReason::Malformed, bad.to_string()),
+                Err((raw, bad @ BadElement::UndecodableString(_))) => {
+                    (raw, DeadReason::Unsendable, bad.to_string())
+                }
+                Err((raw, bad)) => (raw, DeadReason::Malformed, bad.to_string()),
             };
             dead.push((position, raw, kind, reason));
         }

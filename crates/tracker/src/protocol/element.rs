@@ -153,16 +153,37 @@ pub struct Element {
 impl Element {
     /// Parses and validates one list element.
     pub fn parse(raw: Bytes, options: ParseOptions) -> Result<Element, BadElement> {
-        let text =
-            std::str::from_utf8(&raw).map_err(|e| BadElement::NotJson(shorten(&e.to_string())))?;
-        let (fields, post_item_len) = parse_fields(text)?;
+        Element::parse_or_give_back(raw, options).map_err(|(_, bad)| bad)
+    }
+
+    /// [`Element::parse`], giving a refused element's bytes back with the reason (for its
+    /// dead-letter entry), so that the caller need not keep a clone of every element it
+    /// parses (the first clone of a `Bytes` made from a `Vec` allocates).
+    pub fn parse_or_give_back(
+        raw: Bytes,
+        options: ParseOptions,
+    ) -> Result<Element, (Bytes, BadElement)> {
+        let parsed = std::str::from_utf8(&raw)
+            .map_err(|e| BadElement::NotJson(shorten(&e.to_string())))
+            .and_then(parse_fields);
+        let (fields, post_item_len) = match parsed {
+            Ok(parsed) => parsed,
+            Err(bad) => return Err((raw, bad)),
+        };
         let event = Element {
             raw,
             fields,
             post_item_len,
         };
-        event.validate(options)?;
-        Ok(event)
+        match event.validate(options) {
+            Ok(()) => Ok(event),
+            Err(bad) => Err((event.raw, bad)),
+        }
+    }
+
+    /// The element's bytes, as it was read from Redis.
+    pub fn into_raw(self) -> Bytes {
+        self.raw
     }
 
     /// The element exactly as it was read from Redis.
