@@ -129,16 +129,8 @@ struct Field {
     kind: ValueKind,
     /// A string value whose field directly follows another sent string field in the
     /// element (nothing but a comma and whitespace between them: no `null` or `stm` field
-    /// left out), so one POST piece copies both.
+    /// left out), so one copy writes both into a POST item.
     joins_previous: bool,
-}
-
-/// One piece of a POST item (see `Element::for_each_post_piece`).
-enum PostPiece<'a> {
-    /// Bytes of the element copied as they are: one or more `"name":"value"` fields.
-    AsItIs(Range<usize>),
-    /// A number or boolean, written `"name":"value"`.
-    Quoted(&'a Field),
 }
 
 /// A parsed, validated event that still owns its original bytes.
@@ -213,43 +205,27 @@ impl Element {
     }
 
     /// Appends this event as one `payload_data` item: every value a JSON string, plus
-    /// `stm` (send time, epoch milliseconds). Fields with string values that sit next to
-    /// each other in the element are copied as one span, separators and all (JSON allows
-    /// the producer's whitespace): a Python element of string values is one copy.
+    /// `stm` (send time, epoch milliseconds). The longest spans of sent fields with string
+    /// values that are neighbours in the element (see [`Field::joins_previous`]) are copied
+    /// as they are, separators and all (JSON allows the producer's whitespace): a Python
+    /// element of string values is one copy. Each number or boolean is written
+    /// `"name":"value"`. [`PostItemLen`] counts the same pieces while parsing; unit tests
+    /// and the encoding properties check that the two agree.
     pub fn write_post_item(&self, out: &mut Vec<u8>, stm_millis: &str) {
         out.push(b'{');
-        self.for_each_post_piece(|piece| {
-            match piece {
-                PostPiece::AsItIs(span) => out.extend_from_slice(&self.raw[span]),
-                PostPiece::Quoted(f) => {
-                    out.push(b'"');
-                    out.extend_from_slice(self.bytes(&f.name));
-                    out.extend_from_slice(b"\":\"");
-                    out.extend_from_slice(self.bytes(&f.value));
-                    out.push(b'"');
-                }
-            }
-            out.push(b',');
-        });
-        out.extend_from_slice(b"\"stm\":\"");
-        out.extend_from_slice(stm_millis.as_bytes());
-        out.extend_from_slice(b"\"}");
-    }
-
-    /// The pieces of the POST item, in order: the longest spans of sent fields with
-    /// string values that are neighbours in the element (see [`Field::joins_previous`]),
-    /// and each number or boolean, which needs quotes. [`PostItemLen`] counts the same
-    /// pieces while parsing; a unit test and the encoding properties check that the two
-    /// agree for every element.
-    #[inline]
-    fn for_each_post_piece(&self, mut each: impl FnMut(PostPiece<'_>)) {
+        // The span of neighbouring string fields gathered so far, copied when it ends.
         let mut span: Option<Range<usize>> = None;
         for f in self.sent_fields() {
             if f.kind == ValueKind::Bare {
                 if let Some(done) = span.take() {
-                    each(PostPiece::AsItIs(done));
+                    out.extend_from_slice(&self.raw[done]);
+                    out.push(b',');
                 }
-                each(PostPiece::Quoted(f));
+                out.push(b'"');
+                out.extend_from_slice(self.bytes(&f.name));
+                out.extend_from_slice(b"\":\"");
+                out.extend_from_slice(self.bytes(&f.value));
+                out.extend_from_slice(b"\",");
                 continue;
             }
             // From the name's opening quote to the value's end.
@@ -257,15 +233,20 @@ impl Element {
             span = Some(match span {
                 Some(run) if f.joins_previous => run.start..field.end,
                 Some(done) => {
-                    each(PostPiece::AsItIs(done));
+                    out.extend_from_slice(&self.raw[done]);
+                    out.push(b',');
                     field
                 }
                 None => field,
             });
         }
         if let Some(done) = span {
-            each(PostPiece::AsItIs(done));
+            out.extend_from_slice(&self.raw[done]);
+            out.push(b',');
         }
+        out.extend_from_slice(b"\"stm\":\"");
+        out.extend_from_slice(stm_millis.as_bytes());
+        out.extend_from_slice(b"\"}");
     }
 
     /// Appends this event's pairs, form-URL-encoded (`application/x-www-form-urlencoded`,
@@ -473,7 +454,7 @@ fn parse_fields(text: &str) -> Result<(Vec<Field>, usize), BadElement> {
 }
 
 /// The length of an element's POST item, counted field by field as the parse finds them,
-/// by the rules of [`Element::for_each_post_piece`]: `{`, `}` and the `stm` field, then
+/// by the rules of [`Element::write_post_item`]: `{`, `}` and the `stm` field, then
 /// each piece's bytes and its comma.
 struct PostItemLen {
     len: usize,
