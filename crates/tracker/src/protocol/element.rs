@@ -867,6 +867,39 @@ mod tests {
         assert!(matches!(invalid_utf8, Err(BadElement::NotJson(_))));
     }
 
+    /// A bad UTF-8 sequence at any offset of a string (where the scan reads sixteen-byte
+    /// blocks, eight-byte words or the byte tail; with and without an escape before it) is
+    /// refused as such, and good ones are accepted.
+    #[test]
+    fn invalid_utf8_anywhere_in_a_string_is_refused_and_valid_utf8_accepted() {
+        for escape in ["", "\\n"] {
+            for before in 0..40 {
+                for after in 0..40 {
+                    let (before, after) = ("a".repeat(before), "b".repeat(after));
+                    let element = |middle: &[u8]| {
+                        let mut bytes =
+                            format!(r#"{{"e":"pv","p":"pc","tv":"t","url":"{escape}{before}"#)
+                                .into_bytes();
+                        bytes.extend_from_slice(middle);
+                        bytes.extend_from_slice(format!(r#"{after}"}}"#).as_bytes());
+                        Element::parse(Bytes::from(bytes), STRICT)
+                    };
+                    for bad in [&b"\xff"[..], b"\xc3", b"\xe2\x82", b"\xed\xa0\x80"] {
+                        let refused = element(bad);
+                        assert!(
+                            matches!(&refused, Err(BadElement::NotJson(why)) if why.contains("utf-8")),
+                            "{bad:x?} after {} bytes: {refused:?}",
+                            before.len()
+                        );
+                    }
+                    for good in ["é", "€", "😀"] {
+                        assert!(element(good.as_bytes()).is_ok(), "{good} after {before}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn packed_lookup_finds_exactly_the_payload_data_fields() {
         for (index, name) in PAYLOAD_DATA_FIELDS.iter().enumerate() {
