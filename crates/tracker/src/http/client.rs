@@ -700,6 +700,82 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_answer_keeps_its_connection_only_when_its_framing_allows() {
+        // Each of these, split around a pause, leaves the connection ready for the next
+        // request: chunks with an extension and a trailer, an interim answer before a
+        // 204, HTTP/1.0 asking to keep the connection alive, a length, an empty chunked
+        // body spelt in capitals.
+        fn kept(_connection: usize, request: usize) -> Option<(Vec<u8>, Duration, Vec<u8>)> {
+            let (first, then): (&[u8], &[u8]) = match request % 5 {
+                0 => (
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nok\r\n",
+                    b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n",
+                ),
+                1 => (
+                    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+                    b"",
+                ),
+                2 => (
+                    b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\no",
+                    b"k",
+                ),
+                3 => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok"),
+                _ => (
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: CHUNKED\r\n\r\n0\r\n\r\n",
+                    b"",
+                ),
+            };
+            Some((first.to_vec(), Duration::from_millis(20), then.to_vec()))
+        }
+        // Each of these is delivered but closes its connection: `Connection: close`,
+        // HTTP/1.0 without keep-alive, a chunked body longer than the relay reads, bytes
+        // after the answer, a body that ends when the connection does (here: never), and
+        // a malformed chunk.
+        fn closed(connection: usize, _request: usize) -> Option<(Vec<u8>, Duration, Vec<u8>)> {
+            let answer: Vec<u8> = match connection {
+                0 => {
+                    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok".to_vec()
+                }
+                1 => b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+                2 => {
+                    let mut long =
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                    for _ in 0..3 {
+                        long.extend_from_slice(b"8000\r\n");
+                        long.extend(vec![b'x'; 0x8000]);
+                        long.extend_from_slice(b"\r\n");
+                    }
+                    long.extend_from_slice(b"0\r\n\r\n");
+                    long
+                }
+                3 => [answer("200 OK"), answer("200 OK")].concat(),
+                4 => b"HTTP/1.1 200 OK\r\n\r\nok".to_vec(),
+                _ => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokk\r\n".to_vec(),
+            };
+            Some((answer, Duration::ZERO, Vec::new()))
+        }
+        let (port, seen) = raw_collector(kept).await;
+        let keeping = client(port, false, Duration::from_secs(5));
+        for request in 0..10 {
+            let report = keeping.attempt(&batch()).await;
+            assert!(delivered(&report), "request {request}: {report:?}");
+        }
+        assert_eq!(*seen.lock().unwrap(), [0; 10], "one connection for all");
+
+        let (port, seen) = raw_collector(closed).await;
+        let closing = client(port, false, Duration::from_millis(500));
+        for request in 0..6 {
+            let report = closing.attempt(&batch()).await;
+            assert!(delivered(&report), "request {request}: {report:?}");
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [0, 1, 2, 3, 4, 5],
+            "a connection each"
+        );
+    }
+
     #[test]
     fn every_status_has_one_disposition() {
         let no_retry = [400, 401, 403, 410, 422];

@@ -4,6 +4,7 @@
 mod answer;
 mod client;
 mod emitter;
+mod exchange;
 mod pool;
 mod route;
 mod settings;

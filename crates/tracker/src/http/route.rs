@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use base64::Engine as _;
-use hyper::header::{AUTHORIZATION, HOST, HeaderMap, HeaderValue, PROXY_AUTHORIZATION};
+use hyper::header::HeaderValue;
 use hyper_util::client::proxy::matcher::Matcher;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -121,16 +121,21 @@ impl Route {
         self.proxy.is_some() && !self.https
     }
 
-    /// The headers every request carries on this route.
-    pub fn add_headers(&self, headers: &mut HeaderMap) {
-        headers.insert(HOST, self.host_header.clone());
+    /// Writes the header lines every request carries on this route.
+    pub fn write_headers(&self, out: &mut Vec<u8>) {
+        let mut line = |name: &[u8], value: &HeaderValue| {
+            out.extend_from_slice(name);
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        };
+        line(b"Host: ", &self.host_header);
         if let Some(authorization) = &self.authorization {
-            headers.insert(AUTHORIZATION, authorization.clone());
+            line(b"Authorization: ", authorization);
         }
         if self.absolute_form()
             && let Some(authorization) = self.proxy.as_ref().and_then(|p| p.authorization.as_ref())
         {
-            headers.insert(PROXY_AUTHORIZATION, authorization.clone());
+            line(b"Proxy-Authorization: ", authorization);
         }
     }
 
