@@ -441,19 +441,31 @@ async fn proxy_credentials_are_masked_and_the_proxy_is_used() {
     let proxy = Collector::start().await;
     redis.rpush(LIST, &numbered_events(3));
     let proxy_url = format!("http://proxyuser:proxy-pw@{}", proxy.addr);
+    // The collector's own user and password go in `Authorization`, never in the request
+    // line the proxy reads (hyper wrote them there).
     let child = relay(
         &redis.url(),
-        "http://collector.invalid",
+        "http://relay:relay-pw@collector.invalid",
         &[("SNOWPLOW_RELAY_COLLECTOR__PROXY", proxy_url.as_str())],
     );
     proxy.until_requests(1, 10).await;
     let log = child.stop_cleanly().await;
     let request = &proxy.requests()[0];
     assert!(request.headers.contains_key("proxy-authorization"));
-    assert!(
-        !log.contains("proxy-pw") && !log.contains("proxyuser"),
-        "{log}"
+    assert_eq!(
+        request.headers["authorization"],
+        "Basic cmVsYXk6cmVsYXktcHc="
     );
+    assert!(
+        request
+            .target
+            .starts_with("http://collector.invalid/com.snowplowanalytics.snowplow/tp2"),
+        "{}",
+        request.target
+    );
+    for secret in ["proxy-pw", "proxyuser", "relay-pw"] {
+        assert!(!log.contains(secret), "{log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,8 @@ pub const LIMITS: Limits = Limits {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub method: String,
+    /// The request target as written in the request line (absolute form to a proxy).
+    pub target: String,
     pub path: String,
     pub query: Option<String>,
     pub headers: hyper::HeaderMap,
@@ -177,6 +179,7 @@ impl Collector {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut received = Received {
             method: parts.method.to_string(),
+            target: parts.uri.to_string(),
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
             headers: parts.headers,
