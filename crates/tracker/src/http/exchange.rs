@@ -408,6 +408,153 @@ fn authority_with_user<'a>(target: &'a [u8], scheme: &[u8]) -> &'a [u8] {
 mod tests {
     use super::*;
 
+    /// What one exchange read from a collector that wrote `fragments` (each its own
+    /// write, a moment apart) and then closed: the answer's head, whether its body left
+    /// the connection reusable, and how many bytes the exchange read.
+    /// The answer's status and `Location`, how its body ended, the bytes read.
+    type Exchanged = (
+        Result<(u16, Option<String>), String>,
+        Option<Result<bool, String>>,
+        usize,
+    );
+
+    fn exchange_with(fragments: Vec<Vec<u8>>) -> Exchanged {
+        use tokio::io::AsyncWriteExt;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let collector = tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                for fragment in fragments {
+                    if stream.write_all(&fragment).await.is_err() {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            });
+            let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+            let mut connection = Connection::new(Stream::Tcp(tcp));
+            connection
+                .send(b"GET / HTTP/1.1\r\n\r\n", None)
+                .await
+                .unwrap();
+            let head = connection.read_head().await;
+            let body = match &head {
+                Ok(head) => Some(connection.read_body(head).await),
+                Err(_) => None,
+            };
+            collector.abort();
+            let read = MAX_ANSWER_BYTES - connection.budget;
+            let head = head.map(|head| (head.status, head.location));
+            (head, body, read)
+        })
+    }
+
+    /// `body` in chunks of the given sizes (the rest in one), with an extension on
+    /// every other chunk and a trailer.
+    fn chunked(body: &[u8], sizes: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = body;
+        for (i, &size) in sizes.iter().chain(std::iter::once(&usize::MAX)).enumerate() {
+            let size = size.min(rest.len());
+            if size == 0 {
+                continue;
+            }
+            let extension = if i % 2 == 0 { ";ext=1" } else { "" };
+            out.extend_from_slice(format!("{size:x}{extension}\r\n").as_bytes());
+            out.extend_from_slice(&rest[..size]);
+            out.extend_from_slice(b"\r\n");
+            rest = &rest[size..];
+        }
+        out.extend_from_slice(b"0\r\nX-Checked: yes\r\n\r\n");
+        out
+    }
+
+    /// `bytes` cut at the given offsets.
+    fn cut(bytes: &[u8], at: &[usize]) -> Vec<Vec<u8>> {
+        let mut offsets: Vec<usize> = at.iter().map(|&a| a % (bytes.len() + 1)).collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        let mut pieces = Vec::new();
+        let mut from = 0;
+        for offset in offsets.into_iter().chain(std::iter::once(bytes.len())) {
+            pieces.push(bytes[from..offset].to_vec());
+            from = offset;
+        }
+        pieces
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// A well-formed answer, however the collector cuts it into writes, is read whole:
+        /// its status, its `Location`, a body framed by length or by chunks, interim
+        /// answers before it, and the connection left reusable with nothing behind.
+        #[test]
+        fn a_well_formed_answer_is_read_whole_however_it_is_cut(
+            status in 200u16..600,
+            interims in 0usize..3,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            by_chunks in proptest::prelude::any::<bool>(),
+            sizes in proptest::collection::vec(1usize..700, 0..6),
+            cuts in proptest::collection::vec(0usize..10_000, 0..12),
+        ) {
+            let mut answer = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(interims);
+            let no_body = status == 204 || status == 304;
+            answer.extend_from_slice(format!("HTTP/1.1 {status} Whatever\r\nLocation: /x\r\n").as_bytes());
+            if no_body {
+                answer.extend_from_slice(b"\r\n");
+            } else if by_chunks {
+                answer.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                answer.extend_from_slice(&chunked(&body, &sizes));
+            } else {
+                answer.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+                answer.extend_from_slice(&body);
+            }
+            let (head, read_body, read) = exchange_with(cut(&answer, &cuts));
+            proptest::prop_assert_eq!(head, Ok((status, Some("/x".to_owned()))));
+            proptest::prop_assert_eq!(read_body, Some(Ok(true)));
+            proptest::prop_assert_eq!(read, answer.len());
+        }
+
+        /// Whatever a collector sends, the exchange ends (with an answer or an error,
+        /// never a panic) having read at most what an answer may bring: random bytes, and
+        /// long runs of what a hostile collector would send to keep the relay reading
+        /// (interim answers, header lines, chunks, a body without end).
+        #[test]
+        fn any_bytes_end_the_exchange_within_its_budget(
+            start in proptest::sample::select(vec![
+                &b""[..], b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n",
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+            ]),
+            pieces in proptest::collection::vec(0usize..5, 1..6),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            repeat in 1usize..400,
+            cuts in proptest::collection::vec(0usize..300_000, 0..8),
+        ) {
+            let mut run = Vec::new();
+            for piece in pieces {
+                match piece {
+                    0 => run.extend_from_slice(&noise),
+                    1 => run.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                    2 => run.extend_from_slice(format!("X-Long: {}\r\n", "a".repeat(900)).as_bytes()),
+                    3 => run.extend_from_slice(format!("400\r\n{}\r\n", "c".repeat(0x400)).as_bytes()),
+                    _ => run.extend_from_slice(&[b'x'; 1000]),
+                }
+            }
+            let mut answer = start.to_vec();
+            answer.extend(run.repeat(repeat));
+            let (_, _, read) = exchange_with(cut(&answer, &cuts));
+            proptest::prop_assert!(read <= MAX_ANSWER_BYTES);
+            proptest::prop_assert!(read <= answer.len());
+        }
+    }
+
     fn head(target: &str, absolute: bool, body: Option<usize>) -> Result<String, String> {
         let mut out = Vec::new();
         request_head(&mut out, target.as_bytes(), absolute, b"Host: h\r\n", body)?;
