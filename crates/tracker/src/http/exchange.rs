@@ -32,6 +32,8 @@ const READ_CHUNK: usize = 8 * 1024;
 /// One connection to the collector and the bytes read from it but not yet used.
 pub(crate) struct Connection {
     stream: Stream,
+    /// The head of the request being written, kept for the next one.
+    head: Vec<u8>,
     read: Vec<u8>,
     /// Where the unused bytes of `read` start.
     used: usize,
@@ -63,6 +65,7 @@ impl Connection {
     pub fn new(stream: Stream) -> Connection {
         Connection {
             stream,
+            head: Vec::new(),
             read: Vec::with_capacity(READ_CHUNK),
             used: 0,
             budget: MAX_ANSWER_BYTES,
@@ -86,12 +89,22 @@ impl Connection {
         )
     }
 
-    /// Writes one request: `head` (see [`request_head`]), then `body`, in as few writes
-    /// as the connection takes (with TCP_NODELAY, each write may be a packet of its own).
-    pub async fn send(&mut self, head: &[u8], body: Option<&[u8]>) -> Result<(), String> {
+    /// Writes one request: its head (`line`, then the header lines `headers`, each ended
+    /// by `\r\n`), then `body`, in as few writes as the connection takes (with
+    /// TCP_NODELAY, each write may be a packet of its own).
+    pub async fn send(
+        &mut self,
+        line: &RequestLine<'_>,
+        headers: &[u8],
+        body: Option<&[u8]>,
+    ) -> Result<(), String> {
         self.budget = MAX_ANSWER_BYTES;
+        line.write_head(&mut self.head, headers);
         let failed = |e: std::io::Error| format!("the collector closed the connection: {e}");
-        let mut slices = [IoSlice::new(head), IoSlice::new(body.unwrap_or_default())];
+        let mut slices = [
+            IoSlice::new(&self.head),
+            IoSlice::new(body.unwrap_or_default()),
+        ];
         let mut left = &mut slices[..];
         while left.iter().any(|slice| !slice.is_empty()) {
             let written = self.stream.write_vectored(left).await.map_err(failed)?;
@@ -105,6 +118,9 @@ impl Connection {
 
     /// Reads the answer's head, skipping interim (`1xx`) answers.
     pub async fn read_head(&mut self) -> Result<AnswerHead, String> {
+        if self.used == self.read.len() {
+            self.fill("before answering").await?;
+        }
         loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
             let mut answer = httparse::Response::new(&mut headers);
@@ -265,6 +281,10 @@ fn answer_head(
     let mut keep_alive = http11;
     for header in headers {
         let name = header.name;
+        // The length first: most headers are none of these four.
+        if !matches!(name.len(), 8 | 10 | 14 | 17) {
+            continue;
+        }
         if name.eq_ignore_ascii_case("content-length") {
             for value in header.value.split(|&b| b == b',') {
                 let value = value.trim_ascii();
@@ -316,43 +336,59 @@ fn answer_head(
 /// Why a request target cannot be written into a request line.
 const NOT_A_TARGET: &str = "not a request URL";
 
-/// Writes a request's head: `GET` (or `POST` when `body_len` is given) of `target`, a URL
-/// to the collector (its scheme, authority, path and query), in origin form (`/path?query`)
-/// unless `absolute` (`http://host/path?query`, to a proxy; the URL's user and password
-/// are never written there), then `headers` (each line ended by `\r\n`), then the body's
-/// type and length for a POST.
-pub(crate) fn request_head(
-    out: &mut Vec<u8>,
-    target: &[u8],
-    absolute: bool,
-    headers: &[u8],
+/// A request's line, checked: `GET` (or `POST` of a body of `body_len` bytes) of a URL to
+/// the collector, in origin form (`/path?query`) or absolute form (`http://host/path?query`,
+/// to a proxy; the URL's user and password are never written there).
+pub(crate) struct RequestLine<'a> {
+    /// The scheme and the host (and port), for the absolute form.
+    scheme_and_host: Option<(&'a [u8], &'a [u8])>,
+    path_and_query: &'a [u8],
     body_len: Option<usize>,
-) -> Result<(), String> {
-    let path_and_query = path_and_query(target)?;
-    out.clear();
-    out.reserve(path_and_query.len() + headers.len() + 160);
-    out.extend_from_slice(match body_len {
-        Some(_) => b"POST ",
-        None => b"GET ",
-    });
-    if absolute {
-        // The scheme and the host, without a user or password.
-        let (scheme, authority) = scheme_and_authority(target)?;
-        out.extend_from_slice(scheme);
-        out.extend_from_slice(b"://");
-        out.extend_from_slice(authority);
+}
+
+impl<'a> RequestLine<'a> {
+    /// The line for `target`, a URL to the collector (its scheme, authority, path and
+    /// query), absolute-form if `absolute`; refused if it is not a URL a request line can
+    /// carry.
+    pub fn new(
+        target: &'a [u8],
+        absolute: bool,
+        body_len: Option<usize>,
+    ) -> Result<RequestLine<'a>, String> {
+        Ok(RequestLine {
+            path_and_query: path_and_query(target)?,
+            scheme_and_host: match absolute {
+                true => Some(scheme_and_authority(target)?),
+                false => None,
+            },
+            body_len,
+        })
     }
-    out.extend_from_slice(path_and_query);
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    out.extend_from_slice(headers);
-    if let Some(length) = body_len {
-        out.extend_from_slice(b"Content-Type: application/json; charset=utf-8\r\n");
-        out.extend_from_slice(b"Content-Length: ");
-        out.extend_from_slice(length.to_string().as_bytes());
+
+    /// Writes the request's head into `out` (emptied first): this line, `headers` (each
+    /// line ended by `\r\n`), then the body's type and length for a POST.
+    fn write_head(&self, out: &mut Vec<u8>, headers: &[u8]) {
+        out.clear();
+        out.extend_from_slice(match self.body_len {
+            Some(_) => b"POST ",
+            None => b"GET ",
+        });
+        if let Some((scheme, host)) = self.scheme_and_host {
+            out.extend_from_slice(scheme);
+            out.extend_from_slice(b"://");
+            out.extend_from_slice(host);
+        }
+        out.extend_from_slice(self.path_and_query);
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        out.extend_from_slice(headers);
+        if let Some(length) = self.body_len {
+            use std::io::Write as _;
+            out.extend_from_slice(b"Content-Type: application/json; charset=utf-8\r\n");
+            // Writing into a `Vec` cannot fail.
+            let _ = write!(out, "Content-Length: {length}\r\n");
+        }
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    Ok(())
 }
 
 /// `target`'s path and query: from the first `/` after its authority. Refused if it
@@ -377,10 +413,15 @@ fn path_and_query(target: &[u8]) -> Result<&[u8], String> {
 
 /// The scheme and the host (and port) of `target`, without a user or password.
 fn scheme_and_authority(target: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    // The first `:` ends the scheme (a scheme holds none).
     let scheme_end = target
-        .windows(3)
-        .position(|w| w == b"://")
-        .filter(|&at| at > 0 && target[..at].iter().all(u8::is_ascii_alphabetic))
+        .iter()
+        .position(|&b| b == b':')
+        .filter(|&at| {
+            at > 0
+                && target[at..].starts_with(b"://")
+                && target[..at].iter().all(u8::is_ascii_alphabetic)
+        })
         .ok_or(NOT_A_TARGET)?;
     let scheme = &target[..scheme_end];
     let authority = authority_with_user(target, scheme);
@@ -438,10 +479,8 @@ mod tests {
             });
             let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
             let mut connection = Connection::new(Stream::Tcp(tcp));
-            connection
-                .send(b"GET / HTTP/1.1\r\n\r\n", None)
-                .await
-                .unwrap();
+            let line = RequestLine::new(b"http://h/", false, None).unwrap();
+            connection.send(&line, b"", None).await.unwrap();
             let head = connection.read_head().await;
             let body = match &head {
                 Ok(head) => Some(connection.read_body(head).await),
@@ -557,7 +596,7 @@ mod tests {
 
     fn head(target: &str, absolute: bool, body: Option<usize>) -> Result<String, String> {
         let mut out = Vec::new();
-        request_head(&mut out, target.as_bytes(), absolute, b"Host: h\r\n", body)?;
+        RequestLine::new(target.as_bytes(), absolute, body)?.write_head(&mut out, b"Host: h\r\n");
         Ok(String::from_utf8(out).unwrap())
     }
 

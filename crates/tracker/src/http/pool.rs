@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::answer::{Answer, reusable_after};
-use super::exchange::{Connection, request_head};
+use super::exchange::{Connection, RequestLine};
 use super::route::Route;
 
 /// How long a connection may stay idle before it is closed rather than reused: what
@@ -92,27 +92,24 @@ impl Pool {
         timeout: Option<Duration>,
     ) -> Result<Answer, Unanswered> {
         let shared = &self.shared;
-        let mut head = Vec::new();
-        request_head(
-            &mut head,
+        let line = RequestLine::new(
             &target,
             shared.route.absolute_form(),
-            &shared.headers,
             body.as_ref().map(Bytes::len),
         )
         .map_err(Unanswered::Failed)?;
         let timeout = timeout.unwrap_or(shared.timeout);
-        shared.exchange(&head, body.as_deref(), timeout).await
+        shared.exchange(&line, body.as_deref(), timeout).await
     }
 }
 
 impl Shared {
-    /// Sends the request (`head` and `body`) on an idle connection or a new one, and
-    /// reads the answer: its head by the deadline (else the attempt failed), then its
-    /// body within what is left.
+    /// Sends the request (`line`, the pool's headers and `body`) on an idle connection or
+    /// a new one, and reads the answer: its head by the deadline (else the attempt
+    /// failed), then its body within what is left.
     async fn exchange(
         &self,
-        head: &[u8],
+        line: &RequestLine<'_>,
         body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Answer, Unanswered> {
@@ -129,7 +126,7 @@ impl Shared {
                 }
             };
             let sent = Instant::now();
-            connection.send(head, body).await?;
+            connection.send(line, &self.headers, body).await?;
             let answer = connection.read_head().await?;
             answered = Some((answer.status, answer.location.clone(), sent.elapsed()));
             let reusable = connection.read_body(&answer).await?;
