@@ -32,6 +32,11 @@
 //!   100,000 events, redis-server's CPU and the producing thread's user and system CPU;
 //! - l. redis-server's CPU per 100,000 events in the end-to-end runs, and the events per
 //!   second one Redis core carries at that cost (one list lives on one core);
+//! - n. claim primitives: what claiming and acknowledging one event costs redis-server
+//!   (callgrind, marginal as in i.; claims of 500, one client, no relay) for each way a
+//!   claim could take events off the list: `LPOP` (the floor), moved through a Lua
+//!   script (today's shape), `SORT … STORE` to a claim key, and a range of the list
+//!   recorded as claimed and read with a plain `LRANGE` (the list as a log);
 //! - m. the HTTP/1.1 floor under j.'s GET rows: hyper's client connections alone (no
 //!   Redis, no events), in a process of their own, CPU per 100,000 requests with one
 //!   connection at 0 ms and 1,024 at 100 ms (what the relay reaches there).
@@ -39,7 +44,7 @@
 //! ```text
 //! cargo bench --bench relay -- [--events N] [--backlog N] [--python] [--only NAME]
 //! (NAME, or several separated by commas: raw, post-tuned, post-default, get, scaling,
-//! tls, latency, backlog, instructions, distance, producers, http-floor) [--case PREFIX] [--distance-seconds S]
+//! tls, latency, backlog, instructions, distance, producers, claims, http-floor) [--case PREFIX] [--distance-seconds S]
 //! [--distance-ms 0,20,100,200]
 //! ```
 //!
@@ -844,6 +849,186 @@ fn producer_costs(how: Producer, n: usize) -> (f64, f64, f64, f64) {
     )
 }
 
+/// A way to take events off the list in claims of [`CLAIM`], measured by
+/// [`claim_primitive_cost`]: the Redis side of a claim design, nothing else.
+#[derive(Clone, Copy)]
+enum ClaimPrimitive {
+    /// `LPOP key 500`: events leave the list and nothing records them (no lease, no
+    /// recovery). The floor.
+    Pop,
+    /// A script that reads the events (`LRANGE`), copies them to an in-flight list
+    /// (`RPUSH`), trims the list and returns them; acknowledged by trimming the
+    /// in-flight list. Today's claim without its checks: every event passes through Lua.
+    MoveThroughLua,
+    /// A script that copies the events to a claim key inside Redis (`SORT … BY nosort
+    /// LIMIT 0 500 STORE`) and trims the list; the client reads the claim key with a
+    /// plain `LRANGE` and acknowledges with `DEL`. No event in Lua, but `SORT` is
+    /// `@dangerous`.
+    SortStore,
+    /// The list as a log: a script records the next range as claimed (two hash
+    /// fields) and returns where it is; the client reads it with a plain `LRANGE`
+    /// (pipelined with a read of the head, to see that no trim moved it) and
+    /// acknowledges with a script that trims the head and counts it.
+    Range,
+    /// [`ClaimPrimitive::Range`], the range read in pages of this many events, all
+    /// pipelined (a bound on what one `LRANGE` makes Redis hold in its reply buffer).
+    RangeInPages(usize),
+}
+
+/// Events per claim in [`claim_primitive_cost`].
+const CLAIM: usize = 500;
+
+/// Drains `LIST` with `primitive`, one claim after another, checking that every event
+/// arrives once and in order.
+fn drain_with(conn: &mut redis::Connection, primitive: ClaimPrimitive, expected: &[String]) {
+    let mut received: Vec<Vec<u8>> = Vec::with_capacity(expected.len());
+    let move_through_lua = redis::Script::new(
+        "local c = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1) \
+         if #c > 0 then redis.call('RPUSH', KEYS[2], unpack(c)) \
+         redis.call('LTRIM', KEYS[1], #c, -1) end return c",
+    );
+    let sort_store = redis::Script::new(
+        "local n = redis.call('SORT', KEYS[1], 'BY', 'nosort', 'LIMIT', 0, ARGV[1], \
+         'STORE', KEYS[2]) if n > 0 then redis.call('LTRIM', KEYS[1], n, -1) end return n",
+    );
+    let range_claim = redis::Script::new(
+        "local head = tonumber(redis.call('HGET', KEYS[2], 'head') or 0) \
+         local next = tonumber(redis.call('HGET', KEYS[2], 'next') or 0) \
+         local n = math.min(tonumber(ARGV[1]), head + redis.call('LLEN', KEYS[1]) - next) \
+         if n > 0 then redis.call('HSET', KEYS[2], 'next', next + n) end \
+         return {next - head, n, head}",
+    );
+    let range_ack = redis::Script::new(
+        "redis.call('LTRIM', KEYS[1], ARGV[1], -1) \
+         return redis.call('HINCRBY', KEYS[2], 'head', ARGV[1])",
+    );
+    const INFLIGHT: &str = "bench-inflight";
+    const META: &str = "bench-meta";
+    loop {
+        let claimed: Vec<Vec<u8>> = match primitive {
+            ClaimPrimitive::Pop => redis::cmd("LPOP")
+                .arg(LIST)
+                .arg(CLAIM)
+                .query::<Option<Vec<Vec<u8>>>>(conn)
+                .unwrap()
+                .unwrap_or_default(),
+            ClaimPrimitive::MoveThroughLua => {
+                let claimed: Vec<Vec<u8>> = move_through_lua
+                    .key(LIST)
+                    .key(INFLIGHT)
+                    .arg(CLAIM)
+                    .invoke(conn)
+                    .unwrap();
+                redis::cmd("LTRIM")
+                    .arg(INFLIGHT)
+                    .arg(claimed.len())
+                    .arg(-1)
+                    .query::<()>(conn)
+                    .unwrap();
+                claimed
+            }
+            ClaimPrimitive::SortStore => {
+                let n: usize = sort_store
+                    .key(LIST)
+                    .key(INFLIGHT)
+                    .arg(CLAIM)
+                    .invoke(conn)
+                    .unwrap();
+                if n == 0 {
+                    Vec::new()
+                } else {
+                    let (claimed,): (Vec<Vec<u8>>,) = redis::pipe()
+                        .cmd("LRANGE")
+                        .arg(INFLIGHT)
+                        .arg(0)
+                        .arg(-1)
+                        .cmd("DEL")
+                        .arg(INFLIGHT)
+                        .ignore()
+                        .query(conn)
+                        .unwrap();
+                    claimed
+                }
+            }
+            ClaimPrimitive::Range | ClaimPrimitive::RangeInPages(_) => {
+                let page = match primitive {
+                    ClaimPrimitive::RangeInPages(page) => page as i64,
+                    _ => CLAIM as i64,
+                };
+                let (at, n, head): (i64, i64, i64) = range_claim
+                    .key(LIST)
+                    .key(META)
+                    .arg(CLAIM)
+                    .invoke(conn)
+                    .unwrap();
+                if n == 0 {
+                    Vec::new()
+                } else {
+                    let mut pipe = redis::pipe();
+                    for from in (at..at + n).step_by(page as usize) {
+                        pipe.cmd("LRANGE")
+                            .arg(LIST)
+                            .arg(from)
+                            .arg((from + page).min(at + n) - 1);
+                    }
+                    pipe.cmd("HGET").arg(META).arg("head");
+                    let mut replies: Vec<redis::Value> = pipe.query(conn).unwrap();
+                    let head_after: Option<i64> =
+                        redis::from_redis_value(replies.pop().unwrap()).unwrap();
+                    assert_eq!(
+                        head_after.unwrap_or(0),
+                        head,
+                        "nothing else trims the list here"
+                    );
+                    let claimed: Vec<Vec<u8>> = replies
+                        .into_iter()
+                        .flat_map(|page| redis::from_redis_value::<Vec<Vec<u8>>>(page).unwrap())
+                        .collect();
+                    let _: i64 = range_ack.key(LIST).key(META).arg(n).invoke(conn).unwrap();
+                    claimed
+                }
+            }
+        };
+        if claimed.is_empty() {
+            break;
+        }
+        received.extend(claimed);
+    }
+    assert_eq!(received.len(), expected.len(), "every event claimed once");
+    assert!(
+        received
+            .iter()
+            .zip(expected)
+            .all(|(got, sent)| got == sent.as_bytes()),
+        "events arrive as they were written, in order"
+    );
+}
+
+/// What claiming and acknowledging one event costs redis-server, by `primitive`
+/// (callgrind, marginal between 2,000 and 10,000 events, claims of [`CLAIM`]).
+fn claim_primitive_cost(primitive: ClaimPrimitive) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut totals = Vec::new();
+    for count in [2_000usize, 10_000] {
+        let out = dir.path().join(format!("redis-{count}"));
+        let flag = format!("--callgrind-out-file={}", out.display());
+        let redis = support::RedisServer::start_under(
+            &["valgrind", "--tool=callgrind", "--instr-atstart=no", &flag],
+            &[],
+        );
+        let events = realistic_events(count, "claim");
+        redis.rpush(LIST, &events);
+        let mut conn = redis.conn();
+        let pid = redis.pid().to_string();
+        callgrind_control(&["-i", "on", &pid]);
+        drain_with(&mut conn, primitive, &events);
+        callgrind_control(&["-d", &pid]);
+        let dumped = callgrind_dump(dir.path(), &format!("redis-{count}."));
+        totals.push(redis_instructions(&dumped));
+    }
+    (totals[1] as f64 - totals[0] as f64) / 8_000.0
+}
+
 /// The HTTP floor under GET at a distance: hyper's HTTP/1.1 client connections alone (no
 /// Redis, no parsing, one fixed 1,000-byte query), `connections` of them each sending
 /// requests one after another until `n` were answered (each with a deadline, as the
@@ -1136,6 +1321,22 @@ fn main() {
                 row(
                     &format!("k. producer, {name}: redis-server instructions / redis-server CPU µs / producer user µs / producer system µs, per event"),
                     format!("{instructions:.0} / {redis_cpu:.2} / {user:.2} / {system:.2}"),
+                );
+            }
+        }
+        if wanted("claims") {
+            for (name, primitive) in [
+                ("LPOP 500 (no record: the floor)", ClaimPrimitive::Pop),
+                ("moved through Lua (LRANGE + RPUSH + LTRIM in a script)", ClaimPrimitive::MoveThroughLua),
+                ("SORT … STORE to a claim key, plain LRANGE, DEL", ClaimPrimitive::SortStore),
+                ("a range of the list as a log, plain LRANGE, trim", ClaimPrimitive::Range),
+                ("the same range read in pipelined pages of 64", ClaimPrimitive::RangeInPages(64)),
+                ("the same range read in pipelined pages of 4", ClaimPrimitive::RangeInPages(4)),
+            ] {
+                let instructions = claim_primitive_cost(primitive);
+                row(
+                    &format!("n. claim primitive, {name}: redis-server instructions per event"),
+                    format!("{instructions:.0}"),
                 );
             }
         }
