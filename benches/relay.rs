@@ -42,11 +42,14 @@
 //!   connection at 0 ms and 1,024 at 100 ms (what the relay reaches there).
 //!
 //! ```text
-//! cargo bench --bench relay -- [--events N] [--backlog N] [--python] [--only NAME]
+//! cargo bench --bench relay -- [--events N] [--backlog N] [--python] [--spaced] [--only NAME]
 //! (NAME, or several separated by commas: raw, post-tuned, post-default, get, scaling,
 //! tls, latency, backlog, instructions, distance, producers, claims, http-floor) [--case PREFIX] [--distance-seconds S]
 //! [--distance-ms 0,20,100,200]
 //! ```
+//!
+//! `--spaced` writes the events as Python's `json.dumps` does (`", "` and `": "`, what the
+//! Python tracker's `RedisEmitter` pushes) instead of compact JSON.
 //!
 //! `--case` keeps only the instruction and distance rows whose name starts with PREFIX
 //! (`GET`, `POST default`, `POST tuned`; `POST`, `GET`).
@@ -179,14 +182,27 @@ impl CountingCollector {
     }
 }
 
-/// Events 400 to 1,200 bytes long, each with a unique eid.
+/// `--spaced`: events written as Python's `json.dumps` writes them.
+static SPACED: AtomicBool = AtomicBool::new(false);
+
+/// Events 400 to 1,200 bytes long (as the fixtures are written), each with a unique eid:
+/// compact JSON (the project's own `RedisEmitter`, and every row the docs quote), or with
+/// `--spaced` as Python's `json.dumps` writes them (`", "` and `": "`, about 7 % longer),
+/// what the Python tracker's `RedisEmitter` pushes.
 fn realistic_events(n: usize, prefix: &str) -> Vec<String> {
     let fixtures: Vec<String> = support::fixture_events()
         .into_iter()
         .filter(|e| (400..=1200).contains(&e.len()))
         .collect();
+    let spaced = SPACED.load(Ordering::Relaxed);
     (0..n)
         .map(|i| support::with_eid(&fixtures[i % fixtures.len()], &format!("{prefix}-{i}")))
+        .map(|event| match spaced {
+            true => snowplow_relay_tracker::python_dumps(
+                &serde_json::from_str::<serde_json::Value>(&event).unwrap(),
+            ),
+            false => event,
+        })
         .collect()
 }
 
@@ -1144,6 +1160,7 @@ fn main() {
     let n: usize = arg(&args, "--events").map_or(200_000, |v| v.parse().unwrap());
     let backlog: usize = arg(&args, "--backlog").map_or(1_000_000, |v| v.parse().unwrap());
     let python = args.iter().any(|a| a == "--python");
+    SPACED.store(args.iter().any(|a| a == "--spaced"), Ordering::Relaxed);
     let only = arg(&args, "--only");
     let case = arg(&args, "--case");
     let wanted = |name: &str| {
