@@ -884,7 +884,9 @@ enum ClaimPrimitive {
     /// The list as a log: a script records the next range as claimed (two hash
     /// fields) and returns where it is; the client reads it with a plain `LRANGE`
     /// (pipelined with a read of the head, to see that no trim moved it) and
-    /// acknowledges with a script that trims the head and counts it.
+    /// acknowledges with a script that trims the head and counts it. Both scripts
+    /// first compare the list's first element with the fingerprint recorded for it,
+    /// and the acknowledgement the last element it trims with the one the client read.
     Range,
     /// [`ClaimPrimitive::Range`], the range read in pages of this many events, all
     /// pipelined (a bound on what one `LRANGE` makes Redis hold in its reply buffer).
@@ -907,17 +909,37 @@ fn drain_with(conn: &mut redis::Connection, primitive: ClaimPrimitive, expected:
         "local n = redis.call('SORT', KEYS[1], 'BY', 'nosort', 'LIMIT', 0, ARGV[1], \
          'STORE', KEYS[2]) if n > 0 then redis.call('LTRIM', KEYS[1], n, -1) end return n",
     );
-    let range_claim = redis::Script::new(
-        "local head = tonumber(redis.call('HGET', KEYS[2], 'head') or 0) \
+    // Both range scripts first check that nobody else moved the head: the element at the
+    // list's first index against the fingerprint recorded for it (the design's check).
+    const HEAD_UNMOVED: &str = "local function head_unmoved() \
+         local first = redis.call('LINDEX', KEYS[1], 0) \
+         local recorded = redis.call('HGET', KEYS[2], 'head_fp') \
+         if not first or not recorded then return true end \
+         return redis.sha1hex(first) == recorded end \
+         if not head_unmoved() then return redis.error_reply('head moved') end ";
+    let range_claim = redis::Script::new(&format!(
+        "{HEAD_UNMOVED} \
+         local head = tonumber(redis.call('HGET', KEYS[2], 'head') or 0) \
          local next = tonumber(redis.call('HGET', KEYS[2], 'next') or 0) \
          local n = math.min(tonumber(ARGV[1]), head + redis.call('LLEN', KEYS[1]) - next) \
          if n > 0 then redis.call('HSET', KEYS[2], 'next', next + n) end \
-         return {next - head, n, head}",
-    );
-    let range_ack = redis::Script::new(
-        "redis.call('LTRIM', KEYS[1], ARGV[1], -1) \
-         return redis.call('HINCRBY', KEYS[2], 'head', ARGV[1])",
-    );
+         if n > 0 and not redis.call('HGET', KEYS[2], 'head_fp') then \
+           redis.call('HSET', KEYS[2], 'head_fp', redis.sha1hex(redis.call('LINDEX', KEYS[1], 0))) end \
+         return {{next - head, n, head}}"
+    ));
+    // The acknowledgement also checks the last element it trims against the fingerprint
+    // the reader computed, then records the new head's.
+    let range_ack = redis::Script::new(&format!(
+        "{HEAD_UNMOVED} \
+         local n = tonumber(ARGV[1]) \
+         if redis.sha1hex(redis.call('LINDEX', KEYS[1], n - 1)) ~= ARGV[2] then \
+           return redis.error_reply('boundary moved') end \
+         redis.call('LTRIM', KEYS[1], n, -1) \
+         local first = redis.call('LINDEX', KEYS[1], 0) \
+         if first then redis.call('HSET', KEYS[2], 'head_fp', redis.sha1hex(first)) \
+         else redis.call('HDEL', KEYS[2], 'head_fp') end \
+         return redis.call('HINCRBY', KEYS[2], 'head', n)"
+    ));
     const INFLIGHT: &str = "bench-inflight";
     const META: &str = "bench-meta";
     loop {
@@ -1000,7 +1022,16 @@ fn drain_with(conn: &mut redis::Connection, primitive: ClaimPrimitive, expected:
                         .into_iter()
                         .flat_map(|page| redis::from_redis_value::<Vec<Vec<u8>>>(page).unwrap())
                         .collect();
-                    let _: i64 = range_ack.key(LIST).key(META).arg(n).invoke(conn).unwrap();
+                    let last = sha1_smol::Sha1::from(claimed.last().expect("n > 0"))
+                        .digest()
+                        .to_string();
+                    let _: i64 = range_ack
+                        .key(LIST)
+                        .key(META)
+                        .arg(n)
+                        .arg(last)
+                        .invoke(conn)
+                        .unwrap();
                     claimed
                 }
             }
