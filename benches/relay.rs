@@ -1342,8 +1342,11 @@ fn main() {
             type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
             // The first row's settings stay fixed whatever the defaults become, so that
             // it compares across versions (batches of 50 and claims of 500).
-            let cases: [Case; 4] = [
+            // The second row is the first with elements capped at 64 KiB: claims read
+            // claim_max_bytes / max_element_bytes elements per LRANGE (4 by default).
+            let cases: [Case; 5] = [
                 ("POST buffer 50, claim 500", &["--buffer-size", "50"], &[("SNOWPLOW_RELAY_REDIS__CLAIM_BATCH_SIZE", "500")]),
+                ("POST buffer 50, claim 500, elements up to 64 KiB", &["--buffer-size", "50"], &[("SNOWPLOW_RELAY_REDIS__CLAIM_BATCH_SIZE", "500"), ("SNOWPLOW_RELAY_EVENTS__MAX_ELEMENT_BYTES", "65536")]),
                 ("POST default", &[], &[]),
                 ("POST tuned (buffer 500, claim 2000)", &["--buffer-size", "500"], &[("SNOWPLOW_RELAY_REDIS__CLAIM_BATCH_SIZE", "2000")]),
                 ("GET (32 in flight)", &["--method", "get"], &[("SNOWPLOW_RELAY_COLLECTOR__MAX_REQUESTS_IN_FLIGHT", "32")]),
