@@ -824,28 +824,17 @@ fn produce(
 /// (callgrind, marginal between 2,000 and 10,000 events), and natively, for `n` events,
 /// redis-server's CPU and the producing thread's user and system CPU, in µs per event.
 fn producer_costs(how: Producer, n: usize) -> (f64, f64, f64, f64) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut totals = Vec::new();
-    for count in [2_000usize, 10_000] {
-        let out = dir.path().join(format!("redis-{count}"));
-        let flag = format!("--callgrind-out-file={}", out.display());
-        let redis = support::RedisServer::start_under(
-            &["valgrind", "--tool=callgrind", "--instr-atstart=no", &flag],
-            &[],
-        );
-        let events = realistic_events(count, "producer");
-        let pid = redis.pid().to_string();
-        callgrind_control(&["-i", "on", &pid]);
-        std::thread::scope(|s| {
-            s.spawn(|| produce(&redis, LIST, &events, how))
-                .join()
-                .unwrap()
-        });
-        callgrind_control(&["-d", &pid]);
-        let dumped = callgrind_dump(dir.path(), &format!("redis-{count}."));
-        totals.push(redis_instructions(&dumped));
-    }
-    let instructions = (totals[1] as f64 - totals[0] as f64) / 8_000.0;
+    let instructions = redis_instructions_per_event(
+        "producer",
+        |_, _| {},
+        |redis, events| {
+            std::thread::scope(|s| {
+                s.spawn(|| produce(redis, LIST, events, how))
+                    .join()
+                    .unwrap()
+            });
+        },
+    );
     let redis = support::RedisServer::start();
     let events = realistic_events(n, "producer");
     let redis_before = usage(redis.pid()).0;
@@ -1054,6 +1043,22 @@ fn drain_with(conn: &mut redis::Connection, primitive: ClaimPrimitive, expected:
 /// What claiming and acknowledging one event costs redis-server, by `primitive`
 /// (callgrind, marginal between 2,000 and 10,000 events, claims of [`CLAIM`]).
 fn claim_primitive_cost(primitive: ClaimPrimitive) -> f64 {
+    let preload = |redis: &support::RedisServer, events: &[String]| redis.rpush(LIST, events);
+    redis_instructions_per_event("claim", preload, |redis, events| {
+        let mut conn = redis.conn();
+        drain_with(&mut conn, primitive, events);
+    })
+}
+
+/// redis-server's instructions per event for `work` (callgrind, marginal between 2,000
+/// and 10,000 events, as the `i.` rows): each time a fresh redis-server under callgrind,
+/// `count` realistic events named `prefix-<i>` handed to `prepare` (not counted), then
+/// counting only while `work` runs on them.
+fn redis_instructions_per_event(
+    prefix: &str,
+    prepare: impl Fn(&support::RedisServer, &[String]),
+    work: impl Fn(&support::RedisServer, &[String]),
+) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let mut totals = Vec::new();
     for count in [2_000usize, 10_000] {
@@ -1063,12 +1068,11 @@ fn claim_primitive_cost(primitive: ClaimPrimitive) -> f64 {
             &["valgrind", "--tool=callgrind", "--instr-atstart=no", &flag],
             &[],
         );
-        let events = realistic_events(count, "claim");
-        redis.rpush(LIST, &events);
-        let mut conn = redis.conn();
+        let events = realistic_events(count, prefix);
+        prepare(&redis, &events);
         let pid = redis.pid().to_string();
         callgrind_control(&["-i", "on", &pid]);
-        drain_with(&mut conn, primitive, &events);
+        work(&redis, &events);
         callgrind_control(&["-d", &pid]);
         let dumped = callgrind_dump(dir.path(), &format!("redis-{count}."));
         totals.push(redis_instructions(&dumped));
