@@ -74,6 +74,9 @@ pub struct TooLargeForRequest {
     pub limit: usize,
 }
 
+/// The most events a new batch makes room for at once; a larger batch grows as it fills.
+const MOST_EVENTS_RESERVED: usize = 512;
+
 /// Fills batches up to `buffer_size` events and `byte_limit` bytes.
 #[derive(Debug)]
 pub struct BatchBuilder {
@@ -119,6 +122,11 @@ impl BatchBuilder {
             ready = self.take();
         }
         self.current.body_bytes = if self.current.is_empty() {
+            // Room for a full batch at once (as much as doubling would reach), so that
+            // filling it does not grow the vectors step by step.
+            let room = self.max_events.min(MOST_EVENTS_RESERVED);
+            self.current.positions.reserve_exact(room);
+            self.current.events.reserve_exact(room);
             POST_BODY_OVERHEAD + item
         } else {
             self.current.body_bytes + 1 + item
