@@ -220,6 +220,46 @@ async fn a_lone_event_is_sent_at_once() {
     assert!(latency < flush_interval / 4, "took {latency:?}");
 }
 
+/// Claims run on a connection of their own (src/queue/reader.rs), which loads the claim
+/// script itself when Redis no longer has it (`SCRIPT FLUSH`, a restarted or failed-over
+/// server), and names itself as the relay's other connections do.
+#[tokio::test]
+async fn claims_load_their_script_again_after_a_script_flush() {
+    let (redis, collector) = setup(always(200)).await;
+    redis.rpush(LIST, &numbered_events(10));
+    let relay = Relay::with(&redis, &collector, &[]);
+    collector.until_exactly_delivered(10, 10).await;
+    wait_until("the relay blocks on the empty list", 10, async || {
+        redis.blocked_clients() == 1
+    })
+    .await;
+    // Every connection but this test's own is the relay's, and named: three (calls,
+    // the blocking wait, claims).
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut redis.conn())
+        .unwrap();
+    let relays: Vec<&str> = clients
+        .lines()
+        .filter(|line| !line.contains("cmd=client|list"))
+        .collect();
+    assert_eq!(relays.len(), 3, "{clients}");
+    assert!(
+        relays
+            .iter()
+            .all(|line| line.contains("name=snowplow-relay:")),
+        "{clients}"
+    );
+    for round in 1..=3 {
+        redis.cmd(&["SCRIPT", "FLUSH"]);
+        redis.rpush(LIST, &numbered_events(10 * round + 10)[10 * round..]);
+        collector.until_exactly_delivered(10 * round + 10, 10).await;
+    }
+    relay.stop().await;
+    assert_eq!(redis.llen(LIST), 0);
+    assert_eq!(redis.llen(DEAD), 0);
+}
+
 #[tokio::test]
 async fn server_errors_are_retried_until_accepted_with_nothing_lost_or_duplicated() {
     let redis = RedisServer::start();

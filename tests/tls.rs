@@ -191,6 +191,18 @@ async fn redis_over_tls_without_client_certificates_and_a_collector_ca_added_to_
     );
     collector.until_exactly_delivered(25, 15).await;
     child.stop_cleanly().await;
+
+    // No CA file for Redis, certificate checks off: Redis's certificate (from a CA no
+    // one trusts) is accepted, by claims and every other call alike.
+    redis.rpush(LIST, &numbered_events(5));
+    let insecure = [
+        ("SNOWPLOW_RELAY_REDIS__TLS_INSECURE_SKIP_VERIFY", "true"),
+        settings[1],
+    ];
+    let child = relay(&url, &collector.https_url(), &insecure);
+    collector.until_exactly_delivered(30, 15).await;
+    child.stop_cleanly().await;
+    assert_eq!(redis.llen(LIST), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

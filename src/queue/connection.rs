@@ -15,7 +15,10 @@ use redis::{
     ScriptInvocation, Value,
 };
 
+use bytes::Bytes;
+
 use super::errors::{QueueError, one_line};
+use super::reader::{self, ReplyConnection};
 use super::sentinel::Sentinels;
 use crate::config::RedisSettings;
 
@@ -226,6 +229,10 @@ pub(super) struct Link {
     /// The current connection, its generation, and the master switches announced when
     /// it was opened (with sentinels).
     current: tokio::sync::Mutex<Option<(u64, Connection, u64)>>,
+    /// The connection claims run on ([`super::reader`]), idle between claims: a claim
+    /// takes it out and puts it back only after a whole reply, so one cancelled or
+    /// failed halfway leaves none behind with half a reply unread.
+    claims: tokio::sync::Mutex<Option<ClaimConnection>>,
     generation: AtomicU64,
     /// Calls Redis answered (with a result or an error reply) so far.
     answered: AtomicU64,
@@ -235,8 +242,34 @@ pub(super) struct Link {
 struct Target {
     server: Server,
     settings: RedisSettings,
+    /// The claim connection's TLS configuration, with a `rediss://` URL.
+    claim_tls: Option<Arc<rustls::ClientConfig>>,
     /// Bumped by every reconfiguration: a connection opened with older settings is stale.
     version: u64,
+}
+
+impl Target {
+    fn new(settings: &RedisSettings, version: u64) -> Result<Target, QueueError> {
+        let claim_tls = match settings.url.starts_with("rediss:") {
+            true => Some(reader::tls_config(&settings.tls).map_err(QueueError::classify)?),
+            false => None,
+        };
+        Ok(Target {
+            server: server(settings)?,
+            settings: settings.clone(),
+            claim_tls,
+            version,
+        })
+    }
+}
+
+/// The claim connection, with what it was opened with.
+struct ClaimConnection {
+    conn: ReplyConnection,
+    /// The settings' version.
+    version: u64,
+    /// The master switches announced.
+    switches: u64,
 }
 
 impl Link {
@@ -244,13 +277,10 @@ impl Link {
     /// first call.
     pub(super) fn new(settings: &RedisSettings) -> Result<Link, QueueError> {
         Ok(Link {
-            target: std::sync::RwLock::new(Arc::new(Target {
-                server: server(settings)?,
-                settings: settings.clone(),
-                version: 0,
-            })),
+            target: std::sync::RwLock::new(Arc::new(Target::new(settings, 0)?)),
             command_timeout: settings.command_timeout,
             current: tokio::sync::Mutex::new(None),
+            claims: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             answered: AtomicU64::new(0),
         })
@@ -361,11 +391,7 @@ impl Link {
     /// every call is made with them. On an error the old settings stay.
     pub(super) async fn reconfigure(&self, settings: &RedisSettings) -> Result<(), QueueError> {
         let version = self.target().version + 1;
-        let target = Target {
-            server: server(settings)?,
-            settings: settings.clone(),
-            version,
-        };
+        let target = Target::new(settings, version)?;
         let mut conn = self.open(&target, Some(self.command_timeout)).await?;
         let ping = tokio::time::timeout(
             self.command_timeout,
@@ -454,6 +480,95 @@ impl Link {
             .await
     }
 
+    /// Runs a claim: `evalsha` (the claim script's `EVALSHA`, packed; `load` its `SCRIPT
+    /// LOAD`, sent when Redis does not have it) on the claim connection, within one
+    /// command deadline, and cuts the reply into `{oversized, ran dry, elements}`, each
+    /// element a slice of one buffer. In a Redis Cluster the claim goes to a node the
+    /// relay knows and follows its `MOVED` (or `ASK`) to the slot's owner.
+    pub(super) async fn claim(
+        &self,
+        evalsha: &[u8],
+        load: &[u8],
+    ) -> Result<(u64, u8, Vec<Bytes>), QueueError> {
+        let target = self.target();
+        let deadline = tokio::time::Instant::now() + self.command_timeout;
+        let switches = self.switches();
+        let idle = self.claims.lock().await.take();
+        let idle = idle.filter(|c| c.version == target.version && c.switches == switches);
+        let exchange = async {
+            let mut conn = match idle {
+                Some(idle) => idle.conn,
+                None => self.open_claim_connection(&target).await?,
+            };
+            let mut asking = false;
+            for _ in 0..MOST_REDIRECTS {
+                let reply = claim_once(&mut conn, evalsha, load, asking)
+                    .await
+                    .map_err(QueueError::classify)?;
+                let Some((ask, addr)) = redirect(&reply, conn.info()) else {
+                    return Ok((conn, reply));
+                };
+                tracing::debug!(to = %addr, ask, "a Redis Cluster node sends the claim elsewhere");
+                let info = conn.info().clone().set_addr(addr);
+                conn = self.open_claim_at(&target, &info).await?;
+                asking = ask;
+            }
+            Err(QueueError::Redis(RedisError::from(std::io::Error::other(
+                format!("the Redis Cluster redirected a claim {MOST_REDIRECTS} times"),
+            ))))
+        };
+        let (conn, reply) = match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(error)) => return Err(self.failed(error)),
+            Err(_) => return Err(QueueError::Timeout(self.command_timeout.as_millis() as u64)),
+        };
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        let result = reader::claim_reply(reply).map_err(|e| self.failed(QueueError::classify(e)));
+        if !result.as_ref().is_err_and(QueueError::needs_new_connection) {
+            *self.claims.lock().await = Some(ClaimConnection {
+                conn,
+                version: target.version,
+                switches,
+            });
+        }
+        result
+    }
+
+    /// Opens the claim connection: to the server, to the master the sentinels name, or
+    /// to the first cluster node that answers (the claim is redirected from there).
+    async fn open_claim_connection(&self, target: &Target) -> Result<ReplyConnection, QueueError> {
+        let nodes = match &target.server {
+            Server::Single(client) => vec![client.get_connection_info().clone()],
+            Server::Sentinel(sentinels) => vec![sentinels.master_info(self.command_timeout).await?],
+            Server::Cluster(cluster) => cluster.nodes(),
+        };
+        let mut failed = None;
+        for node in &nodes {
+            match self.open_claim_at(target, node).await {
+                Ok(conn) => return Ok(conn),
+                Err(error) => failed = Some(error),
+            }
+        }
+        Err(failed.unwrap_or_else(|| {
+            QueueError::Redis(RedisError::from(std::io::Error::other(
+                "no Redis node to claim from",
+            )))
+        }))
+    }
+
+    async fn open_claim_at(
+        &self,
+        target: &Target,
+        info: &redis::ConnectionInfo,
+    ) -> Result<ReplyConnection, QueueError> {
+        let conn = ReplyConnection::open(info, target.claim_tls.as_ref())
+            .await
+            .map_err(|error| unreachable(explain(QueueError::classify(error), &target.settings)))?;
+        // A connection made (with its handshake) is an answer too, as in `Link::open`.
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        Ok(conn)
+    }
+
     /// Runs one command.
     pub(super) async fn query<T: redis::FromRedisValue>(
         &self,
@@ -462,6 +577,74 @@ impl Link {
         self.run(|mut conn| async move { command.query_async(&mut conn).await })
             .await
     }
+}
+
+/// How many `MOVED`/`ASK` redirections one claim follows (a cluster resharding moves a
+/// slot once; more is a cluster in flux, and the claim is retried later).
+const MOST_REDIRECTS: usize = 4;
+
+/// One claim on `conn`: `EVALSHA`, after `ASKING` when an `ASK` sent it there, and again
+/// after `SCRIPT LOAD` if the node does not have the script.
+async fn claim_once(
+    conn: &mut ReplyConnection,
+    evalsha: &[u8],
+    load: &[u8],
+    asking: bool,
+) -> RedisResult<Bytes> {
+    const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+    if asking {
+        redis::parse_redis_value(&conn.call(ASKING).await?)?.extract_error()?;
+    }
+    let reply = conn.call(evalsha).await?;
+    if !reply.starts_with(b"-NOSCRIPT") {
+        return Ok(reply);
+    }
+    redis::parse_redis_value(&conn.call(load).await?)?.extract_error()?;
+    if asking {
+        redis::parse_redis_value(&conn.call(ASKING).await?)?.extract_error()?;
+    }
+    conn.call(evalsha).await
+}
+
+/// Where a cluster node's `-MOVED <slot> <host>:<port>` or `-ASK …` reply sends a
+/// command (true for `ASK`), in the form of `from`'s address (TLS or not); a node that
+/// names no host means its own.
+fn redirect(reply: &[u8], from: &redis::ConnectionInfo) -> Option<(bool, redis::ConnectionAddr)> {
+    let (ask, rest) = if let Some(rest) = reply.strip_prefix(b"-MOVED ") {
+        (false, rest)
+    } else {
+        (true, reply.strip_prefix(b"-ASK ")?)
+    };
+    let line = std::str::from_utf8(rest).ok()?.trim_end();
+    let (_slot, endpoint) = line.split_once(' ')?;
+    let (host, port) = endpoint.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let addr = match from.addr() {
+        redis::ConnectionAddr::TcpTls {
+            host: own,
+            insecure,
+            ..
+        } => redis::ConnectionAddr::TcpTls {
+            host: if host.is_empty() {
+                own.clone()
+            } else {
+                host.to_owned()
+            },
+            port,
+            insecure: *insecure,
+            tls_params: None,
+        },
+        redis::ConnectionAddr::Tcp(own, _) => redis::ConnectionAddr::Tcp(
+            if host.is_empty() {
+                own.clone()
+            } else {
+                host.to_owned()
+            },
+            port,
+        ),
+        _ => return None,
+    };
+    Some((ask, addr))
 }
 
 /// A connection of its own for blocking waits.
@@ -639,4 +822,30 @@ pub async fn open_connection(settings: &RedisSettings) -> Result<Connection, Que
     let timeout = settings.command_timeout;
     let result = async { server(settings)?.open(timeout, Some(timeout)).await }.await;
     result.map_err(|e| explain(e, settings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{ConnectionAddr, IntoConnectionInfo};
+
+    #[test]
+    fn a_redirect_names_the_node_in_the_form_of_the_one_that_sent_it() {
+        let plain = "redis://u:p@10.0.0.1:7000".into_connection_info().unwrap();
+        let tls = "rediss://10.0.0.1:7000#insecure".into_connection_info().unwrap();
+        let moved = b"-MOVED 3999 10.0.0.2:7001\r\n";
+        assert_eq!(
+            redirect(moved, &plain),
+            Some((false, ConnectionAddr::Tcp("10.0.0.2".into(), 7001)))
+        );
+        let Some((true, ConnectionAddr::TcpTls { host, port, insecure, .. })) =
+            redirect(b"-ASK 3999 :7002\r\n", &tls)
+        else {
+            panic!("an ASK over TLS");
+        };
+        assert_eq!((host.as_str(), port, insecure), ("10.0.0.1", 7002, true));
+        for other in [&b"-ERR MOVED 1 a:1\r\n"[..], b"-MOVED 1 a\r\n", b"*3\r\n", b"-MOVED x"] {
+            assert_eq!(redirect(other, &plain), None, "{other:?}");
+        }
+    }
 }

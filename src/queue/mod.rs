@@ -22,12 +22,13 @@
 mod connection;
 mod errors;
 mod keys;
+mod reader;
 mod records;
 mod sentinel;
 
 use std::time::Duration;
 
-use redis::Script;
+use redis::{Script, ToRedisArgs};
 
 use bytes::Bytes;
 
@@ -110,6 +111,9 @@ const HELPERS: &str = include_str!("scripts/helpers.lua");
 /// without them before.
 struct Scripts {
     claim: Script,
+    /// The claim's `SCRIPT LOAD`, packed: claims run on a connection of their own
+    /// ([`reader`]), which loads the script itself.
+    load_claim: Vec<u8>,
     ack: Script,
     settle_parked: Script,
     release: Script,
@@ -126,17 +130,23 @@ struct Scripts {
 
 impl Scripts {
     fn new(flags: bool) -> Scripts {
-        let with = |flag: &str, body: &str| {
+        let code = |flag: &str, body: &str| {
             let shebang = if flags {
                 format!("#!lua flags={flag}\n")
             } else {
                 String::new()
             };
-            Script::new(&format!("{shebang}{HELPERS}{body}"))
+            format!("{shebang}{HELPERS}{body}")
         };
+        let with = |flag: &str, body: &str| Script::new(&code(flag, body));
         let drain = |body: &str| with("allow-oom", body);
+        let claim_code = code("allow-oom", include_str!("scripts/claim.lua"));
         Scripts {
-            claim: drain(include_str!("scripts/claim.lua")),
+            claim: Script::new(&claim_code),
+            load_claim: redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(&claim_code)
+                .get_packed_command(),
             ack: drain(include_str!("scripts/ack.lua")),
             settle_parked: drain(include_str!("scripts/settle_parked.lua")),
             release: drain(include_str!("scripts/release.lua")),
@@ -461,25 +471,33 @@ impl Queue {
         max_bytes: usize,
     ) -> Result<Claim, QueueError> {
         let now = timestamp(std::time::SystemTime::now());
-        let mut invocation = self.invocation(
-            &self.scripts.claim,
-            &[
-                Key::List,
-                Key::Inflight,
-                Key::Meta,
-                Key::Instances,
-                Key::Dead,
-            ],
-        );
-        invocation
-            .arg(&self.instance)
-            .arg(position)
-            .arg(max)
-            .arg(max_element_bytes)
-            .arg(now)
-            .arg(max_bytes.max(max_element_bytes));
-        let (oversized, ran_dry, items): (u64, u8, Vec<Bytes>) =
-            self.link.invoke(&invocation).await?;
+        let keys = [
+            Key::List,
+            Key::Inflight,
+            Key::Meta,
+            Key::Instances,
+            Key::Dead,
+        ];
+        let args = [
+            self.instance.to_redis_args(),
+            position.to_redis_args(),
+            max.to_redis_args(),
+            max_element_bytes.to_redis_args(),
+            now.to_redis_args(),
+            max_bytes.max(max_element_bytes).to_redis_args(),
+        ];
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(self.scripts.claim.get_hash()).arg(keys.len());
+        for key in keys {
+            evalsha.arg(self.instance_keys.name(key));
+        }
+        for arg in args.iter().flatten() {
+            evalsha.arg(arg);
+        }
+        let (oversized, ran_dry, items) = self
+            .link
+            .claim(&evalsha.get_packed_command(), &self.scripts.load_claim)
+            .await?;
         Ok(Claim {
             elements: items,
             oversized,

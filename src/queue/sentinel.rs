@@ -141,21 +141,34 @@ impl Sentinels {
         )))
     }
 
-    /// Asks the sentinels where the master is and connects to it.
-    pub(super) async fn open(
+    /// Asks the sentinels where the master is: its connection settings.
+    pub(super) async fn master_info(
         &self,
         connect: Duration,
-        response: Option<Duration>,
-    ) -> Result<MultiplexedConnection, QueueError> {
+    ) -> Result<ConnectionInfo, QueueError> {
         let (host, port) = self.master_address(connect).await?;
         tracing::debug!(master = %self.master, host, port, "the sentinels name the master");
         let tls = match self.template.addr() {
             ConnectionAddr::TcpTls { insecure, .. } => Some(*insecure),
             _ => None,
         };
-        let info = self.template.clone().set_addr(address(&host, port, tls));
+        Ok(self.template.clone().set_addr(address(&host, port, tls)))
+    }
+
+    /// Asks the sentinels where the master is and connects to it.
+    pub(super) async fn open(
+        &self,
+        connect: Duration,
+        response: Option<Duration>,
+    ) -> Result<MultiplexedConnection, QueueError> {
+        let info = self.master_info(connect).await?;
+        let (master, tls) = match info.addr() {
+            ConnectionAddr::TcpTls { host, port, .. } => (format!("{host}:{port}"), true),
+            ConnectionAddr::Tcp(host, port) => (format!("{host}:{port}"), false),
+            other => (other.to_string(), false),
+        };
         let client = match &self.certs {
-            Some(certs) if tls.is_some() => Client::build_with_tls(info, certs.clone()),
+            Some(certs) if tls => Client::build_with_tls(info, certs.clone()),
             _ => Client::open(info),
         }
         .map_err(QueueError::classify)?;
@@ -167,7 +180,7 @@ impl Sentinels {
             .await
             .map_err(QueueError::classify)?;
         if let Ok(mut current) = self.current.lock() {
-            *current = Some(format!("{host}:{port}"));
+            *current = Some(master);
         }
         Ok(conn)
     }

@@ -321,7 +321,9 @@ fn resolve(
                 .zip(&batch.events)
                 .map(|(&position, event)| ParkedEvent {
                     position,
-                    element: event.raw().clone(),
+                    // A copy of its own: a parked event may be held for long, and a slice
+                    // would keep its whole claim's reply buffer alive (src/queue/reader.rs).
+                    element: bytes::Bytes::copy_from_slice(event.raw()),
                     attempts,
                     status,
                 })
