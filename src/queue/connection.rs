@@ -832,19 +832,33 @@ mod tests {
     #[test]
     fn a_redirect_names_the_node_in_the_form_of_the_one_that_sent_it() {
         let plain = "redis://u:p@10.0.0.1:7000".into_connection_info().unwrap();
-        let tls = "rediss://10.0.0.1:7000#insecure".into_connection_info().unwrap();
+        let tls = "rediss://10.0.0.1:7000#insecure"
+            .into_connection_info()
+            .unwrap();
         let moved = b"-MOVED 3999 10.0.0.2:7001\r\n";
         assert_eq!(
             redirect(moved, &plain),
             Some((false, ConnectionAddr::Tcp("10.0.0.2".into(), 7001)))
         );
-        let Some((true, ConnectionAddr::TcpTls { host, port, insecure, .. })) =
-            redirect(b"-ASK 3999 :7002\r\n", &tls)
+        let Some((
+            true,
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure,
+                ..
+            },
+        )) = redirect(b"-ASK 3999 :7002\r\n", &tls)
         else {
             panic!("an ASK over TLS");
         };
         assert_eq!((host.as_str(), port, insecure), ("10.0.0.1", 7002, true));
-        for other in [&b"-ERR MOVED 1 a:1\r\n"[..], b"-MOVED 1 a\r\n", b"*3\r\n", b"-MOVED x"] {
+        for other in [
+            &b"-ERR MOVED 1 a:1\r\n"[..],
+            b"-MOVED 1 a\r\n",
+            b"*3\r\n",
+            b"-MOVED x",
+        ] {
             assert_eq!(redirect(other, &plain), None, "{other:?}");
         }
     }
