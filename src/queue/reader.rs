@@ -16,7 +16,7 @@
 use std::io;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use redis::{ConnectionAddr, ConnectionInfo, RedisError, RedisResult};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -38,7 +38,8 @@ pub(super) struct ReplyConnection {
     /// Where it goes, and with which credentials.
     info: ConnectionInfo,
     stream: Box<dyn Io>,
-    buffer: BytesMut,
+    /// What has been read of the reply being read (and anything after it).
+    buffer: Vec<u8>,
     /// The last reply's length: room for as much is made before the next is read, so
     /// that a claim's reply is read into one allocation, not regrown (and copied) as
     /// it arrives.
@@ -75,7 +76,7 @@ impl ReplyConnection {
         let mut conn = ReplyConnection {
             info: info.clone(),
             stream,
-            buffer: BytesMut::new(),
+            buffer: Vec::new(),
             last_reply: 0,
         };
         let mut handshake = Vec::new();
@@ -133,7 +134,13 @@ impl ReplyConnection {
         loop {
             if let Some(end) = scan.advance(&self.buffer)? {
                 self.last_reply = end;
-                return Ok(self.buffer.split_to(end).freeze());
+                // The reply keeps its allocation, cut to its length: its events are
+                // slices of it and keep it alive until the last is delivered, so room
+                // made for a longer reply must not stay held with it.
+                let rest = self.buffer.split_off(end);
+                let mut reply = std::mem::replace(&mut self.buffer, rest);
+                reply.shrink_to_fit();
+                return Ok(Bytes::from(reply));
             }
             let wanted = scan.needed.max(expected).saturating_sub(self.buffer.len());
             // Past the expected length, grow by at least a read's worth.
