@@ -500,12 +500,15 @@ impl Link {
                 Some(idle) => idle.conn,
                 None => self.open_claim_connection(&target).await?,
             };
+            // Only a cluster's nodes are followed: a single server or a sentinel's master
+            // naming another host would be handed the relay's credentials.
+            let cluster = matches!(target.server, Server::Cluster(_));
             let mut asking = false;
             for _ in 0..MOST_REDIRECTS {
                 let reply = claim_once(&mut conn, evalsha, load, asking)
                     .await
                     .map_err(QueueError::classify)?;
-                let Some((ask, addr)) = redirect(&reply, conn.info()) else {
+                let Some((ask, addr)) = redirect(&reply, conn.info()).filter(|_| cluster) else {
                     return Ok((conn, reply));
                 };
                 tracing::debug!(to = %addr, ask, "a Redis Cluster node sends the claim elsewhere");

@@ -126,8 +126,8 @@ impl ReplyConnection {
         self.stream.flush().await
     }
 
-    /// Reads one reply whole; it is sliced off the read buffer, which starts a new
-    /// allocation for the next one (the slices of this one keep theirs).
+    /// Reads one reply whole. It keeps the allocation it was read into, cut to its
+    /// length; the next reply is read into a new one.
     async fn reply(&mut self) -> RedisResult<Bytes> {
         let mut scan = Scan::default();
         let mut expected = self.last_reply.max(READ_CHUNK) + READ_CHUNK;
