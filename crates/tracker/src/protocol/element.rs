@@ -127,9 +127,9 @@ struct Field {
     /// The value's raw JSON text.
     value: Range<u32>,
     kind: ValueKind,
-    /// A string value whose field directly follows another sent string field in the
-    /// element (nothing but a comma and whitespace between them: no `null` or `stm` field
-    /// left out), so one copy writes both into a POST item.
+    /// The field directly follows another sent field in the element (nothing but a comma
+    /// and whitespace between them: no `null` or `stm` field left out), so one copy
+    /// writes both into a POST item, the separator as the producer wrote it.
     joins_previous: bool,
 }
 
@@ -203,40 +203,36 @@ impl Element {
     }
 
     /// Appends this event as one `payload_data` item: every value a JSON string, plus
-    /// `stm` (send time, epoch milliseconds). The longest spans of sent fields with string
-    /// values that are neighbours in the element (see [`Field::joins_previous`]) are copied
-    /// as they are, separators and all (JSON allows the producer's whitespace): a Python
-    /// element of string values is one copy. Each number or boolean is written
-    /// `"name":"value"`. [`PostItemLen`] counts the same pieces while parsing; unit tests
-    /// and the encoding properties check that the two agree.
+    /// `stm` (send time, epoch milliseconds). Sent fields that are neighbours in the
+    /// element (see [`Field::joins_previous`]) are copied as they are, separators and all
+    /// (JSON allows the producer's whitespace), except that each number or boolean gets
+    /// quotes: a Python element of string values is one copy, and each number adds two.
+    /// [`PostItemLen`] counts the same pieces while parsing; unit tests and the encoding
+    /// properties check that the two agree.
     pub fn write_post_item(&self, out: &mut Vec<u8>, stm_millis: &str) {
         out.push(b'{');
-        // The span of neighbouring string fields gathered so far, copied when it ends.
+        // The bytes of the current run of neighbouring fields not yet copied.
         let mut span: Option<Range<usize>> = None;
         for f in self.sent_fields() {
-            if f.kind == ValueKind::Bare {
-                if let Some(done) = span.take() {
-                    out.extend_from_slice(&self.raw[done]);
-                    out.push(b',');
-                }
-                out.push(b'"');
-                out.extend_from_slice(self.bytes(&f.name));
-                out.extend_from_slice(b"\":\"");
-                out.extend_from_slice(self.bytes(&f.value));
-                out.extend_from_slice(b"\",");
-                continue;
-            }
-            // From the name's opening quote to the value's end.
-            let field = f.name.start as usize - 1..f.value.end as usize;
-            span = Some(match span {
-                Some(run) if f.joins_previous => run.start..field.end,
+            // From the name's opening quote.
+            let field_start = f.name.start as usize - 1;
+            let mut from = match span.take() {
+                Some(run) if f.joins_previous => run.start,
                 Some(done) => {
                     out.extend_from_slice(&self.raw[done]);
                     out.push(b',');
-                    field
+                    field_start
                 }
-                None => field,
-            });
+                None => field_start,
+            };
+            if f.kind == ValueKind::Bare {
+                out.extend_from_slice(&self.raw[from..f.value.start as usize]);
+                out.push(b'"');
+                out.extend_from_slice(self.bytes(&f.value));
+                out.push(b'"');
+                from = f.value.end as usize;
+            }
+            span = Some(from..f.value.end as usize);
         }
         if let Some(done) = span {
             out.extend_from_slice(&self.raw[done]);
@@ -358,10 +354,7 @@ fn utf8(raw: &[u8]) -> Result<&str, BadElement> {
 /// general JSON parser spent twice as long on it. Returns the fields and the length of the
 /// element's POST item.
 fn parse_fields(text: &str) -> Result<(Vec<Field>, usize), BadElement> {
-    let mut scan = Scanner {
-        bytes: text.as_bytes(),
-        at: 0,
-    };
+    let mut scan = Scanner::new(text.as_bytes());
     scan.skip_whitespace();
     if scan.peek() != Some(b'{') {
         // Rare: say what it is if it is JSON at all (serde_json's full parse is fine here).
@@ -384,36 +377,9 @@ fn parse_fields(text: &str) -> Result<(Vec<Field>, usize), BadElement> {
         scan.at += 1;
     } else {
         loop {
-            if scan.peek() != Some(b'"') {
-                return Err(scan.error("expected a field name"));
-            }
-            let (name, escaped) = scan.string()?;
-            if escaped {
-                return Err(BadElement::EscapedFieldName);
-            }
-            let name = name.start + 1..name.end - 1;
-            scan.skip_whitespace();
-            if scan.peek() != Some(b':') {
-                return Err(scan.error("expected `:`"));
-            }
-            scan.at += 1;
-            scan.skip_whitespace();
-            let (value, kind) = match scan.peek() {
-                Some(b'"') => match scan.string()? {
-                    (range, false) => (range, ValueKind::String),
-                    (range, true) => (range, ValueKind::EscapedString),
-                },
-                Some(b'n') => (scan.literal(b"null")?, ValueKind::Null),
-                Some(b't') => (scan.literal(b"true")?, ValueKind::Bare),
-                Some(b'f') => (scan.literal(b"false")?, ValueKind::Bare),
-                Some(b'-' | b'0'..=b'9') => (scan.number()?, ValueKind::Bare),
-                Some(b'{') => {
-                    return Err(BadElement::NestedValue(shorten(&text[name]), "an object"));
-                }
-                Some(b'[') => {
-                    return Err(BadElement::NestedValue(shorten(&text[name]), "an array"));
-                }
-                _ => return Err(scan.error("expected a value")),
+            let (name, value, kind) = match scan.plain_field() {
+                Some(field) => field,
+                None => scan.field()?,
             };
             // The send time is written afresh on every attempt.
             if &scan.bytes[name.clone()] == b"stm" {
@@ -421,12 +387,10 @@ fn parse_fields(text: &str) -> Result<(Vec<Field>, usize), BadElement> {
             } else {
                 let joins_previous = match kind {
                     ValueKind::String | ValueKind::EscapedString => {
-                        post_item.string(name.start - 1, value.end)
+                        post_item.field(name.start - 1, value.end, 0)
                     }
-                    ValueKind::Bare => {
-                        post_item.quoted(name.len() + value.len());
-                        false
-                    }
+                    // Written with quotes around the value.
+                    ValueKind::Bare => post_item.field(name.start - 1, value.end, 2),
                     ValueKind::Null => {
                         post_item.left_out();
                         false
@@ -517,8 +481,8 @@ mod spare_fields {
 /// each piece's bytes and its comma.
 struct PostItemLen {
     len: usize,
-    /// Where the value of the field just parsed ends if it was a sent string (the next
-    /// string field extends its span), else 0 (no value ends at the element's first byte).
+    /// Where the value of the field just parsed ends if it was sent (the next field
+    /// extends its run), else 0 (no value ends at the element's first byte).
     open_span_end: usize,
 }
 
@@ -530,25 +494,20 @@ impl PostItemLen {
         }
     }
 
-    /// A sent string field from its name's opening quote to its value's end; returns
-    /// whether it joins the span of the field before it.
+    /// A sent field from its name's opening quote to its value's end, plus `added` bytes
+    /// (the quotes around a number or boolean); returns whether it joins the run of the
+    /// field before it.
     #[inline]
-    fn string(&mut self, field_start: usize, value_end: usize) -> bool {
+    fn field(&mut self, field_start: usize, value_end: usize, added: usize) -> bool {
         let joins = self.open_span_end != 0;
-        self.len += if joins {
-            value_end - self.open_span_end
-        } else {
-            1 + value_end - field_start
-        };
+        self.len += added
+            + if joins {
+                value_end - self.open_span_end
+            } else {
+                1 + value_end - field_start
+            };
         self.open_span_end = value_end;
         joins
-    }
-
-    /// A number or boolean, written `"name":"value"` (its name and value `text` bytes).
-    #[inline]
-    fn quoted(&mut self, text: usize) {
-        self.len += 1 + text + 5;
-        self.open_span_end = 0;
     }
 
     /// A field that is not sent (`null`, `stm`): the next string starts a new span.
@@ -558,21 +517,168 @@ impl PostItemLen {
     }
 }
 
-/// A cursor over one element's bytes (already checked to be UTF-8).
+/// A cursor over one element's bytes (already checked to be UTF-8), with the special
+/// bytes (see [`special_mask_64`]) of the 64-byte block the string scan last needed: a
+/// block is classified once, and every string that starts or ends in it (most names and
+/// values are shorter than a block) is found with a shift and a count of zeros.
 struct Scanner<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// Where the classified block starts.
+    block_start: usize,
+    /// Bit `i`: byte `block_start + i` is special, or lies past the element's end.
+    block_mask: u64,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
+    fn new(bytes: &'a [u8]) -> Scanner<'a> {
+        let mut scan = Scanner {
+            bytes,
+            at: 0,
+            block_start: 0,
+            block_mask: 0,
+        };
+        scan.classify_block(0);
+        scan
+    }
+
+    /// The position of the first special byte at or after `from`, or the element's
+    /// length if there is none.
+    #[inline(always)]
+    fn next_special(&mut self, mut from: usize) -> usize {
+        loop {
+            let offset = from.wrapping_sub(self.block_start);
+            if offset < 64 {
+                let rest = self.block_mask >> offset;
+                if rest != 0 {
+                    return from + rest.trailing_zeros() as usize;
+                }
+                from = self.block_start + 64;
+            }
+            self.classify_block(from);
+        }
+    }
+
+    /// Classifies the 64 bytes from `from` (at most the element's length); bytes past the
+    /// end count as special, so a scan stops there.
+    fn classify_block(&mut self, from: usize) {
+        self.block_start = from;
+        self.block_mask = match self.bytes.get(from..from + 64) {
+            Some(block) => special_mask_64(block.try_into().expect("64 bytes")),
+            None => {
+                let rest = &self.bytes[from.min(self.bytes.len())..];
+                let mut padded = [b'"'; 64];
+                padded[..rest.len()].copy_from_slice(rest);
+                special_mask_64(&padded)
+            }
+        };
+    }
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.at).copied()
     }
 
+    /// A field that [`Scanner::plain_string_field`] did not take, by the general grammar:
+    /// the name's range (without quotes), the value's and its kind.
+    #[inline(never)]
+    fn field(&mut self) -> Result<(Range<usize>, Range<usize>, ValueKind), BadElement> {
+        if self.peek() != Some(b'"') {
+            return Err(self.error("expected a field name"));
+        }
+        let (name, escaped) = self.string()?;
+        if escaped {
+            return Err(BadElement::EscapedFieldName);
+        }
+        let name = name.start + 1..name.end - 1;
+        self.skip_whitespace();
+        if self.peek() != Some(b':') {
+            return Err(self.error("expected `:`"));
+        }
+        self.at += 1;
+        self.skip_whitespace();
+        let (value, kind) = match self.peek() {
+            Some(b'"') => match self.string()? {
+                (range, false) => (range, ValueKind::String),
+                (range, true) => (range, ValueKind::EscapedString),
+            },
+            Some(b'n') => (self.literal(b"null")?, ValueKind::Null),
+            Some(b't') => (self.literal(b"true")?, ValueKind::Bare),
+            Some(b'f') => (self.literal(b"false")?, ValueKind::Bare),
+            Some(b'-' | b'0'..=b'9') => (self.number()?, ValueKind::Bare),
+            Some(b'{') => {
+                return Err(BadElement::NestedValue(
+                    shorten(self.text(&name)),
+                    "an object",
+                ));
+            }
+            Some(b'[') => {
+                return Err(BadElement::NestedValue(
+                    shorten(self.text(&name)),
+                    "an array",
+                ));
+            }
+            _ => return Err(self.error("expected a value")),
+        };
+        Ok((name, value, kind))
+    }
+
+    /// A field whose name is a string without escapes, with `:` or `: ` before a value
+    /// that is a string without escapes or a number: almost every field a tracker writes,
+    /// found without the general grammar's steps. `None`, the cursor where it was, for
+    /// anything else: [`Scanner::field`] then reads it, and says what is wrong if anything
+    /// is.
+    #[inline(always)]
+    fn plain_field(&mut self) -> Option<(Range<usize>, Range<usize>, ValueKind)> {
+        let bytes = self.bytes;
+        let start = self.at;
+        if bytes.get(start) != Some(&b'"') {
+            return None;
+        }
+        let name = start + 1..self.next_special(start + 1);
+        if bytes.get(name.end) != Some(&b'"') || bytes.get(name.end + 1) != Some(&b':') {
+            return None;
+        }
+        let mut value_start = name.end + 2;
+        if bytes.get(value_start) == Some(&b' ') {
+            value_start += 1;
+        }
+        match bytes.get(value_start) {
+            Some(b'"') => {
+                let value_end = self.next_special(value_start + 1);
+                if bytes.get(value_end) != Some(&b'"') {
+                    return None;
+                }
+                self.at = value_end + 1;
+                Some((name, value_start..self.at, ValueKind::String))
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                self.at = value_start;
+                match self.number() {
+                    Ok(value) => Some((name, value, ValueKind::Bare)),
+                    Err(_) => {
+                        self.at = start;
+                        None
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The text of a range of the element (checked UTF-8, cut at token boundaries).
+    fn text(&self, range: &Range<usize>) -> &str {
+        std::str::from_utf8(&self.bytes[range.clone()]).expect("ranges fall on token boundaries")
+    }
+
     fn error(&self, what: &str) -> BadElement {
-        match self.peek() {
-            None => BadElement::NotJson(format!("{what}, found the end at byte {}", self.at)),
-            Some(_) => BadElement::NotJson(format!("{what} at byte {}", self.at)),
+        self.error_at(self.at, what)
+    }
+
+    /// What is wrong at byte `at`.
+    #[cold]
+    fn error_at(&self, at: usize, what: &str) -> BadElement {
+        match self.bytes.get(at) {
+            None => BadElement::NotJson(format!("{what}, found the end at byte {at}")),
+            Some(_) => BadElement::NotJson(format!("{what} at byte {at}")),
         }
     }
 
@@ -589,23 +695,13 @@ impl Scanner<'_> {
     #[inline(always)]
     fn string(&mut self) -> Result<(Range<usize>, bool), BadElement> {
         let start = self.at;
-        let bytes = self.bytes;
-        let mut at = start + 1;
-        loop {
-            at = plain_run_end(bytes, at);
-            match bytes.get(at) {
-                Some(b'"') => {
-                    self.at = at + 1;
-                    return Ok((start..self.at, false));
-                }
-                Some(b'\\' | 0..0x20) | None => {
-                    self.at = at;
-                    return self.string_with_escapes(start);
-                }
-                // Near the end of the element, fewer than eight bytes are left for a word.
-                Some(_) => at += 1,
-            }
+        let at = self.next_special(start + 1);
+        if self.bytes.get(at) == Some(&b'"') {
+            self.at = at + 1;
+            return Ok((start..self.at, false));
         }
+        self.at = at;
+        self.string_with_escapes(start)
     }
 
     /// The rest of the string that began at `start`, from the cursor on: escapes are
@@ -616,7 +712,7 @@ impl Scanner<'_> {
     fn string_with_escapes(&mut self, start: usize) -> Result<(Range<usize>, bool), BadElement> {
         let mut escaped = false;
         loop {
-            self.at = plain_run_end(self.bytes, self.at);
+            self.at = self.next_special(self.at);
             match self.peek() {
                 Some(b'"') => {
                     self.at += 1;
@@ -656,83 +752,66 @@ impl Scanner<'_> {
     }
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    #[inline(always)]
     fn number(&mut self) -> Result<Range<usize>, BadElement> {
+        let bytes = self.bytes;
         let start = self.at;
-        if self.peek() == Some(b'-') {
-            self.at += 1;
-        }
-        match self.peek() {
-            Some(b'0') => self.at += 1,
-            Some(b'1'..=b'9') => self.digits(),
-            _ => return Err(self.error("invalid number")),
-        }
-        if self.peek() == Some(b'.') {
-            self.at += 1;
-            if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
-                return Err(self.error("invalid number"));
+        let byte = |at: usize| bytes.get(at).copied();
+        let digits = |mut at: usize| {
+            while byte(at).is_some_and(|b| b.is_ascii_digit()) {
+                at += 1;
             }
-            self.digits();
+            at
+        };
+        let mut at = start;
+        if byte(at) == Some(b'-') {
+            at += 1;
         }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.at += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.at += 1;
+        at = match byte(at) {
+            Some(b'0') => at + 1,
+            Some(b'1'..=b'9') => digits(at + 1),
+            _ => return Err(self.error_at(at, "invalid number")),
+        };
+        if byte(at) == Some(b'.') {
+            if !byte(at + 1).is_some_and(|b| b.is_ascii_digit()) {
+                return Err(self.error_at(at + 1, "invalid number"));
             }
-            if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
-                return Err(self.error("invalid number"));
+            at = digits(at + 1);
+        }
+        if let Some(b'e' | b'E') = byte(at) {
+            at += 1;
+            if let Some(b'+' | b'-') = byte(at) {
+                at += 1;
             }
-            self.digits();
+            if !byte(at).is_some_and(|b| b.is_ascii_digit()) {
+                return Err(self.error_at(at, "invalid number"));
+            }
+            at = digits(at);
         }
-        Ok(start..self.at)
-    }
-
-    fn digits(&mut self) {
-        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            self.at += 1;
-        }
+        self.at = at;
+        Ok(start..at)
     }
 }
 
-/// Where the run of plain string bytes from `at` on ends, sixteen bytes at a time (on
-/// x86_64), then eight: at the first special byte (see [`special_bytes`]) of the first
-/// block or word that holds one, or where fewer than eight bytes are left (the caller goes
-/// on byte by byte).
+/// One bit per byte of `block` that ends a plain run inside a JSON string: `"`, `\\` and
+/// control characters (below 0x20); bit `i` stands for byte `i`.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn plain_run_end(bytes: &[u8], mut at: usize) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    while let Some(chunk) = bytes.get(at..at + 16) {
-        let special = super::block::special_mask(chunk.try_into().expect("sixteen bytes"));
-        if special != 0 {
-            return at + special.trailing_zeros() as usize;
-        }
-        at += 16;
-    }
-    while let Some(chunk) = bytes.get(at..at + 8) {
-        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let special = special_bytes(word);
-        if special != 0 {
-            return at + (special.trailing_zeros() / 8) as usize;
-        }
-        at += 8;
-    }
-    at
+fn special_mask_64(block: &[u8; 64]) -> u64 {
+    let quarter = |i: usize| -> u64 {
+        let sixteen = block[16 * i..16 * i + 16]
+            .try_into()
+            .expect("sixteen bytes");
+        u64::from(super::block::special_mask(sixteen)) << (16 * i)
+    };
+    quarter(0) | quarter(1) | quarter(2) | quarter(3)
 }
 
-/// The bytes of `word` (little-endian) that end a plain run inside a JSON string: `"`, `\\`
-/// and control characters (below 0x20). Each such byte sets the high bit of its position;
-/// the lowest set bit is always exact (the classic "has zero byte" test borrows only
-/// upwards, so bits above the first match may be false), which is all the scan uses.
-fn special_bytes(word: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // A zero byte in x ^ pattern marks a match.
-    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-    let quote = zero_bytes(word ^ (ONES * b'"' as u64));
-    let backslash = zero_bytes(word ^ (ONES * b'\\' as u64));
-    // Bytes below 0x20: subtracting 0x20 borrows into the high bit of bytes < 0x20
-    // (bytes >= 0x80 are excluded by `!word`).
-    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
-    quote | backslash | control
+#[cfg(not(target_arch = "x86_64"))]
+fn special_mask_64(block: &[u8; 64]) -> u64 {
+    block.iter().enumerate().fold(0, |mask, (i, &byte)| {
+        mask | u64::from(byte == b'"' || byte == b'\\' || byte < 0x20) << i
+    })
 }
 
 #[cfg(test)]
@@ -774,7 +853,7 @@ mod tests {
     }
 
     #[test]
-    fn neighbouring_string_fields_are_copied_as_one_span_with_the_producers_spacing() {
+    fn neighbouring_fields_are_copied_as_one_span_with_the_producers_spacing() {
         let write = |text: &str| {
             let event = parse(text).unwrap();
             let mut out = Vec::new();
@@ -787,10 +866,15 @@ mod tests {
             write(r#"{"e": "pv", "p": "pc", "tv": "py-0.15.0"}"#),
             r#"{"e": "pv", "p": "pc", "tv": "py-0.15.0","stm":"1700000000000"}"#
         );
-        // A null, a producer's stm and a number each end a span.
+        // A null and a producer's stm each end a span; a number or boolean gets quotes
+        // and stays in it, with the producer's spacing.
         assert_eq!(
             write(r#"{"e":"pv", "page":null, "p":"pc","stm":"1","tv":"t", "dtm":1, "aid":"a\"b"}"#),
-            r#"{"e":"pv","p":"pc","tv":"t","dtm":"1","aid":"a\"b","stm":"1700000000000"}"#
+            r#"{"e":"pv","p":"pc","tv":"t", "dtm":"1", "aid":"a\"b","stm":"1700000000000"}"#
+        );
+        assert_eq!(
+            write(r#"{"dtm": -1.5e3, "e": "pv", "f_pdf": true, "p": "pc", "tv": "t", "cd": 0}"#),
+            r#"{"dtm": "-1.5e3", "e": "pv", "f_pdf": "true", "p": "pc", "tv": "t", "cd": "0","stm":"1700000000000"}"#
         );
     }
 
