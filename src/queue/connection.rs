@@ -526,7 +526,8 @@ impl Link {
             Err(_) => return Err(QueueError::Timeout(self.command_timeout.as_millis() as u64)),
         };
         self.answered.fetch_add(1, Ordering::Relaxed);
-        let result = reader::claim_reply(reply).map_err(|e| self.failed(QueueError::classify(e)));
+        let result = reader::claim_reply(reply, conn.last_scan())
+            .map_err(|e| self.failed(QueueError::classify(e)));
         if !result.as_ref().is_err_and(QueueError::needs_new_connection) {
             *self.claims.lock().await = Some(ClaimConnection {
                 conn,

@@ -44,6 +44,9 @@ pub(super) struct ReplyConnection {
     /// that a claim's reply is read into one allocation, not regrown (and copied) as
     /// it arrives.
     last_reply: usize,
+    /// The scan of the reply being read; after [`ReplyConnection::call`], of the reply
+    /// it returned ([`ReplyConnection::last_scan`]).
+    scan: Scan,
 }
 
 impl ReplyConnection {
@@ -78,6 +81,7 @@ impl ReplyConnection {
             stream,
             buffer: Vec::new(),
             last_reply: 0,
+            scan: Scan::default(),
         };
         let mut handshake = Vec::new();
         let mut checked = 0;
@@ -116,6 +120,11 @@ impl ReplyConnection {
     }
 
     /// Sends `command` (packed) and reads its reply whole.
+    /// The scan of the reply the last [`ReplyConnection::call`] returned.
+    pub(super) fn last_scan(&self) -> &Scan {
+        &self.scan
+    }
+
     pub(super) async fn call(&mut self, command: &[u8]) -> RedisResult<Bytes> {
         self.send(command).await?;
         self.reply().await
@@ -129,7 +138,8 @@ impl ReplyConnection {
     /// Reads one reply whole. It keeps the allocation it was read into, cut to its
     /// length; the next reply is read into a new one.
     async fn reply(&mut self) -> RedisResult<Bytes> {
-        let mut scan = Scan::default();
+        let scan = &mut self.scan;
+        scan.reset();
         let mut expected = self.last_reply.max(READ_CHUNK) + READ_CHUNK;
         loop {
             if let Some(end) = scan.advance(&self.buffer)? {
@@ -260,16 +270,30 @@ async fn tcp(host: &str, port: u16) -> io::Result<tokio::net::TcpStream> {
 
 /// How far one RESP2 reply has been read: resumable as more bytes arrive.
 #[derive(Default)]
-struct Scan {
+pub(super) struct Scan {
     /// Where the next header starts.
     at: usize,
     /// Items still to come in each open array, innermost last.
     open: Vec<u64>,
     /// The buffer length the bulk string being read needs.
     needed: usize,
+    /// How many items (arrays, bulk strings, integers, lines) the reply has so far.
+    items: usize,
+    /// Where each (non-null) bulk string's bytes are, in order: a claim's elements are
+    /// cut from the reply by them, without reading its headers again.
+    bulks: Vec<std::ops::Range<usize>>,
 }
 
 impl Scan {
+    /// Ready for the next reply; keeps the room it has.
+    fn reset(&mut self) {
+        self.at = 0;
+        self.open.clear();
+        self.needed = 0;
+        self.items = 0;
+        self.bulks.clear();
+    }
+
     /// The reply's length, once `buffer` holds all of it.
     fn advance(&mut self, buffer: &[u8]) -> RedisResult<Option<usize>> {
         loop {
@@ -286,10 +310,12 @@ impl Scan {
                         self.needed = end;
                         return Ok(None);
                     }
+                    self.bulks.push(body..end - 2);
                     self.at = end;
                 }
                 b'*' if number > 0 => {
                     self.at = body;
+                    self.items += 1;
                     self.open.push(number as u64);
                     continue;
                 }
@@ -297,6 +323,7 @@ impl Scan {
                 // lines: the header is all there is.
                 _ => self.at = body,
             }
+            self.items += 1;
             // One item done: close every array it completes.
             loop {
                 match self.open.last_mut() {
@@ -367,16 +394,17 @@ fn protocol(what: &str) -> RedisError {
 }
 
 /// What a claim returned: `{oversized, ran dry, {elements…}}`, each element a slice of
-/// `reply`. Anything else (an error reply) goes through redis-rs's parser.
-pub(super) fn claim_reply(reply: Bytes) -> RedisResult<(u64, u8, Vec<Bytes>)> {
-    if let Some(parts) = slice_claim(&reply) {
+/// `reply`, cut where `scan` (the reader's scan of that reply) found them. Anything else
+/// (an error reply) goes through redis-rs's parser.
+pub(super) fn claim_reply(reply: Bytes, scan: &Scan) -> RedisResult<(u64, u8, Vec<Bytes>)> {
+    if let Some(parts) = slice_claim(&reply, scan) {
         return Ok(parts);
     }
     let value = redis::parse_redis_value(&reply)?.extract_error()?;
     Ok(redis::from_redis_value(value)?)
 }
 
-fn slice_claim(reply: &Bytes) -> Option<(u64, u8, Vec<Bytes>)> {
+fn slice_claim(reply: &Bytes, scan: &Scan) -> Option<(u64, u8, Vec<Bytes>)> {
     let next = |at: &mut usize, kind: u8| -> Option<i64> {
         let (found, number, body) = header(reply, *at).ok()??;
         *at = body;
@@ -389,17 +417,20 @@ fn slice_claim(reply: &Bytes) -> Option<(u64, u8, Vec<Bytes>)> {
     let oversized = u64::try_from(next(&mut at, b':')?).ok()?;
     let ran_dry = u8::try_from(next(&mut at, b':')?).ok()?;
     let count = usize::try_from(next(&mut at, b'*')?).ok()?;
+    // The scan saw the whole reply: four headers, then `count` items that are all bulk
+    // strings (none of the four is one), in order from here to the end.
+    if scan.at != reply.len() || scan.items != 4 + count || scan.bulks.len() != count {
+        return None;
+    }
     let mut elements = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = usize::try_from(next(&mut at, b'$')?).ok()?;
-        let end = at.checked_add(len)?;
-        if reply.get(end..end + 2)? != b"\r\n" {
+    for bulk in &scan.bulks {
+        if bulk.start < at || bulk.end > reply.len() {
             return None;
         }
-        elements.push(reply.slice(at..end));
-        at = end + 2;
+        at = bulk.end;
+        elements.push(reply.slice(bulk.clone()));
     }
-    (at == reply.len()).then_some((oversized, ran_dry, elements))
+    Some((oversized, ran_dry, elements))
 }
 
 #[cfg(test)]
@@ -408,17 +439,28 @@ mod tests {
 
     /// Feeds `reply` to a scan in pieces of `step` bytes, as reads would.
     fn scanned_in_steps(reply: &[u8], step: usize) -> Option<usize> {
+        scan_in_steps(reply, step).0
+    }
+
+    /// The reply's end, if found, and the scan that found it.
+    fn scan_in_steps(reply: &[u8], step: usize) -> (Option<usize>, Scan) {
         let mut scan = Scan::default();
         let mut have = 0;
         loop {
             have = (have + step).min(reply.len());
             if let Some(end) = scan.advance(&reply[..have]).unwrap() {
-                return Some(end);
+                return (Some(end), scan);
             }
             if have == reply.len() {
-                return None;
+                return (None, scan);
             }
         }
+    }
+
+    /// `claim_reply` of a whole reply, as the reader hands it over.
+    fn claim(reply: &'static [u8]) -> RedisResult<(u64, u8, Vec<Bytes>)> {
+        let (_, scan) = scan_in_steps(reply, reply.len());
+        claim_reply(Bytes::from_static(reply), &scan)
     }
 
     #[test]
@@ -440,19 +482,31 @@ mod tests {
 
     #[test]
     fn a_claim_reply_is_sliced_byte_for_byte() {
-        let reply = Bytes::from_static(
-            b"*3\r\n:2\r\n:1\r\n*3\r\n$3\r\nabc\r\n$0\r\n\r\n$4\r\n\r\n\r\n\r\n",
-        );
-        let (oversized, dry, elements) = claim_reply(reply).unwrap();
-        assert_eq!((oversized, dry), (2, 1));
-        assert_eq!(elements, [&b"abc"[..], b"", b"\r\n\r\n"]);
+        let reply: &[u8] = b"*3\r\n:2\r\n:1\r\n*3\r\n$3\r\nabc\r\n$0\r\n\r\n$4\r\n\r\n\r\n\r\n";
+        // However the reply arrived, the scan cut the same elements out of it.
+        for step in 1..=reply.len() {
+            let (end, scan) = scan_in_steps(reply, step);
+            assert_eq!(end, Some(reply.len()));
+            let (oversized, dry, elements) =
+                claim_reply(Bytes::copy_from_slice(reply), &scan).unwrap();
+            assert_eq!((oversized, dry), (2, 1));
+            assert_eq!(
+                elements,
+                [&b"abc"[..], b"", b"\r\n\r\n"],
+                "in steps of {step}"
+            );
+        }
+        // A null element is not a claim's: redis-rs's parser has the last word.
+        assert!(claim(b"*3\r\n:0\r\n:0\r\n*2\r\n$3\r\nabc\r\n$-1\r\n").is_err());
+        // Elements nested one level deeper are not a claim's either.
+        assert!(claim(b"*3\r\n:0\r\n:0\r\n*1\r\n*1\r\n$3\r\nabc\r\n").is_err());
     }
 
     #[test]
     fn other_replies_are_what_redis_rs_makes_of_them() {
-        let lost = claim_reply(Bytes::from_static(b"-LEASE_LOST instance x\r\n")).unwrap_err();
+        let lost = claim(b"-LEASE_LOST instance x\r\n").unwrap_err();
         assert_eq!(lost.code(), Some("LEASE_LOST"));
-        let odd = claim_reply(Bytes::from_static(b"*2\r\n:1\r\n:0\r\n"));
+        let odd = claim(b"*2\r\n:1\r\n:0\r\n");
         assert!(odd.is_err());
     }
 
