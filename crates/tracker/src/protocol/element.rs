@@ -577,7 +577,7 @@ impl<'a> Scanner<'a> {
         self.bytes.get(self.at).copied()
     }
 
-    /// A field that [`Scanner::plain_string_field`] did not take, by the general grammar:
+    /// A field that [`Scanner::plain_field`] did not take, by the general grammar:
     /// the name's range (without quotes), the value's and its kind.
     #[inline(never)]
     fn field(&mut self) -> Result<(Range<usize>, Range<usize>, ValueKind), BadElement> {
