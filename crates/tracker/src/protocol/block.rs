@@ -1,8 +1,8 @@
 //! Sixteen bytes classified at once: the masks the element scan walks (the bytes that end
 //! a plain run inside a JSON string) and form encoding walks (the bytes it escapes). Bit
 //! `i` of a mask stands for byte `i` of the block. SSE2 compares on x86_64, where SSE2 is
-//! always present; elsewhere the scan keeps its eight-byte words and form encoding uses a
-//! byte loop. The protocol code's only `unsafe` is here.
+//! always present (the element scan puts four together for a 64-byte block); elsewhere
+//! both use a byte loop. The protocol code's only `unsafe` is here.
 
 /// One bit per byte of `block` that ends a plain run inside a JSON string: `"`, `\` and
 /// control characters (below 0x20).

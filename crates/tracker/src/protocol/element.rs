@@ -928,14 +928,14 @@ mod tests {
     }
 
     #[test]
-    fn the_scan_finds_a_special_byte_at_every_offset_of_a_word() {
-        // Strings are scanned sixteen bytes at a time, then eight, then one: put a quote,
-        // an escape or a control character at each offset of two blocks, and check the
-        // scan against serde_json.
+    fn the_scan_finds_a_special_byte_at_every_offset_of_a_block() {
+        // Strings are scanned by 64-byte blocks classified sixteen bytes a step, the last
+        // block padded: put a quote, an escape or a control character at each offset of
+        // three blocks, and check the scan against serde_json.
         for special in [
             "\"", "\\n", "\\u00e9", "\\\\", "\u{1}", "\u{1f}", "\u{7f}", "é", "\\x",
         ] {
-            for before in 0..40 {
+            for before in 0..200 {
                 let value = format!("{}{special}{}", "a".repeat(before), "b".repeat(before % 17));
                 let text = format!(r#"{{"e":"{value}","p":"pc","tv":"t"}}"#);
                 let reference = serde_json::from_str::<serde_json::Value>(&text);
