@@ -47,27 +47,67 @@ async fn relay_for(
     (relay, addr)
 }
 
+/// Whether a scenario's failover may lose the relay's last writes (see [`account`]).
+#[derive(Clone, Copy, PartialEq)]
+enum LostWrites {
+    /// The relay ran on the new master long enough to see any: nothing may be left.
+    Seen,
+    /// The relay may have delivered everything on the old master before the replica was
+    /// promoted, and then had nothing more to do.
+    Possible,
+}
+
 /// What became of `total` events: delivered (distinct), duplicates, left in Redis at
-/// the master, vanished; printed for the notes, and checked: none vanished.
+/// the master (in the list or an in-flight list), vanished; printed for the notes, and
+/// checked: none vanished, and nothing undelivered is left.
+///
+/// Replication is asynchronous: when the relay claims, delivers and acknowledges on the
+/// old master while the sentinels promote its replica, the new master may have the claim
+/// and not the acknowledgements. The events are then in the instance's in-flight list
+/// there although delivered; a relay that runs no claim on the new master (the list is
+/// empty) cannot tell, and they arrive again when the instance's lease is recovered:
+/// duplicates, never a loss. With [`LostWrites::Possible`], such delivered events left in
+/// Redis are allowed; anything undelivered left in Redis is not, in any scenario.
 fn account(
     scenario: &str,
     set: &SentinelSet,
     collector: &Collector,
     total: usize,
     resumed: &[Duration],
+    lost_writes: LostWrites,
 ) {
-    let distinct = collector.distinct_delivered();
+    let distinct_eids = collector.distinct_eids();
+    let distinct = distinct_eids.len();
     let delivered = collector.delivered_eids().len();
     let master = set.master();
-    let left = master.llen(LIST) + master.llen_of_lists_named("{snowplow}:inflight:");
-    let vanished = total - distinct - left;
+    let mut held = master.lrange(LIST);
+    for key in master.keys() {
+        if key.starts_with("{snowplow}:inflight:") {
+            held.extend(master.lrange(&key));
+        }
+    }
+    let left = held.len();
+    let (held_delivered, held_undelivered): (Vec<_>, Vec<_>) = held
+        .iter()
+        .map(|element| eid_of(element).expect("held elements are the test's events"))
+        .partition(|eid| distinct_eids.contains(eid));
+    let vanished = total - distinct - held_undelivered.len();
     eprintln!(
-        "{scenario}: events in {total}, delivered {distinct}, duplicates {}, left in Redis {left}, \
-         vanished {vanished}, failover to delivery resuming {resumed:.1?}",
-        delivered - distinct
+        "{scenario}: events in {total}, delivered {distinct}, duplicates {}, left in Redis {left} \
+         (of them delivered already {}), vanished {vanished}, failover to delivery resuming \
+         {resumed:.1?}",
+        delivered - distinct,
+        held_delivered.len()
     );
     assert_eq!(vanished, 0, "{scenario}: every event accounted for");
-    assert_eq!(left, 0, "{scenario}: nothing left in Redis");
+    assert_eq!(
+        held_undelivered.len(),
+        0,
+        "{scenario}: nothing undelivered left in Redis"
+    );
+    if lost_writes == LostWrites::Seen {
+        assert_eq!(left, 0, "{scenario}: nothing left in Redis");
+    }
     // At most what one claim holds may arrive twice (it was in flight at the failover).
     assert!(
         delivered - distinct <= 500,
@@ -143,6 +183,7 @@ async fn the_relay_follows_two_switchovers_there_and_back() {
         &collector,
         900,
         &resumed,
+        LostWrites::Seen,
     );
 }
 
@@ -203,6 +244,7 @@ async fn the_master_killed_while_relaying() {
         &collector,
         4300,
         &[resumed],
+        LostWrites::Seen,
     );
 }
 
@@ -231,6 +273,8 @@ async fn started_during_a_failover() {
         ("SNOWPLOW_RELAY_REDIS__SENTINELS", endpoints.as_str()),
         ("SNOWPLOW_RELAY_REDIS__SENTINEL_MASTER", MASTER),
     ];
+    // (The list may hold events the new master never saw acknowledged: see `account`.)
+    let before = set.master().llen(LIST);
     let tracked = run_bin(
         &["track", "page-view", "--url", "https://a.example/"],
         &through_sentinels,
@@ -240,7 +284,11 @@ async fn started_during_a_failover() {
         "{}",
         String::from_utf8_lossy(&tracked.stderr)
     );
-    assert_eq!(set.master().llen(LIST), 1, "track wrote to the new master");
+    assert_eq!(
+        set.master().llen(LIST),
+        before + 1,
+        "track wrote to the new master"
+    );
     set.master()
         .rpush("{snowplow}:dead", &["{\"reason\":\"test\"}\n{}".to_owned()]);
     let counted = run_bin(&["dead-letter", "count"], &through_sentinels);
@@ -254,13 +302,15 @@ async fn started_during_a_failover() {
         "1",
         "{counted:?}"
     );
-    set.master().cmd(&["DEL", LIST]);
+    // The tracked event, at the tail.
+    set.master().cmd(&["RPOP", LIST]);
     account(
         "started during a failover",
         &set,
         &collector,
         500,
         &[resumed],
+        LostWrites::Possible,
     );
 }
 
