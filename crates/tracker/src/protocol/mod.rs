@@ -141,21 +141,30 @@ pub(crate) const REQUIRED_INDICES: [usize; REQUIRED_FIELDS.len()] = {
     let mut indices = [0; REQUIRED_FIELDS.len()];
     let mut r = 0;
     while r < REQUIRED_FIELDS.len() {
-        let Some(wanted) = pack(REQUIRED_FIELDS[r].as_bytes()) else {
-            panic!("required field names are at most 8 bytes");
-        };
-        let mut i = 0;
-        while i < PACKED_FIELDS.len() && PACKED_FIELDS[i] != wanted {
-            i += 1;
-        }
-        if i == PACKED_FIELDS.len() {
-            panic!("required fields are payload_data fields");
-        }
-        indices[r] = i;
+        indices[r] = index_of_known_field(REQUIRED_FIELDS[r]);
         r += 1;
     }
     indices
 };
+
+/// The index in [`PAYLOAD_DATA_FIELDS`] of `stm`, the send time, which the relay writes
+/// afresh on every attempt (a producer's is left out).
+pub(crate) const STM_INDEX: usize = index_of_known_field("stm");
+
+/// The index of a `payload_data` field of at most 8 bytes, at compile time.
+const fn index_of_known_field(name: &str) -> usize {
+    let Some(wanted) = pack(name.as_bytes()) else {
+        panic!("the field name is longer than 8 bytes");
+    };
+    let mut i = 0;
+    while i < PACKED_FIELDS.len() && PACKED_FIELDS[i] != wanted {
+        i += 1;
+    }
+    if i == PACKED_FIELDS.len() {
+        panic!("the field is not a payload_data field");
+    }
+    i
+}
 
 /// The self-describing schema of a POST body.
 pub const PAYLOAD_DATA_SCHEMA: &str =
