@@ -681,7 +681,7 @@ impl<'a> Scanner<'a> {
             return None;
         }
         let name = start + 1..self.next_special(start + 1);
-        if bytes.get(name.end) != Some(&b'"') || bytes.get(name.end + 1) != Some(&b':') {
+        if bytes.get(name.end..name.end + 2) != Some(b"\":") {
             return None;
         }
         let mut value_start = name.end + 2;
