@@ -24,6 +24,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+use super::block::special_mask_64;
 use super::wire::{STM_ITEM_BYTES, form_encode};
 use super::{
     PAYLOAD_DATA_FIELDS, REQUIRED_FIELDS, REQUIRED_INDICES, STM_INDEX,
@@ -838,27 +839,6 @@ impl<'a> Scanner<'a> {
         self.at = at;
         Ok(start..at)
     }
-}
-
-/// One bit per byte of `block` that ends a plain run inside a JSON string: `"`, `\\` and
-/// control characters (below 0x20); bit `i` stands for byte `i`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn special_mask_64(block: &[u8; 64]) -> u64 {
-    let quarter = |i: usize| -> u64 {
-        let sixteen = block[16 * i..16 * i + 16]
-            .try_into()
-            .expect("sixteen bytes");
-        u64::from(super::block::special_mask(sixteen)) << (16 * i)
-    };
-    quarter(0) | quarter(1) | quarter(2) | quarter(3)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn special_mask_64(block: &[u8; 64]) -> u64 {
-    block.iter().enumerate().fold(0, |mask, (i, &byte)| {
-        mask | u64::from(byte == b'"' || byte == b'\\' || byte < 0x20) << i
-    })
 }
 
 #[cfg(test)]
