@@ -20,6 +20,7 @@
 //! on every attempt.
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use bytes::Bytes;
@@ -120,6 +121,12 @@ enum ValueKind {
     Null,
 }
 
+impl ValueKind {
+    fn is_string(self) -> bool {
+        matches!(self, ValueKind::String | ValueKind::EscapedString)
+    }
+}
+
 /// One name/value pair, as byte ranges into [`Element::raw`].
 #[derive(Debug, Clone)]
 struct Field {
@@ -215,37 +222,56 @@ impl Element {
     /// [`PostItemLen`] counts the same pieces while parsing; unit tests and the encoding
     /// properties check that the two agree.
     pub fn write_post_item(&self, out: &mut Vec<u8>, stm_millis: &str) {
-        out.push(b'{');
-        // The bytes of the current run of neighbouring fields not yet copied.
-        let mut span: Option<Range<usize>> = None;
-        for f in self.sent_fields() {
-            // From the name's opening quote.
-            let field_start = f.name.start as usize - 1;
-            let mut from = match span.take() {
-                Some(run) if f.joins_previous => run.start,
-                Some(done) => {
-                    out.extend_from_slice(&self.raw[done]);
-                    out.push(b',');
-                    field_start
-                }
-                None => field_start,
-            };
-            if f.kind == ValueKind::Bare {
-                out.extend_from_slice(&self.raw[from..f.value.start as usize]);
-                out.push(b'"');
-                out.extend_from_slice(self.bytes(&f.value));
-                out.push(b'"');
-                from = f.value.end as usize;
+        // Every piece is a slice of the element, in order and never overlapping, plus at
+        // most a comma and two quotes per field, the braces and `stm`: room for all of it
+        // is reserved once, and the pieces are written by offset into it (no capacity
+        // check and no length update per piece).
+        let most = self.raw.len() + 3 * self.fields.len() + STM_ITEM_BYTES + stm_millis.len() + 3;
+        let mut item = ItemWriter::new(out, most);
+        item.byte(b'{');
+        let fields = &self.fields[..];
+        let mut next = 0;
+        while next < fields.len() {
+            let first = &fields[next];
+            next += 1;
+            if first.kind == ValueKind::Null {
+                continue;
             }
-            span = Some(from..f.value.end as usize);
+            // A run of neighbouring sent fields, copied from the first one's opening quote
+            // to the last one's value, separators as they are; each number or boolean in it
+            // gets its quotes.
+            let mut from = first.name.start as usize - 1;
+            let mut field = first;
+            loop {
+                if field.kind == ValueKind::Bare {
+                    item.copy(&self.raw[from..field.value.start as usize]);
+                    item.byte(b'"');
+                    item.copy_short(self.bytes(&field.value));
+                    item.byte(b'"');
+                    from = field.value.end as usize;
+                }
+                // The strings that follow join the run whole (most fields): one test each.
+                while next < fields.len()
+                    && fields[next].joins_previous
+                    && fields[next].kind.is_string()
+                {
+                    next += 1;
+                }
+                match fields.get(next) {
+                    Some(bare) if bare.joins_previous && bare.kind == ValueKind::Bare => {
+                        field = bare;
+                        next += 1;
+                    }
+                    _ => break,
+                }
+            }
+            item.copy(&self.raw[from..fields[next - 1].value.end as usize]);
+            item.byte(b',');
         }
-        if let Some(done) = span {
-            out.extend_from_slice(&self.raw[done]);
-            out.push(b',');
-        }
-        out.extend_from_slice(b"\"stm\":\"");
-        out.extend_from_slice(stm_millis.as_bytes());
-        out.extend_from_slice(b"\"}");
+        item.copy(b"\"stm\":\"");
+        item.copy(stm_millis.as_bytes());
+        item.copy(b"\"}");
+        item.finish();
     }
 
     /// Appends this event's pairs, form-URL-encoded (`application/x-www-form-urlencoded`,
@@ -834,6 +860,77 @@ impl<'a> Scanner<'a> {
         }
         self.at = at;
         Ok(start..at)
+    }
+}
+
+/// Writes a POST item into room reserved once at the end of a `Vec`: each piece is a
+/// bounds-checked copy into the spare capacity, and the `Vec`'s length is set once, by
+/// [`ItemWriter::finish`], to what was written.
+struct ItemWriter<'a> {
+    out: &'a mut Vec<u8>,
+    /// Where the item starts in `out`.
+    start: usize,
+    /// Bytes written after `start`.
+    at: usize,
+}
+
+impl<'a> ItemWriter<'a> {
+    /// Reserves room for `most` bytes after what `out` holds.
+    fn new(out: &'a mut Vec<u8>, most: usize) -> ItemWriter<'a> {
+        out.reserve(most);
+        ItemWriter {
+            start: out.len(),
+            out,
+            at: 0,
+        }
+    }
+
+    fn room(&mut self) -> &mut [MaybeUninit<u8>] {
+        &mut self.out.spare_capacity_mut()[self.at..]
+    }
+
+    fn byte(&mut self, byte: u8) {
+        self.room()[0].write(byte);
+        self.at += 1;
+    }
+
+    fn copy(&mut self, bytes: &[u8]) {
+        self.room()[..bytes.len()].write_copy_of_slice(bytes);
+        self.at += bytes.len();
+    }
+
+    /// [`ItemWriter::copy`] for pieces that are mostly a few bytes (a number): copied
+    /// in place by at most two overlapping words, not by a call to `memcpy`.
+    fn copy_short(&mut self, bytes: &[u8]) {
+        let n = bytes.len();
+        let room = self.room();
+        match n {
+            0 => {}
+            1..=3 => {
+                room[0].write(bytes[0]);
+                room[n / 2].write(bytes[n / 2]);
+                room[n - 1].write(bytes[n - 1]);
+            }
+            4..=7 => {
+                room[..4].write_copy_of_slice(&bytes[..4]);
+                room[n - 4..n].write_copy_of_slice(&bytes[n - 4..]);
+            }
+            8..=16 => {
+                room[..8].write_copy_of_slice(&bytes[..8]);
+                room[n - 8..n].write_copy_of_slice(&bytes[n - 8..]);
+            }
+            _ => {
+                room[..n].write_copy_of_slice(bytes);
+            }
+        }
+        self.at += n;
+    }
+
+    fn finish(self) {
+        // SAFETY: the `at` bytes after `start` are initialised: `at` only grows by what
+        // `byte`, `copy` and `copy_short` have just written there (each write is bounds
+        // checked against the spare capacity).
+        unsafe { self.out.set_len(self.start + self.at) }
     }
 }
 
