@@ -6,7 +6,8 @@
 //! loop. The protocol code's only `unsafe` is here.
 
 /// One bit per byte of `block` that ends a plain run inside a JSON string: `"`, `\` and
-/// control characters (below 0x20).
+/// control characters (below 0x20). The same rule in 32-byte steps is
+/// `avx2::special_mask_32`; the tests below hold both to one byte-by-byte rule.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) fn special_mask(block: &[u8; 16]) -> u32 {
@@ -68,16 +69,17 @@ impl Classifier {
     }
 }
 
-/// [`Classifier::special_mask_at`] by SSE2 (out of line: the AVX2 way is the one to keep short).
+/// [`Classifier::special_mask_at`] by SSE2 (out of line: the AVX2 way is the one to keep
+/// short).
 #[cfg(target_arch = "x86_64")]
 #[inline(never)]
 fn special_mask_at_sse2(bytes: &[u8], from: usize) -> u64 {
     special_mask_at_with(bytes, from, special_mask_64_sse2)
 }
 
-/// [`Classifier::special_mask_at`] with `mask` for 64 bytes. A block that would run past the end is
-/// the element's last 64 bytes, shifted (no copy); only an element shorter than a block
-/// is copied into one, padded with quotes.
+/// [`Classifier::special_mask_at`] with `mask` for 64 bytes. A block that would run past
+/// the end is the element's last 64 bytes, shifted (no copy); only an element shorter
+/// than a block is copied into one, padded with quotes.
 #[inline(always)]
 fn special_mask_at_with(bytes: &[u8], from: usize, mask: impl Fn(&[u8; 64]) -> u64) -> u64 {
     if let Some(block) = bytes.get(from..from + 64) {
@@ -161,6 +163,7 @@ mod avx2 {
         u64::from(special_mask_32(low)) | u64::from(special_mask_32(high)) << 32
     }
 
+    /// [`super::special_mask`]'s rule (quote, backslash, below 0x20) for 32 bytes.
     #[target_feature(enable = "avx2")]
     fn special_mask_32(bytes: __m256i) -> u32 {
         let quote = _mm256_cmpeq_epi8(bytes, _mm256_set1_epi8(b'"' as i8));

@@ -592,9 +592,9 @@ impl PostItemLen {
 }
 
 /// A cursor over one element's bytes (already checked to be UTF-8), with the special
-/// bytes (see [`Classifier::special_mask_at`]) of the 64-byte block the string scan last needed: a
-/// block is classified once, and every string that starts or ends in it (most names and
-/// values are shorter than a block) is found with a shift and a count of zeros.
+/// bytes (see [`Classifier::special_mask_at`]) of the 64-byte block the string scan last
+/// needed: a block is classified once, and every string that starts or ends in it (most
+/// names and values are shorter than a block) is found with a shift and a count of zeros.
 struct Scanner<'a> {
     bytes: &'a [u8],
     at: usize,
