@@ -124,6 +124,17 @@ fn check_post(element: &str) -> Result<(), TestCaseError> {
     let mut item = Vec::new();
     event.write_post_item(&mut item, STM);
     prop_assert_eq!(item.len(), event.post_item_len(), "size estimate is exact");
+    // Into a `Vec` with room to spare, after what it holds, the item is written by offset
+    // (above, with no room, piece by piece): the same bytes either way.
+    let mut roomy = Vec::with_capacity(3 + 2 * element.len() + 64);
+    roomy.extend_from_slice(b"[{}");
+    event.write_post_item(&mut roomy, STM);
+    prop_assert_eq!(&roomy[..3], b"[{}");
+    prop_assert_eq!(
+        &roomy[3..],
+        &item[..],
+        "written by offset as piece by piece"
+    );
     // Valid JSON text whatever the escapes (a lone surrogate escape is valid JSON text).
     let raw: BTreeMap<String, &RawValue> = serde_json::from_slice(&item)
         .map_err(|e| TestCaseError::fail(format!("POST item is not JSON: {e}")))?;

@@ -223,11 +223,29 @@ impl Element {
     /// properties check that the two agree.
     pub fn write_post_item(&self, out: &mut Vec<u8>, stm_millis: &str) {
         // Every piece is a slice of the element, in order and never overlapping, plus at
-        // most a comma and two quotes per field, the braces and `stm`: room for all of it
-        // is reserved once, and the pieces are written by offset into it (no capacity
-        // check and no length update per piece).
-        let most = self.raw.len() + 3 * self.fields.len() + STM_ITEM_BYTES + stm_millis.len() + 3;
-        let mut item = ItemWriter::new(out, most);
+        // most a comma and two quotes per field, the braces and `stm`. Where the room
+        // left holds that much, the pieces are written by offset into it (no capacity
+        // check and no length update per piece); else (the last items of a body made
+        // with room for exactly its items, or a `Vec` with no room) pushed one by one,
+        // the `Vec` growing only if it must.
+        if out.capacity() - out.len() >= self.post_item_room(stm_millis) {
+            let mut item = ItemWriter::new(out);
+            self.write_post_item_to(&mut item, stm_millis);
+            item.finish();
+        } else {
+            self.write_post_item_to(out, stm_millis);
+        }
+    }
+
+    /// The most bytes a POST item can take, without counting: the element's bytes, three
+    /// per field, and `stm`.
+    fn post_item_room(&self, stm_millis: &str) -> usize {
+        self.raw.len() + 3 * self.fields.len() + STM_ITEM_BYTES + stm_millis.len() + 3
+    }
+
+    /// [`Element::write_post_item`]'s pieces, in order, to `item`.
+    #[inline(always)]
+    fn write_post_item_to(&self, item: &mut impl PostItemOut, stm_millis: &str) {
         item.byte(b'{');
         let fields = &self.fields[..];
         let mut next = 0;
@@ -271,7 +289,6 @@ impl Element {
         item.copy(b"\"stm\":\"");
         item.copy(stm_millis.as_bytes());
         item.copy(b"\"}");
-        item.finish();
     }
 
     /// Appends this event's pairs, form-URL-encoded (`application/x-www-form-urlencoded`,
@@ -863,9 +880,29 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Writes a POST item into room reserved once at the end of a `Vec`: each piece is a
-/// bounds-checked copy into the spare capacity, and the `Vec`'s length is set once, by
-/// [`ItemWriter::finish`], to what was written.
+/// Where [`Element::write_post_item`] writes a POST item's pieces.
+trait PostItemOut {
+    fn byte(&mut self, byte: u8);
+    fn copy(&mut self, bytes: &[u8]);
+    /// [`PostItemOut::copy`] of a piece that is mostly a few bytes (a number).
+    fn copy_short(&mut self, bytes: &[u8]) {
+        self.copy(bytes);
+    }
+}
+
+impl PostItemOut for Vec<u8> {
+    fn byte(&mut self, byte: u8) {
+        self.push(byte);
+    }
+
+    fn copy(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Writes a POST item into the room left at the end of a `Vec` (the caller has checked
+/// that it holds the item): each piece is a bounds-checked copy into the spare capacity,
+/// and the `Vec`'s length is set once, by [`ItemWriter::finish`], to what was written.
 struct ItemWriter<'a> {
     out: &'a mut Vec<u8>,
     /// Where the item starts in `out`.
@@ -875,9 +912,7 @@ struct ItemWriter<'a> {
 }
 
 impl<'a> ItemWriter<'a> {
-    /// Reserves room for `most` bytes after what `out` holds.
-    fn new(out: &'a mut Vec<u8>, most: usize) -> ItemWriter<'a> {
-        out.reserve(most);
+    fn new(out: &'a mut Vec<u8>) -> ItemWriter<'a> {
         ItemWriter {
             start: out.len(),
             out,
@@ -889,6 +924,15 @@ impl<'a> ItemWriter<'a> {
         &mut self.out.spare_capacity_mut()[self.at..]
     }
 
+    fn finish(self) {
+        // SAFETY: the `at` bytes after `start` are initialised: `at` only grows by what
+        // `byte`, `copy` and `copy_short` have just written there (each write is bounds
+        // checked against the spare capacity).
+        unsafe { self.out.set_len(self.start + self.at) }
+    }
+}
+
+impl PostItemOut for ItemWriter<'_> {
     fn byte(&mut self, byte: u8) {
         self.room()[0].write(byte);
         self.at += 1;
@@ -899,8 +943,7 @@ impl<'a> ItemWriter<'a> {
         self.at += bytes.len();
     }
 
-    /// [`ItemWriter::copy`] for pieces that are mostly a few bytes (a number): copied
-    /// in place by at most two overlapping words, not by a call to `memcpy`.
+    /// Copied in place by at most two overlapping words, not by a call to `memcpy`.
     fn copy_short(&mut self, bytes: &[u8]) {
         let n = bytes.len();
         let room = self.room();
@@ -924,13 +967,6 @@ impl<'a> ItemWriter<'a> {
             }
         }
         self.at += n;
-    }
-
-    fn finish(self) {
-        // SAFETY: the `at` bytes after `start` are initialised: `at` only grows by what
-        // `byte`, `copy` and `copy_short` have just written there (each write is bounds
-        // checked against the spare capacity).
-        unsafe { self.out.set_len(self.start + self.at) }
     }
 }
 
@@ -1270,6 +1306,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(event.get("foo").as_deref(), Some("x"));
+    }
+
+    /// Written by offset into the room a `Vec` has left (when it holds the most an item
+    /// can take) or piece by piece (when it may not): the same bytes, at the edge too.
+    #[test]
+    fn a_post_item_is_the_same_written_by_offset_or_piece_by_piece() {
+        let crafted = [
+            r#"{"e":"pv","p":"pc","tv":"t"}"#,
+            r#"{"dtm": 1402358400000, "e": "pv", "url": null, "tid": 7, "p": "pc", "tv": "t", "cd": 24}"#,
+            r#"{"e":"pv","se_va":-1.5e300,"p":"pc","stm":"1","tv":"t","vid":12345678901234567890}"#,
+            r#"{ "url" : null , "e":"pv" ,"p":"pc","tv":true,"cx":"a\"b"}"#,
+        ];
+        let fixtures = [
+            include_str!("../../tests/fixtures/python-tracker-0.15.0.jsonl"),
+            include_str!("../../tests/fixtures/python-tracker-0.4.0-shape.jsonl"),
+        ];
+        let elements = crafted
+            .into_iter()
+            .chain(fixtures.iter().flat_map(|f| f.lines()));
+        let stm = "1700000000000";
+        for element in elements {
+            let event = parse(element).unwrap_or_else(|e| panic!("{e}: {element}"));
+            let mut piece_by_piece = Vec::new();
+            event.write_post_item(&mut piece_by_piece, stm);
+            assert_eq!(piece_by_piece.len(), event.post_item_len(), "{element}");
+            let most = event.post_item_room(stm);
+            for room in [most - 1, most, most + 1, most + 4096] {
+                let mut out = Vec::with_capacity(2 + room);
+                out.extend_from_slice(b"[,");
+                event.write_post_item(&mut out, stm);
+                assert_eq!(&out[..2], b"[,");
+                assert_eq!(
+                    String::from_utf8_lossy(&out[2..]),
+                    String::from_utf8_lossy(&piece_by_piece),
+                    "room {room} of {most}: {element}"
+                );
+            }
+        }
     }
 
     #[test]
