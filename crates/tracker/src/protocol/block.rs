@@ -3,7 +3,8 @@
 //! escapes, sixteen at a time). Bit `i` of a mask stands for byte `i` of the block. On
 //! x86_64, SSE2 compares (always present there), and AVX2 for the scan's 64-byte blocks
 //! where the CPU has it (checked once per element, see [`Classifier`]); elsewhere a byte
-//! loop. The protocol code's only `unsafe` is here.
+//! loop. The protocol code's `unsafe` is here, but for the POST item writer of element.rs
+//! (`ItemWriter`: the length of a `Vec` set once, after writing into its spare room).
 
 /// One bit per byte of `block` that ends a plain run inside a JSON string: `"`, `\` and
 /// control characters (below 0x20). The same rule in 32-byte steps is

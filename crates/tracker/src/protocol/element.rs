@@ -880,6 +880,13 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// `bytes` as bytes that may be uninitialised, to copy into spare capacity
+/// (`<[MaybeUninit<u8>]>::write_copy_of_slice` is newer than this crate's Rust version).
+fn as_uninit(bytes: &[u8]) -> &[MaybeUninit<u8>] {
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and every `u8` is a valid one.
+    unsafe { &*(bytes as *const [u8] as *const [MaybeUninit<u8>]) }
+}
+
 /// Where [`Element::write_post_item`] writes a POST item's pieces.
 trait PostItemOut {
     fn byte(&mut self, byte: u8);
@@ -939,7 +946,7 @@ impl PostItemOut for ItemWriter<'_> {
     }
 
     fn copy(&mut self, bytes: &[u8]) {
-        self.room()[..bytes.len()].write_copy_of_slice(bytes);
+        self.room()[..bytes.len()].copy_from_slice(as_uninit(bytes));
         self.at += bytes.len();
     }
 
@@ -955,15 +962,15 @@ impl PostItemOut for ItemWriter<'_> {
                 room[n - 1].write(bytes[n - 1]);
             }
             4..=7 => {
-                room[..4].write_copy_of_slice(&bytes[..4]);
-                room[n - 4..n].write_copy_of_slice(&bytes[n - 4..]);
+                room[..4].copy_from_slice(as_uninit(&bytes[..4]));
+                room[n - 4..n].copy_from_slice(as_uninit(&bytes[n - 4..]));
             }
             8..=16 => {
-                room[..8].write_copy_of_slice(&bytes[..8]);
-                room[n - 8..n].write_copy_of_slice(&bytes[n - 8..]);
+                room[..8].copy_from_slice(as_uninit(&bytes[..8]));
+                room[n - 8..n].copy_from_slice(as_uninit(&bytes[n - 8..]));
             }
             _ => {
-                room[..n].write_copy_of_slice(bytes);
+                room[..n].copy_from_slice(as_uninit(bytes));
             }
         }
         self.at += n;
