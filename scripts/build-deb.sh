@@ -23,8 +23,13 @@ if command -v objdump >/dev/null 2>&1; then
   [ -z "$glibc" ] || depends="libc6 (>= $glibc)"
 fi
 
-stage=target/debian/stage
-rm -rf "$stage"
+# A stage of its own and the package moved into place whole: two builds at once (the
+# systemd and fresh-machine tests run side by side in .ci/run) neither mix their trees
+# nor let a reader see half a package.
+mkdir -p target/debian
+stage=$(mktemp -d target/debian/stage.XXXXXX)
+trap 'rm -rf "$stage" "$stage.deb"' EXIT
+chmod 0755 "$stage"
 doc="$stage/usr/share/doc/snowplow-relay"
 install -D -s -m 0755 "$bin" "$stage/usr/bin/snowplow-relay"
 install -d "$stage/lib/systemd/system" "$stage/etc/snowplow-relay" "$doc/docs" "$stage/DEBIAN"
@@ -40,5 +45,6 @@ size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
 sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" -e "s/@DEPENDS@/$depends/" \
   packaging/debian/control.in >"$stage/DEBIAN/control"
 deb="target/debian/snowplow-relay_${version}_${arch}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null
+dpkg-deb --root-owner-group -Zxz --build "$stage" "$stage.deb" >/dev/null
+mv -f "$stage.deb" "$deb"
 echo "$PWD/$deb"
