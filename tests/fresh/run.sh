@@ -17,7 +17,8 @@
 # is that the two commands install and build everything from nothing and that the
 # quick start runs; the tuned release build is made, tested, packaged and run under
 # systemd on the host (.ci/run). Optimising it here again cost CI's two cores most of
-# the time of a build from nothing (docs/development.md#ci).
+# the time of a build from nothing (docs/development.md#ci). For the same reason the
+# tests are built without debug information (the smoke set passes or fails the same).
 #
 # Usage: tests/fresh/run.sh       exit 0 pass, 1 fail, 77 cannot run here
 #        HOST_TESTS=N tests/fresh/run.sh   the host's test count, when the caller knows it
@@ -74,6 +75,7 @@ in_chroot() {
   chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
     PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=0 \
+    CARGO_PROFILE_DEV_DEBUG=0 \
     bash -c "cd /src && $1"
 }
 
