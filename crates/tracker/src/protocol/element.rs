@@ -148,6 +148,21 @@ pub struct Element {
     fields: Vec<Field>,
     /// What [`Element::post_item_len`] returns, counted while parsing.
     post_item_len: usize,
+    /// The POST item's shape, found while parsing (see [`PostItemShape`]).
+    shape: PostItemShape,
+}
+
+/// How [`Element::write_post_item`] walks an element: field by field in general, or, when
+/// every field is sent and each follows the one before (no `null`, no `stm`: what the
+/// trackers write), one copy of the element's fields broken only at its numbers and
+/// booleans, found from a bit per field without visiting the strings.
+#[derive(Debug, Clone, Copy)]
+enum PostItemShape {
+    FieldByField,
+    /// One run; bit `i` is set where field `i` is a number or boolean (at most 64 fields).
+    OneRun {
+        bare_fields: u64,
+    },
 }
 
 impl Element {
@@ -164,15 +179,21 @@ impl Element {
         options: ParseOptions,
     ) -> Result<Element, (Bytes, BadElement)> {
         let parsed = utf8(&raw).and_then(parse_fields);
-        let (fields, post_item_len) = match parsed {
+        let parsed = match parsed {
             Ok(parsed) => parsed,
             Err(bad) => return Err((raw, bad)),
         };
         let mut event = Element {
             raw,
-            fields,
-            post_item_len,
+            fields: parsed.fields,
+            post_item_len: parsed.one_run_len,
+            shape: PostItemShape::OneRun {
+                bare_fields: parsed.bare_fields,
+            },
         };
+        if !parsed.one_run {
+            event.lay_out_field_by_field(false);
+        }
         match event.validate(options) {
             Ok(Stm::Absent) => Ok(event),
             Ok(Stm::Present) => {
@@ -208,7 +229,8 @@ impl Element {
     }
 
     /// The number of bytes [`Element::write_post_item`] appends, give or take the `stm`
-    /// field, whose length is fixed ([`STM_ITEM_BYTES`]). Counted by the parse (see
+    /// field, whose length is fixed ([`STM_ITEM_BYTES`]). Counted once, after the parse
+    /// (from the first and last field for one run, see [`PostItemShape`]; else by
     /// [`PostItemLen`]), so filling a batch does not walk the fields again.
     pub fn post_item_len(&self) -> usize {
         self.post_item_len
@@ -219,7 +241,7 @@ impl Element {
     /// element (see [`Field::joins_previous`]) are copied as they are, separators and all
     /// (JSON allows the producer's whitespace), except that each number or boolean gets
     /// quotes: a Python element of string values is one copy, and each number adds two.
-    /// [`PostItemLen`] counts the same pieces while parsing; unit tests and the encoding
+    /// [`Element::post_item_len`] counts the same pieces; unit tests and the encoding
     /// properties check that the two agree.
     pub fn write_post_item(&self, out: &mut Vec<u8>, stm_millis: &str) {
         // Every piece is a slice of the element, in order and never overlapping, plus at
@@ -248,6 +270,25 @@ impl Element {
     fn write_post_item_to(&self, item: &mut impl PostItemOut, stm_millis: &str) {
         item.byte(b'{');
         let fields = &self.fields[..];
+        if let (PostItemShape::OneRun { bare_fields }, Some(last)) = (self.shape, fields.last()) {
+            let mut from = fields[0].name.start as usize - 1;
+            let mut bare = bare_fields;
+            while bare != 0 {
+                let field = &fields[bare.trailing_zeros() as usize];
+                bare &= bare - 1;
+                item.copy(&self.raw[from..field.value.start as usize]);
+                item.byte(b'"');
+                item.copy_short(self.bytes(&field.value));
+                item.byte(b'"');
+                from = field.value.end as usize;
+            }
+            item.copy(&self.raw[from..last.value.end as usize]);
+            item.byte(b',');
+            item.copy(b"\"stm\":\"");
+            item.copy(stm_millis.as_bytes());
+            item.copy(b"\"}");
+            return;
+        }
         let mut next = 0;
         while next < fields.len() {
             let first = &fields[next];
@@ -319,15 +360,13 @@ impl Element {
         if !self.sent_fields().any(|f| self.bytes(&f.name) != b"stm") {
             return Err(BadElement::Empty);
         }
-        // One flag per payload_data field: duplicates and required fields in O(1) each
+        // One state per payload_data field: duplicates and required fields in O(1) each
         // (an array, not bits in a u128: a shift by a variable amount costs more).
-        let mut seen = [false; PAYLOAD_DATA_FIELDS.len()];
-        let mut sent = [false; PAYLOAD_DATA_FIELDS.len()];
+        let mut seen = [Seen::Not; PAYLOAD_DATA_FIELDS.len()];
         // Names outside payload_data (when allowed): a set made only if there are any.
         let mut unknown: Option<std::collections::HashSet<&[u8]>> = None;
         let mut stm = Stm::Absent;
         for f in &self.fields {
-            let name = self.bytes(&f.name);
             let range = f.name.start as usize..f.name.end as usize;
             match payload_data_index_of_parsed_name(&self.raw, range) {
                 Some(STM_INDEX) => {
@@ -335,17 +374,19 @@ impl Element {
                     continue;
                 }
                 Some(index) => {
-                    if seen[index] {
+                    if seen[index] != Seen::Not {
                         return Err(BadElement::DuplicateField(shorten(self.slice(&f.name))));
                     }
-                    seen[index] = true;
-                    sent[index] = f.kind != ValueKind::Null;
+                    seen[index] = match f.kind {
+                        ValueKind::Null => Seen::Null,
+                        _ => Seen::Sent,
+                    };
                 }
                 None if !options.allow_unknown_fields => {
                     return Err(BadElement::UnknownField(shorten(self.slice(&f.name))));
                 }
                 None => {
-                    if !unknown.get_or_insert_default().insert(name) {
+                    if !unknown.get_or_insert_default().insert(self.bytes(&f.name)) {
                         return Err(BadElement::DuplicateField(shorten(self.slice(&f.name))));
                     }
                 }
@@ -357,23 +398,39 @@ impl Element {
                 return Err(BadElement::UndecodableString(shorten(self.slice(&f.name))));
             }
         }
-        if let Some(r) = REQUIRED_INDICES.iter().position(|&index| !sent[index]) {
+        if let Some(r) = REQUIRED_INDICES
+            .iter()
+            .position(|&index| seen[index] != Seen::Sent)
+        {
             return Err(BadElement::MissingField(REQUIRED_FIELDS[r]));
         }
         Ok(stm)
     }
 
-    /// Removes a producer's `stm` fields and counts the POST item again without them
+    /// Removes a producer's `stm` fields and lays the POST item out again without them
     /// (rare: the trackers add `stm` when they send, not when they push to Redis). The
     /// parse counts every field as sent but `null` ones; checking each name for `stm`
     /// there cost every event about 7 % of its parse.
     #[cold]
     fn leave_out_stm(&mut self) {
+        self.lay_out_field_by_field(true);
+        let raw = &self.raw;
+        self.fields
+            .retain(|f| raw[f.name.start as usize..f.name.end as usize] != *b"stm");
+    }
+
+    /// Marks which fields join the run before them and counts the POST item for
+    /// [`PostItemShape::FieldByField`], leaving out `null` fields and, if `without_stm`,
+    /// `stm` ones. Rare: only elements with such a field, or more than 64 fields, are
+    /// written field by field.
+    #[cold]
+    #[inline(never)]
+    fn lay_out_field_by_field(&mut self, without_stm: bool) {
         let raw = &self.raw;
         let mut post_item = PostItemLen::new();
         for f in &mut self.fields {
             if f.kind == ValueKind::Null
-                || raw[f.name.start as usize..f.name.end as usize] == *b"stm"
+                || without_stm && raw[f.name.start as usize..f.name.end as usize] == *b"stm"
             {
                 post_item.left_out();
                 f.joins_previous = false;
@@ -385,9 +442,8 @@ impl Element {
                 );
             }
         }
-        self.fields
-            .retain(|f| raw[f.name.start as usize..f.name.end as usize] != *b"stm");
         self.post_item_len = post_item.len;
+        self.shape = PostItemShape::FieldByField;
     }
 
     fn bytes(&self, range: &Range<u32>) -> &[u8] {
@@ -434,9 +490,9 @@ fn utf8(raw: &[u8]) -> Result<&str, BadElement> {
 /// checked against the JSON grammar (RFC 8259): string escapes and control characters,
 /// number syntax, the three literals. Anything that is not a JSON object of scalar values
 /// is refused. A hand-written scan: it is most of the relay's per-event CPU, and a
-/// general JSON parser spent twice as long on it. Returns the fields and the length of the
-/// element's POST item.
-fn parse_fields(text: &str) -> Result<(Vec<Field>, usize), BadElement> {
+/// general JSON parser spent twice as long on it. Returns the fields and what the POST
+/// item's writer needs to know (see [`PostItemShape`]).
+fn parse_fields(text: &str) -> Result<Parsed, BadElement> {
     let mut scan = Scanner::new(text.as_bytes());
     scan.skip_whitespace();
     if scan.peek() != Some(b'{') {
@@ -454,7 +510,8 @@ fn parse_fields(text: &str) -> Result<(Vec<Field>, usize), BadElement> {
     }
     scan.at += 1;
     let mut fields = spare_fields::take();
-    let mut post_item = PostItemLen::new();
+    let mut bare_fields = 0u64;
+    let mut any_null = false;
     scan.skip_whitespace();
     if scan.peek() == Some(b'}') {
         scan.at += 1;
@@ -464,20 +521,20 @@ fn parse_fields(text: &str) -> Result<(Vec<Field>, usize), BadElement> {
                 Some(field) => field,
                 None => scan.field()?,
             };
-            // A producer's `stm` is counted too, and left out by the check pass if there
-            // is one (rare; see `Element::leave_out_stm`).
-            let joins_previous = match kind {
-                ValueKind::Null => {
-                    post_item.left_out();
-                    false
-                }
-                _ => post_item.field(name.start - 1, value.end, post_item_added_bytes(kind)),
-            };
+            // A producer's `stm` is counted as sent, and left out by the check pass if
+            // there is one (rare; see `Element::leave_out_stm`).
+            match kind {
+                ValueKind::Null => any_null = true,
+                ValueKind::Bare => bare_fields |= 1u64.wrapping_shl(fields.len() as u32),
+                _ => {}
+            }
             fields.push(Field {
                 name: name.start as u32..name.end as u32,
                 value: value.start as u32..value.end as u32,
                 kind,
-                joins_previous,
+                // Fields follow each other: only a left-out one breaks a run, and then
+                // `Element::lay_out_field_by_field` sets this again.
+                joins_previous: true,
             });
             scan.skip_whitespace();
             match scan.peek() {
@@ -497,7 +554,34 @@ fn parse_fields(text: &str) -> Result<(Vec<Field>, usize), BadElement> {
     if scan.at != scan.bytes.len() {
         return Err(scan.error("trailing characters"));
     }
-    Ok((fields, post_item.len))
+    // One run: `{`, the fields from the first name's quote to the last value, two
+    // quotes per number or boolean, `,`, `stm` and `}`.
+    let one_run_len = match (fields.first(), fields.last()) {
+        (Some(first), Some(last)) => {
+            (last.value.end - first.name.start) as usize
+                + 2 * bare_fields.count_ones() as usize
+                + 4
+                + STM_ITEM_BYTES
+        }
+        _ => 2 + STM_ITEM_BYTES,
+    };
+    Ok(Parsed {
+        one_run: !any_null && fields.len() <= 64,
+        fields,
+        one_run_len,
+        bare_fields,
+    })
+}
+
+/// What [`parse_fields`] found in an element that is an object of scalar values.
+struct Parsed {
+    fields: Vec<Field>,
+    /// Every field is sent (none is `null`), at most 64 of them.
+    one_run: bool,
+    /// The POST item's length if `one_run`.
+    one_run_len: usize,
+    /// Bit `i`: field `i` is a number or boolean.
+    bare_fields: u64,
 }
 
 impl Drop for Element {
@@ -552,6 +636,14 @@ mod spare_fields {
     }
 }
 
+/// Whether [`Element::validate`] has met a `payload_data` field, and whether it was sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Not,
+    Null,
+    Sent,
+}
+
 /// Whether an element carries a producer's `stm` field (see [`Element::validate`]).
 enum Stm {
     Absent,
@@ -567,8 +659,7 @@ fn post_item_added_bytes(kind: ValueKind) -> usize {
     }
 }
 
-/// The length of an element's POST item, counted field by field as the parse finds them,
-/// by the rules of [`Element::write_post_item`]: `{`, `}` and the `stm` field, then
+/// The length of an element's POST item written field by field, by the rules of [`Element::write_post_item`]: `{`, `}` and the `stm` field, then
 /// each piece's bytes and its comma.
 struct PostItemLen {
     len: usize,
@@ -951,6 +1042,7 @@ impl PostItemOut for ItemWriter<'_> {
     }
 
     /// Copied in place by at most two overlapping words, not by a call to `memcpy`.
+    #[inline(always)]
     fn copy_short(&mut self, bytes: &[u8]) {
         let n = bytes.len();
         let room = self.room();
@@ -1351,6 +1443,61 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn one_run_and_field_by_field_write_the_same_item() {
+        const STM: &str = "1700000000000";
+        let many_fields = |n: usize| {
+            let mut text = String::from(r#"{"e":"pv","p":"pc","tv":"t""#);
+            for i in 0..n {
+                text.push_str(&format!(r#","x{i}":{i}"#));
+            }
+            text + "}"
+        };
+        let crafted = [
+            r#"{"e":"pv","p":"pc","tv":"t"}"#.to_owned(),
+            r#"{"dtm":1402358400000,"e":"pv","tid":7,"p":"pc","tv":"t","cd":24}"#.to_owned(),
+            r#"{ "e" : 1 , "p":"pc" ,"tv":true}"#.to_owned(),
+            r#"{"e":"pv","p":"pc","tv":"t","cx":"a\"b","vid":-0.5e3}"#.to_owned(),
+            many_fields(61),
+            many_fields(62),
+        ];
+        let fixtures = [
+            include_str!("../../tests/fixtures/python-tracker-0.15.0.jsonl"),
+            include_str!("../../tests/fixtures/python-tracker-0.4.0-shape.jsonl"),
+        ];
+        let elements = crafted
+            .iter()
+            .map(String::as_str)
+            .chain(fixtures.iter().flat_map(|f| f.lines()));
+        let allowed = ParseOptions {
+            allow_unknown_fields: true,
+            ..STRICT
+        };
+        let mut one_runs = 0;
+        for element in elements {
+            let event = Element::parse(Bytes::copy_from_slice(element.as_bytes()), allowed)
+                .unwrap_or_else(|e| panic!("{e}: {element}"));
+            let mut general = event.clone();
+            general.lay_out_field_by_field(false);
+            assert_eq!(event.post_item_len(), general.post_item_len(), "{element}");
+            let (mut fast, mut slow) = (Vec::new(), Vec::new());
+            event.write_post_item(&mut fast, STM);
+            general.write_post_item(&mut slow, STM);
+            assert_eq!(
+                String::from_utf8_lossy(&fast),
+                String::from_utf8_lossy(&slow)
+            );
+            assert_eq!(fast.len(), event.post_item_len(), "{element}");
+            if let PostItemShape::OneRun { .. } = event.shape {
+                one_runs += 1;
+            }
+        }
+        // Every crafted element but the one of 65 fields is one run, and so is every
+        // fixture (none has a `null` or an `stm`).
+        let fixture_count: usize = fixtures.iter().map(|f| f.lines().count()).sum();
+        assert_eq!(one_runs, crafted.len() - 1 + fixture_count);
     }
 
     #[test]
