@@ -659,8 +659,9 @@ fn post_item_added_bytes(kind: ValueKind) -> usize {
     }
 }
 
-/// The length of an element's POST item written field by field, by the rules of [`Element::write_post_item`]: `{`, `}` and the `stm` field, then
-/// each piece's bytes and its comma.
+/// The length of an element's POST item written field by field
+/// ([`PostItemShape::FieldByField`]), by the rules of [`Element::write_post_item`]: `{`,
+/// `}` and the `stm` field, then each piece's bytes and its comma.
 struct PostItemLen {
     len: usize,
     /// Where the value of the field just parsed ends if it was sent (the next field
